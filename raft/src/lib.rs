@@ -1,0 +1,29 @@
+//! ringlog-raft: a Raft core with no IO, no clock, no threads and no global randomness.
+//!
+//! One [`Replica`] per Raft group. It is driven by inputs and answers with actions
+//! (quinn-proto style):
+//!
+//! ```text
+//! Replica::new(config, recovered)                 // start from recovered durable state
+//! handle_message(from, message)                    // a message from a peer
+//! handle_tick()                                    // one logical clock tick
+//! handle_durable(through, term)                    // local fdatasync of entries finished
+//! handle_hard_state_durable(state)                 // local fdatasync of the hard state finished
+//! propose(payload) -> Result<LogIndex, _>          // leader: append a user batch
+//! propose_membership(change) -> Result<LogIndex, _>
+//! read_index(ctx) -> Result<(), _>                 // linearizable read (ReadIndex)
+//! transfer_leadership(to) -> Result<(), _>
+//! poll_action() -> Option<Action>                  // what to do now; drain after every input
+//! ```
+//!
+//! Architecture invariant: this crate depends on neither `ringlog-engine` nor `ringlog-net`.
+
+#![forbid(unsafe_code)]
+
+pub mod action;
+pub mod message;
+pub mod types;
+
+pub use action::Action;
+pub use message::{AppendResult, Entry, EntryKind, Membership, MembershipChange, Message};
+pub use types::{HardState, LogIndex, NodeId, ReadCtx, Role, Term};
