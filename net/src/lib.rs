@@ -1,1 +1,39 @@
-//! ringlog-net.
+//! ringlog-net: the wire protocol and transport of ringlog (design.md §7).
+//!
+//! - [`frame`]: the length-prefixed frame codec shared by client and peer traffic (no IO).
+//! - [`protocol`]: client requests and responses (produce, fetch, metadata, status, ...).
+//! - [`peer`]: the peer handshake and Raft messages carrying batches as raw on-disk bytes.
+//! - `transport` (feature `transport`, on by default): glommio TCP — framed streams, the peer accept loop and peer links with
+//!   reconnect, backoff and bounded queues.
+//! - [`limits`]: every bound the decoders and queues enforce.
+//!
+//! Architecture invariants: this crate depends on `ringlog-raft` (pure) but not on
+//! `ringlog-engine` (batch checksums are verified through [`peer::BatchCheck`]); only
+//! `transport` performs IO; no decoder allocates before bounding what it allocates, and none
+//! panics on any input (fuzzed: see `fuzz/` and [`fuzzing`]).
+
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod fuzzing;
+pub mod ids;
+pub mod limits;
+pub mod peer;
+pub mod protocol;
+#[cfg(feature = "transport")]
+pub mod transport;
+pub mod wire;
+
+pub use frame::{
+    decode_frame, encode_frame, BodyWriter, Frame, FrameBuf, FrameDecoder, FrameError, FrameKind,
+};
+pub use ids::{ClusterId, Offset, PartitionId, RequestId, ShardId};
+pub use peer::{
+    BatchCheck, FrameChecksumOnly, Handshake, HandshakeReply, PartitionHeartbeat,
+    PartitionHeartbeatResponse, PeerMessage, RefuseReason, PEER_PROTOCOL_VERSION,
+};
+pub use protocol::{
+    Acks, Consistency, ErrorCode, ErrorReply, FetchRequest, FetchResponse, GroupStatus,
+    MetadataResponse, ProduceRequest, ProduceResponse, Request, Response,
+};
+pub use wire::ProtocolError;

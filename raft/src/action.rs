@@ -1,7 +1,10 @@
 //! What the core asks its driver (the replicator, or the simulator) to do.
 //!
 //! The driver drains `Replica::poll_action()` after every input and carries the actions out
-//! **in order**. Durability is reported back: `handle_durable` after entries are fdatasynced,
+//! **in order**. Log actions (`AppendEntries`, `TruncateLog`, `ResetLog`) and messages are
+//! emitted only once the hard state they were produced under is durable (they wait inside the
+//! core until `handle_hard_state_durable`), so entries of a term never reach the disk before
+//! that term does. Durability is reported back: `handle_durable` after entries are fdatasynced,
 //! `handle_hard_state_durable` after the hard state is. The core holds back every message that
 //! depends on durable state (vote grants, follower acks) until that report arrives.
 
@@ -24,7 +27,9 @@ pub enum Action {
     /// Throw the local log away and restart it empty so that the next entry is `start`, the
     /// entry before it having `prev_term` (after `Message::InstallLogStart`). Durable before
     /// entries appended after it are reported durable.
-    ResetLog { start: LogIndex, prev_term: Term },
+    /// `membership` is the membership as of `start - 1`: store it with the new log start so
+    /// that recovery can pass it back as `Recovered::membership`.
+    ResetLog { start: LogIndex, prev_term: Term, membership: Membership },
     /// Send this message to `to` as it is.
     Send { to: NodeId, message: Message },
     /// Send `to` a `Message::Append` carrying the entries `from..=through`, read from the local
@@ -49,6 +54,16 @@ pub enum Action {
     ReadFailed { ctx: ReadCtx },
     /// The replica's role, term or known leader changed.
     RoleChanged { role: Role, term: Term, leader: Option<NodeId> },
+    /// This replica was started `damaged` (log or hard state lost or corrupt) and is now
+    /// repaired: it holds, durably, the log through a commit index whose entry is of the
+    /// current leader's term (hence every entry committed before), and its hard state of that
+    /// term is durable. The driver clears its persistent "damaged" mark; from now
+    /// on the replica votes and counts toward quorums again.
+    Repaired,
+    /// Leader only: the learner's durable, matching log reached the leader's commit index. The
+    /// driver may now `propose_membership(MembershipChange::Promote(learner))`. Emitted once
+    /// per learner per leadership.
+    LearnerCaughtUp { learner: NodeId, durable: LogIndex },
     /// The group's membership changed (on append of a membership entry, or on truncation of
     /// one).
     MembershipChanged(Membership),

@@ -21,9 +21,21 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod config;
+pub mod errors;
+pub mod log;
 pub mod message;
+pub mod progress;
+pub mod quorum;
+pub mod replica;
+pub mod sim;
 pub mod types;
 
 pub use action::Action;
+pub use config::{Config, ConfigError, Recovered};
+pub use errors::{MembershipError, ProposeError, ReadIndexError, TransferError};
+pub use log::{LogShape, LogShapeError};
 pub use message::{AppendResult, Entry, EntryKind, Membership, MembershipChange, Message};
+pub use progress::{ProgressState, ProgressView};
+pub use replica::Replica;
 pub use types::{HardState, LogIndex, NodeId, ReadCtx, Role, Term};

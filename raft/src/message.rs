@@ -52,12 +52,27 @@ pub enum MembershipChange {
 pub enum Message {
     /// Raft thesis §9.6: asks whether a vote *would* be granted for `term`, without anyone
     /// changing their term.
-    PreVote { term: Term, last_index: LogIndex, last_term: Term },
-    PreVoteResponse { term: Term, granted: bool },
+    PreVote {
+        term: Term,
+        last_index: LogIndex,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        term: Term,
+        granted: bool,
+    },
     /// Raft §5.2 RequestVote. `transfer` is set when the election follows a `TimeoutNow`, so
     /// that followers that still hear a leader grant it anyway (thesis §3.10).
-    Vote { term: Term, last_index: LogIndex, last_term: Term, transfer: bool },
-    VoteResponse { term: Term, granted: bool },
+    Vote {
+        term: Term,
+        last_index: LogIndex,
+        last_term: Term,
+        transfer: bool,
+    },
+    VoteResponse {
+        term: Term,
+        granted: bool,
+    },
     /// Raft §5.3 AppendEntries. An empty `entries` is a probe. `commit` is the leader's commit
     /// index.
     Append {
@@ -70,16 +85,36 @@ pub enum Message {
     /// The follower's answer to `Append`. On success `durable` is the highest index that is
     /// both fdatasynced on the follower and known to match the leader's log; on rejection the
     /// hints let the leader skip a whole conflicting term at once (fast back-off).
-    AppendResponse { term: Term, result: AppendResult },
+    AppendResponse {
+        term: Term,
+        result: AppendResult,
+    },
     /// Leader liveness and commit propagation; `ctx` identifies a ReadIndex round (0 = none).
-    Heartbeat { term: Term, commit: LogIndex, ctx: u64 },
-    HeartbeatResponse { term: Term, ctx: u64 },
+    Heartbeat {
+        term: Term,
+        commit: LogIndex,
+        ctx: u64,
+    },
+    HeartbeatResponse {
+        term: Term,
+        ctx: u64,
+    },
     /// Leadership transfer: start an election now (thesis §3.10).
-    TimeoutNow { term: Term },
+    TimeoutNow {
+        term: Term,
+    },
     /// The leader's log no longer holds the entries this follower needs (retention moved the
     /// log start past them): the follower restarts its log so that its next entry is
     /// `start`, the entry before it having term `prev_term` (the log's install-snapshot).
-    InstallLogStart { term: Term, start: LogIndex, prev_term: Term, commit: LogIndex },
+    /// `membership` is the leader's membership as of `start - 1`, so that the follower knows
+    /// the voters even when every membership entry is older than `start`.
+    InstallLogStart {
+        term: Term,
+        start: LogIndex,
+        prev_term: Term,
+        commit: LogIndex,
+        membership: Membership,
+    },
 }
 
 /// The outcome of an `Append`, carried by `Message::AppendResponse`.
@@ -88,12 +123,17 @@ pub enum AppendResult {
     Accepted {
         /// Highest index durable on the follower and matching the leader's log.
         durable: LogIndex,
+        /// The follower knows its log or hard state was lost or corrupted and has not yet been
+        /// repaired from a leader: the leader paces replication by `durable` but counts the
+        /// follower toward no quorum (commit, ReadIndex, CheckQuorum) meanwhile.
+        damaged: bool,
     },
     Rejected {
         /// The `prev_index` of the rejected `Append`.
         rejected: LogIndex,
-        /// Fast back-off hint: the follower's last index, or the first index of the
-        /// conflicting term at `rejected`.
+        /// Fast back-off hint: the largest index `<= min(rejected, follower's last index)`
+        /// whose term on the follower is `<=` the rejected `prev_term` (etcd's
+        /// `findConflictByTerm`): the leader may skip every index above it.
         hint_index: LogIndex,
         /// The term of the follower's entry at `hint_index` (Term(0) if none).
         hint_term: Term,
@@ -125,4 +165,3 @@ impl Message {
         }
     }
 }
-

@@ -1,0 +1,231 @@
+//! The `engine` scenario: durable appends of fixed-size records to one partition of a
+//! single-shard engine, through the same `EngineHandle` the CLI and C ABI use, closed loop.
+//!
+//! Each append carries `records_per_append` records of `record_size_bytes` (one batch) and is
+//! answered after the fdatasync that covers it; `appenders` appends stay outstanding so that
+//! group commit has enough to coalesce. Device bytes and fdatasyncs come from the log's own
+//! counters, read before and after the measured window, so the raw-disk baseline can replay
+//! the same average write size.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+
+use ringlog_engine::batch::{Records, RecordsBuilder};
+use ringlog_engine::limits::LogConfig;
+use ringlog_engine::runtime::Pinning;
+use ringlog_engine::shard::{
+    AppendCompletion, Durability, Engine, EngineConfig, EngineHandle, PartitionId,
+};
+
+use crate::load::{drive_closed_loop, AsyncTarget, ClosedLoop};
+use crate::measure::{process_cpu_time, RunMeasure};
+use crate::raw_disk::fill_pattern;
+use crate::scenario::{ScenarioName, ScenarioResult};
+use crate::workdir::StopFlag;
+
+/// Longest wait for one append's completion before the run is declared stuck.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of the engine scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineAppendOptions {
+    pub appenders: usize,
+    pub record_size_bytes: usize,
+    pub records_per_append: usize,
+    pub segment_size_bytes: u64,
+    pub flush_bytes_max: usize,
+    pub queued_bytes_max: usize,
+    pub io_memory_bytes: usize,
+    pub spin: bool,
+}
+
+impl Default for EngineAppendOptions {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        EngineAppendOptions {
+            appenders: 256,
+            record_size_bytes: 1024,
+            records_per_append: 1,
+            segment_size_bytes: log.segment_size_bytes,
+            flush_bytes_max: log.flush_bytes_max,
+            queued_bytes_max: log.queued_bytes_max,
+            io_memory_bytes: ringlog_engine::shard::IO_MEMORY_DEFAULT_BYTES,
+            spin: false,
+        }
+    }
+}
+
+/// Appends through the engine, completions on one channel.
+struct EngineTarget {
+    engine: EngineHandle,
+    records: Records,
+    replies: Sender<AppendCompletion>,
+    completions: Receiver<AppendCompletion>,
+}
+
+impl AsyncTarget for EngineTarget {
+    fn submit(&mut self, token: u64) -> anyhow::Result<()> {
+        self.engine
+            .append_async(
+                PartitionId(0),
+                self.records.clone(),
+                Durability::Durable,
+                token,
+                &self.replies,
+            )
+            .context("append")
+    }
+
+    fn next_completion(&mut self, timeout: Duration) -> anyhow::Result<Option<u64>> {
+        match self.completions.recv_timeout(timeout) {
+            Ok(AppendCompletion { token, result }) => {
+                result.with_context(|| format!("append {token}"))?;
+                Ok(Some(token))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                bail!("completion channel closed")
+            }
+        }
+    }
+}
+
+/// Runs the engine scenario in `dir`.
+pub fn run(
+    options: &EngineAppendOptions,
+    dir: &Path,
+    duration: Duration,
+    warmup: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<ScenarioResult> {
+    let config = engine_config(options, dir);
+    let engine = Engine::start(config.clone()).context("starting the engine")?;
+    let records = build_records(options, &config.log)?;
+    let (replies, completions) = crossbeam_channel::bounded(options.appenders);
+    let mut target = EngineTarget {
+        engine: engine.clone(),
+        records,
+        replies,
+        completions,
+    };
+    let load = ClosedLoop {
+        concurrency: options.appenders,
+        duration,
+        warmup,
+        drain_timeout: APPEND_TIMEOUT,
+    };
+
+    // Counters are sampled when the measured window opens (after the warm-up) and at its end.
+    let window = MeasuredWindow::new(&engine, warmup, duration, stop);
+    let outcome = drive_closed_loop(&load, &mut target, stop);
+    let window = window.finish();
+    let shutdown = engine.shutdown().context("shutting the engine down");
+    let outcome = outcome?;
+    let (disk_bytes, fdatasyncs, cpu) = window?;
+    shutdown?;
+
+    let records_total = outcome.completed * options.records_per_append as u64;
+    let measure = RunMeasure {
+        operations: outcome.completed,
+        records: records_total,
+        bytes: records_total * options.record_size_bytes as u64,
+        disk_bytes,
+        fdatasyncs,
+        elapsed: outcome.elapsed,
+        latency: outcome.latency.summary(),
+        cpu,
+    };
+    let notes = vec![format!(
+        "closed loop, {} appends outstanding from one driver thread; 1 shard ({} pinning), \
+         executor {}",
+        options.appenders,
+        Pinning::Auto,
+        if options.spin { "spins before parking" } else { "parks when idle" }
+    )];
+    Ok(ScenarioResult::new(
+        ScenarioName::Engine,
+        "durable appends (fdatasync before the answer) through EngineHandle".to_string(),
+        serde_json::to_value(options)?,
+        measure,
+        notes,
+    ))
+}
+
+fn engine_config(options: &EngineAppendOptions, dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir.join("data"));
+    config.io_memory_bytes = options.io_memory_bytes;
+    config.spin = options.spin;
+    config.command_queue_max = options.appenders.max(1) * 2;
+    config.log.segment_size_bytes = options.segment_size_bytes;
+    config.log.flush_bytes_max = options.flush_bytes_max;
+    config.log.queued_bytes_max = options.queued_bytes_max;
+    config
+}
+
+fn build_records(options: &EngineAppendOptions, log: &LogConfig) -> anyhow::Result<Records> {
+    let mut value = vec![0u8; options.record_size_bytes];
+    fill_pattern(&mut value);
+    let mut builder = RecordsBuilder::new(log.batch_size_max);
+    for _ in 0..options.records_per_append {
+        builder
+            .push(&value)
+            .map_err(|error| anyhow::anyhow!("building the batch: {error}"))?;
+    }
+    Ok(builder.finish())
+}
+
+/// Samples the engine's device counters and the process CPU time when the measured window
+/// opens (end of warm-up) and when it closes, from a helper thread, so the drain of the last
+/// outstanding appends is not counted.
+struct MeasuredWindow {
+    sampler: std::thread::JoinHandle<anyhow::Result<(u64, u64, Duration)>>,
+}
+
+/// How often the sampler checks the stop flag while the window is open.
+const SAMPLER_TICK: Duration = Duration::from_millis(20);
+
+impl MeasuredWindow {
+    fn new(engine: &EngineHandle, warmup: Duration, duration: Duration, stop: &StopFlag) -> MeasuredWindow {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        let opens_at = Instant::now() + warmup;
+        let closes_at = opens_at + duration;
+        let sampler = std::thread::spawn(move || {
+            sleep_until(opens_at, &stop);
+            let start = sample(&engine)?;
+            sleep_until(closes_at, &stop);
+            let end = sample(&engine)?;
+            Ok((
+                end.0.saturating_sub(start.0),
+                end.1.saturating_sub(start.1),
+                end.2.saturating_sub(start.2),
+            ))
+        });
+        MeasuredWindow { sampler }
+    }
+
+    fn finish(self) -> anyhow::Result<(u64, u64, Duration)> {
+        self.sampler
+            .join()
+            .map_err(|_| anyhow::anyhow!("counter sampler panicked"))?
+    }
+}
+
+fn sleep_until(deadline: Instant, stop: &StopFlag) {
+    while !stop.is_raised() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(SAMPLER_TICK));
+    }
+}
+
+fn sample(engine: &EngineHandle) -> anyhow::Result<(u64, u64, Duration)> {
+    let total = engine.stats().context("engine stats")?.total();
+    Ok((total.bytes_written, total.fdatasyncs, process_cpu_time()))
+}

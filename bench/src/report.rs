@@ -1,0 +1,160 @@
+//! Report: the terminal table, and `results.json` + `report.md` in the results folder.
+//!
+//! The JSON holds every parameter and the machine description, so a run can be compared with
+//! another one later; the Markdown is the same table plus the conditions, ready to paste into
+//! bench/README.md. (Issue 5 adds SVG plots beside them.)
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::scenario::{SuiteReport, ScenarioResult};
+
+/// File names inside the results folder.
+pub const RESULTS_JSON: &str = "results.json";
+pub const REPORT_MD: &str = "report.md";
+
+/// Writes `results.json` and `report.md` into `dir` (created if needed); returns their paths.
+pub fn write_results(report: &SuiteReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json_path = dir.join(RESULTS_JSON);
+    let json = serde_json::to_string_pretty(report).context("encoding results")?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = dir.join(REPORT_MD);
+    std::fs::write(&md_path, markdown(report))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(vec![json_path, md_path])
+}
+
+const HEADERS: [&str; 11] = [
+    "scenario",
+    "records/s",
+    "MB/s",
+    "p50 µs",
+    "p99 µs",
+    "p99.9 µs",
+    "max µs",
+    "fdatasync/s",
+    "B/fdatasync",
+    "CPU µs/op",
+    "ops",
+];
+
+fn row(result: &ScenarioResult) -> [String; 11] {
+    let latency = &result.measure.latency;
+    [
+        result.name.as_str().to_string(),
+        if result.measure.records > 0 {
+            format!("{:.0}", result.records_per_sec)
+        } else {
+            "-".to_string()
+        },
+        format!("{:.1}", result.mb_per_sec),
+        format!("{:.0}", latency.p50_us),
+        format!("{:.0}", latency.p99_us),
+        format!("{:.0}", latency.p999_us),
+        format!("{:.0}", latency.max_us),
+        format!("{:.0}", result.fdatasyncs_per_sec),
+        format!("{:.0}", result.disk_bytes_per_fdatasync),
+        format!("{:.1}", result.cpu_us_per_record),
+        result.measure.operations.to_string(),
+    ]
+}
+
+/// The results as an aligned plain-text table, followed by the comparisons.
+pub fn terminal_table(report: &SuiteReport) -> String {
+    let rows: Vec<[String; 11]> = report.scenarios.iter().map(row).collect();
+    let mut widths = HEADERS.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            let pad = width - cell.chars().count();
+            if i == 0 {
+                let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+    };
+    line(&HEADERS.map(String::from), &mut out);
+    for row in &rows {
+        line(row, &mut out);
+    }
+    out.push_str(&comparison_lines(report));
+    if report.interrupted {
+        out.push_str("interrupted: the run was cut short by Ctrl-C\n");
+    }
+    out
+}
+
+fn comparison_lines(report: &SuiteReport) -> String {
+    let mut out = String::new();
+    for c in &report.comparisons {
+        let verdict = match (c.passed, c.ratio_min) {
+            (Some(true), Some(min)) => format!(" — meets the ≥ {:.0}% bar", min * 100.0),
+            (Some(false), Some(min)) => format!(" — BELOW the ≥ {:.0}% bar", min * 100.0),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{} / raw-disk at {} B per write: record bytes {:.1}%, device bytes {:.1}%{verdict}",
+            c.scenario.as_str(),
+            c.write_size_bytes,
+            c.record_bytes_ratio * 100.0,
+            c.disk_bytes_ratio * 100.0,
+        );
+    }
+    out
+}
+
+/// The results as Markdown: conditions, table, comparisons, notes.
+pub fn markdown(report: &SuiteReport) -> String {
+    let m = &report.machine;
+    let mut out = String::from("# ringlog benchmark report\n\n");
+    let _ = writeln!(
+        out,
+        "- machine: {} × {}, kernel {}, memlock {}\n- filesystem: {} on {} (mounted at {})\n\
+         - load average (1 min) at start: {}\n- started: unix {}{}\n",
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        m.memlock_limit,
+        m.filesystem,
+        m.device,
+        m.mount_point,
+        m.load_average_1m,
+        report.started_unix_secs,
+        if report.options.quick { " (--quick: figures are not meaningful)" } else { "" },
+    );
+    out.push_str(&format!("| {} |\n", HEADERS.join(" | ")));
+    out.push_str(&format!("|{}\n", "---|".repeat(HEADERS.len())));
+    for result in &report.scenarios {
+        out.push_str(&format!("| {} |\n", row(result).join(" | ")));
+    }
+    out.push('\n');
+    for line in comparison_lines(report).lines() {
+        let _ = writeln!(out, "- {line}");
+    }
+    out.push('\n');
+    for result in &report.scenarios {
+        let _ = writeln!(out, "**{}**: {}", result.name.as_str(), result.description);
+        let _ = writeln!(out, "parameters: `{}`", result.parameters);
+        for note in &result.notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        out.push('\n');
+    }
+    if report.interrupted {
+        out.push_str("**interrupted** by Ctrl-C: the figures cover a shortened run.\n");
+    }
+    out
+}

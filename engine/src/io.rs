@@ -1,0 +1,282 @@
+//! The engine's only door to the disk: O_DIRECT files through glommio and directory syncs.
+//!
+//! Every write and fdatasync of the log goes through `DirectFile`, which consults the log's
+//! `FaultInjector` first. In production the injector is idle (one relaxed atomic load per
+//! call); tests arm it to prove that a failed write or fdatasync latches the log. The code
+//! path is otherwise the same.
+//!
+//! Invariants: writes are whole `BLOCK_SIZE` multiples at block-aligned positions from
+//! page-aligned `DmaBuffer`s; a short write is an error.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::GlommioError;
+
+use crate::limits::BLOCK_SIZE;
+
+/// Makes the next writes or fdatasyncs of a log fail with EIO, on command (tests only).
+#[derive(Debug, Default)]
+pub struct FaultInjector {
+    writes_to_fail: AtomicU32,
+    syncs_to_fail: AtomicU32,
+}
+
+impl FaultInjector {
+    /// The next `count` writes fail with EIO.
+    pub fn fail_writes(&self, count: u32) {
+        self.writes_to_fail.store(count, Ordering::Relaxed);
+    }
+
+    /// The next `count` fdatasyncs fail with EIO.
+    pub fn fail_syncs(&self, count: u32) {
+        self.syncs_to_fail.store(count, Ordering::Relaxed);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+/// Turns a glommio error into the `io::Error` it carries.
+pub(crate) fn to_io(error: GlommioError<()>) -> io::Error {
+    match error {
+        GlommioError::IoError(e) => e,
+        GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Why a file could not be opened.
+#[derive(Debug)]
+pub(crate) enum OpenFileError {
+    /// The filesystem refuses O_DIRECT (EINVAL from open(2), e.g. tmpfs).
+    DirectIoUnsupported(io::Error),
+    Io(io::Error),
+}
+
+/// A file opened read+write with O_DIRECT.
+#[derive(Debug)]
+pub(crate) struct DirectFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+impl DirectFile {
+    /// Opens (creating if missing) `path` read+write with O_DIRECT. Never truncates.
+    pub(crate) async fn open(path: &Path) -> Result<DirectFile, OpenFileError> {
+        let opened =
+            OpenOptions::new().read(true).write(true).create(true).dma_open(path).await;
+        match opened {
+            Ok(file) => Ok(DirectFile { file, path: path.to_path_buf() }),
+            Err(e) => {
+                let e = to_io(e);
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    Err(OpenFileError::DirectIoUnsupported(e))
+                } else {
+                    Err(OpenFileError::Io(e))
+                }
+            }
+        }
+    }
+
+    /// Opens `path` read+write with O_DIRECT if it exists (`None` if it does not).
+    pub(crate) async fn open_existing(path: &Path) -> io::Result<Option<DirectFile>> {
+        match OpenOptions::new().read(true).write(true).dma_open(path).await {
+            Ok(file) => Ok(Some(DirectFile { file, path: path.to_path_buf() })),
+            Err(e) => {
+                let e = to_io(e);
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A page-aligned buffer of `len` bytes (a multiple of `BLOCK_SIZE`), zero-filled.
+    pub(crate) fn alloc(&self, len: usize) -> DmaBuffer {
+        assert!(len % BLOCK_SIZE == 0 && len > 0);
+        let mut buf = self.file.alloc_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        buf
+    }
+
+    /// Writes the whole buffer at `position`; a short write is an error.
+    pub(crate) async fn write_at(
+        &self,
+        faults: &FaultInjector,
+        buf: DmaBuffer,
+        position: u64,
+    ) -> io::Result<()> {
+        let len = buf.len();
+        assert!(len % BLOCK_SIZE == 0 && position % BLOCK_SIZE as u64 == 0);
+        if FaultInjector::take(&faults.writes_to_fail) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let written = self.file.write_at(buf, position).await.map_err(to_io)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// fdatasync.
+    pub(crate) async fn sync(&self, faults: &FaultInjector) -> io::Result<()> {
+        if FaultInjector::take(&faults.syncs_to_fail) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.fdatasync().await.map_err(to_io)
+    }
+
+    /// Reads up to `len` bytes at `position` (any alignment); shorter at end of file.
+    pub(crate) async fn read_at(&self, position: u64, len: usize) -> io::Result<ReadResult> {
+        self.file.read_at(position, len).await.map_err(to_io)
+    }
+
+    pub(crate) async fn file_size(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(to_io)
+    }
+
+    pub(crate) async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(to_io)
+    }
+}
+
+/// `f_type` of ramfs (statfs(2); not exported by libc).
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Name of the probe file `probe_direct_io` writes and removes.
+pub const DIRECT_IO_PROBE: &str = ".direct-io-probe";
+
+/// Checks that `dir`'s filesystem accepts O_DIRECT, and makes glommio's per-device IO-poll
+/// probe see real data.
+///
+/// glommio 0.9.0 silently disables O_DIRECT on tmpfs (and Linux >= 6.6 accepts O_DIRECT
+/// opens there), so tmpfs/ramfs are refused by `statfs` type; any other filesystem must
+/// accept an `O_DIRECT` open(2) (EINVAL means unsupported). It also caches, per block
+/// device and process, whether the device supports IO polling, deciding with a read at offset
+/// 0 of the first file it opens there: an empty file reads "successfully" and turns polling on
+/// for a device without poll queues, after which every read fails with EOPNOTSUPP. The probe
+/// file therefore holds one block of data before glommio opens it.
+pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fs = rustix::fs::statfs(dir).map_err(|e| OpenFileError::Io(e.into()))?;
+    let fs_type = fs.f_type as i64;
+    if fs_type == libc::TMPFS_MAGIC as i64 || fs_type == RAMFS_MAGIC {
+        return Err(OpenFileError::DirectIoUnsupported(io::Error::other(
+            "the filesystem is tmpfs/ramfs: memory, not a disk, and glommio silently disables \
+             O_DIRECT there",
+        )));
+    }
+    let path = dir.join(DIRECT_IO_PROBE);
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let result = match direct {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(OpenFileError::DirectIoUnsupported(e))
+        }
+        Err(e) => Err(OpenFileError::Io(e)),
+        Ok(_) => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| {
+                    f.write_all(&[0x5a; BLOCK_SIZE])?;
+                    f.sync_data()
+                });
+            match written {
+                Err(e) => Err(OpenFileError::Io(e)),
+                Ok(()) => match DirectFile::open(&path).await {
+                    Ok(file) => {
+                        let read = file.read_at(0, BLOCK_SIZE).await.map(|r| r.len());
+                        let _ = file.close().await;
+                        match read {
+                            Ok(BLOCK_SIZE) => Ok(()),
+                            Ok(n) => Err(OpenFileError::Io(io::Error::other(format!(
+                                "O_DIRECT probe read {n} of {BLOCK_SIZE} bytes"
+                            )))),
+                            Err(e) => Err(OpenFileError::Io(e)),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// A directory whose entries are made durable by `sync`.
+#[derive(Debug)]
+pub(crate) struct DataDir {
+    dir: Directory,
+    path: PathBuf,
+}
+
+impl DataDir {
+    pub(crate) async fn open(path: &Path) -> io::Result<DataDir> {
+        let dir = Directory::open(path).await.map_err(to_io)?;
+        Ok(DataDir { dir, path: path.to_path_buf() })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// fsyncs the directory so created, renamed and deleted names are durable.
+    pub(crate) async fn sync(&self, faults: &FaultInjector) -> io::Result<()> {
+        if FaultInjector::take(&faults.syncs_to_fail) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.dir.sync().await.map_err(to_io)
+    }
+
+    /// Renames `from` to `to` inside this directory (durable after `sync`).
+    pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.join(from), self.join(to))
+    }
+
+    /// Removes `name` if it exists (durable after `sync`).
+    pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.join(name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The names of the directory's regular entries.
+    pub(crate) fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}

@@ -1,0 +1,34 @@
+//! Data dir lock: an exclusive `flock` on `LOCK`, held for as long as the log is open, so that
+//! two logs (in this process or another) never open the same directory.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+
+use crate::error::OpenError;
+
+/// File name of the lock inside a data dir.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The held lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, OpenError> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(OpenError::Locked { path: dir.to_path_buf() }),
+            Err(TryLockError::Error(source)) => Err(OpenError::Io { path, source }),
+        }
+    }
+}

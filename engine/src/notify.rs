@@ -1,0 +1,97 @@
+//! Single-executor wake-ups: an epoch `Notify` and the per-append `Durable` future.
+//!
+//! Invariants: a `DurableSlot` is resolved at most once; once resolved its result never
+//! changes. Everything here lives on one executor (Rc/RefCell, no locks).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use crate::error::LogError;
+
+/// Wakes every task waiting for "something changed" (epoch-based, no lost wake-ups).
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    epoch: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    pub(crate) fn notify_all(&self) {
+        self.epoch.set(self.epoch.get() + 1);
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once `notify_all` has run after `epoch` was read.
+    pub(crate) fn wait(&self, epoch: u64) -> NotifyWait<'_> {
+        NotifyWait { notify: self, epoch }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct NotifyWait<'a> {
+    notify: &'a Notify,
+    epoch: u64,
+}
+
+impl Future for NotifyWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.epoch.get() != self.epoch {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.notify.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Where the outcome of one append's durability lands.
+#[derive(Debug, Default)]
+pub(crate) struct DurableSlot {
+    result: RefCell<Option<Result<(), LogError>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl DurableSlot {
+    pub(crate) fn resolve(&self, result: Result<(), LogError>) {
+        let mut slot = self.result.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(result);
+            if let Some(waker) = self.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Resolves when the appended batch is durable (fdatasync completed), or with the reason it
+/// never will be (`Failed`, `Truncated`, `Closed`). Dropping it does not cancel the append.
+#[derive(Debug)]
+#[must_use = "an append is durable only once this resolves with Ok"]
+pub struct Durable {
+    pub(crate) slot: Rc<DurableSlot>,
+}
+
+impl Future for Durable {
+    type Output = Result<(), LogError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.slot.result.borrow().as_ref() {
+            return Poll::Ready(result.clone());
+        }
+        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}

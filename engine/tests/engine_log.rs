@@ -1,0 +1,543 @@
+//! The log's behaviour through its public API on a real disk (O_DIRECT, fdatasync).
+
+mod common;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use common::{request, run, small_config, tempdir, values};
+use ringlog_engine::{
+    decode_batch, AppendError, AppendRequest, FetchError, HardState, HardStateStore, Log,
+    LogConfig, LogError, LogIndex, NodeId, Offset, OpenError, ReadBound, Term, TruncateError,
+    CONTROL_MEMBERSHIP,
+};
+
+#[test]
+fn appended_batches_are_durable_and_read_back_after_reopen() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.segments, 0);
+        let mut expected = Vec::new();
+        for i in 0..50u32 {
+            let appended = log.append(request(1, 3, 100 + i as usize, i as u8)).unwrap();
+            assert_eq!(appended.index, LogIndex(u64::from(i) + 1));
+            assert_eq!(appended.base_offset, Offset(u64::from(i) * 3));
+            appended.durable.await.unwrap();
+            for _ in 0..3 {
+                expected.push(vec![i as u8; 100 + i as usize]);
+            }
+        }
+        assert_eq!(log.durable_index(), LogIndex(50));
+        assert_eq!(log.durable_offset(), Offset(150));
+        let fetched = log.fetch(Offset(0), 1 << 20, ReadBound::Durable).await.unwrap();
+        assert_eq!(values(&fetched), expected);
+        log.close().await.unwrap();
+
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0);
+        assert_eq!(log.last_index(), LogIndex(50));
+        assert_eq!(log.next_offset(), Offset(150));
+        let fetched = log.fetch(Offset(0), 1 << 20, ReadBound::Durable).await.unwrap();
+        assert_eq!(values(&fetched), expected);
+        let from_middle = log.fetch(Offset(100), 1, ReadBound::Durable).await.unwrap();
+        assert_eq!(from_middle.len(), 1, "max_bytes smaller than a batch still returns one");
+        let header = *decode_batch(&from_middle[0], 1 << 20).unwrap().header();
+        assert_eq!(header.base_offset(), Offset(99), "the batch holding offset 100");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_fdatasyncs() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let log = Rc::new(log);
+        let appenders = 64;
+        let per_appender = 20;
+        let mut tasks = Vec::new();
+        for t in 0..appenders {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for _ in 0..per_appender {
+                    let appended = log.append(request(1, 1, 200, t as u8)).unwrap();
+                    appended.durable.await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        let stats = log.stats();
+        let appends = (appenders * per_appender) as u64;
+        assert_eq!(stats.batches_flushed, appends);
+        println!("{appends} appends, {} fdatasyncs, {} flushes", stats.fdatasyncs, stats.flushes);
+        assert!(
+            stats.fdatasyncs * 4 <= appends,
+            "group commit: {} fdatasyncs for {appends} appends",
+            stats.fdatasyncs
+        );
+        Rc::try_unwrap(log).unwrap().close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_and_reads_cross_segment_boundaries() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let mut last = None;
+        for i in 0..800u32 {
+            last = Some(log.append(request(1 + u64::from(i / 200), 4, 1000, i as u8)).unwrap());
+            if i % 100 == 99 {
+                log.sync().await.unwrap();
+            }
+        }
+        last.unwrap().durable.await.unwrap();
+        assert!(log.segment_count() >= 3, "3.2 MB over 1 MiB segments rolls");
+        assert!(log.stats().segments_rolled >= 3);
+        let mut offset = Offset(0);
+        let mut seen = 0;
+        while offset < log.next_offset() {
+            let batches = log.fetch(offset, 50_000, ReadBound::Durable).await.unwrap();
+            assert!(!batches.is_empty());
+            for b in &batches {
+                let header = *decode_batch(b, 1 << 20).unwrap().header();
+                assert_eq!(header.base_offset(), offset);
+                assert_eq!(header.index(), LogIndex(seen + 1));
+                offset = header.next_offset();
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 800);
+        assert_eq!(log.term_at(LogIndex(0)), Some(Term(0)));
+        assert_eq!(log.term_at(LogIndex(200)), Some(Term(1)));
+        assert_eq!(log.term_at(LogIndex(201)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(800)), Some(Term(4)));
+        assert_eq!(log.term_at(LogIndex(801)), None);
+        let entries = log.read_entries(LogIndex(150), LogIndex(160), 1 << 20).await.unwrap();
+        assert_eq!(entries.len(), 11);
+        log.close().await.unwrap();
+
+        // Reopen: sealed segments come from their index files, terms survive.
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert!(report.sealed_trusted >= 3, "{report:?}");
+        assert_eq!(report.sealed_rescanned, 0);
+        assert_eq!(log.term_at(LogIndex(201)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(601)), Some(Term(4)));
+        assert_eq!(log.last_term(), Term(4));
+        let entries = log.read_entries(LogIndex(1), LogIndex(800), 1 << 30).await.unwrap();
+        assert_eq!(entries.len(), 800);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_missing_index_file_is_rebuilt_by_a_scan() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..300u32 {
+            let _ = log.append(request(1, 4, 1000, i as u8)).unwrap();
+        }
+        log.close().await.unwrap();
+        let index = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "idx"))
+            .expect("a sealed segment has an index");
+        std::fs::remove_file(&index).unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.sealed_rescanned, 1, "{report:?}");
+        assert!(index.exists(), "the rebuilt index is persisted again");
+        assert_eq!(log.last_index(), LogIndex(300));
+        assert_eq!(log.read_entries(LogIndex(1), LogIndex(300), 1 << 30).await.unwrap().len(), 300);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_second_open_of_the_same_dir_is_refused() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        match Log::open(&path, small_config()).await {
+            Err(OpenError::Locked { path: locked }) => assert_eq!(locked, path),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.expect("released by close");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_data_dir_on_tmpfs_is_refused_with_a_clear_error() {
+    if !std::path::Path::new("/dev/shm").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        match Log::open(&path, small_config()).await {
+            Err(e @ OpenError::DirectIoUnsupported { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(path.to_str().unwrap()), "{text}");
+                assert!(text.contains("O_DIRECT"), "{text}");
+            }
+            other => panic!("expected DirectIoUnsupported, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn bad_requests_are_typed_errors_not_panics() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let too_big = AppendRequest {
+            records: Bytes::from(vec![0u8; 70_000]),
+            ..request(1, 1, 1, 0)
+        };
+        assert!(matches!(log.append(too_big), Err(AppendError::BatchTooLarge { .. })));
+        let lying = AppendRequest { record_count: 2, ..request(1, 1, 10, 0) };
+        assert!(matches!(log.append(lying), Err(AppendError::Malformed(_))));
+        let _ = log.append(request(5, 1, 10, 0)).unwrap();
+        assert!(matches!(log.append(request(4, 1, 10, 0)), Err(AppendError::TermRegression { .. })));
+        assert!(matches!(
+            log.fetch(Offset(999), 100, ReadBound::Durable).await,
+            Err(FetchError::OffsetOutOfRange { .. })
+        ));
+        assert!(matches!(
+            log.read_entries(LogIndex(0), LogIndex(3), 100).await,
+            Err(FetchError::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            log.append_stamped(Bytes::from_static(b"garbage that is not a batch at all.....")),
+            Err(AppendError::Malformed(_))
+        ));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_past_queued_bytes_max_get_backpressure() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig { queued_bytes_max: 256 << 10, ..small_config() };
+        let (log, _) = Log::open(&path, config).await.unwrap();
+        let mut accepted = Vec::new();
+        let refused = loop {
+            match log.append(request(1, 1, 30_000, 1)) {
+                Ok(a) => accepted.push(a),
+                Err(e) => break e,
+            }
+            assert!(accepted.len() < 100, "queue must be bounded");
+        };
+        assert!(matches!(refused, AppendError::Backpressure { .. }), "{refused:?}");
+        assert!(log.queued_bytes() <= 256 << 10);
+        for a in accepted {
+            a.durable.await.unwrap();
+        }
+        log.append(request(1, 1, 30_000, 1)).expect("room again once durable");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_fdatasync_latches_the_log() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        log.append(request(1, 1, 100, 1)).unwrap().durable.await.unwrap();
+        log.fault_injector().fail_syncs(1);
+        let appended = log.append(request(1, 1, 100, 2)).unwrap();
+        assert!(matches!(appended.durable.await, Err(LogError::Failed { .. })));
+        assert!(matches!(log.append(request(1, 1, 100, 3)), Err(AppendError::Failed { .. })));
+        assert!(matches!(
+            log.fetch(Offset(0), 100, ReadBound::Durable).await,
+            Err(FetchError::Failed { .. })
+        ));
+        assert!(matches!(log.sync().await, Err(LogError::Failed { .. })));
+        assert!(matches!(log.truncate_suffix(LogIndex(1)).await, Err(TruncateError::Failed { .. })));
+        assert!(log.failure().is_some());
+        let stats = log.stats();
+        assert_eq!(stats.fdatasyncs, 1, "the failed fdatasync is never retried");
+        drop(log);
+    });
+}
+
+#[test]
+fn a_failed_write_latches_the_log() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        log.append(request(1, 1, 100, 1)).unwrap().durable.await.unwrap();
+        log.fault_injector().fail_writes(1);
+        let appended = log.append(request(1, 1, 100, 2)).unwrap();
+        assert!(matches!(appended.durable.await, Err(LogError::Failed { .. })));
+        assert!(matches!(log.append(request(1, 1, 100, 3)), Err(AppendError::Failed { .. })));
+        drop(log);
+    });
+}
+
+#[test]
+fn truncating_a_durable_suffix_survives_reopen() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..300u32 {
+            let _ = log.append(request(1 + u64::from(i / 150), 2, 2000, i as u8)).unwrap();
+        }
+        log.sync().await.unwrap();
+        let segments_before = log.segment_count();
+        assert!(segments_before >= 2);
+        let cut = log.read_entries(LogIndex(120), LogIndex(120), 1).await.unwrap();
+        let cut_header = *decode_batch(&cut[0], 1 << 20).unwrap().header();
+        log.truncate_suffix(LogIndex(120)).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(119));
+        assert_eq!(log.next_offset(), cut_header.base_offset());
+        assert_eq!(log.durable_index(), LogIndex(119));
+        assert_eq!(log.last_term(), Term(1));
+        // New entries of a new term continue from the cut.
+        let appended = log.append(request(3, 1, 10, 0xee)).unwrap();
+        assert_eq!(appended.index, LogIndex(120));
+        appended.durable.await.unwrap();
+        let crc = log.last_crc();
+        log.close().await.unwrap();
+
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(120));
+        assert_eq!(log.term_at(LogIndex(120)), Some(Term(3)));
+        assert_eq!(log.term_at(LogIndex(119)), Some(Term(1)));
+        assert_eq!(log.last_crc(), crc);
+        let all = log.read_entries(LogIndex(1), LogIndex(120), 1 << 30).await.unwrap();
+        assert_eq!(all.len(), 120);
+        assert_eq!(values(&all[119..]), vec![vec![0xee; 10]]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncating_queued_batches_resolves_them_truncated() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        log.append(request(1, 1, 10, 1)).unwrap().durable.await.unwrap();
+        // Appends made synchronously are queued; truncating before the flusher runs drops them.
+        let a = log.append(request(1, 1, 10, 2)).unwrap();
+        let b = log.append(request(1, 1, 10, 3)).unwrap();
+        let truncated = log.truncate_suffix(LogIndex(3));
+        let (t, ra, rb) = futures_join(truncated, a.durable, b.durable).await;
+        t.unwrap();
+        ra.unwrap();
+        assert!(matches!(rb, Err(LogError::Truncated { .. }) | Ok(())));
+        assert_eq!(log.last_index(), LogIndex(2));
+        log.close().await.unwrap();
+    });
+}
+
+async fn futures_join<A, B, C>(a: A, b: B, c: C) -> (A::Output, B::Output, C::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+    C: std::future::Future,
+{
+    let a = a.await;
+    let b = b.await;
+    let c = c.await;
+    (a, b, c)
+}
+
+#[test]
+fn reset_restarts_the_log_at_the_given_index_and_offset() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..10u32 {
+            let _ = log.append(request(1, 1, 10, i as u8)).unwrap();
+        }
+        log.sync().await.unwrap();
+        log.reset(LogIndex(1000), Offset(5000), Term(7)).await.unwrap();
+        assert_eq!(log.start_index(), LogIndex(1000));
+        assert_eq!(log.last_index(), LogIndex(999));
+        assert_eq!(log.last_term(), Term(7));
+        assert_eq!(log.term_at(LogIndex(999)), Some(Term(7)));
+        assert_eq!(log.next_offset(), Offset(5000));
+        log.close().await.unwrap();
+
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.start_index(), LogIndex(1000));
+        assert_eq!(log.start_offset(), Offset(5000));
+        assert_eq!(log.term_at(LogIndex(999)), Some(Term(7)));
+        // A follower's first batch after the reset starts the chain with the leader's crc.
+        let leader_dir = tempdir();
+        let leader_path = leader_dir.path().to_path_buf();
+        let (leader, _) = Log::open(&leader_path, small_config()).await.unwrap();
+        leader.reset(LogIndex(1000), Offset(5000), Term(7)).await.unwrap();
+        let _ = leader.append(request(7, 1, 10, 1)).unwrap();
+        let a = leader.append(request(8, 2, 10, 2)).unwrap();
+        let first = leader.read_entries(LogIndex(1000), LogIndex(1000), 1).await.unwrap();
+        let _ = log.append_stamped(first[0].clone()).unwrap();
+        let appended = log.append_stamped(a.batch.clone()).unwrap();
+        assert_eq!(appended.batch, a.batch, "the follower stores the leader's bytes unchanged");
+        appended.durable.await.unwrap();
+        assert_eq!(log.last_crc(), leader.last_crc());
+        // A batch that skips an index is refused.
+        let c = leader.append(request(8, 1, 10, 3)).unwrap();
+        let _ = leader.append(request(8, 1, 10, 4)).unwrap();
+        let d = leader.read_entries(LogIndex(1003), LogIndex(1003), 1).await.unwrap();
+        assert!(matches!(log.append_stamped(d[0].clone()), Err(AppendError::NotContiguous { .. })));
+        log.append_stamped(c.batch).unwrap();
+        leader.close().await.unwrap();
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_deletes_old_sealed_segments_below_the_bound() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig { retention_bytes_max: Some(2 << 20), ..small_config() };
+        let (log, _) = Log::open(&path, config.clone()).await.unwrap();
+        for i in 0..1000u32 {
+            let _ = log.append(request(1, 2, 2000, i as u8)).unwrap();
+        }
+        log.sync().await.unwrap();
+        let segments = log.segment_count();
+        assert!(segments >= 4);
+        let none = log.apply_retention(0, LogIndex(1)).await.unwrap();
+        assert_eq!(none.segments_deleted, 0, "nothing below the bound");
+        let report = log.apply_retention(0, LogIndex(1001)).await.unwrap();
+        assert!(report.segments_deleted >= 1);
+        assert_eq!(log.segment_count(), segments - report.segments_deleted);
+        assert!(log.segment_count() >= 2, "keeps up to the byte bound and the active segment");
+        assert_eq!(log.start_offset(), report.start_offset);
+        assert!(log.start_offset() > Offset(0));
+        assert!(matches!(
+            log.fetch(Offset(0), 100, ReadBound::Durable).await,
+            Err(FetchError::OffsetOutOfRange { .. })
+        ));
+        let first = log.fetch(log.start_offset(), 100, ReadBound::Durable).await.unwrap();
+        let header = *decode_batch(&first[0], 1 << 20).unwrap().header();
+        assert_eq!(header.base_offset(), report.start_offset);
+        assert_eq!(log.term_at(LogIndex(report.start_index.0 - 1)), Some(Term(1)));
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, config).await.unwrap();
+        assert_eq!(log.start_offset(), report.start_offset);
+        assert_eq!(log.last_index(), LogIndex(1000));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_by_age_deletes_segments_older_than_the_limit() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            retention_age_max: Some(std::time::Duration::from_secs(60)),
+            ..small_config()
+        };
+        let (log, _) = Log::open(&path, config).await.unwrap();
+        for i in 0..600u32 {
+            let _ = log.append(request(1, 2, 2000, i as u8)).unwrap();
+        }
+        log.sync().await.unwrap();
+        let segments = log.segment_count();
+        // The batches carry timestamp 1_700_000_000_000: 30 s later nothing is old enough.
+        let young = log.apply_retention(1_700_000_030_000, LogIndex(u64::MAX)).await.unwrap();
+        assert_eq!(young.segments_deleted, 0);
+        let old = log.apply_retention(1_700_000_100_000, LogIndex(u64::MAX)).await.unwrap();
+        assert_eq!(old.segments_deleted, segments - 1, "all but the active segment");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn control_batches_take_an_index_but_no_offset() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let _ = log.append(request(1, 2, 10, 1)).unwrap();
+        let membership = AppendRequest::control(
+            Term(1),
+            CONTROL_MEMBERSHIP,
+            Bytes::from_static(b"nodes=1,2,3"),
+            0,
+        );
+        let control = log.append(membership).unwrap();
+        assert_eq!(control.index, LogIndex(2));
+        assert_eq!(control.base_offset, Offset(2));
+        let _ = log.append(request(1, 2, 10, 2)).unwrap();
+        log.sync().await.unwrap();
+        assert_eq!(log.next_offset(), Offset(4));
+        assert_eq!(log.membership_indices(), vec![LogIndex(2)]);
+        let at_two = log.fetch(Offset(2), 1 << 20, ReadBound::Durable).await.unwrap();
+        assert_eq!(at_two.len(), 2, "the control batch at offset 2, then the data batch");
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.membership_indices(), vec![LogIndex(2)]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_stop_at_the_bound_unless_asked_for_more() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..5u32 {
+            let _ = log.append(request(1, 1, 10, i as u8)).unwrap();
+        }
+        // Synchronously after append nothing is durable yet.
+        let durable = log.fetch(Offset(0), 1 << 20, ReadBound::Durable).await.unwrap();
+        assert!(durable.len() as u64 <= log.durable_index().0);
+        let appended = log.fetch(Offset(0), 1 << 20, ReadBound::Appended).await.unwrap();
+        assert_eq!(appended.len(), 5);
+        let through = log.fetch(Offset(0), 1 << 20, ReadBound::Through(LogIndex(3))).await.unwrap();
+        assert_eq!(through.len(), 3);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn hard_state_survives_reopen_and_a_torn_slot() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let store = HardStateStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), HardState::default());
+        store.store(HardState { term: Term(3), vote: Some(NodeId(2)) }).await.unwrap();
+        store.store(HardState { term: Term(4), vote: None }).await.unwrap();
+        drop(store);
+        let store = HardStateStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), HardState { term: Term(4), vote: None });
+        drop(store);
+        // Tear the newest slot (generation 2 lives in slot 0): the previous state survives.
+        let file = path.join("hard_state");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let store = HardStateStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), HardState { term: Term(3), vote: Some(NodeId(2)) });
+        store.store(HardState { term: Term(5), vote: Some(NodeId(1)) }).await.unwrap();
+        assert_eq!(store.load().await.unwrap().term, Term(5));
+    });
+}

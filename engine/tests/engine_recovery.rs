@@ -1,0 +1,229 @@
+//! Recovery outcomes per kind of damage (docs/format.md#recovery-outcomes).
+//!
+//! Each test writes a log whose batches each took their own flush (so batch `k`, counted from
+//! 0, starts at byte `4096 * (k + 1)` of the first segment), damages the file the way a crash
+//! or the disk could, and checks the documented outcome.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use common::{request, run, small_config, tempdir};
+use ringlog_engine::{
+    CorruptionKind, FetchError, Log, LogConfig, LogIndex, OpenError, ReadBound, RecoveryMode,
+    Offset,
+};
+
+const BATCHES: u64 = 100;
+
+/// Writes `BATCHES` batches, one flush each; returns the segment path and the batches.
+async fn prepare(path: &Path) -> (PathBuf, Vec<Bytes>) {
+    let (log, _) = Log::open(path, small_config()).await.unwrap();
+    let mut batches = Vec::new();
+    for i in 0..BATCHES {
+        let appended = log.append(request(1, 2, 400, i as u8)).unwrap();
+        batches.push(appended.batch.clone());
+        appended.durable.await.unwrap();
+    }
+    log.close().await.unwrap();
+    let segment = path.join("00000000000000000000-00000000000000000001.seg");
+    assert!(segment.exists());
+    (segment, batches)
+}
+
+fn position_of(k: u64) -> u64 {
+    4096 * (k + 1)
+}
+
+fn write_at(file: &Path, position: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.seek(SeekFrom::Start(position)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn flip_bit(file: &Path, position: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[position as usize] ^= 0x04;
+    write_at(file, position, &bytes[position as usize..position as usize + 1]);
+}
+
+/// Reopens after a torn tail: the log ends at `last`, the dropped bytes are reported, a second
+/// reopen is clean, and appending continues the chain.
+async fn expect_torn(path: &Path, last: u64, dropped: u64, batches: &[Bytes]) {
+    let (log, report) = Log::open(path, small_config()).await.unwrap();
+    assert_eq!(log.last_index(), LogIndex(last), "{report:?}");
+    assert_eq!(report.torn_bytes_dropped, dropped, "{report:?}");
+    assert_eq!(report.truncated_at, None);
+    let all = log.read_entries(LogIndex(1), LogIndex(last), 1 << 30).await.unwrap();
+    assert_eq!(all.len() as u64, last);
+    for (got, want) in all.iter().zip(batches) {
+        assert_eq!(got, want, "surviving batches are byte-identical");
+    }
+    let appended = log.append(request(1, 1, 10, 0xab)).unwrap();
+    assert_eq!(appended.index, LogIndex(last + 1));
+    appended.durable.await.unwrap();
+    log.close().await.unwrap();
+    let (log, report) = Log::open(path, small_config()).await.unwrap();
+    assert_eq!(report.torn_bytes_dropped, 0, "the repair is durable: {report:?}");
+    assert_eq!(log.last_index(), LogIndex(last + 1));
+    log.close().await.unwrap();
+}
+
+#[test]
+fn recovery_drops_garbage_after_the_last_flush() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        let garbage: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8 | 1).collect();
+        write_at(&segment, position_of(BATCHES), &garbage);
+        expect_torn(&path, BATCHES, 3000, &batches).await;
+    });
+}
+
+#[test]
+fn recovery_drops_a_last_batch_whose_end_reads_as_zeros() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        let last = position_of(BATCHES - 1);
+        let len = batches.last().unwrap().len() as u64;
+        // The second half of the last flush never reached the disk: zeros (padding included).
+        write_at(&segment, last + len / 2, &vec![0u8; (4096 - len / 2) as usize]);
+        expect_torn(&path, BATCHES - 1, len / 2, &batches).await;
+    });
+}
+
+#[test]
+fn recovery_drops_a_half_written_batch() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        // A new batch whose first half landed after the last flush.
+        let half = &batches[5][..batches[5].len() / 2];
+        write_at(&segment, position_of(BATCHES), half);
+        expect_torn(&path, BATCHES, half.len() as u64, &batches).await;
+    });
+}
+
+#[test]
+fn recovery_drops_a_last_batch_with_a_flipped_bit() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        flip_bit(&segment, position_of(BATCHES - 1) + 300);
+        // Dropped: the whole last batch and its padding marker (the non-zero bytes after the
+        // cut; the padding's zeros were zeros already).
+        let dropped = batches.last().unwrap().len() as u64 + 16;
+        expect_torn(&path, BATCHES - 1, dropped, &batches).await;
+    });
+}
+
+#[test]
+fn recovery_refuses_a_flipped_bit_in_the_middle_of_the_log() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, _) = prepare(&path).await;
+        let damaged = position_of(10) + 200;
+        flip_bit(&segment, damaged);
+        match Log::open(&path, small_config()).await {
+            Err(OpenError::Corruption(corruption)) => {
+                assert_eq!(corruption.segment, segment);
+                assert_eq!(corruption.position, position_of(10), "names the damaged batch");
+                assert!(matches!(corruption.kind, CorruptionKind::InvalidBatch(_)));
+            }
+            other => panic!("expected Corruption, got {other:?}"),
+        }
+        // Nothing was changed: the same error again.
+        assert!(matches!(Log::open(&path, small_config()).await, Err(OpenError::Corruption(_))));
+    });
+}
+
+#[test]
+fn recovery_truncates_at_mid_log_corruption_when_asked() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        flip_bit(&segment, position_of(10) + 200);
+        let config =
+            LogConfig { recovery_mode: RecoveryMode::TruncateAtCorruption, ..small_config() };
+        let (log, report) = Log::open(&path, config.clone()).await.unwrap();
+        let cut = report.truncated_at.clone().expect("reports where it cut");
+        assert_eq!(cut.position, position_of(10));
+        assert!(report.corruption_bytes_dropped >= (BATCHES - 10) * 400);
+        assert_eq!(log.last_index(), LogIndex(10));
+        let kept = log.read_entries(LogIndex(1), LogIndex(10), 1 << 30).await.unwrap();
+        assert_eq!(kept, batches[..10].to_vec());
+        log.close().await.unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.truncated_at, None, "strict open after the cut is clean");
+        assert_eq!(log.last_index(), LogIndex(10));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_is_never_returned_to_a_reader() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..600u32 {
+            let _ = log.append(request(1, 2, 2000, i as u8)).unwrap();
+        }
+        log.close().await.unwrap();
+        let first = path.join("00000000000000000000-00000000000000000001.seg");
+        flip_bit(&first, 4096 + 5000);
+        // Sealed segments are trusted through their index: open does not read them...
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert!(report.sealed_trusted >= 1);
+        // ...but every read verifies checksums.
+        match log.fetch(Offset(0), 1 << 20, ReadBound::Durable).await {
+            Err(FetchError::Corruption(c)) => assert_eq!(c.segment, first),
+            other => panic!("expected Corruption, got {other:?}"),
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn recovery_of_a_torn_first_flush_into_a_new_segment_keeps_the_previous_segment() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let mut i = 0u32;
+        while log.segment_count() < 2 {
+            log.append(request(1, 2, 2000, i as u8)).unwrap().durable.await.unwrap();
+            i += 1;
+        }
+        let last = log.last_index();
+        log.close().await.unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        let tail = path.join(names.last().unwrap());
+        // Tear the new segment's first flush: header block garbage, first batch half there.
+        write_at(&tail, 0, &[0x77; 100]);
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert!(report.torn_bytes_dropped > 0, "{report:?}");
+        assert_eq!(log.last_index(), LogIndex(last.0 - 1), "the torn flush's batch is gone");
+        log.append(request(1, 1, 10, 1)).unwrap().durable.await.unwrap();
+        log.close().await.unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0);
+        assert_eq!(log.last_index(), last);
+        log.close().await.unwrap();
+    });
+}

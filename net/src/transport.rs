@@ -1,0 +1,854 @@
+//! Transport: frames over glommio TCP. The only module of this crate that does IO.
+//!
+//! - [`FrameStream`]: one TCP connection (TCP_NODELAY) read and written as frames; used by the
+//!   peer transport here and by the server and client.
+//! - [`PeerListener`]: a shard's peer accept loop. Each connection must open with a
+//!   [`Handshake`] of this cluster, protocol version and shard; the decoded [`PeerMessage`]s are
+//!   delivered to a bounded inbox (a full inbox stops reading that connection: TCP
+//!   backpressure, no unbounded buffering).
+//! - [`PeerLink`]: the outgoing connection from this shard to the same shard of one remote node
+//!   (a connection per (local shard, remote node) pair). `send` enqueues into a bounded queue
+//!   and reports `QueueFull` instead of growing; a task writes the queue, coalescing pending
+//!   heartbeats of many partitions into one frame, and reconnects with bounded exponential
+//!   backoff and jitter.
+//!
+//! Invariants:
+//! - A malformed frame, a body that does not decode or a batch that fails its check gets an
+//!   error reply, a log line (`tracing::warn!`) with the reason, and closes *that* connection;
+//!   no other connection, and no listener, is affected.
+//! - Reading reserves at most `FRAME_HEADER_SIZE + frame_body_size_max` bytes per connection.
+//! - A link's queue holds at most `queue_frames_max` frames and `queue_bytes_max` bytes, plus
+//!   at most `HEARTBEATS_PER_FRAME_MAX` pending coalesced heartbeats (one per partition).
+//! - Delivery is at most once: frames in a connection that breaks are lost (counted in
+//!   `LinkStats::frames_dropped`); Raft retransmits. Frames queued while disconnected are sent
+//!   after the next successful handshake, in order.
+//! - Peer connections carry messages one way (connector → acceptor); the acceptor only ever
+//!   writes the handshake reply and error replies.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::LocalSender;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{spawn_local, Task};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use ringlog_raft::NodeId;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::frame::{Frame, FrameBuf, FrameDecoder, FrameError, FrameKind};
+use crate::ids::{ClusterId, RequestId, ShardId};
+use crate::limits::{
+    FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE, HANDSHAKE_TIMEOUT, HEARTBEATS_PER_FRAME_MAX,
+    LINK_QUEUE_BYTES_MAX, LINK_QUEUE_FRAMES_MAX, PEER_CONNECTIONS_MAX, READ_CHUNK_SIZE,
+    RECONNECT_BACKOFF_INITIAL, RECONNECT_BACKOFF_MAX, WRITE_GATHER_BYTES_MAX,
+    ZERO_COPY_PAYLOAD_MIN,
+};
+use crate::peer::{
+    BatchCheck, Handshake, HandshakeReply, PartitionHeartbeat, PartitionHeartbeatResponse,
+    PeerMessage, RefuseReason, PEER_PROTOCOL_VERSION,
+};
+use crate::protocol::ErrorReply;
+use crate::wire::ProtocolError;
+
+/// Bytes read and discarded after an error reply before closing, so that the close does not
+/// turn into a RST that could destroy the reply in flight ("lingering close").
+const LINGER_BYTES_MAX: usize = 256 * 1024;
+const LINGER_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Why a connection (or an attempt to make one) ended.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("malformed message: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("handshake refused: {reason} ({detail})")]
+    Refused { reason: RefuseReason, detail: String },
+    #[error("the peer replied with an error: {0:?}")]
+    ErrorReply(ErrorReply),
+    #[error("unexpected {kind:?} frame")]
+    UnexpectedFrame { kind: FrameKind },
+}
+
+impl From<glommio::GlommioError<()>> for TransportError {
+    fn from(error: glommio::GlommioError<()>) -> Self {
+        TransportError::Io(error.into())
+    }
+}
+
+/// One TCP connection read and written as frames.
+#[derive(Debug)]
+pub struct FrameStream {
+    stream: TcpStream,
+    peer: SocketAddr,
+    decoder: FrameDecoder,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+}
+
+impl FrameStream {
+    /// Wraps an accepted or connected stream; sets TCP_NODELAY.
+    pub fn new(stream: TcpStream, frame_body_size_max: usize) -> Result<Self, TransportError> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        Ok(FrameStream {
+            stream,
+            peer,
+            decoder: FrameDecoder::new(frame_body_size_max),
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+        })
+    }
+
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(
+        addr: SocketAddr,
+        frame_body_size_max: usize,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+        FrameStream::new(stream, frame_body_size_max)
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed cleanly between two frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, TransportError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
+                return Ok(Some(frame));
+            }
+            // Bounded: bytes_needed <= FRAME_HEADER_SIZE + body_size_max.
+            let needed = self.decoder.bytes_needed(&self.read_buf);
+            self.read_buf.reserve(needed.max(READ_CHUNK_SIZE));
+            let filled = self.read_buf.len();
+            self.read_buf.resize(filled + READ_CHUNK_SIZE, 0);
+            let read = self.stream.read(&mut self.read_buf[filled..]).await;
+            let count = match read {
+                Ok(count) => count,
+                Err(error) => {
+                    self.read_buf.truncate(filled);
+                    return Err(error.into());
+                }
+            };
+            self.read_buf.truncate(filled + count);
+            if count == 0 {
+                self.decoder.finish(&self.read_buf)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Like `read_frame`, but an end of stream is `TransportError::Closed`.
+    pub async fn expect_frame(&mut self) -> Result<Frame, TransportError> {
+        self.read_frame().await?.ok_or(TransportError::Closed)
+    }
+
+    pub async fn write_frame(&mut self, frame: &FrameBuf) -> Result<(), TransportError> {
+        self.write_frames(std::slice::from_ref(frame)).await
+    }
+
+    /// Writes frames in order: small chunks are gathered into one write of at most
+    /// `WRITE_GATHER_BYTES_MAX` bytes, large payloads are written from their own buffers.
+    pub async fn write_frames(&mut self, frames: &[FrameBuf]) -> Result<(), TransportError> {
+        self.write_buf.clear();
+        for frame in frames {
+            for chunk in frame.chunks() {
+                if chunk.len() >= ZERO_COPY_PAYLOAD_MIN {
+                    self.flush_gathered().await?;
+                    self.stream.write_all(chunk).await?;
+                    continue;
+                }
+                if self.write_buf.len() + chunk.len() > WRITE_GATHER_BYTES_MAX {
+                    self.flush_gathered().await?;
+                }
+                self.write_buf.extend_from_slice(chunk);
+            }
+        }
+        self.flush_gathered().await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    async fn flush_gathered(&mut self) -> Result<(), TransportError> {
+        if !self.write_buf.is_empty() {
+            self.stream.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Best effort: sends `reply`, half-closes, drains (bounded in bytes and time) what the
+    /// peer still sends so that the reply is not destroyed by a RST, then closes.
+    pub async fn close_with_error(mut self, request_id: RequestId, reply: &ErrorReply) {
+        let _ = self.write_frame(&reply.encode(request_id)).await;
+        self.close_lingering().await;
+    }
+
+    /// Half-closes, drains briefly (see `close_with_error`), and closes.
+    pub async fn close_lingering(self) {
+        let _ = self.stream.shutdown(Shutdown::Write).await;
+        let mut stream = self.stream;
+        let drain = async {
+            let mut scratch = vec![0u8; 16 * 1024];
+            let mut drained = 0usize;
+            while drained < LINGER_BYTES_MAX {
+                match stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(count) => drained += count,
+                }
+            }
+        };
+        futures_lite::future::or(drain, glommio::timer::sleep(LINGER_TIMEOUT)).await;
+    }
+}
+
+/// Runs `future` for at most `timeout`.
+pub async fn with_timeout<T>(
+    timeout: Duration,
+    future: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    let expire = async {
+        glommio::timer::sleep(timeout).await;
+        Err(TransportError::Timeout(timeout))
+    };
+    futures_lite::future::or(future, expire).await
+}
+
+/// Configuration of one shard's peer transport. Defaults come from `limits`.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub cluster: ClusterId,
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub frame_body_size_max: usize,
+    pub queue_frames_max: usize,
+    pub queue_bytes_max: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub handshake_timeout: Duration,
+    pub connections_max: usize,
+}
+
+impl PeerConfig {
+    pub fn new(cluster: ClusterId, node: NodeId, shard: ShardId) -> Self {
+        PeerConfig {
+            cluster,
+            node,
+            shard,
+            frame_body_size_max: FRAME_BODY_SIZE_MAX,
+            queue_frames_max: LINK_QUEUE_FRAMES_MAX,
+            queue_bytes_max: LINK_QUEUE_BYTES_MAX,
+            backoff_initial: RECONNECT_BACKOFF_INITIAL,
+            backoff_max: RECONNECT_BACKOFF_MAX,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            connections_max: PEER_CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// A peer message as delivered to the replicator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub from: NodeId,
+    pub shard: ShardId,
+    pub message: PeerMessage,
+}
+
+/// Counters of a listener since it was bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub accepted: u64,
+    /// Handshakes refused (wrong cluster, version, shard, ...).
+    pub refused: u64,
+    /// Connections closed because of malformed input (bad frame, body or batch).
+    pub malformed: u64,
+    pub messages: u64,
+    pub open: u64,
+}
+
+#[derive(Debug)]
+struct ListenerShared {
+    config: PeerConfig,
+    check: Rc<dyn BatchCheck>,
+    inbox: LocalSender<Inbound>,
+    stats: Cell<ListenerStats>,
+}
+
+impl ListenerShared {
+    fn count(&self, update: impl FnOnce(&mut ListenerStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// Connection tasks of a listener; dropping it cancels them.
+#[derive(Debug, Default)]
+struct Connections {
+    tasks: HashMap<u64, Task<()>>,
+    finished: Vec<u64>,
+    next_id: u64,
+}
+
+/// A shard's peer accept loop (see the module docs). Dropping it stops accepting and closes
+/// every connection it accepted.
+#[derive(Debug)]
+pub struct PeerListener {
+    local_addr: SocketAddr,
+    shared: Rc<ListenerShared>,
+    _accept: Task<()>,
+}
+
+impl PeerListener {
+    /// Binds `addr` (port 0 picks a free port: glommio sets SO_REUSEPORT, so a fixed port can
+    /// be shared silently) and starts accepting. Must run inside a glommio executor.
+    pub fn bind(
+        addr: SocketAddr,
+        config: PeerConfig,
+        check: Rc<dyn BatchCheck>,
+        inbox: LocalSender<Inbound>,
+    ) -> Result<PeerListener, TransportError> {
+        let listener = TcpListener::bind(addr).map_err(io::Error::from)?;
+        let local_addr = listener.local_addr().map_err(io::Error::from)?;
+        let shared = Rc::new(ListenerShared {
+            config,
+            check,
+            inbox,
+            stats: Cell::new(ListenerStats::default()),
+        });
+        let accept = spawn_local(accept_loop(listener, shared.clone()));
+        info!(%local_addr, node = %shared.config.node, shard = %shared.config.shard, "peer listener bound");
+        Ok(PeerListener { local_addr, shared, _accept: accept })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> ListenerStats {
+        self.shared.stats.get()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Rc<ListenerShared>) {
+    let connections = Rc::new(RefCell::new(Connections::default()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, "peer accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut conns = connections.borrow_mut();
+        for id in std::mem::take(&mut conns.finished) {
+            conns.tasks.remove(&id);
+        }
+        let id = conns.next_id;
+        conns.next_id += 1;
+        let over_limit = conns.tasks.len() >= shared.config.connections_max;
+        let task = spawn_local(serve_connection(
+            stream,
+            shared.clone(),
+            over_limit,
+            Rc::downgrade(&connections),
+            id,
+        ));
+        conns.tasks.insert(id, task);
+        shared.count(|s| {
+            s.accepted += 1;
+            s.open = conns.tasks.len() as u64;
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Rc<ListenerShared>,
+    over_limit: bool,
+    connections: Weak<RefCell<Connections>>,
+    id: u64,
+) {
+    match FrameStream::new(stream, shared.config.frame_body_size_max) {
+        Ok(conn) => serve_peer(conn, &shared, over_limit).await,
+        Err(error) => debug!(%error, "peer connection failed before its first frame"),
+    }
+    if let Some(connections) = connections.upgrade() {
+        let mut conns = connections.borrow_mut();
+        conns.finished.push(id);
+        let open = conns.tasks.len().saturating_sub(conns.finished.len());
+        shared.count(|s| s.open = open as u64);
+    }
+}
+
+async fn serve_peer(mut conn: FrameStream, shared: &ListenerShared, over_limit: bool) {
+    let peer = conn.peer_addr();
+    let config = &shared.config;
+    let first = with_timeout(config.handshake_timeout, conn.expect_frame()).await;
+    let handshake = match first.and_then(|frame| Ok(Handshake::decode(&frame)?)) {
+        Ok(handshake) => handshake,
+        Err(error) => return reject_malformed(conn, shared, RequestId(0), &error).await,
+    };
+    if let Some((reason, detail)) = refusal(config, &handshake, over_limit) {
+        warn!(%peer, node = %handshake.node, %reason, %detail, "peer handshake refused");
+        shared.count(|s| s.refused += 1);
+        let _ = conn.write_frame(&HandshakeReply::Refused { reason, detail }.encode()).await;
+        return conn.close_lingering().await;
+    }
+    let accepted = HandshakeReply::Accepted {
+        cluster: config.cluster,
+        node: config.node,
+        shard: config.shard,
+    };
+    if let Err(error) = conn.write_frame(&accepted.encode()).await {
+        return debug!(%peer, %error, "peer connection lost during handshake");
+    }
+    info!(%peer, node = %handshake.node, shard = %handshake.shard, "peer connected");
+    loop {
+        let frame = match conn.read_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return debug!(%peer, node = %handshake.node, "peer closed"),
+            Err(TransportError::Io(error)) => {
+                return debug!(%peer, %error, "peer connection lost");
+            }
+            Err(error) => return reject_malformed(conn, shared, RequestId(0), &error).await,
+        };
+        let message = match PeerMessage::decode(&frame, &*shared.check) {
+            Ok(message) => message,
+            Err(error) => {
+                return reject_malformed(conn, shared, frame.request_id, &error.into()).await
+            }
+        };
+        shared.count(|s| s.messages += 1);
+        let inbound = Inbound { from: handshake.node, shard: handshake.shard, message };
+        if shared.inbox.send(inbound).await.is_err() {
+            return debug!(%peer, "peer inbox closed; dropping connection");
+        }
+    }
+}
+
+fn refusal(
+    config: &PeerConfig,
+    handshake: &Handshake,
+    over_limit: bool,
+) -> Option<(RefuseReason, String)> {
+    if handshake.cluster != config.cluster {
+        let detail =
+            format!("this is cluster {}, peer is in {}", config.cluster, handshake.cluster);
+        return Some((RefuseReason::WrongCluster, detail));
+    }
+    if handshake.protocol_version != PEER_PROTOCOL_VERSION {
+        let detail = format!(
+            "this node speaks {}, peer speaks {}",
+            PEER_PROTOCOL_VERSION, handshake.protocol_version
+        );
+        return Some((RefuseReason::UnsupportedVersion, detail));
+    }
+    if handshake.shard != config.shard {
+        let detail = format!("this is shard {}, peer is shard {}", config.shard, handshake.shard);
+        return Some((RefuseReason::WrongShard, detail));
+    }
+    if handshake.node == config.node {
+        return Some((RefuseReason::SelfConnection, format!("both are {}", config.node)));
+    }
+    if over_limit {
+        let detail = format!("limit is {}", config.connections_max);
+        return Some((RefuseReason::TooManyConnections, detail));
+    }
+    None
+}
+
+async fn reject_malformed(
+    conn: FrameStream,
+    shared: &ListenerShared,
+    request_id: RequestId,
+    error: &TransportError,
+) {
+    let peer = conn.peer_addr();
+    let reply = match error {
+        TransportError::Io(_) | TransportError::Closed => {
+            return debug!(%peer, %error, "peer connection lost");
+        }
+        TransportError::Frame(frame_error) => ErrorReply::for_frame_error(frame_error),
+        other => ErrorReply::Malformed { reason: other.to_string() },
+    };
+    warn!(%peer, reason = %error, "closing peer connection after malformed input");
+    shared.count(|s| s.malformed += 1);
+    conn.close_with_error(request_id, &reply).await;
+}
+
+/// What a link is doing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    Connecting,
+    Connected,
+    /// The last handshake was refused; the link keeps retrying at backoff pace.
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+    /// The last connection or attempt failed; the link retries after a backoff delay.
+    Disconnected {
+        error: String,
+    },
+}
+
+/// Counters of a link since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Successful handshakes.
+    pub connects: u64,
+    /// Established connections that broke.
+    pub disconnects: u64,
+    pub refusals: u64,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    /// Frames lost with a broken connection.
+    pub frames_dropped: u64,
+}
+
+/// Why `PeerLink::send` did not enqueue.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    #[error("link queue full ({frames} frames, {bytes} bytes queued)")]
+    QueueFull { frames: usize, bytes: usize },
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<FrameBuf>,
+    bytes: usize,
+    heartbeats: Vec<PartitionHeartbeat>,
+    heartbeat_responses: Vec<PartitionHeartbeatResponse>,
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.heartbeats.is_empty() && self.heartbeat_responses.is_empty()
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Pending coalesced heartbeats first (latency-sensitive), then queued frames up to the
+    /// gather limit (at least one).
+    fn take_batch(&mut self) -> Vec<FrameBuf> {
+        let mut batch = Vec::new();
+        if !self.heartbeats.is_empty() {
+            batch.push(PeerMessage::Heartbeats(std::mem::take(&mut self.heartbeats)).encode());
+        }
+        if !self.heartbeat_responses.is_empty() {
+            let list = std::mem::take(&mut self.heartbeat_responses);
+            batch.push(PeerMessage::HeartbeatResponses(list).encode());
+        }
+        let mut gathered = 0;
+        while let Some(frame) = self.frames.front() {
+            if gathered > 0 && gathered + frame.len() > WRITE_GATHER_BYTES_MAX {
+                break;
+            }
+            gathered += frame.len();
+            self.bytes -= frame.len();
+            batch.push(self.frames.pop_front().expect("front exists"));
+        }
+        batch
+    }
+}
+
+#[derive(Debug)]
+struct LinkShared {
+    config: PeerConfig,
+    remote: NodeId,
+    addr: Cell<SocketAddr>,
+    outbox: RefCell<Outbox>,
+    status: RefCell<LinkStatus>,
+    stats: Cell<LinkStats>,
+}
+
+impl LinkShared {
+    fn count(&self, update: impl FnOnce(&mut LinkStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+
+    fn set_status(&self, status: LinkStatus) {
+        *self.status.borrow_mut() = status;
+    }
+}
+
+/// The outgoing connection from this shard to the same shard of `remote` (see the module
+/// docs). Dropping it closes the connection and discards its queue.
+#[derive(Debug)]
+pub struct PeerLink {
+    shared: Rc<LinkShared>,
+    _task: Task<()>,
+}
+
+impl PeerLink {
+    /// Starts connecting to `remote` at `addr`. Must run inside a glommio executor.
+    pub fn connect(config: PeerConfig, remote: NodeId, addr: SocketAddr) -> PeerLink {
+        let shared = Rc::new(LinkShared {
+            config,
+            remote,
+            addr: Cell::new(addr),
+            outbox: RefCell::new(Outbox::default()),
+            status: RefCell::new(LinkStatus::Connecting),
+            stats: Cell::new(LinkStats::default()),
+        });
+        let task = spawn_local(run_link(shared.clone()));
+        PeerLink { shared, _task: task }
+    }
+
+    pub fn remote(&self) -> NodeId {
+        self.shared.remote
+    }
+
+    /// Where the next connection attempt goes (e.g. after a membership change).
+    pub fn set_addr(&self, addr: SocketAddr) {
+        self.shared.addr.set(addr);
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.shared.stats.get()
+    }
+
+    /// Frames and bytes waiting in the queue (pending heartbeats not included).
+    pub fn queued(&self) -> (usize, usize) {
+        let outbox = self.shared.outbox.borrow();
+        (outbox.frames.len(), outbox.bytes)
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_idle(&self) -> bool {
+        self.shared.outbox.borrow().is_empty()
+    }
+
+    /// Encodes and enqueues `message`.
+    pub fn send(&self, message: &PeerMessage) -> Result<(), SendError> {
+        self.send_frame(message.encode())
+    }
+
+    /// Enqueues an encoded frame.
+    pub fn send_frame(&self, frame: FrameBuf) -> Result<(), SendError> {
+        let config = &self.shared.config;
+        let max = FRAME_HEADER_SIZE + config.frame_body_size_max;
+        if frame.len() > max {
+            return Err(SendError::TooLarge { len: frame.len(), max });
+        }
+        let mut outbox = self.shared.outbox.borrow_mut();
+        if outbox.frames.len() >= config.queue_frames_max
+            || outbox.bytes + frame.len() > config.queue_bytes_max
+        {
+            return Err(SendError::QueueFull { frames: outbox.frames.len(), bytes: outbox.bytes });
+        }
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        outbox.wake();
+        Ok(())
+    }
+
+    /// Enqueues a heartbeat to be coalesced with those of other partitions into one frame. A
+    /// newer heartbeat of the same partition replaces a pending one.
+    pub fn send_heartbeat(&self, heartbeat: PartitionHeartbeat) -> Result<(), SendError> {
+        let mut outbox = self.shared.outbox.borrow_mut();
+        let pending = &mut outbox.heartbeats;
+        if let Some(slot) = pending.iter_mut().find(|h| h.partition == heartbeat.partition) {
+            *slot = heartbeat;
+        } else if pending.len() >= HEARTBEATS_PER_FRAME_MAX {
+            return Err(SendError::QueueFull { frames: outbox.frames.len(), bytes: outbox.bytes });
+        } else {
+            pending.push(heartbeat);
+        }
+        outbox.wake();
+        Ok(())
+    }
+
+    /// Like `send_heartbeat`, for heartbeat responses.
+    pub fn send_heartbeat_response(
+        &self,
+        response: PartitionHeartbeatResponse,
+    ) -> Result<(), SendError> {
+        let mut outbox = self.shared.outbox.borrow_mut();
+        let pending = &mut outbox.heartbeat_responses;
+        if let Some(slot) = pending.iter_mut().find(|h| h.partition == response.partition) {
+            *slot = response;
+        } else if pending.len() >= HEARTBEATS_PER_FRAME_MAX {
+            return Err(SendError::QueueFull { frames: outbox.frames.len(), bytes: outbox.bytes });
+        } else {
+            pending.push(response);
+        }
+        outbox.wake();
+        Ok(())
+    }
+}
+
+async fn run_link(shared: Rc<LinkShared>) {
+    let config = &shared.config;
+    let seed = u64::from(config.node.0) << 32
+        ^ u64::from(shared.remote.0)
+        ^ SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
+    loop {
+        shared.set_status(LinkStatus::Connecting);
+        let addr = shared.addr.get();
+        match connect_and_handshake(config, addr).await {
+            Ok(conn) => {
+                backoff.reset();
+                shared.count(|s| s.connects += 1);
+                shared.set_status(LinkStatus::Connected);
+                info!(remote = %shared.remote, %addr, "peer link connected");
+                let error = pump(&shared, conn).await;
+                shared.count(|s| s.disconnects += 1);
+                warn!(remote = %shared.remote, %addr, %error, "peer link lost");
+                shared.set_status(LinkStatus::Disconnected { error: error.to_string() });
+            }
+            Err(TransportError::Refused { reason, detail }) => {
+                warn!(remote = %shared.remote, %addr, %reason, %detail, "peer refused handshake");
+                shared.count(|s| s.refusals += 1);
+                shared.set_status(LinkStatus::Refused { reason, detail });
+            }
+            Err(error) => {
+                debug!(remote = %shared.remote, %addr, %error, "peer link connect failed");
+                shared.set_status(LinkStatus::Disconnected { error: error.to_string() });
+            }
+        }
+        glommio::timer::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn connect_and_handshake(
+    config: &PeerConfig,
+    addr: SocketAddr,
+) -> Result<FrameStream, TransportError> {
+    let timeout = config.handshake_timeout;
+    let mut conn = FrameStream::connect(addr, config.frame_body_size_max, timeout).await?;
+    let handshake = Handshake {
+        cluster: config.cluster,
+        node: config.node,
+        shard: config.shard,
+        protocol_version: PEER_PROTOCOL_VERSION,
+    };
+    conn.write_frame(&handshake.encode()).await?;
+    let frame = with_timeout(timeout, conn.expect_frame()).await?;
+    if frame.kind == FrameKind::ErrorReply {
+        let reply = crate::protocol::Response::decode(&frame)?;
+        if let crate::protocol::Response::Error(error) = reply {
+            return Err(TransportError::ErrorReply(error));
+        }
+    }
+    match HandshakeReply::decode(&frame)? {
+        HandshakeReply::Accepted { .. } => Ok(conn),
+        HandshakeReply::Refused { reason, detail } => {
+            Err(TransportError::Refused { reason, detail })
+        }
+    }
+}
+
+/// Writes the queue until the connection breaks; returns why it broke.
+async fn pump(shared: &LinkShared, mut conn: FrameStream) -> TransportError {
+    loop {
+        next_batch_ready(shared).await;
+        let batch = shared.outbox.borrow_mut().take_batch();
+        let bytes: usize = batch.iter().map(FrameBuf::len).sum();
+        if let Err(error) = conn.write_frames(&batch).await {
+            shared.count(|s| s.frames_dropped += batch.len() as u64);
+            return error;
+        }
+        shared.count(|s| {
+            s.frames_sent += batch.len() as u64;
+            s.bytes_sent += bytes as u64;
+        });
+    }
+}
+
+/// Resolves when the outbox has something to write.
+async fn next_batch_ready(shared: &LinkShared) {
+    std::future::poll_fn(|cx| {
+        let mut outbox = shared.outbox.borrow_mut();
+        if outbox.is_empty() {
+            outbox.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(())
+    })
+    .await
+}
+
+/// Exponential reconnect backoff with jitter: each delay is drawn from [d/2, d] where d
+/// doubles from `initial` up to `max` and resets after a successful connection.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+    rng: SmallRng,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration, seed: u64) -> Self {
+        assert!(!initial.is_zero() && initial <= max, "backoff bounds must be 0 < initial <= max");
+        Backoff { initial, max, current: initial, rng: SmallRng::seed_from_u64(seed) }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = ceiling / 2;
+        half + self.rng.gen_range(Duration::ZERO..=ceiling - half)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_bounded() {
+        let (initial, max) = (Duration::from_millis(10), Duration::from_millis(300));
+        let mut backoff = Backoff::new(initial, max, 7);
+        let mut ceiling = initial;
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} outside {ceiling:?}");
+            ceiling = (ceiling * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= initial);
+    }
+}

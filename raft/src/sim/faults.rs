@@ -1,0 +1,296 @@
+//! Fault scheduler: decides, from the run's seed, which fault strikes at each step.
+//!
+//! At most one fault per step (with probability `fault_probability`), picked uniformly among
+//! the kinds that are enabled and possible right now; stopped nodes also come back on their
+//! own (`restart_probability` per step). The scheduler keeps the run inside the fault model of
+//! design.md §2: disk damage (bit flips, wipes, torn hard-state slots, all of which leave a
+//! replica `damaged` until repaired) is only injected while fewer than a minority of replicas
+//! are damaged, since the simultaneous loss of a majority's disks is not covered.
+//!
+//! Invariants: every choice comes from the scheduler's own RNG (seeded from the run's seed).
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use super::network::NetworkWeather;
+use crate::types::NodeId;
+
+/// Which fault kinds a run injects, and how often.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Probability that a fault strikes in a step.
+    pub fault_probability: f64,
+    /// Probability per step that a stopped node restarts.
+    pub restart_probability: f64,
+    /// Crash (kill -9 / power loss) of a running node: unsynced writes may be lost.
+    pub crashes: bool,
+    /// A crash may tear the last write that reached the disk.
+    pub torn_writes: bool,
+    /// A node's next fdatasync fails (fatal: the node stops).
+    pub fsync_failures: bool,
+    /// A node's fsyncs become slow for a while.
+    pub slow_fsyncs: bool,
+    /// Bit flips at rest in a stopped node's durable records or hard state.
+    pub bit_flips: bool,
+    /// A stopped node's disk is wiped.
+    pub wipes: bool,
+    /// Symmetric partitions (a node isolated, or the cluster split in two).
+    pub partitions: bool,
+    /// One-way link cuts.
+    pub one_way_partitions: bool,
+    /// Message loss.
+    pub drops: bool,
+    /// Message duplication.
+    pub duplicates: bool,
+    /// Long and uneven delays (reordering); short delays and reordering are always on.
+    pub delays: bool,
+    /// The client asks the leader to transfer leadership.
+    pub leadership_transfers: bool,
+    /// Retention deletes the oldest committed entries of a node's log (followers behind it
+    /// are then restarted at the leader's log start).
+    pub retention: bool,
+    /// The transport reports a peer unreachable (a hint; sometimes spurious).
+    pub unreachable_reports: bool,
+}
+
+impl FaultConfig {
+    /// Every fault kind on.
+    pub fn all() -> FaultConfig {
+        FaultConfig {
+            fault_probability: 0.02,
+            restart_probability: 0.01,
+            crashes: true,
+            torn_writes: true,
+            fsync_failures: true,
+            slow_fsyncs: true,
+            bit_flips: true,
+            wipes: true,
+            partitions: true,
+            one_way_partitions: true,
+            drops: true,
+            duplicates: true,
+            delays: true,
+            leadership_transfers: true,
+            retention: true,
+            unreachable_reports: true,
+        }
+    }
+
+    /// No faults at all (a calm network still reorders through its short random delays).
+    pub fn none() -> FaultConfig {
+        FaultConfig {
+            fault_probability: 0.0,
+            restart_probability: 0.0,
+            crashes: false,
+            torn_writes: false,
+            fsync_failures: false,
+            slow_fsyncs: false,
+            bit_flips: false,
+            wipes: false,
+            partitions: false,
+            one_way_partitions: false,
+            drops: false,
+            duplicates: false,
+            delays: false,
+            leadership_transfers: false,
+            retention: false,
+            unreachable_reports: false,
+        }
+    }
+}
+
+/// One fault, as the world applies it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    Crash { node: NodeId, tear: bool },
+    Restart { node: NodeId },
+    FailNextFsync { node: NodeId },
+    SlowFsyncs { node: NodeId, steps: u64 },
+    FlipBitAtRest { node: NodeId },
+    Wipe { node: NodeId },
+    Isolate { node: NodeId },
+    Split { side: Vec<NodeId> },
+    CutOneWay { from: NodeId, to: NodeId },
+    Heal,
+    Weather(NetworkWeather),
+    TransferLeadership { to: NodeId },
+    Retention { node: NodeId },
+    Unreachable { node: NodeId, peer: NodeId },
+}
+
+/// What the scheduler may look at.
+#[derive(Clone, Debug)]
+pub struct FaultView {
+    /// `up[i]`: node `i + 1` is running.
+    pub up: Vec<bool>,
+    /// More disk damage stays within the fault model.
+    pub damage_allowed: bool,
+    pub any_link_cut: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Crash,
+    FsyncFailure,
+    SlowFsyncs,
+    BitFlip,
+    Wipe,
+    Partition,
+    OneWay,
+    Heal,
+    Weather,
+    Transfer,
+    Retention,
+    Unreachable,
+}
+
+/// The fault scheduler of one run.
+#[derive(Debug)]
+pub struct FaultScheduler {
+    config: FaultConfig,
+    rng: SmallRng,
+}
+
+impl FaultScheduler {
+    pub fn new(config: FaultConfig, rng: SmallRng) -> FaultScheduler {
+        FaultScheduler { config, rng }
+    }
+
+    /// The faults of this step (restarts first).
+    pub fn faults(&mut self, view: &FaultView) -> Vec<Fault> {
+        let mut out = Vec::new();
+        let mut view = view.clone();
+        for i in 0..view.up.len() {
+            if !view.up[i] && self.rng.gen_bool(self.config.restart_probability) {
+                out.push(Fault::Restart { node: NodeId(i as u32 + 1) });
+                // The fault below is picked knowing this node runs again.
+                view.up[i] = true;
+            }
+        }
+        if self.config.fault_probability > 0.0 && self.rng.gen_bool(self.config.fault_probability) {
+            if let Some(fault) = self.pick(&view) {
+                out.push(fault);
+            }
+        }
+        out
+    }
+
+    fn pick(&mut self, view: &FaultView) -> Option<Fault> {
+        let c = self.config;
+        let n = view.up.len();
+        let up: Vec<NodeId> = ids(view, true);
+        let down: Vec<NodeId> = ids(view, false);
+        let majority = n / 2 + 1;
+        let mut kinds = Vec::new();
+        if c.crashes && down.len() < majority && !up.is_empty() {
+            kinds.push(Kind::Crash);
+        }
+        if c.fsync_failures && !up.is_empty() {
+            kinds.push(Kind::FsyncFailure);
+        }
+        if c.slow_fsyncs && !up.is_empty() {
+            kinds.push(Kind::SlowFsyncs);
+        }
+        if c.bit_flips && view.damage_allowed && !down.is_empty() {
+            kinds.push(Kind::BitFlip);
+        }
+        if c.wipes && view.damage_allowed && !down.is_empty() {
+            kinds.push(Kind::Wipe);
+        }
+        if c.partitions {
+            kinds.push(Kind::Partition);
+        }
+        if c.one_way_partitions {
+            kinds.push(Kind::OneWay);
+        }
+        if view.any_link_cut {
+            kinds.push(Kind::Heal);
+        }
+        if c.drops || c.duplicates || c.delays {
+            kinds.push(Kind::Weather);
+        }
+        if c.leadership_transfers {
+            kinds.push(Kind::Transfer);
+        }
+        if c.retention && !up.is_empty() {
+            kinds.push(Kind::Retention);
+        }
+        if c.unreachable_reports && !up.is_empty() && n > 1 {
+            kinds.push(Kind::Unreachable);
+        }
+        if kinds.is_empty() {
+            return None;
+        }
+        let kind = kinds[self.rng.gen_range(0..kinds.len())];
+        let any = |rng: &mut SmallRng| NodeId(rng.gen_range(1..=n as u32));
+        Some(match kind {
+            Kind::Crash => {
+                let node = up[self.rng.gen_range(0..up.len())];
+                Fault::Crash { node, tear: c.torn_writes && self.rng.gen_bool(0.5) }
+            }
+            Kind::FsyncFailure => {
+                Fault::FailNextFsync { node: up[self.rng.gen_range(0..up.len())] }
+            }
+            Kind::SlowFsyncs => Fault::SlowFsyncs {
+                node: up[self.rng.gen_range(0..up.len())],
+                steps: self.rng.gen_range(20..=300),
+            },
+            Kind::BitFlip => Fault::FlipBitAtRest { node: down[self.rng.gen_range(0..down.len())] },
+            Kind::Wipe => Fault::Wipe { node: down[self.rng.gen_range(0..down.len())] },
+            Kind::Partition => {
+                if self.rng.gen_bool(0.5) {
+                    Fault::Isolate { node: any(&mut self.rng) }
+                } else {
+                    let side: Vec<NodeId> =
+                        (1..=n as u32).map(NodeId).filter(|_| self.rng.gen_bool(0.5)).collect();
+                    Fault::Split { side }
+                }
+            }
+            Kind::OneWay => {
+                let from = any(&mut self.rng);
+                let mut to = any(&mut self.rng);
+                if to == from {
+                    to = NodeId(to.0 % n as u32 + 1);
+                }
+                Fault::CutOneWay { from, to }
+            }
+            Kind::Heal => Fault::Heal,
+            Kind::Weather => Fault::Weather(self.weather()),
+            Kind::Transfer => Fault::TransferLeadership { to: any(&mut self.rng) },
+            Kind::Retention => Fault::Retention { node: up[self.rng.gen_range(0..up.len())] },
+            Kind::Unreachable => {
+                let node = up[self.rng.gen_range(0..up.len())];
+                let peer = NodeId((node.0 + self.rng.gen_range(0..n as u32 - 1)) % n as u32 + 1);
+                Fault::Unreachable { node, peer }
+            }
+        })
+    }
+
+    fn weather(&mut self) -> NetworkWeather {
+        let c = self.config;
+        let mut w = NetworkWeather::CALM;
+        if self.rng.gen_bool(0.3) {
+            return w;
+        }
+        if c.drops && self.rng.gen_bool(0.6) {
+            w.drop_probability = self.rng.gen_range(0.01..0.3);
+        }
+        if c.duplicates && self.rng.gen_bool(0.5) {
+            w.duplicate_probability = self.rng.gen_range(0.01..0.2);
+        }
+        if c.delays && self.rng.gen_bool(0.5) {
+            w.delay_min_steps = self.rng.gen_range(1..=3);
+            w.delay_max_steps = w.delay_min_steps + self.rng.gen_range(2..=25);
+        }
+        w
+    }
+}
+
+fn ids(view: &FaultView, up: bool) -> Vec<NodeId> {
+    view.up
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| **u == up)
+        .map(|(i, _)| NodeId(i as u32 + 1))
+        .collect()
+}

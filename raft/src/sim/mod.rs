@@ -1,0 +1,241 @@
+//! Deterministic simulator: whole clusters of the real [`Replica`](crate::replica::Replica)
+//! over a simulated network and simulated disks, all from one `u64` seed.
+//!
+//! - [`network`]: drop, delay, duplication, reordering, symmetric and one-way partitions;
+//! - [`disk`]: written and durable images, slow and failed fsyncs, lost and torn unsynced
+//!   writes, bit flips at rest, wiped disks, and the recovery that rebuilds `Recovered`;
+//! - [`faults`]: which fault strikes when;
+//! - [`client`]: proposals and what was acknowledged, ReadIndex reads;
+//! - [`checker`]: the safety properties, checked as every fact appears;
+//! - [`world`]: the per-node drivers (carrying out actions exactly as the replicator does)
+//!   and the step loop, with a quiet phase at the end that checks liveness.
+//!
+//! A failing seed replays exactly: [`replay_command`] prints the command that reruns it with a
+//! readable trace. No IO, no clock, no global randomness: the same seed gives the same run.
+//!
+//! Invariants: a run is a pure function of its [`SimOptions`]; a violation is returned (or the
+//! core panics on a broken internal assertion, which [`run_seed_catching`] turns into a
+//! failure) — nothing is ever retried or ignored.
+
+pub mod checker;
+pub mod client;
+pub mod disk;
+pub mod faults;
+pub mod network;
+pub mod trace;
+pub mod world;
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub use checker::{CheckerStats, Violation};
+pub use client::ClientStats;
+pub use faults::FaultConfig;
+pub use network::NetworkStats;
+pub use trace::Trace;
+pub use world::Simulation;
+
+/// Default steps of the faulty phase.
+pub const STEPS_DEFAULT: u64 = 5_000;
+/// Default bound on the quiet phase: a proposal must be acknowledged within it.
+pub const LIVENESS_STEPS_MAX_DEFAULT: u64 = 2_000;
+
+/// A deliberately broken driver, to show that the checker catches real bugs (mutation check).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// The driver as the replicator must be.
+    #[default]
+    None,
+    /// Entries are reported durable as soon as they are written, before any fsync.
+    AckBeforeDurable,
+    /// The vote in the hard state is forgotten at every restart, and the replica is not told
+    /// it is damaged.
+    ForgetVoteOnRestart,
+}
+
+/// Everything a run depends on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Cluster size (3 and 5 are the supported deployments).
+    pub nodes: usize,
+    /// Steps of the faulty phase.
+    pub steps: u64,
+    pub faults: FaultConfig,
+    /// Replicas tick every this many steps (network delays and fsyncs are in steps).
+    pub steps_per_tick: u64,
+    /// Probability per step that the client proposes.
+    pub propose_probability: f64,
+    /// Probability per step that the client issues a ReadIndex read.
+    pub read_probability: f64,
+    /// Bound on the quiet phase (liveness).
+    pub liveness_steps_max: u64,
+    pub mutation: Mutation,
+}
+
+impl SimOptions {
+    /// The CI configuration: every fault kind on.
+    pub fn new(seed: u64, nodes: usize) -> SimOptions {
+        SimOptions {
+            seed,
+            nodes,
+            steps: STEPS_DEFAULT,
+            faults: FaultConfig::all(),
+            steps_per_tick: 1,
+            propose_probability: 0.2,
+            read_probability: 0.02,
+            liveness_steps_max: LIVENESS_STEPS_MAX_DEFAULT,
+            mutation: Mutation::None,
+        }
+    }
+}
+
+/// What a passing run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    pub seed: u64,
+    /// Steps run, quiet phase included.
+    pub steps: u64,
+    /// Steps the quiet phase needed to acknowledge a new proposal.
+    pub liveness_steps: u64,
+    pub checker: CheckerStats,
+    pub client: ClientStats,
+    pub network: NetworkStats,
+    pub crashes: u64,
+    pub restarts: u64,
+    pub faults: u64,
+}
+
+/// Why a seed failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeedFailure {
+    /// A checked property broke.
+    Violation(Violation),
+    /// The core (or the simulator) panicked on a broken assertion.
+    Panic(String),
+}
+
+impl std::fmt::Display for SeedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeedFailure::Violation(v) => write!(f, "violation at {v}"),
+            SeedFailure::Panic(p) => write!(f, "panic: {p}"),
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(opts: SimOptions, trace: Trace) -> Result<RunSummary, Violation> {
+    Simulation::new(opts, trace).run()
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (recorded by the quiet panic hook).
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the process's panic hook by one that prints nothing and only records where the
+/// panic happened, so that bulk runs report each failing seed in one line (with the location)
+/// instead of a backtrace per seed. For binaries and test processes that run seeds in bulk.
+pub fn install_quiet_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+    }));
+}
+
+/// Runs one seed, turning a panic into a failure.
+pub fn run_seed_catching(opts: SimOptions, trace: Trace) -> Result<RunSummary, SeedFailure> {
+    PANIC_LOCATION.with(|p| p.borrow_mut().take());
+    match catch_unwind(AssertUnwindSafe(|| run_seed(opts, trace))) {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(v)) => Err(SeedFailure::Violation(v)),
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            match PANIC_LOCATION.with(|p| p.borrow_mut().take()) {
+                Some(at) => Err(SeedFailure::Panic(format!("{text} (at {at})"))),
+                None => Err(SeedFailure::Panic(text)),
+            }
+        }
+    }
+}
+
+/// The one-line command that replays `opts` with a readable trace.
+pub fn replay_command(opts: &SimOptions) -> String {
+    let mut cmd = format!(
+        "cargo run -p ringlog-raft --bin ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
+        opts.seed, opts.nodes, opts.steps
+    );
+    match opts.mutation {
+        Mutation::None => {}
+        Mutation::AckBeforeDurable => cmd += " --mutation ack-before-durable",
+        Mutation::ForgetVoteOnRestart => cmd += " --mutation forget-vote-on-restart",
+    }
+    cmd
+}
+
+/// Totals over a range of seeds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeReport {
+    pub seeds_run: u64,
+    pub steps_run: u64,
+    pub acked: u64,
+    pub committed: u64,
+    pub crashes: u64,
+    pub faults: u64,
+    pub liveness_steps_max: u64,
+    /// Failing seeds with their failure, ascending by seed.
+    pub failures: Vec<(u64, SeedFailure)>,
+}
+
+/// Runs every seed of `seeds` on `threads` threads, `options(seed)` giving each run's options.
+/// `progress(report_so_far)` is called after each seed (from the worker threads, serialized).
+/// Stops early once `failures_max` seeds failed.
+pub fn run_seeds(
+    seeds: Range<u64>,
+    threads: usize,
+    failures_max: usize,
+    options: &(dyn Fn(u64) -> SimOptions + Sync),
+    progress: &(dyn Fn(&RangeReport) + Sync),
+) -> RangeReport {
+    let next = AtomicU64::new(seeds.start);
+    let report = Mutex::new(RangeReport::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    return;
+                }
+                if report.lock().expect("no panic while locked").failures.len() >= failures_max {
+                    return;
+                }
+                let result = run_seed_catching(options(seed), Trace::off());
+                let mut r = report.lock().expect("no panic while locked");
+                r.seeds_run += 1;
+                match result {
+                    Ok(s) => {
+                        r.steps_run += s.steps;
+                        r.acked += s.checker.acked;
+                        r.committed += s.checker.committed_len;
+                        r.crashes += s.crashes;
+                        r.faults += s.faults;
+                        r.liveness_steps_max = r.liveness_steps_max.max(s.liveness_steps);
+                    }
+                    Err(f) => r.failures.push((seed, f)),
+                }
+                progress(&r);
+            });
+        }
+    });
+    let mut report = report.into_inner().expect("no panic while locked");
+    report.failures.sort_by_key(|(seed, _)| *seed);
+    report
+}

@@ -1,0 +1,773 @@
+//! The simulated cluster: N real `Replica`s, one driver per node, the network, the disks, the
+//! client, the fault scheduler and the checker, advanced one step at a time.
+//!
+//! One step: faults strike (or stopped nodes restart); messages due are delivered; fsyncs due
+//! complete (and are reported); every running replica ticks; the client proposes / reads.
+//! After every input the node's actions are drained and carried out **in order**, exactly as
+//! the real replicator does: hard state and entries go to the node's simulated disk and are
+//! reported durable only when a sync requested after them completes; `SendEntries` reads the
+//! entries from the node's own written log; everything else is checked and recorded.
+//!
+//! A run has a faulty phase of `steps` steps, then a quiet phase: the network heals, stopped
+//! nodes restart and no fault is injected. Within `liveness_steps_max` of that, a proposal
+//! made in the quiet phase must be acknowledged (liveness).
+//!
+//! Invariants: all randomness comes from the run's seed (separate streams for network,
+//! disks, faults, client and replica configs); nothing iterates a hash map.
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::checker::{CheckResult, Checker, Violation};
+use super::client::{Pending, SimClient};
+use super::disk::{DiskOp, RecoveredImage, SimDisk, SyncOutcome, Tear};
+use super::faults::{Fault, FaultScheduler, FaultView};
+use super::network::{NetworkWeather, SimNetwork};
+use super::trace::{describe_action, describe_message, Trace};
+use super::{Mutation, RunSummary, SimOptions};
+use crate::action::Action;
+use crate::config::{Config, Recovered};
+use crate::errors::ProposeError;
+use crate::message::{EntryKind, Membership, Message};
+use crate::replica::Replica;
+use crate::types::{LogIndex, NodeId, Role, Term};
+
+/// Per-node driver state (what the replicator of that node knows).
+#[derive(Debug)]
+struct SimNode {
+    id: NodeId,
+    replica: Option<Replica>,
+    disk: SimDisk,
+    /// Bumped at every restart.
+    incarnation: u64,
+    role: Role,
+    term: Term,
+    commit: LogIndex,
+    /// Started damaged and not yet repaired.
+    damaged: bool,
+    fail_next_fsync: bool,
+    slow_fsyncs_until: u64,
+    /// Durability reports owed right away (the `AckBeforeDurable` mutation).
+    early_reports: Vec<(LogIndex, Term)>,
+}
+
+/// The simulation of one seed.
+pub struct Simulation {
+    opts: SimOptions,
+    now: u64,
+    nodes: Vec<SimNode>,
+    bootstrap: Membership,
+    net: SimNetwork,
+    checker: Checker,
+    client: SimClient,
+    faults: FaultScheduler,
+    disk_rng: SmallRng,
+    client_rng: SmallRng,
+    config_rng: SmallRng,
+    trace: Trace,
+    quiet_since: Option<u64>,
+    crashes: u64,
+    restarts: u64,
+    faults_injected: u64,
+}
+
+impl std::fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation").field("seed", &self.opts.seed).field("now", &self.now).finish()
+    }
+}
+
+impl Simulation {
+    pub fn new(opts: SimOptions, trace: Trace) -> Simulation {
+        assert!(opts.nodes >= 1, "a cluster has at least one node");
+        let mut master = SmallRng::seed_from_u64(opts.seed);
+        let mut fork = || SmallRng::seed_from_u64(master.gen());
+        let net = SimNetwork::new(opts.nodes, fork());
+        let faults = FaultScheduler::new(opts.faults, fork());
+        let (disk_rng, client_rng, config_rng) = (fork(), fork(), fork());
+        let ids: Vec<NodeId> = (1..=opts.nodes as u32).map(NodeId).collect();
+        let bootstrap = Membership { voters: ids.clone(), learners: Vec::new() };
+        let nodes = ids
+            .iter()
+            .map(|&id| SimNode {
+                id,
+                replica: None,
+                disk: SimDisk::new(),
+                incarnation: 0,
+                role: Role::Follower,
+                term: Term(0),
+                commit: LogIndex(0),
+                damaged: false,
+                fail_next_fsync: false,
+                slow_fsyncs_until: 0,
+                early_reports: Vec::new(),
+            })
+            .collect();
+        Simulation {
+            client: SimClient::new(opts.seed),
+            opts,
+            now: 0,
+            nodes,
+            bootstrap,
+            net,
+            checker: Checker::new(),
+            faults,
+            disk_rng,
+            client_rng,
+            config_rng,
+            trace,
+            quiet_since: None,
+            crashes: 0,
+            restarts: 0,
+            faults_injected: 0,
+        }
+    }
+
+    /// Runs the whole seed: faulty phase, quiet phase, final checks.
+    pub fn run(mut self) -> Result<RunSummary, Violation> {
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        while self.now < self.opts.steps {
+            self.step()?;
+        }
+        self.begin_quiet()?;
+        let deadline = self.now + self.opts.liveness_steps_max;
+        let quiet_since = self.now;
+        while !self.client.acked_since(quiet_since) {
+            if self.now >= deadline {
+                return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "liveness: no proposal made after the faults stopped (step {quiet_since}) \
+                         was acknowledged within {} steps; roles: {}",
+                        self.opts.liveness_steps_max,
+                        self.roles()
+                    ),
+                });
+            }
+            self.step()?;
+        }
+        let acked: Vec<(LogIndex, Bytes)> =
+            self.client.acked().iter().map(|a| (a.index, a.payload.clone())).collect();
+        self.checker.check_acked(self.now, &acked)?;
+        Ok(RunSummary {
+            seed: self.opts.seed,
+            steps: self.now,
+            liveness_steps: self.now - quiet_since,
+            checker: self.checker.stats,
+            client: self.client.stats,
+            network: self.net.stats,
+            crashes: self.crashes,
+            restarts: self.restarts,
+            faults: self.faults_injected,
+        })
+    }
+
+    fn roles(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let state =
+                if n.replica.is_none() { "down".to_string() } else { format!("{:?}", n.role) };
+            out +=
+                &format!("{}={state}@{} commit={} damaged={} ", n.id, n.term, n.commit, n.damaged);
+        }
+        out
+    }
+
+    fn step(&mut self) -> CheckResult {
+        self.now += 1;
+        if self.quiet_since.is_none() {
+            self.inject_faults()?;
+        } else {
+            // A node can still stop in the quiet phase (an fsync failure injected before it
+            // completes): it comes back at once.
+            for i in 0..self.nodes.len() {
+                self.start_node(i)?;
+            }
+        }
+        while let Some(flight) = self.net.next_due(self.now) {
+            let i = self.slot(flight.to);
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                continue;
+            };
+            self.trace.line(self.now, flight.to, || {
+                format!("<- {} {}", flight.from, describe_message(&flight.message))
+            });
+            replica.handle_message(flight.from, flight.message);
+            self.drain(i)?;
+        }
+        for i in 0..self.nodes.len() {
+            self.complete_syncs(i)?;
+        }
+        if self.now % self.opts.steps_per_tick == 0 {
+            for i in 0..self.nodes.len() {
+                if let Some(replica) = self.nodes[i].replica.as_mut() {
+                    replica.handle_tick();
+                    self.drain(i)?;
+                }
+            }
+        }
+        self.client_step()
+    }
+
+    // ---- faults ------------------------------------------------------------------------
+
+    fn damaged_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| match n.replica {
+                Some(_) => n.damaged,
+                None => n.disk.damaged_on_recovery(),
+            })
+            .count()
+    }
+
+    /// Damage beyond a minority of replicas is outside the fault model (design.md §2).
+    fn damage_budget(&self) -> usize {
+        (self.nodes.len() - 1) / 2
+    }
+
+    fn inject_faults(&mut self) -> CheckResult {
+        let view = FaultView {
+            up: self.nodes.iter().map(|n| n.replica.is_some()).collect(),
+            damage_allowed: self.damaged_count() < self.damage_budget(),
+            any_link_cut: self.net.cut_link_count() > 0,
+        };
+        for fault in self.faults.faults(&view) {
+            self.faults_injected += 1;
+            self.apply_fault(fault)?;
+        }
+        Ok(())
+    }
+
+    fn apply_fault(&mut self, fault: Fault) -> CheckResult {
+        let now = self.now;
+        self.trace.line(now, NodeId(0), || format!("FAULT {fault:?}"));
+        match fault {
+            Fault::Crash { node, tear } => {
+                let i = self.slot(node);
+                let tear = if !tear {
+                    Tear::None
+                } else if self.damage_allowed_for(i) {
+                    Tear::Any
+                } else {
+                    Tear::AppendsOnly
+                };
+                self.crash(i, tear);
+            }
+            Fault::Restart { node } => self.start_node(self.slot(node))?,
+            Fault::FailNextFsync { node } => {
+                let i = self.slot(node);
+                self.nodes[i].fail_next_fsync = true;
+            }
+            Fault::SlowFsyncs { node, steps } => {
+                let i = self.slot(node);
+                self.nodes[i].slow_fsyncs_until = now + steps;
+            }
+            Fault::FlipBitAtRest { node } => {
+                let i = self.slot(node);
+                assert!(self.nodes[i].replica.is_none(), "bit flips at rest hit stopped nodes");
+                let hit = self.nodes[i].disk.flip_bit_at_rest(&mut self.disk_rng);
+                self.trace.line(now, node, || format!("bit flip at rest: {hit:?}"));
+            }
+            Fault::Wipe { node } => {
+                let i = self.slot(node);
+                assert!(self.nodes[i].replica.is_none(), "wipes hit stopped nodes");
+                self.nodes[i].disk.wipe();
+            }
+            Fault::Isolate { node } => {
+                for other in 1..=self.nodes.len() as u32 {
+                    if other != node.0 {
+                        self.net.set_cut(node, NodeId(other), true);
+                        self.net.set_cut(NodeId(other), node, true);
+                    }
+                }
+            }
+            Fault::Split { side } => {
+                for a in 1..=self.nodes.len() as u32 {
+                    for b in 1..=self.nodes.len() as u32 {
+                        if side.contains(&NodeId(a)) != side.contains(&NodeId(b)) {
+                            self.net.set_cut(NodeId(a), NodeId(b), true);
+                        }
+                    }
+                }
+            }
+            Fault::CutOneWay { from, to } => self.net.set_cut(from, to, true),
+            Fault::Heal => self.net.heal(),
+            Fault::Weather(weather) => self.net.set_weather(weather),
+            Fault::Retention { node } => self.retention(self.slot(node))?,
+            Fault::Unreachable { node, peer } => {
+                let i = self.slot(node);
+                if let Some(replica) = self.nodes[i].replica.as_mut() {
+                    replica.handle_unreachable(peer);
+                    self.drain(i)?;
+                }
+            }
+            Fault::TransferLeadership { to } => {
+                if let Some(i) = self.leader_slot() {
+                    let result =
+                        self.nodes[i].replica.as_mut().expect("up").transfer_leadership(to);
+                    self.trace
+                        .line(now, self.nodes[i].id, || format!("transfer to {to}: {result:?}"));
+                    self.drain(i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retention on node `i`: deletes a random prefix of its committed, durable entries.
+    fn retention(&mut self, i: usize) -> CheckResult {
+        let node = &self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else {
+            return Ok(());
+        };
+        let lowest = node.disk.written_log_start().next();
+        let highest = replica
+            .commit()
+            .min(node.disk.written_last().0)
+            .min(node.disk.durable_last().0)
+            .next();
+        if lowest > highest {
+            return Ok(());
+        }
+        let start = LogIndex(self.disk_rng.gen_range(lowest.0..=highest.0));
+        self.trace.line(self.now, node.id, || format!("retention: log start moves to {start}"));
+        self.write(i, DiskOp::AdvanceStart { start })?;
+        self.request_sync(i);
+        self.nodes[i].replica.as_mut().expect("up").handle_log_start(start);
+        self.drain(i)
+    }
+
+    fn damage_allowed_for(&self, i: usize) -> bool {
+        let others = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, n)| {
+                *j != i
+                    && match n.replica {
+                        Some(_) => n.damaged,
+                        None => n.disk.damaged_on_recovery(),
+                    }
+            })
+            .count();
+        others < self.damage_budget()
+    }
+
+    fn crash(&mut self, i: usize, tear: Tear) {
+        let node = &mut self.nodes[i];
+        if node.replica.take().is_none() {
+            return;
+        }
+        self.crashes += 1;
+        node.disk.crash(&mut self.disk_rng, tear);
+        node.role = Role::Follower;
+        node.fail_next_fsync = false;
+        node.slow_fsyncs_until = 0;
+        node.early_reports.clear();
+        let id = node.id;
+        self.trace.line(self.now, id, || format!("CRASH (tear: {tear:?})"));
+    }
+
+    fn begin_quiet(&mut self) -> CheckResult {
+        self.quiet_since = Some(self.now);
+        self.trace.line(self.now, NodeId(0), || "QUIET: faults stop, network heals".to_string());
+        self.net.heal();
+        self.net.set_weather(NetworkWeather::CALM);
+        for i in 0..self.nodes.len() {
+            self.nodes[i].fail_next_fsync = false;
+            self.nodes[i].slow_fsyncs_until = 0;
+            if self.nodes[i].replica.is_none() {
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- node lifecycle ------------------------------------------------------------------
+
+    fn start_node(&mut self, i: usize) -> CheckResult {
+        let now = self.now;
+        let seed: u64 = self.config_rng.gen();
+        let node = &mut self.nodes[i];
+        if node.replica.is_some() {
+            return Ok(());
+        }
+        let image = node.disk.recover();
+        let recovered = self.recovered_from(i, &image)?;
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        node.incarnation += 1;
+        node.damaged = recovered.damaged;
+        node.term = recovered.hard_state.term;
+        node.role = Role::Follower;
+        node.commit = LogIndex(image.log_start.0 - 1).max(recovered.commit);
+        self.restarts += u64::from(node.incarnation > 1);
+        self.trace.line(now, id, || {
+            format!(
+                "START #{} hard state {:?}, log {}..={}, damaged {}",
+                self.nodes[i].incarnation,
+                recovered.hard_state,
+                recovered.log_start,
+                recovered.last_index,
+                recovered.damaged
+            )
+        });
+        let config = Config::new(id, seed);
+        let replica = Replica::new(config, recovered).map_err(|e| Violation {
+            step: now,
+            what: format!("{id}: Replica::new refused the recovered state: {e}"),
+        })?;
+        self.nodes[i].replica = Some(replica);
+        self.client.on_node_restarted(id);
+        let (incarnation, term) = (self.nodes[i].incarnation, self.nodes[i].term);
+        self.client.on_node_changed(id, incarnation, term);
+        self.drain(i)
+    }
+
+    /// Builds the core's `Recovered` from what disk recovery found.
+    fn recovered_from(&self, i: usize, image: &RecoveredImage) -> Result<Recovered, Violation> {
+        let mut term_runs: Vec<(LogIndex, Term)> = Vec::new();
+        let mut membership_entries = Vec::new();
+        for e in &image.entries {
+            if term_runs.last().map(|&(_, t)| t) != Some(e.term) {
+                term_runs.push((e.index, e.term));
+            }
+            if let EntryKind::Membership(m) = &e.kind {
+                membership_entries.push((e.index, m.clone()));
+            }
+        }
+        let last_index = image.entries.last().map_or(LogIndex(image.log_start.0 - 1), |e| e.index);
+        let last_term = image.entries.last().map_or(image.start_prev_term, |e| e.term);
+        let mut hard_state = image.hard_state;
+        let damaged = image.damaged;
+        if self.opts.mutation == Mutation::ForgetVoteOnRestart {
+            // MUTATION: the vote is lost at every restart and nobody is told: the replica may
+            // vote twice in one term.
+            hard_state.vote = None;
+        }
+        if hard_state.term < last_term {
+            return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "n{}: durable entries of term {last_term} but a durable hard state of term {} on an \
+                     undamaged disk: the core appended before persisting its term",
+                        i + 1,
+                        hard_state.term
+                ),
+            });
+        }
+        Ok(Recovered {
+            hard_state,
+            log_start: image.log_start,
+            prev_term: image.start_prev_term,
+            last_index,
+            term_runs,
+            membership: image.base_membership.clone().unwrap_or_else(|| self.bootstrap.clone()),
+            membership_entries,
+            commit: LogIndex(0),
+            damaged,
+        })
+    }
+
+    // ---- the driver ----------------------------------------------------------------------
+
+    /// Carries out every action the replica has queued, in order.
+    fn drain(&mut self, i: usize) -> CheckResult {
+        loop {
+            while let Some(action) = self.nodes[i].replica.as_mut().and_then(Replica::poll_action) {
+                self.execute(i, action)?;
+            }
+            let reports = std::mem::take(&mut self.nodes[i].early_reports);
+            if reports.is_empty() {
+                return Ok(());
+            }
+            if let Some(replica) = self.nodes[i].replica.as_mut() {
+                for (through, term) in reports {
+                    replica.handle_durable(through, term);
+                }
+            }
+        }
+    }
+
+    fn request_sync(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let delay = if node.slow_fsyncs_until > now {
+            self.disk_rng.gen_range(5..=40)
+        } else {
+            self.disk_rng.gen_range(0..=2)
+        };
+        let fails = std::mem::take(&mut node.fail_next_fsync);
+        node.disk.request_sync(now + delay, fails);
+    }
+
+    fn write(&mut self, i: usize, op: DiskOp) -> CheckResult {
+        let id = self.nodes[i].id;
+        self.nodes[i].disk.write(op).map_err(|e| Violation {
+            step: self.now,
+            what: format!("{id}: the core asked for an impossible log write: {}", e.0),
+        })
+    }
+
+    fn execute(&mut self, i: usize, action: Action) -> CheckResult {
+        let now = self.now;
+        let id = self.nodes[i].id;
+        self.trace.line(now, id, || describe_action(&action));
+        match action {
+            Action::PersistHardState(state) => {
+                self.write(i, DiskOp::HardState(state))?;
+                self.request_sync(i);
+            }
+            Action::TruncateLog { from } => {
+                self.checker.on_truncate(now, id, from, self.nodes[i].commit)?;
+                self.write(i, DiskOp::Truncate { from })?;
+            }
+            Action::AppendEntries { entries } => {
+                let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
+                    return Ok(());
+                };
+                let (_, mut prev_term) = self.nodes[i].disk.written_last();
+                for entry in &entries {
+                    self.checker.on_append(now, id, entry, prev_term)?;
+                    prev_term = entry.term;
+                }
+                self.write(i, DiskOp::Append(entries))?;
+                self.request_sync(i);
+                if self.opts.mutation == Mutation::AckBeforeDurable {
+                    // MUTATION: report durability before the fsync even started.
+                    self.nodes[i].early_reports.push(last);
+                }
+            }
+            Action::ResetLog { start, prev_term, membership } => {
+                self.checker.on_reset(now, id, start, prev_term)?;
+                self.write(i, DiskOp::Reset { start, prev_term, membership })?;
+                self.request_sync(i);
+            }
+            Action::Send { to, message } => {
+                self.net.send(now, id, to, message);
+            }
+            Action::SendEntries { to, term, prev_index, prev_term, commit, from, through } => {
+                let entries = if from > through {
+                    Vec::new()
+                } else {
+                    self.nodes[i].disk.read_written(from, through).ok_or_else(|| Violation {
+                        step: now,
+                        what: format!(
+                            "{id}: SendEntries {from}..={through} to {to}, but the local log \
+                             holds {}..={}",
+                            self.nodes[i].disk.written_log_start(),
+                            self.nodes[i].disk.written_last().0
+                        ),
+                    })?
+                };
+                let message = Message::Append { term, prev_index, prev_term, commit, entries };
+                self.net.send(now, id, to, message);
+            }
+            Action::CommitAdvanced { through } => self.on_commit(i, through)?,
+            Action::ReadReady { ctx, index } => {
+                self.client
+                    .on_read_ready(id, ctx, index)
+                    .map_err(|what| Violation { step: now, what })?;
+            }
+            Action::ReadFailed { ctx } => self.client.on_read_failed(ctx),
+            Action::RoleChanged { role, term, leader } => {
+                let node = &mut self.nodes[i];
+                node.role = role;
+                node.term = term;
+                if role == Role::Leader {
+                    self.checker.on_leader(now, id, term)?;
+                }
+                if leader.is_some() {
+                    self.client.leader_hint = leader;
+                }
+                let incarnation = self.nodes[i].incarnation;
+                self.client.on_node_changed(id, incarnation, term);
+            }
+            Action::Repaired => {
+                self.nodes[i].damaged = false;
+                self.write(i, DiskOp::ClearDamaged)?;
+                self.request_sync(i);
+            }
+            Action::LearnerCaughtUp { .. } | Action::MembershipChanged(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_commit(&mut self, i: usize, through: LogIndex) -> CheckResult {
+        let now = self.now;
+        let node = &self.nodes[i];
+        let id = node.id;
+        if through < node.commit {
+            return Err(Violation {
+                step: now,
+                what: format!("{id}: commit went back from {} to {through}", node.commit),
+            });
+        }
+        let (last, _) = node.disk.written_last();
+        if through > last {
+            return Err(Violation {
+                step: now,
+                what: format!("{id}: commits {through} but its log ends at {last}"),
+            });
+        }
+        let start = node.disk.written_log_start();
+        for index in node.commit.0 + 1..=through.0 {
+            let index = LogIndex(index);
+            let entry = if index < start { None } else { node.disk.written_entry(index) };
+            self.checker.on_commit(now, id, index, entry)?;
+        }
+        let (incarnation, term, role) = (node.incarnation, node.term, node.role);
+        self.nodes[i].commit = through;
+        if role == Role::Leader {
+            for acked in self.client.on_commit(now, id, incarnation, term, through) {
+                self.trace.line(now, id, || format!("ACK {:?} at {}", acked.payload, acked.index));
+                let held = self.nodes[i].disk.written_entry(acked.index).map(|e| e.payload.clone());
+                if held.as_ref() != Some(&acked.payload) {
+                    return Err(Violation {
+                        step: now,
+                        what: format!(
+                            "{id} acked {:?} at {} but holds {held:?} there",
+                            acked.payload, acked.index
+                        ),
+                    });
+                }
+                self.checker.on_ack(now, acked.index, &acked.payload)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_syncs(&mut self, i: usize) -> CheckResult {
+        while self.nodes[i].replica.is_some() {
+            let Some(outcome) = self.nodes[i].disk.poll_sync(self.now) else {
+                return Ok(());
+            };
+            let ops = match outcome {
+                SyncOutcome::Failed => {
+                    // fsyncgate: fatal for the log, never retried. The node stops.
+                    let tear =
+                        if self.damage_allowed_for(i) { Tear::Any } else { Tear::AppendsOnly };
+                    self.trace.line(self.now, self.nodes[i].id, || "FSYNC FAILED".to_string());
+                    self.crash(i, tear);
+                    return Ok(());
+                }
+                SyncOutcome::Completed(ops) => ops,
+            };
+            let mut hard_state = None;
+            let mut durable = None;
+            for op in ops {
+                match op {
+                    DiskOp::HardState(state) => hard_state = Some(state),
+                    DiskOp::Append(entries) => {
+                        durable = entries.last().map(|e| (e.index, e.term));
+                    }
+                    DiskOp::Truncate { .. } | DiskOp::Reset { .. } => durable = None,
+                    DiskOp::AdvanceStart { .. } | DiskOp::ClearDamaged => {}
+                }
+            }
+            let id = self.nodes[i].id;
+            let replica = self.nodes[i].replica.as_mut().expect("checked above");
+            if let Some(state) = hard_state {
+                self.trace.line(self.now, id, || format!("durable hard state {state:?}"));
+                replica.handle_hard_state_durable(state);
+            }
+            if let Some((through, term)) = durable {
+                if self.opts.mutation != Mutation::AckBeforeDurable {
+                    self.trace.line(self.now, id, || format!("durable through {through}/{term}"));
+                    replica.handle_durable(through, term);
+                }
+            }
+            self.drain(i)?;
+        }
+        Ok(())
+    }
+
+    // ---- the client ----------------------------------------------------------------------
+
+    fn client_step(&mut self) -> CheckResult {
+        if self.client_rng.gen_bool(self.opts.propose_probability) && self.client.can_propose() {
+            self.propose()?;
+        }
+        if self.client_rng.gen_bool(self.opts.read_probability) {
+            self.read()?;
+        }
+        Ok(())
+    }
+
+    /// The node the client talks to: its leader hint if running, else a random running node.
+    fn client_target(&mut self) -> Option<usize> {
+        if let Some(hint) = self.client.leader_hint {
+            let i = self.slot(hint);
+            if self.nodes[i].replica.is_some() && self.client_rng.gen_bool(0.9) {
+                return Some(i);
+            }
+        }
+        let up: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        (!up.is_empty()).then(|| up[self.client_rng.gen_range(0..up.len())])
+    }
+
+    fn propose(&mut self) -> CheckResult {
+        let Some(i) = self.client_target() else {
+            return Ok(());
+        };
+        let payload = self.client.next_payload();
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        let result = node.replica.as_mut().expect("up").propose(payload.clone());
+        self.trace.line(self.now, id, || format!("propose {payload:?}: {result:?}"));
+        match result {
+            Ok(index) => {
+                let pending = Pending {
+                    node: id,
+                    incarnation: node.incarnation,
+                    term: node.term,
+                    index,
+                    payload,
+                    step: self.now,
+                };
+                self.client.on_accepted(pending);
+            }
+            Err(ProposeError::NotLeader { leader_hint }) => self.client.on_refused(leader_hint),
+            Err(_) => self.client.on_refused(Some(id)),
+        }
+        self.drain(i)
+    }
+
+    fn read(&mut self) -> CheckResult {
+        let Some(i) = self.client_target() else {
+            return Ok(());
+        };
+        let id = self.nodes[i].id;
+        let Some(ctx) = self.client.begin_read(id) else {
+            return Ok(());
+        };
+        let result = self.nodes[i].replica.as_mut().expect("up").read_index(ctx);
+        self.trace.line(self.now, id, || format!("read_index {ctx:?}: {result:?}"));
+        if result.is_err() {
+            self.client.cancel_read(ctx);
+        }
+        self.drain(i)
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    fn slot(&self, node: NodeId) -> usize {
+        let i = node.0 as usize;
+        assert!(i >= 1 && i <= self.nodes.len(), "unknown node {node}");
+        i - 1
+    }
+
+    fn leader_slot(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.replica.is_some() && n.role == Role::Leader)
+            .max_by_key(|(_, n)| n.term)
+            .map(|(i, _)| i)
+    }
+}

@@ -1,0 +1,578 @@
+//! Scripted Raft scenarios over a tiny deterministic driver (`scenarios/driver.rs`), each
+//! citing the paper (Ongaro & Ousterhout, "In Search of an Understandable Consensus
+//! Algorithm", 2014) or Ongaro's thesis (2014).
+
+#[path = "scenarios/driver.rs"]
+mod driver;
+
+use driver::{config, membership, n, Cluster};
+use ringlog_raft::{
+    Action, AppendResult, LogIndex, MembershipChange, Message, ProgressState, ProposeError,
+    ReadCtx, Recovered, Role, Term, TransferError,
+};
+
+fn is_reject(m: &Message) -> bool {
+    matches!(m, Message::AppendResponse { result: AppendResult::Rejected { .. }, .. })
+}
+
+#[test]
+fn leader_is_elected_and_commits_its_noop_on_a_durable_majority() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(c.replica(1).term(), Term(1));
+    assert_eq!(c.node(1).commit, LogIndex(1), "the Noop commits on the leader");
+    // Followers learn the commit index from the next heartbeat or Append.
+    c.tick_all();
+    c.tick_all();
+    // Raft §8: the new leader's Noop at index 1 commits everywhere.
+    for id in 1..=3 {
+        assert_eq!(c.node(id).commit, LogIndex(1), "n{id}");
+        assert_eq!(c.replica(id).leader(), Some(n(1)));
+    }
+    let index = c.propose(1, "a").unwrap();
+    c.run();
+    c.tick_all();
+    c.tick_all();
+    assert_eq!(c.node(2).commit, index);
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn proposals_on_a_follower_are_refused_with_a_leader_hint() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert_eq!(c.propose(2, "x"), Err(ProposeError::NotLeader { leader_hint: Some(n(1)) }));
+}
+
+#[test]
+fn vote_grants_leave_only_after_the_hard_state_is_durable() {
+    // Raft §5.1 / Figure 2: votedFor is persisted before responding to RequestVote.
+    let mut c = Cluster::new(3);
+    c.node_mut(2).auto_sync = false;
+    c.node_mut(3).auto_sync = false;
+    for _ in 0..40 {
+        c.tick(1);
+        if c.replica(1).role() == Role::Candidate {
+            break;
+        }
+        c.run();
+    }
+    // n1 may need its pre-vote round delivered first.
+    while c.replica(1).role() != Role::Candidate {
+        c.run();
+    }
+    c.run();
+    assert_eq!(c.replica(1).role(), Role::Candidate, "no vote may arrive before durability");
+    assert_eq!(c.count_delivered(2, 1, |m| matches!(m, Message::VoteResponse { .. })), 0);
+    let asked = c.node(2).pending_hard_states.last().copied();
+    assert_eq!(asked.and_then(|hs| hs.vote), Some(n(1)), "n2 asked to persist its vote");
+    c.sync(n(2));
+    c.run();
+    assert_eq!(c.replica(1).role(), Role::Leader);
+}
+
+#[test]
+fn follower_acks_wait_for_its_own_durability() {
+    // Design §3.4: a follower replies with its durable index only once fdatasync completed.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(2).auto_sync = false;
+    c.node_mut(3).auto_sync = false;
+    let index = c.propose(1, "x").unwrap();
+    c.run();
+    assert_eq!(c.node(2).last_index(), index, "n2 wrote the entry");
+    assert!(c.node(1).commit < index, "no follower reported it durable yet");
+    c.sync(n(2));
+    c.run();
+    assert_eq!(c.node(1).commit, index);
+}
+
+#[test]
+fn leader_counts_its_own_log_only_once_durable() {
+    // Thesis §10.2.1: the leader writes in parallel, and counts itself only once durable.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(1).auto_sync = false;
+    c.node_mut(3).auto_sync = false;
+    let index = c.propose(1, "x").unwrap();
+    c.run();
+    assert_eq!(c.replica(1).progress(n(2)).unwrap().match_index, index);
+    assert!(c.node(1).commit < index, "only n2 is durable: no majority");
+    c.sync(n(1));
+    c.run();
+    assert_eq!(c.node(1).commit, index);
+}
+
+/// Figure 8 (c): S1 leads term 4 with [1:t1 2:t2]; S2, S3 hold index 2 of term 2; S5 holds
+/// index 2 of term 3.
+fn figure8_c() -> Cluster {
+    let mut c =
+        Cluster::with_logs(&[(3, &[1, 2]), (3, &[1, 2]), (3, &[1]), (3, &[1]), (3, &[1, 3])]);
+    c.partition(1, 5);
+    c.elect(1);
+    assert_eq!(c.replica(1).term(), Term(4));
+    c
+}
+
+#[test]
+fn figure8_an_old_term_entry_on_a_majority_is_not_committed_by_counting() {
+    // Raft §5.4.2 / Figure 8 (c)->(d): index 2 (term 2) reaches S1, S2, S3 but must not
+    // commit, since S5 (last term 3) can still be elected and overwrite it.
+    let mut c =
+        Cluster::with_logs(&[(3, &[1, 2]), (3, &[1, 2]), (3, &[1]), (3, &[1]), (3, &[1, 3])]);
+    c.partition(1, 5);
+    c.partition(1, 4);
+    for id in 2..=3 {
+        c.node_mut(id).auto_sync = false;
+    }
+    assert!(
+        c.campaign(1) || {
+            // Votes wait for durability: release them.
+            c.sync(n(2));
+            c.sync(n(3));
+            c.run();
+            c.replica(1).role() == Role::Leader
+        }
+    );
+    c.run();
+    // S3 made index 2 durable, but not S1's Noop (index 3, term 4).
+    c.sync_through(n(3), LogIndex(2));
+    c.sync_through(n(2), LogIndex(2));
+    c.run();
+    assert_eq!(c.node(3).term_at(LogIndex(2)), Some(Term(2)));
+    assert!(c.replica(1).progress(n(3)).unwrap().match_index >= LogIndex(2));
+    assert_eq!(c.replica(1).commit(), LogIndex(0), "a term-2 entry must not commit by counting");
+    // (d): S1 crashes (S2 and S3 with it, losing the unsynced term-4 Noop); S5 can win term
+    // 5 with S2, S3, S4 and overwrite index 2 — which is why it was not committed.
+    c.crash(1);
+    for id in 2..=3 {
+        c.crash(id);
+        c.restart(id, false);
+        c.node_mut(id).auto_sync = true;
+    }
+    c.heal();
+    assert!(c.campaign(5), "S5 (last term 3) is more up-to-date than S2, S3, S4");
+    c.tick_all();
+    assert_eq!(c.node(2).term_at(LogIndex(2)), Some(Term(3)), "index 2 was overwritten");
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn figure8_an_old_term_entry_commits_with_an_entry_of_the_current_term() {
+    // Raft §5.4.2 / Figure 8 (e): once S1's term-4 entry is on a majority, index 2 commits
+    // with it, and S5 can no longer be elected.
+    let mut c = figure8_c();
+    assert!(c.replica(1).commit() >= LogIndex(3), "Noop of term 4 committed, index 2 with it");
+    c.crash(1);
+    c.heal();
+    for _ in 0..60 {
+        c.tick_all();
+    }
+    let leader = c.leader().expect("a leader");
+    assert_ne!(leader, 5, "S5 lacks a committed entry and must lose");
+    assert_eq!(c.node(5).term_at(LogIndex(2)), Some(Term(2)), "S5's term-3 entry was replaced");
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn a_partitioned_old_leader_commits_nothing_and_steps_down_on_rejoin() {
+    // Raft §5.1-§5.3: a stale leader's entries never commit; it steps down on seeing a higher
+    // term, and its uncommitted suffix is replaced by the new leader's log.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    let stale = c.propose(1, "stale").unwrap();
+    c.run();
+    for _ in 0..40 {
+        c.tick(2);
+        c.tick(3);
+        c.run();
+        if c.replica(2).role() == Role::Leader || c.replica(3).role() == Role::Leader {
+            break;
+        }
+    }
+    let new_leader = if c.replica(2).role() == Role::Leader { 2 } else { 3 };
+    let fresh = c.propose(new_leader, "fresh").unwrap();
+    c.run();
+    assert!(c.node(new_leader).commit >= fresh);
+    assert!(c.node(1).commit < stale, "the stale entry never committed");
+    c.heal();
+    for _ in 0..10 {
+        c.tick_all();
+    }
+    assert_eq!(c.replica(1).role(), Role::Follower);
+    assert_eq!(c.node(1).terms(), c.node(new_leader).terms());
+    assert_ne!(c.node(1).entry(stale).payload.as_ref(), b"stale", "stale entry replaced");
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn check_quorum_makes_a_leader_without_a_majority_step_down() {
+    // Thesis §6.2: a leader that hears from no majority for an election timeout steps down.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    for _ in 0..25 {
+        c.tick(1);
+        c.run();
+    }
+    assert_eq!(c.replica(1).role(), Role::Follower);
+    assert_eq!(c.replica(1).leader(), None);
+}
+
+#[test]
+fn a_lagging_follower_is_probed_then_pipelined_back_to_the_leader() {
+    // Raft §5.3: the leader finds the matching point, then replicates the rest (pipelined).
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..50 {
+        c.propose(1, &format!("p{i}")).unwrap();
+        c.run();
+    }
+    let last = c.replica(1).last_index();
+    assert_eq!(c.node(1).commit, last);
+    c.node_mut(1).replica.handle_unreachable(n(3));
+    c.drain(n(1));
+    assert_eq!(c.replica(1).progress(n(3)).unwrap().state, ProgressState::Probe);
+    c.heal();
+    for _ in 0..4 {
+        c.tick_all();
+    }
+    let pr = c.replica(1).progress(n(3)).unwrap();
+    assert_eq!(pr.state, ProgressState::Replicate);
+    assert_eq!(pr.match_index, last);
+    assert_eq!(c.node(3).terms(), c.node(1).terms());
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn fast_back_off_skips_a_whole_conflicting_term_at_once() {
+    // Raft §5.3 (the optimisation at the end): a rejection names the conflicting term so the
+    // leader skips all of it instead of one index per round trip.
+    let mut leader_log = vec![1u64; 10];
+    leader_log.extend(vec![3u64; 10]);
+    let mut divergent = vec![1u64; 10];
+    divergent.extend(vec![2u64; 60]);
+    let mut c = Cluster::with_logs(&[(3, &leader_log), (3, &divergent), (3, &leader_log)]);
+    c.elect(1);
+    for _ in 0..4 {
+        c.tick_all();
+    }
+    let rejections = c.count_delivered(2, 1, is_reject);
+    assert!(rejections <= 2, "{rejections} rejections: the back-off is not fast");
+    assert_eq!(c.node(2).terms(), c.node(1).terms());
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn leadership_transfer_catches_the_target_up_and_hands_over() {
+    // Thesis §3.10: the leader brings the target up to date, sends TimeoutNow, and refuses
+    // proposals meanwhile.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.run();
+    c.heal();
+    let term = c.replica(1).term();
+    c.node_mut(1).replica.transfer_leadership(n(3)).unwrap();
+    c.drain(n(1));
+    assert_eq!(c.propose(1, "during"), Err(ProposeError::TransferInProgress));
+    for _ in 0..6 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(3));
+    assert!(c.replica(3).term() > term);
+    assert_eq!(c.replica(1).role(), Role::Follower);
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn leadership_transfer_to_an_unreachable_node_aborts_after_an_election_timeout() {
+    // Thesis §3.10: abort when the transfer does not complete within an election timeout.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    c.propose(1, "x").unwrap();
+    c.run();
+    c.node_mut(1).replica.transfer_leadership(n(3)).unwrap();
+    c.drain(n(1));
+    assert_eq!(
+        c.node_mut(1).replica.transfer_leadership(n(2)),
+        Err(TransferError::InProgress { to: n(3) })
+    );
+    for _ in 0..10 {
+        c.tick(1);
+        c.run();
+    }
+    assert_eq!(c.replica(1).role(), Role::Leader);
+    assert_eq!(c.replica(1).transfer_target(), None);
+    assert!(c.propose(1, "after").is_ok());
+}
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_then_counts() {
+    // Thesis §4.2.1: a new server joins as a non-voting learner until caught up; §4.1: one
+    // membership change at a time.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..20 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.run();
+    c.add_node(config(4), Recovered::joining(), Vec::new());
+    let add = c.node_mut(1).replica.propose_membership(MembershipChange::AddLearner(n(4)));
+    let add = add.unwrap();
+    c.drain(n(1));
+    assert_eq!(
+        c.node_mut(1).replica.propose_membership(MembershipChange::Promote(n(4))),
+        Err(ringlog_raft::MembershipError::ChangeInProgress)
+    );
+    for _ in 0..4 {
+        c.tick_all();
+    }
+    assert!(c.node(1).commit >= add);
+    assert_eq!(c.replica(4).role(), Role::Learner);
+    let caught_up = c
+        .node(1)
+        .events
+        .iter()
+        .any(|e| matches!(e, Action::LearnerCaughtUp { learner, .. } if *learner == n(4)));
+    assert!(caught_up, "the leader reports the caught-up learner");
+    c.node_mut(1).replica.propose_membership(MembershipChange::Promote(n(4))).unwrap();
+    c.drain(n(1));
+    for _ in 0..4 {
+        c.tick_all();
+    }
+    assert_eq!(c.replica(4).role(), Role::Follower);
+    assert_eq!(c.replica(1).membership(), &membership(&[1, 2, 3, 4]));
+    // Four voters: a commit now needs three, so n4 counts.
+    c.isolate(2);
+    c.isolate(3);
+    c.partition(2, 3);
+    c.cut.remove(&(n(1), n(4)));
+    c.cut.remove(&(n(4), n(1)));
+    let index = c.propose(1, "with n4").unwrap();
+    c.run();
+    assert!(c.node(1).commit < index, "1 + n4 is no quorum of 4");
+    c.heal();
+    for _ in 0..20 {
+        c.tick_all();
+        if c.node(1).commit >= index {
+            break;
+        }
+    }
+    assert!(c.node(1).commit >= index);
+}
+
+#[test]
+fn a_removed_leader_steps_down_once_its_removal_commits() {
+    // Thesis §4.2.2: the leader manages the change that removes it, then steps down.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let index = c.node_mut(1).replica.propose_membership(MembershipChange::Remove(n(1))).unwrap();
+    c.drain(n(1));
+    c.run();
+    c.tick_all();
+    assert!(c.node(2).commit >= index || c.node(1).commit >= index);
+    assert_ne!(c.replica(1).role(), Role::Leader);
+    assert_eq!(c.replica(1).role(), Role::Learner, "a non-member never campaigns");
+    for _ in 0..40 {
+        c.tick_all();
+    }
+    let leader = c.leader().expect("the remaining voters elect a leader");
+    assert!(leader == 2 || leader == 3);
+    let idx = c.propose(leader, "after removal").unwrap();
+    c.run();
+    c.tick_all();
+    assert!(c.node(leader).commit >= idx);
+}
+
+#[test]
+fn pre_vote_keeps_a_rejoining_partitioned_node_from_disrupting_the_leader() {
+    // Thesis §9.6: a partitioned node keeps failing its pre-vote, so its term stays put and
+    // it cannot force the leader to step down when it returns.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.replica(1).term();
+    c.isolate(3);
+    for _ in 0..100 {
+        c.tick_all();
+    }
+    assert_eq!(c.replica(3).term(), term, "pre-vote never raised the term");
+    c.heal();
+    for _ in 0..20 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(c.replica(1).term(), term);
+    assert_eq!(c.replica(3).leader(), Some(n(1)));
+}
+
+#[test]
+fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
+    // The contrast to the test above (thesis §9.6): plain Raft lets the rejoining node's
+    // inflated term depose a healthy leader.
+    let mut c = Cluster::with(3, |id| {
+        let mut cfg = config(id);
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+        cfg
+    });
+    c.elect(1);
+    let term = c.replica(1).term();
+    c.isolate(3);
+    for _ in 0..100 {
+        c.tick_all();
+    }
+    assert!(c.replica(3).term() > term);
+    c.heal();
+    for _ in 0..3 {
+        c.tick_all();
+    }
+    assert!(c.replica(1).term() > term, "the leader was deposed by the higher term");
+}
+
+#[test]
+fn read_index_is_ready_only_after_a_heartbeat_quorum() {
+    // Thesis §6.4: record the commit index, confirm leadership with a heartbeat round, then
+    // serve.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(1).replica.read_index(ReadCtx(7)).unwrap();
+    c.drain(n(1));
+    let ready = |c: &Cluster| {
+        c.node(1).events.iter().any(|e| matches!(e, Action::ReadReady { ctx: ReadCtx(7), .. }))
+    };
+    assert!(!ready(&c), "not before a quorum answered");
+    c.deliver_one();
+    c.deliver_one();
+    c.run();
+    assert!(ready(&c));
+    let commit = c.node(1).commit;
+    assert!(c.node(1).events.contains(&Action::ReadReady { ctx: ReadCtx(7), index: commit }));
+}
+
+#[test]
+fn read_index_on_a_partitioned_leader_fails_when_it_steps_down() {
+    // Thesis §6.4: a deposed leader must not serve a linearizable read.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    c.node_mut(1).replica.read_index(ReadCtx(9)).unwrap();
+    c.drain(n(1));
+    for _ in 0..25 {
+        c.tick(1);
+        c.run();
+    }
+    let events = &c.node(1).events;
+    assert!(!events.iter().any(|e| matches!(e, Action::ReadReady { ctx: ReadCtx(9), .. })));
+    assert!(events.contains(&Action::ReadFailed { ctx: ReadCtx(9) }));
+}
+
+#[test]
+fn a_damaged_replica_refuses_to_vote_until_repaired() {
+    // Design §4: a replica that lost its log or vote neither votes nor counts until it has
+    // caught up from a leader with a durable hard state of that leader's term.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.run();
+    c.tick_all();
+    c.crash(3);
+    c.wipe_and_restart(3, membership(&[1, 2, 3]));
+    assert!(c.replica(3).is_damaged());
+    c.crash(1);
+    for _ in 0..60 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), None, "n2 cannot win without n3's vote, and n3 must not give it");
+    assert!(
+        c.count_delivered(3, 2, |m| {
+            matches!(
+                m,
+                Message::VoteResponse { granted: true, .. }
+                    | Message::PreVoteResponse { granted: true, .. }
+            )
+        }) == 0
+    );
+    c.restart(1, false);
+    for _ in 0..60 {
+        c.tick_all();
+        if c.leader().is_some() && !c.replica(3).is_damaged() {
+            break;
+        }
+    }
+    assert!(c.leader().is_some());
+    assert!(!c.replica(3).is_damaged(), "n3 repaired from the leader");
+    assert!(c.node(3).events.contains(&Action::Repaired));
+    assert_eq!(c.node(3).terms(), c.node(c.leader().unwrap()).terms());
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_its_log_there() {
+    // Design §4 (retention): the log's install-snapshot is "restart at the leader's start".
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..30 {
+        c.propose(1, &format!("p{i}")).unwrap();
+        c.run();
+    }
+    let start = LogIndex(20);
+    for id in 1..=2 {
+        let node = c.node_mut(id);
+        node.replica.handle_log_start(start);
+        let drop = (start.0 - node.log_start.0) as usize;
+        node.prev_term = node.log[drop - 1].term;
+        node.log.drain(..drop);
+        node.log_start = start;
+        c.drain(n(id));
+    }
+    c.heal();
+    // The pipeline to n3 lost its messages: after an election timeout without progress the
+    // leader probes again, finds n3 behind its log start, and sends InstallLogStart.
+    for _ in 0..25 {
+        c.tick_all();
+    }
+    assert_eq!(c.replica(3).log_start(), start);
+    assert_eq!(c.node(3).log_start, start);
+    assert_eq!(c.replica(3).last_index(), c.replica(1).last_index());
+    assert_eq!(c.replica(1).progress(n(3)).unwrap().state, ProgressState::Replicate);
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn the_leader_never_exceeds_a_followers_inflight_window() {
+    // Design §3.4: many Appends in flight per follower, bounded in messages.
+    let mut c = Cluster::with(3, |id| {
+        let mut cfg = config(id);
+        cfg.inflight_msgs_max = 4;
+        cfg
+    });
+    c.elect(1);
+    c.node_mut(2).auto_sync = false;
+    c.node_mut(3).auto_sync = false;
+    for i in 0..20 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    let pr = c.replica(1).progress(n(2)).unwrap();
+    assert_eq!(pr.state, ProgressState::Replicate);
+    assert_eq!(pr.inflight_msgs, 4);
+    let appends = c.net.iter().filter(|(f, t, m)| {
+        f.0 == 1 && t.0 == 2 && matches!(m, Message::Append { entries, .. } if !entries.is_empty())
+    });
+    assert_eq!(appends.count(), 4);
+    for _ in 0..3 {
+        c.run();
+        c.sync(n(2));
+    }
+    c.run();
+    assert_eq!(c.replica(1).progress(n(2)).unwrap().match_index, c.replica(1).last_index());
+}
