@@ -31,7 +31,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
     pub data_dir: PathBuf,
     /// Shards (executors, one per core) the node will run.
-    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().shards)]
+    #[arg(long, value_name = "N", default_value_t = EngineConfig::new(DATA_DIR_DEFAULT).shards)]
     pub shards: usize,
     /// Bytes of IO memory each executor registers with each of its 3 io_uring rings.
     #[arg(long, value_name = "BYTES", default_value_t = IO_MEMORY_DEFAULT_BYTES)]
@@ -178,9 +178,8 @@ mod tests {
 
     #[test]
     fn warnings_alone_keep_the_host_ready() {
-        let report = HostReport {
-            checks: vec![check("kernel", Status::Ok), check("nofile", Status::Warn)],
-        };
+        let report =
+            HostReport { checks: vec![check("kernel", Status::Ok), check("nofile", Status::Warn)] };
         assert!(summary_line(&report).ends_with("this host can run ringlog"));
         let json = json_report(&requirements(), &report);
         assert_eq!(json["ready"], true);
@@ -189,9 +188,7 @@ mod tests {
 
     #[test]
     fn json_report_carries_every_field_of_every_check() {
-        let report = HostReport {
-            checks: vec![check("memlock", Status::Fail)],
-        };
+        let report = HostReport { checks: vec![check("memlock", Status::Fail)] };
         let json = json_report(&requirements(), &report);
         assert_eq!(json["ready"], false);
         assert_eq!(json["requirements"]["retention_bytes"], 1u64 << 30);

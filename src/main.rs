@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 use ringlog_bench::cli::BenchArgs;
 use ringlog_bench::workdir::StopFlag;
 
+mod config;
+mod config_check;
+mod config_cli;
+mod config_keys;
 mod doctor;
+mod inspect;
 
 /// ringlog: a replicated commit-log storage engine on io_uring.
 #[derive(Debug, Parser)]
@@ -28,6 +33,10 @@ enum Command {
     /// Check this host (kernel, io_uring, memlock, O_DIRECT on the data dir, ...); exit 1 on
     /// any FAIL.
     Doctor(doctor::DoctorArgs),
+    /// Decode a segment file and verify its checksums and chain; exit 1 on corruption.
+    Inspect(inspect::InspectArgs),
+    /// Check a node's configuration file, or print the configuration reference.
+    Config(config_cli::ConfigArgs),
 }
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -38,6 +47,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => run_bench(&args),
         Command::Doctor(args) => Ok(doctor::run(&args)),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Config(args) => Ok(config_cli::run(&args)),
     };
     match result {
         Ok(code) => code,

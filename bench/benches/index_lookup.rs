@@ -46,13 +46,18 @@ fn lookup(c: &mut Criterion) {
         let index = build_index(entries);
         assert_eq!(index.entries.len() as u64, entries);
         let last = entries * RECORDS_PER_BATCH;
-        group.bench_with_input(BenchmarkId::new("position_for_offset", entries), &index, |b, index| {
-            let mut probe = 0x9E37_79B9_7F4A_7C15u64;
-            b.iter(|| {
-                probe = probe.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                index.position_for_offset(black_box(Offset(probe % last)))
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("position_for_offset", entries),
+            &index,
+            |b, index| {
+                let mut probe = 0x9E37_79B9_7F4A_7C15u64;
+                b.iter(|| {
+                    probe =
+                        probe.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    index.position_for_offset(black_box(Offset(probe % last)))
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -27,9 +27,13 @@ pub struct BenchArgs {
     /// Measured seconds per scenario (default 10, or 0.5 with --quick).
     #[arg(long)]
     pub duration_secs: Option<f64>,
-    /// Warm-up seconds per scenario (default 2, or 0.1 with --quick).
+    /// Warm-up seconds per scenario, split over the rounds (default 2.5, or 0.1 with --quick).
     #[arg(long)]
     pub warmup_secs: Option<f64>,
+    /// Rounds each scenario's time is split into, alternating engine and raw-disk (default
+    /// 10, or 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<u32>,
     /// Appends kept outstanding by the closed loop (enough to saturate the disk).
     #[arg(long, default_value_t = 256)]
     pub appenders: usize,
@@ -39,12 +43,19 @@ pub struct BenchArgs {
     /// Records per append call (one batch each).
     #[arg(long, default_value_t = 1)]
     pub records_per_append: usize,
+    /// LogConfig.segment_size_bytes (default 256 MiB, or 8 MiB with --quick).
+    #[arg(long)]
+    pub segment_size_bytes: Option<u64>,
     /// LogConfig.flush_bytes_max: most bytes coalesced into one write + fdatasync.
     #[arg(long)]
     pub flush_bytes_max: Option<usize>,
     /// LogConfig.queued_bytes_max: most bytes waiting for fdatasync.
     #[arg(long)]
     pub queued_bytes_max: Option<usize>,
+    /// IO memory glommio registers per executor (default: 8 MiB, or the most the
+    /// RLIMIT_MEMLOCK allows without CAP_IPC_LOCK).
+    #[arg(long)]
+    pub io_memory_bytes: Option<usize>,
     /// Let the shard executor spin before parking (dedicated cores only).
     #[arg(long)]
     pub spin: bool,
@@ -63,7 +74,9 @@ impl BenchArgs {
     /// The suite options these arguments select.
     pub fn suite_options(&self) -> SuiteOptions {
         let secs = |value: Option<f64>, normal: f64, quick: f64| {
-            Duration::from_secs_f64(value.unwrap_or(if self.quick { quick } else { normal }).max(0.0))
+            Duration::from_secs_f64(
+                value.unwrap_or(if self.quick { quick } else { normal }).max(0.0),
+            )
         };
         let scenarios = if self.scenarios.is_empty() {
             ScenarioName::ALL.to_vec()
@@ -80,6 +93,10 @@ impl BenchArgs {
         if self.quick {
             engine.segment_size_bytes = 8 << 20;
         }
+        engine.io_memory_bytes = self.io_memory_bytes.unwrap_or_else(default_io_memory_bytes);
+        if let Some(bytes) = self.segment_size_bytes {
+            engine.segment_size_bytes = bytes;
+        }
         if let Some(bytes) = self.flush_bytes_max {
             engine.flush_bytes_max = bytes;
         }
@@ -90,11 +107,30 @@ impl BenchArgs {
             scenarios,
             quick: self.quick,
             duration: secs(self.duration_secs, 10.0, 0.5),
-            warmup: secs(self.warmup_secs, 2.0, 0.1),
+            warmup: secs(self.warmup_secs, 2.5, 0.1),
+            rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 10 }).max(1),
             engine,
             raw_write_size_bytes: self.raw_write_size,
             raw_file_size_bytes: if self.quick { 8 << 20 } else { 256 << 20 },
         }
+    }
+}
+
+/// Largest IO memory the bench asks for by default.
+const IO_MEMORY_BENCH_MAX_BYTES: usize = 8 << 20;
+
+/// 8 MiB of registered IO memory (so flush buffers never fall back to freshly mapped,
+/// page-faulting allocations), or less if RLIMIT_MEMLOCK would refuse that for one shard.
+fn default_io_memory_bytes() -> usize {
+    use ringlog_engine::runtime::{
+        current_memlock_limit, has_cap_ipc_lock, REGISTERED_RINGS_PER_EXECUTOR,
+    };
+    match current_memlock_limit() {
+        Ok(Some(limit)) if !has_cap_ipc_lock() => {
+            let fitting = limit / REGISTERED_RINGS_PER_EXECUTOR / 4096 * 4096;
+            (fitting as usize).min(IO_MEMORY_BENCH_MAX_BYTES)
+        }
+        _ => IO_MEMORY_BENCH_MAX_BYTES,
     }
 }
 

@@ -24,7 +24,6 @@ use ringlog_engine::shard::{
 use crate::load::{drive_closed_loop, AsyncTarget, ClosedLoop};
 use crate::measure::{process_cpu_time, RunMeasure};
 use crate::raw_disk::fill_pattern;
-use crate::scenario::{ScenarioName, ScenarioResult};
 use crate::workdir::StopFlag;
 
 /// Longest wait for one append's completion before the run is declared stuck.
@@ -94,24 +93,21 @@ impl AsyncTarget for EngineTarget {
     }
 }
 
-/// Runs the engine scenario in `dir`.
-pub fn run(
+/// Starts an engine on `dir` (re-opening the log a previous round left there), runs the
+/// closed loop for `warmup` + `duration`, shuts the engine down and returns the measured
+/// window.
+pub fn measure(
     options: &EngineAppendOptions,
     dir: &Path,
     duration: Duration,
     warmup: Duration,
     stop: &StopFlag,
-) -> anyhow::Result<ScenarioResult> {
+) -> anyhow::Result<RunMeasure> {
     let config = engine_config(options, dir);
     let engine = Engine::start(config.clone()).context("starting the engine")?;
     let records = build_records(options, &config.log)?;
     let (replies, completions) = crossbeam_channel::bounded(options.appenders);
-    let mut target = EngineTarget {
-        engine: engine.clone(),
-        records,
-        replies,
-        completions,
-    };
+    let mut target = EngineTarget { engine: engine.clone(), records, replies, completions };
     let load = ClosedLoop {
         concurrency: options.appenders,
         duration,
@@ -119,38 +115,48 @@ pub fn run(
         drain_timeout: APPEND_TIMEOUT,
     };
 
-    // Counters are sampled when the measured window opens (after the warm-up) and at its end.
+    // Counters are sampled when the measured window opens (after the warm-up) and closes.
     let window = MeasuredWindow::new(&engine, warmup, duration, stop);
     let outcome = drive_closed_loop(&load, &mut target, stop);
     let window = window.finish();
+    drop(target);
     let shutdown = engine.shutdown().context("shutting the engine down");
     let outcome = outcome?;
-    let (disk_bytes, fdatasyncs, cpu) = window?;
+    let counters = window?;
     shutdown?;
 
     let records_total = outcome.completed * options.records_per_append as u64;
-    let measure = RunMeasure {
+    let mut measure = RunMeasure {
         operations: outcome.completed,
         records: records_total,
         bytes: records_total * options.record_size_bytes as u64,
-        disk_bytes,
-        fdatasyncs,
+        disk_bytes: counters.bytes_written,
+        fdatasyncs: counters.fdatasyncs,
+        background_bytes: counters.spares_filled * options.segment_size_bytes,
         elapsed: outcome.elapsed,
-        latency: outcome.latency.summary(),
-        cpu,
+        cpu: counters.cpu,
+        ..RunMeasure::default()
     };
+    measure.set_latency(outcome.latency);
+    Ok(measure)
+}
+
+/// The scenario's description, parameters and notes for the report.
+pub fn describe(
+    options: &EngineAppendOptions,
+) -> anyhow::Result<(String, serde_json::Value, Vec<String>)> {
     let notes = vec![format!(
-        "closed loop, {} appends outstanding from one driver thread; 1 shard ({} pinning), \
-         executor {}",
+        "closed loop, {} appends of {} × {} B records outstanding from one driver thread; \
+         1 shard ({} pinning), executor {}; durable = fdatasync completed before the answer",
         options.appenders,
+        options.records_per_append,
+        options.record_size_bytes,
         Pinning::Auto,
         if options.spin { "spins before parking" } else { "parks when idle" }
     )];
-    Ok(ScenarioResult::new(
-        ScenarioName::Engine,
-        "durable appends (fdatasync before the answer) through EngineHandle".to_string(),
+    Ok((
+        "durable appends through EngineHandle (single-node log, no network)".to_string(),
         serde_json::to_value(options)?,
-        measure,
         notes,
     ))
 }
@@ -171,25 +177,48 @@ fn build_records(options: &EngineAppendOptions, log: &LogConfig) -> anyhow::Resu
     fill_pattern(&mut value);
     let mut builder = RecordsBuilder::new(log.batch_size_max);
     for _ in 0..options.records_per_append {
-        builder
-            .push(&value)
-            .map_err(|error| anyhow::anyhow!("building the batch: {error}"))?;
+        builder.push(&value).map_err(|error| anyhow::anyhow!("building the batch: {error}"))?;
     }
     Ok(builder.finish())
+}
+
+/// Engine counters and process CPU time at one moment (or their change over a window).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    bytes_written: u64,
+    fdatasyncs: u64,
+    spares_filled: u64,
+    cpu: Duration,
+}
+
+impl Counters {
+    fn since(self, start: Counters) -> Counters {
+        Counters {
+            bytes_written: self.bytes_written.saturating_sub(start.bytes_written),
+            fdatasyncs: self.fdatasyncs.saturating_sub(start.fdatasyncs),
+            spares_filled: self.spares_filled.saturating_sub(start.spares_filled),
+            cpu: self.cpu.saturating_sub(start.cpu),
+        }
+    }
 }
 
 /// Samples the engine's device counters and the process CPU time when the measured window
 /// opens (end of warm-up) and when it closes, from a helper thread, so the drain of the last
 /// outstanding appends is not counted.
 struct MeasuredWindow {
-    sampler: std::thread::JoinHandle<anyhow::Result<(u64, u64, Duration)>>,
+    sampler: std::thread::JoinHandle<anyhow::Result<Counters>>,
 }
 
 /// How often the sampler checks the stop flag while the window is open.
 const SAMPLER_TICK: Duration = Duration::from_millis(20);
 
 impl MeasuredWindow {
-    fn new(engine: &EngineHandle, warmup: Duration, duration: Duration, stop: &StopFlag) -> MeasuredWindow {
+    fn new(
+        engine: &EngineHandle,
+        warmup: Duration,
+        duration: Duration,
+        stop: &StopFlag,
+    ) -> MeasuredWindow {
         let engine = engine.clone();
         let stop = stop.clone();
         let opens_at = Instant::now() + warmup;
@@ -198,20 +227,13 @@ impl MeasuredWindow {
             sleep_until(opens_at, &stop);
             let start = sample(&engine)?;
             sleep_until(closes_at, &stop);
-            let end = sample(&engine)?;
-            Ok((
-                end.0.saturating_sub(start.0),
-                end.1.saturating_sub(start.1),
-                end.2.saturating_sub(start.2),
-            ))
+            Ok(sample(&engine)?.since(start))
         });
         MeasuredWindow { sampler }
     }
 
-    fn finish(self) -> anyhow::Result<(u64, u64, Duration)> {
-        self.sampler
-            .join()
-            .map_err(|_| anyhow::anyhow!("counter sampler panicked"))?
+    fn finish(self) -> anyhow::Result<Counters> {
+        self.sampler.join().map_err(|_| anyhow::anyhow!("counter sampler panicked"))?
     }
 }
 
@@ -225,7 +247,12 @@ fn sleep_until(deadline: Instant, stop: &StopFlag) {
     }
 }
 
-fn sample(engine: &EngineHandle) -> anyhow::Result<(u64, u64, Duration)> {
+fn sample(engine: &EngineHandle) -> anyhow::Result<Counters> {
     let total = engine.stats().context("engine stats")?.total();
-    Ok((total.bytes_written, total.fdatasyncs, process_cpu_time()))
+    Ok(Counters {
+        bytes_written: total.bytes_written,
+        fdatasyncs: total.fdatasyncs,
+        spares_filled: total.spares_filled,
+        cpu: process_cpu_time(),
+    })
 }

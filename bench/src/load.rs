@@ -125,7 +125,10 @@ fn drain(target: &mut dyn AsyncTarget, mut outstanding: usize, timeout: Duration
     }
 }
 
-fn serialize_secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_secs<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(value.as_secs_f64())
 }
 

@@ -44,6 +44,9 @@ pub struct RunMeasure {
     pub disk_bytes: u64,
     /// fdatasync calls completed.
     pub fdatasyncs: u64,
+    /// Bytes the system under test wrote in the background (the log's zero-filling of spare
+    /// segments), not counted in `disk_bytes`.
+    pub background_bytes: u64,
     /// Measured wall-clock time.
     #[serde(serialize_with = "serialize_secs")]
     pub elapsed: Duration,
@@ -52,13 +55,17 @@ pub struct RunMeasure {
     /// CPU time of the whole process during the run (user + system).
     #[serde(serialize_with = "serialize_secs")]
     pub cpu: Duration,
+    /// The histogram behind `latency`, kept so runs can be merged.
+    #[serde(skip)]
+    pub recorder: LatencyRecorder,
 }
 
 impl LatencyRecorder {
     /// An empty recorder.
     pub fn new() -> LatencyRecorder {
-        let histogram = Histogram::new_with_bounds(1, LATENCY_MAX.as_nanos() as u64, SIGNIFICANT_DIGITS)
-            .expect("static histogram bounds are valid");
+        let histogram =
+            Histogram::new_with_bounds(1, LATENCY_MAX.as_nanos() as u64, SIGNIFICANT_DIGITS)
+                .expect("static histogram bounds are valid");
         LatencyRecorder { histogram }
     }
 
@@ -70,9 +77,7 @@ impl LatencyRecorder {
 
     /// Adds another recorder's samples.
     pub fn merge(&mut self, other: &LatencyRecorder) {
-        self.histogram
-            .add(&other.histogram)
-            .expect("histograms share bounds");
+        self.histogram.add(&other.histogram).expect("histograms share bounds");
     }
 
     /// Samples recorded.
@@ -110,6 +115,26 @@ impl Default for LatencyRecorder {
 }
 
 impl RunMeasure {
+    /// Sets the latency histogram and its summary.
+    pub fn set_latency(&mut self, recorder: LatencyRecorder) {
+        self.latency = recorder.summary();
+        self.recorder = recorder;
+    }
+
+    /// Adds another run of the same scenario (counts, times and histograms summed).
+    pub fn merge(&mut self, other: &RunMeasure) {
+        self.operations += other.operations;
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.disk_bytes += other.disk_bytes;
+        self.fdatasyncs += other.fdatasyncs;
+        self.background_bytes += other.background_bytes;
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        self.recorder.merge(&other.recorder);
+        self.latency = self.recorder.summary();
+    }
+
     /// Operations per second.
     pub fn operations_per_sec(&self) -> f64 {
         per_second(self.operations as f64, self.elapsed)
@@ -146,11 +171,7 @@ impl RunMeasure {
 
     /// CPU microseconds per record (or per operation when there are no records).
     pub fn cpu_us_per_record(&self) -> f64 {
-        let count = if self.records > 0 {
-            self.records
-        } else {
-            self.operations
-        };
+        let count = if self.records > 0 { self.records } else { self.operations };
         if count == 0 {
             0.0
         } else {
@@ -168,7 +189,10 @@ fn per_second(count: f64, elapsed: Duration) -> f64 {
     }
 }
 
-fn serialize_secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_secs<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(value.as_secs_f64())
 }
 
@@ -220,6 +244,35 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.len(), 3);
         assert!(a.summary().max_us >= 59_000_000.0);
+    }
+
+    #[test]
+    fn merged_runs_sum_counts_and_histograms() {
+        let mut a = RunMeasure {
+            operations: 2,
+            bytes: 10,
+            elapsed: Duration::from_secs(1),
+            ..RunMeasure::default()
+        };
+        let mut recorder = LatencyRecorder::new();
+        recorder.record(Duration::from_micros(100));
+        a.set_latency(recorder);
+        let mut b = RunMeasure {
+            operations: 3,
+            bytes: 20,
+            elapsed: Duration::from_secs(2),
+            ..RunMeasure::default()
+        };
+        let mut recorder = LatencyRecorder::new();
+        recorder.record(Duration::from_micros(300));
+        recorder.record(Duration::from_micros(300));
+        b.set_latency(recorder);
+        a.merge(&b);
+        assert_eq!(a.operations, 5);
+        assert_eq!(a.bytes, 30);
+        assert_eq!(a.elapsed, Duration::from_secs(3));
+        assert_eq!(a.latency.count, 3);
+        assert!(a.latency.max_us >= 299.0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::measure::{LatencyRecorder, RunMeasure};
+use crate::measure::{process_cpu_time, LatencyRecorder, RunMeasure};
 
 /// O_DIRECT alignment of buffers, positions and lengths.
 pub const BLOCK_SIZE: usize = 4096;
@@ -39,13 +39,16 @@ const RING_ENTRIES: u32 = 8;
 /// Chunk of the zero-fill writes that preallocate the file.
 const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
-/// One baseline run.
+/// The scratch file of a baseline, zero-filled once and reused by every measurement.
+pub struct RawDiskSession {
+    disk: RawDisk,
+    /// Next write position (writes continue where the previous measurement stopped).
+    position: u64,
+}
+
+/// One baseline measurement.
 #[derive(Debug, Clone)]
-pub struct RawDiskConfig {
-    /// Directory of the scratch file (must be on the filesystem under test, not tmpfs).
-    pub dir: PathBuf,
-    /// Size of the preallocated file; rounded up to a block multiple.
-    pub file_size_bytes: u64,
+pub struct RawDiskRun {
     /// Bytes per write (rounded up to a block multiple, as the log's padded flushes are).
     pub write_size_bytes: usize,
     /// How long to keep writing.
@@ -82,45 +85,84 @@ impl std::fmt::Debug for RawDisk {
     }
 }
 
-/// Runs the baseline and returns what it measured.
-pub fn run(config: &RawDiskConfig, stop: &dyn Fn() -> bool) -> anyhow::Result<RunMeasure> {
-    let write_size = config.write_size_bytes.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-    if write_size == 0 || write_size > WRITE_SIZE_MAX_BYTES {
-        bail!("raw-disk write size {write_size} outside 4096..={WRITE_SIZE_MAX_BYTES}");
-    }
-    let capacity = config.file_size_bytes.div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
-    if capacity < write_size as u64 {
-        bail!("raw-disk file of {capacity} bytes cannot hold one {write_size}-byte write");
-    }
-    let path = config.dir.join("raw-disk.dat");
-    let mut disk = RawDisk::create(&path, capacity)?;
-    let mut buffer = AlignedBuffer::new(write_size);
-    fill_pattern(buffer.as_mut_slice());
-
-    let mut position = 0u64;
-    for _ in 0..config.warmup_rounds {
-        disk.write_and_sync(&buffer, position)?;
-        position = disk.next_position(position, write_size);
+impl RawDiskSession {
+    /// Creates and zero-fills `raw-disk.dat` of `file_size_bytes` (rounded up to a block
+    /// multiple) in `dir`, which must be on the filesystem under test.
+    pub fn create(dir: &Path, file_size_bytes: u64) -> anyhow::Result<RawDiskSession> {
+        let capacity = file_size_bytes.div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+        let disk = RawDisk::create(&dir.join("raw-disk.dat"), capacity)?;
+        Ok(RawDiskSession { disk, position: 0 })
     }
 
-    let mut latency = LatencyRecorder::new();
-    let mut measure = RunMeasure::default();
-    let started = Instant::now();
-    while started.elapsed() < config.duration && !stop() {
-        let round_started = Instant::now();
-        disk.write_and_sync(&buffer, position)?;
-        latency.record(round_started.elapsed());
-        position = disk.next_position(position, write_size);
-        measure.operations += 1;
-        measure.bytes += write_size as u64;
-        measure.fdatasyncs += 1;
-        measure.disk_bytes += write_size as u64;
+    /// Whether the ring got SINGLE_ISSUER + DEFER_TASKRUN.
+    pub fn single_issuer(&self) -> bool {
+        self.disk.single_issuer
     }
-    measure.elapsed = started.elapsed();
-    measure.latency = latency.summary();
-    drop(disk);
-    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    Ok(measure)
+
+    /// Writes `run.write_size_bytes` + fdatasync in a loop for `run.duration` (or until
+    /// `stop`), and returns what it measured.
+    pub fn measure(
+        &mut self,
+        run: &RawDiskRun,
+        stop: &dyn Fn() -> bool,
+    ) -> anyhow::Result<RunMeasure> {
+        let write_size = run.write_size_bytes.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        if write_size == 0 || write_size > WRITE_SIZE_MAX_BYTES {
+            bail!("raw-disk write size {write_size} outside 4096..={WRITE_SIZE_MAX_BYTES}");
+        }
+        if self.disk.capacity_bytes < write_size as u64 {
+            bail!(
+                "raw-disk file of {} bytes cannot hold one {write_size}-byte write",
+                self.disk.capacity_bytes
+            );
+        }
+        let mut buffer = AlignedBuffer::new(write_size);
+        fill_pattern(buffer.as_mut_slice());
+        for _ in 0..run.warmup_rounds {
+            self.write_next(&buffer)?;
+        }
+        let mut latency = LatencyRecorder::new();
+        let mut measure = RunMeasure::default();
+        let cpu_before = process_cpu_time();
+        let started = Instant::now();
+        while started.elapsed() < run.duration && !stop() {
+            let round_started = Instant::now();
+            self.write_next(&buffer)?;
+            latency.record(round_started.elapsed());
+            measure.operations += 1;
+            measure.bytes += write_size as u64;
+            measure.fdatasyncs += 1;
+            measure.disk_bytes += write_size as u64;
+        }
+        measure.elapsed = started.elapsed();
+        measure.cpu = process_cpu_time().saturating_sub(cpu_before);
+        measure.set_latency(latency);
+        Ok(measure)
+    }
+
+    fn write_next(&mut self, buffer: &AlignedBuffer) -> anyhow::Result<()> {
+        if self.position + buffer.len() as u64 > self.disk.capacity_bytes {
+            self.position = 0;
+        }
+        self.disk.write_and_sync(buffer, self.position)?;
+        self.position = self.disk.next_position(self.position, buffer.len());
+        Ok(())
+    }
+}
+
+impl Drop for RawDiskSession {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.disk.path);
+    }
+}
+
+impl std::fmt::Debug for RawDiskSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawDiskSession")
+            .field("disk", &self.disk)
+            .field("position", &self.position)
+            .finish()
+    }
 }
 
 impl RawDisk {
@@ -134,13 +176,7 @@ impl RawDisk {
             .open(path)
             .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
         let (ring, single_issuer) = build_ring()?;
-        Ok(RawDisk {
-            ring,
-            file,
-            path: path.to_path_buf(),
-            capacity_bytes,
-            single_issuer,
-        })
+        Ok(RawDisk { ring, file, path: path.to_path_buf(), capacity_bytes, single_issuer })
     }
 
     /// The position after a write of `write_size` at `position`, wrapping at the end.
@@ -165,21 +201,14 @@ impl RawDisk {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(1);
-        let sync = opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(2);
+        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(2);
         // SAFETY: the write names `buffer` (alive and unmoved for this whole call, see the
         // module's rule) and `self.file` (owned by `self`); both entries complete before
         // `wait_for` returns below, and we return only after that.
         unsafe {
             let mut submission = self.ring.submission();
-            submission
-                .push(&write)
-                .map_err(|_| anyhow::anyhow!("submission queue full"))?;
-            submission
-                .push(&sync)
-                .map_err(|_| anyhow::anyhow!("submission queue full"))?;
+            submission.push(&write).map_err(|_| anyhow::anyhow!("submission queue full"))?;
+            submission.push(&sync).map_err(|_| anyhow::anyhow!("submission queue full"))?;
         }
         self.wait_for(2, buffer.len())
     }
@@ -188,9 +217,7 @@ impl RawDisk {
         let mut completed = 0;
         let mut failure = None;
         while completed < entries {
-            self.ring
-                .submit_and_wait(entries - completed)
-                .context("io_uring submit")?;
+            self.ring.submit_and_wait(entries - completed).context("io_uring submit")?;
             for entry in self.ring.completion() {
                 completed += 1;
                 let result = entry.result();
@@ -214,16 +241,10 @@ impl RawDisk {
 
 /// A ring with SINGLE_ISSUER + DEFER_TASKRUN if the kernel accepts them, else a plain one.
 fn build_ring() -> anyhow::Result<(IoUring, bool)> {
-    let tuned = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(RING_ENTRIES);
+    let tuned = IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES);
     match tuned {
         Ok(ring) => Ok((ring, true)),
-        Err(_) => Ok((
-            IoUring::new(RING_ENTRIES).context("creating an io_uring")?,
-            false,
-        )),
+        Err(_) => Ok((IoUring::new(RING_ENTRIES).context("creating an io_uring")?, false)),
     }
 }
 
@@ -238,8 +259,7 @@ fn zero_fill(path: &Path, capacity: u64) -> anyhow::Result<()> {
             .with_context(|| format!("zero-filling {}", path.display()))?;
         written += chunk as u64;
     }
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
 
@@ -261,7 +281,8 @@ impl AlignedBuffer {
         let layout = Layout::from_size_align(len, BLOCK_SIZE).expect("valid layout");
         // SAFETY: `layout` has a non-zero size (asserted above).
         let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuffer { ptr, layout }
     }
 
@@ -297,17 +318,19 @@ mod tests {
     #[test]
     fn raw_disk_writes_and_syncs_the_requested_bytes() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let config = RawDiskConfig {
-            dir: dir.path().to_path_buf(),
-            file_size_bytes: 1 << 20,
+        let mut session = RawDiskSession::create(dir.path(), 1 << 20).unwrap();
+        let run = RawDiskRun {
             write_size_bytes: 5000,
             duration: Duration::from_millis(100),
             warmup_rounds: 2,
         };
-        let measure = run(&config, &|| false).unwrap();
+        let measure = session.measure(&run, &|| false).unwrap();
         assert!(measure.operations > 0);
         assert_eq!(measure.bytes, measure.operations * 8192);
         assert_eq!(measure.fdatasyncs, measure.operations);
+        // A second measurement reuses the file.
+        assert!(session.measure(&run, &|| false).unwrap().operations > 0);
+        drop(session);
         assert!(!dir.path().join("raw-disk.dat").exists());
     }
 

@@ -35,9 +35,7 @@ impl WorkDir {
     /// Creates `ringlog-bench-*` under `base`, refusing memory-backed filesystems.
     pub fn create(base: &Path) -> anyhow::Result<WorkDir> {
         std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
-        let base = base
-            .canonicalize()
-            .with_context(|| format!("resolving {}", base.display()))?;
+        let base = base.canonicalize().with_context(|| format!("resolving {}", base.display()))?;
         let mount = mount_of(&base)?;
         if MEMORY_FILESYSTEMS.contains(&mount.filesystem.as_str()) {
             bail!(
@@ -82,11 +80,9 @@ fn parse_mount_of(mountinfo: &str, path: &Path) -> Option<MountInfo> {
         let Some(separator) = fields.iter().position(|f| *f == "-") else {
             continue;
         };
-        let (Some(mount_point), Some(filesystem), Some(device)) = (
-            fields.get(4),
-            fields.get(separator + 1),
-            fields.get(separator + 2),
-        ) else {
+        let (Some(mount_point), Some(filesystem), Some(device)) =
+            (fields.get(4), fields.get(separator + 1), fields.get(separator + 2))
+        else {
             continue;
         };
         let mount_point = PathBuf::from(mount_point.replace("\\040", " "));

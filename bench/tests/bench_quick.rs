@@ -44,10 +44,8 @@ fn every_scenario_runs_once_with_quick_and_leaves_only_the_results() {
     assert!(markdown.contains("| engine |"), "{markdown}");
 
     // The temporary work directory is gone: only the results folder remains.
-    let left: Vec<_> = std::fs::read_dir(base.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> =
+        std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("results")]);
 }
 
@@ -76,9 +74,7 @@ fn a_raised_stop_flag_ends_the_run_early_and_still_cleans_up() {
     let report = cli::run(&wrapper.args, &stop).unwrap();
     raiser.join().unwrap();
     assert!(report.interrupted);
-    let left: Vec<_> = std::fs::read_dir(base.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> =
+        std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("results")]);
 }

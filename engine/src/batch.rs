@@ -10,6 +10,8 @@
 //! so the header crc of the last batch commits to the whole log. Decoding never panics: every
 //! length is checked against the buffer and `batch_size_max` before it is used.
 
+#![forbid(unsafe_code)]
+
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 use zerocopy::little_endian::{I64, U16, U32, U64};
@@ -259,7 +261,7 @@ pub fn peek_header(bytes: &[u8], batch_size_max: usize) -> Result<&BatchHeader, 
 ///
 /// # Panics
 /// If `batch` is shorter than a header (a caller bug).
-pub fn header_of(batch: &[u8]) -> &BatchHeader {
+pub(crate) fn header_of(batch: &[u8]) -> &BatchHeader {
     BatchHeader::ref_from_bytes(&batch[..BATCH_HEADER_SIZE]).expect("header-sized, unaligned type")
 }
 

@@ -3,6 +3,8 @@
 //! An IO failure during a write or fdatasync latches the log: every later call answers
 //! `Failed { reason }` until the log is reopened (fsync is never retried: design.md §11).
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::PathBuf;
 
@@ -51,7 +53,9 @@ pub enum OpenError {
     DirectIoUnsupported { path: PathBuf, source: io::Error },
     #[error("IO error on {path:?} while opening the log: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("log is corrupt: {0} (open with RecoveryMode::TruncateAtCorruption to truncate there)")]
+    #[error(
+        "log is corrupt: {0} (open with RecoveryMode::TruncateAtCorruption to truncate there)"
+    )]
     Corruption(#[from] Corruption),
 }
 

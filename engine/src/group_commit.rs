@@ -11,6 +11,8 @@
 //! write or fdatasync latches the log and is never retried; the preallocator's zero-fill never
 //! runs on the append path.
 
+#![forbid(unsafe_code)]
+
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -55,19 +57,16 @@ pub struct FlushStats {
 pub(crate) async fn run_flusher(inner: Rc<Inner>) {
     loop {
         let epoch = inner.flush_notify.epoch();
-        {
+        let (failed, idle, closed) = {
             let st = inner.state.borrow();
-            if st.failed.is_some() {
-                return;
-            }
-            if st.queue.is_empty() {
-                if st.closed {
-                    return;
-                }
-                drop(st);
-                inner.flush_notify.wait(epoch).await;
-                continue;
-            }
+            (st.failed.is_some(), st.queue.is_empty(), st.closed)
+        };
+        if failed || (idle && closed) {
+            return;
+        }
+        if idle {
+            inner.flush_notify.wait(epoch).await;
+            continue;
         }
         let Ok(permit) = inner.io_lock.acquire_permit(1).await else { return };
         if inner.state.borrow().queue.is_empty() {
@@ -104,7 +103,6 @@ pub(crate) async fn wait_spare(inner: &Inner) -> Result<(), LogError> {
 
 fn needs_roll(inner: &Inner) -> bool {
     let st = inner.state.borrow();
-    let capacity = inner.config.segment_size_bytes;
     let first = st.queue.front().expect("flush_once runs with a non-empty queue");
     match st.segments.last() {
         None => true,
@@ -112,7 +110,7 @@ fn needs_roll(inner: &Inner) -> bool {
         Some(segment) => {
             let header = if segment.header_written { 0 } else { BLOCK_SIZE as u64 };
             let end = segment.write_position + header + first.bytes.len() as u64;
-            end + padding_len(end, BLOCK_SIZE) as u64 > capacity
+            end + padding_len(end, BLOCK_SIZE) as u64 > segment.capacity
         }
     }
 }
@@ -126,11 +124,8 @@ async fn roll(inner: &Inner) -> Result<(), String> {
         let st = inner.state.borrow();
         let first = st.queue.front().expect("non-empty queue").header;
         let prev_term = st.term_at(LogIndex(first.index().0 - 1)).unwrap_or(st.start_prev_term);
-        let seal = st
-            .segments
-            .last()
-            .filter(|s| !s.sealed)
-            .map(|s| (s.name.clone(), sealed_index(s)));
+        let seal =
+            st.segments.last().filter(|s| !s.sealed).map(|s| (s.name.clone(), sealed_index(s)));
         (first, prev_term, seal)
     };
     let dir = &inner.dir;
@@ -153,6 +148,7 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     st.segments.push(Segment {
         name,
         file: Rc::new(file),
+        capacity: inner.config.segment_size_bytes,
         base_offset: first.base_offset(),
         base_index: first.index(),
         prev_term,
@@ -177,17 +173,17 @@ async fn flush_once(inner: &Inner) -> Result<(), String> {
         roll(inner).await?;
     }
     let config = &inner.config;
-    let capacity = config.segment_size_bytes;
     // Take whole batches that fit the flush and the segment.
     let (batches, file, start, header_block, pad) = {
         let mut st = inner.state.borrow_mut();
         let segment = st.segments.last().expect("rolled");
         let start = segment.write_position;
+        let capacity = segment.capacity;
         let header_block = if segment.header_written {
             None
         } else {
             let mut block = vec![0u8; BLOCK_SIZE];
-            encode_header(&segment.meta(capacity), &mut block);
+            encode_header(&segment.meta(), &mut block);
             Some(block)
         };
         let file = segment.file.clone();
@@ -306,17 +302,17 @@ fn commit(
 pub(crate) async fn run_preallocator(inner: Rc<Inner>) {
     loop {
         let epoch = inner.spare_notify.epoch();
-        {
+        let (stop, ready) = {
             let st = inner.state.borrow();
             // After close, keep serving a flusher that still drains its queue (Drop path).
-            if st.failed.is_some() || (st.closed && st.queue.is_empty()) {
-                return;
-            }
-            if st.spare_ready {
-                drop(st);
-                inner.spare_notify.wait(epoch).await;
-                continue;
-            }
+            (st.failed.is_some() || (st.closed && st.queue.is_empty()), st.spare_ready)
+        };
+        if stop {
+            return;
+        }
+        if ready {
+            inner.spare_notify.wait(epoch).await;
+            continue;
         }
         match fill_spare(&inner).await {
             Ok(true) => {

@@ -7,6 +7,8 @@
 //! Invariants: the newest valid slot is the last state `store` returned Ok for (or a later
 //! one whose store was interrupted); a failed write or fdatasync latches the store.
 
+#![forbid(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,26 +91,32 @@ pub fn encode_slot(state: &HardState, generation: u64, block: &mut [u8]) {
     block[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// What a slot holds: `Ok(None)` if it was never written (zeros), `Err(())` if damaged.
-pub fn decode_slot(block: &[u8]) -> Result<Option<(u64, HardState)>, ()> {
-    let block = block.get(..BLOCK_SIZE).ok_or(())?;
+/// A slot that is neither zero nor valid (torn or damaged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DamagedSlot;
+
+/// What a slot holds: `Ok(None)` if it was never written (zeros), `Err` if damaged.
+pub fn decode_slot(block: &[u8]) -> Result<Option<(u64, HardState)>, DamagedSlot> {
+    let block = block.get(..BLOCK_SIZE).ok_or(DamagedSlot)?;
     if block.iter().all(|b| *b == 0) {
         return Ok(None);
     }
-    let slot = Slot::read_from_bytes(&block[..SLOT_HEADER_SIZE]).map_err(|_| ())?;
+    let slot = Slot::read_from_bytes(&block[..SLOT_HEADER_SIZE]).map_err(|_| DamagedSlot)?;
     if slot.magic.get() != HARD_STATE_MAGIC
         || slot.version.get() != HARD_STATE_VERSION
         || slot.crc.get() != slot_crc(block)
         || slot.has_vote.get() > 1
     {
-        return Err(());
+        return Err(DamagedSlot);
     }
     let vote = (slot.has_vote.get() == 1).then(|| NodeId(slot.vote.get()));
     Ok(Some((slot.generation.get(), HardState { term: Term(slot.term.get()), vote })))
 }
 
 /// Chooses the newest valid slot.
-fn choose(slots: [Result<Option<(u64, HardState)>, ()>; SLOT_COUNT]) -> Option<(u64, HardState)> {
+fn choose(
+    slots: [Result<Option<(u64, HardState)>, DamagedSlot>; SLOT_COUNT],
+) -> Option<(u64, HardState)> {
     let valid = slots.iter().filter_map(|s| s.as_ref().ok().copied().flatten());
     valid.max_by_key(|(generation, _)| *generation)
 }
@@ -175,7 +183,7 @@ impl HardStateStore {
             .await
             .map_err(|source| HardStateError::Io { path: self.path.clone(), source })?;
         let slot = |i: usize| {
-            bytes.get(i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE).map_or(Err(()), decode_slot)
+            bytes.get(i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE).map_or(Err(DamagedSlot), decode_slot)
         };
         let slots = [slot(0), slot(1)];
         let damaged = slots.iter().filter(|s| s.is_err()).count();
@@ -193,8 +201,9 @@ impl HardStateStore {
         Ok(self.read_slots().await?.map(|(_, state)| state).unwrap_or_default())
     }
 
-    /// Writes `state` and fdatasyncs it; durable when this returns Ok.
-    pub async fn store(&self, state: HardState) -> Result<(), HardStateError> {
+    /// Writes `(term, vote)` and fdatasyncs it; durable when this returns Ok.
+    pub async fn store(&self, term: Term, vote: Option<NodeId>) -> Result<(), HardStateError> {
+        let state = HardState { term, vote };
         if let Some(reason) = self.failed.borrow().clone() {
             return Err(HardStateError::Failed { reason });
         }

@@ -192,20 +192,14 @@ pub fn check_host(requirements: &HostRequirements) -> Result<HostReport, HostChe
 
 impl Default for HostRoot {
     fn default() -> Self {
-        Self {
-            proc_dir: PathBuf::from("/proc"),
-            sys_dir: PathBuf::from("/sys"),
-        }
+        Self { proc_dir: PathBuf::from("/proc"), sys_dir: PathBuf::from("/sys") }
     }
 }
 
 impl HostRoot {
     /// `root/proc` and `root/sys`: a fake tree built by a test.
     pub fn under(root: impl AsRef<Path>) -> Self {
-        Self {
-            proc_dir: root.as_ref().join("proc"),
-            sys_dir: root.as_ref().join("sys"),
-        }
+        Self { proc_dir: root.as_ref().join("proc"), sys_dir: root.as_ref().join("sys") }
     }
 
     fn proc(&self, relative: &str) -> PathBuf {
@@ -236,13 +230,7 @@ impl fmt::Display for Status {
 
 impl Check {
     fn new(name: &'static str, status: Status, found: impl Into<String>) -> Self {
-        Self {
-            name,
-            status,
-            found: found.into(),
-            expected: String::new(),
-            fix: String::new(),
-        }
+        Self { name, status, found: found.into(), expected: String::new(), fix: String::new() }
     }
 
     fn expected(mut self, expected: impl Into<String>) -> Self {
@@ -279,13 +267,7 @@ impl fmt::Display for Check {
 impl HostProbe {
     /// A probe of the host whose procfs and sysfs are under `root`.
     pub fn new(root: HostRoot) -> Self {
-        Self {
-            root,
-            kernel_release: None,
-            memlock: None,
-            nofile: None,
-            cap_ipc_lock: None,
-        }
+        Self { root, kernel_release: None, memlock: None, nofile: None, cap_ipc_lock: None }
     }
 
     /// Use this release instead of `proc/sys/kernel/osrelease`.
@@ -334,7 +316,7 @@ impl HostProbe {
             fs::mount_options_check(&data_dir),
             fs::free_space_check(&data_dir, requirements.retention_bytes),
             device::device_check(&data_dir, &disk),
-            device::glommio_sysfs_check(root, &disk),
+            device::glommio_sysfs_check(root, &data_dir, &disk),
             device::block_sizes_check(&disk),
             device::write_cache_check(&disk),
             device::scheduler_check(&disk),
@@ -370,18 +352,12 @@ impl HostReport {
         if self.is_ready() {
             return Ok(self);
         }
-        Err(HostCheckError::Failed {
-            failures: self.failures().cloned().collect(),
-        })
+        Err(HostCheckError::Failed { failures: self.failures().cloned().collect() })
     }
 }
 
 fn lines(checks: &[Check]) -> String {
-    checks
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    checks.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads a procfs/sysfs text file, refusing more than [`HOST_FILE_BYTES_MAX`] bytes.
@@ -392,10 +368,7 @@ fn read_host_file(path: &Path) -> Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|error| format!("{}: {error}", path.display()))?;
     if text.len() as u64 > HOST_FILE_BYTES_MAX {
-        return Err(format!(
-            "{}: larger than {HOST_FILE_BYTES_MAX} bytes",
-            path.display()
-        ));
+        return Err(format!("{}: larger than {HOST_FILE_BYTES_MAX} bytes", path.display()));
     }
     Ok(text)
 }

@@ -12,8 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::fs::{dev_major_minor, magic, DataDir};
-use super::{names, read_host_file, Check, HostRoot, Status, LOGICAL_BLOCK_SIZE_MAX};
 use super::O_DIRECT_PROBE_BYTES;
+use super::{names, read_host_file, Check, HostRoot, Status, LOGICAL_BLOCK_SIZE_MAX};
 
 /// The queue attributes glommio 0.9.0 reads (and unwraps) in `sysfs.rs`, `BlockDevice::new`.
 const GLOMMIO_QUEUE_INTEGERS: [&str; 7] = [
@@ -49,13 +49,11 @@ impl Disk {
     pub(super) fn resolve(root: &HostRoot, dir: &DataDir) -> Self {
         let dev = match (&dir.mount, dir.st_dev) {
             (Ok(mount), _) if mount.major != 0 => Some(((mount.major, mount.minor), "mountinfo")),
-            (Ok(mount), _) if mount.source.starts_with("/dev/") => {
-                std::fs::metadata(&mount.source)
-                    .ok()
-                    .filter(|meta| meta.rdev() != 0)
-                    .map(|meta| (dev_major_minor(meta.rdev()), "mount source"))
-                    .or(Some(((mount.major, mount.minor), "mountinfo")))
-            }
+            (Ok(mount), _) if mount.source.starts_with("/dev/") => std::fs::metadata(&mount.source)
+                .ok()
+                .filter(|meta| meta.rdev() != 0)
+                .map(|meta| (dev_major_minor(meta.rdev()), "mount source"))
+                .or(Some(((mount.major, mount.minor), "mountinfo"))),
             (Ok(mount), _) => Some(((mount.major, mount.minor), "mountinfo")),
             (Err(_), Some(st_dev)) => Some((st_dev, "st_dev")),
             (Err(_), None) => None,
@@ -77,7 +75,12 @@ impl Disk {
     }
 }
 
-fn resolve_disk(root: &HostRoot, major: u32, minor: u32, dir: &DataDir) -> Result<DiskInfo, String> {
+fn resolve_disk(
+    root: &HostRoot,
+    major: u32,
+    minor: u32,
+    dir: &DataDir,
+) -> Result<DiskInfo, String> {
     let link = root.sys(&format!("dev/block/{major}:{minor}"));
     let target = match link.canonicalize() {
         Ok(target) => target,
@@ -98,11 +101,7 @@ fn resolve_disk(root: &HostRoot, major: u32, minor: u32, dir: &DataDir) -> Resul
     if !disk_dir.join("queue").is_dir() {
         return Err(format!("{}: no queue/ directory", disk_dir.display()));
     }
-    Ok(DiskInfo {
-        name: file_name(&disk_dir),
-        partition,
-        disk_dir,
-    })
+    Ok(DiskInfo { name: file_name(&disk_dir), partition, disk_dir })
 }
 
 fn queue_file(info: &DiskInfo, file: &str) -> Result<String, String> {
@@ -110,9 +109,7 @@ fn queue_file(info: &DiskInfo, file: &str) -> Result<String, String> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 pub(super) fn device_check(dir: &DataDir, disk: &Disk) -> Check {
@@ -132,14 +129,17 @@ pub(super) fn device_check(dir: &DataDir, disk: &Disk) -> Check {
                 .expected(expected)
         }
         Err(error) => {
-            let memory = dir.stat.as_ref().is_ok_and(|stat| stat.magic == magic::TMPFS || stat.magic == magic::RAMFS);
-            Check::new(names::DEVICE, Status::Warn, error.clone())
-                .expected(expected)
-                .fix(if memory {
+            let memory = dir
+                .stat
+                .as_ref()
+                .is_ok_and(|stat| stat.magic == magic::TMPFS || stat.magic == magic::RAMFS);
+            Check::new(names::DEVICE, Status::Warn, error.clone()).expected(expected).fix(
+                if memory {
                     "see filesystem: the data dir is not on a disk"
                 } else {
                     "put the data dir on a local disk so its cache and scheduler can be checked"
-                })
+                },
+            )
         }
     }
 }
@@ -163,10 +163,16 @@ fn device_kind(disk_dir: &Path) -> &'static str {
     }
 }
 
-/// Reads what glommio reads for files on this device, where it reads it: `dev/block/M:0`.
-pub(super) fn glommio_sysfs_check(root: &HostRoot, disk: &Disk) -> Check {
+/// Reads what glommio reads for files in the data dir, where it reads it: `dev/block/M:0`, with
+/// `M` the major of the files' `st_dev` — the mount's `major:minor` in mountinfo (anonymous
+/// `0:N` on btrfs, whatever the mount source).
+pub(super) fn glommio_sysfs_check(root: &HostRoot, dir: &DataDir, disk: &Disk) -> Check {
     let expected = "dev/block/<major>:0 readable as glommio needs";
-    let Some(((major, _), _)) = disk.dev else {
+    let files_dev = match &dir.mount {
+        Ok(mount) => Some((mount.major, mount.minor)),
+        Err(_) => dir.st_dev,
+    };
+    let Some((major, _)) = files_dev else {
         return Check::new(names::GLOMMIO_SYSFS, Status::Warn, "not probed: device unknown")
             .expected(expected);
     };
@@ -264,8 +270,7 @@ pub(super) fn block_sizes_check(disk: &Disk) -> Check {
     };
     let read = |file| {
         queue_file(info, file).and_then(|text| {
-            text.parse::<u64>()
-                .map_err(|_| format!("queue/{file}: not a number: {text:?}"))
+            text.parse::<u64>().map_err(|_| format!("queue/{file}: not a number: {text:?}"))
         })
     };
     let (logical, physical) = match (read("logical_block_size"), read("physical_block_size")) {
@@ -317,12 +322,10 @@ pub(super) fn write_cache_check(disk: &Disk) -> Check {
              datasheet); if it has a volatile cache, echo \"write back\" > \
              /sys/block/<dev>/queue/write_cache so flushes are sent",
         ),
-        Ok(other) => Check::new(
-            names::WRITE_CACHE,
-            Status::Warn,
-            format!("unknown value {other:?}"),
-        )
-        .expected(expected),
+        Ok(other) => {
+            Check::new(names::WRITE_CACHE, Status::Warn, format!("unknown value {other:?}"))
+                .expected(expected)
+        }
         Err(error) => Check::new(names::WRITE_CACHE, Status::Warn, format!("unreadable: {error}"))
             .expected(expected)
             .fix("mount sysfs at /sys so the write cache can be checked"),

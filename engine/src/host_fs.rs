@@ -38,6 +38,26 @@ pub(super) mod magic {
     pub const CEPH: u32 = 0x00C3_6400;
     pub const ZFS: u32 = 0x2FC1_2FC1;
     pub const F2FS: u32 = 0xF2F5_2010;
+
+    /// The usual name of a filesystem magic, for reports.
+    pub fn name(magic: u32) -> &'static str {
+        match magic {
+            EXT4 => "ext2/3/4",
+            XFS => "xfs",
+            BTRFS => "btrfs",
+            TMPFS => "tmpfs",
+            RAMFS => "ramfs",
+            OVERLAY => "overlay",
+            NFS => "nfs",
+            SMB2 | CIFS => "smb/cifs",
+            V9FS => "9p",
+            FUSE => "fuse",
+            CEPH => "ceph",
+            ZFS => "zfs",
+            F2FS => "f2fs",
+            _ => "unknown filesystem",
+        }
+    }
 }
 
 /// One line of `/proc/<pid>/mountinfo`.
@@ -110,14 +130,7 @@ impl DataDir {
             Some(probe) => fs_stat(probe),
             None => Err("no existing directory to statfs".to_string()),
         };
-        Self {
-            path: path.to_path_buf(),
-            state,
-            probe_path,
-            st_dev,
-            mount,
-            stat,
-        }
+        Self { path: path.to_path_buf(), state, probe_path, st_dev, mount, stat }
     }
 }
 
@@ -131,10 +144,7 @@ pub(super) fn dev_major_minor(dev: u64) -> (u32, u32) {
 /// Parses mountinfo lines (`id parent M:m root mountpoint opts [optional…] - type source
 /// superopts`); malformed lines are skipped.
 pub(super) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .take(MOUNTINFO_LINES_MAX)
-        .filter_map(parse_mount_line)
-        .collect()
+    text.lines().take(MOUNTINFO_LINES_MAX).filter_map(parse_mount_line).collect()
 }
 
 fn parse_mount_line(line: &str) -> Option<MountEntry> {
@@ -185,15 +195,10 @@ pub(super) fn find_mount(
     path: &Path,
     st_dev: Option<(u32, u32)>,
 ) -> Result<MountEntry, String> {
-    let above: Vec<&MountEntry> = entries
-        .iter()
-        .filter(|entry| path.starts_with(&entry.mount_point))
-        .collect();
-    let same_dev: Vec<&MountEntry> = above
-        .iter()
-        .copied()
-        .filter(|entry| Some((entry.major, entry.minor)) == st_dev)
-        .collect();
+    let above: Vec<&MountEntry> =
+        entries.iter().filter(|entry| path.starts_with(&entry.mount_point)).collect();
+    let same_dev: Vec<&MountEntry> =
+        above.iter().copied().filter(|entry| Some((entry.major, entry.minor)) == st_dev).collect();
     let candidates = if same_dev.is_empty() { above } else { same_dev };
     candidates
         .into_iter()
@@ -217,16 +222,12 @@ fn fs_stat(path: &Path) -> Result<FsStat, String> {
 /// How fit a filesystem is to hold the log.
 fn fs_verdict(magic: u32, mount_type: Option<&str>) -> (Status, &'static str, &'static str) {
     match (magic, mount_type) {
-        (magic::EXT4, Some("ext2")) => (
-            Status::Warn,
-            "ext2 has no journal: a crash can need a long fsck",
-            "use ext4 or XFS",
-        ),
-        (magic::EXT4, Some("ext3")) => (
-            Status::Warn,
-            "ext3 is slow for O_DIRECT appends",
-            "use ext4 or XFS",
-        ),
+        (magic::EXT4, Some("ext2")) => {
+            (Status::Warn, "ext2 has no journal: a crash can need a long fsck", "use ext4 or XFS")
+        }
+        (magic::EXT4, Some("ext3")) => {
+            (Status::Warn, "ext3 is slow for O_DIRECT appends", "use ext4 or XFS")
+        }
         (magic::EXT4 | magic::XFS, _) => (Status::Ok, "", ""),
         (magic::TMPFS | magic::RAMFS, _) => (
             Status::Fail,
@@ -251,38 +252,30 @@ fn fs_verdict(magic: u32, mount_type: Option<&str>) -> (Status, &'static str, &'
              tested with ringlog",
             "prefer ext4 or XFS on a local disk",
         ),
-        _ => (
-            Status::Warn,
-            "untested filesystem",
-            "prefer ext4 or XFS on a local disk",
-        ),
+        _ => (Status::Warn, "untested filesystem", "prefer ext4 or XFS on a local disk"),
     }
 }
 
 pub(super) fn data_dir_check(dir: &DataDir) -> Check {
     let shown = dir.path.display().to_string();
     let expected = "an existing directory writable by this user";
-    let check = |status, found: String| Check::new(names::DATA_DIR, status, found).expected(expected);
+    let check =
+        |status, found: String| Check::new(names::DATA_DIR, status, found).expected(expected);
     match &dir.state {
         DirState::Exists => match rustix::fs::access(&dir.path, Access::WRITE_OK | Access::EXEC_OK)
         {
             Ok(()) => check(Status::Ok, format!("{shown} (writable)")),
-            Err(error) => check(Status::Fail, format!("{shown} is not writable: {error}")).fix(
-                format!("chown the data dir to the ringlog user (chown -R ringlog: {shown})"),
-            ),
+            Err(error) => check(Status::Fail, format!("{shown} is not writable: {error}"))
+                .fix(format!("chown the data dir to the ringlog user (chown -R ringlog: {shown})")),
         },
         DirState::Missing => check(
             Status::Fail,
             format!(
                 "{shown} does not exist (the checks below looked at {})",
-                dir.probe_path
-                    .as_deref()
-                    .map_or("nothing".into(), Path::to_string_lossy)
+                dir.probe_path.as_deref().map_or("nothing".into(), Path::to_string_lossy)
             ),
         )
-        .fix(format!(
-            "mkdir -p {shown} && chown ringlog: {shown} && chmod 0700 {shown}"
-        )),
+        .fix(format!("mkdir -p {shown} && chown ringlog: {shown} && chmod 0700 {shown}")),
         DirState::NotADirectory => {
             check(Status::Fail, format!("{shown} is not a directory")).fix("choose a directory")
         }
@@ -293,12 +286,14 @@ pub(super) fn data_dir_check(dir: &DataDir) -> Check {
 
 pub(super) fn o_direct_check(dir: &DataDir) -> Check {
     let expected = "a 4 KiB O_DIRECT write + fdatasync + read-back on a durable filesystem";
-    let check = |status, found: String| Check::new(names::O_DIRECT, status, found).expected(expected);
+    let check =
+        |status, found: String| Check::new(names::O_DIRECT, status, found).expected(expected);
     if dir.state != DirState::Exists {
         return check(Status::Fail, "not probed: the data dir is unusable".to_string())
             .fix("fix data_dir first");
     }
-    let memory_fs = matches!(&dir.stat, Ok(stat) if matches!(stat.magic, magic::TMPFS | magic::RAMFS));
+    let memory_fs =
+        matches!(&dir.stat, Ok(stat) if matches!(stat.magic, magic::TMPFS | magic::RAMFS));
     match o_direct_probe(&dir.path) {
         Ok(()) if memory_fs => check(
             Status::Fail,
@@ -317,13 +312,9 @@ pub(super) fn o_direct_check(dir: &DataDir) -> Check {
 
 /// Writes, syncs, reads back and removes one aligned block in `dir` with O_DIRECT.
 fn o_direct_probe(dir: &Path) -> Result<(), String> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    let path = dir.join(format!(
-        ".ringlog-doctor-{}-{nanos}.probe",
-        std::process::id()
-    ));
+    let nanos =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.subsec_nanos());
+    let path = dir.join(format!(".ringlog-doctor-{}-{nanos}.probe", std::process::id()));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -355,8 +346,7 @@ fn write_sync_read(file: &std::fs::File) -> Result<(), String> {
     if count != O_DIRECT_PROBE_BYTES {
         return Err(format!("short O_DIRECT write: {count} of {O_DIRECT_PROBE_BYTES} bytes"));
     }
-    file.sync_data()
-        .map_err(|error| format!("fdatasync failed: {error}"))?;
+    file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))?;
     let back = aligned_block(&mut read);
     let count = file
         .read_at(back, 0)
@@ -394,14 +384,16 @@ pub(super) fn filesystem_check(dir: &DataDir) -> Check {
             mount.mount_point.display(),
             stat.magic
         ),
-        Err(error) => format!("statfs magic {:#x} (mountinfo: {error})", stat.magic),
+        Err(error) => format!(
+            "{} (statfs magic {:#x}; mountinfo: {error})",
+            magic::name(stat.magic),
+            stat.magic
+        ),
     };
     if !reason.is_empty() {
         found = format!("{found}: {reason}");
     }
-    Check::new(names::FILESYSTEM, status, found)
-        .expected(expected)
-        .fix(fix)
+    Check::new(names::FILESYSTEM, status, found).expected(expected).fix(fix)
 }
 
 pub(super) fn mount_options_check(dir: &DataDir) -> Check {
@@ -414,11 +406,8 @@ pub(super) fn mount_options_check(dir: &DataDir) -> Check {
                 .fix("mount procfs at /proc so mount options can be checked")
         }
     };
-    let options: Vec<&str> = mount
-        .mount_options
-        .split(',')
-        .chain(mount.super_options.split(','))
-        .collect();
+    let options: Vec<&str> =
+        mount.mount_options.split(',').chain(mount.super_options.split(',')).collect();
     let has = |name: &str| options.contains(&name);
     let read_only = has("ro") || dir.stat.as_ref().is_ok_and(|stat| stat.read_only);
     let mut fails = Vec::new();
@@ -447,11 +436,7 @@ pub(super) fn mount_options_check(dir: &DataDir) -> Check {
         Status::Ok
     };
     let reasons: Vec<&str> = fails.into_iter().chain(warns).collect();
-    let found = if reasons.is_empty() {
-        found
-    } else {
-        format!("{found}: {}", reasons.join("; "))
-    };
+    let found = if reasons.is_empty() { found } else { format!("{found}: {}", reasons.join("; ")) };
     let check = Check::new(names::MOUNT_OPTIONS, status, found).expected(expected);
     if status == Status::Ok {
         return check;
@@ -471,11 +456,8 @@ pub(super) fn free_space_check(dir: &DataDir, retention_bytes: Option<u64>) -> C
                 .expected("statvfs of the data dir")
         }
     };
-    let found = format!(
-        "{} free of {}",
-        human_bytes(stat.available_bytes),
-        human_bytes(stat.total_bytes)
-    );
+    let found =
+        format!("{} free of {}", human_bytes(stat.available_bytes), human_bytes(stat.total_bytes));
     let Some(retention) = retention_bytes else {
         let check = Check::new(names::FREE_SPACE, Status::Ok, found).expected(format!(
             ">= {} (no --retention-bytes given: the log grows until retention is set)",

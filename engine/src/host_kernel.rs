@@ -20,11 +20,7 @@ const CLOCKSOURCE_DIR: &str = "devices/system/clocksource/clocksource0";
 pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.trim().split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
-    let minor_text: String = parts
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let minor_text: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
     Some((major, minor_text.parse().ok()?))
 }
 
@@ -36,11 +32,8 @@ pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
             Some((first, last)) => (first, last),
             None => (item, item),
         };
-        let parse = |text: &str| {
-            text.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("bad CPU list {list:?}"))
-        };
+        let parse =
+            |text: &str| text.trim().parse::<usize>().map_err(|_| format!("bad CPU list {list:?}"));
         let (first, last) = (parse(first)?, parse(last)?);
         if first > last || cpus.len() + (last - first) >= CPU_LIST_ENTRIES_MAX {
             return Err(format!("bad or oversized CPU list {list:?}"));
@@ -57,7 +50,7 @@ pub(super) fn kernel(root: &HostRoot, injected: Option<&str>) -> Check {
             Ok(text) => text.trim().to_string(),
             Err(error) => {
                 return Check::new(names::KERNEL, Status::Warn, format!("unreadable: {error}"))
-                    .expected(version_text(KERNEL_VERSION_MIN))
+                    .expected(format!(">= {}", version_text(KERNEL_VERSION_MIN)))
                     .fix("mount procfs at /proc so the kernel release can be checked")
             }
         },
@@ -94,7 +87,7 @@ pub(super) fn io_uring_disabled(root: &HostRoot) -> Check {
                1 and add the ringlog user's group to kernel.io_uring_group)";
     let text = match read_host_file(&path) {
         Ok(text) => text,
-        Err(_) if !path.exists() => {
+        Err(_) if !path.exists() && root.proc("sys/kernel").is_dir() => {
             return Check::new(
                 names::IO_URING_DISABLED,
                 Status::Ok,
@@ -103,9 +96,13 @@ pub(super) fn io_uring_disabled(root: &HostRoot) -> Check {
             .expected(expected)
         }
         Err(error) => {
-            return Check::new(names::IO_URING_DISABLED, Status::Warn, error)
-                .expected(expected)
-                .fix("make /proc/sys/kernel/io_uring_disabled readable")
+            return Check::new(
+                names::IO_URING_DISABLED,
+                Status::Warn,
+                format!("unreadable: {error}"),
+            )
+            .expected(expected)
+            .fix("mount procfs at /proc so the sysctl can be checked")
         }
     };
     match text.trim() {
@@ -185,9 +182,9 @@ pub(super) fn cpu_topology(root: &HostRoot) -> Check {
             format!("readable for {cpus} online CPU(s)"),
         )
         .expected(expected),
-        Err(error) => Check::new(names::CPU_TOPOLOGY, Status::Fail, error)
-            .expected(expected)
-            .fix(fix),
+        Err(error) => {
+            Check::new(names::CPU_TOPOLOGY, Status::Fail, error).expected(expected).fix(fix)
+        }
     }
 }
 
@@ -227,10 +224,9 @@ pub(super) fn clocksource(root: &HostRoot) -> Check {
     if current == "tsc" {
         return Check::new(names::CLOCKSOURCE, Status::Ok, current).expected(expected);
     }
-    let available =
-        read_host_file(&root.sys(&format!("{CLOCKSOURCE_DIR}/available_clocksource")))
-            .map(|text| text.trim().to_string())
-            .unwrap_or_default();
+    let available = read_host_file(&root.sys(&format!("{CLOCKSOURCE_DIR}/available_clocksource")))
+        .map(|text| text.trim().to_string())
+        .unwrap_or_default();
     let fix = if available.split_whitespace().any(|source| source == "tsc") {
         format!(
             "echo tsc > /sys/{CLOCKSOURCE_DIR}/current_clocksource, and add clocksource=tsc to \
@@ -241,13 +237,9 @@ pub(super) fn clocksource(root: &HostRoot) -> Check {
          enable an invariant TSC for the guest; latency timers will cost more"
             .to_string()
     };
-    Check::new(
-        names::CLOCKSOURCE,
-        Status::Warn,
-        format!("{current} (available: {available})"),
-    )
-    .expected(expected)
-    .fix(fix)
+    Check::new(names::CLOCKSOURCE, Status::Warn, format!("{current} (available: {available})"))
+        .expected(expected)
+        .fix(fix)
 }
 
 fn version_text((major, minor): (u32, u32)) -> String {

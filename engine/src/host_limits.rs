@@ -25,10 +25,9 @@ pub(super) fn parse_soft_limit(limits: &str, label: &str) -> Result<Limit, Strin
         .ok_or_else(|| format!("no {label:?} line"))?;
     match line.split_whitespace().next() {
         Some("unlimited") => Ok(Limit::Unlimited),
-        Some(soft) => soft
-            .parse()
-            .map(Limit::Value)
-            .map_err(|_| format!("{label}: bad soft limit {soft:?}")),
+        Some(soft) => {
+            soft.parse().map(Limit::Value).map_err(|_| format!("{label}: bad soft limit {soft:?}"))
+        }
         None => Err(format!("empty {label:?} line")),
     }
 }
@@ -39,7 +38,8 @@ pub(super) fn memlock(
     cap_injected: Option<bool>,
     requirements: &HostRequirements,
 ) -> Check {
-    let required = runtime::memlock_required_bytes(requirements.shards, requirements.io_memory_bytes);
+    let required =
+        runtime::memlock_required_bytes(requirements.shards, requirements.io_memory_bytes);
     let expected = format!(
         ">= {} = {} shard(s) × {} rings × io_memory {}",
         human_bytes(required),
@@ -49,13 +49,15 @@ pub(super) fn memlock(
     );
     let limit = match injected {
         Some(limit) => limit,
-        None => match read_limits(root).and_then(|text| parse_soft_limit(&text, "Max locked memory")) {
-            Ok(limit) => limit,
-            Err(error) => {
-                return Check::new(names::MEMLOCK, Status::Warn, format!("unreadable: {error}"))
-                    .expected(expected)
+        None => {
+            match read_limits(root).and_then(|text| parse_soft_limit(&text, "Max locked memory")) {
+                Ok(limit) => limit,
+                Err(error) => {
+                    return Check::new(names::MEMLOCK, Status::Warn, format!("unreadable: {error}"))
+                        .expected(expected)
+                }
             }
-        },
+        }
     };
     let cap = cap_injected.unwrap_or_else(|| has_cap_ipc_lock(root));
     let limit_bytes = match limit {
@@ -76,25 +78,25 @@ pub(super) fn memlock(
         cap,
     ) {
         Ok(MemlockOutcome::WithinLimit { .. }) => check,
-        Ok(MemlockOutcome::ExceededButPrivileged { .. }) => check.with_status(Status::Warn).fix(
-            format!(
+        Ok(MemlockOutcome::ExceededButPrivileged { .. }) => {
+            check.with_status(Status::Warn).fix(format!(
                 "works only because of CAP_IPC_LOCK (root); the same config fails as an \
                  unprivileged user: set {unit_line} in the unit or `ulimit -l {}`",
                 required.div_ceil(1024)
-            ),
-        ),
-        Err(MemlockError::BelowGlommioMinimum { minimum_bytes, .. }) => check
-            .with_status(Status::Fail)
-            .fix(format!(
+            ))
+        }
+        Err(MemlockError::BelowGlommioMinimum { minimum_bytes, .. }) => {
+            check.with_status(Status::Fail).fix(format!(
                 "glommio refuses to start below {} even as root: set {unit_line} in the unit, \
                  `ulimit -l {}`, or `memlock` in /etc/security/limits.conf",
                 human_bytes(minimum_bytes),
                 required.max(minimum_bytes).div_ceil(1024)
-            )),
-        Err(error) => check.with_status(Status::Fail).fix(format!(
+            ))
+        }
+        Err(_) => check.with_status(Status::Fail).fix(format!(
             "set {unit_line} in the systemd unit, `ulimit -l {}` in the shell, or `memlock` in \
              /etc/security/limits.conf; or lower --io-memory/--shards (otherwise glommio \
-             silently falls back to slower unregistered IO) [{error}]",
+             silently falls back to slower unregistered IO)",
             required.div_ceil(1024)
         )),
     }
@@ -104,13 +106,15 @@ pub(super) fn nofile(root: &HostRoot, injected: Option<Limit>) -> Check {
     let expected = format!(">= {NOFILE_RECOMMENDED} (at least {NOFILE_MIN})");
     let limit = match injected {
         Some(limit) => limit,
-        None => match read_limits(root).and_then(|text| parse_soft_limit(&text, "Max open files")) {
-            Ok(limit) => limit,
-            Err(error) => {
-                return Check::new(names::NOFILE, Status::Warn, format!("unreadable: {error}"))
-                    .expected(expected)
+        None => {
+            match read_limits(root).and_then(|text| parse_soft_limit(&text, "Max open files")) {
+                Ok(limit) => limit,
+                Err(error) => {
+                    return Check::new(names::NOFILE, Status::Warn, format!("unreadable: {error}"))
+                        .expected(expected)
+                }
             }
-        },
+        }
     };
     let fix = format!(
         "set LimitNOFILE=1048576 in the systemd unit, or `ulimit -n {NOFILE_RECOMMENDED}` / \
@@ -119,13 +123,11 @@ pub(super) fn nofile(root: &HostRoot, injected: Option<Limit>) -> Check {
     );
     match limit {
         Limit::Unlimited => Check::new(names::NOFILE, Status::Ok, "unlimited").expected(expected),
-        Limit::Value(n) if n < NOFILE_MIN => Check::new(names::NOFILE, Status::Fail, n.to_string())
-            .expected(expected)
-            .fix(fix),
+        Limit::Value(n) if n < NOFILE_MIN => {
+            Check::new(names::NOFILE, Status::Fail, n.to_string()).expected(expected).fix(fix)
+        }
         Limit::Value(n) if n < NOFILE_RECOMMENDED => {
-            Check::new(names::NOFILE, Status::Warn, n.to_string())
-                .expected(expected)
-                .fix(fix)
+            Check::new(names::NOFILE, Status::Warn, n.to_string()).expected(expected).fix(fix)
         }
         Limit::Value(n) => Check::new(names::NOFILE, Status::Ok, n.to_string()).expected(expected),
     }
@@ -161,18 +163,9 @@ Max stack size            unlimited            unlimited            bytes
 
     #[test]
     fn soft_limits_parse_from_proc_limits() {
-        assert_eq!(
-            parse_soft_limit(LIMITS_TEXT, "Max locked memory"),
-            Ok(Limit::Value(8 << 20))
-        );
-        assert_eq!(
-            parse_soft_limit(LIMITS_TEXT, "Max open files"),
-            Ok(Limit::Value(20_000))
-        );
-        assert_eq!(
-            parse_soft_limit(LIMITS_TEXT, "Max stack size"),
-            Ok(Limit::Unlimited)
-        );
+        assert_eq!(parse_soft_limit(LIMITS_TEXT, "Max locked memory"), Ok(Limit::Value(8 << 20)));
+        assert_eq!(parse_soft_limit(LIMITS_TEXT, "Max open files"), Ok(Limit::Value(20_000)));
+        assert_eq!(parse_soft_limit(LIMITS_TEXT, "Max stack size"), Ok(Limit::Unlimited));
         assert!(parse_soft_limit(LIMITS_TEXT, "Max processes").is_err());
     }
 }

@@ -56,10 +56,7 @@ pub(super) enum UringProbe {
     /// The ring exists but IORING_REGISTER_PROBE failed (kernel < 5.6).
     ProbeFailed(std::io::Error),
     /// The ring exists and answered the probe; `nop` is the NOP round trip's outcome.
-    Ready {
-        missing: Vec<&'static str>,
-        nop: Result<(), String>,
-    },
+    Ready { missing: Vec<&'static str>, nop: Result<(), String> },
 }
 
 /// Creates a ring, asks which opcodes the kernel supports and runs one NOP through it.
@@ -77,10 +74,7 @@ pub(super) fn probe() -> UringProbe {
         .filter(|(_, code)| !probe.is_supported(*code))
         .map(|(name, _)| *name)
         .collect();
-    UringProbe::Ready {
-        missing,
-        nop: nop_round_trip(&mut ring),
-    }
+    UringProbe::Ready { missing, nop: nop_round_trip(&mut ring) }
 }
 
 fn nop_round_trip(ring: &mut IoUring) -> Result<(), String> {
@@ -88,8 +82,7 @@ fn nop_round_trip(ring: &mut IoUring) -> Result<(), String> {
     // SAFETY: a NOP references no buffer or descriptor (module # Safety), so no memory must
     // stay valid while the kernel processes it.
     unsafe { ring.submission().push(&nop) }.map_err(|_| "submission queue full".to_string())?;
-    ring.submit_and_wait(1)
-        .map_err(|error| format!("io_uring_enter: {error}"))?;
+    ring.submit_and_wait(1).map_err(|error| format!("io_uring_enter: {error}"))?;
     let completion = ring
         .completion()
         .next()
@@ -133,9 +126,7 @@ pub(super) fn ring_check(probe: &UringProbe) -> Check {
             };
             Check::new(names::IO_URING_RING, Status::Ok, found).expected(expected)
         }
-        UringProbe::Ready {
-            nop: Err(error), ..
-        } => Check::new(
+        UringProbe::Ready { nop: Err(error), .. } => Check::new(
             names::IO_URING_RING,
             Status::Fail,
             format!("ring created but the NOP failed: {error}"),
@@ -163,19 +154,14 @@ pub(super) fn opcodes_check(probe: &UringProbe) -> Check {
         )
         .expected(expected)
         .fix("upgrade the kernel to >= 6.1"),
-        UringProbe::Ready { missing, .. } if missing.is_empty() => Check::new(
-            names::IO_URING_OPCODES,
-            Status::Ok,
-            format!("{total}/{total} supported"),
-        )
-        .expected(expected),
+        UringProbe::Ready { missing, .. } if missing.is_empty() => {
+            Check::new(names::IO_URING_OPCODES, Status::Ok, format!("{total}/{total} supported"))
+                .expected(expected)
+        }
         UringProbe::Ready { missing, .. } => Check::new(
             names::IO_URING_OPCODES,
             Status::Fail,
-            format!(
-                "missing {} (glommio exits the process on this)",
-                missing.join(", ")
-            ),
+            format!("missing {} (glommio exits the process on this)", missing.join(", ")),
         )
         .expected(expected)
         .fix("upgrade the kernel to >= 6.1"),

@@ -8,6 +8,8 @@
 //! Invariants: writes are whole `BLOCK_SIZE` multiples at block-aligned positions from
 //! page-aligned `DmaBuffer`s; a short write is an error.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,8 +69,7 @@ pub(crate) struct DirectFile {
 impl DirectFile {
     /// Opens (creating if missing) `path` read+write with O_DIRECT. Never truncates.
     pub(crate) async fn open(path: &Path) -> Result<DirectFile, OpenFileError> {
-        let opened =
-            OpenOptions::new().read(true).write(true).create(true).dma_open(path).await;
+        let opened = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await;
         match opened {
             Ok(file) => Ok(DirectFile { file, path: path.to_path_buf() }),
             Err(e) => {
@@ -156,7 +157,7 @@ impl DirectFile {
 /// `f_type` of ramfs (statfs(2); not exported by libc).
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-/// Name of the probe file `probe_direct_io` writes and removes.
+/// Name prefix of the probe files `probe_direct_io` writes and removes.
 pub const DIRECT_IO_PROBE: &str = ".direct-io-probe";
 
 /// Checks that `dir`'s filesystem accepts O_DIRECT, and makes glommio's per-device IO-poll
@@ -174,13 +175,15 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
     use std::os::unix::fs::OpenOptionsExt;
     let fs = rustix::fs::statfs(dir).map_err(|e| OpenFileError::Io(e.into()))?;
     let fs_type = fs.f_type as i64;
-    if fs_type == libc::TMPFS_MAGIC as i64 || fs_type == RAMFS_MAGIC {
+    if fs_type == libc::TMPFS_MAGIC || fs_type == RAMFS_MAGIC {
         return Err(OpenFileError::DirectIoUnsupported(io::Error::other(
             "the filesystem is tmpfs/ramfs: memory, not a disk, and glommio silently disables \
              O_DIRECT there",
         )));
     }
-    let path = dir.join(DIRECT_IO_PROBE);
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = PROBES.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{DIRECT_IO_PROBE}-{}-{unique}", std::process::id()));
     let direct = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -194,14 +197,13 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
         }
         Err(e) => Err(OpenFileError::Io(e)),
         Ok(_) => {
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .and_then(|mut f| {
-                    f.write_all(&[0x5a; BLOCK_SIZE])?;
-                    f.sync_data()
-                });
+            let written =
+                std::fs::OpenOptions::new().write(true).truncate(true).open(&path).and_then(
+                    |mut f| {
+                        f.write_all(&[0x5a; BLOCK_SIZE])?;
+                        f.sync_data()
+                    },
+                );
             match written {
                 Err(e) => Err(OpenFileError::Io(e)),
                 Ok(()) => match DirectFile::open(&path).await {
@@ -223,6 +225,11 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
     };
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// Creates `path` and its parents if missing (`Log::open` then syncs the parent).
+pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
 }
 
 /// A directory whose entries are made durable by `sync`.

@@ -18,8 +18,13 @@
 //! log.read_entries(from, through, max_bytes) -> Vec<Bytes>                          async
 //! log.truncate_suffix(from) / log.reset(next_index, next_offset, prev_term)         async
 //! log.apply_retention(now_unix_ms, deletable_below) -> RetentionReport              async
-//! HardStateStore::open(dir) / load() -> HardState / store(HardState)                async
+//! HardStateStore::open(dir) / load() -> HardState { term, vote } / store(term, vote)  async
 //! ```
+//!
+//! Durability choices map onto one call: acks=none ignores `durable`; acks=leader awaits it;
+//! acks=quorum is the replicated layer's business (it awaits `durable` as the leader's vote).
+//! Tests arm failures through `Log::open_with_faults(dir, config, Arc<FaultInjector>)`.
+//! `HardStateStore` lives in the same data dir as the log (file `hard_state`).
 //!
 //! Batches: [`RecordsBuilder`] builds the records of a data batch (`u32` length + value),
 //! [`decode_batch`] validates raw batch bytes and iterates records. Limits live in
@@ -62,8 +67,8 @@ pub use limits::{ConfigError, LogConfig, RecoveryMode};
 pub use log::{AppendRequest, Appended, Log, ReadBound, RetentionReport};
 pub use notify::Durable;
 pub use recovery::RecoveryReport;
-pub use types::{LogIndex, NodeId, Offset, Term};
 pub use shard::{
     AppendAck, AppendCompletion, Durability, Engine, EngineConfig, EngineError, EngineHandle,
     EngineStats, PartitionId, StartError,
 };
+pub use types::{LogIndex, NodeId, Offset, Term};

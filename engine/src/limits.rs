@@ -4,6 +4,8 @@
 //! constants are checked at compile time; relations between configurable limits are checked by
 //! `LogConfig::validate` before a log opens.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use thiserror::Error;
@@ -102,7 +104,9 @@ impl Default for LogConfig {
 pub enum ConfigError {
     #[error("segment_size_bytes {value} must be a multiple of {BLOCK_SIZE} in {SEGMENT_SIZE_MIN}..={SEGMENT_SIZE_MAX}")]
     SegmentSize { value: u64 },
-    #[error("batch_size_max {value} must be in {min}..={max} (a batch plus padding must fit a segment)")]
+    #[error(
+        "batch_size_max {value} must be in {min}..={max} (a batch plus padding must fit a segment)"
+    )]
     BatchSizeMax { value: usize, min: usize, max: usize },
     #[error("flush_bytes_max {value} must be >= batch_size_max {batch_size_max} and <= segment_size_bytes / 2")]
     FlushBytesMax { value: usize, batch_size_max: usize },

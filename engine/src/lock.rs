@@ -1,7 +1,11 @@
 //! Data dir lock: an exclusive `flock` on `LOCK`, held for as long as the log is open, so that
 //! two logs (in this process or another) never open the same directory.
 
-use std::fs::{File, OpenOptions, TryLockError};
+#![forbid(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+
+use rustix::fs::{flock, FlockOperation};
 use std::path::Path;
 
 use crate::error::OpenError;
@@ -25,10 +29,12 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
-        match file.try_lock() {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(DirLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(OpenError::Locked { path: dir.to_path_buf() }),
-            Err(TryLockError::Error(source)) => Err(OpenError::Io { path, source }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                Err(OpenError::Locked { path: dir.to_path_buf() })
+            }
+            Err(e) => Err(OpenError::Io { path, source: e.into() }),
         }
     }
 }

@@ -11,6 +11,8 @@
 //! offset and chain crc; only the last segment is unsealed; after a failed write or fdatasync
 //! (`failed`) nothing is written again.
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -22,12 +24,12 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
 use crate::batch::{
-    check_records, decode_batch, stamp_header, BatchHeader, BatchStamp, Records,
-    BATCH_HEADER_SIZE, CONTROL_MEMBERSHIP, FLAGS_KNOWN,
+    check_records, decode_batch, stamp_header, BatchHeader, BatchStamp, Records, BATCH_HEADER_SIZE,
+    CONTROL_MEMBERSHIP, FLAGS_KNOWN,
 };
 use crate::error::{
-    AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError,
-    ResetError, RetentionError, TruncateError,
+    AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
+    RetentionError, TruncateError,
 };
 use crate::group_commit::{run_flusher, run_preallocator, wait_spare, FlushStats, Pending};
 use crate::io::{DataDir, FaultInjector};
@@ -35,7 +37,9 @@ use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_CO
 use crate::lock::DirLock;
 use crate::notify::{Durable, DurableSlot, Notify};
 use crate::recovery::{open_segment_file, persist_index, recover, sealed_index, RecoveryReport};
-use crate::segment::{encode_header, index_name, segment_name, Segment, SegmentMeta, RESET_PENDING, SPARE_READY};
+use crate::segment::{
+    encode_header, index_name, segment_name, Segment, SegmentMeta, RESET_PENDING, SPARE_READY,
+};
 use crate::segment_index::{ControlPoint, SegmentIndex};
 use crate::segment_reader::{Item, SegmentReader};
 use crate::tail_cache::{CachedBatch, TailCache};
@@ -293,8 +297,19 @@ impl Log {
     ) -> Result<(Log, RecoveryReport), OpenError> {
         config.validate()?;
         let path = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)
+        let created = !path.exists();
+        crate::io::create_dir_all(&path)
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        if let (true, Some(parent)) = (created, path.parent()) {
+            // The data dir's own name must be durable before anything is acknowledged in it.
+            let parent_dir = DataDir::open(parent)
+                .await
+                .map_err(|source| OpenError::Io { path: parent.to_path_buf(), source })?;
+            parent_dir
+                .sync(&faults)
+                .await
+                .map_err(|source| OpenError::Io { path: parent.to_path_buf(), source })?;
+        }
         let lock = DirLock::acquire(&path)?;
         probe_direct_io(&path).await?;
         let data_dir = DataDir::open(&path)
@@ -344,7 +359,10 @@ impl Log {
             check_records(&request.records, request.record_count)?;
         }
         if request.term < st.last_term {
-            return Err(AppendError::TermRegression { last: st.last_term.0, found: request.term.0 });
+            return Err(AppendError::TermRegression {
+                last: st.last_term.0,
+                found: request.term.0,
+            });
         }
         check_backpressure(&st, size, config)?;
         let stamp = BatchStamp {
@@ -362,7 +380,7 @@ impl Log {
         buf.extend_from_slice(&request.records);
         stamp_header(&mut buf, &stamp);
         let batch = buf.freeze();
-        let header = *decode_batch(&batch, config.batch_size_max)?.header();
+        let header = *crate::batch::header_of(&batch);
         Ok(self.enqueue(&mut st, batch, header))
     }
 
@@ -374,7 +392,10 @@ impl Log {
         closed_or_failed(&st, AppendError::Closed)?;
         let config = &self.inner.config;
         if batch.len() > config.batch_size_max {
-            return Err(AppendError::BatchTooLarge { size: batch.len(), limit: config.batch_size_max });
+            return Err(AppendError::BatchTooLarge {
+                size: batch.len(),
+                limit: config.batch_size_max,
+            });
         }
         let header = *decode_batch(&batch, config.batch_size_max)?.header();
         if header.length() != batch.len() {
@@ -395,7 +416,10 @@ impl Log {
             });
         }
         if header.term() < st.last_term {
-            return Err(AppendError::TermRegression { last: st.last_term.0, found: header.term().0 });
+            return Err(AppendError::TermRegression {
+                last: st.last_term.0,
+                found: header.term().0,
+            });
         }
         check_backpressure(&st, batch.len(), config)?;
         Ok(self.enqueue(&mut st, batch, header))
@@ -627,8 +651,8 @@ impl Log {
                     };
                     if covers {
                         let batches: Box<dyn Iterator<Item = &CachedBatch>> = match want {
-                            Want::Index(index) => Box::new(st.cache.from_index(index)),
-                            Want::Offset(offset) => Box::new(st.cache.from_offset(offset)),
+                            Want::Index(index) => Box::new(st.cache.starting_at_index(index)),
+                            Want::Offset(offset) => Box::new(st.cache.starting_at_offset(offset)),
                         };
                         for batch in batches {
                             if batch.index > limit
@@ -647,7 +671,8 @@ impl Log {
             let Some((file, name, position, data_end, seg_next)) = self.locate(want) else {
                 return Ok(out);
             };
-            let chunk = (block_ceil(max_bytes as u64) as usize).clamp(BLOCK_SIZE * 16, IO_CHUNK_BYTES);
+            let chunk =
+                (block_ceil(max_bytes as u64) as usize).clamp(BLOCK_SIZE * 16, IO_CHUNK_BYTES);
             let mut reader = SegmentReader::new(file, data_end, chunk);
             let mut position = position;
             let batch_size_max = self.inner.config.batch_size_max;
@@ -706,7 +731,10 @@ impl Log {
     }
 
     /// The segment and start position for `want` (durable bytes only).
-    fn locate(&self, want: Want) -> Option<(Rc<crate::io::DirectFile>, String, u64, u64, LogIndex)> {
+    fn locate(
+        &self,
+        want: Want,
+    ) -> Option<(Rc<crate::io::DirectFile>, String, u64, u64, LogIndex)> {
         let st = self.inner.state.borrow();
         let at = match want {
             Want::Index(index) => st.segments.partition_point(|s| s.base_index <= index),
@@ -749,14 +777,13 @@ impl Log {
             (st.start_index, st.start_offset, st.start_prev_term, st.durable_index)
         };
         if from == start_index {
-            return self
-                .reset_locked(start_index, start_offset, start_prev_term)
-                .await
-                .map_err(|e| match e {
+            return self.reset_locked(start_index, start_offset, start_prev_term).await.map_err(
+                |e| match e {
                     ResetError::Closed => TruncateError::Closed,
                     ResetError::Failed { reason } => TruncateError::Failed { reason },
                     other => TruncateError::Failed { reason: other.to_string() },
-                });
+                },
+            );
         }
         if from > durable {
             // Only queued batches: nothing on disk to undo.
@@ -781,8 +808,10 @@ impl Log {
         let faults = &inner.faults;
         let (segment_at, position, header) = self.find_batch(from).await?;
         inner.state.borrow_mut().drop_queue_from(from);
-        let later: Vec<String> =
-            inner.state.borrow().segments[segment_at + 1..].iter().map(|s| s.name.clone()).collect();
+        let later: Vec<String> = inner.state.borrow().segments[segment_at + 1..]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         let err = |what: &str, e: std::io::Error| format!("truncate_suffix: {what}: {e}");
         for name in later.iter().rev() {
             dir.remove(&index_name(name)).map_err(|e| err("remove index", e))?;
@@ -815,10 +844,14 @@ impl Log {
                 segment.index.truncate_from(from);
                 sealed_index(segment)
             };
-            persist_index(dir, faults, &name, &sealed).await.map_err(|e| err("persist index", e))?;
+            persist_index(dir, faults, &name, &sealed)
+                .await
+                .map_err(|e| err("persist index", e))?;
             inner.state.borrow_mut().segments[segment_at].sealed = true;
         }
         let mut st = inner.state.borrow_mut();
+        // Appends made while this truncation awaited IO continued the old log: drop them too.
+        st.drop_queue_from(from);
         st.truncate_memory(from, header.base_offset(), header.prev_crc.get());
         st.check();
         Ok(())
@@ -831,7 +864,8 @@ impl Log {
             let st = self.inner.state.borrow();
             let at = st.segments.partition_point(|s| s.base_index <= index).saturating_sub(1);
             let segment = st.segments.get(at).ok_or("no segment holds the batch")?;
-            let position = segment.index.position_for_index(index).map_or(BLOCK_SIZE as u64, u64::from);
+            let position =
+                segment.index.position_for_index(index).map_or(BLOCK_SIZE as u64, u64::from);
             (at, segment.file.clone(), position, segment.data_end)
         };
         let mut reader = SegmentReader::new(file, data_end, IO_CHUNK_BYTES);
@@ -882,6 +916,8 @@ impl Log {
         match result {
             Ok(segment) => {
                 let mut st = inner.state.borrow_mut();
+                // Appends made while the reset awaited IO belong to the old log.
+                st.drop_queue_from(LogIndex(0));
                 st.segments = vec![segment];
                 st.start_index = next_index;
                 st.start_offset = next_offset;
@@ -933,7 +969,8 @@ impl Log {
         encode_header(&meta, buf.as_bytes_mut());
         file.write_at(faults, buf, 0).await.map_err(|e| err("write header", &e))?;
         file.sync(faults).await.map_err(|e| err("fdatasync", &e))?;
-        let old: Vec<String> = inner.state.borrow().segments.iter().map(|s| s.name.clone()).collect();
+        let old: Vec<String> =
+            inner.state.borrow().segments.iter().map(|s| s.name.clone()).collect();
         for name in old.iter().rev() {
             dir.remove(&index_name(name)).map_err(|e| err("remove index", &e))?;
             dir.remove(name).map_err(|e| err("remove segment", &e))?;
@@ -945,6 +982,7 @@ impl Log {
         Ok(Segment {
             name,
             file: Rc::new(file),
+            capacity: inner.config.segment_size_bytes,
             base_offset: next_offset,
             base_index: next_index,
             prev_term,
@@ -1000,7 +1038,11 @@ impl Log {
                     inner.dir.remove(name).map_err(|e| format!("retention: remove {name}: {e}"))?;
                     inner.dir.remove(&index_name(name)).map_err(|e| format!("retention: {e}"))?;
                 }
-                inner.dir.sync(&inner.faults).await.map_err(|e| format!("retention: directory sync: {e}"))
+                inner
+                    .dir
+                    .sync(&inner.faults)
+                    .await
+                    .map_err(|e| format!("retention: directory sync: {e}"))
             }
             .await;
             if let Err(reason) = removed {
@@ -1010,7 +1052,8 @@ impl Log {
             let mut st = inner.state.borrow_mut();
             st.segments.drain(..victims.len());
             let first = &st.segments[0];
-            let (start_index, start_offset, prev_term) = (first.base_index, first.base_offset, first.prev_term);
+            let (start_index, start_offset, prev_term) =
+                (first.base_index, first.base_offset, first.prev_term);
             st.start_index = start_index;
             st.start_offset = start_offset;
             st.start_prev_term = prev_term;
@@ -1064,10 +1107,10 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
     let (start_index, start_offset, start_prev_term) = segments
         .first()
         .map_or((LogIndex(1), Offset(0), Term(0)), |s| (s.base_index, s.base_offset, s.prev_term));
-    let (next_index, next_offset, last_term, last_crc) = segments.last().map_or(
-        (LogIndex(1), Offset(0), Term(0), 0),
-        |s| (s.next_index, s.next_offset, s.last_term, s.last_crc),
-    );
+    let (next_index, next_offset, last_term, last_crc) =
+        segments.last().map_or((LogIndex(1), Offset(0), Term(0), 0), |s| {
+            (s.next_index, s.next_offset, s.last_term, s.last_crc)
+        });
     let mut terms = Vec::new();
     let mut controls = Vec::new();
     for segment in &segments {

@@ -3,6 +3,8 @@
 //! Invariants: a `DurableSlot` is resolved at most once; once resolved its result never
 //! changes. Everything here lives on one executor (Rc/RefCell, no locks).
 
+#![forbid(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;

@@ -10,6 +10,8 @@
 //! Invariants: recovery reads O(tail segment + index files) bytes; every write it makes is
 //! fdatasynced and every name change directory-synced before `Log::open` returns.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -19,7 +21,7 @@ use crate::io::{DataDir, DirectFile, FaultInjector, OpenFileError};
 use crate::limits::{block_ceil, block_floor, LogConfig, RecoveryMode, BLOCK_SIZE, IO_CHUNK_BYTES};
 use crate::segment::{
     decode_header, encode_header, index_name, parse_segment_name, segment_name, HeaderState,
-    Segment, SegmentMeta, RESET_PENDING, SEGMENT_SUFFIX, SPARE_FILLING, SPARE_READY,
+    Segment, RESET_PENDING, SEGMENT_SUFFIX, SPARE_FILLING, SPARE_READY,
 };
 use crate::segment_index::{decode_index, encode_index, SealedIndex, SegmentIndex};
 use crate::segment_reader::{InvalidKind, Item, SegmentReader};
@@ -114,16 +116,19 @@ pub(crate) async fn recover(
         let (base_offset, base_index, name) = found[i].clone();
         let next_base = found.get(i + 1).map(|(_, index, _)| *index);
         let file = Rc::new(open_segment_file(dir, &name).await?);
+        let size = file.file_size().await.map_err(io_error(dir.join(&name)))?;
+        let capacity = block_floor(size);
         let prev = segments.last();
-        let sealed = load_index(&ctx, &file, &name, base_offset, base_index, next_base).await;
+        let sealed = load_index(&ctx, capacity, &name, base_offset, base_index, next_base).await;
         if let Some(sealed) = sealed.filter(|s| continues(prev, s)) {
             report.sealed_trusted += 1;
-            segments.push(segment_from_index(name, file, sealed));
+            segments.push(segment_from_index(name, file, capacity, sealed));
             i += 1;
             continue;
         }
         let is_last = next_base.is_none();
-        let outcome = scan(&ctx, &file, &name, base_offset, base_index, prev, next_base).await?;
+        let start = Start { base_offset, base_index, capacity };
+        let outcome = scan(&ctx, &file, &name, start, prev, next_base).await?;
         match outcome {
             Scanned::Clean(segment) if !is_last => {
                 report.sealed_rescanned += 1;
@@ -152,7 +157,8 @@ pub(crate) async fn recover(
                 } else {
                     report.corruption_bytes_dropped = dirty_end.saturating_sub(end);
                     for (_, _, later) in found[i + 1..].iter().rev() {
-                        report.corruption_bytes_dropped += config.segment_size_bytes;
+                        let size = std::fs::metadata(dir.join(later)).map_or(0, |m| m.len());
+                        report.corruption_bytes_dropped += size;
                         dir.remove(&index_name(later)).map_err(dir_err())?;
                         dir.remove(later).map_err(dir_err())?;
                     }
@@ -222,7 +228,7 @@ async fn spare_is_ready(ctx: &Ctx<'_>, names: &[String]) -> Result<bool, OpenErr
 /// and its successor.
 async fn load_index(
     ctx: &Ctx<'_>,
-    _file: &DirectFile,
+    capacity: u64,
     name: &str,
     base_offset: Offset,
     base_index: LogIndex,
@@ -243,7 +249,7 @@ async fn load_index(
     let sealed = decode_index(&bytes?)?;
     let fits = sealed.base_offset == base_offset
         && sealed.base_index == base_index
-        && sealed.write_position <= ctx.config.segment_size_bytes
+        && sealed.write_position <= capacity
         && next_base.is_none_or(|next| sealed.next_index == next);
     fits.then_some(sealed)
 }
@@ -259,10 +265,16 @@ fn continues(prev: Option<&Segment>, sealed: &SealedIndex) -> bool {
     }
 }
 
-fn segment_from_index(name: String, file: Rc<DirectFile>, s: SealedIndex) -> Segment {
+fn segment_from_index(
+    name: String,
+    file: Rc<DirectFile>,
+    capacity: u64,
+    s: SealedIndex,
+) -> Segment {
     Segment {
         name,
         file,
+        capacity,
         base_offset: s.base_offset,
         base_index: s.base_index,
         prev_term: s.prev_term,
@@ -328,26 +340,32 @@ enum Scanned {
     Damaged { segment: Segment, damage: Option<Corruption>, end: u64, dirty_end: u64, scanned: u64 },
 }
 
+/// Where a segment starts, from its name, and its file size.
+struct Start {
+    base_offset: Offset,
+    base_index: LogIndex,
+    capacity: u64,
+}
+
 /// Scans one segment from its header on.
 async fn scan(
     ctx: &Ctx<'_>,
     file: &Rc<DirectFile>,
     name: &str,
-    base_offset: Offset,
-    base_index: LogIndex,
+    start: Start,
     prev: Option<&Segment>,
     next_base: Option<LogIndex>,
 ) -> Result<Scanned, OpenError> {
     let config = ctx.config;
     let path = ctx.dir.join(name);
-    let capacity = config.segment_size_bytes;
+    let Start { base_offset, base_index, capacity } = start;
     let mut reader = SegmentReader::new(file.clone(), capacity, IO_CHUNK_BYTES);
-    let header_block =
-        reader.bytes(0, BLOCK_SIZE).await.map_err(io_error(path.clone()))?.to_vec();
+    let header_block = reader.bytes(0, BLOCK_SIZE).await.map_err(io_error(path.clone()))?.to_vec();
     let (prev_term, prev_crc) = prev.map_or((Term(0), 0), |p| (p.last_term, p.last_crc));
     let mut segment = Segment {
         name: name.to_string(),
         file: file.clone(),
+        capacity,
         base_offset,
         base_index,
         prev_term,
@@ -453,7 +471,8 @@ async fn scan(
     }
     segment.write_position = block_ceil(position);
     let end = position;
-    let (dirty_end, valid_beyond) = probe_beyond(&mut reader, end, config).await.map_err(io_error(path.clone()))?;
+    let (dirty_end, valid_beyond) =
+        probe_beyond(&mut reader, end, capacity, config).await.map_err(io_error(path.clone()))?;
     let scanned = capacity;
     let is_last = next_base.is_none();
     if is_last {
@@ -506,7 +525,12 @@ fn check_continuity(
         ));
     }
     if header.term() < segment.last_term {
-        return Err(format!("batch {} has term {} below {}", header.index(), header.term(), segment.last_term));
+        return Err(format!(
+            "batch {} has term {} below {}",
+            header.index(),
+            header.term(),
+            segment.last_term
+        ));
     }
     Ok(())
 }
@@ -516,9 +540,9 @@ fn check_continuity(
 async fn probe_beyond(
     reader: &mut SegmentReader,
     end: u64,
+    capacity: u64,
     config: &LogConfig,
 ) -> std::io::Result<(u64, Option<u64>)> {
-    let capacity = config.segment_size_bytes;
     let reach = block_floor(end) + config.flush_write_bytes_max();
     let mut dirty_end = end;
     let mut valid_beyond = None;
@@ -536,8 +560,10 @@ async fn probe_beyond(
             let mut block = block_ceil(chunk_start).max(reach);
             while block + 4 <= chunk_start + bytes.len() as u64 {
                 let at = (block - chunk_start) as usize;
-                let magic = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-                if magic == BATCH_MAGIC && peek_header(&bytes[at..], config.batch_size_max).is_ok() {
+                let magic =
+                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                if magic == BATCH_MAGIC && peek_header(&bytes[at..], config.batch_size_max).is_ok()
+                {
                     valid_beyond = Some(block - block_floor(end));
                     break;
                 }
@@ -568,7 +594,9 @@ async fn repair_tail(
     let end = if segment.header_written { end } else { 0 };
     let start = block_floor(end);
     let pad = padding_len(end, BLOCK_SIZE) as u64;
-    let region_end = block_ceil(dirty_end.max(end + pad)).min(ctx.config.segment_size_bytes);
+    // With `end == 0` the header block is always rewritten (it is zero or damaged).
+    let floor = if end == 0 { BLOCK_SIZE as u64 } else { end + pad };
+    let region_end = block_ceil(dirty_end.max(floor)).min(segment.capacity);
     let kept = segment.file.read_at(start, (end - start) as usize).await.map_err(err())?.to_vec();
     let file = segment.file.clone();
     // Zero the far part first, in chunks, so a crash mid-repair leaves a state this same
@@ -585,8 +613,7 @@ async fn repair_tail(
         let mut buf = file.alloc(first_len as usize);
         let bytes = buf.as_bytes_mut();
         if end == 0 {
-            let meta = SegmentMeta { ..segment.meta(ctx.config.segment_size_bytes) };
-            encode_header(&meta, &mut bytes[..BLOCK_SIZE]);
+            encode_header(&segment.meta(), &mut bytes[..BLOCK_SIZE]);
         } else {
             bytes[..kept.len()].copy_from_slice(&kept);
             if pad > 0 {

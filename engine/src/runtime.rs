@@ -55,11 +55,7 @@ pub enum MemlockError {
         "RLIMIT_MEMLOCK is {limit_bytes} bytes, below glommio's minimum of {minimum_bytes} \
          bytes (it refuses to start even as root); fix: `ulimit -l {minimum_kib}` or more"
     )]
-    BelowGlommioMinimum {
-        limit_bytes: u64,
-        minimum_bytes: u64,
-        minimum_kib: u64,
-    },
+    BelowGlommioMinimum { limit_bytes: u64, minimum_bytes: u64, minimum_kib: u64 },
     /// getrlimit failed.
     #[error("cannot read RLIMIT_MEMLOCK: {0}")]
     Unreadable(String),
@@ -97,10 +93,7 @@ pub fn check_memlock(
 ) -> Result<MemlockOutcome, MemlockError> {
     let required_bytes = memlock_required_bytes(shards, io_memory_bytes);
     let Some(limit) = limit_bytes else {
-        return Ok(MemlockOutcome::WithinLimit {
-            required_bytes,
-            limit_bytes: None,
-        });
+        return Ok(MemlockOutcome::WithinLimit { required_bytes, limit_bytes: None });
     };
     if limit < GLOMMIO_MEMLOCK_MIN_BYTES {
         return Err(MemlockError::BelowGlommioMinimum {
@@ -110,16 +103,10 @@ pub fn check_memlock(
         });
     }
     if required_bytes <= limit {
-        return Ok(MemlockOutcome::WithinLimit {
-            required_bytes,
-            limit_bytes: Some(limit),
-        });
+        return Ok(MemlockOutcome::WithinLimit { required_bytes, limit_bytes: Some(limit) });
     }
     if has_cap_ipc_lock {
-        return Ok(MemlockOutcome::ExceededButPrivileged {
-            required_bytes,
-            limit_bytes: limit,
-        });
+        return Ok(MemlockOutcome::ExceededButPrivileged { required_bytes, limit_bytes: limit });
     }
     Err(MemlockError::TooLow {
         limit_bytes: limit,
@@ -176,12 +163,7 @@ pub fn check_host_memlock(
     shards: usize,
     io_memory_bytes: usize,
 ) -> Result<MemlockOutcome, MemlockError> {
-    check_memlock(
-        current_memlock_limit()?,
-        shards,
-        io_memory_bytes,
-        has_cap_ipc_lock(),
-    )
+    check_memlock(current_memlock_limit()?, shards, io_memory_bytes, has_cap_ipc_lock())
 }
 
 /// Where the executor threads run.
@@ -230,10 +212,7 @@ pub struct ExecutorSpec {
 pub enum ExecutorStart {
     /// The OS refused to create the thread.
     #[error("cannot spawn executor thread {name}: {source}")]
-    Thread {
-        name: String,
-        source: std::io::Error,
-    },
+    Thread { name: String, source: std::io::Error },
     /// glommio refused to create the executor.
     #[error("glommio cannot create executor {name}: {reason}")]
     Executor { name: String, reason: String },
@@ -263,37 +242,27 @@ where
             let _ = started_tx.send(Ok(()));
             executor.run(main());
         })
-        .map_err(|source| ExecutorStart::Thread {
-            name: thread_name.clone(),
-            source,
-        })?;
+        .map_err(|source| ExecutorStart::Thread { name: thread_name.clone(), source })?;
     match started_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(reason)) => {
             let _ = handle.join();
-            Err(ExecutorStart::Executor {
-                name: thread_name,
-                reason,
-            })
+            Err(ExecutorStart::Executor { name: thread_name, reason })
         }
         Err(_) => {
             let reason = match handle.join() {
                 Ok(()) => "thread ended before reporting".to_string(),
                 Err(panic) => panic_message(&panic),
             };
-            Err(ExecutorStart::Executor {
-                name: thread_name,
-                reason,
-            })
+            Err(ExecutorStart::Executor { name: thread_name, reason })
         }
     }
 }
 
 fn build_executor(spec: &ExecutorSpec) -> Result<LocalExecutor, String> {
     let placement = spec.cpu.map_or(Placement::Unbound, Placement::Fixed);
-    let mut builder = LocalExecutorBuilder::new(placement)
-        .name(&spec.name)
-        .io_memory(spec.io_memory_bytes);
+    let mut builder =
+        LocalExecutorBuilder::new(placement).name(&spec.name).io_memory(spec.io_memory_bytes);
     if spec.spin {
         builder = builder.spin_before_park(SPIN_BEFORE_PARK);
     }
@@ -339,13 +308,7 @@ mod tests {
     fn memlock_check_rejects_a_small_limit_naming_the_numbers() {
         let error = check_memlock(Some(8 * MIB as u64), 2, 8 * MIB, false).unwrap_err();
         let text = error.to_string();
-        assert!(matches!(
-            error,
-            MemlockError::TooLow {
-                required_bytes: 50_331_648,
-                ..
-            }
-        ));
+        assert!(matches!(error, MemlockError::TooLow { required_bytes: 50_331_648, .. }));
         assert!(text.contains("8388608"), "{text}");
         assert!(text.contains("50331648"), "{text}");
         assert!(text.contains("ulimit -l 49152"), "{text}");
@@ -354,10 +317,7 @@ mod tests {
     #[test]
     fn memlock_check_only_warns_when_cap_ipc_lock_is_held() {
         let outcome = check_memlock(Some(8 * MIB as u64), 2, 8 * MIB, true).unwrap();
-        assert!(matches!(
-            outcome,
-            MemlockOutcome::ExceededButPrivileged { .. }
-        ));
+        assert!(matches!(outcome, MemlockOutcome::ExceededButPrivileged { .. }));
     }
 
     #[test]
@@ -377,7 +337,8 @@ mod tests {
         let text = "Limit                     Soft Limit           Hard Limit           Units\n\
                     Max locked memory         8388608              16777216             bytes\n";
         assert_eq!(parse_memlock_soft_limit(text).unwrap(), Some(8_388_608));
-        let unlimited = "Max locked memory         unlimited            unlimited            bytes\n";
+        let unlimited =
+            "Max locked memory         unlimited            unlimited            bytes\n";
         assert_eq!(parse_memlock_soft_limit(unlimited).unwrap(), None);
         assert!(parse_memlock_soft_limit("Max open files 1024 1024 files\n").is_err());
     }

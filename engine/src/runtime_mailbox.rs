@@ -61,23 +61,14 @@ pub fn mailbox<T>(capacity: usize) -> (MailboxSender<T>, MailboxReceiver<T>) {
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(capacity);
     let slot = Arc::new(WakeSlot::default());
     (
-        MailboxSender {
-            queue: Some(queue_tx),
-            slot: slot.clone(),
-        },
-        MailboxReceiver {
-            queue: queue_rx,
-            slot,
-        },
+        MailboxSender { queue: Some(queue_tx), slot: slot.clone() },
+        MailboxReceiver { queue: queue_rx, slot },
     )
 }
 
 impl<T> Clone for MailboxSender<T> {
     fn clone(&self) -> Self {
-        MailboxSender {
-            queue: self.queue.clone(),
-            slot: self.slot.clone(),
-        }
+        MailboxSender { queue: self.queue.clone(), slot: self.slot.clone() }
     }
 }
 
@@ -193,18 +184,17 @@ mod tests {
                 assert_eq!(acked, Ok(value), "no wake-up for message {value}");
             }
         });
-        let received = glommio::LocalExecutorBuilder::default()
-            .io_memory(64 * 1024)
-            .make()
-            .unwrap()
-            .run(async move {
-                let mut received = Vec::new();
-                while let Some(value) = rx.recv().await {
-                    received.push(value);
-                    ack_tx.send(value).unwrap();
-                }
-                received
-            });
+        let received =
+            glommio::LocalExecutorBuilder::default().io_memory(64 * 1024).make().unwrap().run(
+                async move {
+                    let mut received = Vec::new();
+                    while let Some(value) = rx.recv().await {
+                        received.push(value);
+                        ack_tx.send(value).unwrap();
+                    }
+                    received
+                },
+            );
         sender.join().unwrap();
         assert_eq!(received, (0..50).collect::<Vec<_>>());
     }

@@ -8,6 +8,8 @@
 //! Invariants: `write_position` is block-aligned and every byte below it is durable and never
 //! rewritten; `write_position <= capacity`; a sealed segment takes no more writes.
 
+#![forbid(unsafe_code)]
+
 use std::rc::Rc;
 
 use zerocopy::little_endian::{I64, U16, U32, U64};
@@ -110,7 +112,11 @@ pub fn encode_header(meta: &SegmentMeta, block: &mut [u8]) {
 /// Decodes block 0 of a segment (any length; less than a block is `Invalid`).
 pub fn decode_header(block: &[u8]) -> HeaderState {
     let Some(block) = block.get(..BLOCK_SIZE) else {
-        return if block.iter().all(|b| *b == 0) { HeaderState::Zero } else { HeaderState::Invalid };
+        return if block.iter().all(|b| *b == 0) {
+            HeaderState::Zero
+        } else {
+            HeaderState::Invalid
+        };
     };
     if block.iter().all(|b| *b == 0) {
         return HeaderState::Zero;
@@ -167,6 +173,9 @@ pub fn now_unix_ms() -> i64 {
 pub(crate) struct Segment {
     pub name: String,
     pub file: Rc<DirectFile>,
+    /// Size of this segment's file (segments keep the size they were created with, so a
+    /// changed `segment_size_bytes` applies to new segments only).
+    pub capacity: u64,
     pub base_offset: Offset,
     pub base_index: LogIndex,
     /// Term of the batch before `base_index`.
@@ -191,13 +200,13 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub fn meta(&self, segment_size: u64) -> SegmentMeta {
+    pub fn meta(&self) -> SegmentMeta {
         SegmentMeta {
             base_offset: self.base_offset,
             base_index: self.base_index,
             prev_term: self.prev_term,
             prev_crc: self.prev_crc,
-            segment_size,
+            segment_size: self.capacity,
             created_unix_ms: now_unix_ms(),
         }
     }

@@ -9,6 +9,8 @@
 //! batch of the segment; two entries are at least `index_interval_bytes` apart; term points are
 //! sorted with strictly increasing terms.
 
+#![forbid(unsafe_code)]
+
 use zerocopy::little_endian::{I64, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -277,7 +279,8 @@ pub fn decode_index(bytes: &[u8]) -> Option<SealedIndex> {
         return None;
     }
     let mut rest = &body[INDEX_HEADER_SIZE..];
-    let mut index = SegmentIndex { max_timestamp_ms: header.max_timestamp_ms.get(), ..Default::default() };
+    let mut index =
+        SegmentIndex { max_timestamp_ms: header.max_timestamp_ms.get(), ..Default::default() };
     for _ in 0..entries {
         let (record, tail) = EntryRecord::read_from_prefix(rest).ok()?;
         rest = tail;
@@ -325,7 +328,10 @@ fn sane(s: &SealedIndex) -> bool {
         && s.next_offset >= s.base_offset
         && s.data_end <= s.write_position
         && sorted
-        && s.index.entries.iter().all(|e| e.index < s.next_index && (e.position as u64) < s.data_end)
+        && s.index
+            .entries
+            .iter()
+            .all(|e| e.index < s.next_index && (e.position as u64) < s.data_end)
 }
 
 #[cfg(test)]

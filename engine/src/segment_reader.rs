@@ -6,6 +6,8 @@
 //! Invariants: the window never exceeds `max(chunk, batch_size_max) + BLOCK_SIZE` bytes; a
 //! position past `limit` reads as nothing; nothing here panics on garbage.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::rc::Rc;
 
@@ -20,9 +22,14 @@ use crate::limits::{block_floor, BLOCK_SIZE};
 #[derive(Clone, Debug)]
 pub(crate) enum Item {
     /// A fully valid batch of `len` bytes.
-    Batch { header: BatchHeader, len: usize },
+    Batch {
+        header: BatchHeader,
+        len: usize,
+    },
     /// A valid padding marker of `len` bytes.
-    Padding { len: usize },
+    Padding {
+        len: usize,
+    },
     /// A zero `u32` (unwritten space).
     Zero,
     /// The position is at (or too close to) the segment's end.
@@ -81,7 +88,11 @@ impl SegmentReader {
         let room = self.limit.saturating_sub(position) as usize;
         let head = self.bytes(position, BATCH_HEADER_SIZE).await?;
         if head.len() < 4 {
-            return Ok(if head.iter().all(|b| *b == 0) { Item::End } else { Item::Invalid(InvalidKind::Padding) });
+            return Ok(if head.iter().all(|b| *b == 0) {
+                Item::End
+            } else {
+                Item::Invalid(InvalidKind::Padding)
+            });
         }
         let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         match magic {

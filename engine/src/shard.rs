@@ -119,10 +119,7 @@ impl EngineConfig {
             return invalid(format!("shards {} outside 1..={SHARDS_MAX}", self.shards));
         }
         if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
-            return invalid(format!(
-                "partitions {} outside 1..={PARTITIONS_MAX}",
-                self.partitions
-            ));
+            return invalid(format!("partitions {} outside 1..={PARTITIONS_MAX}", self.partitions));
         }
         if !(1..=COMMAND_QUEUE_MAX_LIMIT).contains(&self.command_queue_max) {
             return invalid(format!(
@@ -145,20 +142,11 @@ pub enum StartError {
     #[error("memlock check failed: {0}")]
     Memlock(#[from] MemlockError),
     #[error("cannot create data dir {path:?}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("shard {shard} cannot start: {source}")]
-    Executor {
-        shard: usize,
-        source: ExecutorStart,
-    },
+    Executor { shard: usize, source: ExecutorStart },
     #[error("partition {partition} cannot open: {source}")]
-    Open {
-        partition: u32,
-        source: OpenError,
-    },
+    Open { partition: u32, source: OpenError },
     #[error("shard {shard} stopped while opening its partitions: {reason}")]
     ShardFailed { shard: usize, reason: String },
 }
@@ -258,11 +246,7 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<EngineHandle, StartError> {
         config.validate()?;
         let memlock = check_host_memlock(config.shards, config.io_memory_bytes)?;
-        if let MemlockOutcome::ExceededButPrivileged {
-            required_bytes,
-            limit_bytes,
-        } = memlock
-        {
+        if let MemlockOutcome::ExceededButPrivileged { required_bytes, limit_bytes } = memlock {
             tracing::warn!(
                 required_bytes,
                 limit_bytes,
@@ -270,10 +254,8 @@ impl Engine {
                  process holds CAP_IPC_LOCK (an unprivileged user would be refused)"
             );
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let cpus = available_cpus();
         let mut senders = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
@@ -377,9 +359,7 @@ impl EngineHandle {
                 completion: Completion::Blocking(reply),
             },
         )?;
-        answer
-            .recv()
-            .unwrap_or(Err(EngineError::ShardStopped { shard }))
+        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
     }
 
     /// Starts an append; its [`AppendCompletion`] tagged `token` arrives on `reply`. Errors
@@ -401,10 +381,7 @@ impl EngineHandle {
                 partition,
                 records,
                 durability,
-                completion: Completion::Channel {
-                    token,
-                    reply: reply.clone(),
-                },
+                completion: Completion::Channel { token, reply: reply.clone() },
             },
         )
         .map(|_| ())
@@ -447,27 +424,15 @@ impl EngineHandle {
             });
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let shard = self.send(
-            partition,
-            Command::Fetch {
-                partition,
-                offset,
-                max_bytes,
-                reply,
-            },
-        )?;
-        answer
-            .recv()
-            .unwrap_or(Err(EngineError::ShardStopped { shard }))
+        let shard = self.send(partition, Command::Fetch { partition, offset, max_bytes, reply })?;
+        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
     }
 
     /// The offset below which every record of `partition` is durable.
     pub fn durable_offset(&self, partition: PartitionId) -> Result<Offset, EngineError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let shard = self.send(partition, Command::DurableOffset { partition, reply })?;
-        answer
-            .recv()
-            .unwrap_or(Err(EngineError::ShardStopped { shard }))
+        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
     }
 
     /// Counters of every shard and partition.
@@ -476,9 +441,7 @@ impl EngineHandle {
         for (shard, sender) in self.inner.senders.iter().enumerate() {
             let (reply, answer) = crossbeam_channel::bounded(1);
             self.send_to(shard, sender, Command::Stats { reply })?;
-            let mut shard_stats = answer
-                .recv()
-                .map_err(|_| EngineError::ShardStopped { shard })?;
+            let mut shard_stats = answer.recv().map_err(|_| EngineError::ShardStopped { shard })?;
             shard_stats.queued_commands = sender.len();
             stats.shards.push(shard_stats);
         }
@@ -494,10 +457,7 @@ impl EngineHandle {
     fn send(&self, partition: PartitionId, command: Command) -> Result<usize, EngineError> {
         let partitions = self.inner.config.partitions;
         if partition.0 >= partitions {
-            return Err(EngineError::UnknownPartition {
-                partition: partition.0,
-                partitions,
-            });
+            return Err(EngineError::UnknownPartition { partition: partition.0, partitions });
         }
         let shard = self.inner.config.shard_of(partition);
         self.send_to(shard, &self.inner.senders[shard], command)?;
@@ -515,10 +475,9 @@ impl EngineHandle {
         }
         match sender.try_send(command) {
             Ok(()) => Ok(()),
-            Err(SendFailure::Full(_)) => Err(EngineError::Backpressure {
-                shard,
-                limit: self.inner.config.command_queue_max,
-            }),
+            Err(SendFailure::Full(_)) => {
+                Err(EngineError::Backpressure { shard, limit: self.inner.config.command_queue_max })
+            }
             Err(SendFailure::Closed(_)) => Err(EngineError::Closed),
         }
     }

@@ -4,15 +4,23 @@
 //! Appends of the shard API are local (no Raft): each batch is stamped with the log's last
 //! term, so a log later driven by Raft never sees a term regression from this path.
 //!
-//! Invariants: the log is only touched on its shard's thread; `close` runs once, after every
-//! fetch holding the log has finished (bounded by `CLOSE_WAIT_MAX`).
+//! Durable appends are answered by one waiter task per partition, which sleeps on the log's
+//! durable index and answers every append a flush made durable in one go — one wake-up per
+//! fdatasync instead of one task per append.
+//!
+//! Invariants: the log is only touched on its shard's thread; waiting appends are kept in
+//! index order and each is answered exactly once; `close` runs once, after every fetch and the
+//! waiter have released the log (bounded by `CLOSE_WAIT_MAX`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use glommio::TaskQueueHandle;
 
 use crate::batch::{decode_batch, Records};
 use crate::error::{LogError, OpenError};
@@ -22,6 +30,7 @@ use crate::log::{AppendRequest, Log, ReadBound};
 use crate::notify::Durable;
 use crate::segment::now_unix_ms;
 use crate::shard::{AppendAck, EngineError, PartitionId};
+use crate::shard_worker::Completion;
 use crate::types::Offset;
 
 /// Longest wait at close for in-flight fetches to release the log.
@@ -54,6 +63,8 @@ pub struct PartitionStats {
     pub bytes_written: u64,
     pub batches_flushed: u64,
     pub segments_rolled: u64,
+    /// Spare segments zero-filled by the preallocator (each `segment_size_bytes` written).
+    pub spares_filled: u64,
     /// Offset after the last durable record.
     pub durable_offset: Offset,
     /// Offset the next record will take.
@@ -63,14 +74,18 @@ pub struct PartitionStats {
 }
 
 /// A partition's log on its shard.
-#[derive(Debug)]
 pub struct Partition {
     shard: usize,
     id: PartitionId,
     /// `None` once closed.
     log: RefCell<Option<Rc<Log>>>,
-    appends: std::cell::Cell<u64>,
-    records: std::cell::Cell<u64>,
+    appends: Cell<u64>,
+    records: Cell<u64>,
+    /// Durable appends waiting for their fdatasync, in index order. One waiter task per
+    /// partition answers them a whole flush at a time (not one task per append).
+    waiting: RefCell<VecDeque<(AppendAck, Completion)>>,
+    /// Whether the waiter task runs.
+    waiter_running: Cell<bool>,
 }
 
 impl Partition {
@@ -89,12 +104,9 @@ impl Partition {
             log: RefCell::new(Some(Rc::new(log))),
             appends: Default::default(),
             records: Default::default(),
+            waiting: RefCell::new(VecDeque::new()),
+            waiter_running: Cell::new(false),
         })
-    }
-
-    /// The shard that owns this partition.
-    pub(crate) fn shard(&self) -> usize {
-        self.shard
     }
 
     fn log(&self) -> Result<Rc<Log>, EngineError> {
@@ -119,24 +131,110 @@ impl Partition {
         Ok((ack, appended.durable))
     }
 
+    /// Appends `records` and answers `completion` once the batch is durable.
+    pub(crate) fn append_durable(
+        self: &Rc<Self>,
+        records: Records,
+        completion: Completion,
+        queue: TaskQueueHandle,
+    ) {
+        let ack = match self.append(records) {
+            // Dropping `Durable` does not cancel the append; the waiter tracks it by index.
+            Ok((ack, _durable)) => ack,
+            Err(error) => return completion.complete(Err(error)),
+        };
+        self.waiting.borrow_mut().push_back((ack, completion));
+        if self.waiter_running.replace(true) {
+            return;
+        }
+        let partition = self.clone();
+        match glommio::spawn_local_into(async move { partition.answer_durable().await }, queue) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(error) => {
+                self.waiter_running.set(false);
+                let reason = format!("cannot spawn the durability waiter: {error}");
+                self.fail_waiting(&reason);
+            }
+        }
+    }
+
+    /// The waiter task: answers waiting appends as the log's durable index passes them.
+    async fn answer_durable(self: Rc<Self>) {
+        loop {
+            let Some(next) = self.waiting.borrow().front().map(|(ack, _)| ack.index) else {
+                self.waiter_running.set(false);
+                return;
+            };
+            let log = match self.log() {
+                Ok(log) => log,
+                Err(error) => {
+                    self.fail_waiting(&error.to_string());
+                    continue;
+                }
+            };
+            let waited = log.wait_durable(next).await;
+            let durable_index = log.durable_index();
+            drop(log);
+            let mut answered = Vec::new();
+            {
+                let mut waiting = self.waiting.borrow_mut();
+                while waiting.front().is_some_and(|(ack, _)| ack.index <= durable_index) {
+                    answered.extend(waiting.pop_front());
+                }
+                if answered.is_empty() {
+                    // Not durable and never will be (failed, truncated, closed): answer the
+                    // first one with the reason; the loop re-checks the others.
+                    answered.extend(waiting.pop_front());
+                }
+            }
+            for (ack, completion) in answered {
+                let result = if ack.index <= durable_index {
+                    Ok(AppendAck { durable: true, ..ack })
+                } else {
+                    Err(match &waited {
+                        Err(error) => EngineError::Durability(error.clone()),
+                        Ok(()) => EngineError::Internal {
+                            shard: self.shard,
+                            reason: format!("{} not durable after its wait", ack.index),
+                        },
+                    })
+                };
+                completion.complete(result);
+            }
+        }
+    }
+
+    fn fail_waiting(&self, reason: &str) {
+        let waiting: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
+        for (_, completion) in waiting {
+            completion.complete(Err(EngineError::Internal {
+                shard: self.shard,
+                reason: reason.to_string(),
+            }));
+        }
+    }
+
     /// Durable whole batches from the one holding `offset`, up to about `max_bytes`.
-    pub(crate) async fn fetch(&self, offset: Offset, max_bytes: usize) -> Result<Fetched, EngineError> {
+    pub(crate) async fn fetch(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<Fetched, EngineError> {
         let log = self.log()?;
         let batches = log.fetch(offset, max_bytes, ReadBound::Durable).await?;
         let mut next_offset = offset;
         if let Some(last) = batches.last() {
-            let view = decode_batch(last, log.config().batch_size_max)
-                .map_err(|error| EngineError::Internal {
+            let view = decode_batch(last, log.config().batch_size_max).map_err(|error| {
+                EngineError::Internal {
                     shard: self.shard,
                     reason: format!("{}: fetched batch does not decode: {error}", self.id),
-                })?;
+                }
+            })?;
             next_offset = view.header().next_offset();
         }
-        Ok(Fetched {
-            batches,
-            next_offset,
-            durable_offset: log.durable_offset(),
-        })
+        Ok(Fetched { batches, next_offset, durable_offset: log.durable_offset() })
     }
 
     /// The offset after the last durable record.
@@ -158,6 +256,7 @@ impl Partition {
             bytes_written: flush.bytes_written,
             batches_flushed: flush.batches_flushed,
             segments_rolled: flush.segments_rolled,
+            spares_filled: flush.spares_filled,
             durable_offset: log.durable_offset(),
             next_offset: log.next_offset(),
             queued_bytes: log.queued_bytes() as u64,
@@ -189,6 +288,16 @@ impl Partition {
     }
 }
 
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partition")
+            .field("shard", &self.shard)
+            .field("id", &self.id)
+            .field("waiting", &self.waiting.borrow().len())
+            .finish()
+    }
+}
+
 impl PartitionStats {
     /// Adds another partition's counters (offsets are summed as record counts).
     pub fn add(&mut self, other: &PartitionStats) {
@@ -199,6 +308,7 @@ impl PartitionStats {
         self.bytes_written += other.bytes_written;
         self.batches_flushed += other.batches_flushed;
         self.segments_rolled += other.segments_rolled;
+        self.spares_filled += other.spares_filled;
         self.durable_offset = Offset(self.durable_offset.0 + other.durable_offset.0);
         self.next_offset = Offset(self.next_offset.0 + other.next_offset.0);
         self.queued_bytes += other.queued_bytes;

@@ -33,10 +33,7 @@ pub(crate) enum Completion {
     /// A blocked caller waits on this one-shot channel.
     Blocking(Sender<Result<AppendAck, EngineError>>),
     /// The caller's own channel, tagged with its token.
-    Channel {
-        token: u64,
-        reply: Sender<AppendCompletion>,
-    },
+    Channel { token: u64, reply: Sender<AppendCompletion> },
     /// Runs on the shard's thread.
     Callback(Box<dyn FnOnce(Result<AppendAck, EngineError>) + Send>),
 }
@@ -86,13 +83,7 @@ struct Partitions {
 
 /// The future each shard executor runs: open, serve, close.
 pub(crate) async fn shard_main(setup: ShardSetup) {
-    let ShardSetup {
-        shard,
-        partitions,
-        config,
-        receiver,
-        ready,
-    } = setup;
+    let ShardSetup { shard, partitions, config, receiver, ready } = setup;
     let queue = glommio::executor().create_task_queue(
         Shares::default(),
         Latency::Matters(COMMAND_QUEUE_LATENCY),
@@ -127,50 +118,37 @@ async fn open_partitions(
                 for (_, opened) in list {
                     let _ = opened.close().await;
                 }
-                return Err(StartError::Open {
-                    partition: partition.0,
-                    source,
-                });
+                return Err(StartError::Open { partition: partition.0, source });
             }
         }
     }
-    Ok(Partitions {
-        shard,
-        shards: config.shards,
-        list,
-    })
+    Ok(Partitions { shard, shards: config.shards, list })
 }
 
 async fn serve(partitions: Partitions, receiver: MailboxReceiver<Command>, queue: TaskQueueHandle) {
     let shard = partitions.shard;
     while let Some(command) = receiver.recv().await {
         match command {
-            Command::Append {
-                partition,
-                records,
-                durability,
-                completion,
-            } => match partitions.get(partition) {
-                Ok(log) => append(log, records, durability, completion, queue),
-                Err(error) => completion.complete(Err(error)),
-            },
-            Command::Fetch {
-                partition,
-                offset,
-                max_bytes,
-                reply,
-            } => match partitions.get(partition) {
-                Ok(log) => {
-                    let log = log.clone();
-                    spawn(queue, shard, async move {
-                        let result = log.fetch(offset, max_bytes).await;
-                        let _ = reply.send(result.map_err(EngineError::from));
-                    });
+            Command::Append { partition, records, durability, completion } => {
+                match partitions.get(partition) {
+                    Ok(log) => append(log, records, durability, completion, queue),
+                    Err(error) => completion.complete(Err(error)),
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
+            }
+            Command::Fetch { partition, offset, max_bytes, reply } => {
+                match partitions.get(partition) {
+                    Ok(log) => {
+                        let log = log.clone();
+                        spawn(queue, shard, async move {
+                            let result = log.fetch(offset, max_bytes).await;
+                            let _ = reply.send(result);
+                        });
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
                 }
-            },
+            }
             Command::DurableOffset { partition, reply } => {
                 let _ = reply.send(partitions.get(partition).and_then(|log| log.durable_offset()));
             }
@@ -204,23 +182,9 @@ fn append(
     completion: Completion,
     queue: TaskQueueHandle,
 ) {
-    match log.append(records) {
-        Err(error) => completion.complete(Err(error)),
-        Ok((ack, durable)) => match durability {
-            Durability::None => completion.complete(Ok(ack)),
-            Durability::Durable => {
-                spawn(queue, log.shard(), async move {
-                    let result = durable
-                        .await
-                        .map(|()| AppendAck {
-                            durable: true,
-                            ..ack
-                        })
-                        .map_err(EngineError::from);
-                    completion.complete(result);
-                });
-            }
-        },
+    match durability {
+        Durability::None => completion.complete(log.append(records).map(|(ack, _durable)| ack)),
+        Durability::Durable => log.append_durable(records, completion, queue),
     }
 }
 
@@ -234,7 +198,11 @@ async fn close_all(partitions: &Partitions) -> Result<(), EngineError> {
     first_error.map_or(Ok(()), Err)
 }
 
-fn spawn(queue: TaskQueueHandle, shard: usize, task: impl std::future::Future<Output = ()> + 'static) {
+fn spawn(
+    queue: TaskQueueHandle,
+    shard: usize,
+    task: impl std::future::Future<Output = ()> + 'static,
+) {
     match glommio::spawn_local_into(task, queue) {
         Ok(task) => {
             task.detach();

@@ -5,6 +5,8 @@
 //! ending at the last appended batch); every batch not yet durable is cached; durable batches
 //! are evicted oldest first once `bytes > bytes_max`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -86,13 +88,13 @@ impl TailCache {
     }
 
     /// Cached batches from index `from` on.
-    pub fn from_index(&self, from: LogIndex) -> impl Iterator<Item = &CachedBatch> {
+    pub fn starting_at_index(&self, from: LogIndex) -> impl Iterator<Item = &CachedBatch> {
         let skip = self.batches.front().map_or(0, |f| from.0.saturating_sub(f.index.0) as usize);
         self.batches.iter().skip(skip)
     }
 
     /// Cached batches a fetch from `offset` returns, in order.
-    pub fn from_offset(&self, offset: Offset) -> impl Iterator<Item = &CachedBatch> {
+    pub fn starting_at_offset(&self, offset: Offset) -> impl Iterator<Item = &CachedBatch> {
         let skip = self.batches.partition_point(|b| b.before_offset(offset));
         self.batches.iter().skip(skip)
     }
@@ -135,9 +137,9 @@ mod tests {
         cache.push(batch(1, 0, 5));
         cache.push(batch(2, 5, 0));
         cache.push(batch(3, 5, 5));
-        let got: Vec<u64> = cache.from_offset(Offset(5)).map(|b| b.index.0).collect();
+        let got: Vec<u64> = cache.starting_at_offset(Offset(5)).map(|b| b.index.0).collect();
         assert_eq!(got, vec![2, 3]);
-        let got: Vec<u64> = cache.from_offset(Offset(4)).map(|b| b.index.0).collect();
+        let got: Vec<u64> = cache.starting_at_offset(Offset(4)).map(|b| b.index.0).collect();
         assert_eq!(got, vec![1, 2, 3]);
         assert_eq!(cache.get(LogIndex(3)).unwrap().base_offset, Offset(5));
         cache.truncate_from(LogIndex(2));

@@ -3,6 +3,8 @@
 //! Identities get types (style.md): never two adjacent bare `u64` parameters. These mirror the
 //! Raft crate's `Term`/`LogIndex`/`NodeId` one to one (the engine does not depend on raft).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 /// A Raft term. `Term(0)` is the term before any election.

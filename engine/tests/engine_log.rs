@@ -202,15 +202,16 @@ fn bad_requests_are_typed_errors_not_panics() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let (log, _) = Log::open(&path, small_config()).await.unwrap();
-        let too_big = AppendRequest {
-            records: Bytes::from(vec![0u8; 70_000]),
-            ..request(1, 1, 1, 0)
-        };
+        let too_big =
+            AppendRequest { records: Bytes::from(vec![0u8; 70_000]), ..request(1, 1, 1, 0) };
         assert!(matches!(log.append(too_big), Err(AppendError::BatchTooLarge { .. })));
         let lying = AppendRequest { record_count: 2, ..request(1, 1, 10, 0) };
         assert!(matches!(log.append(lying), Err(AppendError::Malformed(_))));
         let _ = log.append(request(5, 1, 10, 0)).unwrap();
-        assert!(matches!(log.append(request(4, 1, 10, 0)), Err(AppendError::TermRegression { .. })));
+        assert!(matches!(
+            log.append(request(4, 1, 10, 0)),
+            Err(AppendError::TermRegression { .. })
+        ));
         assert!(matches!(
             log.fetch(Offset(999), 100, ReadBound::Durable).await,
             Err(FetchError::OffsetOutOfRange { .. })
@@ -252,6 +253,17 @@ fn appends_past_queued_bytes_max_get_backpressure() {
     });
 }
 
+/// Waits until the preallocator has refilled its spare, so an armed fault hits the flush.
+async fn wait_for_spare(log: &Log) {
+    for _ in 0..2_000 {
+        if log.stats().spares_filled >= 2 {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the preallocator did not refill the spare in 10 s");
+}
+
 #[test]
 fn a_failed_fdatasync_latches_the_log() {
     let dir = tempdir();
@@ -259,6 +271,7 @@ fn a_failed_fdatasync_latches_the_log() {
     run(move || async move {
         let (log, _) = Log::open(&path, small_config()).await.unwrap();
         log.append(request(1, 1, 100, 1)).unwrap().durable.await.unwrap();
+        wait_for_spare(&log).await;
         log.fault_injector().fail_syncs(1);
         let appended = log.append(request(1, 1, 100, 2)).unwrap();
         assert!(matches!(appended.durable.await, Err(LogError::Failed { .. })));
@@ -268,7 +281,10 @@ fn a_failed_fdatasync_latches_the_log() {
             Err(FetchError::Failed { .. })
         ));
         assert!(matches!(log.sync().await, Err(LogError::Failed { .. })));
-        assert!(matches!(log.truncate_suffix(LogIndex(1)).await, Err(TruncateError::Failed { .. })));
+        assert!(matches!(
+            log.truncate_suffix(LogIndex(1)).await,
+            Err(TruncateError::Failed { .. })
+        ));
         assert!(log.failure().is_some());
         let stats = log.stats();
         assert_eq!(stats.fdatasyncs, 1, "the failed fdatasync is never retried");
@@ -283,6 +299,7 @@ fn a_failed_write_latches_the_log() {
     run(move || async move {
         let (log, _) = Log::open(&path, small_config()).await.unwrap();
         log.append(request(1, 1, 100, 1)).unwrap().durable.await.unwrap();
+        wait_for_spare(&log).await;
         log.fault_injector().fail_writes(1);
         let appended = log.append(request(1, 1, 100, 2)).unwrap();
         assert!(matches!(appended.durable.await, Err(LogError::Failed { .. })));
@@ -524,8 +541,8 @@ fn hard_state_survives_reopen_and_a_torn_slot() {
     run(move || async move {
         let store = HardStateStore::open(&path).await.unwrap();
         assert_eq!(store.load().await.unwrap(), HardState::default());
-        store.store(HardState { term: Term(3), vote: Some(NodeId(2)) }).await.unwrap();
-        store.store(HardState { term: Term(4), vote: None }).await.unwrap();
+        store.store(Term(3), Some(NodeId(2))).await.unwrap();
+        store.store(Term(4), None).await.unwrap();
         drop(store);
         let store = HardStateStore::open(&path).await.unwrap();
         assert_eq!(store.load().await.unwrap(), HardState { term: Term(4), vote: None });
@@ -537,7 +554,127 @@ fn hard_state_survives_reopen_and_a_torn_slot() {
         std::fs::write(&file, &bytes).unwrap();
         let store = HardStateStore::open(&path).await.unwrap();
         assert_eq!(store.load().await.unwrap(), HardState { term: Term(3), vote: Some(NodeId(2)) });
-        store.store(HardState { term: Term(5), vote: Some(NodeId(1)) }).await.unwrap();
+        store.store(Term(5), Some(NodeId(1))).await.unwrap();
         assert_eq!(store.load().await.unwrap().term, Term(5));
+    });
+}
+
+#[test]
+fn a_flush_never_exceeds_flush_bytes_max() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig { flush_bytes_max: 64 << 10, ..small_config() };
+        let (log, _) = Log::open(&path, config).await.unwrap();
+        let mut last = None;
+        let mut bytes = 0u64;
+        for i in 0..200u32 {
+            let appended = log.append(request(1, 1, 8000, i as u8)).unwrap();
+            bytes += appended.batch.len() as u64;
+            last = Some(appended);
+        }
+        last.unwrap().durable.await.unwrap();
+        let stats = log.stats();
+        // 200 batches of ~8 KiB queued at once: at most 7 fit in one 64 KiB flush.
+        assert!(stats.flushes >= bytes.div_ceil(64 << 10), "{stats:?}");
+        assert_eq!(stats.fdatasyncs, stats.flushes, "one fdatasync per flush");
+        assert!(stats.flushes < 200, "batches were coalesced: {stats:?}");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_made_while_a_truncation_runs_are_truncated_too() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..20u32 {
+            let _ = log.append(request(1, 1, 100, i as u8)).unwrap();
+        }
+        log.sync().await.unwrap();
+        let log = Rc::new(log);
+        let racer = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                // Runs while truncate_suffix awaits its IO.
+                log.append(request(1, 1, 100, 0xcc)).map(|a| (a.index, a.durable))
+            })
+        };
+        let truncated = log.truncate_suffix(LogIndex(10));
+        let (result, raced) = (truncated.await, racer.await);
+        result.unwrap();
+        assert_eq!(log.last_index(), LogIndex(9));
+        if let Ok((index, durable)) = raced {
+            // Appended before the truncation finished, it continued the old log.
+            assert!(index > LogIndex(9));
+            assert!(matches!(durable.await, Err(LogError::Truncated { .. }) | Ok(())));
+        }
+        let next = log.append(request(2, 1, 100, 0xdd)).unwrap();
+        assert_eq!(next.index, LogIndex(10));
+        next.durable.await.unwrap();
+        let all = log.read_entries(LogIndex(1), LogIndex(10), 1 << 30).await.unwrap();
+        assert_eq!(values(&all[9..]), vec![vec![0xdd; 100]]);
+        Rc::try_unwrap(log).unwrap().close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(10));
+        assert_eq!(log.term_at(LogIndex(10)), Some(Term(2)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_hard_state_fdatasync_latches_the_store_and_keeps_the_previous_state() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let faults = std::sync::Arc::new(ringlog_engine::FaultInjector::default());
+        let store = HardStateStore::open_with_faults(&path, faults.clone()).await.unwrap();
+        store.store(Term(2), Some(NodeId(1))).await.unwrap();
+        faults.fail_syncs(1);
+        assert!(matches!(
+            store.store(Term(3), None).await,
+            Err(ringlog_engine::HardStateError::Failed { .. })
+        ));
+        assert!(matches!(
+            store.store(Term(4), None).await,
+            Err(ringlog_engine::HardStateError::Failed { .. })
+        ));
+        drop(store);
+        let store = HardStateStore::open(&path).await.unwrap();
+        let loaded = store.load().await.unwrap();
+        // The failed store's write may or may not have landed; never a torn mix, never term 4.
+        assert!(
+            loaded == HardState { term: Term(2), vote: Some(NodeId(1)) }
+                || loaded == HardState { term: Term(3), vote: None },
+            "{loaded:?}"
+        );
+    });
+}
+
+#[test]
+fn segments_keep_their_size_when_the_configured_size_changes() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for i in 0..300u32 {
+            let _ = log.append(request(1, 2, 2000, i as u8)).unwrap();
+        }
+        log.close().await.unwrap();
+        let bigger = LogConfig { segment_size_bytes: 2 << 20, ..small_config() };
+        let (log, report) = Log::open(&path, bigger.clone()).await.unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0, "{report:?}");
+        assert_eq!(log.last_index(), LogIndex(300));
+        for i in 0..300u32 {
+            let _ = log.append(request(1, 2, 2000, i as u8)).unwrap();
+        }
+        log.close().await.unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0, "{report:?}");
+        assert_eq!(log.last_index(), LogIndex(600));
+        let all = log.read_entries(LogIndex(1), LogIndex(600), 1 << 30).await.unwrap();
+        assert_eq!(all.len(), 600);
+        log.close().await.unwrap();
     });
 }

@@ -83,7 +83,14 @@ impl FakeHost {
 
     /// A mountinfo whose `/` mount has these per-mount options, type, source, superblock
     /// options and device numbers.
-    fn write_mountinfo(&self, options: &str, fs_type: &str, source: &str, super_options: &str, dev: &str) {
+    fn write_mountinfo(
+        &self,
+        options: &str,
+        fs_type: &str,
+        source: &str,
+        super_options: &str,
+        dev: &str,
+    ) {
         self.write(
             "proc/self/mountinfo",
             &format!(
@@ -131,9 +138,7 @@ impl FakeHost {
 }
 
 fn check<'r>(report: &'r HostReport, name: &str) -> &'r Check {
-    report
-        .check(name)
-        .unwrap_or_else(|| panic!("no check {name} in {report:#?}"))
+    report.check(name).unwrap_or_else(|| panic!("no check {name} in {report:#?}"))
 }
 
 fn assert_status(report: &HostReport, name: &str, status: Status) -> Check {
@@ -372,7 +377,13 @@ fn an_empty_proc_tree_reports_without_panicking() {
     let report = host.run();
     print(&report);
     assert_eq!(report.checks.len(), names::ALL.len());
-    for name in [names::KERNEL, names::MEMLOCK, names::NOFILE, names::MOUNT_OPTIONS] {
+    for name in [
+        names::KERNEL,
+        names::IO_URING_DISABLED,
+        names::MEMLOCK,
+        names::NOFILE,
+        names::MOUNT_OPTIONS,
+    ] {
         assert_status(&report, name, Status::Warn);
     }
     // Without mountinfo the device comes from the data dir's st_dev, absent from the fake sys.
@@ -395,7 +406,13 @@ fn clocksource_other_than_tsc_warns_with_the_switch_command() {
 #[test]
 fn risky_mount_options_warn_and_read_only_fails() {
     let host = FakeHost::healthy();
-    host.write_mountinfo("rw,relatime", "ext4", "/dev/nvme0n1p2", "rw,nobarrier,data=journal", "259:2");
+    host.write_mountinfo(
+        "rw,relatime",
+        "ext4",
+        "/dev/nvme0n1p2",
+        "rw,nobarrier,data=journal",
+        "259:2",
+    );
     let found = assert_status(&host.run(), names::MOUNT_OPTIONS, Status::Warn);
     assert!(found.found.contains("nobarrier"), "{found}");
     assert!(found.found.contains("data=journal"), "{found}");

@@ -95,9 +95,7 @@ fn appends_from_several_threads_get_dense_offsets_per_partition_and_read_back() 
                     let (records, values) = records(thread, seq);
                     // Alternate the blocking and the async form of append.
                     if seq % 2 == 0 {
-                        let ack = engine
-                            .append(partition, records, Durability::Durable)
-                            .unwrap();
+                        let ack = engine.append(partition, records, Durability::Durable).unwrap();
                         acked.push((ack, values));
                     } else {
                         engine
@@ -112,10 +110,8 @@ fn appends_from_several_threads_get_dense_offsets_per_partition_and_read_back() 
             })
         })
         .collect();
-    let acked: Vec<(AppendAck, Vec<Vec<u8>>)> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let acked: Vec<(AppendAck, Vec<Vec<u8>>)> =
+        threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     assert_eq!(acked.len() as u64, THREADS * APPENDS_PER_THREAD);
 
     for p in 0..PARTITIONS {
@@ -160,16 +156,13 @@ fn partitions_live_on_shard_p_mod_shards_in_their_own_directory() {
     let engine = start(dir.path());
     for p in 0..PARTITIONS {
         let (records, _) = records(0, 0);
-        engine
-            .append(PartitionId(p), records, Durability::Durable)
-            .unwrap();
+        engine.append(PartitionId(p), records, Durability::Durable).unwrap();
     }
     let stats = engine.stats().unwrap();
     for shard in &stats.shards {
         let owned: Vec<u32> = shard.partitions.iter().map(|(p, _)| p.0).collect();
-        let expected: Vec<u32> = (0..PARTITIONS)
-            .filter(|p| *p as usize % SHARDS == shard.shard)
-            .collect();
+        let expected: Vec<u32> =
+            (0..PARTITIONS).filter(|p| *p as usize % SHARDS == shard.shard).collect();
         assert_eq!(owned, expected);
     }
     for p in 0..PARTITIONS {
@@ -183,9 +176,7 @@ fn a_non_durable_append_answers_before_its_fdatasync_and_becomes_durable() {
     let dir = temp_dir();
     let engine = start(dir.path());
     let (records, _) = records(1, 1);
-    let ack = engine
-        .append(PartitionId(1), records, Durability::None)
-        .unwrap();
+    let ack = engine.append(PartitionId(1), records, Durability::None).unwrap();
     assert!(!ack.durable);
     let end = Offset(ack.base_offset.0 + u64::from(ack.record_count));
     let deadline = std::time::Instant::now() + WAIT_MAX;
@@ -216,15 +207,10 @@ fn an_unknown_partition_is_a_typed_error() {
     let dir = temp_dir();
     let engine = start(dir.path());
     let (records, _) = records(0, 0);
-    let error = engine
-        .append(PartitionId(PARTITIONS), records, Durability::Durable)
-        .unwrap_err();
+    let error = engine.append(PartitionId(PARTITIONS), records, Durability::Durable).unwrap_err();
     assert!(matches!(
         error,
-        EngineError::UnknownPartition {
-            partition: PARTITIONS,
-            partitions: PARTITIONS
-        }
+        EngineError::UnknownPartition { partition: PARTITIONS, partitions: PARTITIONS }
     ));
     assert!(matches!(
         engine.fetch(PartitionId(99), Offset(0), 4096),
@@ -237,10 +223,7 @@ fn an_unknown_partition_is_a_typed_error() {
 fn a_fetch_past_the_end_or_too_large_is_a_typed_error() {
     let dir = temp_dir();
     let engine = start(dir.path());
-    assert!(matches!(
-        engine.fetch(PartitionId(0), Offset(1000), 4096),
-        Err(EngineError::Fetch(_))
-    ));
+    assert!(matches!(engine.fetch(PartitionId(0), Offset(1000), 4096), Err(EngineError::Fetch(_))));
     assert!(matches!(
         engine.fetch(PartitionId(0), Offset(0), usize::MAX),
         Err(EngineError::FetchTooLarge { .. })
@@ -268,9 +251,7 @@ fn records_survive_a_restart_of_the_engine() {
     let dir = temp_dir();
     let engine = start(dir.path());
     let (records, values) = records(5, 4);
-    let ack = engine
-        .append(PartitionId(2), records, Durability::Durable)
-        .unwrap();
+    let ack = engine.append(PartitionId(2), records, Durability::Durable).unwrap();
     engine.shutdown().unwrap();
     drop(engine);
 

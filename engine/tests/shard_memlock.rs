@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use ringlog_engine::runtime::{check_memlock, memlock_required_bytes, MemlockError, MemlockOutcome};
+use ringlog_engine::runtime::{
+    check_memlock, memlock_required_bytes, MemlockError, MemlockOutcome,
+};
 use ringlog_engine::shard::{Engine, EngineConfig, StartError};
 
 const MIB: usize = 1 << 20;
@@ -46,11 +48,7 @@ fn child_start_is_refused_under_a_low_memlock_limit() {
     config.shards = 2;
     config.io_memory_bytes = MIB;
     match Engine::start(config) {
-        Err(StartError::Memlock(MemlockError::TooLow {
-            limit_bytes,
-            required_bytes,
-            ..
-        })) => {
+        Err(StartError::Memlock(MemlockError::TooLow { limit_bytes, required_bytes, .. })) => {
             assert_eq!(limit_bytes, CHILD_LIMIT_BYTES);
             assert_eq!(required_bytes, 6 * MIB as u64);
             println!("REFUSED-AS-EXPECTED");

@@ -32,17 +32,12 @@ fn shutdown_flushes_and_joins_every_shard_thread() {
     let engine = Engine::start(config).unwrap();
     let running = thread_names();
     // Each executor thread, plus glommio's blocking-pool thread that inherits its name.
-    assert!(
-        running.iter().filter(|n| n.starts_with("ringlog-shard")).count() >= 2,
-        "{running:?}"
-    );
+    assert!(running.iter().filter(|n| n.starts_with("ringlog-shard")).count() >= 2, "{running:?}");
     let mut builder = RecordsBuilder::new(1 << 20);
     builder.push(b"last words").unwrap();
     let records = builder.finish();
     // Not waited for: shutdown must still flush it.
-    let ack = engine
-        .append(PartitionId(1), records, Durability::None)
-        .unwrap();
+    let ack = engine.append(PartitionId(1), records, Durability::None).unwrap();
     let clone = engine.clone();
     engine.shutdown().unwrap();
     drop(clone);

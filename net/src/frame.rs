@@ -82,11 +82,13 @@ pub enum FrameKind {
     PeerRaft = 0x23,
     PeerHeartbeats = 0x24,
     PeerHeartbeatResponses = 0x25,
+    /// An idle link's liveness signal; empty body, never delivered.
+    PeerKeepalive = 0x26,
 }
 
 impl FrameKind {
     /// Every kind, for tests and docs.
-    pub const ALL: [FrameKind; 19] = [
+    pub const ALL: [FrameKind; 20] = [
         FrameKind::ProduceRequest,
         FrameKind::FetchRequest,
         FrameKind::MetadataRequest,
@@ -106,6 +108,7 @@ impl FrameKind {
         FrameKind::PeerRaft,
         FrameKind::PeerHeartbeats,
         FrameKind::PeerHeartbeatResponses,
+        FrameKind::PeerKeepalive,
     ];
 
     /// The kind with wire value `value`, if any.

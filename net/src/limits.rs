@@ -75,6 +75,18 @@ pub const PEER_CONNECTIONS_MAX: usize = 1024;
 /// How long a new connection has to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A peer link with nothing to send writes a keepalive frame after this long, so that
+/// the acceptor can tell an idle link from a dead one.
+pub const LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An accepted peer connection that delivers no frame for this long is closed (its peer is
+/// gone without a FIN or RST, e.g. a crashed host or a cut network).
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A write to a peer that does not complete within this long breaks the connection (the peer
+/// stopped reading and the socket buffer is full); the link reconnects.
+pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// First reconnect delay of a peer link.
 pub const RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
 
@@ -98,3 +110,5 @@ const _: () = assert!(
 const _: () = assert!(LINK_QUEUE_BYTES_MAX >= FRAME_BODY_SIZE_MAX + FRAME_HEADER_SIZE);
 const _: () = assert!(WRITE_GATHER_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
 const _: () = assert!(ZERO_COPY_PAYLOAD_MIN < WRITE_GATHER_BYTES_MAX);
+// A live but idle link is never mistaken for a dead one.
+const _: () = assert!(LINK_KEEPALIVE_INTERVAL.as_millis() * 3 <= PEER_IDLE_TIMEOUT.as_millis());

@@ -24,6 +24,10 @@
 //!   after the next successful handshake, in order.
 //! - Peer connections carry messages one way (connector → acceptor); the acceptor only ever
 //!   writes the handshake reply and error replies.
+//! - Liveness: an idle link writes a keepalive (an empty `PeerKeepalive` frame, not delivered) every
+//!   `keepalive_interval`; an accepted connection silent for `idle_timeout` is closed, and a
+//!   link write that does not finish within `write_timeout` breaks the connection, so a peer
+//!   that vanished without a FIN or RST is noticed on both sides.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -45,13 +49,13 @@ use ringlog_raft::NodeId;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::frame::{Frame, FrameBuf, FrameDecoder, FrameError, FrameKind};
+use crate::frame::{encode_frame, Frame, FrameBuf, FrameDecoder, FrameError, FrameKind};
 use crate::ids::{ClusterId, RequestId, ShardId};
 use crate::limits::{
     FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE, HANDSHAKE_TIMEOUT, HEARTBEATS_PER_FRAME_MAX,
-    LINK_QUEUE_BYTES_MAX, LINK_QUEUE_FRAMES_MAX, PEER_CONNECTIONS_MAX, READ_CHUNK_SIZE,
-    RECONNECT_BACKOFF_INITIAL, RECONNECT_BACKOFF_MAX, WRITE_GATHER_BYTES_MAX,
-    ZERO_COPY_PAYLOAD_MIN,
+    LINK_KEEPALIVE_INTERVAL, LINK_QUEUE_BYTES_MAX, LINK_QUEUE_FRAMES_MAX, LINK_WRITE_TIMEOUT,
+    PEER_CONNECTIONS_MAX, PEER_IDLE_TIMEOUT, READ_CHUNK_SIZE, RECONNECT_BACKOFF_INITIAL,
+    RECONNECT_BACKOFF_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
 };
 use crate::peer::{
     BatchCheck, Handshake, HandshakeReply, PartitionHeartbeat, PartitionHeartbeatResponse,
@@ -131,7 +135,8 @@ impl FrameStream {
         self.peer
     }
 
-    /// The next frame; `Ok(None)` when the peer closed cleanly between two frames.
+    /// The next frame; `Ok(None)` when the peer closed cleanly between two frames. Not
+    /// cancel-safe: if the future is dropped mid-read (e.g. by a timeout), close the stream.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, TransportError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
@@ -247,6 +252,12 @@ pub struct PeerConfig {
     pub backoff_max: Duration,
     pub handshake_timeout: Duration,
     pub connections_max: usize,
+    /// An idle link sends a keepalive frame this often.
+    pub keepalive_interval: Duration,
+    /// An accepted connection silent for this long is closed (>= 3 keepalive intervals).
+    pub idle_timeout: Duration,
+    /// A link write that takes longer breaks the connection.
+    pub write_timeout: Duration,
 }
 
 impl PeerConfig {
@@ -262,6 +273,9 @@ impl PeerConfig {
             backoff_max: RECONNECT_BACKOFF_MAX,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             connections_max: PEER_CONNECTIONS_MAX,
+            keepalive_interval: LINK_KEEPALIVE_INTERVAL,
+            idle_timeout: PEER_IDLE_TIMEOUT,
+            write_timeout: LINK_WRITE_TIMEOUT,
         }
     }
 }
@@ -426,14 +440,21 @@ async fn serve_peer(mut conn: FrameStream, shared: &ListenerShared, over_limit: 
     }
     info!(%peer, node = %handshake.node, shard = %handshake.shard, "peer connected");
     loop {
-        let frame = match conn.read_frame().await {
+        let frame = match with_timeout(config.idle_timeout, conn.read_frame()).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return debug!(%peer, node = %handshake.node, "peer closed"),
             Err(TransportError::Io(error)) => {
                 return debug!(%peer, %error, "peer connection lost");
             }
+            Err(TransportError::Timeout(idle)) => {
+                warn!(%peer, node = %handshake.node, ?idle, "closing silent peer connection");
+                return conn.close_lingering().await;
+            }
             Err(error) => return reject_malformed(conn, shared, RequestId(0), &error).await,
         };
+        if frame.kind == FrameKind::PeerKeepalive && frame.body.is_empty() {
+            continue;
+        }
         let message = match PeerMessage::decode(&frame, &*shared.check) {
             Ok(message) => message,
             Err(error) => {
@@ -522,8 +543,10 @@ pub struct LinkStats {
     /// Established connections that broke.
     pub disconnects: u64,
     pub refusals: u64,
+    /// Frames written, keepalives not included.
     pub frames_sent: u64,
     pub bytes_sent: u64,
+    pub keepalives_sent: u64,
     /// Frames lost with a broken connection.
     pub frames_dropped: u64,
 }
@@ -544,6 +567,8 @@ struct Outbox {
     bytes: usize,
     heartbeats: Vec<PartitionHeartbeat>,
     heartbeat_responses: Vec<PartitionHeartbeatResponse>,
+    /// Frames taken by the writer whose write has not completed yet.
+    in_flight: usize,
     waker: Option<Waker>,
 }
 
@@ -650,9 +675,11 @@ impl PeerLink {
         (outbox.frames.len(), outbox.bytes)
     }
 
-    /// True when nothing waits to be written.
+    /// True when nothing waits to be written and no write is in progress (the frames sent so
+    /// far are in the kernel's socket buffer, not necessarily received).
     pub fn is_idle(&self) -> bool {
-        self.shared.outbox.borrow().is_empty()
+        let outbox = self.shared.outbox.borrow();
+        outbox.is_empty() && outbox.in_flight == 0
     }
 
     /// Encodes and enqueues `message`.
@@ -776,19 +803,40 @@ async fn connect_and_handshake(
     }
 }
 
-/// Writes the queue until the connection breaks; returns why it broke.
+/// Writes the queue until the connection breaks; returns why it broke. With nothing to send
+/// for `keepalive_interval` it writes a keepalive (an empty `PeerKeepalive` frame).
 async fn pump(shared: &LinkShared, mut conn: FrameStream) -> TransportError {
+    let config = &shared.config;
     loop {
-        next_batch_ready(shared).await;
-        let batch = shared.outbox.borrow_mut().take_batch();
+        let ready = futures_lite::future::or(
+            async {
+                next_batch_ready(shared).await;
+                true
+            },
+            async {
+                glommio::timer::sleep(config.keepalive_interval).await;
+                false
+            },
+        )
+        .await;
+        let batch = match ready {
+            true => shared.outbox.borrow_mut().take_batch(),
+            false => vec![encode_frame(FrameKind::PeerKeepalive, RequestId(0), &[])],
+        };
+        shared.outbox.borrow_mut().in_flight = batch.len();
         let bytes: usize = batch.iter().map(FrameBuf::len).sum();
-        if let Err(error) = conn.write_frames(&batch).await {
+        let written = with_timeout(config.write_timeout, conn.write_frames(&batch)).await;
+        shared.outbox.borrow_mut().in_flight = 0;
+        if let Err(error) = written {
             shared.count(|s| s.frames_dropped += batch.len() as u64);
             return error;
         }
-        shared.count(|s| {
-            s.frames_sent += batch.len() as u64;
-            s.bytes_sent += bytes as u64;
+        shared.count(|s| match ready {
+            true => {
+                s.frames_sent += batch.len() as u64;
+                s.bytes_sent += bytes as u64;
+            }
+            false => s.keepalives_sent += 1,
         });
     }
 }

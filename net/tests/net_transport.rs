@@ -15,15 +15,15 @@ use bytes::Bytes;
 use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringlog_net::fuzzing::samples;
+use ringlog_net::fuzzing::{samples, RejectFfBatches};
 use ringlog_net::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use ringlog_net::transport::{
     Inbound, LinkStats, LinkStatus, ListenerStats, PeerConfig, PeerLink, PeerListener, SendError,
 };
 use ringlog_net::{
-    decode_frame, encode_frame, frame, ClusterId, ErrorReply, FrameChecksumOnly, FrameKind,
-    Handshake, HandshakeReply, PartitionHeartbeat, PartitionId, PeerMessage, RefuseReason,
-    RequestId, Response, ShardId, PEER_PROTOCOL_VERSION,
+    decode_frame, encode_frame, frame, ClusterId, ErrorReply, FrameKind, Handshake, HandshakeReply,
+    PartitionHeartbeat, PartitionId, PeerMessage, RefuseReason, RequestId, Response, ShardId,
+    PEER_PROTOCOL_VERSION,
 };
 use ringlog_raft::{LogIndex, NodeId, Term};
 
@@ -54,7 +54,7 @@ fn spawn_receiver(
     let handle = builder("receiver")
         .spawn(move || async move {
             let (tx, rx) = local_channel::new_bounded(64);
-            let listener = PeerListener::bind(bind, config, Rc::new(FrameChecksumOnly), tx)
+            let listener = PeerListener::bind(bind, config, Rc::new(RejectFfBatches), tx)
                 .expect("bind peer listener");
             addr_tx.send(listener.local_addr()).unwrap();
             let start = Instant::now();
@@ -308,6 +308,28 @@ fn bad_input_closes_only_its_own_connection_after_an_error_reply() {
     let ErrorReply::Malformed { reason } = after_handshake(addr, &undecodable) else { panic!() };
     assert!(reason.contains("raft message tag"), "{reason}");
 
+    // A well-formed Append whose batch fails the receiver's batch check.
+    let corrupt = PeerMessage::Raft {
+        partition: PartitionId(0),
+        message: ringlog_raft::Message::Append {
+            term: Term(2),
+            prev_index: LogIndex(0),
+            prev_term: Term(0),
+            commit: LogIndex(0),
+            entries: vec![ringlog_raft::Entry {
+                term: Term(2),
+                index: LogIndex(1),
+                kind: ringlog_raft::EntryKind::Normal,
+                payload: Bytes::from_static(b"\xFFnot a batch"),
+            }],
+        },
+    };
+    let ErrorReply::Malformed { reason } = after_handshake(addr, &corrupt.encode().to_bytes())
+    else {
+        panic!()
+    };
+    assert!(reason.contains("failed its batch check"), "{reason}");
+
     // A handshake of another cluster.
     let frames = raw_exchange(addr, &handshake_bytes(ClusterId(0xBAD), 7));
     assert_eq!(frames.len(), 1);
@@ -328,7 +350,7 @@ fn bad_input_closes_only_its_own_connection_after_an_error_reply() {
     );
     assert_eq!(stats.connects, 1, "the good link was disturbed: {stats:?}");
     assert_eq!(stats.disconnects, 0, "the good link was disturbed: {stats:?}");
-    assert_eq!(listener.malformed, 5, "{listener:?}");
+    assert_eq!(listener.malformed, 6, "{listener:?}");
     assert_eq!(listener.refused, 1, "{listener:?}");
 }
 
@@ -433,4 +455,44 @@ fn pipelined_client_requests_are_answered_in_order_over_a_frame_stream() {
             (request, answer) => panic!("{request:?} answered with {answer:?}"),
         }
     }
+}
+
+#[test]
+fn an_idle_link_stays_connected_by_keepalives_and_a_silent_connection_is_closed() {
+    let mut receiver_config = config(CLUSTER, 2);
+    receiver_config.idle_timeout = Duration::from_millis(300);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_receiver = stop.clone();
+    let (addr, receiver) =
+        spawn_receiver(receiver_config, loopback(), move |_| stop_receiver.load(Ordering::Relaxed));
+
+    // A raw peer that completes the handshake and then says nothing is closed.
+    let mut stream = StdTcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(&handshake_bytes(CLUSTER, 7)).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the silent connection is closed");
+    let (reply, used) = decode_frame(&Bytes::from(answer.clone()), FRAME_BODY_SIZE_MAX).unwrap();
+    assert!(matches!(HandshakeReply::decode(&reply), Ok(HandshakeReply::Accepted { .. })));
+    assert_eq!(used, answer.len(), "nothing but the handshake reply before the close");
+
+    // A link with nothing to send keeps its connection for many idle timeouts.
+    let sender = builder("sender")
+        .spawn(move || async move {
+            let mut config = config(CLUSTER, 1);
+            config.keepalive_interval = Duration::from_millis(50);
+            let link = PeerLink::connect(config, NodeId(2), addr);
+            assert!(wait_until(|| link.status() == LinkStatus::Connected).await);
+            glommio::timer::sleep(Duration::from_millis(1500)).await;
+            link.stats()
+        })
+        .unwrap();
+    let stats = sender.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (received, listener) = receiver.join().unwrap();
+    assert_eq!(stats.connects, 1, "{stats:?}");
+    assert_eq!(stats.disconnects, 0, "{stats:?}");
+    assert!(stats.keepalives_sent >= 3, "{stats:?}");
+    assert!(received.is_empty(), "keepalives are not delivered: {received:?}");
+    assert_eq!(listener.messages, 0);
 }

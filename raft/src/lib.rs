@@ -13,8 +13,17 @@
 //! propose_membership(change) -> Result<LogIndex, _>
 //! read_index(ctx) -> Result<(), _>                 // linearizable read (ReadIndex)
 //! transfer_leadership(to) -> Result<(), _>
+//! handle_unreachable(peer)                         // transport lost the peer: probe it again
+//! handle_log_start(start)                          // retention moved the local log start
 //! poll_action() -> Option<Action>                  // what to do now; drain after every input
 //! ```
+//!
+//! Observers: `role`, `term`, `leader`, `commit`, `durable`, `last_index`, `log_start`,
+//! `membership`, `hard_state`, `is_damaged`, `progress(peer)`, `transfer_target`.
+//!
+//! Modules: [`replica`] (the state machine), [`log`] (the local log as term runs),
+//! [`progress`] (per-follower replication state), [`quorum`], [`config`] (`Config`, limits,
+//! `Recovered`), [`errors`], and [`sim`], the deterministic simulator.
 //!
 //! Architecture invariant: this crate depends on neither `ringlog-engine` nor `ringlog-net`.
 

@@ -1180,7 +1180,11 @@ impl Replica {
         commit: LogIndex,
         mut entries: Vec<Entry>,
     ) {
-        // Bad input from a peer (non-contiguous entries, terms out of order) is dropped.
+        // Bad input from a peer (indexes near overflow, non-contiguous entries, terms out of
+        // order) is dropped.
+        if prev_index.0 >= u64::MAX / 2 || entries.len() as u64 >= u64::MAX / 2 {
+            return;
+        }
         let well_formed = entries.iter().enumerate().all(|(i, e)| {
             e.index.0 == prev_index.0 + 1 + i as u64
                 && e.term <= self.term
@@ -1297,8 +1301,9 @@ impl Replica {
         commit: LogIndex,
         membership: Membership,
     ) {
-        if start.0 == 0 || start.prev() > commit {
-            return; // Malformed: the leader's log start is always at most commit + 1.
+        if start.0 == 0 || start.prev() > commit || prev_term > self.term {
+            // Malformed: the leader's log start is at most commit + 1, its terms at most ours.
+            return;
         }
         let matches = start <= self.log.start() || self.log.matches(start.prev(), prev_term);
         if matches {

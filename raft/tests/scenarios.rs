@@ -576,3 +576,30 @@ fn the_leader_never_exceeds_a_followers_inflight_window() {
     c.run();
     assert_eq!(c.replica(1).progress(n(2)).unwrap().match_index, c.replica(1).last_index());
 }
+
+#[test]
+fn the_leader_bounds_a_followers_inflight_bytes() {
+    // Design §3.4: the per-follower window is bounded in bytes as well as messages.
+    let mut c = Cluster::with(3, |id| {
+        let mut cfg = config(id);
+        cfg.inflight_bytes_max = 1000;
+        cfg
+    });
+    c.elect(1);
+    c.node_mut(2).auto_sync = false;
+    let payload = "x".repeat(300);
+    for _ in 0..10 {
+        c.propose(1, &payload).unwrap();
+    }
+    let pr = c.replica(1).progress(n(2)).unwrap();
+    // 300-byte entries: the fourth message crosses 1000 bytes and closes the window.
+    assert_eq!(pr.inflight_msgs, 4);
+    assert_eq!(pr.inflight_bytes, 1200);
+    let in_flight: usize = c
+        .net
+        .iter()
+        .filter(|(f, t, _)| f.0 == 1 && t.0 == 2)
+        .map(|(_, _, m)| m.payload_bytes())
+        .sum();
+    assert_eq!(in_flight, 1200);
+}

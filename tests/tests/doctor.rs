@@ -88,12 +88,7 @@ impl Report {
             .find(|line| line.starts_with("summary: "))
             .unwrap_or_else(|| panic!("no summary line in {stdout}"))
             .to_string();
-        Report {
-            checks,
-            summary,
-            code: output.status.code(),
-            stdout,
-        }
+        Report { checks, summary, code: output.status.code(), stdout }
     }
 
     fn line(&self, name: &str) -> (&str, &str) {

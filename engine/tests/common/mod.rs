@@ -15,7 +15,7 @@ where
 {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
-        .spawn(move || make())
+        .spawn(make)
         .expect("spawn executor")
         .join()
         .expect("executor thread")

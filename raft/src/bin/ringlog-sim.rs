@@ -143,8 +143,16 @@ fn run_range(args: &Args) -> ExitCode {
     install_quiet_panic_hook();
     let started = Instant::now();
     let total = args.seeds.end.saturating_sub(args.seeds.start);
-    let step = (total / 20).clamp(1, 5_000);
+    let step = (total / 20).clamp(1, 1_000);
+    let failures_printed = std::sync::atomic::AtomicUsize::new(0);
     let progress = |r: &RangeReport| {
+        // Failures are printed as they happen (the full list comes again at the end).
+        if r.failures.len() > failures_printed.load(std::sync::atomic::Ordering::Relaxed) {
+            failures_printed.store(r.failures.len(), std::sync::atomic::Ordering::Relaxed);
+            let (seed, failure) = r.failures.last().expect("non-empty");
+            println!("FAILED seed {seed}: {failure}");
+            println!("  replay: {}", replay_command(&options(args, *seed)));
+        }
         if r.seeds_run % step == 0 || r.seeds_run == total {
             let secs = started.elapsed().as_secs_f64();
             println!(

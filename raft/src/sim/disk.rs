@@ -55,7 +55,9 @@ pub enum DiskOp {
         membership: Membership,
     },
     /// Retention: entries below `start` are deleted (whole sealed segments, in the engine).
-    AdvanceStart { start: LogIndex },
+    AdvanceStart {
+        start: LogIndex,
+    },
     /// The replica was repaired (`Action::Repaired`): clear the persistent damaged mark.
     ClearDamaged,
 }
@@ -604,8 +606,11 @@ mod tests {
         let recovered = disk.recover();
         assert!(recovered.damaged);
         assert!(recovered.entries.len() < 2);
-        // Recovery rewrote the disk: the next restart finds no damage.
-        assert!(!disk.recover().damaged);
+        // Recovery cut the log durably and marked it damaged: the next restart is still
+        // damaged (until a repair is durable) but loses nothing more.
+        let again = disk.recover();
+        assert!(again.damaged);
+        assert_eq!(again.entries, recovered.entries);
     }
 
     #[test]
@@ -634,6 +639,52 @@ mod tests {
         let recovered = disk.recover();
         assert_eq!(recovered.hard_state.term, Term(3));
         assert!(!recovered.damaged);
+    }
+
+    #[test]
+    fn damaged_mark_persists_until_the_repair_is_durable() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut disk = SimDisk::new();
+        disk.wipe();
+        assert!(disk.recover().damaged);
+        disk.crash(&mut rng, Tear::None);
+        assert!(disk.recover().damaged, "still damaged: no repair written");
+        disk.write(DiskOp::ClearDamaged).unwrap();
+        disk.crash(&mut rng, Tear::None);
+        // The unsynced repair may or may not have landed; once synced it must have.
+        disk.recover();
+        disk.write(DiskOp::ClearDamaged).unwrap();
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        disk.crash(&mut rng, Tear::None);
+        assert!(!disk.recover().damaged);
+    }
+
+    #[test]
+    fn retention_moves_the_start_and_keeps_the_membership_it_deleted() {
+        let mut disk = SimDisk::new();
+        let members = Membership { voters: vec![NodeId(1), NodeId(2)], learners: vec![] };
+        let mut change = entry(2, 1);
+        change.kind = EntryKind::Membership(members.clone());
+        disk.write(DiskOp::Append(vec![entry(1, 1), change, entry(3, 2)])).unwrap();
+        disk.write(DiskOp::AdvanceStart { start: LogIndex(3) }).unwrap();
+        assert!(disk.write(DiskOp::AdvanceStart { start: LogIndex(3) }).is_err());
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        let recovered = disk.recover();
+        assert_eq!(recovered.log_start, LogIndex(3));
+        assert_eq!(recovered.start_prev_term, Term(1));
+        assert_eq!(recovered.entries, vec![entry(3, 2)]);
+        assert_eq!(recovered.base_membership, Some(members));
+    }
+
+    #[test]
+    fn failed_sync_is_reported_and_makes_nothing_durable() {
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::Append(vec![entry(1, 1)])).unwrap();
+        disk.request_sync(3, true);
+        assert_eq!(disk.poll_sync(3), Some(SyncOutcome::Failed));
+        assert_eq!(disk.durable_last().0, LogIndex(0));
     }
 
     #[test]

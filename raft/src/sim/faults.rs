@@ -51,6 +51,9 @@ pub struct FaultConfig {
     pub retention: bool,
     /// The transport reports a peer unreachable (a hint; sometimes spurious).
     pub unreachable_reports: bool,
+    /// The operator removes a voter, adds it back as a learner, and the driver promotes it
+    /// once the leader reports it caught up (single-server changes).
+    pub membership_changes: bool,
 }
 
 impl FaultConfig {
@@ -73,6 +76,7 @@ impl FaultConfig {
             leadership_transfers: true,
             retention: true,
             unreachable_reports: true,
+            membership_changes: true,
         }
     }
 
@@ -95,6 +99,7 @@ impl FaultConfig {
             leadership_transfers: false,
             retention: false,
             unreachable_reports: false,
+            membership_changes: false,
         }
     }
 }
@@ -102,20 +107,53 @@ impl FaultConfig {
 /// One fault, as the world applies it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
-    Crash { node: NodeId, tear: bool },
-    Restart { node: NodeId },
-    FailNextFsync { node: NodeId },
-    SlowFsyncs { node: NodeId, steps: u64 },
-    FlipBitAtRest { node: NodeId },
-    Wipe { node: NodeId },
-    Isolate { node: NodeId },
-    Split { side: Vec<NodeId> },
-    CutOneWay { from: NodeId, to: NodeId },
+    Crash {
+        node: NodeId,
+        tear: bool,
+    },
+    Restart {
+        node: NodeId,
+    },
+    FailNextFsync {
+        node: NodeId,
+    },
+    SlowFsyncs {
+        node: NodeId,
+        steps: u64,
+    },
+    FlipBitAtRest {
+        node: NodeId,
+    },
+    Wipe {
+        node: NodeId,
+    },
+    Isolate {
+        node: NodeId,
+    },
+    Split {
+        side: Vec<NodeId>,
+    },
+    CutOneWay {
+        from: NodeId,
+        to: NodeId,
+    },
     Heal,
     Weather(NetworkWeather),
-    TransferLeadership { to: NodeId },
-    Retention { node: NodeId },
-    Unreachable { node: NodeId, peer: NodeId },
+    TransferLeadership {
+        to: NodeId,
+    },
+    Retention {
+        node: NodeId,
+    },
+    Unreachable {
+        node: NodeId,
+        peer: NodeId,
+    },
+    /// Remove a random voter if all nodes are voters (and the damage budget allows), else add
+    /// the missing node back as a learner.
+    ChangeMembership {
+        victim: NodeId,
+    },
 }
 
 /// What the scheduler may look at.
@@ -142,6 +180,7 @@ enum Kind {
     Transfer,
     Retention,
     Unreachable,
+    Membership,
 }
 
 /// The fault scheduler of one run.
@@ -218,6 +257,9 @@ impl FaultScheduler {
         if c.unreachable_reports && !up.is_empty() && n > 1 {
             kinds.push(Kind::Unreachable);
         }
+        if c.membership_changes && n > 1 {
+            kinds.push(Kind::Membership);
+        }
         if kinds.is_empty() {
             return None;
         }
@@ -258,6 +300,7 @@ impl FaultScheduler {
             Kind::Weather => Fault::Weather(self.weather()),
             Kind::Transfer => Fault::TransferLeadership { to: any(&mut self.rng) },
             Kind::Retention => Fault::Retention { node: up[self.rng.gen_range(0..up.len())] },
+            Kind::Membership => Fault::ChangeMembership { victim: any(&mut self.rng) },
             Kind::Unreachable => {
                 let node = up[self.rng.gen_range(0..up.len())];
                 let peer = NodeId((node.0 + self.rng.gen_range(0..n as u32 - 1)) % n as u32 + 1);

@@ -29,7 +29,7 @@ use super::{Mutation, RunSummary, SimOptions};
 use crate::action::Action;
 use crate::config::{Config, Recovered};
 use crate::errors::ProposeError;
-use crate::message::{EntryKind, Membership, Message};
+use crate::message::{EntryKind, Membership, MembershipChange, Message};
 use crate::replica::Replica;
 use crate::types::{LogIndex, NodeId, Role, Term};
 
@@ -50,6 +50,10 @@ struct SimNode {
     slow_fsyncs_until: u64,
     /// Durability reports owed right away (the `AckBeforeDurable` mutation).
     early_reports: Vec<(LogIndex, Term)>,
+    /// The membership in effect at this replica, as last reported (kept while it is down).
+    membership: Membership,
+    /// Learners the leader reported caught up, to promote once the current drain ends.
+    promotions: Vec<NodeId>,
 }
 
 /// The simulation of one seed.
@@ -102,6 +106,8 @@ impl Simulation {
                 fail_next_fsync: false,
                 slow_fsyncs_until: 0,
                 early_reports: Vec::new(),
+                membership: bootstrap.clone(),
+                promotions: Vec::new(),
             })
             .collect();
         Simulation {
@@ -214,14 +220,22 @@ impl Simulation {
 
     // ---- faults ------------------------------------------------------------------------
 
-    fn damaged_count(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| match n.replica {
-                Some(_) => n.damaged,
-                None => n.disk.damaged_on_recovery(),
-            })
-            .count()
+    /// Whether node `j` is impaired: damaged (or would recover damaged), or not a voter as far
+    /// as any replica knows. Disk damage and membership removals share one budget, so that a
+    /// majority of the nodes always stays undamaged voters (design.md §2: the loss of a
+    /// majority's disks is not covered).
+    fn impaired(&self, j: usize) -> bool {
+        let n = &self.nodes[j];
+        let damaged = match n.replica {
+            Some(_) => n.damaged,
+            None => n.disk.damaged_on_recovery(),
+        };
+        damaged || self.nodes.iter().any(|m| !m.membership.voters.contains(&n.id))
+    }
+
+    /// Impaired nodes, `except` one.
+    fn impaired_count(&self, except: Option<usize>) -> usize {
+        (0..self.nodes.len()).filter(|&j| Some(j) != except && self.impaired(j)).count()
     }
 
     /// Damage beyond a minority of replicas is outside the fault model (design.md §2).
@@ -232,7 +246,7 @@ impl Simulation {
     fn inject_faults(&mut self) -> CheckResult {
         let view = FaultView {
             up: self.nodes.iter().map(|n| n.replica.is_some()).collect(),
-            damage_allowed: self.damaged_count() < self.damage_budget(),
+            damage_allowed: self.impaired_count(None) < self.damage_budget(),
             any_link_cut: self.net.cut_link_count() > 0,
         };
         for fault in self.faults.faults(&view) {
@@ -298,6 +312,7 @@ impl Simulation {
             Fault::Heal => self.net.heal(),
             Fault::Weather(weather) => self.net.set_weather(weather),
             Fault::Retention { node } => self.retention(self.slot(node))?,
+            Fault::ChangeMembership { victim } => self.change_membership(victim)?,
             Fault::Unreachable { node, peer } => {
                 let i = self.slot(node);
                 if let Some(replica) = self.nodes[i].replica.as_mut() {
@@ -318,6 +333,38 @@ impl Simulation {
         Ok(())
     }
 
+    /// The operator's membership change, proposed to the current leader: add back a node
+    /// that is not a member (as a learner), promote a learner, or remove `victim` if every
+    /// node is a voter and the budget allows one more impaired replica.
+    fn change_membership(&mut self, victim: NodeId) -> CheckResult {
+        let Some(i) = self.leader_slot() else {
+            return Ok(());
+        };
+        let membership = self.nodes[i].membership.clone();
+        let missing = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|id| !membership.voters.contains(id) && !membership.learners.contains(id));
+        let change = match missing {
+            Some(node) => MembershipChange::AddLearner(node),
+            // A learner whose promotion was refused (the leader reports it caught up only
+            // once per leadership): the operator retries.
+            None if !membership.learners.is_empty() => {
+                MembershipChange::Promote(membership.learners[0])
+            }
+            None if self.impaired_count(None) < self.damage_budget() => {
+                MembershipChange::Remove(victim)
+            }
+            None => return Ok(()),
+        };
+        let result =
+            self.nodes[i].replica.as_mut().expect("leader is up").propose_membership(change);
+        let id = self.nodes[i].id;
+        self.trace.line(self.now, id, || format!("propose_membership {change:?}: {result:?}"));
+        self.drain(i)
+    }
+
     /// Retention on node `i`: deletes a random prefix of its committed, durable entries.
     fn retention(&mut self, i: usize) -> CheckResult {
         let node = &self.nodes[i];
@@ -325,11 +372,8 @@ impl Simulation {
             return Ok(());
         };
         let lowest = node.disk.written_log_start().next();
-        let highest = replica
-            .commit()
-            .min(node.disk.written_last().0)
-            .min(node.disk.durable_last().0)
-            .next();
+        let highest =
+            replica.commit().min(node.disk.written_last().0).min(node.disk.durable_last().0).next();
         if lowest > highest {
             return Ok(());
         }
@@ -341,20 +385,9 @@ impl Simulation {
         self.drain(i)
     }
 
+    /// Whether node `i` may be damaged now (it may already be impaired itself).
     fn damage_allowed_for(&self, i: usize) -> bool {
-        let others = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(j, n)| {
-                *j != i
-                    && match n.replica {
-                        Some(_) => n.damaged,
-                        None => n.disk.damaged_on_recovery(),
-                    }
-            })
-            .count();
-        others < self.damage_budget()
+        self.impaired_count(Some(i)) < self.damage_budget()
     }
 
     fn crash(&mut self, i: usize, tear: Tear) {
@@ -416,12 +449,17 @@ impl Simulation {
                 recovered.damaged
             )
         });
+        let membership = recovered
+            .membership_entries
+            .last()
+            .map_or_else(|| recovered.membership.clone(), |(_, m)| m.clone());
         let config = Config::new(id, seed);
         let replica = Replica::new(config, recovered).map_err(|e| Violation {
             step: now,
             what: format!("{id}: Replica::new refused the recovered state: {e}"),
         })?;
         self.nodes[i].replica = Some(replica);
+        self.nodes[i].membership = membership;
         self.client.on_node_restarted(id);
         let (incarnation, term) = (self.nodes[i].incarnation, self.nodes[i].term);
         self.client.on_node_changed(id, incarnation, term);
@@ -475,20 +513,31 @@ impl Simulation {
 
     // ---- the driver ----------------------------------------------------------------------
 
-    /// Carries out every action the replica has queued, in order.
+    /// Carries out every action the replica has queued, in order; then the inputs the driver
+    /// owes the replica in reply (promotions, and the mutation's early durability reports),
+    /// until nothing is left.
     fn drain(&mut self, i: usize) -> CheckResult {
         loop {
             while let Some(action) = self.nodes[i].replica.as_mut().and_then(Replica::poll_action) {
                 self.execute(i, action)?;
             }
+            let promotions = std::mem::take(&mut self.nodes[i].promotions);
             let reports = std::mem::take(&mut self.nodes[i].early_reports);
-            if reports.is_empty() {
+            if promotions.is_empty() && reports.is_empty() {
                 return Ok(());
             }
-            if let Some(replica) = self.nodes[i].replica.as_mut() {
-                for (through, term) in reports {
-                    replica.handle_durable(through, term);
-                }
+            let id = self.nodes[i].id;
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                return Ok(());
+            };
+            for learner in promotions {
+                let change = MembershipChange::Promote(learner);
+                let result = replica.propose_membership(change);
+                self.trace
+                    .line(self.now, id, || format!("propose_membership {change:?}: {result:?}"));
+            }
+            for (through, term) in reports {
+                replica.handle_durable(through, term);
             }
         }
     }
@@ -592,7 +641,12 @@ impl Simulation {
                 self.write(i, DiskOp::ClearDamaged)?;
                 self.request_sync(i);
             }
-            Action::LearnerCaughtUp { .. } | Action::MembershipChanged(_) => {}
+            Action::LearnerCaughtUp { learner, .. } => {
+                // The driver promotes a caught-up learner (as the replicator's operator API
+                // would), after the current input's actions are carried out.
+                self.nodes[i].promotions.push(learner);
+            }
+            Action::MembershipChanged(membership) => self.nodes[i].membership = membership,
         }
         Ok(())
     }
