@@ -326,6 +326,7 @@ impl NodeConfig {
                 PinningMode::Always => Pinning::Always,
                 PinningMode::Never => Pinning::Never,
             },
+            faults: None,
         }
     }
 
@@ -667,6 +668,16 @@ json = true
     }
 
     #[test]
+    fn unknown_section_and_unknown_peer_field_are_rejected() {
+        let section = with("[storag]\nsegment_size = 268435456\n");
+        let error = load(&section).unwrap_err().to_string();
+        assert!(error.contains("unknown field `storag`"), "{error}");
+        let peer = MINIMAL.replace("id = 3\n", "id = 3\nweight = 2\n");
+        let error = load(&peer).unwrap_err().to_string();
+        assert!(error.contains("unknown field `weight`"), "{error}");
+    }
+
+    #[test]
     fn an_address_that_does_not_parse_is_rejected_with_its_position() {
         let text = MINIMAL.replace("\"127.0.0.1:7203\"", "\"127.0.0.1\"");
         let error = load(&text).unwrap_err();
@@ -682,7 +693,8 @@ json = true
     fn a_negative_size_is_a_parse_error_naming_the_line() {
         let text = with("[storage]\nbatch_size_max = -4096\n");
         let error = load(&text).unwrap_err();
-        assert!(matches!(error, ConfigError::Parse { line, .. } if line == text.lines().count()));
+        let expected = text.lines().position(|l| l.starts_with("batch_size_max")).unwrap() + 1;
+        assert!(matches!(error, ConfigError::Parse { line, .. } if line == expected), "{error}");
     }
 
     #[test]

@@ -18,17 +18,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ringlog_net::limits::{ENTRY_WIRE_OVERHEAD_MAX, FRAME_HEADER_SIZE, GROUP_MEMBERS_MAX};
-use ringlog_net::ShardId;
 
 use crate::config::NodeConfig;
-use crate::config_keys::{KEYS, BLOCK};
+use crate::config_keys::{BLOCK, KEYS};
 
 /// Levels a `log.level` directive may name.
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// Room a frame body needs besides the entries of an `Append` (fixed fields).
 const FRAME_FIXED_FIELDS_BYTES: u64 = 1024;
 /// A batch must fit a segment after the header block, with padding (engine limits.rs).
-const SEGMENT_OVERHEAD_BYTES: u64 = 3 * BLOCK;
+pub const SEGMENT_OVERHEAD_BYTES: u64 = 3 * BLOCK;
 
 /// One invalid value of a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -226,11 +225,9 @@ fn check_peers(config: &NodeConfig, problems: &mut Vec<Problem>) {
                 problems.push(bound(&key, address, text));
             }
             match seen.get(&address) {
-                Some(other) => problems.push(Problem::DuplicateAddress {
-                    key,
-                    address,
-                    other: other.clone(),
-                }),
+                Some(other) => {
+                    problems.push(Problem::DuplicateAddress { key, address, other: other.clone() })
+                }
                 None => {
                     seen.insert(address, key);
                 }
@@ -286,7 +283,12 @@ fn check_data_dir(path: &Path) -> Result<(), Problem> {
         Ok(_) => std::fs::read_dir(path)
             .map(drop)
             .map_err(|e| problem(format!("is a directory but cannot be read: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             let ancestor = path.ancestors().skip(1).find(|a| a.exists());
             match ancestor {
                 Some(a) if a.is_dir() => Ok(()),
@@ -301,18 +303,12 @@ fn check_data_dir(path: &Path) -> Result<(), Problem> {
     }
 }
 
-/// Runs the converted configs through their owners' own checks.
+/// Runs the converted configs through their owners' own checks (the engine and the Raft core).
 fn check_converted(config: &NodeConfig, problems: &mut Vec<Problem>) {
     if let Err(e) = config.to_log_config().validate() {
         problems.push(Problem::Refused { component: "engine log", detail: e.to_string() });
     }
     if let Err(e) = config.to_raft_config(0).validate() {
         problems.push(Problem::Refused { component: "raft", detail: e.to_string() });
-    }
-    let peer = config.to_peer_config(ShardId(0));
-    if peer.idle_timeout < peer.keepalive_interval * 3 || peer.backoff_max < peer.backoff_initial
-    {
-        let detail = format!("{peer:?}");
-        problems.push(Problem::Refused { component: "net peer transport", detail });
     }
 }

@@ -64,18 +64,19 @@ pub fn run(args: &ConfigArgs) -> ExitCode {
 pub fn check_summary(config: &NodeConfig) -> String {
     let engine = config.to_engine_config();
     let raft = config.to_raft_config(0);
+    let peer = config.to_peer_config(ringlog_net::ShardId(0));
     let tick_ms = config.tick_interval().as_millis() as u64;
     let voters: Vec<u32> = config.bootstrap_membership().voters.iter().map(|v| v.0).collect();
-    let memlock = ringlog_engine::runtime::memlock_required_bytes(
-        engine.shards,
-        engine.io_memory_bytes,
-    );
+    let memlock =
+        ringlog_engine::runtime::memlock_required_bytes(engine.shards, engine.io_memory_bytes);
     let address = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
     format!(
         "node {} of cluster {}, voters {voters:?}, data_dir {}\n\
          shards {}, partitions {}, io_memory {} bytes: RLIMIT_MEMLOCK needed {memlock} bytes\n\
          listen client {}, peer {}, metrics {}\n\
-         segment_size {} bytes, election timeout {}..{} ms, heartbeat every {} ms\n",
+         segment_size {} bytes, election timeout {}..{} ms, heartbeat every {} ms\n\
+         peer links: frame body <= {} bytes, queue <= {} frames / {} bytes, keepalive every \
+         {:?}, reconnect backoff {:?}..{:?}\n",
         config.node_id,
         config.cluster_id,
         engine.data_dir.display(),
@@ -89,5 +90,11 @@ pub fn check_summary(config: &NodeConfig) -> String {
         tick_ms * u64::from(raft.election_ticks),
         2 * tick_ms * u64::from(raft.election_ticks),
         tick_ms * u64::from(raft.heartbeat_ticks),
+        peer.frame_body_size_max,
+        peer.queue_frames_max,
+        peer.queue_bytes_max,
+        peer.keepalive_interval,
+        peer.backoff_initial,
+        peer.backoff_max,
     )
 }

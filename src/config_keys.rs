@@ -32,6 +32,11 @@ pub const TOML_INT_MAX: u64 = i64::MAX as u64;
 /// 4 KiB: the IO block every storage size is a multiple of.
 pub const BLOCK: u64 = BLOCK_SIZE as u64;
 
+// Numbers spelled out in the `KEYS` texts below (a static cannot format them in).
+const _: () = assert!(net::ENTRY_WIRE_OVERHEAD_MAX == 281);
+const _: () = assert!(net::GROUP_MEMBERS_MAX == 64);
+const _: () = assert!(crate::config_check::SEGMENT_OVERHEAD_BYTES == 12288);
+
 /// How a key's default is stated in the reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultValue {
@@ -124,170 +129,359 @@ const ADDRESS: &str = "string (IP:port)";
 
 /// Every key of the configuration file, in file order.
 pub static KEYS: &[KeySpec] = &[
-    num("node_id", COUNT, (1, u32::MAX as u64), |c| Some(c.node_id as u64),
-        "This node's id; must be one of `peers[].id`.")
-        .required(),
-    num("cluster_id", COUNT, (1, TOML_INT_MAX), |c| Some(c.cluster_id),
-        "The cluster's id, the same on every node; nodes refuse peers of another cluster.")
-        .required(),
-    key("data_dir", "string (path)",
+    num(
+        "node_id",
+        COUNT,
+        (1, u32::MAX as u64),
+        |c| Some(c.node_id as u64),
+        "This node's id; must be one of `peers[].id`.",
+    )
+    .required(),
+    num(
+        "cluster_id",
+        COUNT,
+        (1, TOML_INT_MAX),
+        |c| Some(c.cluster_id),
+        "The cluster's id, the same on every node; nodes refuse peers of another cluster.",
+    )
+    .required(),
+    key(
+        "data_dir",
+        "string (path)",
         "Parent of every partition's log (`data_dir/<partition>/`). A relative path is \
          relative to the config file's directory. Must be a directory, or not exist yet under \
-         an existing directory (it is created).")
-        .required(),
-    num("shards", COUNT, (1, SHARDS_MAX as u64), |c| c.shards,
+         an existing directory (it is created).",
+    )
+    .required(),
+    num(
+        "shards",
+        COUNT,
+        (1, SHARDS_MAX as u64),
+        |c| c.shards,
         "Executor threads, one per core; partition `p` lives on shard `p % shards`. More \
-         shards than CPUs is a warning.")
-        .note("available CPUs - 1, at least 1"),
-    num("io_memory", BYTES, (IO_MEMORY_MIN, IO_MEMORY_MAX), |c| Some(c.io_memory),
+         shards than CPUs is a warning.",
+    )
+    .note("available CPUs - 1, at least 1"),
+    num(
+        "io_memory",
+        BYTES,
+        (IO_MEMORY_MIN, IO_MEMORY_MAX),
+        |c| Some(c.io_memory),
         "IO memory each executor registers with each of its 3 io_uring rings: the process \
-         needs `shards × 3 × io_memory` of RLIMIT_MEMLOCK (`ringlog doctor` checks it).")
-        .blocks(),
-    num("partitions", COUNT, (1, PARTITIONS_MAX as u64), |c| Some(c.partitions),
-        "Partitions of the cluster, each its own Raft group; the same on every node."),
-    key("pinning", "string: `auto`, `always`, `never`",
+         needs `shards × 3 × io_memory` of RLIMIT_MEMLOCK (`ringlog doctor` checks it).",
+    )
+    .blocks(),
+    num(
+        "partitions",
+        COUNT,
+        (1, PARTITIONS_MAX as u64),
+        |c| Some(c.partitions),
+        "Partitions of the cluster, each its own Raft group; the same on every node.",
+    ),
+    key(
+        "pinning",
+        "string: `auto`, `always`, `never`",
         "CPU placement of the shards: `auto` pins shard `i` to CPU `i` when there are more \
          CPUs than shards (one left for the kernel's IO completions), `always` pins to \
-         `i % cpus`, `never` leaves placement to the kernel."),
-    key("spin", BOOL,
+         `i % cpus`, `never` leaves placement to the kernel.",
+    ),
+    key(
+        "spin",
+        BOOL,
         "Executors spin briefly before parking. Only for dedicated bare-metal cores: a \
-         spinning executor starves IO completion on a shared host."),
-    num("command_queue_max", COUNT, (1, COMMAND_QUEUE_MAX_LIMIT as u64),
+         spinning executor starves IO completion on a shared host.",
+    ),
+    num(
+        "command_queue_max",
+        COUNT,
+        (1, COMMAND_QUEUE_MAX_LIMIT as u64),
         |c| Some(c.command_queue_max),
-        "Commands queued in one shard's mailbox before callers get Backpressure."),
+        "Commands queued in one shard's mailbox before callers get Backpressure.",
+    ),
     key("listen.client", ADDRESS, "Address this node binds for client traffic.")
         .note("this node's `peers[].client`"),
     key("listen.peer", ADDRESS, "Address this node binds for Raft traffic from other nodes.")
         .note("this node's `peers[].peer`"),
-    key("listen.metrics", ADDRESS,
+    key(
+        "listen.metrics",
+        ADDRESS,
         "Address of the Prometheus text metrics endpoint (loopback by default: expose it \
-         deliberately)."),
-    key("peers", "array of tables",
+         deliberately).",
+    ),
+    key(
+        "peers",
+        "array of tables",
         "Every voter of the cluster, this node included, 1..=64 entries (the same list on \
-         every node); ids and addresses must be unique.")
-        .required(),
+         every node); ids and addresses must be unique.",
+    )
+    .required(),
     num("peers[].id", COUNT, (1, u32::MAX as u64), |_| None, "The node's id.").required(),
-    key("peers[].peer", ADDRESS,
-        "Address other nodes reach this node on for Raft traffic (port not 0).")
-        .required(),
-    key("peers[].client", ADDRESS, "Address clients reach this node on (port not 0).")
-        .required(),
-    num("storage.segment_size", BYTES, (SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX),
+    key(
+        "peers[].peer",
+        ADDRESS,
+        "Address other nodes reach this node on for Raft traffic (port not 0).",
+    )
+    .required(),
+    key("peers[].client", ADDRESS, "Address clients reach this node on (port not 0).").required(),
+    num(
+        "storage.segment_size",
+        BYTES,
+        (SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX),
         |c| Some(c.storage.segment_size),
-        "Size of every segment file (preallocated and zero-filled ahead of need).")
-        .blocks(),
-    num("storage.flush_bytes_max", BYTES, (BLOCK, SEGMENT_SIZE_MAX / 2),
+        "Size of every segment file (preallocated and zero-filled ahead of need).",
+    )
+    .blocks(),
+    num(
+        "storage.flush_bytes_max",
+        BYTES,
+        (BLOCK, SEGMENT_SIZE_MAX / 2),
         |c| Some(c.storage.flush_bytes_max),
-        "Most bytes of batches coalesced into one write + fdatasync (group commit).")
-        .blocks()
-        .relation(">= storage.batch_size_max; <= storage.segment_size / 2"),
-    num("storage.queued_bytes_max", BYTES, (BLOCK, BYTES_LIMIT_MAX),
+        "Most bytes of batches coalesced into one write + fdatasync (group commit).",
+    )
+    .blocks()
+    .relation(">= storage.batch_size_max; <= storage.segment_size / 2"),
+    num(
+        "storage.queued_bytes_max",
+        BYTES,
+        (BLOCK, BYTES_LIMIT_MAX),
         |c| Some(c.storage.queued_bytes_max),
-        "Bytes appended but not yet durable per partition; past it appends get Backpressure.")
-        .blocks()
-        .relation(">= storage.flush_bytes_max"),
-    num("storage.batch_size_max", BYTES, (BLOCK, net::BATCH_SIZE_MAX as u64),
+        "Bytes appended but not yet durable per partition; past it appends get Backpressure.",
+    )
+    .blocks()
+    .relation(">= storage.flush_bytes_max"),
+    num(
+        "storage.batch_size_max",
+        BYTES,
+        (BLOCK, net::BATCH_SIZE_MAX as u64),
         |c| Some(c.storage.batch_size_max),
-        "Largest record batch, header included (also the largest produce on the wire).")
-        .blocks()
-        .relation("<= storage.segment_size - 12288"),
-    num("storage.tail_cache_bytes_max", BYTES, (0, BYTES_LIMIT_MAX),
+        "Largest record batch, header included (also the largest produce on the wire).",
+    )
+    .blocks()
+    .relation("<= storage.segment_size - 12288"),
+    num(
+        "storage.tail_cache_bytes_max",
+        BYTES,
+        (0, BYTES_LIMIT_MAX),
         |c| Some(c.storage.tail_cache_bytes_max),
-        "Bytes of recent batches per partition kept in memory for readers at the head.")
-        .blocks(),
-    num("storage.index_interval_bytes", BYTES, (BLOCK, SEGMENT_SIZE_MAX),
+        "Bytes of recent batches per partition kept in memory for readers at the head.",
+    )
+    .blocks(),
+    num(
+        "storage.index_interval_bytes",
+        BYTES,
+        (BLOCK, SEGMENT_SIZE_MAX),
         |c| Some(c.storage.index_interval_bytes),
-        "Bytes between two entries of a segment's sparse offset index.")
-        .blocks()
-        .relation("<= storage.segment_size"),
-    num("storage.retention_bytes_max", BYTES, (1, TOML_INT_MAX),
+        "Bytes between two entries of a segment's sparse offset index.",
+    )
+    .blocks()
+    .relation("<= storage.segment_size"),
+    num(
+        "storage.retention_bytes_max",
+        BYTES,
+        (1, TOML_INT_MAX),
         |c| c.storage.retention_bytes_max,
         "Retention: keep at most this many bytes of sealed segments per partition (whole \
-         segments are deleted).")
-        .relation(">= storage.segment_size")
-        .note("unset: unlimited"),
-    num("storage.retention_age_max_secs", "integer (s)", (1, TOML_INT_MAX),
+         segments are deleted).",
+    )
+    .relation(">= storage.segment_size")
+    .note("unset: unlimited"),
+    num(
+        "storage.retention_age_max_secs",
+        "integer (s)",
+        (1, TOML_INT_MAX),
         |c| c.storage.retention_age_max_secs,
-        "Retention: delete sealed segments whose newest record is older than this.")
-        .note("unset: unlimited"),
-    key("storage.recovery_mode", "string: `strict`, `truncate_at_corruption`",
+        "Retention: delete sealed segments whose newest record is older than this.",
+    )
+    .note("unset: unlimited"),
+    key(
+        "storage.recovery_mode",
+        "string: `strict`, `truncate_at_corruption`",
         "Corruption in the middle of a log at start: `strict` refuses to open it (naming \
          segment and position), `truncate_at_corruption` cuts the log there and lets Raft \
-         repair the range from the leader."),
-    num("raft.tick_interval_ms", MILLIS, (1, 10_000), |c| Some(c.raft.tick_interval_ms),
-        "Duration of one Raft tick; election and heartbeat intervals count ticks."),
-    num("raft.election_ticks", COUNT, (2, 10_000), |c| Some(c.raft.election_ticks),
+         repair the range from the leader.",
+    ),
+    num(
+        "raft.tick_interval_ms",
+        MILLIS,
+        (1, 10_000),
+        |c| Some(c.raft.tick_interval_ms),
+        "Duration of one Raft tick; election and heartbeat intervals count ticks.",
+    ),
+    num(
+        "raft.election_ticks",
+        COUNT,
+        (2, 10_000),
+        |c| Some(c.raft.election_ticks),
         "Election timeout in ticks (randomized in [election_ticks, 2 × election_ticks)); \
-         also the CheckQuorum period.")
-        .relation("> raft.heartbeat_ticks"),
-    num("raft.heartbeat_ticks", COUNT, (1, 10_000), |c| Some(c.raft.heartbeat_ticks),
-        "A leader sends heartbeats every this many ticks.")
-        .relation("< raft.election_ticks"),
-    num("raft.inflight_msgs_max", COUNT, (1, COUNT_LIMIT_MAX), |c| Some(c.raft.inflight_msgs_max),
-        "Per-follower pipeline window: AppendEntries messages in flight."),
-    num("raft.inflight_bytes_max", BYTES, (1, BYTES_LIMIT_MAX), |c| Some(c.raft.inflight_bytes_max),
-        "Per-follower pipeline window: payload bytes in flight.")
-        .relation(">= raft.append_bytes_max"),
-    num("raft.append_entries_max", COUNT, (1, net::ENTRIES_PER_APPEND_MAX as u64),
+         also the CheckQuorum period.",
+    )
+    .relation("> raft.heartbeat_ticks"),
+    num(
+        "raft.heartbeat_ticks",
+        COUNT,
+        (1, 10_000),
+        |c| Some(c.raft.heartbeat_ticks),
+        "A leader sends heartbeats every this many ticks.",
+    )
+    .relation("< raft.election_ticks"),
+    num(
+        "raft.inflight_msgs_max",
+        COUNT,
+        (1, COUNT_LIMIT_MAX),
+        |c| Some(c.raft.inflight_msgs_max),
+        "Per-follower pipeline window: AppendEntries messages in flight.",
+    ),
+    num(
+        "raft.inflight_bytes_max",
+        BYTES,
+        (1, BYTES_LIMIT_MAX),
+        |c| Some(c.raft.inflight_bytes_max),
+        "Per-follower pipeline window: payload bytes in flight.",
+    )
+    .relation(">= raft.append_bytes_max"),
+    num(
+        "raft.append_entries_max",
+        COUNT,
+        (1, net::ENTRIES_PER_APPEND_MAX as u64),
         |c| Some(c.raft.append_entries_max),
-        "Entries per AppendEntries message."),
-    num("raft.append_bytes_max", BYTES, (1, net::APPEND_PAYLOAD_BYTES_MAX as u64),
+        "Entries per AppendEntries message.",
+    ),
+    num(
+        "raft.append_bytes_max",
+        BYTES,
+        (1, net::APPEND_PAYLOAD_BYTES_MAX as u64),
         |c| Some(c.raft.append_bytes_max),
-        "Payload bytes per AppendEntries message (one entry is always sent)."),
-    num("raft.uncommitted_entries_max", COUNT, (1, COUNT_LIMIT_MAX),
+        "Payload bytes per AppendEntries message (one entry is always sent).",
+    ),
+    num(
+        "raft.uncommitted_entries_max",
+        COUNT,
+        (1, COUNT_LIMIT_MAX),
         |c| Some(c.raft.uncommitted_entries_max),
-        "Leader: uncommitted entries beyond which produces get Backpressure."),
-    num("raft.uncommitted_bytes_max", BYTES, (1, BYTES_LIMIT_MAX),
+        "Leader: uncommitted entries beyond which produces get Backpressure.",
+    ),
+    num(
+        "raft.uncommitted_bytes_max",
+        BYTES,
+        (1, BYTES_LIMIT_MAX),
         |c| Some(c.raft.uncommitted_bytes_max),
-        "Leader: uncommitted payload bytes beyond which produces get Backpressure.")
-        .relation(">= storage.batch_size_max"),
-    num("raft.reads_pending_max", COUNT, (1, COUNT_LIMIT_MAX), |c| Some(c.raft.reads_pending_max),
-        "Leader: linearizable (ReadIndex) reads waiting for confirmation."),
-    num("raft.entry_bytes_max", BYTES, (1, net::BATCH_SIZE_MAX as u64),
+        "Leader: uncommitted payload bytes beyond which produces get Backpressure.",
+    )
+    .relation(">= storage.batch_size_max"),
+    num(
+        "raft.reads_pending_max",
+        COUNT,
+        (1, COUNT_LIMIT_MAX),
+        |c| Some(c.raft.reads_pending_max),
+        "Leader: linearizable (ReadIndex) reads waiting for confirmation.",
+    ),
+    num(
+        "raft.entry_bytes_max",
+        BYTES,
+        (1, net::BATCH_SIZE_MAX as u64),
         |c| Some(c.raft.entry_bytes_max),
-        "Largest entry payload the Raft core accepts."),
-    key("raft.pre_vote", BOOL,
-        "PreVote: ask whether an election could be won before raising the term."),
-    key("raft.check_quorum", BOOL,
-        "CheckQuorum: a leader that hears no quorum for an election timeout steps down."),
-    num("net.frame_body_size_max", BYTES, (64 << 10, net::FRAME_BODY_SIZE_CEILING as u64),
+        "Largest entry payload the Raft core accepts.",
+    ),
+    key(
+        "raft.pre_vote",
+        BOOL,
+        "PreVote: ask whether an election could be won before raising the term.",
+    ),
+    key(
+        "raft.check_quorum",
+        BOOL,
+        "CheckQuorum: a leader that hears no quorum for an election timeout steps down.",
+    ),
+    num(
+        "net.frame_body_size_max",
+        BYTES,
+        (64 << 10, net::FRAME_BODY_SIZE_CEILING as u64),
         |c| Some(c.net.frame_body_size_max),
-        "Largest frame body a decoder accepts (checked before any allocation).")
-        .relation(">= max(raft.append_bytes_max, storage.batch_size_max) + \
-                   raft.append_entries_max × 289 + 1024"),
-    num("net.link_queue_frames_max", COUNT, (1, COUNT_LIMIT_MAX),
+        "Largest frame body a decoder accepts (checked before any allocation).",
+    )
+    .relation(
+        ">= max(raft.append_bytes_max, storage.batch_size_max) + \
+                   raft.append_entries_max × 281 + 1024",
+    ),
+    num(
+        "net.link_queue_frames_max",
+        COUNT,
+        (1, COUNT_LIMIT_MAX),
         |c| Some(c.net.link_queue_frames_max),
-        "Frames queued on one peer link before sends report QueueFull."),
-    num("net.link_queue_bytes_max", BYTES, (1, BYTES_LIMIT_MAX),
+        "Frames queued on one peer link before sends report QueueFull.",
+    ),
+    num(
+        "net.link_queue_bytes_max",
+        BYTES,
+        (1, BYTES_LIMIT_MAX),
         |c| Some(c.net.link_queue_bytes_max),
-        "Bytes queued on one peer link before sends report QueueFull.")
-        .relation(">= net.frame_body_size_max + 32"),
-    num("net.peer_connections_max", COUNT, (1, 1 << 20), |c| Some(c.net.peer_connections_max),
-        "Peer connections one shard's listener serves at once; more are closed on accept."),
-    num("net.client_connections_max", COUNT, (1, 1 << 20),
+        "Bytes queued on one peer link before sends report QueueFull.",
+    )
+    .relation(">= net.frame_body_size_max + 32"),
+    num(
+        "net.peer_connections_max",
+        COUNT,
+        (1, 1 << 20),
+        |c| Some(c.net.peer_connections_max),
+        "Peer connections one shard's listener serves at once; more are closed on accept.",
+    ),
+    num(
+        "net.client_connections_max",
+        COUNT,
+        (1, 1 << 20),
         |c| Some(c.net.client_connections_max),
-        "Client connections one node serves at once; more are closed on accept."),
-    num("net.handshake_timeout_ms", MILLIS, (1, MILLIS_MAX),
+        "Client connections one node serves at once; more are closed on accept.",
+    ),
+    num(
+        "net.handshake_timeout_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
         |c| Some(c.net.handshake_timeout_ms),
-        "Time a new connection has to complete its handshake."),
-    num("net.keepalive_interval_ms", MILLIS, (1, MILLIS_MAX),
+        "Time a new connection has to complete its handshake.",
+    ),
+    num(
+        "net.keepalive_interval_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
         |c| Some(c.net.keepalive_interval_ms),
-        "An idle peer link sends a keepalive frame this often."),
-    num("net.idle_timeout_ms", MILLIS, (1, MILLIS_MAX), |c| Some(c.net.idle_timeout_ms),
-        "An accepted peer connection silent this long is closed.")
-        .relation(">= 3 × net.keepalive_interval_ms"),
-    num("net.write_timeout_ms", MILLIS, (1, MILLIS_MAX), |c| Some(c.net.write_timeout_ms),
-        "A write to a peer that takes longer breaks the connection (it reconnects)."),
-    num("net.reconnect_backoff_initial_ms", MILLIS, (1, MILLIS_MAX),
+        "An idle peer link sends a keepalive frame this often.",
+    ),
+    num(
+        "net.idle_timeout_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
+        |c| Some(c.net.idle_timeout_ms),
+        "An accepted peer connection silent this long is closed.",
+    )
+    .relation(">= 3 × net.keepalive_interval_ms"),
+    num(
+        "net.write_timeout_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
+        |c| Some(c.net.write_timeout_ms),
+        "A write to a peer that takes longer breaks the connection (it reconnects).",
+    ),
+    num(
+        "net.reconnect_backoff_initial_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
         |c| Some(c.net.reconnect_backoff_initial_ms),
-        "First reconnect delay of a peer link."),
-    num("net.reconnect_backoff_max_ms", MILLIS, (1, MILLIS_MAX),
+        "First reconnect delay of a peer link.",
+    ),
+    num(
+        "net.reconnect_backoff_max_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
         |c| Some(c.net.reconnect_backoff_max_ms),
-        "Largest reconnect delay of a peer link.")
-        .relation(">= net.reconnect_backoff_initial_ms"),
-    key("log.level", "string (tracing filter)",
+        "Largest reconnect delay of a peer link.",
+    )
+    .relation(">= net.reconnect_backoff_initial_ms"),
+    key(
+        "log.level",
+        "string (tracing filter)",
         "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives \
-         `level,target=level,...`."),
+         `level,target=level,...`.",
+    ),
     key("log.json", BOOL, "Write logs as one JSON object per line instead of text."),
 ];
 
@@ -311,10 +505,7 @@ fn defaults_document() -> toml::Table {
     put("partitions", toml::Value::try_from(crate::config::default_partitions()));
     put("pinning", toml::Value::try_from(crate::config::PinningMode::default()));
     put("spin", toml::Value::try_from(false));
-    put(
-        "command_queue_max",
-        toml::Value::try_from(crate::config::default_command_queue_max()),
-    );
+    put("command_queue_max", toml::Value::try_from(crate::config::default_command_queue_max()));
     put("listen", toml::Value::try_from(crate::config::ListenSection::default()));
     put("storage", toml::Value::try_from(crate::config::StorageSection::default()));
     put("raft", toml::Value::try_from(crate::config::RaftSection::default()));
@@ -437,7 +628,8 @@ retention_age_max_secs = 1
         match value {
             toml::Value::Table(table) => {
                 for (name, value) in table {
-                    let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+                    let key =
+                        if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
                     leaf_keys(&key, value, out);
                 }
             }

@@ -137,7 +137,8 @@ pub struct Summary {
     pub last_offset: Option<u64>,
     pub first_index: Option<u64>,
     pub last_index: Option<u64>,
-    /// End of the last batch or padding (the header block included).
+    /// End of the last valid batch or padding (the header block included); 0 when the
+    /// header is zero or invalid.
     pub bytes_used: u64,
     pub file_size: u64,
     /// Every batch follows the one before it (and the header's `prev_crc`).
@@ -294,10 +295,14 @@ impl<'a> Scan<'a> {
     /// Scans batches and paddings from block 1; the end of the data, or `None` on corruption.
     fn scan_items(&mut self, mut expected: Expected) -> std::io::Result<Option<u64>> {
         let mut position = BLOCK;
+        self.summary.bytes_used = BLOCK;
         // Bound: every item is at least a padding header long.
         for _ in 0..=self.file_size / ITEM_BYTES_MIN {
             match self.next_item(position, &mut expected)? {
-                Step::Continue(next) => position = next,
+                Step::Continue(next) => {
+                    position = next;
+                    self.summary.bytes_used = next;
+                }
                 Step::End(end) => return Ok(Some(end)),
                 Step::Stop => return Ok(None),
             }
@@ -531,18 +536,19 @@ pub fn text_report(report: &SegmentReport, verbose: bool) -> String {
         }
     }
     let s = &report.summary;
-    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let range = |first: Option<u64>, last: Option<u64>| match (first, last) {
+        (Some(first), Some(last)) => format!("{first}..={last}"),
+        _ => "none".to_string(),
+    };
     let _ = writeln!(
         out,
-        "summary: {} batches ({} control), {} records, offsets {}..={}, indexes {}..={}, \
+        "summary: {} batches ({} control), {} records, offsets {}, indexes {}, \
          {} of {} bytes used, chain {}",
         s.batches,
         s.control_batches,
         s.records,
-        opt(s.first_offset),
-        opt(s.last_offset),
-        opt(s.first_index),
-        opt(s.last_index),
+        range(s.first_offset, s.last_offset),
+        range(s.first_index, s.last_index),
         s.bytes_used,
         s.file_size,
         if s.chain_ok { "ok" } else { "BROKEN" }
@@ -726,6 +732,8 @@ mod tests {
         assert!(found[1].checksum_ok);
         assert!(!found[2].checksum_ok);
         assert_eq!(found.len(), 3, "nothing after the corrupt batch is trusted");
+        assert_eq!(report.summary.bytes_used, target, "valid up to the corrupt batch");
+        assert_eq!(report.summary.batches, 2);
         let text = text_report(&report, false);
         assert!(text.contains("checksum FAILED"), "{text}");
         assert!(text.contains(&format!("CORRUPT at position {target}: batch 3:")), "{text}");

@@ -30,6 +30,7 @@ use crossbeam_channel::Sender;
 
 use crate::batch::Records;
 use crate::error::{AppendError, FetchError, LogError, OpenError};
+use crate::io::FaultInjector;
 use crate::limits::{ConfigError, LogConfig};
 use crate::runtime::{
     self, available_cpus, check_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
@@ -86,6 +87,8 @@ pub struct EngineConfig {
     pub spin: bool,
     /// Placement of the executor threads.
     pub pinning: Pinning,
+    /// Tests only: a fault injector shared by every partition's log (`None` in production).
+    pub faults: Option<Arc<FaultInjector>>,
 }
 
 impl EngineConfig {
@@ -100,6 +103,7 @@ impl EngineConfig {
             command_queue_max: COMMAND_QUEUE_MAX_DEFAULT,
             spin: false,
             pinning: Pinning::Auto,
+            faults: None,
         }
     }
 

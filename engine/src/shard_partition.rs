@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use glommio::TaskQueueHandle;
 use crate::batch::{decode_batch, Records};
 use crate::error::{LogError, OpenError};
 use crate::group_commit::FlushStats;
+use crate::io::FaultInjector;
 use crate::limits::LogConfig;
 use crate::log::{AppendRequest, Log, ReadBound};
 use crate::notify::Durable;
@@ -95,8 +97,12 @@ impl Partition {
         id: PartitionId,
         dir: PathBuf,
         config: LogConfig,
+        faults: Option<Arc<FaultInjector>>,
     ) -> Result<Partition, OpenError> {
-        let (log, report) = Log::open(&dir, config).await?;
+        let (log, report) = match faults {
+            Some(faults) => Log::open_with_faults(&dir, config, faults).await?,
+            None => Log::open(&dir, config).await?,
+        };
         tracing::info!(partition = id.0, ?report, "partition opened");
         Ok(Partition {
             shard,

@@ -112,7 +112,8 @@ async fn open_partitions(
     let mut list = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         let dir = config.partition_dir(partition);
-        match Partition::open(shard, partition, dir, config.log.clone()).await {
+        let faults = config.faults.clone();
+        match Partition::open(shard, partition, dir, config.log.clone(), faults).await {
             Ok(opened) => list.push((partition, Rc::new(opened))),
             Err(source) => {
                 for (_, opened) in list {

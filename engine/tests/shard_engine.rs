@@ -276,3 +276,33 @@ fn an_invalid_configuration_is_refused_before_any_thread_starts() {
     config.partitions = 0;
     assert!(Engine::start(config).is_err());
 }
+
+#[test]
+fn a_failed_fdatasync_fails_the_waiting_append_and_latches_the_partition() {
+    let dir = temp_dir();
+    let faults = std::sync::Arc::new(ringlog_engine::io::FaultInjector::default());
+    let mut config = EngineConfig::new(dir.path().join("data"));
+    config.io_memory_bytes = 256 << 10;
+    config.log = small_log_config();
+    config.faults = Some(faults.clone());
+    let engine = Engine::start(config).unwrap();
+    let (records_ok, _) = records(0, 0);
+    engine.append(PartitionId(0), records_ok, Durability::Durable).unwrap();
+
+    faults.fail_syncs(1);
+    let (records_lost, _) = records(0, 1);
+    let error = engine.append(PartitionId(0), records_lost, Durability::Durable).unwrap_err();
+    assert!(
+        matches!(error, EngineError::Durability(ringlog_engine::LogError::Failed { .. })),
+        "{error:?}"
+    );
+    // fsyncgate: the log stays failed, later appends are refused, never retried.
+    let (records_after, _) = records(0, 2);
+    let error = engine.append(PartitionId(0), records_after, Durability::Durable).unwrap_err();
+    assert!(
+        matches!(error, EngineError::Append(ringlog_engine::AppendError::Failed { .. })),
+        "{error:?}"
+    );
+    // Shutdown reports the latched failure instead of hiding it.
+    assert!(engine.shutdown().is_err());
+}

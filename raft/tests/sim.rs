@@ -100,3 +100,27 @@ fn replay_command_names_the_seed_size_and_steps() {
         "cargo run -p ringlog-raft --bin ringlog-sim -- --seed 1234 --nodes 5 --steps 5000 --trace"
     );
 }
+
+/// Seeds the soak run (`--seeds 0..100000 --nodes both`) found failing, with their cluster
+/// size. They fail on two core bugs (see the simulator section of ARCHITECTURE.md): (A) a
+/// follower acks `start - 1` as durable right after `ResetLog`, before the reset is durable,
+/// so a crash that loses the reset leaves the leader with a stale match index and a heartbeat
+/// commits the follower's stale entries (5959, 12839, 13432); (B) a damaged replica reports
+/// `Repaired` on first contact although its log is behind the leader's commit, then votes, and
+/// a leader without committed entries is elected (11506, 15070, 11357).
+const SOAK_FAILURES: [(u64, usize); 6] =
+    [(5959, 5), (11357, 5), (11506, 3), (12839, 5), (13432, 3), (15070, 3)];
+
+#[test]
+#[ignore = "fails on core bugs A and B found by the soak run; run with --ignored to check a fix"]
+fn seeds_the_soak_run_found_failing_now_pass() {
+    install_quiet_panic_hook();
+    let mut failures = String::new();
+    for (seed, nodes) in SOAK_FAILURES {
+        let opts = SimOptions { steps: STEPS, ..SimOptions::new(seed, nodes) };
+        if let Err(failure) = ringlog_raft::sim::run_seed_catching(opts, Trace::off()) {
+            failures += &format!("seed {seed}: {failure}\n  replay: {}\n", replay_command(&opts));
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}

@@ -1,14 +1,12 @@
 //! `ringlog doctor` end to end: the real binary on this host, on a tmpfs, and under a memlock
 //! limit lowered with `prlimit` on the child (and dropped privileges, when run as root).
 //!
-//! The binary is `$RINGLOG_BIN` if set, else built once with `cargo build -p ringlog` into the
-//! target dir this test runs from. Data dirs live under `CARGO_TARGET_TMPDIR` (on disk, unlike
-//! a /tmp that may be a tmpfs).
+//! The binary is the one cargo builds for this package's tests (`CARGO_BIN_EXE_ringlog`).
+//! Data dirs live under `CARGO_TARGET_TMPDIR` (on disk, unlike a /tmp that may be a tmpfs).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 /// Every check `doctor` reports, in order (`ringlog_engine::host::names::ALL`).
 const CHECKS: [&str; 19] = [
@@ -34,29 +32,7 @@ const CHECKS: [&str; 19] = [
 ];
 
 fn ringlog_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("RINGLOG_BIN") {
-            return PathBuf::from(path);
-        }
-        // <target>/<profile>/deps/doctor-<hash>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(workspace)
-            .env("CARGO_TARGET_DIR", target_dir)
-            .args(["build", "-p", "ringlog", "--bin", "ringlog"]);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p ringlog");
-        assert!(status.success(), "cargo build -p ringlog failed");
-        profile_dir.join("ringlog")
-    })
+    Path::new(env!("CARGO_BIN_EXE_ringlog"))
 }
 
 /// A report as printed: check lines, the summary line and the exit status.
