@@ -16,6 +16,8 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
+use glommio::task::JoinHandle;
+use glommio::{Latency, Shares, TaskQueueHandle};
 
 use crate::batch::{padding_len, write_padding, BatchHeader};
 use crate::error::LogError;
@@ -235,7 +237,8 @@ async fn write_and_sync(
     let header_len = header_block.map_or(0, <[u8]>::len);
     let total: usize = batches.iter().map(|p| p.bytes.len()).sum();
     let len = header_len + total + pad;
-    let mut buf = file.alloc(len);
+    // Every byte is written below (header block, batches, padding), so no zero-fill.
+    let mut buf = file.alloc_for_overwrite(len);
     let bytes = buf.as_bytes_mut();
     if let Some(block) = header_block {
         bytes[..header_len].copy_from_slice(block);
@@ -250,6 +253,7 @@ async fn write_and_sync(
     if pad > 0 {
         write_padding(&mut bytes[at..at + pad]);
     }
+    debug_assert_eq!(at + pad, len, "the flush buffer is written whole");
     file.write_at(&inner.faults, buf, start).await?;
     file.sync(&inner.faults).await?;
     Ok((len as u64, positions))
@@ -298,8 +302,44 @@ fn commit(
     inner.durable_notify.notify_all();
 }
 
+/// CPU shares of the preallocator's task queue, against glommio's default queue (1000
+/// shares) where the flusher and the appends run: when both are runnable the flusher wins.
+const BACKGROUND_SHARES: usize = 50;
+
+thread_local! {
+    /// The low-share task queue of this thread's executor: (executor id, queue).
+    static BACKGROUND_QUEUE: std::cell::Cell<Option<(usize, TaskQueueHandle)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Spawns the preallocator on the current executor in a low-share, latency-insensitive task
+/// queue (one per executor, created on first use), so that zero-filling yields the CPU to
+/// the flusher and the appends. The zero-fill still runs whenever a spare is missing: its IO
+/// is a real cost of the log, only its CPU priority is lowered.
+pub(crate) fn spawn_preallocator(inner: Rc<Inner>) -> JoinHandle<()> {
+    let executor = glommio::executor();
+    let id = executor.id();
+    let queue = match BACKGROUND_QUEUE.get() {
+        Some((owner, queue)) if owner == id => queue,
+        _ => {
+            let queue = executor.create_task_queue(
+                Shares::Static(BACKGROUND_SHARES),
+                Latency::NotImportant,
+                "ringlog-preallocator",
+            );
+            BACKGROUND_QUEUE.set(Some((id, queue)));
+            queue
+        }
+    };
+    match glommio::spawn_local_into(run_preallocator(inner.clone()), queue) {
+        Ok(task) => task.detach(),
+        // A stale handle (another executor that reused this thread and id): default queue.
+        Err(_) => glommio::spawn_local(run_preallocator(inner)).detach(),
+    }
+}
+
 /// Keeps one zero-filled spare segment ready, off the append path.
-pub(crate) async fn run_preallocator(inner: Rc<Inner>) {
+async fn run_preallocator(inner: Rc<Inner>) {
     loop {
         let epoch = inner.spare_notify.epoch();
         let (stop, ready) = {
@@ -333,25 +373,35 @@ pub(crate) async fn run_preallocator(inner: Rc<Inner>) {
 
 /// Zero-fills `SPARE_FILLING` to the segment size, fdatasyncs it and renames it
 /// `SPARE_READY` (directory synced). `Ok(false)` if the log closed meanwhile.
+///
+/// A fill interrupted by a close, a failed write or a crash is resumed, not restarted: this
+/// file only ever receives zeros, so every byte below its size reads as zero (written zeros,
+/// or at worst a block the filesystem allocated but never wrote, which reads as zeros too).
+/// The final fdatasync makes the whole file durable before the rename publishes the spare.
+/// A file larger than the segment size (the configuration changed) is restarted.
 async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     let dir = &inner.dir;
     let faults = &inner.faults;
-    dir.remove(SPARE_FILLING)?;
-    let file = match DirectFile::open(&dir.join(SPARE_FILLING)).await {
+    let capacity = inner.config.segment_size_bytes;
+    let path = dir.join(SPARE_FILLING);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > capacity) {
+        dir.remove(SPARE_FILLING)?;
+    }
+    let file = match DirectFile::open(&path).await {
         Ok(file) => file,
         Err(crate::io::OpenFileError::DirectIoUnsupported(e))
         | Err(crate::io::OpenFileError::Io(e)) => return Err(e),
     };
-    let capacity = inner.config.segment_size_bytes;
-    let mut position = 0;
+    let mut position = file.file_size().await?;
+    position -= position % BLOCK_SIZE as u64;
     while position < capacity {
         let abandon = {
             let st = inner.state.borrow();
             st.closed && st.queue.is_empty()
         };
         if abandon {
+            // Kept: the next open resumes the fill where it stopped.
             file.close().await?;
-            dir.remove(SPARE_FILLING)?;
             return Ok(false);
         }
         let len = (IO_CHUNK_BYTES as u64).min(capacity - position) as usize;

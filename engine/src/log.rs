@@ -31,7 +31,7 @@ use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
     RetentionError, TruncateError,
 };
-use crate::group_commit::{run_flusher, run_preallocator, wait_spare, FlushStats, Pending};
+use crate::group_commit::{run_flusher, spawn_preallocator, wait_spare, FlushStats, Pending};
 use crate::io::{DataDir, FaultInjector};
 use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
 use crate::lock::DirLock;
@@ -331,7 +331,7 @@ impl Log {
             _lock: lock,
         });
         let flusher = glommio::spawn_local(run_flusher(inner.clone())).detach();
-        let preallocator = glommio::spawn_local(run_preallocator(inner.clone())).detach();
+        let preallocator = spawn_preallocator(inner.clone());
         inner.tasks.borrow_mut().extend([flusher, preallocator]);
         Ok((Log { inner }, recovered.report))
     }

@@ -21,7 +21,7 @@ use crate::io::{DataDir, DirectFile, FaultInjector, OpenFileError};
 use crate::limits::{block_ceil, block_floor, LogConfig, RecoveryMode, BLOCK_SIZE, IO_CHUNK_BYTES};
 use crate::segment::{
     decode_header, encode_header, index_name, parse_segment_name, segment_name, HeaderState,
-    Segment, RESET_PENDING, SEGMENT_SUFFIX, SPARE_FILLING, SPARE_READY,
+    Segment, RESET_PENDING, SEGMENT_SUFFIX, SPARE_READY,
 };
 use crate::segment_index::{decode_index, encode_index, SealedIndex, SegmentIndex};
 use crate::segment_reader::{InvalidKind, Item, SegmentReader};
@@ -92,7 +92,8 @@ pub(crate) async fn recover(
         names = dir.list().map_err(dir_err())?;
     }
     for name in &names {
-        if name == SPARE_FILLING || name.ends_with(".tmp") {
+        // A partly filled spare is kept: the preallocator resumes it (group_commit.rs).
+        if name.ends_with(".tmp") {
             dir.remove(name).map_err(io_error(dir.join(name)))?;
         }
     }

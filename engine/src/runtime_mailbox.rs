@@ -5,17 +5,24 @@
 //! stored in a [`WakeSlot`]; a sender that finds the slot armed wakes it. Waking a glommio
 //! task's waker from a foreign thread queues the waker on the executor and writes the
 //! executor's eventfd (glommio-0.9.0 `task/raw.rs::do_wake` → `SleepNotifier::queue_waker`),
-//! which the parked reactor is blocked on, so an idle executor wakes at once with no busy
-//! polling and no timer. The eventfd write is unconditional for tasks in a `Latency::Matters`
-//! queue (the receiving task runs in one), which avoids depending on glommio's relaxed
-//! `should_notify` flag.
+//! which the parked reactor is blocked on, so an idle executor wakes with no busy polling.
+//! The eventfd write is unconditional for tasks in a `Latency::Matters` queue (the receiving
+//! task runs in one), which avoids depending on glommio's relaxed `should_notify` flag.
+//!
+//! glommio 0.9.0 nevertheless loses such a wake-up now and then under load: the executor
+//! stays parked in `Reactor::wait` (`link_rings_and_sleep`) with messages queued, and a
+//! second foreign wake of the same waker brings it back. So the waker stays in the slot
+//! (woken by reference) and [`MailboxSender::kick`] can wake it again; [`MailboxSender::taken`]
+//! lets an observer tell a receiver that stopped draining from a busy one (the engine's
+//! watchdog in shard.rs uses both).
 //!
 //! Invariants: every successful send is followed by a check of the slot (store → fence →
 //! check on both sides, the Dekker pattern), so a message is never left in the queue while the
-//! receiver sleeps; the queue never holds more than its named capacity.
+//! receiver sleeps as far as this module is concerned; the queue never holds more than its
+//! named capacity; a repeated or spurious wake-up only costs the receiver one empty poll.
 
 use std::future::poll_fn;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +35,8 @@ struct WakeSlot {
     armed: AtomicBool,
     /// Locked only when the receiver parks or a sender wakes a parked receiver.
     waker: Mutex<Option<Waker>>,
+    /// Messages the receiver has taken so far (its progress, read by watchdogs).
+    taken: AtomicU64,
 }
 
 /// Why a send failed; the message is handed back.
@@ -106,14 +115,50 @@ impl<T> MailboxSender<T> {
         self.len() == 0
     }
 
+    /// How many messages the receiver has taken so far; with [`len`](Self::len), tells a
+    /// receiver that is not draining its queue from one that is.
+    pub fn taken(&self) -> u64 {
+        self.slot.taken.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the receiver again if messages are waiting, whether or not it looks parked.
+    /// A spurious wake-up only costs the receiver one empty poll. Returns whether a waker was
+    /// found to wake.
+    pub fn kick(&self) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        self.slot.armed.store(false, Ordering::SeqCst);
+        self.slot.wake_stored()
+    }
+
     fn wake_receiver(&self) {
         fence(Ordering::SeqCst);
         if self.slot.armed.swap(false, Ordering::SeqCst) {
-            let waker = self.slot.waker.lock().map(|mut w| w.take());
-            if let Ok(Some(waker)) = waker {
-                waker.wake();
-            }
+            self.slot.wake_stored();
         }
+    }
+}
+
+impl WakeSlot {
+    /// Wakes the stored waker by reference: it stays in the slot so a later [`kick`] can
+    /// wake the same task again. Replaced by the receiver on its next pending poll.
+    ///
+    /// [`kick`]: MailboxSender::kick
+    fn wake_stored(&self) -> bool {
+        match self.waker.lock() {
+            Ok(waker) => waker.as_ref().map(Waker::wake_by_ref).is_some(),
+            Err(_) => false,
+        }
+    }
+}
+
+impl<T> Drop for MailboxReceiver<T> {
+    fn drop(&mut self) {
+        // Drop the task's waker here, on the receiver's own thread, not on a sender's.
+        self.slot.armed.store(false, Ordering::SeqCst);
+        let waker = self.slot.waker.lock().map(|mut w| w.take());
+        drop(waker);
     }
 }
 
@@ -125,23 +170,31 @@ impl<T> MailboxReceiver<T> {
 
     /// Next message if one is waiting, without parking.
     pub fn try_recv(&self) -> Option<T> {
-        self.queue.try_recv().ok()
+        let message = self.queue.try_recv().ok()?;
+        self.slot.taken.fetch_add(1, Ordering::SeqCst);
+        Some(message)
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         match self.queue.try_recv() {
-            Ok(message) => return Poll::Ready(Some(message)),
+            Ok(message) => {
+                self.slot.taken.fetch_add(1, Ordering::SeqCst);
+                return Poll::Ready(Some(message));
+            }
             Err(TryRecvError::Disconnected) => return Poll::Ready(None),
             Err(TryRecvError::Empty) => {}
         }
         if let Ok(mut waker) = self.slot.waker.lock() {
-            *waker = Some(cx.waker().clone());
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
         }
         self.slot.armed.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         match self.queue.try_recv() {
             Ok(message) => {
                 self.slot.armed.store(false, Ordering::SeqCst);
+                self.slot.taken.fetch_add(1, Ordering::SeqCst);
                 Poll::Ready(Some(message))
             }
             Err(TryRecvError::Disconnected) => Poll::Ready(None),
@@ -197,6 +250,36 @@ mod tests {
             );
         sender.join().unwrap();
         assert_eq!(received, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_kick_only_wakes_for_waiting_messages_and_taken_counts_received_ones() {
+        let (tx, rx) = mailbox::<u64>(4);
+        assert!(!tx.kick(), "nothing waits: no wake-up");
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(tx.taken(), 0);
+        assert!(!tx.kick(), "the receiver never parked: no waker to wake");
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(tx.taken(), 1);
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<u64>();
+        let kicker = std::thread::spawn(move || {
+            // The receiver takes 2, parks with its waker in the slot; then 3 arrives and an
+            // extra kick must be harmless.
+            assert_eq!(ack_rx.recv_timeout(Duration::from_secs(30)), Ok(2));
+            tx.try_send(3).unwrap();
+            tx.kick();
+            assert_eq!(ack_rx.recv_timeout(Duration::from_secs(30)), Ok(3));
+            assert_eq!(tx.taken(), 3);
+        });
+        glommio::LocalExecutorBuilder::default().io_memory(64 * 1024).make().unwrap().run(
+            async move {
+                while let Some(value) = rx.recv().await {
+                    ack_tx.send(value).unwrap();
+                }
+            },
+        );
+        kicker.join().unwrap();
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! [`EngineError::Append`]. Blocking calls (`append`, `fetch`, ...) block only while the shard
 //! works on them, never on a full queue.
 //!
+//! No call blocks forever: a caller waiting for an answer checks every `REPLY_CHECK_INTERVAL`
+//! that the shard's thread still runs ([`EngineError::ShardStopped`] if not, even when a
+//! panicking shard leaked the command) and gives up after [`REPLY_WAIT_MAX`] with
+//! [`EngineError::NoReply`]. A mailbox watchdog thread re-wakes a shard that holds commands
+//! but stopped taking them (glommio can lose a cross-thread wake-up; see `start_watchdog`).
+//!
 //! Invariants: a partition's log is touched only by its shard's thread; every command gets
 //! exactly one reply (or its reply channel is dropped when the shard ends, which the caller
 //! sees as [`EngineError::ShardStopped`]); after [`EngineHandle::shutdown`] returns, every
@@ -24,9 +30,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::Records;
 use crate::error::{AppendError, FetchError, LogError, OpenError};
@@ -167,6 +173,10 @@ pub enum EngineError {
     Closed,
     #[error("shard {shard} stopped before answering")]
     ShardStopped { shard: usize },
+    /// The shard runs but gave no answer within `REPLY_WAIT_MAX`: the command's outcome is
+    /// unknown (an append may still become durable).
+    #[error("shard {shard} gave no answer within {waited_ms} ms; the outcome is unknown")]
+    NoReply { shard: usize, waited_ms: u64 },
     #[error("fetch of {requested} bytes exceeds {limit}")]
     FetchTooLarge { requested: usize, limit: usize },
     #[error("append refused: {0}")]
@@ -311,25 +321,88 @@ impl Engine {
             stop_threads(&senders, threads);
             return Err(error);
         }
-        Ok(EngineHandle {
-            inner: Arc::new(Inner {
-                config,
-                senders,
-                threads: Mutex::new(threads),
-                closed: AtomicBool::new(false),
-                memlock,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            config,
+            senders,
+            threads: Mutex::new(threads),
+            closed: AtomicBool::new(false),
+            memlock,
+        });
+        start_watchdog(&inner);
+        Ok(EngineHandle { inner })
     }
 }
 
-/// Asks every started shard to stop and joins its thread (start-up failure path).
+/// How often the watchdog checks that every shard drains its mailbox.
+pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(20);
+/// Checks in a row without progress after which the watchdog logs a warning.
+const WATCHDOG_STALLS_LOGGED: u32 = 50;
+
+/// Starts the mailbox watchdog: a plain thread that, every `WATCHDOG_INTERVAL`, wakes again
+/// any shard whose mailbox holds commands while its receiver took none since the last check.
+///
+/// Why it exists: glommio 0.9.0 loses a cross-thread wake-up now and then under load (seen
+/// here: commands queued, the executor parked in `Reactor::wait` → `link_rings_and_sleep`,
+/// and one more `Waker::wake` from a foreign thread brings it back). A foreign thread has no
+/// other way into a glommio executor than that wake, so the watchdog bounds a lost wake-up
+/// to about two intervals. It never wakes an idle executor (empty mailbox) nor a busy one
+/// (it is taking commands), so parked executors stay parked.
+///
+/// It holds only a `Weak` to the engine and ends once the engine is closed or dropped.
+fn start_watchdog(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    let spawned = std::thread::Builder::new().name("ringlog-watchdog".into()).spawn(move || {
+        // Per shard: commands taken at the last check, and checks in a row without progress.
+        let mut last: Vec<(Option<u64>, u32)> = Vec::new();
+        loop {
+            std::thread::sleep(WATCHDOG_INTERVAL);
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            last.resize(inner.senders.len(), (None, 0));
+            for (shard, sender) in inner.senders.iter().enumerate() {
+                let taken = sender.taken();
+                let (previous, stalls) = &mut last[shard];
+                if sender.is_empty() || *previous != Some(taken) {
+                    *stalls = 0;
+                } else if sender.kick() {
+                    // One interval without progress is often just a descheduled thread on a
+                    // loaded host: the kick is harmless then, so only a long stall is logged.
+                    *stalls += 1;
+                    if *stalls == WATCHDOG_STALLS_LOGGED {
+                        tracing::warn!(
+                            shard,
+                            queued = sender.len(),
+                            "shard took no command for {:?}; woke it again",
+                            WATCHDOG_INTERVAL * WATCHDOG_STALLS_LOGGED
+                        );
+                    }
+                }
+                *previous = Some(taken);
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the mailbox watchdog; callers re-wake shards");
+    }
+}
+
+/// Asks every started shard to stop and joins its thread (start-up failure path). Until a
+/// thread ends its mailbox is kicked again every `WATCHDOG_INTERVAL` (no watchdog runs yet),
+/// so a lost wake-up cannot leave this join blocked; a shard then only closes its logs.
 fn stop_threads(senders: &[MailboxSender<Command>], threads: Vec<JoinHandle<()>>) {
     for sender in senders {
         let (reply, _ignored) = crossbeam_channel::bounded(1);
         let _ = sender.try_send(Command::Shutdown { reply });
     }
-    for thread in threads {
+    for (shard, thread) in threads.into_iter().enumerate() {
+        while !thread.is_finished() {
+            if let Some(sender) = senders.get(shard) {
+                sender.kick();
+            }
+            std::thread::sleep(WATCHDOG_INTERVAL);
+        }
         let _ = thread.join();
     }
 }
@@ -363,7 +436,7 @@ impl EngineHandle {
                 completion: Completion::Blocking(reply),
             },
         )?;
-        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
+        self.wait_reply(shard, &answer)?
     }
 
     /// Starts an append; its [`AppendCompletion`] tagged `token` arrives on `reply`. Errors
@@ -429,14 +502,14 @@ impl EngineHandle {
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
         let shard = self.send(partition, Command::Fetch { partition, offset, max_bytes, reply })?;
-        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
+        self.wait_reply(shard, &answer)?
     }
 
     /// The offset below which every record of `partition` is durable.
     pub fn durable_offset(&self, partition: PartitionId) -> Result<Offset, EngineError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let shard = self.send(partition, Command::DurableOffset { partition, reply })?;
-        answer.recv().unwrap_or(Err(EngineError::ShardStopped { shard }))
+        self.wait_reply(shard, &answer)?
     }
 
     /// Counters of every shard and partition.
@@ -445,7 +518,7 @@ impl EngineHandle {
         for (shard, sender) in self.inner.senders.iter().enumerate() {
             let (reply, answer) = crossbeam_channel::bounded(1);
             self.send_to(shard, sender, Command::Stats { reply })?;
-            let mut shard_stats = answer.recv().map_err(|_| EngineError::ShardStopped { shard })?;
+            let mut shard_stats = self.wait_reply(shard, &answer)?;
             shard_stats.queued_commands = sender.len();
             stats.shards.push(shard_stats);
         }
@@ -456,6 +529,11 @@ impl EngineHandle {
     /// any clone answer [`EngineError::Closed`]; a second `shutdown` is a no-op.
     pub fn shutdown(&self) -> Result<(), EngineError> {
         self.inner.shutdown()
+    }
+
+    /// Waits for `shard`'s answer on `answer`; see [`Inner::wait_reply`].
+    fn wait_reply<T>(&self, shard: usize, answer: &Receiver<T>) -> Result<T, EngineError> {
+        self.inner.wait_reply(shard, answer)
     }
 
     fn send(&self, partition: PartitionId, command: Command) -> Result<usize, EngineError> {
@@ -489,8 +567,56 @@ impl EngineHandle {
 
 /// How long shutdown waits for a shard to take its Shutdown command when its queue is full.
 const SHUTDOWN_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a caller waiting for a shard's answer checks that the shard still runs and
+/// wakes it again if its mailbox still holds commands.
+const REPLY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest a caller waits for one answer from a running shard before it gives up with
+/// [`EngineError::NoReply`] (far above any sane fdatasync stall).
+pub const REPLY_WAIT_MAX: Duration = Duration::from_secs(300);
 
 impl Inner {
+    /// Waits for `shard`'s answer on `answer`, never forever:
+    /// - the answer's sender dropped (the shard ended with the command) → `ShardStopped`;
+    /// - the shard's thread ended (it panicked, maybe leaking the command) → `ShardStopped`;
+    /// - commands still wait in its mailbox → the shard is woken again (a repeated wake-up
+    ///   is harmless; see runtime_mailbox.rs), then the wait goes on;
+    /// - no answer after `REPLY_WAIT_MAX` → `NoReply` (the command's outcome is unknown).
+    fn wait_reply<T>(&self, shard: usize, answer: &Receiver<T>) -> Result<T, EngineError> {
+        let started = Instant::now();
+        loop {
+            match answer.recv_timeout(REPLY_CHECK_INTERVAL) {
+                Ok(value) => return Ok(value),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::ShardStopped { shard })
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.shard_thread_ended(shard) {
+                return Err(EngineError::ShardStopped { shard });
+            }
+            let waited = started.elapsed();
+            if waited >= REPLY_WAIT_MAX {
+                return Err(EngineError::NoReply { shard, waited_ms: waited.as_millis() as u64 });
+            }
+            // The watchdog re-wakes a shard that stopped draining its mailbox; doing it here
+            // too covers a watchdog that could not be started.
+            let sender = &self.senders[shard];
+            let queued = sender.len();
+            if sender.kick() {
+                tracing::warn!(shard, queued, ?waited, "no answer yet; woke the shard again");
+            }
+        }
+    }
+
+    /// Whether `shard`'s thread has ended (false once `shutdown` took the threads to join).
+    fn shard_thread_ended(&self, shard: usize) -> bool {
+        let threads = match self.threads.lock() {
+            Ok(threads) => threads,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        threads.get(shard).is_some_and(JoinHandle::is_finished)
+    }
+
     fn shutdown(&self) -> Result<(), EngineError> {
         let own_shard = match self.threads.lock() {
             Ok(threads) => {
@@ -538,13 +664,10 @@ impl Inner {
             }
         }
         for (shard, answer) in answers {
-            match answer.recv() {
+            match self.wait_reply(shard, &answer) {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => {
+                Ok(Err(error)) | Err(error) => {
                     first_error.get_or_insert(error);
-                }
-                Err(_) => {
-                    first_error.get_or_insert(EngineError::ShardStopped { shard });
                 }
             }
         }

@@ -324,3 +324,77 @@ fn random_damage_never_panics_and_never_returns_a_corrupt_batch() {
         }
     });
 }
+
+/// Waits (10 s at most) until the preallocator has published `count` spares.
+async fn wait_for_spares(log: &Log, count: u64) {
+    for _ in 0..2_000 {
+        if log.stats().spares_filled >= count {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the preallocator did not publish spare {count} in 10 s");
+}
+
+/// Asserts that the ready spare is exactly one segment of zeros.
+fn assert_ready_spare_is_zeros(dir: &Path, segment_size: u64) {
+    let spare = std::fs::read(dir.join(ringlog_engine::segment::SPARE_READY)).unwrap();
+    assert_eq!(spare.len() as u64, segment_size);
+    assert!(spare.iter().all(|b| *b == 0), "the ready spare holds only zeros");
+    assert!(!dir.join(ringlog_engine::segment::SPARE_FILLING).exists());
+}
+
+/// Appends enough to roll into the spare, reopens and reads everything back.
+async fn append_across_a_roll_and_reopen(path: &Path) {
+    let (log, _) = Log::open(path, small_config()).await.unwrap();
+    let mut batches = Vec::new();
+    // 3 × 1 MiB segments' worth of 40 KiB batches: at least two rolls.
+    for i in 0..75u8 {
+        let appended = log.append(request(1, 1, 40 << 10, i)).unwrap();
+        batches.push(appended.batch.clone());
+        appended.durable.await.unwrap();
+    }
+    assert!(log.stats().segments_rolled >= 2);
+    log.close().await.unwrap();
+    let (log, report) = Log::open(path, small_config()).await.unwrap();
+    assert_eq!(report.torn_bytes_dropped, 0);
+    let fetched = log.fetch(Offset(0), 8 << 20, ReadBound::Durable).await.unwrap();
+    assert_eq!(fetched, batches);
+    log.close().await.unwrap();
+}
+
+#[test]
+fn an_interrupted_spare_fill_is_resumed_and_the_spare_ends_all_zeros() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    std::fs::create_dir_all(&path).unwrap();
+    // What a close or crash in the middle of a fill leaves: a prefix of zeros, its size not
+    // necessarily a whole block.
+    std::fs::write(path.join(ringlog_engine::segment::SPARE_FILLING), vec![0u8; (64 << 10) + 100])
+        .unwrap();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        wait_for_spares(&log, 1).await;
+        log.close().await.unwrap();
+        assert_ready_spare_is_zeros(&path, small_config().segment_size_bytes);
+        append_across_a_roll_and_reopen(&path).await;
+    });
+}
+
+#[test]
+fn a_partly_filled_spare_larger_than_a_segment_is_refilled_from_scratch() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    std::fs::create_dir_all(&path).unwrap();
+    // Left by a run with larger segments: never resumed, never taken as zeros.
+    let oversized = small_config().segment_size_bytes as usize + (8 << 10);
+    std::fs::write(path.join(ringlog_engine::segment::SPARE_FILLING), vec![0xab; oversized])
+        .unwrap();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        wait_for_spares(&log, 1).await;
+        log.close().await.unwrap();
+        assert_ready_spare_is_zeros(&path, small_config().segment_size_bytes);
+        append_across_a_roll_and_reopen(&path).await;
+    });
+}

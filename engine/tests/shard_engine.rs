@@ -80,6 +80,27 @@ fn read_all(engine: &EngineHandle, partition: PartitionId) -> BTreeMap<u64, Vec<
     found
 }
 
+/// Waits until the preallocator of `partition` has filled a spare segment after the one its
+/// first roll consumed (its counter reaches 2), so no background fdatasync is in flight.
+fn wait_for_spare(engine: &EngineHandle, partition: PartitionId) {
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    loop {
+        let stats = engine.stats().unwrap();
+        let filled = stats
+            .shards
+            .iter()
+            .flat_map(|shard| shard.partitions.iter())
+            .find(|(id, _)| *id == partition)
+            .map(|(_, stats)| stats.spares_filled)
+            .expect("the partition has stats");
+        if filled >= 2 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{partition}: spare not refilled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn appends_from_several_threads_get_dense_offsets_per_partition_and_read_back() {
     let dir = temp_dir();
@@ -288,6 +309,9 @@ fn a_failed_fdatasync_fails_the_waiting_append_and_latches_the_partition() {
     let engine = Engine::start(config).unwrap();
     let (records_ok, _) = records(0, 0);
     engine.append(PartitionId(0), records_ok, Durability::Durable).unwrap();
+    // The first append consumed the spare segment: arm the fault only once the preallocator
+    // has zero-filled the next one, so the armed fdatasync is the append's, not the filler's.
+    wait_for_spare(&engine, PartitionId(0));
 
     faults.fail_syncs(1);
     let (records_lost, _) = records(0, 1);

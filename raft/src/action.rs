@@ -5,8 +5,9 @@
 //! emitted only once the hard state they were produced under is durable (they wait inside the
 //! core until `handle_hard_state_durable`), so entries of a term never reach the disk before
 //! that term does. Durability is reported back: `handle_durable` after entries are fdatasynced,
-//! `handle_hard_state_durable` after the hard state is. The core holds back every message that
-//! depends on durable state (vote grants, follower acks) until that report arrives.
+//! `handle_hard_state_durable` after the hard state is, `handle_durable(start - 1, prev_term)`
+//! after a `ResetLog` is. The core holds back every message that depends on durable state
+//! (vote grants, follower acks) until that report arrives.
 
 use crate::message::{Entry, Membership, Message};
 use crate::types::{HardState, LogIndex, NodeId, ReadCtx, Role, Term};
@@ -29,6 +30,13 @@ pub enum Action {
     /// entries appended after it are reported durable.
     /// `membership` is the membership as of `start - 1`: store it with the new log start so
     /// that recovery can pass it back as `Recovered::membership`.
+    ///
+    /// Durability report: once the reset is fdatasynced, call `handle_durable(start - 1,
+    /// prev_term)`. A `handle_durable` of an entry appended after the reset counts as that
+    /// report too (the reset was durable first), so a driver that reports only appends (the
+    /// simulator's) is correct as well. Until one of these arrives the follower acks nothing
+    /// of its new log (a crash may bring the old log back) and a damaged replica is not
+    /// repaired; the leader probes it at its log start so that entries reach it.
     ResetLog { start: LogIndex, prev_term: Term, membership: Membership },
     /// Send this message to `to` as it is.
     Send { to: NodeId, message: Message },

@@ -7,7 +7,8 @@
 //! Replica::new(config, recovered)                 // start from recovered durable state
 //! handle_message(from, message)                    // a message from a peer
 //! handle_tick()                                    // one logical clock tick
-//! handle_durable(through, term)                    // local fdatasync of entries finished
+//! handle_durable(through, term)                    // local fdatasync of entries (or of a
+//!                                                  // ResetLog: start - 1, prev_term) finished
 //! handle_hard_state_durable(state)                 // local fdatasync of the hard state finished
 //! propose(payload) -> Result<LogIndex, _>          // leader: append a user batch
 //! propose_membership(change) -> Result<LogIndex, _>

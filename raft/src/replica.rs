@@ -9,8 +9,11 @@
 //! Durability rules: every outgoing message waits until the hard state current when it was
 //! queued is reported durable (`handle_hard_state_durable`), so no vote or message of a term
 //! leaves before that term and vote are on disk; a follower's ack carries
-//! `min(durable, highest index known to match the current leader)`; a leader counts its own log
-//! toward the commit quorum only through `durable`.
+//! `min(durable, highest index known to match the current leader)`, and nothing new while a
+//! log reset is not reported durable; a leader counts its own log toward the commit quorum
+//! only through `durable`. A damaged replica takes no commit from heartbeats (their commit is
+//! capped by a match it may have lost) and is repaired only holding, durably, the leader's
+//! own commit index of the leader's term.
 //!
 //! Invariants, asserted after every input (`check_invariants`): `durable <= last_index`;
 //! `log_start <= commit + 1`; `commit` never decreases; a leader's commit is at most the
@@ -88,6 +91,13 @@ pub struct Replica {
     match_bound: LogIndex,
     /// Highest ack value sent to the current leader.
     ack_sent: LogIndex,
+    /// The start of a `ResetLog` not yet known durable: until it is (`handle_durable` of
+    /// `start - 1` or of an entry appended after it), a crash may bring the old log back, so
+    /// nothing of the new log may be acked and the replica may not be repaired.
+    reset_pending: Option<LogIndex>,
+    /// Highest commit index the current leader of this term has sent us (in an `Append` or
+    /// `InstallLogStart`; a heartbeat's commit is capped by the leader's view of our match).
+    leader_commit: LogIndex,
 
     // Leader side.
     progress: BTreeMap<NodeId, Progress>,
@@ -151,6 +161,8 @@ impl Replica {
             votes: BTreeMap::new(),
             match_bound: commit,
             ack_sent: LogIndex(0),
+            reset_pending: None,
+            leader_commit: LogIndex(0),
             progress: BTreeMap::new(),
             entry_sizes: VecDeque::new(),
             sizes_start: LogIndex(1),
@@ -268,10 +280,21 @@ impl Replica {
 
     /// The local log is durable through `through`, whose entry has `term`. A report whose
     /// term does not match the entry now at `through` is stale (written before a truncation)
-    /// and ignored.
+    /// and ignored. After `Action::ResetLog { start, prev_term, .. }`, `handle_durable(start -
+    /// 1, prev_term)` reports the reset itself durable (so does a report of any entry appended
+    /// after it, since the reset is durable first).
     pub fn handle_durable(&mut self, through: LogIndex, term: Term) {
-        if through > self.durable && self.log.term_at(through) == Some(term) {
+        let current = self.log.term_at(through) == Some(term);
+        let mut advanced = false;
+        if current && self.reset_pending.is_some_and(|start| through >= start.prev()) {
+            self.reset_pending = None;
+            advanced = true;
+        }
+        if current && through > self.durable {
             self.durable = through;
+            advanced = true;
+        }
+        if advanced {
             match self.role {
                 Role::Leader => self.maybe_commit(),
                 _ => self.maybe_ack(false),
@@ -315,7 +338,10 @@ impl Replica {
     }
 
     /// Retention moved the local log start to `start` (entries below it are gone). Only ever
-    /// below the commit index: `start <= commit + 1`.
+    /// below the commit index: `start <= commit + 1`. The driver must also stay within what
+    /// this replica reports durable (`start <= durable() + 1`), not what its disk holds: a
+    /// truncation the core has decided may still be held (waiting for the hard state), and
+    /// the disk's suffix above `durable()` may be entries that truncation removes.
     pub fn handle_log_start(&mut self, start: LogIndex) {
         assert!(start <= self.commit.next(), "retention past the commit index: {start}");
         if start > self.log.start() {
@@ -603,6 +629,7 @@ impl Replica {
         self.reset_election_timer();
         self.match_bound = self.commit;
         self.ack_sent = LogIndex(0);
+        self.leader_commit = LogIndex(0);
     }
 
     fn become_pre_candidate(&mut self) {
@@ -903,7 +930,11 @@ impl Replica {
                         if pr.match_index.next() >= start {
                             pr.become_replicate();
                         } else {
+                            // The follower answered but acks nothing new: its log reset is
+                            // not durable yet, so it can ack only entries appended after it.
+                            // Probe at our log start; the Append's prev check decides.
                             pr.become_probe();
+                            pr.next_index = start;
                         }
                     }
                     ProgressState::Replicate => {}
@@ -1105,6 +1136,23 @@ impl Replica {
         for i in 0..self.peers.len() {
             let peer = self.peers[i];
             let Some(pr) = self.progress.get(&peer) else { continue };
+            let idle = pr.state == ProgressState::Replicate && pr.inflight.is_empty();
+            if pr.damaged && idle && pr.next_index >= self.log.start() {
+                // A damaged follower ignores heartbeats (their commit is capped by a match it
+                // may no longer hold). Tell it the commit in an empty Append, whose prev check
+                // proves the match, so that it can be repaired with no new entry to send.
+                let prev_index = pr.next_index.prev();
+                let prev_term = self.log.term_at(prev_index).expect("next - 1 is within the log");
+                let message = Message::Append {
+                    term: self.term,
+                    prev_index,
+                    prev_term,
+                    commit: self.commit,
+                    entries: Vec::new(),
+                };
+                self.send(peer, message);
+                continue;
+            }
             let commit = self.commit.min(pr.match_index);
             self.send(peer, Message::Heartbeat { term: self.term, commit, ctx });
         }
@@ -1194,6 +1242,7 @@ impl Replica {
         if !well_formed {
             return;
         }
+        self.leader_commit = self.leader_commit.max(commit);
         let msg_last = LogIndex(prev_index.0 + entries.len() as u64);
         let start_prev = self.log.start().prev();
         let (prev_index, prev_term, skip) = if prev_index < start_prev {
@@ -1281,17 +1330,24 @@ impl Replica {
     }
 
     fn handle_heartbeat(&mut self, from: NodeId, commit: LogIndex, ctx: u64) {
+        if self.damaged {
+            // The leader's match for a damaged replica is what it acked before it lost state
+            // (a cut log, a forgotten term under which a stale leader's entries were taken):
+            // `min(commit, match)` says nothing about what it holds now. Commit only through
+            // Appends, whose prev check proves the match. And its word counts for no quorum:
+            // no heartbeat (ReadIndex, CheckQuorum) acks until repaired. It answers with a
+            // damaged ack instead, so that the leader restarts it from what it really holds
+            // and sends it the commit in an Append (see `broadcast_heartbeat`).
+            self.maybe_ack(true);
+            return;
+        }
         // The leader sends min(commit, our match): those entries are ours and match.
         let new_commit = commit.min(self.log.last());
         if new_commit > self.commit {
             self.advance_commit(new_commit);
         }
         self.match_bound = self.match_bound.max(self.commit);
-        if !self.damaged {
-            // A damaged replica's word counts for no quorum: no heartbeat (ReadIndex,
-            // CheckQuorum) acks until repaired.
-            self.send(from, Message::HeartbeatResponse { term: self.term, ctx });
-        }
+        self.send(from, Message::HeartbeatResponse { term: self.term, ctx });
     }
 
     fn handle_install_log_start(
@@ -1305,6 +1361,7 @@ impl Replica {
             // Malformed: the leader's log start is at most commit + 1, its terms at most ours.
             return;
         }
+        self.leader_commit = self.leader_commit.max(commit);
         let matches = start <= self.log.start() || self.log.matches(start.prev(), prev_term);
         if matches {
             let known = start.prev().min(self.log.last());
@@ -1313,7 +1370,9 @@ impl Replica {
             assert!(self.commit < start, "committed entries always match the leader's");
             // The log's install-snapshot: restart the log at the leader's start.
             self.log.reset(start, prev_term);
+            // `durable` counts only once the reset is: see `reset_pending`.
             self.durable = start.prev();
+            self.reset_pending = Some(start);
             self.match_bound = start.prev();
             self.membership_base = membership.clone();
             self.membership_entries.clear();
@@ -1326,7 +1385,9 @@ impl Replica {
         self.maybe_ack(true);
     }
 
-    /// Sends the leader our ack, `min(durable, match_bound)`, if it moved (or `force`).
+    /// Sends the leader our ack, `min(durable, match_bound)`, if it moved (or `force`). While a
+    /// log reset is not durable, a crash may bring back the old log: the ack repeats the last
+    /// value sent to this leader (true of the old log and of the new one alike).
     fn maybe_ack(&mut self, force: bool) {
         if matches!(self.role, Role::Leader | Role::Candidate | Role::PreCandidate) {
             return;
@@ -1334,7 +1395,11 @@ impl Replica {
         if self.leader.is_none() {
             return;
         }
-        let value = self.durable.min(self.match_bound);
+        let value = if self.reset_pending.is_some() {
+            self.ack_sent
+        } else {
+            self.durable.min(self.match_bound)
+        };
         if value > self.ack_sent || force {
             self.ack_sent = self.ack_sent.max(value);
             let result = AppendResult::Accepted { durable: value, damaged: self.damaged };
@@ -1348,16 +1413,20 @@ impl Replica {
         }
     }
 
-    /// A damaged replica is repaired once it knows a commit index whose entry is of the
-    /// current leader's term (so every entry committed before is at or below it: leader
-    /// completeness, Raft §5.4), holds the log through it durably and matching, and its hard
-    /// state of that term is durable.
+    /// A damaged replica is repaired once the current leader has told it a commit index (in
+    /// an `Append` or `InstallLogStart`, not a heartbeat's match-capped one) whose entry is of
+    /// the leader's term (so every entry committed in earlier terms is at or below it: leader
+    /// completeness, Raft §5.4), it holds the log through that index durably and matching
+    /// (no log reset pending), and its hard state of that term is durable. Entries the leader
+    /// commits later are counted without this replica until it reports itself repaired.
     fn maybe_repair(&mut self) {
+        let target = self.leader_commit;
         let repaired = self.damaged
             && self.leader.is_some()
             && self.role != Role::Leader
-            && self.log.term_at(self.commit) == Some(self.term)
-            && self.durable.min(self.match_bound) >= self.commit
+            && self.reset_pending.is_none()
+            && self.log.term_at(target) == Some(self.term)
+            && self.durable.min(self.match_bound) >= target
             && self.durable_hard_state.term == self.term;
         if repaired {
             self.damaged = false;

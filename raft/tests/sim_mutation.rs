@@ -9,13 +9,13 @@ use ringlog_raft::sim::{
 /// The CI budget: seeds 0..1,000 on 3 nodes and on 5 nodes, interleaved.
 const SEEDS_PER_SIZE: u64 = 1_000;
 
-/// Failing seeds collected per mutation before looking for a safety violation among them.
-const FAILURES_MAX: usize = 10;
+/// Seeds run between two looks for a safety violation.
+const CHUNK: u64 = 100;
 
-/// Runs the CI seeds (3- and 5-node alternately) under `mutation` until `FAILURES_MAX` seeds
-/// failed; returns the first checker violation (not a core panic) that `is_safety` accepts.
-/// A broken driver may also break liveness first: that counts as a failure but not as the
-/// safety violation this check is about.
+/// Runs the CI seeds (3- and 5-node alternately, in chunks) under `mutation` until a checker
+/// violation (not a core panic) that `is_safety` accepts is found, and returns it. A broken
+/// driver may also break liveness first: that is a failure but not the safety violation this
+/// check is about.
 fn first_violation(mutation: Mutation, is_safety: fn(&str) -> bool) -> Option<String> {
     install_quiet_panic_hook();
     let options = move |i: u64| SimOptions {
@@ -23,14 +23,19 @@ fn first_violation(mutation: Mutation, is_safety: fn(&str) -> bool) -> Option<St
         ..SimOptions::new(i / 2, if i % 2 == 0 { 3 } else { 5 })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
-    let report = run_seeds(0..2 * SEEDS_PER_SIZE, threads, FAILURES_MAX, &options, &|_| {});
-    for (i, failure) in &report.failures {
-        eprintln!("{mutation:?}: {failure}\n  replay: {}", replay_command(&options(*i)));
+    for chunk in (0..2 * SEEDS_PER_SIZE).step_by(CHUNK as usize) {
+        let seeds = chunk..chunk + CHUNK;
+        let report = run_seeds(seeds, threads, CHUNK as usize, &options, &|_| {});
+        for (i, failure) in &report.failures {
+            eprintln!("{mutation:?}: {failure}\n  replay: {}", replay_command(&options(*i)));
+            if let SeedFailure::Violation(v) = failure {
+                if is_safety(&v.what) {
+                    return Some(v.what.clone());
+                }
+            }
+        }
     }
-    report.failures.iter().find_map(|(_, failure)| match failure {
-        SeedFailure::Violation(v) if is_safety(&v.what) => Some(v.what.clone()),
-        _ => None,
-    })
+    None
 }
 
 #[test]

@@ -49,7 +49,8 @@ pub enum Mutation {
     /// The driver as the replicator must be.
     #[default]
     None,
-    /// Entries are reported durable as soon as they are written, before any fsync.
+    /// Entries are reported durable as soon as they are written, and fsyncs run lazily
+    /// (20–60 steps later): a driver that acks on write completion.
     AckBeforeDurable,
     /// The vote in the hard state is forgotten at every restart, and the replica is not told
     /// it is damaged.

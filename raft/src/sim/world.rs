@@ -380,7 +380,7 @@ impl Simulation {
         let start = LogIndex(self.disk_rng.gen_range(lowest.0..=highest.0));
         self.trace.line(self.now, node.id, || format!("retention: log start moves to {start}"));
         self.write(i, DiskOp::AdvanceStart { start })?;
-        self.request_sync(i);
+        self.request_sync(i, false);
         self.nodes[i].replica.as_mut().expect("up").handle_log_start(start);
         self.drain(i)
     }
@@ -542,10 +542,14 @@ impl Simulation {
         }
     }
 
-    fn request_sync(&mut self, i: usize) {
+    /// Requests an fsync of everything node `i` wrote so far (`for_entries`: after an append).
+    fn request_sync(&mut self, i: usize, for_entries: bool) {
         let now = self.now;
         let node = &mut self.nodes[i];
-        let delay = if node.slow_fsyncs_until > now {
+        let delay = if self.opts.mutation == Mutation::AckBeforeDurable && for_entries {
+            // MUTATION: the broken driver acks on write and fsyncs lazily, in the background.
+            self.disk_rng.gen_range(20..=60)
+        } else if node.slow_fsyncs_until > now {
             self.disk_rng.gen_range(5..=40)
         } else {
             self.disk_rng.gen_range(0..=2)
@@ -569,7 +573,7 @@ impl Simulation {
         match action {
             Action::PersistHardState(state) => {
                 self.write(i, DiskOp::HardState(state))?;
-                self.request_sync(i);
+                self.request_sync(i, false);
             }
             Action::TruncateLog { from } => {
                 self.checker.on_truncate(now, id, from, self.nodes[i].commit)?;
@@ -585,7 +589,7 @@ impl Simulation {
                     prev_term = entry.term;
                 }
                 self.write(i, DiskOp::Append(entries))?;
-                self.request_sync(i);
+                self.request_sync(i, true);
                 if self.opts.mutation == Mutation::AckBeforeDurable {
                     // MUTATION: report durability before the fsync even started.
                     self.nodes[i].early_reports.push(last);
@@ -594,7 +598,7 @@ impl Simulation {
             Action::ResetLog { start, prev_term, membership } => {
                 self.checker.on_reset(now, id, start, prev_term)?;
                 self.write(i, DiskOp::Reset { start, prev_term, membership })?;
-                self.request_sync(i);
+                self.request_sync(i, false);
             }
             Action::Send { to, message } => {
                 self.net.send(now, id, to, message);
@@ -639,7 +643,7 @@ impl Simulation {
             Action::Repaired => {
                 self.nodes[i].damaged = false;
                 self.write(i, DiskOp::ClearDamaged)?;
-                self.request_sync(i);
+                self.request_sync(i, false);
             }
             Action::LearnerCaughtUp { learner, .. } => {
                 // The driver promotes a caught-up learner (as the replicator's operator API
@@ -719,7 +723,11 @@ impl Simulation {
                     DiskOp::Append(entries) => {
                         durable = entries.last().map(|e| (e.index, e.term));
                     }
-                    DiskOp::Truncate { .. } | DiskOp::Reset { .. } => durable = None,
+                    DiskOp::Truncate { .. } => durable = None,
+                    // The reset itself is reported durable (a later append covers it too).
+                    DiskOp::Reset { start, prev_term, .. } => {
+                        durable = Some((LogIndex(start.0 - 1), prev_term));
+                    }
                     DiskOp::AdvanceStart { .. } | DiskOp::ClearDamaged => {}
                 }
             }
