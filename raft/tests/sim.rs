@@ -101,16 +101,14 @@ fn replay_command_names_the_seed_size_and_steps() {
     );
 }
 
-/// Seeds the soak run (`--seeds 0..100000 --nodes both`) found failing, with their cluster
-/// size. They fail on two core bugs: (A) a follower acks `start - 1` as durable right after
-/// `ResetLog`, before the reset is durable, so a crash that loses the reset leaves the leader
-/// with a stale match index and a heartbeat commits the follower's stale entries (5959,
-/// 12839, 13432); (B) a damaged replica reports
-/// `Repaired` on first contact although its log is behind the leader's commit, then votes, and
-/// a leader without committed entries is elected (11506, 15070, 11357). Not yet triaged:
-/// 19322 (the core truncates from an index below its own log start, at or below the commit it
-/// reported), 19024 (liveness: a leader commits nothing new in the quiet phase), 23720
-/// (committed entry changed).
+/// Regression seeds: the soak run (`--seeds 0..100000 --nodes both`) found them failing on an
+/// earlier core, with their cluster size. Two core bugs, since fixed: (A) a follower acked
+/// `start - 1` as durable right after `ResetLog`, before the reset was durable, so a crash that
+/// lost the reset left the leader with a stale match index and a heartbeat committed the
+/// follower's stale entries (5959, 12839, 13432); (B) a damaged replica reported `Repaired` on
+/// first contact (a heartbeat's match-capped commit) although its log was behind the leader's
+/// commit, then voted, and a leader without committed entries was elected (11506, 15070,
+/// 11357). 19322, 19024 and 23720 failed on the same core and were not triaged further.
 const SOAK_FAILURES: [(u64, usize); 9] = [
     (5959, 5),
     (11357, 5),
@@ -124,8 +122,7 @@ const SOAK_FAILURES: [(u64, usize); 9] = [
 ];
 
 #[test]
-#[ignore = "fails on core bugs A and B found by the soak run; run with --ignored to check a fix"]
-fn seeds_the_soak_run_found_failing_now_pass() {
+fn seeds_the_soak_run_found_failing_pass() {
     install_quiet_panic_hook();
     let mut failures = String::new();
     for (seed, nodes) in SOAK_FAILURES {

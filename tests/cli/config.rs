@@ -3,7 +3,7 @@
 //!
 //! The binary is the one cargo builds for this package's tests (`CARGO_BIN_EXE_ringlog`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn ringlog_binary() -> &'static Path {

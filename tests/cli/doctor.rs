@@ -5,7 +5,7 @@
 //! Data dirs live under `CARGO_TARGET_TMPDIR` (on disk, unlike a /tmp that may be a tmpfs).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Every check `doctor` reports, in order (`ringlog_engine::host::names::ALL`).

@@ -277,6 +277,11 @@ impl SimDisk {
         Some(hit)
     }
 
+    /// Whether the durable image carries the damaged mark (a repair not yet durable).
+    pub fn damaged_mark_durable(&self) -> bool {
+        self.durable.damaged_mark
+    }
+
     /// Whether recovery would report damage now (for a stopped node).
     pub fn damaged_on_recovery(&self) -> bool {
         let image = &self.durable;

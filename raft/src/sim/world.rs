@@ -226,8 +226,10 @@ impl Simulation {
     /// majority's disks is not covered).
     fn impaired(&self, j: usize) -> bool {
         let n = &self.nodes[j];
+        // A running node stays impaired until its repair is durable: a crash before that
+        // brings it back damaged.
         let damaged = match n.replica {
-            Some(_) => n.damaged,
+            Some(_) => n.damaged || n.disk.damaged_mark_durable(),
             None => n.disk.damaged_on_recovery(),
         };
         damaged || self.nodes.iter().any(|m| !m.membership.voters.contains(&n.id))
