@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::NodeConfig;
-use crate::config_keys::reference_markdown;
+use ringlog::config::NodeConfig;
+use ringlog::config_keys::reference_markdown;
 
 /// Arguments of `ringlog config`.
 #[derive(Debug, Clone, Args)]

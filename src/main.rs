@@ -11,10 +11,7 @@ use clap::{Parser, Subcommand};
 use ringlog_bench::cli::BenchArgs;
 use ringlog_bench::workdir::StopFlag;
 
-mod config;
-mod config_check;
 mod config_cli;
-mod config_keys;
 mod doctor;
 mod inspect;
 

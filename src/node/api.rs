@@ -1,0 +1,237 @@
+//! Plain data types of the node's public API: outcomes, errors and the metrics snapshot.
+//!
+//! Shared by the replication core, the client server, the C ABI and the metrics exporter;
+//! nothing here does IO. Errors map one to one onto wire error replies
+//! ([`NodeError::to_reply`]) so that an embedded caller and a network client see the same
+//! failure for the same cause.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use ringlog_net::protocol::ErrorReply;
+use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::{LogIndex, NodeId, Role, Term};
+
+/// A produce that met its `acks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub partition: PartitionId,
+    /// Offset of the batch's first record.
+    pub base_offset: Offset,
+    /// Offset of the batch's last record.
+    pub last_offset: Offset,
+    /// The group's commit point (first offset not yet committed) when the append completed.
+    pub commit: Offset,
+}
+
+/// Committed batches read from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub partition: PartitionId,
+    /// Whole record batches in the on-disk format, checksum verified, in offset order.
+    pub batches: Vec<Bytes>,
+    /// The offset to read next (the first offset after the last returned batch, or the
+    /// requested offset when nothing was returned).
+    pub next_offset: Offset,
+    /// First offset not yet committed.
+    pub commit: Offset,
+    /// First offset still held by the log.
+    pub log_start: Offset,
+}
+
+/// Where a node listens; carried by an add-node membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddresses {
+    /// Peer address of the node's shard 0 (shard `s` listens on port + s).
+    pub peer: SocketAddr,
+    /// Client address of the node's shard 0 (shard `s` listens on port + s).
+    pub client: SocketAddr,
+}
+
+/// How a node stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShutdownMode {
+    /// Stop accepting, finish or fail in-flight requests, hand off leadership, flush, close.
+    Graceful,
+    /// Close now (in-flight requests fail with `ShuttingDown`).
+    Immediate,
+}
+
+/// Why `NodeHandle::wait` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeExit {
+    /// `shutdown` was called and completed.
+    Stopped,
+    /// A shard hit a fatal error (a latched write/fdatasync failure) and the node stopped.
+    Fatal(String),
+}
+
+/// A request the node could not carry out. Every variant is a typed, documented outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("node {node} does not lead partition {partition}; leader: {leader:?} at {address:?}")]
+    NotLeader {
+        node: NodeId,
+        partition: PartitionId,
+        leader: Option<NodeId>,
+        address: Option<SocketAddr>,
+    },
+    #[error("partition {partition} does not exist (partitions: {partitions})")]
+    UnknownPartition { partition: PartitionId, partitions: u32 },
+    #[error("offset {requested} of partition {partition} is outside [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        partition: PartitionId,
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
+    #[error("queues are full; retry after {retry_after_ms} ms")]
+    Backpressure { retry_after_ms: u32 },
+    #[error("batch of {len} bytes is over the limit of {max} bytes")]
+    Oversize { len: u64, max: u64 },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the requested acks were not reached in time; the batch may still commit")]
+    Timeout,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("the log of partition {partition} failed (fatal, never retried): {reason}")]
+    StorageFailed { partition: PartitionId, reason: String },
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// The wire reply for this error.
+    pub fn to_reply(&self) -> ErrorReply {
+        match self {
+            NodeError::NotLeader { partition, leader, address, .. } => {
+                ErrorReply::NotLeader { partition: *partition, leader: *leader, address: *address }
+            }
+            NodeError::UnknownPartition { partition, .. } => {
+                ErrorReply::UnknownPartition { partition: *partition }
+            }
+            NodeError::OffsetOutOfRange { partition, requested, log_start, log_end } => {
+                ErrorReply::OffsetOutOfRange {
+                    partition: *partition,
+                    requested: *requested,
+                    log_start: *log_start,
+                    log_end: *log_end,
+                }
+            }
+            NodeError::Backpressure { retry_after_ms } => {
+                ErrorReply::Backpressure { retry_after_ms: *retry_after_ms }
+            }
+            NodeError::Oversize { len, max } => ErrorReply::Oversize { len: *len, max: *max },
+            NodeError::Invalid(reason) => ErrorReply::Malformed { reason: reason.clone() },
+            NodeError::Timeout => ErrorReply::Timeout,
+            NodeError::ShuttingDown | NodeError::Stopped => ErrorReply::ShuttingDown,
+            NodeError::StorageFailed { reason, .. } => {
+                ErrorReply::StorageFailed { reason: reason.clone() }
+            }
+            NodeError::Rejected(reason) => ErrorReply::Rejected { reason: reason.clone() },
+            NodeError::Internal(reason) => ErrorReply::Internal { reason: reason.clone() },
+        }
+    }
+}
+
+/// Why a node did not start. Nothing was started when this is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeStartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("host check failed: {0}")]
+    Host(String),
+    #[error("cannot use data directory {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("recovery of partition {partition} failed: {reason}")]
+    Recovery { partition: PartitionId, reason: String },
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// Everything the metrics exporter reads, taken at one moment (each shard answers for its
+/// own partitions; shards are read one after another).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeSnapshot {
+    pub node: NodeId,
+    pub shards: Vec<ShardSnapshot>,
+}
+
+/// One shard's counters and its partitions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    /// Commands waiting in the shard's mailbox from foreign threads.
+    pub mailbox_depth: u64,
+    /// Open client connections.
+    pub client_connections: u64,
+    /// Frames and bytes queued towards peers, over every link of the shard.
+    pub peer_queue_frames: u64,
+    pub peer_queue_bytes: u64,
+    /// Malformed frames, refused handshakes and other rejected inputs, by kind.
+    pub rejected_inputs: Vec<(String, u64)>,
+    pub partitions: Vec<PartitionSnapshot>,
+}
+
+/// One partition (one Raft group) on this node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PartitionSnapshot {
+    pub partition: PartitionId,
+    pub role: Option<Role>,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit: LogIndex,
+    pub durable: LogIndex,
+    pub last_index: LogIndex,
+    /// First offset not yet committed.
+    pub commit_offset: Offset,
+    pub log_start_offset: Offset,
+    pub elections_started: u64,
+    pub leader_changes: u64,
+    pub appends: u64,
+    pub append_bytes: u64,
+    pub append_records: u64,
+    pub fetches: u64,
+    pub fetch_bytes: u64,
+    /// Errors answered to appends and fetches, by `ErrorCode` name.
+    pub errors: Vec<(String, u64)>,
+    /// Producers waiting for their acks.
+    pub pending_appends: u64,
+    /// Unsynced bytes queued in the log's group commit.
+    pub log_queued_bytes: u64,
+    pub flushes: u64,
+    pub fdatasyncs: u64,
+    pub bytes_written: u64,
+    /// fdatasync latency: cumulative counts per upper bound in microseconds (Prometheus
+    /// histogram buckets, the last bound `u64::MAX` meaning +Inf), and the sum in µs.
+    pub fdatasync_latency_buckets_us: Vec<(u64, u64)>,
+    pub fdatasync_latency_sum_us: u64,
+    /// Batch sizes appended, same bucket layout, in bytes.
+    pub batch_size_buckets: Vec<(u64, u64)>,
+    pub batch_size_sum: u64,
+    /// Filled in on a leader only.
+    pub followers: Vec<FollowerSnapshot>,
+}
+
+/// What a leader knows of one follower.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowerSnapshot {
+    pub node: NodeId,
+    pub durable: LogIndex,
+    /// Entries behind the leader's last index.
+    pub lag: u64,
+    pub learner: bool,
+    /// Messages and bytes in flight to it (pipelining window use).
+    pub inflight_msgs: u64,
+    pub inflight_bytes: u64,
+}
