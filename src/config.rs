@@ -229,8 +229,14 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        NodeConfig::from_toml_str(&text, path, base)
+        // `Path::new("node.toml").parent()` is `Some("")`: a bare file name lives in ".".
+        // An absolute base keeps the data dir stable if the process changes directory.
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        NodeConfig::from_toml_str(&text, path, &base)
     }
 
     /// Parses and validates `text` (named `path` in errors); a relative `data_dir` is
@@ -786,6 +792,18 @@ json = true
         let path = dir.path().join("not/yet").display().to_string();
         let text = MINIMAL.replace("data_dir = \".\"", &format!("data_dir = \"{path}\""));
         assert_eq!(load(&text).unwrap().config.data_dir, PathBuf::from(path));
+    }
+
+    #[test]
+    fn a_config_file_named_without_a_directory_resolves_its_data_dir_against_the_cwd() {
+        let cwd = std::env::current_dir().unwrap();
+        let name = format!("ringlog-config-test-{}.toml", std::process::id());
+        let file = cwd.join(&name);
+        std::fs::write(&file, MINIMAL.replace("data_dir = \".\"", "data_dir = \"data\"")).unwrap();
+        let loaded = NodeConfig::load(Path::new(&name));
+        std::fs::remove_file(&file).unwrap();
+        let loaded = loaded.expect("a bare file name loads");
+        assert_eq!(loaded.config.data_dir, cwd.join("data"));
     }
 
     #[test]

@@ -6,4 +6,5 @@
 pub mod config;
 pub mod config_check;
 pub mod config_keys;
+pub mod metrics;
 pub mod node;

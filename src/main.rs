@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use ringlog_bench::cli::BenchArgs;
 use ringlog_bench::workdir::StopFlag;
 
+mod cli_client;
 mod config_cli;
 mod doctor;
 mod inspect;
+mod serve;
 
 /// ringlog: a replicated commit-log storage engine on io_uring.
 #[derive(Debug, Parser)]
@@ -25,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node until SIGTERM/SIGINT (prints `ringlog: ready ...` once serving).
+    Serve(serve::ServeArgs),
     /// Run the benchmark suite (no arguments: every scenario, results in ./results).
     Bench(BenchArgs),
     /// Check this host (kernel, io_uring, memlock, O_DIRECT on the data dir, ...); exit 1 on
@@ -34,6 +38,18 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Check a node's configuration file, or print the configuration reference.
     Config(config_cli::ConfigArgs),
+    /// Append records to a partition; prints one offset per record.
+    Produce(cli_client::ProduceArgs),
+    /// Print a partition's committed records (`offset<TAB>value`).
+    Consume(cli_client::ConsumeArgs),
+    /// Per partition and node: role, term, leader, commit, durable, lag per follower.
+    Status(cli_client::StatusArgs),
+    /// Hand a partition's leadership to another node.
+    TransferLeader(cli_client::TransferLeaderArgs),
+    /// Add a node to partitions' groups (as a learner, then a voter once caught up).
+    AddNode(cli_client::AddNodeArgs),
+    /// Remove a node from partitions' groups.
+    RemoveNode(cli_client::RemoveNodeArgs),
 }
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -42,10 +58,17 @@ const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => Ok(serve::run(&args)),
         Command::Bench(args) => run_bench(&args),
         Command::Doctor(args) => Ok(doctor::run(&args)),
         Command::Inspect(args) => inspect::run(&args),
         Command::Config(args) => Ok(config_cli::run(&args)),
+        Command::Produce(args) => cli_client::run_produce(&args),
+        Command::Consume(args) => cli_client::run_consume(&args),
+        Command::Status(args) => cli_client::run_status(&args),
+        Command::TransferLeader(args) => cli_client::run_transfer_leader(&args),
+        Command::AddNode(args) => cli_client::run_add_node(&args),
+        Command::RemoveNode(args) => cli_client::run_remove_node(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,18 +1,25 @@
 //! `ringlog bench`: command-line options and the top-level run (work dir, suite, report).
 //!
-//! With no arguments it runs every scenario with the standard durations in a temporary
-//! directory under the current directory (the repository when started by `cargo run`),
-//! prints the table, writes `results/results.json` and `results/report.md`, and removes the
-//! temporary directory — also when Ctrl-C interrupts it.
+//! With no arguments it starts a local 3-node cluster (`ringlog serve` children of this very
+//! binary) in a temporary directory under the current directory (the repository when started
+//! by `cargo run`), runs every scenario for about a minute in total, prints the table, writes
+//! `results/results.json`, `results/report.md` and SVG plots, stops the cluster and removes
+//! the temporary directory — also when Ctrl-C interrupts it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use ringlog_net::protocol::Acks;
 
+use crate::cluster::ClusterOptions;
+use crate::cluster_scenarios::{ClusterScenarioOptions, StallInjection};
 use crate::engine_append::EngineAppendOptions;
+use crate::load::LoadModel;
 use crate::report;
-use crate::scenario::{self, ScenarioName, SuiteOptions, SuiteReport};
+use crate::scenario::{self, ClusterSetup, ScenarioName, SuiteOptions, SuiteReport};
 use crate::workdir::{StopFlag, WorkDir};
 
 /// Options of `ringlog bench`.
@@ -24,55 +31,155 @@ pub struct BenchArgs {
     /// Tiny durations and files: checks that every scenario works (figures meaningless).
     #[arg(long)]
     pub quick: bool,
-    /// Measured seconds per scenario (default 10, or 0.5 with --quick).
+
+    // ---- in-process scenarios (engine, engine-handle, raw-disk) ----
+    /// Measured seconds per in-process scenario, split over the rounds (default 4, or 0.5
+    /// with --quick).
     #[arg(long)]
     pub duration_secs: Option<f64>,
-    /// Warm-up seconds per scenario, split over the rounds (default 2.5, or 0.1 with --quick).
+    /// Warm-up seconds per in-process scenario, split over the rounds (default 1, or 0.1
+    /// with --quick).
     #[arg(long)]
     pub warmup_secs: Option<f64>,
-    /// Rounds each scenario's time is split into, alternating engine and raw-disk (default
-    /// 10, or 1 with --quick).
+    /// Rounds the in-process scenarios' time is split into, alternating each with raw-disk
+    /// (default 4, or 1 with --quick).
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// Appends kept outstanding by the closed loop (enough to saturate the disk).
+    /// Appends kept outstanding by the engine scenarios' closed loop.
     #[arg(long, default_value_t = 256)]
     pub appenders: usize,
-    /// Record value size in bytes.
+    /// Record value size in bytes (every scenario).
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
-    /// Records per append call (one batch each).
+    /// Records per append call in the engine scenarios (one batch each).
     #[arg(long, default_value_t = 1)]
     pub records_per_append: usize,
-    /// LogConfig.segment_size_bytes (default 256 MiB, or 8 MiB with --quick).
+    /// Engine LogConfig.segment_size_bytes (default 256 MiB, or 8 MiB with --quick).
     #[arg(long)]
     pub segment_size_bytes: Option<u64>,
-    /// LogConfig.flush_bytes_max: most bytes coalesced into one write + fdatasync.
+    /// Engine LogConfig.flush_bytes_max: most bytes coalesced into one write + fdatasync.
     #[arg(long)]
     pub flush_bytes_max: Option<usize>,
-    /// LogConfig.queued_bytes_max: most bytes waiting for fdatasync.
+    /// Engine LogConfig.queued_bytes_max: most bytes waiting for fdatasync.
     #[arg(long)]
     pub queued_bytes_max: Option<usize>,
     /// IO memory glommio registers per executor (default: 8 MiB, or the most the
     /// RLIMIT_MEMLOCK allows without CAP_IPC_LOCK).
     #[arg(long)]
     pub io_memory_bytes: Option<usize>,
-    /// Let the shard executor spin before parking (dedicated cores only).
+    /// Let the engine's shard executor spin before parking (dedicated cores only).
     #[arg(long)]
     pub spin: bool,
-    /// raw-disk write size when the engine scenario is not run.
+    /// raw-disk write size when no engine scenario is run.
     #[arg(long, default_value_t = 256 * 1024)]
     pub raw_write_size: usize,
+
+    // ---- cluster scenarios ----
+    /// Run the cluster scenarios against this existing cluster (shard-0 client addresses,
+    /// `host:port,host:port`) instead of starting one; failover and retention need a local
+    /// cluster and are refused.
+    #[arg(long, value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// The `ringlog` binary started as `ringlog serve` (default: this executable).
+    #[arg(long)]
+    pub ringlog_bin: Option<PathBuf>,
+    /// Nodes of the local cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Shards (executor threads) per local node.
+    #[arg(long, default_value_t = 1)]
+    pub node_shards: usize,
+    /// Partitions of the local cluster (producers are spread over them).
+    #[arg(long, default_value_t = 3)]
+    pub partitions: u32,
+    /// Segment size of the local cluster (default 64 MiB, or 8 MiB with --quick).
+    #[arg(long)]
+    pub cluster_segment_size_bytes: Option<u64>,
+    /// Producer threads (one connection each) of the cluster scenarios.
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+    /// Producers of the many-producers scenario (default 200, or 32 with --quick).
+    #[arg(long)]
+    pub many_producers: Option<usize>,
+    /// Records per produce batch (the most, in an open loop).
+    #[arg(long, default_value_t = 16)]
+    pub records_per_batch: usize,
+    /// Open loop: records arrive one by one and a batch is sent at most this long after its
+    /// first record arrived; 0: records arrive in whole batches (one request each).
+    #[arg(long, default_value_t = 0.0)]
+    pub linger_ms: f64,
+    /// Acks settings of the replicated scenario (default: quorum,leader,none).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub acks: Vec<AcksArg>,
+    /// Load model of the replicated scenario.
+    #[arg(long, value_enum, default_value_t = LoadArg::Closed)]
+    pub load: LoadArg,
+    /// Offered records/s of the open loop (required with --load open).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Offered rates of the sweep, as fractions of the closed-loop maximum (default
+    /// 0.1,0.25,0.5,0.75,0.9,1.0, or 0.25,0.5,1.0 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<f64>,
+    /// The sweep's knee: the highest offered rate whose p99 stays under this bound.
+    #[arg(long, default_value_t = 10.0)]
+    pub p99_bound_ms: f64,
+    /// Measured seconds of each cluster scenario (default 3, or 1 with --quick).
+    #[arg(long)]
+    pub cluster_duration_secs: Option<f64>,
+    /// Warm-up seconds of each cluster run (default 1, or 0.3 with --quick).
+    #[arg(long)]
+    pub cluster_warmup_secs: Option<f64>,
+    /// Measured seconds of each sweep point (default 1.5, or 0.6 with --quick).
+    #[arg(long)]
+    pub sweep_point_secs: Option<f64>,
+    /// Pause the leader of partition 0 (SIGSTOP, then SIGCONT) for this long during the first
+    /// replicated run: shows the open loop counting a stall. Local cluster only.
+    #[arg(long)]
+    pub inject_stall_ms: Option<f64>,
+    /// When the injected stall starts, in seconds into the measured window.
+    #[arg(long, default_value_t = 0.5)]
+    pub inject_stall_at_secs: f64,
+    /// Segment size of the retention scenario's cluster.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub retention_segment_bytes: u64,
+    /// retention_bytes_max of the retention scenario's cluster.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub retention_bytes: u64,
+    /// Pass --skip-host-checks to the nodes (hosts whose checks fail; never in CI).
+    #[arg(long)]
+    pub skip_host_checks: bool,
+    /// `[log] level` of the local nodes (their logs stay in the work dir).
+    #[arg(long, default_value = "warn")]
+    pub node_log_level: String,
+
+    // ---- output ----
     /// Directory in which the temporary work directory is created (must be disk-backed).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Folder receiving results.json and report.md.
+    /// Folder receiving results.json, report.md and the SVG plots.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
 }
 
+/// `--acks` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    Quorum,
+    Leader,
+    None,
+}
+
+/// `--load` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadArg {
+    Closed,
+    Open,
+}
+
 impl BenchArgs {
     /// The suite options these arguments select.
-    pub fn suite_options(&self) -> SuiteOptions {
+    pub fn suite_options(&self) -> anyhow::Result<SuiteOptions> {
         let secs = |value: Option<f64>, normal: f64, quick: f64| {
             Duration::from_secs_f64(
                 value.unwrap_or(if self.quick { quick } else { normal }).max(0.0),
@@ -81,7 +188,10 @@ impl BenchArgs {
         let scenarios = if self.scenarios.is_empty() {
             ScenarioName::ALL.to_vec()
         } else {
-            self.scenarios.clone()
+            let mut selected = self.scenarios.clone();
+            selected.sort();
+            selected.dedup();
+            selected
         };
         let mut engine = EngineAppendOptions {
             appenders: self.appenders,
@@ -103,16 +213,114 @@ impl BenchArgs {
         if let Some(bytes) = self.queued_bytes_max {
             engine.queued_bytes_max = bytes;
         }
-        SuiteOptions {
+        Ok(SuiteOptions {
             scenarios,
             quick: self.quick,
-            duration: secs(self.duration_secs, 10.0, 0.5),
-            warmup: secs(self.warmup_secs, 2.5, 0.1),
-            rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 10 }).max(1),
+            duration: secs(self.duration_secs, 4.0, 0.5),
+            warmup: secs(self.warmup_secs, 1.0, 0.1),
+            rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 4 }).max(1),
             engine,
             raw_write_size_bytes: self.raw_write_size,
             raw_file_size_bytes: if self.quick { 8 << 20 } else { 256 << 20 },
+            cluster: self.cluster_options(&secs)?,
+            cluster_setup: self.cluster_setup()?,
+        })
+    }
+
+    fn cluster_options(
+        &self,
+        secs: &dyn Fn(Option<f64>, f64, f64) -> Duration,
+    ) -> anyhow::Result<ClusterScenarioOptions> {
+        let load = match (self.load, self.rate) {
+            (LoadArg::Closed, None) => LoadModel::Closed,
+            (LoadArg::Closed, Some(_)) => bail!("--rate applies to --load open"),
+            (LoadArg::Open, Some(rate)) => LoadModel::Open { rate_records_per_sec: rate },
+            (LoadArg::Open, None) => bail!("--load open needs --rate <records/s>"),
+        };
+        let acks = if self.acks.is_empty() {
+            vec![Acks::Quorum, Acks::Leader, Acks::None]
+        } else {
+            self.acks
+                .iter()
+                .map(|a| match a {
+                    AcksArg::Quorum => Acks::Quorum,
+                    AcksArg::Leader => Acks::Leader,
+                    AcksArg::None => Acks::None,
+                })
+                .collect()
+        };
+        let sweep_fractions = if !self.sweep.is_empty() {
+            self.sweep.clone()
+        } else if self.quick {
+            vec![0.25, 0.5, 1.0]
+        } else {
+            vec![0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+        };
+        if sweep_fractions.iter().any(|f| !(*f > 0.0 && *f <= 10.0)) {
+            bail!("--sweep fractions must be in (0, 10]");
         }
+        if self.record_size < crate::cluster_client::STAMP_BYTES {
+            bail!("--record-size must be at least {} bytes", crate::cluster_client::STAMP_BYTES);
+        }
+        let stall = self.inject_stall_ms.map(|ms| StallInjection {
+            at: Duration::from_secs_f64(self.inject_stall_at_secs.max(0.0)),
+            length: Duration::from_secs_f64(ms.max(0.0) / 1e3),
+        });
+        let duration = secs(self.cluster_duration_secs, 3.0, 1.0);
+        Ok(ClusterScenarioOptions {
+            producers: self.producers,
+            many_producers: self.many_producers.unwrap_or(if self.quick { 32 } else { 200 }),
+            records_per_batch: self.records_per_batch,
+            linger: Duration::from_secs_f64(self.linger_ms.max(0.0) / 1e3),
+            record_size_bytes: self.record_size,
+            partitions: self.partitions,
+            acks,
+            load,
+            sweep_fractions,
+            p99_bound: Duration::from_secs_f64(self.p99_bound_ms.max(0.0) / 1e3),
+            duration,
+            sweep_point_duration: secs(self.sweep_point_secs, 1.5, 0.6),
+            warmup: secs(self.cluster_warmup_secs, 1.0, 0.3),
+            timeline_interval: if duration <= Duration::from_secs(5) {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(1)
+            },
+            stall,
+        })
+    }
+
+    fn cluster_setup(&self) -> anyhow::Result<ClusterSetup> {
+        let bootstrap = if self.bootstrap.is_empty() {
+            None
+        } else {
+            let joined = self.bootstrap.join(",");
+            let addrs: Vec<SocketAddr> = ringlog_net::client::parse_addresses(&joined)
+                .with_context(|| format!("--bootstrap {joined}"))?;
+            Some(addrs)
+        };
+        let binary = match &self.ringlog_bin {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("locating the ringlog binary")?,
+        };
+        Ok(ClusterSetup {
+            bootstrap,
+            binary,
+            local: ClusterOptions {
+                nodes: self.nodes,
+                shards: self.node_shards.max(1),
+                partitions: self.partitions.max(1),
+                segment_size_bytes: self
+                    .cluster_segment_size_bytes
+                    .unwrap_or(if self.quick { 8 << 20 } else { 64 << 20 }),
+                retention_bytes_max: None,
+                io_memory_bytes: 1 << 20,
+                skip_host_checks: self.skip_host_checks,
+                log_level: self.node_log_level.clone(),
+            },
+            retention_segment_bytes: self.retention_segment_bytes,
+            retention_bytes_max: self.retention_bytes,
+        })
     }
 }
 
@@ -136,7 +344,7 @@ fn default_io_memory_bytes() -> usize {
 
 /// Runs `ringlog bench`: returns the report (already printed and written).
 pub fn run(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<SuiteReport> {
-    let options = args.suite_options();
+    let options = args.suite_options()?;
     let work = WorkDir::create(&args.dir)?;
     eprintln!(
         "ringlog bench: work dir {} ({} on {})",
@@ -144,8 +352,10 @@ pub fn run(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<SuiteReport> {
         work.mount.filesystem,
         work.mount.device
     );
-    let report = scenario::run_suite(&options, &work, stop, &mut |line| eprintln!("  {line}"))?;
+    let report = scenario::run_suite(&options, &work, stop, &mut |line| eprintln!("  {line}"));
+    // Every cluster is stopped inside run_suite; the work dir goes now, on error too.
     drop(work);
+    let report = report?;
     print!("{}", report::terminal_table(&report));
     let written = report::write_results(&report, &args.results)?;
     for path in written {

@@ -13,10 +13,16 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
+pub mod cluster_client;
+pub mod cluster_scenarios;
 pub mod engine_append;
 pub mod load;
 pub mod machine;
 pub mod measure;
+pub mod plots;
+pub mod producers;
+pub mod progress;
 pub mod raw_disk;
 pub mod report;
 pub mod scenario;

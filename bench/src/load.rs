@@ -5,12 +5,19 @@
 //! whatever the system sustains (maximum throughput). One driver thread submits and collects
 //! completions, leaving the other cores to the shards and the kernel's IO completion work
 //! (design.md §11: busy cores starve fsync). Latency is measured from submission to completion.
-//! The open-loop model (constant rate, latency from the intended send time) comes with the
-//! full suite (issue 5) and plugs in beside this one.
+//!
+//! Open loop ([`OpenSchedule`], driven by `producers::drive_producers`): records *arrive* at a
+//! constant rate whatever the system does, each with an intended time. With a `linger`, they
+//! arrive one by one and a producer closes a batch when it holds `records_per_batch` records
+//! or `linger` after its first record arrived; with no linger they arrive in whole batches of
+//! `records_per_batch` (one request each, as the closed loop sends them). A record's latency
+//! runs from its own arrival to its acknowledgement. A stall therefore
+//! shows as the whole backlog it delays, not as one slow request (no coordinated omission).
 //!
 //! Invariants: never more than `concurrency` operations outstanding; the driver ends when the
 //! duration passes, the stop flag rises, or an operation fails, and it always collects every
-//! outstanding completion (bounded by `drain_timeout`) before returning.
+//! outstanding completion (bounded by `drain_timeout`) before returning. An open schedule's
+//! arrivals are strictly increasing and a batch never holds more than `records_per_batch`.
 
 use std::time::{Duration, Instant};
 
@@ -125,6 +132,104 @@ fn drain(target: &mut dyn AsyncTarget, mut outstanding: usize, timeout: Duration
     }
 }
 
+/// How a run offers load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "model")]
+pub enum LoadModel {
+    /// Each producer sends its next batch as soon as the previous one is acknowledged.
+    Closed,
+    /// Records arrive at a constant total rate, spread evenly over the producers.
+    Open { rate_records_per_sec: f64 },
+}
+
+/// Highest open-loop rate accepted (records/s).
+pub const OPEN_RATE_MAX: f64 = 1e9;
+
+/// One batch of an open-loop schedule: records `first..first + count` of the producer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannedBatch {
+    /// Index of the batch's first record in the producer's arrival sequence.
+    pub first: u64,
+    pub count: usize,
+    /// When the batch is closed and sent, from the schedule's origin.
+    pub send_at: Duration,
+}
+
+/// The arrivals of one open-loop producer: record `k` arrives at `phase + k / rate`, or, with
+/// no linger, in groups of `records_per_batch` at the time of the group's first record.
+#[derive(Debug, Clone)]
+pub struct OpenSchedule {
+    interval_secs: f64,
+    /// Records arriving together (`records_per_batch` without linger, else 1).
+    group: u64,
+    phase_secs: f64,
+    records_per_batch: usize,
+    linger: Duration,
+    next: u64,
+}
+
+impl OpenSchedule {
+    /// The schedule of producer `index` of `producers` sharing `total_rate` records/s: each
+    /// gets `total_rate / producers`, phases staggered by `1 / total_rate`.
+    pub fn new(
+        total_rate: f64,
+        index: usize,
+        producers: usize,
+        records_per_batch: usize,
+        linger: Duration,
+    ) -> anyhow::Result<OpenSchedule> {
+        if !(total_rate > 0.0 && total_rate <= OPEN_RATE_MAX) {
+            bail!("open-loop rate {total_rate} outside (0, {OPEN_RATE_MAX}] records/s");
+        }
+        if producers == 0 || records_per_batch == 0 {
+            bail!("an open loop needs at least one producer and one record per batch");
+        }
+        let per_producer = total_rate / producers as f64;
+        Ok(OpenSchedule {
+            interval_secs: 1.0 / per_producer,
+            group: if linger.is_zero() { records_per_batch as u64 } else { 1 },
+            phase_secs: index as f64 / total_rate,
+            records_per_batch,
+            linger,
+            next: 0,
+        })
+    }
+
+    /// When record `k` arrives, from the schedule's origin.
+    pub fn arrival(&self, k: u64) -> Duration {
+        let first_of_group = k / self.group * self.group;
+        Duration::from_secs_f64(self.phase_secs + first_of_group as f64 * self.interval_secs)
+    }
+
+    /// The next batch whose first record arrives before `end`; `None` when there is none.
+    /// The batch takes every following record that arrives within `linger` of the first (up
+    /// to `records_per_batch`, and before `end`); it is sent when it is full or when the
+    /// linger expires.
+    pub fn next_batch(&mut self, end: Duration) -> Option<PlannedBatch> {
+        let first = self.next;
+        let first_at = self.arrival(first);
+        if first_at >= end {
+            return None;
+        }
+        let closes_at = first_at + self.linger;
+        let mut count = 1;
+        while count < self.records_per_batch {
+            let at = self.arrival(first + count as u64);
+            if at > closes_at || at >= end {
+                break;
+            }
+            count += 1;
+        }
+        self.next = first + count as u64;
+        let send_at = if count == self.records_per_batch {
+            self.arrival(first + count as u64 - 1)
+        } else {
+            closes_at.min(end)
+        };
+        Some(PlannedBatch { first, count, send_at })
+    }
+}
+
 fn serialize_secs<S: serde::Serializer>(
     value: &Duration,
     serializer: S,
@@ -179,6 +284,59 @@ mod tests {
         assert!(outcome.completed > 0);
         assert_eq!(outcome.latency.len(), outcome.completed);
         assert!(outcome.latency.summary().p50_us >= 1000.0);
+    }
+
+    #[test]
+    fn an_open_schedule_spreads_the_rate_over_producers_and_batches_by_linger() {
+        // 1000 records/s over 2 producers: each gets one record every 2 ms, phases 1 ms apart.
+        let a = OpenSchedule::new(1000.0, 0, 2, 4, Duration::from_millis(5)).unwrap();
+        let b = OpenSchedule::new(1000.0, 1, 2, 4, Duration::from_millis(5)).unwrap();
+        assert_eq!(a.arrival(0), Duration::ZERO);
+        assert_eq!(b.arrival(0), Duration::from_millis(1));
+        assert_eq!(a.arrival(3), Duration::from_millis(6));
+
+        // Linger 5 ms holds records arriving at 0, 2 and 4 ms; the one at 6 ms starts the next.
+        let mut a = a;
+        let end = Duration::from_millis(20);
+        let batch = a.next_batch(end).unwrap();
+        assert_eq!((batch.first, batch.count), (0, 3));
+        assert_eq!(batch.send_at, Duration::from_millis(5));
+        // A full batch is sent when its last record arrives.
+        let mut full = OpenSchedule::new(1000.0, 0, 1, 2, Duration::from_secs(1)).unwrap();
+        let batch = full.next_batch(end).unwrap();
+        assert_eq!((batch.first, batch.count, batch.send_at), (0, 2, Duration::from_millis(1)));
+        // Nothing arrives at or after the end.
+        let mut total = 0;
+        while let Some(batch) = full.next_batch(end) {
+            assert!(full.arrival(batch.first) < end);
+            total += batch.count;
+        }
+        assert_eq!(total + 2, 20);
+    }
+
+    #[test]
+    fn without_linger_records_arrive_in_whole_batches() {
+        // 100 records/s, batches of 4: a batch every 40 ms, sent when it arrives.
+        let mut schedule = OpenSchedule::new(100.0, 0, 1, 4, Duration::ZERO).unwrap();
+        let end = Duration::from_millis(100);
+        let batches: Vec<PlannedBatch> = std::iter::from_fn(|| schedule.next_batch(end)).collect();
+        let sends: Vec<(u64, usize, Duration)> =
+            batches.iter().map(|b| (b.first, b.count, b.send_at)).collect();
+        assert_eq!(
+            sends,
+            [
+                (0, 4, Duration::ZERO),
+                (4, 4, Duration::from_millis(40)),
+                (8, 4, Duration::from_millis(80))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_open_schedule_refuses_a_zero_rate() {
+        assert!(OpenSchedule::new(0.0, 0, 1, 1, Duration::ZERO).is_err());
+        assert!(OpenSchedule::new(f64::NAN, 0, 1, 1, Duration::ZERO).is_err());
+        assert!(OpenSchedule::new(10.0, 0, 0, 1, Duration::ZERO).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The JSON holds every parameter and the machine description, so a run can be compared with
 //! another one later; the Markdown is the same table plus the conditions, ready to paste into
-//! bench/README.md. (Issue 5 adds SVG plots beside them.)
+//! bench/README.md; the SVG plots (plots.rs) go beside them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,11 +25,15 @@ pub fn write_results(report: &SuiteReport, dir: &Path) -> anyhow::Result<Vec<Pat
     let md_path = dir.join(REPORT_MD);
     std::fs::write(&md_path, markdown(report))
         .with_context(|| format!("writing {}", md_path.display()))?;
-    Ok(vec![json_path, md_path])
+    let mut written = vec![json_path, md_path];
+    written.extend(crate::plots::write_plots(report, dir)?);
+    Ok(written)
 }
 
-const HEADERS: [&str; 11] = [
+const COLUMNS: usize = 14;
+const HEADERS: [&str; COLUMNS] = [
     "scenario",
+    "offered rec/s",
     "records/s",
     "MB/s",
     "p50 µs",
@@ -38,34 +42,51 @@ const HEADERS: [&str; 11] = [
     "max µs",
     "fdatasync/s",
     "B/fdatasync",
-    "CPU µs/op",
-    "ops",
+    "CPU s/Mrec",
+    "node CPU s/Mrec",
+    "disk eff.",
+    "errors",
 ];
 
-fn row(result: &ScenarioResult) -> [String; 11] {
+fn row(result: &ScenarioResult) -> [String; COLUMNS] {
     let latency = &result.measure.latency;
+    let opt = |value: Option<f64>, digits: usize| {
+        value.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+    };
+    let has_records = result.measure.records > 0;
     [
-        result.name.as_str().to_string(),
-        if result.measure.records > 0 {
-            format!("{:.0}", result.records_per_sec)
-        } else {
-            "-".to_string()
-        },
+        result.label.clone(),
+        opt(result.offered_records_per_sec, 0),
+        if has_records { format!("{:.0}", result.records_per_sec) } else { "-".to_string() },
         format!("{:.1}", result.mb_per_sec),
         format!("{:.0}", latency.p50_us),
         format!("{:.0}", latency.p99_us),
         format!("{:.0}", latency.p999_us),
         format!("{:.0}", latency.max_us),
-        format!("{:.0}", result.fdatasyncs_per_sec),
-        format!("{:.0}", result.disk_bytes_per_fdatasync),
-        format!("{:.1}", result.cpu_us_per_record),
-        result.measure.operations.to_string(),
+        if result.measure.fdatasyncs > 0 {
+            format!("{:.0}", result.fdatasyncs_per_sec)
+        } else {
+            "-".to_string()
+        },
+        if result.measure.fdatasyncs > 0 {
+            format!("{:.0}", result.disk_bytes_per_fdatasync)
+        } else {
+            "-".to_string()
+        },
+        if result.measure.cpu.is_zero() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", result.cpu_us_per_record)
+        },
+        opt(result.node_cpu_secs_per_million_records, 2),
+        result.disk_efficiency.map_or_else(|| "-".to_string(), |e| format!("{:.1}%", e * 100.0)),
+        result.measure.errors.to_string(),
     ]
 }
 
 /// The results as an aligned plain-text table, followed by the comparisons.
 pub fn terminal_table(report: &SuiteReport) -> String {
-    let rows: Vec<[String; 11]> = report.scenarios.iter().map(row).collect();
+    let rows: Vec<[String; COLUMNS]> = report.scenarios.iter().map(row).collect();
     let mut widths = HEADERS.map(|h| h.chars().count());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -90,6 +111,7 @@ pub fn terminal_table(report: &SuiteReport) -> String {
         line(row, &mut out);
     }
     out.push_str(&comparison_lines(report));
+    out.push_str(&cluster_lines(report));
     if report.interrupted {
         out.push_str("interrupted: the run was cut short by Ctrl-C\n");
     }
@@ -123,6 +145,45 @@ fn comparison_lines(report: &SuiteReport) -> String {
     out
 }
 
+fn cluster_lines(report: &SuiteReport) -> String {
+    let mut out = String::new();
+    if let Some(sweep) = &report.sweep {
+        let knee = sweep.knee_records_per_sec.map_or_else(
+            || "none of the points".to_string(),
+            |k| format!("{k:.0} records/s"),
+        );
+        let _ = writeln!(
+            out,
+            "sweep (open loop, acks={}): knee = {knee} (highest offered rate with p99 ≤ {:.1} ms \
+             and ≥ 95% achieved; closed-loop max {:.0} records/s); p99 at half the max: {}",
+            sweep.acks,
+            sweep.p99_bound_us / 1e3,
+            sweep.closed_loop_max_records_per_sec,
+            sweep.p99_at_half_max_us.map_or_else(|| "-".to_string(), |p| format!("{:.0} µs", p)),
+        );
+    }
+    if let Some(failover) = &report.failover {
+        let _ = writeln!(
+            out,
+            "failover: node {} (leader of partitions {:?}) killed {:.2} s into the window; \
+             unavailability window {:.0} ms; node restarted and writable after {:.1} s",
+            failover.killed_node,
+            failover.partitions_led,
+            failover.killed_at_secs,
+            failover.unavailability_secs * 1e3,
+            failover.restart_secs,
+        );
+    }
+    if report.scenarios.iter().any(|r| r.disk_efficiency.is_some()) {
+        out.push_str(
+            "disk eff. = replicas × record bytes/s ÷ raw-disk bytes/s (raw-disk of this run, \
+             every replica on the same disk); CPU s/Mrec: this process (the load generator, or \
+             the engine in-process); node CPU: every node process\n",
+        );
+    }
+    out
+}
+
 /// The results as Markdown: conditions, table, comparisons, notes.
 pub fn markdown(report: &SuiteReport) -> String {
     let m = &report.machine;
@@ -148,12 +209,27 @@ pub fn markdown(report: &SuiteReport) -> String {
         out.push_str(&format!("| {} |\n", row(result).join(" | ")));
     }
     out.push('\n');
-    for line in comparison_lines(report).lines() {
+    for line in comparison_lines(report).lines().chain(cluster_lines(report).lines()) {
         let _ = writeln!(out, "- {line}");
     }
     out.push('\n');
+    if let Some(sweep) = &report.sweep {
+        out.push_str("Offered-load sweep:\n\n| offered rec/s | achieved rec/s | p50 µs | p99 µs | p99.9 µs | max µs |\n|---|---|---|---|---|---|\n");
+        for p in &sweep.points {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                p.offered_records_per_sec, p.achieved_records_per_sec, p.p50_us, p.p99_us, p.p999_us, p.max_us
+            );
+        }
+        out.push('\n');
+    }
+    for plot in crate::plots::plot_files(report) {
+        let _ = writeln!(out, "![{plot}]({plot})");
+    }
+    out.push('\n');
     for result in &report.scenarios {
-        let _ = writeln!(out, "**{}**: {}", result.name.as_str(), result.description);
+        let _ = writeln!(out, "**{}**: {}", result.label, result.description);
         if result.measure.background_bytes > 0 {
             let _ = writeln!(
                 out,

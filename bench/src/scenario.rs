@@ -1,50 +1,117 @@
 //! Scenarios: the named runs of the suite, their options, and the suite runner.
 //!
-//! A scenario turns [`SuiteOptions`] into one [`ScenarioResult`]. The runner interleaves them
-//! in rounds so that `raw-disk` runs right after the scenario it is compared with, at that
-//! scenario's measured average write size (bytes per fdatasync) — the same bytes at the same
-//! write size and cadence, in the same process run and under the same machine load
-//! (design.md §9). Issue 5 adds the cluster scenarios
-//! (`replicated`, `fetch`, `failover`, `retention`, `many-producers`) to [`ScenarioName`].
+//! In-process scenarios (`engine`, `engine-handle`) run in rounds, each round followed by a
+//! `raw-disk` run at that round's measured average write size (bytes per fdatasync) — the
+//! same bytes at the same write size and cadence, in the same process run and under the same
+//! machine load (design.md §9). Cluster scenarios (`replicated`, `sweep`, `fetch`,
+//! `many-producers`, `failover`, `retention`) run against a local cluster of `ringlog serve`
+//! processes started for the run (or an existing one with `--bootstrap`); each produce row is
+//! compared with raw-disk by its *disk efficiency*: replicas × record bytes/s ÷ raw-disk
+//! bytes/s, since every replica writes every record to the same disk here.
 //!
 //! Invariants: every scenario writes only inside its own sub-directory of the [`WorkDir`];
-//! a raised stop flag ends the current scenario early and skips the rest.
+//! a raised stop flag ends the current scenario early and skips the rest; every cluster
+//! started here is stopped before `run_suite` returns.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::cluster_scenarios::{
+    self, ClusterRow, ClusterScenarioOptions, ClusterTarget, FailoverReport, SweepReport,
+};
 use crate::engine_append::{self, EngineAppendOptions};
 use crate::machine::Machine;
 use crate::measure::RunMeasure;
+use crate::progress::ScenarioProgress;
 use crate::raw_disk::{RawDiskRun, RawDiskSession};
 use crate::workdir::{StopFlag, WorkDir};
 
 /// The acceptance bar of issue 2: engine record bytes/s ÷ raw-disk bytes/s at 1 KiB records.
 pub const ENGINE_TO_RAW_RATIO_MIN: f64 = 0.85;
+/// Points of a percentile curve kept per result.
+const CURVE_POINTS_MAX: usize = 200;
 
 /// A scenario of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScenarioName {
-    /// Single-node log through the shard runtime, no network: durable appends.
+    /// Single-node log, producer tasks on the shard (embedded use): durable appends.
     Engine,
+    /// Single-node log through EngineHandle from another thread: durable appends.
+    EngineHandle,
     /// io_uring O_DIRECT writes + fdatasync at the engine's write size, without ringlog.
     RawDisk,
+    /// Produce to the cluster with acks=quorum, leader and none.
+    Replicated,
+    /// Open-loop sweep of offered load (acks=quorum): latency vs load and the knee.
+    Sweep,
+    /// Tail readers while producing, then catch-up reads from the log start.
+    Fetch,
+    /// Hundreds of producers with one-record batches.
+    ManyProducers,
+    /// SIGKILL of a leader mid-run: latency and the unavailability window.
+    Failover,
+    /// Small segments and retention: segments are deleted while producing.
+    Retention,
 }
 
 impl ScenarioName {
     /// Every scenario, in run order.
-    pub const ALL: [ScenarioName; 2] = [ScenarioName::Engine, ScenarioName::RawDisk];
+    pub const ALL: [ScenarioName; 9] = [
+        ScenarioName::Engine,
+        ScenarioName::EngineHandle,
+        ScenarioName::RawDisk,
+        ScenarioName::Replicated,
+        ScenarioName::Sweep,
+        ScenarioName::Fetch,
+        ScenarioName::ManyProducers,
+        ScenarioName::Failover,
+        ScenarioName::Retention,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
             ScenarioName::Engine => "engine",
+            ScenarioName::EngineHandle => "engine-handle",
             ScenarioName::RawDisk => "raw-disk",
+            ScenarioName::Replicated => "replicated",
+            ScenarioName::Sweep => "sweep",
+            ScenarioName::Fetch => "fetch",
+            ScenarioName::ManyProducers => "many-producers",
+            ScenarioName::Failover => "failover",
+            ScenarioName::Retention => "retention",
         }
     }
+
+    /// Whether the scenario drives a cluster.
+    pub fn is_cluster(self) -> bool {
+        !matches!(self, ScenarioName::Engine | ScenarioName::EngineHandle | ScenarioName::RawDisk)
+    }
+
+    /// Whether the scenario needs a cluster started here (it kills nodes or reconfigures).
+    pub fn needs_local_cluster(self) -> bool {
+        matches!(self, ScenarioName::Failover | ScenarioName::Retention)
+    }
+}
+
+/// Where the cluster scenarios find their cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSetup {
+    /// Existing cluster (shard-0 client addresses); `None`: start one here.
+    pub bootstrap: Option<Vec<SocketAddr>>,
+    /// The `ringlog` binary started as `ringlog serve`.
+    pub binary: PathBuf,
+    pub local: ClusterOptions,
+    /// Segment size and retention of the separate `retention` cluster.
+    pub retention_segment_bytes: u64,
+    pub retention_bytes_max: u64,
 }
 
 /// Options shared by the scenarios of one run.
@@ -54,32 +121,45 @@ pub struct SuiteOptions {
     pub scenarios: Vec<ScenarioName>,
     /// Tiny durations and files: checks that every scenario still works.
     pub quick: bool,
+    /// Measured time of each in-process scenario (split over the rounds).
     #[serde(serialize_with = "serialize_secs")]
     pub duration: Duration,
     #[serde(serialize_with = "serialize_secs")]
     pub warmup: Duration,
     /// Rounds the duration and warm-up are split into, alternating the scenarios.
     pub rounds: u32,
-    /// The engine scenario's options.
+    /// The engine scenarios' options.
     pub engine: EngineAppendOptions,
     /// raw-disk write size when no engine scenario ran in the same run.
     pub raw_write_size_bytes: usize,
     /// Size of the raw-disk scratch file (writes wrap around inside it).
     pub raw_file_size_bytes: u64,
+    pub cluster: ClusterScenarioOptions,
+    pub cluster_setup: ClusterSetup,
 }
 
-/// What one scenario measured, with its parameters.
+/// What one scenario (or one row of it) measured, with its parameters.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
     pub name: ScenarioName,
+    /// The row's name in tables (a scenario may have several rows).
+    pub label: String,
     pub description: String,
     pub parameters: serde_json::Value,
     pub measure: RunMeasure,
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
+    pub offered_records_per_sec: Option<f64>,
+    pub offered_mb_per_sec: Option<f64>,
     pub fdatasyncs_per_sec: f64,
     pub disk_bytes_per_fdatasync: f64,
     pub cpu_us_per_record: f64,
+    pub node_cpu_secs_per_million_records: Option<f64>,
+    pub client_cpu_secs_per_million_records: Option<f64>,
+    /// Replicas × record bytes/s ÷ raw-disk bytes/s (cluster produce rows, local cluster).
+    pub disk_efficiency: Option<f64>,
+    /// (percentile, latency µs) for the percentile plot.
+    pub percentile_curve: Vec<(f64, f64)>,
     pub notes: Vec<String>,
 }
 
@@ -96,7 +176,7 @@ pub struct Comparison {
     pub device_busy_ratio: f64,
     /// The raw-disk write size used (the scenario's average bytes per fdatasync).
     pub write_size_bytes: usize,
-    /// `record_bytes_ratio` of each round alone (engine round ÷ the raw-disk round after it).
+    /// `record_bytes_ratio` of each round alone (scenario round ÷ the raw-disk round after it).
     pub record_bytes_ratio_per_round: Vec<f64>,
     /// Median of the per-round ratios: less sensitive than the total to load drifting
     /// between rounds on a shared machine.
@@ -114,16 +194,23 @@ pub struct SuiteReport {
     pub options: SuiteOptions,
     pub scenarios: Vec<ScenarioResult>,
     pub comparisons: Vec<Comparison>,
+    pub sweep: Option<SweepReport>,
+    pub failover: Option<FailoverReport>,
     /// Set when Ctrl-C ended the run early.
     pub interrupted: bool,
 }
 
-/// Runs the selected scenarios inside `work`, interleaved in `options.rounds` rounds.
-///
-/// The machine is shared, so its disk and CPU capacity drift during a run; running each
-/// scenario in several short rounds, alternating with raw-disk, exposes both to the same
-/// conditions. raw-disk replays, in each round, the average write size the engine produced in
-/// that round.
+/// An in-process scenario run in rounds against raw-disk.
+struct Paired {
+    name: ScenarioName,
+    dir: PathBuf,
+    total: Option<RunMeasure>,
+    raw_total: Option<RunMeasure>,
+    raw_write_sizes: Vec<usize>,
+    round_ratios: Vec<f64>,
+}
+
+/// Runs the selected scenarios inside `work`.
 pub fn run_suite(
     options: &SuiteOptions,
     work: &WorkDir,
@@ -134,11 +221,75 @@ pub fn run_suite(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let rounds = options.rounds.max(1);
+    let mut results = Vec::new();
+    let mut comparisons = Vec::new();
+    for (result, raw, ratios) in run_rounds(options, work, stop, progress)? {
+        comparisons.extend(compare_with_raw(&[result.clone(), raw.clone()], &ratios));
+        results.push(result);
+        if !raw.is_placeholder() {
+            results.push(raw);
+        }
+    }
+    let (rows, sweep, failover) = run_cluster_scenarios(options, work, stop, progress)?;
+    let raw_bytes_per_sec = results
+        .iter()
+        .find(|r| r.name == ScenarioName::RawDisk)
+        .map(|r| r.measure.bytes_per_sec())
+        .filter(|b| *b > 0.0);
+    let replicas = match options.cluster_setup.bootstrap {
+        None => Some(options.cluster_setup.local.nodes as f64),
+        Some(_) => None,
+    };
+    for (name, row) in rows {
+        let mut result = cluster_result(name, row);
+        if let (Some(raw), Some(replicas), true) =
+            (raw_bytes_per_sec, replicas, name != ScenarioName::Fetch)
+        {
+            result.disk_efficiency = Some(replicas * result.measure.bytes_per_sec() / raw);
+        }
+        results.push(result);
+    }
+    let mut report = SuiteReport {
+        started_unix_secs,
+        machine: Machine::describe(&work.mount),
+        options: options.clone(),
+        scenarios: results,
+        comparisons,
+        sweep,
+        failover,
+        interrupted: stop.is_raised(),
+    };
+    report.options.rounds = rounds;
+    Ok(report)
+}
+
+/// The in-process scenarios and their raw-disk runs: (scenario, its raw-disk, round ratios).
+fn run_rounds(
+    options: &SuiteOptions,
+    work: &WorkDir,
+    stop: &StopFlag,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<(ScenarioResult, ScenarioResult, Vec<f64>)>> {
+    let rounds = options.rounds.max(1);
     let round_duration = options.duration / rounds;
     let round_warmup = options.warmup / rounds;
-    let run_engine = options.scenarios.contains(&ScenarioName::Engine);
     let run_raw = options.scenarios.contains(&ScenarioName::RawDisk);
-    let engine_dir = work.scenario_dir(ScenarioName::Engine.as_str())?;
+    let mut paired: Vec<Paired> = Vec::new();
+    for name in [ScenarioName::Engine, ScenarioName::EngineHandle] {
+        if options.scenarios.contains(&name) {
+            paired.push(Paired {
+                name,
+                dir: work.scenario_dir(name.as_str())?,
+                total: None,
+                raw_total: None,
+                raw_write_sizes: Vec::new(),
+                round_ratios: Vec::new(),
+            });
+        }
+    }
+    if paired.is_empty() && !run_raw {
+        return Ok(Vec::new());
+    }
     let mut raw_session = if run_raw {
         progress("zero-filling the raw-disk scratch file");
         let dir = work.scenario_dir(ScenarioName::RawDisk.as_str())?;
@@ -146,87 +297,250 @@ pub fn run_suite(
     } else {
         None
     };
-    let mut engine_total: Option<RunMeasure> = None;
-    let mut raw_total: Option<RunMeasure> = None;
-    let mut raw_write_sizes = Vec::new();
-    let mut round_ratios = Vec::new();
+    let per_round = (round_duration + round_warmup) * paired.len().max(1) as u32
+        + if run_raw { round_duration * paired.len().max(1) as u32 } else { Duration::ZERO };
+    let label = paired.iter().map(|p| p.name.as_str()).chain(run_raw.then_some("raw-disk"));
+    let _bar = ScenarioProgress::start(&label.collect::<Vec<_>>().join(" + "), per_round * rounds);
+    let mut raw_alone: Option<(RunMeasure, Vec<usize>)> = None;
     for round in 0..rounds {
         if stop.is_raised() {
             break;
         }
-        let mut engine_write = None;
-        let mut engine_round_bytes_per_sec = None;
-        if run_engine {
-            progress(&format!(
-                "round {}/{rounds}: engine for {:.1} s (+{:.1} s warm-up)",
-                round + 1,
-                round_duration.as_secs_f64(),
-                round_warmup.as_secs_f64()
-            ));
-            let measure = engine_append::measure(
-                &options.engine,
-                &engine_dir,
-                round_duration,
-                round_warmup,
-                stop,
-            )?;
-            engine_write = Some(measure.disk_bytes_per_fdatasync().round() as usize)
-                .filter(|bytes| *bytes > 0);
-            engine_round_bytes_per_sec = Some(measure.bytes_per_sec());
-            merge_into(&mut engine_total, measure);
+        if paired.is_empty() {
+            // raw-disk alone, at --raw-write-size.
+            if let Some(session) = raw_session.as_mut() {
+                let size = options.raw_write_size_bytes;
+                progress(&format!("round {}/{rounds}: raw-disk at {size} B per write", round + 1));
+                let measure = session.measure(&raw_run(options, size, round_duration), &|| stop.is_raised())?;
+                let entry = raw_alone.get_or_insert_with(|| (RunMeasure::default(), Vec::new()));
+                entry.0.merge(&measure);
+                entry.1.push(size);
+            }
+            continue;
         }
-        if let Some(session) = raw_session.as_mut() {
+        for pair in &mut paired {
             if stop.is_raised() {
                 break;
             }
-            let write_size_bytes = engine_write.unwrap_or(options.raw_write_size_bytes);
             progress(&format!(
-                "round {}/{rounds}: raw-disk at {write_size_bytes} B per write for {:.1} s",
+                "round {}/{rounds}: {} for {:.1} s (+{:.1} s warm-up)",
+                round + 1,
+                pair.name.as_str(),
+                round_duration.as_secs_f64(),
+                round_warmup.as_secs_f64()
+            ));
+            let measure = match pair.name {
+                ScenarioName::Engine => engine_append::measure(
+                    &options.engine,
+                    &pair.dir,
+                    round_duration,
+                    round_warmup,
+                    stop,
+                )?,
+                _ => engine_append::measure_handle(
+                    &options.engine,
+                    &pair.dir,
+                    round_duration,
+                    round_warmup,
+                    stop,
+                )?,
+            };
+            let write_size = Some(measure.disk_bytes_per_fdatasync().round() as usize)
+                .filter(|bytes| *bytes > 0)
+                .unwrap_or(options.raw_write_size_bytes);
+            let scenario_bytes_per_sec = measure.bytes_per_sec();
+            merge_into(&mut pair.total, measure);
+            let Some(session) = raw_session.as_mut() else { continue };
+            if stop.is_raised() {
+                break;
+            }
+            progress(&format!(
+                "round {}/{rounds}: raw-disk at {write_size} B per write for {:.1} s",
                 round + 1,
                 round_duration.as_secs_f64()
             ));
-            let run = RawDiskRun {
-                write_size_bytes,
-                duration: round_duration,
-                warmup_rounds: if options.quick { 2 } else { 20 },
-            };
-            let measure = session.measure(&run, &|| stop.is_raised())?;
-            if let (Some(engine_bytes), true) =
-                (engine_round_bytes_per_sec, measure.bytes_per_sec() > 0.0)
-            {
-                round_ratios.push(engine_bytes / measure.bytes_per_sec());
+            let measure =
+                session.measure(&raw_run(options, write_size, round_duration), &|| stop.is_raised())?;
+            if measure.bytes_per_sec() > 0.0 {
+                pair.round_ratios.push(scenario_bytes_per_sec / measure.bytes_per_sec());
             }
-            raw_write_sizes.push(write_size_bytes);
-            merge_into(&mut raw_total, measure);
+            pair.raw_write_sizes.push(write_size);
+            merge_into(&mut pair.raw_total, measure);
         }
     }
     let single_issuer = raw_session.as_ref().is_some_and(|s| s.single_issuer());
     drop(raw_session);
-
-    let mut scenarios = Vec::new();
-    if let Some(measure) = engine_total {
-        let (description, parameters, notes) = engine_append::describe(&options.engine)?;
-        scenarios.push(ScenarioResult::new(
-            ScenarioName::Engine,
-            description,
-            parameters,
-            measure,
-            notes,
+    let mut out = Vec::new();
+    for pair in paired {
+        let Some(measure) = pair.total else { continue };
+        let (description, parameters, notes) = match pair.name {
+            ScenarioName::Engine => engine_append::describe(&options.engine)?,
+            _ => engine_append::describe_handle(&options.engine)?,
+        };
+        let result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
+        let raw = match pair.raw_total {
+            Some(raw) => {
+                let mut raw = raw_result(options, raw, &pair.raw_write_sizes, pair.name, single_issuer);
+                raw.label = format!("raw-disk @{}", pair.name.as_str());
+                raw
+            }
+            None => {
+                // No raw-disk in this run: the scenario alone, compared with nothing.
+                out.push((result, ScenarioResult::placeholder(), Vec::new()));
+                continue;
+            }
+        };
+        out.push((result, raw, pair.round_ratios));
+    }
+    if let Some((measure, sizes)) = raw_alone {
+        out.push((
+            raw_result(options, measure, &sizes, ScenarioName::RawDisk, single_issuer),
+            ScenarioResult::placeholder(),
+            Vec::new(),
         ));
     }
-    if let Some(measure) = raw_total {
-        scenarios.push(raw_result(options, measure, &raw_write_sizes, run_engine, single_issuer));
+    Ok(out)
+}
+
+fn raw_run(options: &SuiteOptions, write_size_bytes: usize, duration: Duration) -> RawDiskRun {
+    RawDiskRun { write_size_bytes, duration, warmup_rounds: if options.quick { 2 } else { 20 } }
+}
+
+/// Starts (or connects to) the cluster and runs the selected cluster scenarios.
+#[allow(clippy::type_complexity)]
+fn run_cluster_scenarios(
+    options: &SuiteOptions,
+    work: &WorkDir,
+    stop: &StopFlag,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<(Vec<(ScenarioName, ClusterRow)>, Option<SweepReport>, Option<FailoverReport>)> {
+    let selected = |name: ScenarioName| options.scenarios.contains(&name);
+    let main: Vec<ScenarioName> = [
+        ScenarioName::Replicated,
+        ScenarioName::Sweep,
+        ScenarioName::Fetch,
+        ScenarioName::ManyProducers,
+        ScenarioName::Failover,
+    ]
+    .into_iter()
+    .filter(|n| selected(*n))
+    .collect();
+    let setup = &options.cluster_setup;
+    if setup.bootstrap.is_some() {
+        if let Some(name) = options.scenarios.iter().find(|n| n.needs_local_cluster()) {
+            anyhow::bail!(
+                "scenario {} needs a cluster started by the bench (it kills nodes or needs \
+                 its own configuration); leave out --bootstrap or the scenario",
+                name.as_str()
+            );
+        }
     }
-    let mut report = SuiteReport {
-        started_unix_secs,
-        machine: Machine::describe(&work.mount),
-        options: options.clone(),
-        comparisons: compare_with_raw(&scenarios, &round_ratios),
-        scenarios,
-        interrupted: stop.is_raised(),
+    let copts = &options.cluster;
+    let mut rows = Vec::new();
+    let mut sweep = None;
+    let mut failover = None;
+    if !main.is_empty() && !stop.is_raised() {
+        let mut target = start_target(options, work, "cluster", &setup.local, progress)?;
+        let mut max_rate = None;
+        for name in main {
+            if stop.is_raised() {
+                break;
+            }
+            progress(&format!("{}: {:.1} s (+{:.1} s warm-up)", name.as_str(), copts.duration.as_secs_f64(), copts.warmup.as_secs_f64()));
+            match name {
+                ScenarioName::Replicated => {
+                    let replicated = cluster_scenarios::replicated(&target, copts, stop)?;
+                    max_rate = replicated
+                        .iter()
+                        .find(|r| r.label.ends_with("acks=quorum"))
+                        .filter(|_| copts.load == crate::load::LoadModel::Closed)
+                        .map(|r| r.measure.records_per_sec());
+                    rows.extend(replicated.into_iter().map(|row| (name, row)));
+                }
+                ScenarioName::Sweep => {
+                    let max = match max_rate {
+                        Some(max) if max > 0.0 => max,
+                        _ => {
+                            progress("sweep: measuring the closed-loop maximum first");
+                            let mut probe = copts.clone();
+                            probe.acks = vec![ringlog_net::protocol::Acks::Quorum];
+                            probe.load = crate::load::LoadModel::Closed;
+                            probe.stall = None;
+                            probe.duration = copts.sweep_point_duration;
+                            let rows = cluster_scenarios::replicated(&target, &probe, stop)?;
+                            rows.first().map_or(0.0, |r| r.measure.records_per_sec())
+                        }
+                    };
+                    if max <= 0.0 {
+                        anyhow::bail!("sweep: the closed loop acknowledged nothing");
+                    }
+                    let (report, sweep_rows) = cluster_scenarios::sweep(&target, copts, max, stop)?;
+                    rows.extend(sweep_rows.into_iter().map(|row| (name, row)));
+                    sweep = Some(report);
+                }
+                ScenarioName::Fetch => {
+                    let fetch_rows = cluster_scenarios::fetch(&target, copts, stop)?;
+                    rows.extend(fetch_rows.into_iter().map(|row| (name, row)));
+                }
+                ScenarioName::ManyProducers => {
+                    rows.push((name, cluster_scenarios::many_producers(&target, copts, stop)?));
+                }
+                ScenarioName::Failover => {
+                    let (row, report) = cluster_scenarios::failover(&mut target, copts, stop)?;
+                    rows.push((name, row));
+                    failover = Some(report);
+                }
+                _ => {}
+            }
+        }
+        drop(target);
+    }
+    if selected(ScenarioName::Retention) && !stop.is_raised() {
+        let mut local = setup.local.clone();
+        local.segment_size_bytes = setup.retention_segment_bytes;
+        local.retention_bytes_max = Some(setup.retention_bytes_max);
+        let target = start_target(options, work, "cluster-retention", &local, progress)?;
+        progress(&format!("retention: {:.1} s", copts.duration.as_secs_f64()));
+        rows.push((
+            ScenarioName::Retention,
+            cluster_scenarios::retention(&target, copts, setup.retention_bytes_max, stop)?,
+        ));
+    }
+    Ok((rows, sweep, failover))
+}
+
+fn start_target(
+    options: &SuiteOptions,
+    work: &WorkDir,
+    dir_name: &str,
+    local: &ClusterOptions,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<ClusterTarget> {
+    let setup = &options.cluster_setup;
+    let target = match &setup.bootstrap {
+        Some(addrs) if dir_name == "cluster" => ClusterTarget::Remote(addrs.clone()),
+        _ => {
+            let dir = work.scenario_dir(dir_name)?;
+            progress(&format!(
+                "starting a {}-node cluster ({} × `serve`) in {}",
+                local.nodes,
+                setup.binary.display(),
+                dir.display()
+            ));
+            ClusterTarget::Local(
+                LocalCluster::start(&setup.binary, &dir, local).context("starting the local cluster")?,
+            )
+        }
     };
-    report.options.rounds = rounds;
-    Ok(report)
+    cluster_scenarios::ready(&target, local.partitions).context("waiting for leaders")?;
+    Ok(target)
+}
+
+fn cluster_result(name: ScenarioName, row: ClusterRow) -> ScenarioResult {
+    let mut result = ScenarioResult::new(name, row.description, row.parameters, row.measure, row.notes);
+    result.label = row.label;
+    result.percentile_curve = row.latency.percentile_curve(CURVE_POINTS_MAX);
+    result
 }
 
 fn merge_into(total: &mut Option<RunMeasure>, measure: RunMeasure) {
@@ -240,16 +554,17 @@ fn raw_result(
     options: &SuiteOptions,
     measure: RunMeasure,
     write_sizes: &[usize],
-    from_engine: bool,
+    paired_with: ScenarioName,
     single_issuer: bool,
 ) -> ScenarioResult {
+    let from_scenario = paired_with != ScenarioName::RawDisk;
     let mut notes = vec![format!(
         "write sizes per round {write_sizes:?} B ({}), issued 4 KiB-aligned; sequential \
          write→fdatasync at queue depth 1, linked in one io_uring submission{}",
-        if from_engine {
-            "the engine's average bytes per fdatasync in the same round"
+        if from_scenario {
+            format!("the {}'s average bytes per fdatasync in the same round", paired_with.as_str())
         } else {
-            "--raw-write-size"
+            "--raw-write-size".to_string()
         },
         if single_issuer { " (SINGLE_ISSUER + DEFER_TASKRUN)" } else { "" }
     )];
@@ -260,6 +575,7 @@ fn raw_result(
         ScenarioName::RawDisk,
         "io_uring O_DIRECT write + fdatasync into a preallocated zero-filled file".to_string(),
         serde_json::json!({
+            "paired_with": paired_with.as_str(),
             "write_size_bytes_per_round": write_sizes,
             "file_size_bytes": options.raw_file_size_bytes,
             "queue_depth": 1,
@@ -269,9 +585,9 @@ fn raw_result(
     )
 }
 
-/// Ratios of each scenario to the raw-disk result of the same run.
+/// Ratio of the first non-raw-disk result to the raw-disk result in `results`.
 pub fn compare_with_raw(results: &[ScenarioResult], round_ratios: &[f64]) -> Vec<Comparison> {
-    let Some(raw) = results.iter().find(|r| r.name == ScenarioName::RawDisk) else {
+    let Some(raw) = results.iter().find(|r| r.name == ScenarioName::RawDisk && r.measure.operations > 0) else {
         return Vec::new();
     };
     let raw_bytes_per_sec = raw.measure.bytes_per_sec();
@@ -324,18 +640,41 @@ impl ScenarioResult {
         measure: RunMeasure,
         notes: Vec<String>,
     ) -> ScenarioResult {
+        let percentile_curve = measure.recorder.percentile_curve(CURVE_POINTS_MAX);
         ScenarioResult {
             name,
+            label: name.as_str().to_string(),
             description,
             parameters,
             records_per_sec: measure.records_per_sec(),
             mb_per_sec: measure.mb_per_sec(),
+            offered_records_per_sec: measure.offered_records_per_sec,
+            offered_mb_per_sec: None,
             fdatasyncs_per_sec: measure.fdatasyncs_per_sec(),
             disk_bytes_per_fdatasync: measure.disk_bytes_per_fdatasync(),
             cpu_us_per_record: measure.cpu_us_per_record(),
+            node_cpu_secs_per_million_records: measure.node_cpu_secs_per_million_records(),
+            client_cpu_secs_per_million_records: measure.client_cpu_secs_per_million_records(),
+            disk_efficiency: None,
+            percentile_curve,
             measure,
             notes,
         }
+    }
+
+    fn is_placeholder(&self) -> bool {
+        self.description.is_empty()
+    }
+
+    /// Stands for "no raw-disk row" in pairings; never reported.
+    fn placeholder() -> ScenarioResult {
+        ScenarioResult::new(
+            ScenarioName::RawDisk,
+            String::new(),
+            serde_json::Value::Null,
+            RunMeasure::default(),
+            Vec::new(),
+        )
     }
 }
 
@@ -355,5 +694,14 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn scenario_names_round_trip_through_the_command_line() {
+        for name in ScenarioName::ALL {
+            assert_eq!(ScenarioName::from_str(name.as_str(), false).unwrap(), name);
+        }
+        assert!(ScenarioName::Failover.needs_local_cluster());
+        assert!(!ScenarioName::Engine.is_cluster());
     }
 }

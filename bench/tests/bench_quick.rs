@@ -1,11 +1,17 @@
-//! Every scenario of the suite runs once with `--quick`, so none rots (figures not checked:
-//! the machine is shared and timing assertions would be flaky).
+//! Every in-process scenario of the suite (engine, engine-handle, raw-disk) runs once with
+//! `--quick`, so none rots (figures not checked: the machine is shared and timing assertions
+//! would be flaky). The cluster scenarios need the `ringlog` binary: they run end to end in
+//! the root package's `tests/cli/bench.rs`.
 
 use clap::Parser;
 
 use ringlog_bench::cli::{self, BenchArgs};
 use ringlog_bench::scenario::ScenarioName;
 use ringlog_bench::workdir::StopFlag;
+
+/// The scenarios that run inside the test process.
+const IN_PROCESS: [ScenarioName; 3] =
+    [ScenarioName::Engine, ScenarioName::EngineHandle, ScenarioName::RawDisk];
 
 #[derive(Debug, Parser)]
 struct Wrapper {
@@ -20,6 +26,9 @@ fn every_scenario_runs_once_with_quick_and_leaves_only_the_results() {
     let wrapper = Wrapper::parse_from([
         "bench".as_ref(),
         "--quick".as_ref(),
+        "engine".as_ref(),
+        "engine-handle".as_ref(),
+        "raw-disk".as_ref(),
         "--dir".as_ref(),
         base.path().as_os_str(),
         "--results".as_ref(),
@@ -27,21 +36,27 @@ fn every_scenario_runs_once_with_quick_and_leaves_only_the_results() {
     ]);
     let report = cli::run(&wrapper.args, &StopFlag::new()).unwrap();
 
-    let names: Vec<ScenarioName> = report.scenarios.iter().map(|s| s.name).collect();
-    assert_eq!(names, ScenarioName::ALL.to_vec());
+    // Each engine scenario is followed by its own raw-disk row at its write size.
+    let labels: Vec<&str> = report.scenarios.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["engine", "raw-disk @engine", "engine-handle", "raw-disk @engine-handle"]);
     for scenario in &report.scenarios {
-        assert!(scenario.measure.operations > 0, "{:?} did nothing", scenario.name);
-        assert!(scenario.measure.fdatasyncs > 0, "{:?} never synced", scenario.name);
+        assert!(IN_PROCESS.contains(&scenario.name));
+        assert!(scenario.measure.operations > 0, "{} did nothing", scenario.label);
+        assert!(scenario.measure.fdatasyncs > 0, "{} never synced", scenario.label);
+        assert!(!scenario.percentile_curve.is_empty(), "{} has no latency curve", scenario.label);
     }
-    assert_eq!(report.comparisons.len(), 1);
-    assert!(report.comparisons[0].record_bytes_ratio > 0.0);
+    assert_eq!(report.comparisons.len(), 2);
+    assert!(report.comparisons.iter().all(|c| c.record_bytes_ratio > 0.0));
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().unwrap().len(), ScenarioName::ALL.len());
+    assert_eq!(json["scenarios"].as_array().unwrap().len(), 4);
     let markdown = std::fs::read_to_string(results.join("report.md")).unwrap();
     assert!(markdown.contains("| engine |"), "{markdown}");
+    assert!(markdown.contains("![latency.svg](latency.svg)"), "{markdown}");
+    let svg = std::fs::read_to_string(results.join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("engine-handle"), "{svg:.200}");
 
     // The temporary work directory is gone: only the results folder remains.
     let left: Vec<_> =
@@ -56,6 +71,8 @@ fn a_raised_stop_flag_ends_the_run_early_and_still_cleans_up() {
     let wrapper = Wrapper::parse_from([
         "bench".as_ref(),
         "--quick".as_ref(),
+        "engine".as_ref(),
+        "raw-disk".as_ref(),
         "--duration-secs".as_ref(),
         "3600".as_ref(),
         "--dir".as_ref(),

@@ -1,1 +1,50 @@
-//! ringlog-capi.
+//! libringlog: the C ABI of ringlog — embed a local durable log or a replicated node from C.
+//!
+//! The header `include/ringlog.h` is generated from this crate by cbindgen (pinned version;
+//! `tests/header.rs` fails when it is stale, `RINGLOG_BLESS=1` rewrites it). README.md shows
+//! how to compile and link a C program against it.
+//!
+//! Rules every export follows (they are the ABI's contract, see README.md):
+//! - handles are opaque ids, never addresses (handles.rs): NULL, a closed handle, a double
+//!   close or a handle of the other kind is a status, never a dereference;
+//! - every function returns a [`ringlog_status`]; details go to the thread-local
+//!   [`ringlog_last_error_message`];
+//! - buffers are the caller's; option/status structs carry a `size` field (sized.rs);
+//! - every export runs under `catch_unwind` (guard.rs): a panic becomes `RINGLOG_ERR_PANIC`
+//!   and poisons the handle; nothing unwinds into C, nothing exits the host process;
+//! - the host (kernel, io_uring, RLIMIT_MEMLOCK, O_DIRECT) is probed before any executor
+//!   starts (`ringlog_engine::host::check_host`), because glommio panics or exits on hosts it
+//!   cannot use;
+//! - handles may be used from any thread at once.
+//!
+//! Unsafe code lives only at the boundary (raw pointers from C); each block says why it is
+//! sound in a `// SAFETY:` comment.
+
+mod guard;
+mod handles;
+pub mod log;
+// pub mod node;
+pub mod records;
+mod sized;
+pub mod status;
+
+pub use log::*;
+// pub use node::*;
+pub use records::*;
+pub use status::*;
+
+/// Most handles of one kind (logs, nodes) open at once.
+pub const RINGLOG_HANDLES_MAX: u32 = 4096;
+
+const _: () = assert!(RINGLOG_HANDLES_MAX as usize == handles::HANDLES_MAX);
+
+/// The library version, "major.minor.patch" (static, NUL-terminated, never NULL).
+#[no_mangle]
+pub extern "C" fn ringlog_version() -> *const std::ffi::c_char {
+    const VERSION: &std::ffi::CStr =
+        match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(version) => version,
+            Err(_) => c"unknown",
+        };
+    VERSION.as_ptr()
+}

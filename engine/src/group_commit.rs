@@ -13,17 +13,20 @@
 
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::Bytes;
+use glommio::io::DmaBuffer;
 use glommio::task::JoinHandle;
 use glommio::{Latency, Shares, TaskQueueHandle};
 
 use crate::batch::{padding_len, write_padding, BatchHeader};
 use crate::error::LogError;
 use crate::io::DirectFile;
-use crate::limits::{BLOCK_SIZE, IO_CHUNK_BYTES};
-use crate::log::Inner;
+use crate::limits::{LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES};
+use crate::log::{Inner, State};
 use crate::notify::DurableSlot;
 use crate::recovery::{open_segment_file, persist_index, sealed_index};
 use crate::segment::{encode_header, segment_name, Segment, SPARE_FILLING, SPARE_READY};
@@ -38,8 +41,100 @@ pub(crate) struct Pending {
     pub slot: Rc<DurableSlot>,
 }
 
+/// Most buckets a [`FixedHistogram`] has (its bounds plus the +Inf bucket).
+pub const HISTOGRAM_BUCKETS_MAX: usize = 24;
+
+/// Upper bounds (µs) of the fdatasync latency histogram: 25 µs .. 1 s, then +Inf.
+pub const FDATASYNC_LATENCY_BOUNDS_US: [u64; 16] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000,
+];
+
+/// Upper bounds (bytes) of the appended batch size histogram: 128 B .. 16 MiB, then +Inf.
+pub const BATCH_SIZE_BOUNDS_BYTES: [u64; 12] = [
+    128,
+    256,
+    512,
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    8 << 20,
+    16 << 20,
+];
+
+const _: () = assert!(FDATASYNC_LATENCY_BOUNDS_US.len() < HISTOGRAM_BUCKETS_MAX);
+const _: () = assert!(BATCH_SIZE_BOUNDS_BYTES.len() < HISTOGRAM_BUCKETS_MAX);
+
+/// A histogram over fixed upper bounds (Prometheus style: a value lands in the first bucket
+/// whose bound is >= it, or in the final +Inf bucket). Updating it is a short scan and two
+/// additions; it never allocates, and it is `Copy` like the rest of [`FlushStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedHistogram {
+    /// Ascending upper bounds; bucket `bounds.len()` is +Inf.
+    bounds: &'static [u64],
+    /// Observations per bucket (not cumulative).
+    counts: [u64; HISTOGRAM_BUCKETS_MAX],
+    /// Sum of every observed value (saturating).
+    sum: u64,
+}
+
+impl FixedHistogram {
+    /// An empty histogram over `bounds` (ascending, fewer than `HISTOGRAM_BUCKETS_MAX`).
+    pub const fn new(bounds: &'static [u64]) -> FixedHistogram {
+        assert!(bounds.len() < HISTOGRAM_BUCKETS_MAX);
+        FixedHistogram { bounds, counts: [0; HISTOGRAM_BUCKETS_MAX], sum: 0 }
+    }
+
+    /// Adds one observation.
+    pub fn record(&mut self, value: u64) {
+        let bucket = self.bounds.partition_point(|bound| *bound < value);
+        self.counts[bucket] += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    /// The upper bounds (without +Inf).
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
+    }
+
+    /// Prometheus buckets: `(upper bound, observations <= bound)`, cumulative, ending with
+    /// `(u64::MAX, count)` for +Inf.
+    pub fn cumulative_buckets(&self) -> Vec<(u64, u64)> {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.bounds.len() + 1);
+        for (at, bound) in self.bounds.iter().chain(std::iter::once(&u64::MAX)).enumerate() {
+            total += self.counts[at];
+            out.push((*bound, total));
+        }
+        out
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of the observed values.
+    pub fn sum(&self) -> u64 {
+        self.sum
+    }
+
+    /// Adds `other`'s observations (same bounds; e.g. summing partitions).
+    pub fn merge(&mut self, other: &FixedHistogram) {
+        assert_eq!(self.bounds, other.bounds, "merging histograms with different bounds");
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *mine += theirs;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+}
+
 /// Counters of the log's IO (observable by tests and the benchmark).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushStats {
     /// Completed flushes (one write each).
     pub flushes: u64,
@@ -53,10 +148,29 @@ pub struct FlushStats {
     pub segments_rolled: u64,
     /// Spare segments zero-filled by the preallocator.
     pub spares_filled: u64,
+    /// Latency of each flush's fdatasync, in µs (`FDATASYNC_LATENCY_BOUNDS_US`).
+    pub fdatasync_latency_us: FixedHistogram,
+    /// Size of each appended batch in bytes, header included (`BATCH_SIZE_BOUNDS_BYTES`).
+    pub batch_size_bytes: FixedHistogram,
+}
+
+impl Default for FlushStats {
+    fn default() -> Self {
+        FlushStats {
+            flushes: 0,
+            fdatasyncs: 0,
+            batches_flushed: 0,
+            bytes_written: 0,
+            segments_rolled: 0,
+            spares_filled: 0,
+            fdatasync_latency_us: FixedHistogram::new(&FDATASYNC_LATENCY_BOUNDS_US),
+            batch_size_bytes: FixedHistogram::new(&BATCH_SIZE_BOUNDS_BYTES),
+        }
+    }
 }
 
 /// Runs until the log closes (and its queue is drained) or fails.
-pub(crate) async fn run_flusher(inner: Rc<Inner>) {
+async fn run_flusher(inner: Rc<Inner>) {
     loop {
         let epoch = inner.flush_notify.epoch();
         let (failed, idle, closed) = {
@@ -71,12 +185,33 @@ pub(crate) async fn run_flusher(inner: Rc<Inner>) {
             continue;
         }
         let Ok(permit) = inner.io_lock.acquire_permit(1).await else { return };
-        if inner.state.borrow().queue.is_empty() {
-            continue;
+        // Flushes back to back while each one's fdatasync stages the next (see `Flush`);
+        // the staged batches go back to the queue before the permit is released, so a
+        // truncation, reset or retention waiting for it never sees them out of the queue.
+        let mut staged: Option<Flush> = None;
+        for round in 0..FLUSHES_PER_PERMIT_MAX {
+            let failed = inner.state.borrow().failed.clone();
+            if let Some(reason) = failed {
+                // Latched elsewhere (the preallocator): nothing more is written.
+                if let Some(flush) = staged.take() {
+                    flush.fail(&reason);
+                }
+                return;
+            }
+            if staged.is_none() && inner.state.borrow().queue.is_empty() {
+                break;
+            }
+            let may_stage = round + 1 < FLUSHES_PER_PERMIT_MAX;
+            match flush_once(&inner, staged.take(), may_stage).await {
+                Ok(next) => staged = next,
+                Err(reason) => {
+                    inner.latch(reason);
+                    return;
+                }
+            }
         }
-        if let Err(reason) = flush_once(&inner).await {
-            inner.latch(reason);
-            return;
+        if let Some(flush) = staged.take() {
+            flush.unstage(&inner);
         }
         drop(permit);
         glommio::yield_if_needed().await;
@@ -169,112 +304,228 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     Ok(())
 }
 
-/// One flush: take, write, fdatasync, resolve.
-async fn flush_once(inner: &Inner) -> Result<(), String> {
-    while needs_roll(inner) {
-        roll(inner).await?;
-    }
-    let config = &inner.config;
-    // Take whole batches that fit the flush and the segment.
-    let (batches, file, start, header_block, pad) = {
-        let mut st = inner.state.borrow_mut();
-        let segment = st.segments.last().expect("rolled");
-        let start = segment.write_position;
-        let capacity = segment.capacity;
-        let header_block = if segment.header_written {
-            None
-        } else {
-            let mut block = vec![0u8; BLOCK_SIZE];
-            encode_header(&segment.meta(), &mut block);
-            Some(block)
-        };
-        let file = segment.file.clone();
-        let base = start + header_block.as_ref().map_or(0, |b| b.len() as u64);
-        let mut total = 0u64;
-        let mut count = 0;
-        for pending in st.queue.iter() {
-            let len = pending.bytes.len() as u64;
-            let end = base + total + len;
-            let fits_segment = end + padding_len(end, BLOCK_SIZE) as u64 <= capacity;
-            let fits_flush = total + len <= config.flush_bytes_max as u64;
-            if count > 0 && !(fits_segment && fits_flush) {
-                break;
-            }
-            assert!(fits_segment, "needs_roll guarantees the first batch fits");
-            total += len;
-            count += 1;
+/// Most flushes one hold of the IO lock runs back to back (then a truncation, reset or
+/// retention waiting for the lock gets its turn).
+const FLUSHES_PER_PERMIT_MAX: usize = 16;
+
+/// One flush: its batches copied into one aligned buffer (segment header block, batches,
+/// padding marker), to be written at `start` of the active segment and fdatasynced.
+///
+/// A flush is either built when its turn comes, or *staged*: built while the previous
+/// flush's fdatasync is in flight, from the batches queued then, so that the device does not
+/// wait for the copy. A staged flush continues the previous one in the same segment (no
+/// header block, no roll); it is written only if the previous one became durable.
+struct Flush {
+    file: Rc<DirectFile>,
+    start: u64,
+    wrote_header: bool,
+    buf: Rc<DmaBuffer>,
+    batches: Vec<Pending>,
+    /// File position of each batch.
+    positions: Vec<u64>,
+}
+
+impl Flush {
+    /// Copies `header_block` (if any), `batches` and the padding after them into one buffer.
+    fn build(
+        file: Rc<DirectFile>,
+        start: u64,
+        header_block: Option<&[u8]>,
+        batches: Vec<Pending>,
+    ) -> Flush {
+        let header_len = header_block.map_or(0, <[u8]>::len);
+        let total: usize = batches.iter().map(|p| p.bytes.len()).sum();
+        let pad = padding_len(start + (header_len + total) as u64, BLOCK_SIZE);
+        let len = header_len + total + pad;
+        // Every byte is written below (header block, batches, padding), so no zero-fill.
+        let mut buf = file.alloc_for_overwrite(len);
+        let bytes = buf.as_bytes_mut();
+        if let Some(block) = header_block {
+            bytes[..header_len].copy_from_slice(block);
         }
-        let batches: Vec<Pending> = st.queue.drain(..count).collect();
-        let pad = padding_len(base + total, BLOCK_SIZE);
-        (batches, file, start, header_block, pad)
+        let mut at = header_len;
+        let mut positions = Vec::with_capacity(batches.len());
+        for pending in &batches {
+            positions.push(start + at as u64);
+            bytes[at..at + pending.bytes.len()].copy_from_slice(&pending.bytes);
+            at += pending.bytes.len();
+        }
+        if pad > 0 {
+            write_padding(&mut bytes[at..at + pad]);
+        }
+        debug_assert_eq!(at + pad, len, "the flush buffer is written whole");
+        let wrote_header = header_block.is_some();
+        Flush { file, start, wrote_header, buf: Rc::new(buf), batches, positions }
+    }
+
+    fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Resolves every batch of the flush as failed (it will never be written).
+    fn fail(self, reason: &str) {
+        for pending in &self.batches {
+            pending.slot.resolve(Err(LogError::Failed { reason: reason.to_string() }));
+        }
+    }
+
+    /// Puts a staged flush's batches back at the front of the queue, in order.
+    fn unstage(self, inner: &Inner) {
+        let mut st = inner.state.borrow_mut();
+        for pending in self.batches.into_iter().rev() {
+            st.queue.push_front(pending);
+        }
+    }
+}
+
+/// Takes whole queued batches, from the front, that fit one flush starting at `base` (where
+/// the first batch lands) in a segment of `capacity` bytes. The first batch is taken even if
+/// it alone exceeds `flush_bytes_max` (it cannot: `flush_bytes_max >= batch_size_max`), never
+/// if it does not fit the segment (then nothing is taken).
+fn take_batches(st: &mut State, config: &LogConfig, base: u64, capacity: u64) -> Vec<Pending> {
+    let mut total = 0u64;
+    let mut count = 0;
+    for pending in st.queue.iter() {
+        let len = pending.bytes.len() as u64;
+        let end = base + total + len;
+        let fits_segment = end + padding_len(end, BLOCK_SIZE) as u64 <= capacity;
+        let fits_flush = total + len <= config.flush_bytes_max as u64;
+        if !(fits_segment && (fits_flush || count == 0)) {
+            break;
+        }
+        total += len;
+        count += 1;
+    }
+    st.queue.drain(..count).collect()
+}
+
+/// One flush (the staged one, or one built now), then its IO and commit. Returns the next
+/// flush if it was staged during this one's fdatasync.
+async fn flush_once(
+    inner: &Inner,
+    staged: Option<Flush>,
+    may_stage: bool,
+) -> Result<Option<Flush>, String> {
+    let flush = match staged {
+        Some(flush) => flush,
+        None => {
+            while needs_roll(inner) {
+                roll(inner).await?;
+            }
+            let (file, start, header_block, batches) = {
+                let mut st = inner.state.borrow_mut();
+                let segment = st.segments.last().expect("rolled");
+                let start = segment.write_position;
+                let capacity = segment.capacity;
+                let header_block = if segment.header_written {
+                    None
+                } else {
+                    let mut block = vec![0u8; BLOCK_SIZE];
+                    encode_header(&segment.meta(), &mut block);
+                    Some(block)
+                };
+                let file = segment.file.clone();
+                let base = start + header_block.as_ref().map_or(0, |b| b.len() as u64);
+                let batches = take_batches(&mut st, &inner.config, base, capacity);
+                assert!(!batches.is_empty(), "needs_roll guarantees the first batch fits");
+                (file, start, header_block, batches)
+            };
+            Flush::build(file, start, header_block.as_deref(), batches)
+        }
     };
-    let result = write_and_sync(inner, &file, start, header_block.as_deref(), &batches, pad).await;
-    match result {
-        Ok((written, positions)) => {
-            commit(inner, &batches, &positions, start, written, header_block.is_some());
-            Ok(())
+    let start = flush.start;
+    match write_and_sync(inner, &flush, may_stage).await {
+        Ok(next) => {
+            commit(inner, &flush);
+            Ok(next)
         }
         Err(e) => {
-            let reason = format!("flush to {:?} at {start} failed: {e}", file.path());
-            for pending in &batches {
-                pending.slot.resolve(Err(LogError::Failed { reason: reason.clone() }));
-            }
+            let reason = format!("flush to {:?} at {start} failed: {e}", flush.file.path());
+            flush.fail(&reason);
             Err(reason)
         }
     }
 }
 
-/// Copies the flush into one aligned buffer, writes it and fdatasyncs. Returns the bytes
-/// written and each batch's file position.
-async fn write_and_sync(
-    inner: &Inner,
-    file: &DirectFile,
-    start: u64,
-    header_block: Option<&[u8]>,
-    batches: &[Pending],
-    pad: usize,
-) -> std::io::Result<(u64, Vec<u64>)> {
-    let header_len = header_block.map_or(0, <[u8]>::len);
-    let total: usize = batches.iter().map(|p| p.bytes.len()).sum();
-    let len = header_len + total + pad;
-    // Every byte is written below (header block, batches, padding), so no zero-fill.
-    let mut buf = file.alloc_for_overwrite(len);
-    let bytes = buf.as_bytes_mut();
-    if let Some(block) = header_block {
-        bytes[..header_len].copy_from_slice(block);
+/// Builds the flush that continues `previous` in the same segment from the batches queued
+/// now, if any fit there (none: the next flush is built when its turn comes, with a roll).
+fn stage(inner: &Inner, previous: &Flush) -> Option<Flush> {
+    let mut st = inner.state.borrow_mut();
+    if st.failed.is_some() || st.queue.is_empty() {
+        return None;
     }
-    let mut at = header_len;
-    let mut positions = Vec::with_capacity(batches.len());
-    for pending in batches {
-        positions.push(start + at as u64);
-        bytes[at..at + pending.bytes.len()].copy_from_slice(&pending.bytes);
-        at += pending.bytes.len();
+    let segment = st.segments.last()?;
+    if segment.sealed || !Rc::ptr_eq(&segment.file, &previous.file) {
+        return None;
     }
-    if pad > 0 {
-        write_padding(&mut bytes[at..at + pad]);
+    let (start, capacity) = (previous.start + previous.len(), segment.capacity);
+    let batches = take_batches(&mut st, &inner.config, start, capacity);
+    if batches.is_empty() {
+        return None;
     }
-    debug_assert_eq!(at + pad, len, "the flush buffer is written whole");
-    file.write_at(&inner.faults, buf, start).await?;
-    file.sync(&inner.faults).await?;
-    Ok((len as u64, positions))
+    let file = previous.file.clone();
+    drop(st);
+    Some(Flush::build(file, start, None, batches))
 }
 
-/// Makes a completed flush visible: segment metadata, durable index, cache, waiters.
-fn commit(
+/// Writes the flush and fdatasyncs it. While the fdatasync is in flight (once glommio has
+/// handed it to the kernel), stages the next flush if `may_stage`; a staged flush is failed
+/// with this one if the fdatasync fails.
+async fn write_and_sync(
     inner: &Inner,
-    batches: &[Pending],
-    positions: &[u64],
-    start: u64,
-    written: u64,
-    wrote_header: bool,
-) {
-    let end = start + written;
+    flush: &Flush,
+    may_stage: bool,
+) -> std::io::Result<Option<Flush>> {
+    flush.file.write_shared_at(&inner.faults, flush.buf.clone(), flush.start).await?;
+    let sync_started = std::time::Instant::now();
+    let mut sync = std::pin::pin!(flush.file.sync(&inner.faults));
+    let mut next = None;
+    let mut synced = None;
+    if may_stage {
+        // The first poll queues the fdatasync in glommio; it reaches the kernel at the
+        // reactor's next IO poll, which runs before the timer below can fire: after the
+        // sleep the device is busy with it, and the copy of the next flush overlaps it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(sync.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => synced = Some(result),
+            Poll::Pending => {
+                glommio::timer::sleep(STAGE_AFTER).await;
+                next = stage(inner, flush);
+            }
+        }
+    }
+    let synced = match synced {
+        Some(result) => result,
+        None => sync.await,
+    };
+    if let Err(e) = synced {
+        if let Some(staged) = next {
+            staged.fail(&format!("the flush before it failed: {e}"));
+        }
+        return Err(e);
+    }
+    let sync_us = u64::try_from(sync_started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    inner.state.borrow_mut().stats.fdatasync_latency_us.record(sync_us);
+    Ok(next)
+}
+
+/// How long the flusher sleeps after queueing an fdatasync before it stages the next flush:
+/// any timer resumes it only after glommio's next IO poll, which hands the fdatasync to the
+/// kernel; the duration itself does not matter.
+const STAGE_AFTER: std::time::Duration = std::time::Duration::from_micros(1);
+
+/// Makes a completed flush visible: segment metadata, durable index, cache, waiters.
+fn commit(inner: &Inner, flush: &Flush) {
+    let end = flush.start + flush.len();
     let interval = inner.config.index_interval_bytes;
+    let batches = &flush.batches;
     let mut st = inner.state.borrow_mut();
     let last = batches.last().expect("a flush has at least one batch").header;
     let segment = st.segments.last_mut().expect("flushed into the active segment");
-    segment.header_written |= wrote_header;
-    for (pending, position) in batches.iter().zip(positions) {
+    assert!(Rc::ptr_eq(&segment.file, &flush.file), "a flush lands in the active segment");
+    assert_eq!(segment.write_position, flush.start, "flushes are contiguous");
+    segment.header_written |= flush.wrote_header;
+    for (pending, position) in batches.iter().zip(&flush.positions) {
         let header = &pending.header;
         segment.index.note_batch(header, *position, interval, segment.last_term);
         segment.last_term = header.term();
@@ -293,7 +544,7 @@ fn commit(
     st.stats.flushes += 1;
     st.stats.fdatasyncs += 1;
     st.stats.batches_flushed += batches.len() as u64;
-    st.stats.bytes_written += written;
+    st.stats.bytes_written += flush.len();
     st.check();
     drop(st);
     for pending in batches {
@@ -302,14 +553,53 @@ fn commit(
     inner.durable_notify.notify_all();
 }
 
-/// CPU shares of the preallocator's task queue, against glommio's default queue (1000
-/// shares) where the flusher and the appends run: when both are runnable the flusher wins.
+/// CPU shares of the preallocator's task queue, against the 1000 of glommio's default queue
+/// (where appends usually run) and of the flusher's queue: when both are runnable, those win.
 const BACKGROUND_SHARES: usize = 50;
+
+/// CPU shares of the flushers' task queue (glommio's default queue has 1000).
+const FLUSH_SHARES: usize = 1000;
+
+/// Latency bound of the flushers' task queue. glommio hands queued IO to the kernel only
+/// between two runs of its task queues, and a run ends when every runnable task has run or
+/// the preemption timer — the smallest latency bound of the runnable queues — fires. Under a
+/// full append load that run can last as long as the appenders have work (1 ms and more),
+/// and a flush's write, then its fdatasync, would wait that long in glommio's submission
+/// queue with the device idle. While the flusher is runnable, this bound makes every run end
+/// within it, so its IO reaches the kernel promptly.
+pub(crate) const FLUSH_QUEUE_LATENCY: std::time::Duration = std::time::Duration::from_micros(50);
 
 thread_local! {
     /// The low-share task queue of this thread's executor: (executor id, queue).
     static BACKGROUND_QUEUE: std::cell::Cell<Option<(usize, TaskQueueHandle)>> =
         const { std::cell::Cell::new(None) };
+    /// The flushers' latency-bound task queue of this thread's executor: (executor id, queue).
+    static FLUSH_QUEUE: std::cell::Cell<Option<(usize, TaskQueueHandle)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Spawns the flusher on the current executor in the flushers' task queue (one per executor,
+/// created on first use; see `FLUSH_QUEUE_LATENCY`).
+pub(crate) fn spawn_flusher(inner: Rc<Inner>) -> JoinHandle<()> {
+    let executor = glommio::executor();
+    let id = executor.id();
+    let queue = match FLUSH_QUEUE.get() {
+        Some((owner, queue)) if owner == id => queue,
+        _ => {
+            let queue = executor.create_task_queue(
+                Shares::Static(FLUSH_SHARES),
+                Latency::Matters(FLUSH_QUEUE_LATENCY),
+                "ringlog-flusher",
+            );
+            FLUSH_QUEUE.set(Some((id, queue)));
+            queue
+        }
+    };
+    match glommio::spawn_local_into(run_flusher(inner.clone()), queue) {
+        Ok(task) => task.detach(),
+        // A stale handle (another executor that reused this thread and id): default queue.
+        Err(_) => glommio::spawn_local(run_flusher(inner)).detach(),
+    }
 }
 
 /// Spawns the preallocator on the current executor in a low-share, latency-insensitive task
@@ -394,6 +684,9 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     };
     let mut position = file.file_size().await?;
     position -= position % BLOCK_SIZE as u64;
+    // One zeroed chunk, written again and again: zeroing 1 MiB per write cost ~10% of the
+    // shard's CPU under a full append load.
+    let zeros = std::rc::Rc::new(file.alloc(IO_CHUNK_BYTES));
     while position < capacity {
         let abandon = {
             let st = inner.state.borrow();
@@ -405,8 +698,11 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
             return Ok(false);
         }
         let len = (IO_CHUNK_BYTES as u64).min(capacity - position) as usize;
-        let buf = file.alloc(len);
-        file.write_at(faults, buf, position).await?;
+        if len == IO_CHUNK_BYTES {
+            file.write_shared_at(faults, zeros.clone(), position).await?;
+        } else {
+            file.write_at(faults, file.alloc(len), position).await?;
+        }
         position += len as u64;
     }
     file.sync(faults).await?;
@@ -414,4 +710,36 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     dir.rename(SPARE_FILLING, SPARE_READY)?;
     dir.sync(faults).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_histogram_counts_values_into_cumulative_prometheus_buckets() {
+        let mut histogram = FixedHistogram::new(&[10, 100]);
+        for value in [0, 10, 11, 100, 101, 5_000] {
+            histogram.record(value);
+        }
+        // A value equal to a bound belongs to that bound's bucket (Prometheus `le`).
+        assert_eq!(histogram.cumulative_buckets(), vec![(10, 2), (100, 4), (u64::MAX, 6)]);
+        assert_eq!(histogram.count(), 6);
+        assert_eq!(histogram.sum(), 5_222);
+        let mut other = FixedHistogram::new(&[10, 100]);
+        other.record(7);
+        histogram.merge(&other);
+        assert_eq!(histogram.cumulative_buckets(), vec![(10, 3), (100, 5), (u64::MAX, 7)]);
+    }
+
+    #[test]
+    fn flush_stats_start_with_empty_histograms_over_the_published_bounds() {
+        let stats = FlushStats::default();
+        assert_eq!(stats.fdatasync_latency_us.bounds(), &FDATASYNC_LATENCY_BOUNDS_US);
+        assert_eq!(stats.batch_size_bytes.bounds(), &BATCH_SIZE_BOUNDS_BYTES);
+        assert_eq!(stats.fdatasync_latency_us.count(), 0);
+        let buckets = stats.batch_size_bytes.cumulative_buckets();
+        assert_eq!(buckets.len(), BATCH_SIZE_BOUNDS_BYTES.len() + 1);
+        assert_eq!(buckets.last(), Some(&(u64::MAX, 0)));
+    }
 }

@@ -19,6 +19,19 @@ use glommio::GlommioError;
 
 use crate::limits::BLOCK_SIZE;
 
+/// Permission bits of every file the engine creates (segments, spares, index files, hard
+/// state, the lock file), whatever the process umask: owner read/write only.
+pub const DATA_FILE_MODE: u32 = 0o600;
+/// Permission bits of every directory the engine creates (the data dir and its missing
+/// parents, partition dirs), whatever the process umask: owner only.
+pub const DATA_DIR_MODE: u32 = 0o700;
+
+/// Sets `path`'s permission bits to exactly `mode` (the umask applies at creation only).
+pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 /// Makes the next writes or fdatasyncs of a log fail with EIO, on command (tests only).
 #[derive(Debug, Default)]
 pub struct FaultInjector {
@@ -67,11 +80,26 @@ pub(crate) struct DirectFile {
 }
 
 impl DirectFile {
-    /// Opens (creating if missing) `path` read+write with O_DIRECT. Never truncates.
+    /// Opens (creating if missing, mode `DATA_FILE_MODE`) `path` read+write with O_DIRECT.
+    /// Never truncates.
     pub(crate) async fn open(path: &Path) -> Result<DirectFile, OpenFileError> {
-        let opened = OpenOptions::new().read(true).write(true).create(true).dma_open(path).await;
+        let existed = path.exists();
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(DATA_FILE_MODE)
+            .dma_open(path)
+            .await;
         match opened {
-            Ok(file) => Ok(DirectFile { file, path: path.to_path_buf() }),
+            Ok(file) => {
+                if !existed {
+                    // The umask may have removed bits from, or a permissive one kept, the
+                    // mode asked at creation: set it exactly.
+                    set_mode(path, DATA_FILE_MODE).map_err(OpenFileError::Io)?;
+                }
+                Ok(DirectFile { file, path: path.to_path_buf() })
+            }
             Err(e) => {
                 let e = to_io(e);
                 if e.raw_os_error() == Some(libc::EINVAL) {
@@ -140,6 +168,29 @@ impl DirectFile {
         Ok(())
     }
 
+    /// Writes a shared buffer whole at `position` (the same buffer can be written again, e.g.
+    /// the zero chunk of a spare's fill); a short write is an error.
+    pub(crate) async fn write_shared_at(
+        &self,
+        faults: &FaultInjector,
+        buf: std::rc::Rc<DmaBuffer>,
+        position: u64,
+    ) -> io::Result<()> {
+        let len = buf.len();
+        assert!(len % BLOCK_SIZE == 0 && position % BLOCK_SIZE as u64 == 0);
+        if FaultInjector::take(&faults.writes_to_fail) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let written = self.file.write_rc_at(buf, position).await.map_err(to_io)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
     /// fdatasync.
     pub(crate) async fn sync(&self, faults: &FaultInjector) -> io::Result<()> {
         if FaultInjector::take(&faults.syncs_to_fail) {
@@ -197,6 +248,7 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(DATA_FILE_MODE)
         .custom_flags(libc::O_DIRECT)
         .open(&path);
     let result = match direct {
@@ -235,9 +287,22 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
     result
 }
 
-/// Creates `path` and its parents if missing (`Log::open` then syncs the parent).
+/// Creates `path` and its missing parents, each with exactly `DATA_DIR_MODE` whatever the
+/// umask (`Log::open` then syncs the parent). Existing directories keep their mode.
+/// Recursion is bounded by the number of components of `path`.
 pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(path)
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DATA_DIR_MODE).create(path) {
+        Ok(()) => set_mode(path, DATA_DIR_MODE),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A directory whose entries are made durable by `sync`.

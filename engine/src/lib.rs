@@ -13,7 +13,8 @@
 //! log.wait_durable(index) / log.sync() / log.close()                                async
 //! log.durable_index() durable_offset() next_offset() last_index() last_term() last_crc()
 //!     term_at(index) start_index() start_offset() control_batches() membership_indices()
-//!     stats() -> FlushStats { flushes, fdatasyncs, .. } queued_bytes() failure()
+//!     stats() -> FlushStats { flushes, fdatasyncs, .., fdatasync_latency_us, batch_size_bytes }
+//!     (FixedHistogram: cumulative_buckets() -> Vec<(upper, count)>, sum())  queued_bytes() failure()
 //! log.fetch(offset, max_bytes, ReadBound::{Durable|Appended|Through(index)}) -> Vec<Bytes>   async
 //! log.read_entries(from, through, max_bytes) -> Vec<Bytes>                          async
 //! log.truncate_suffix(from) / log.reset(next_index, next_offset, prev_term)         async
@@ -60,7 +61,9 @@ pub use error::{
     AppendError, Corruption, CorruptionKind, FetchError, HardStateError, LogError, OpenError,
     ResetError, RetentionError, TruncateError,
 };
-pub use group_commit::FlushStats;
+pub use group_commit::{
+    FixedHistogram, FlushStats, BATCH_SIZE_BOUNDS_BYTES, FDATASYNC_LATENCY_BOUNDS_US,
+};
 pub use hard_state::{HardState, HardStateStore};
 pub use io::FaultInjector;
 pub use limits::{ConfigError, LogConfig, RecoveryMode};

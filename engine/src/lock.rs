@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 
 use rustix::fs::{flock, FlockOperation};
 use std::path::Path;
 
 use crate::error::OpenError;
+use crate::io::{set_mode, DATA_FILE_MODE};
 
 /// File name of the lock inside a data dir.
 pub const LOCK_FILE: &str = "LOCK";
@@ -22,13 +24,19 @@ pub(crate) struct DirLock {
 impl DirLock {
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, OpenError> {
         let path = dir.join(LOCK_FILE);
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(DATA_FILE_MODE)
             .open(&path)
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        if !existed {
+            set_mode(&path, DATA_FILE_MODE)
+                .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        }
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(DirLock { _file: file }),
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => {

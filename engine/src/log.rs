@@ -31,7 +31,7 @@ use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
     RetentionError, TruncateError,
 };
-use crate::group_commit::{run_flusher, spawn_preallocator, wait_spare, FlushStats, Pending};
+use crate::group_commit::{spawn_flusher, spawn_preallocator, wait_spare, FlushStats, Pending};
 use crate::io::{DataDir, FaultInjector};
 use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
 use crate::lock::DirLock;
@@ -44,6 +44,11 @@ use crate::segment_index::{ControlPoint, SegmentIndex};
 use crate::segment_reader::{Item, SegmentReader};
 use crate::tail_cache::{CachedBatch, TailCache};
 use crate::types::{LogIndex, Offset, Term};
+
+/// Size of the arena `append` stamps batches into. A batch keeps its whole arena allocated
+/// while anyone holds it (tail cache, a follower's send queue, a reader): at most this much
+/// memory per batch held, and one allocation per this many bytes of small batches.
+pub const APPEND_ARENA_BYTES: usize = 64 << 10;
 
 /// A batch to append: the log stamps term, index, offsets and checksums.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +173,9 @@ pub(crate) struct State {
     pub closed: bool,
     pub spare_ready: bool,
     pub stats: FlushStats,
+    /// Where `append` stamps batches: one allocation shared by up to `APPEND_ARENA_BYTES` of
+    /// consecutive batches (split off it), instead of one allocation and free per batch.
+    pub arena: BytesMut,
 }
 
 impl State {
@@ -330,7 +338,7 @@ impl Log {
             tasks: RefCell::new(Vec::new()),
             _lock: lock,
         });
-        let flusher = glommio::spawn_local(run_flusher(inner.clone())).detach();
+        let flusher = spawn_flusher(inner.clone());
         let preallocator = spawn_preallocator(inner.clone());
         inner.tasks.borrow_mut().extend([flusher, preallocator]);
         Ok((Log { inner }, recovered.report))
@@ -375,9 +383,12 @@ impl Log {
             max_timestamp_ms: request.max_timestamp_ms,
             prev_crc: st.last_crc,
         };
-        let mut buf = BytesMut::with_capacity(size);
-        buf.put_bytes(0, BATCH_HEADER_SIZE);
-        buf.extend_from_slice(&request.records);
+        if st.arena.capacity() < size {
+            st.arena = BytesMut::with_capacity(APPEND_ARENA_BYTES.max(size));
+        }
+        st.arena.put_bytes(0, BATCH_HEADER_SIZE);
+        st.arena.extend_from_slice(&request.records);
+        let mut buf = st.arena.split();
         stamp_header(&mut buf, &stamp);
         let batch = buf.freeze();
         let header = *crate::batch::header_of(&batch);
@@ -443,6 +454,7 @@ impl Log {
             record_count: header.record_count(),
             bytes: batch.clone(),
         });
+        st.stats.batch_size_bytes.record(batch.len() as u64);
         let slot = Rc::new(DurableSlot::default());
         st.queued_bytes += batch.len();
         st.queue.push_back(Pending { header, bytes: batch.clone(), slot: slot.clone() });
@@ -1137,5 +1149,6 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
         closed: false,
         spare_ready,
         stats: FlushStats::default(),
+        arena: BytesMut::new(),
     }
 }

@@ -26,7 +26,9 @@
 //! log is closed (flushed) and every executor thread has been joined.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,6 +46,7 @@ use crate::runtime::{
 };
 use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure};
 pub use crate::shard_partition::{Fetched, PartitionStats};
+use crate::log::Log;
 use crate::shard_worker::{shard_main, Command, Completion, ShardSetup};
 use crate::types::{LogIndex, Offset};
 
@@ -268,7 +271,7 @@ impl Engine {
                  process holds CAP_IPC_LOCK (an unprivileged user would be refused)"
             );
         }
-        std::fs::create_dir_all(&config.data_dir)
+        crate::io::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let cpus = available_cpus();
         let mut senders = Vec::with_capacity(config.shards);
@@ -484,6 +487,26 @@ impl EngineHandle {
             },
         )
         .map(|_| ())
+    }
+
+    /// Runs a task on the shard that owns `partition`, with that partition's [`Log`]: the
+    /// embedded use of the log — producers as tasks on the shard's own executor, with no
+    /// cross-thread hop per append (how the replicated node calls `Log::append`).
+    ///
+    /// `make` is sent to the shard (hence `Send`) and called there; the future it returns
+    /// runs in the shard's command task queue. Appends made on the log directly are not
+    /// counted in [`PartitionStats::appends`]/`records` (the log's own counters see them).
+    /// The future must end (release the log) before [`shutdown`](Self::shutdown), which
+    /// otherwise waits for it up to 30 s and then fails. Returns once the task is spawned.
+    pub fn run_with_log<F, Fut>(&self, partition: PartitionId, make: F) -> Result<(), EngineError>
+    where
+        F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let task: crate::shard_worker::LogTask = Box::new(move |log| Box::pin(make(log)));
+        let shard = self.send(partition, Command::RunWithLog { partition, task, reply })?;
+        self.wait_reply(shard, &answer)?
     }
 
     /// Reads whole durable batches of `partition` starting with the one holding `offset`, up

@@ -115,7 +115,7 @@ impl Partition {
         })
     }
 
-    fn log(&self) -> Result<Rc<Log>, EngineError> {
+    pub(crate) fn log(&self) -> Result<Rc<Log>, EngineError> {
         self.log.borrow().clone().ok_or(EngineError::Closed)
     }
 

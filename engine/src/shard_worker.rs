@@ -10,6 +10,8 @@
 //! shard ends); `Shutdown` closes every log (flushing what is queued) before it is answered,
 //! and the loop ends right after it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use crossbeam_channel::Sender;
 use glommio::{Latency, Shares, TaskQueueHandle};
 
 use crate::batch::Records;
+use crate::log::Log;
 use crate::runtime_mailbox::MailboxReceiver;
 use crate::shard::{
     AppendAck, AppendCompletion, Durability, EngineConfig, EngineError, PartitionId, ShardStats,
@@ -38,6 +41,10 @@ pub(crate) enum Completion {
     Callback(Box<dyn FnOnce(Result<AppendAck, EngineError>) + Send>),
 }
 
+/// A task a foreign thread hands to a shard: called there with a partition's log, its future
+/// runs on the shard's executor (see `EngineHandle::run_with_log`).
+pub(crate) type LogTask = Box<dyn FnOnce(Rc<Log>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
 /// A request from a foreign thread.
 pub(crate) enum Command {
     Append {
@@ -58,6 +65,11 @@ pub(crate) enum Command {
     },
     Stats {
         reply: Sender<ShardStats>,
+    },
+    RunWithLog {
+        partition: PartitionId,
+        task: LogTask,
+        reply: Sender<Result<(), EngineError>>,
     },
     Shutdown {
         reply: Sender<Result<(), EngineError>>,
@@ -164,11 +176,20 @@ async fn serve(partitions: Partitions, receiver: MailboxReceiver<Command>, queue
                     queued_commands: 0,
                 });
             }
+            Command::RunWithLog { partition, task, reply } => {
+                let spawned = partitions.get(partition).and_then(|p| p.log()).map(|log| {
+                    spawn(queue, shard, task(log));
+                });
+                let _ = reply.send(spawned);
+            }
             Command::Shutdown { reply } => {
                 let _ = reply.send(close_all(&partitions).await);
                 return;
             }
         }
+        // A full mailbox is drained without awaiting anything: let glommio preempt this
+        // task when its timer says so, so queued flush IO reaches the kernel meanwhile.
+        glommio::yield_if_needed().await;
     }
     // Every handle is gone without a shutdown: still flush and close the logs.
     if let Err(error) = close_all(&partitions).await {

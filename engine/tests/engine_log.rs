@@ -85,6 +85,35 @@ fn concurrent_appenders_share_fdatasyncs() {
 }
 
 #[test]
+fn flush_stats_histograms_count_every_fdatasync_and_appended_batch() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let mut sizes = 0u64;
+        for (count, size) in [(1u32, 10usize), (1, 200), (3, 1000), (2, 30_000)] {
+            let appended = log.append(request(1, count, size, 7)).unwrap();
+            sizes += appended.batch.len() as u64;
+            appended.durable.await.unwrap();
+        }
+        let stats = log.stats();
+        let latency = stats.fdatasync_latency_us;
+        assert_eq!(latency.count(), stats.fdatasyncs, "one observation per flush fdatasync");
+        assert!(latency.sum() > 0, "an fdatasync takes some time");
+        let buckets = latency.cumulative_buckets();
+        assert_eq!(buckets.last(), Some(&(u64::MAX, stats.fdatasyncs)));
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let batch_sizes = stats.batch_size_bytes;
+        assert_eq!(batch_sizes.count(), 4);
+        assert_eq!(batch_sizes.sum(), sizes);
+        // 10 B + header <= 128; 200 B + 4 B length + header <= 512; 3 KiB <= 4 KiB; 60 KiB <= 64 KiB.
+        let at = |bound: u64| batch_sizes.cumulative_buckets().iter().find(|b| b.0 == bound).unwrap().1;
+        assert_eq!((at(128), at(512), at(4 << 10), at(64 << 10)), (1, 2, 3, 4));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn segments_roll_and_reads_cross_segment_boundaries() {
     let dir = tempdir();
     let path = dir.path().to_path_buf();

@@ -291,6 +291,8 @@ pub mod samples {
             node: NodeId(2),
             shard: ShardId(1),
             protocol_version: PEER_PROTOCOL_VERSION,
+            layout: crate::peer::ShardLayout { shards: 2, partitions: 8 },
+            pristine: true,
         }]
     }
 
@@ -300,6 +302,7 @@ pub mod samples {
                 cluster: ClusterId(0xC1),
                 node: NodeId(3),
                 shard: ShardId(1),
+                pristine: false,
             },
             HandshakeReply::Refused {
                 reason: RefuseReason::WrongCluster,
@@ -347,17 +350,20 @@ pub mod samples {
             Request::ChangeMembership {
                 partition: PartitionId(4),
                 change: MembershipChange::AddLearner(NodeId(4)),
-                address: Some("127.0.0.1:7004".parse().unwrap()),
+                peer: Some("127.0.0.1:7204".parse().unwrap()),
+                client: Some("127.0.0.1:7104".parse().unwrap()),
             },
             Request::ChangeMembership {
                 partition: PartitionId(4),
                 change: MembershipChange::Promote(NodeId(4)),
-                address: Some(v6),
+                peer: Some(v6),
+                client: None,
             },
             Request::ChangeMembership {
                 partition: PartitionId(4),
                 change: MembershipChange::Remove(NodeId(1)),
-                address: None,
+                peer: None,
+                client: Some(v6),
             },
         ]
     }

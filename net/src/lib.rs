@@ -5,15 +5,24 @@
 //! - [`peer`]: the peer handshake and Raft messages carrying batches as raw on-disk bytes.
 //! - `transport` (feature `transport`, on by default): glommio TCP — framed streams, the peer accept loop and peer links with
 //!   reconnect, backoff and bounded queues.
+//! - `client` (feature `client`, on by default): the blocking std::net [`client::Client`] with
+//!   partition → shard → leader routing and bounded, idempotency-aware retries.
 //! - [`limits`]: every bound the decoders and queues enforce.
 //!
-//! Architecture invariants: this crate depends on `ringlog-raft` (pure) but not on
-//! `ringlog-engine` (batch checksums are verified through [`peer::BatchCheck`]); only
-//! `transport` performs IO; no decoder allocates before bounding what it allocates, and none
+//! Fuzzing the frame decoder briefly (nightly toolchain; see fuzz/README.md):
+//! `fuzz/run.sh frame_decoder 60` (also `peer_message`, `client_message`). On stable the same
+//! fuzz bodies run as seeded tests: `cargo test -p ringlog-net --test net_codec`.
+//!
+//! Architecture invariants: the codec depends on `ringlog-raft` (pure) but not on
+//! `ringlog-engine` (batch checksums are verified through [`peer::BatchCheck`]); only the
+//! `client` module uses the engine (to build and verify batches: contract decision 3); only
+//! `transport` and `client` perform IO; no decoder allocates before bounding what it allocates, and none
 //! panics on any input (fuzzed: see `fuzz/` and [`fuzzing`]).
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod frame;
 pub mod fuzzing;
 pub mod ids;

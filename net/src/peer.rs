@@ -78,6 +78,20 @@ pub struct Handshake {
     /// The connecting shard; the acceptor's shard must be the same.
     pub shard: ShardId,
     pub protocol_version: u16,
+    /// Shards and partitions of the connecting node: every node of a cluster has the same
+    /// (partition `p` lives on shard `p % shards` everywhere); the acceptor refuses otherwise.
+    pub layout: ShardLayout,
+    /// The connecting shard holds no Raft history: every partition it owns has hard state
+    /// term 0 and an empty log (see [`ShardLayout`] and the node's wiped-disk detection).
+    pub pristine: bool,
+}
+
+/// Shards and partitions of a node, compared in the handshake. `partitions == 0` means "not
+/// checked" (tools and tests of the transport alone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ShardLayout {
+    pub shards: u16,
+    pub partitions: u32,
 }
 
 /// Why an acceptor refused a handshake.
@@ -92,6 +106,8 @@ pub enum RefuseReason {
     SelfConnection = 4,
     /// The listener serves its connection limit.
     TooManyConnections = 5,
+    /// The two nodes have different shard or partition counts.
+    WrongLayout = 6,
 }
 
 impl fmt::Display for RefuseReason {
@@ -102,6 +118,7 @@ impl fmt::Display for RefuseReason {
             RefuseReason::WrongShard => "wrong shard",
             RefuseReason::SelfConnection => "connection to self",
             RefuseReason::TooManyConnections => "too many connections",
+            RefuseReason::WrongLayout => "different shard or partition count",
         };
         f.write_str(text)
     }
@@ -110,8 +127,17 @@ impl fmt::Display for RefuseReason {
 /// The acceptor's answer to a [`Handshake`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HandshakeReply {
-    Accepted { cluster: ClusterId, node: NodeId, shard: ShardId },
-    Refused { reason: RefuseReason, detail: String },
+    /// `pristine`: the acceptor's shard holds no Raft history (see [`Handshake::pristine`]).
+    Accepted {
+        cluster: ClusterId,
+        node: NodeId,
+        shard: ShardId,
+        pristine: bool,
+    },
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
 }
 
 /// One partition's heartbeat inside a coalesced heartbeat frame (`Message::Heartbeat`).
@@ -177,6 +203,9 @@ impl Handshake {
         w.put_u32(self.node.0);
         w.put_u16(self.shard.0);
         w.put_u16(self.protocol_version);
+        w.put_u16(self.layout.shards);
+        w.put_u32(self.layout.partitions);
+        w.put_bool(self.pristine);
         w.finish(FrameKind::PeerHandshake, RequestId(0))
     }
 
@@ -190,6 +219,11 @@ impl Handshake {
             node: r.node("handshake node")?,
             shard: ShardId(r.u16("handshake shard")?),
             protocol_version: r.u16("handshake version")?,
+            layout: ShardLayout {
+                shards: r.u16("handshake shards")?,
+                partitions: r.u32("handshake partitions")?,
+            },
+            pristine: r.bool("handshake pristine")?,
         };
         r.finish()?;
         Ok(handshake)
@@ -200,10 +234,11 @@ impl HandshakeReply {
     pub fn encode(&self) -> FrameBuf {
         let mut w = BodyWriter::new();
         match self {
-            HandshakeReply::Accepted { cluster, node, shard } => {
+            HandshakeReply::Accepted { cluster, node, shard, pristine } => {
                 w.put_u64(cluster.0);
                 w.put_u32(node.0);
                 w.put_u16(shard.0);
+                w.put_bool(*pristine);
                 w.finish(FrameKind::PeerHandshakeAccepted, RequestId(0))
             }
             HandshakeReply::Refused { reason, detail } => {
@@ -221,6 +256,7 @@ impl HandshakeReply {
                 cluster: ClusterId(r.u64("handshake cluster")?),
                 node: r.node("handshake node")?,
                 shard: ShardId(r.u16("handshake shard")?),
+                pristine: r.bool("handshake pristine")?,
             },
             FrameKind::PeerHandshakeRefused => {
                 let reason = match r.u8("refuse reason")? {
@@ -229,6 +265,7 @@ impl HandshakeReply {
                     3 => RefuseReason::WrongShard,
                     4 => RefuseReason::SelfConnection,
                     5 => RefuseReason::TooManyConnections,
+                    6 => RefuseReason::WrongLayout,
                     value => {
                         let value = value.into();
                         return Err(ProtocolError::BadValue { what: "refuse reason", value });

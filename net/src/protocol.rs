@@ -79,11 +79,14 @@ pub enum Request {
         partition: PartitionId,
         to: NodeId,
     },
-    /// Change the members of `partition`'s group; `address` is where an added node listens.
+    /// Change the members of `partition`'s group. An added node (`AddLearner`) comes with
+    /// both of its addresses, each its shard 0's (shard `s` listens on port + s): `peer` for
+    /// Raft traffic, `client` for clients (leader hints, metadata). Other changes carry none.
     ChangeMembership {
         partition: PartitionId,
         change: MembershipChange,
-        address: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
     },
 }
 
@@ -298,7 +301,7 @@ impl Request {
                 w.put_u32(partition.0);
                 w.put_u32(to.0);
             }
-            Request::ChangeMembership { partition, change, address } => {
+            Request::ChangeMembership { partition, change, peer, client } => {
                 w.put_u32(partition.0);
                 let (tag, node) = match change {
                     MembershipChange::AddLearner(node) => (0, node),
@@ -307,7 +310,8 @@ impl Request {
                 };
                 w.put_u8(tag);
                 w.put_u32(node.0);
-                w.put_opt_addr(*address);
+                w.put_opt_addr(*peer);
+                w.put_opt_addr(*client);
             }
         }
         w.finish(self.kind(), request_id)
@@ -361,8 +365,9 @@ impl Request {
                         return Err(ProtocolError::BadValue { what: "membership change", value });
                     }
                 };
-                let address = r.opt_addr("membership address")?;
-                Request::ChangeMembership { partition, change, address }
+                let peer = r.opt_addr("membership peer address")?;
+                let client = r.opt_addr("membership client address")?;
+                Request::ChangeMembership { partition, change, peer, client }
             }
             kind => return Err(ProtocolError::WrongKind { expected: "client request", kind }),
         };

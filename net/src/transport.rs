@@ -35,6 +35,8 @@ use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,7 +44,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{spawn_local, Task};
+use glommio::{spawn_local, spawn_local_into, Task, TaskQueueHandle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringlog_raft::NodeId;
@@ -59,7 +61,7 @@ use crate::limits::{
 };
 use crate::peer::{
     BatchCheck, Handshake, HandshakeReply, PartitionHeartbeat, PartitionHeartbeatResponse,
-    PeerMessage, RefuseReason, PEER_PROTOCOL_VERSION,
+    PeerMessage, RefuseReason, ShardLayout, PEER_PROTOCOL_VERSION,
 };
 use crate::protocol::ErrorReply;
 use crate::wire::ProtocolError;
@@ -258,6 +260,16 @@ pub struct PeerConfig {
     pub idle_timeout: Duration,
     /// A link write that takes longer breaks the connection.
     pub write_timeout: Duration,
+    /// This node's shards and partitions, sent in the handshake; an acceptor refuses a peer
+    /// whose layout differs (`partitions == 0` on either side: not checked).
+    pub layout: ShardLayout,
+    /// Whether this shard holds no Raft history now (sent in handshakes and replies; the
+    /// replicator keeps it current, links and the listener read it at each handshake).
+    pub pristine: Arc<AtomicBool>,
+    /// The glommio task queue the listener's and links' tasks run in (`None`: the queue of
+    /// the task that creates them). The replicator passes its latency queue so that a disk
+    /// stall never delays heartbeats.
+    pub task_queue: Option<TaskQueueHandle>,
 }
 
 impl PeerConfig {
@@ -276,7 +288,22 @@ impl PeerConfig {
             keepalive_interval: LINK_KEEPALIVE_INTERVAL,
             idle_timeout: PEER_IDLE_TIMEOUT,
             write_timeout: LINK_WRITE_TIMEOUT,
+            layout: ShardLayout::default(),
+            pristine: Arc::new(AtomicBool::new(false)),
+            task_queue: None,
         }
+    }
+
+    /// Spawns `future` into `task_queue` (or the current queue).
+    fn spawn<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> Task<T> {
+        match self.task_queue {
+            Some(queue) => spawn_local_into(future, queue).expect("the task queue exists"),
+            None => spawn_local(future),
+        }
+    }
+
+    fn pristine_now(&self) -> bool {
+        self.pristine.load(Ordering::Relaxed)
     }
 }
 
@@ -350,7 +377,7 @@ impl PeerListener {
             inbox,
             stats: Cell::new(ListenerStats::default()),
         });
-        let accept = spawn_local(accept_loop(listener, shared.clone()));
+        let accept = shared.config.spawn(accept_loop(listener, shared.clone()));
         info!(%local_addr, node = %shared.config.node, shard = %shared.config.shard, "peer listener bound");
         Ok(PeerListener { local_addr, shared, _accept: accept })
     }
@@ -382,7 +409,7 @@ async fn accept_loop(listener: TcpListener, shared: Rc<ListenerShared>) {
         let id = conns.next_id;
         conns.next_id += 1;
         let over_limit = conns.tasks.len() >= shared.config.connections_max;
-        let task = spawn_local(serve_connection(
+        let task = shared.config.spawn(serve_connection(
             stream,
             shared.clone(),
             over_limit,
@@ -434,6 +461,7 @@ async fn serve_peer(mut conn: FrameStream, shared: &ListenerShared, over_limit: 
         cluster: config.cluster,
         node: config.node,
         shard: config.shard,
+        pristine: config.pristine_now(),
     };
     if let Err(error) = conn.write_frame(&accepted.encode()).await {
         return debug!(%peer, %error, "peer connection lost during handshake");
@@ -489,6 +517,14 @@ fn refusal(
     if handshake.shard != config.shard {
         let detail = format!("this is shard {}, peer is shard {}", config.shard, handshake.shard);
         return Some((RefuseReason::WrongShard, detail));
+    }
+    let (ours, theirs) = (config.layout, handshake.layout);
+    if ours.partitions != 0 && theirs.partitions != 0 && ours != theirs {
+        let detail = format!(
+            "this node has {} shards and {} partitions, peer has {} and {}",
+            ours.shards, ours.partitions, theirs.shards, theirs.partitions
+        );
+        return Some((RefuseReason::WrongLayout, detail));
     }
     if handshake.node == config.node {
         return Some((RefuseReason::SelfConnection, format!("both are {}", config.node)));
@@ -615,6 +651,8 @@ struct LinkShared {
     outbox: RefCell<Outbox>,
     status: RefCell<LinkStatus>,
     stats: Cell<LinkStats>,
+    /// The remote shard's `pristine` flag from the last accepted handshake, if any.
+    remote_pristine: Cell<Option<bool>>,
 }
 
 impl LinkShared {
@@ -647,8 +685,9 @@ impl PeerLink {
             outbox: RefCell::new(Outbox::default()),
             status: RefCell::new(LinkStatus::Connecting),
             stats: Cell::new(LinkStats::default()),
+            remote_pristine: Cell::new(None),
         });
-        let task = spawn_local(run_link(shared.clone()));
+        let task = shared.config.spawn(run_link(shared.clone()));
         PeerLink { shared, _task: task }
     }
 
@@ -667,6 +706,12 @@ impl PeerLink {
 
     pub fn stats(&self) -> LinkStats {
         self.shared.stats.get()
+    }
+
+    /// The remote shard's `pristine` flag from the last accepted handshake (`None` before
+    /// the first one).
+    pub fn remote_pristine(&self) -> Option<bool> {
+        self.shared.remote_pristine.get()
     }
 
     /// Frames and bytes waiting in the queue (pending heartbeats not included).
@@ -751,7 +796,8 @@ async fn run_link(shared: Rc<LinkShared>) {
         shared.set_status(LinkStatus::Connecting);
         let addr = shared.addr.get();
         match connect_and_handshake(config, addr).await {
-            Ok(conn) => {
+            Ok((conn, pristine)) => {
+                shared.remote_pristine.set(Some(pristine));
                 backoff.reset();
                 shared.count(|s| s.connects += 1);
                 shared.set_status(LinkStatus::Connected);
@@ -775,10 +821,11 @@ async fn run_link(shared: Rc<LinkShared>) {
     }
 }
 
+/// Connects and handshakes; returns the stream and the acceptor's `pristine` flag.
 async fn connect_and_handshake(
     config: &PeerConfig,
     addr: SocketAddr,
-) -> Result<FrameStream, TransportError> {
+) -> Result<(FrameStream, bool), TransportError> {
     let timeout = config.handshake_timeout;
     let mut conn = FrameStream::connect(addr, config.frame_body_size_max, timeout).await?;
     let handshake = Handshake {
@@ -786,6 +833,8 @@ async fn connect_and_handshake(
         node: config.node,
         shard: config.shard,
         protocol_version: PEER_PROTOCOL_VERSION,
+        layout: config.layout,
+        pristine: config.pristine_now(),
     };
     conn.write_frame(&handshake.encode()).await?;
     let frame = with_timeout(timeout, conn.expect_frame()).await?;
@@ -796,7 +845,7 @@ async fn connect_and_handshake(
         }
     }
     match HandshakeReply::decode(&frame)? {
-        HandshakeReply::Accepted { .. } => Ok(conn),
+        HandshakeReply::Accepted { pristine, .. } => Ok((conn, pristine)),
         HandshakeReply::Refused { reason, detail } => {
             Err(TransportError::Refused { reason, detail })
         }

@@ -229,6 +229,8 @@ fn handshake_bytes(cluster: ClusterId, node: u32) -> Vec<u8> {
         node: NodeId(node),
         shard: SHARD,
         protocol_version: PEER_PROTOCOL_VERSION,
+        layout: Default::default(),
+        pristine: false,
     };
     handshake.encode().to_bytes().to_vec()
 }

@@ -1,0 +1,919 @@
+//! Client: a blocking, std::net client of a ringlog cluster, usable from any thread.
+//!
+//! [`Client::connect`] learns the cluster from a list of bootstrap addresses (any node's
+//! shard-0 client address); a `Metadata` call maps partition → owning shard → the leader's
+//! client address for that shard (design.md §3, contract decision 2). Each call is routed to
+//! that address; on `NotLeader` the client retries at the hinted leader, or re-fetches the
+//! metadata when there is no hint, with bounded attempts ([`ClientConfig::attempts_max`]),
+//! a bounded total time ([`ClientConfig::retry_time_max`]) and doubling backoff. To talk to
+//! one node without routing (tests comparing replicas, per-node status), use
+//! [`Client::node`].
+//!
+//! A produce carries one batch in the on-disk format whose header stamp is zero (term 0,
+//! index 0, base offset 0, prev crc 0; record count, timestamps and both checksums filled in):
+//! the leader verifies it and stamps it when appending (contract decision 3). Fetched batches
+//! are checksum-verified again by [`decode_records`] before records are handed out.
+//!
+//! # Idempotency: which retries are safe
+//!
+//! There are no producer ids yet, so the node cannot recognise a produce it already took.
+//! The client retries a produce only when the node certainly did **not** accept it:
+//! - the connection could not be established (nothing was sent);
+//! - the node answered `NotLeader` (it refuses before accepting anything);
+//! - the node answered `Backpressure` (refused, nothing queued), after the hinted delay.
+//!
+//! It never retries a produce after the request may have reached a leader: a lost or reset
+//! connection after the write, a read timeout, or the replies `Timeout` ("the acks were not
+//! reached in time; the batch may still commit"), `ShuttingDown`, `StorageFailed` or
+//! `Internal`. Those return [`ClientError::Indeterminate`] (or the server error): the batch
+//! may have been appended, and may commit later. A caller that retries such a produce itself
+//! may append the records twice; only acknowledged produces are known to be present, each
+//! exactly once. `transfer_leader` and `change_membership` follow the same rule. Reads
+//! (`fetch`, `metadata`, `status`) change nothing and are retried on any transport error.
+//!
+//! # Limits
+//!
+//! Every response is read through the frame decoder with `frame_body_size_max`: a header
+//! announcing a longer body fails the call before anything is allocated for it, and body
+//! decoders bound every count by the bytes present. Idle pooled connections per address are
+//! bounded by [`ClientConfig::idle_connections_per_address_max`].
+//!
+//! Invariants: a connection is returned to the pool only after a complete, matching
+//! exchange; any error drops it. Requests on one connection are strictly one at a time.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use ringlog_engine::batch::{decode_batch, encode_batch, BatchError, BatchStamp, RecordsBuilder};
+use ringlog_raft::{LogIndex, MembershipChange, NodeId, Term};
+use thiserror::Error;
+
+use crate::frame::{FrameDecoder, FrameError, FrameKind};
+use crate::ids::{Offset, PartitionId, RequestId};
+use crate::limits::{BATCH_SIZE_MAX, FETCH_BYTES_MAX, FRAME_BODY_SIZE_MAX, READ_CHUNK_SIZE};
+use crate::protocol::{
+    Acks, Consistency, ErrorReply, FetchRequest, FetchResponse, GroupStatus, MetadataResponse,
+    PartitionMetadata, ProduceRequest, ProduceResponse, Request, Response,
+};
+use crate::wire::ProtocolError;
+
+/// Default bound on connecting to one address.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default bound on one request's write and on waiting for its reply (a fetch adds its wait).
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default bound on waiting for a metadata reply.
+pub const METADATA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default number of attempts of one routed call (first try included).
+pub const ATTEMPTS_MAX_DEFAULT: u32 = 40;
+/// Default bound on the total time one routed call spends retrying.
+pub const RETRY_TIME_MAX_DEFAULT: Duration = Duration::from_secs(15);
+/// First delay between attempts; it doubles up to `BACKOFF_MAX_DEFAULT`.
+pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_millis(10);
+/// Largest delay between attempts.
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(500);
+/// Idle connections kept per address.
+pub const IDLE_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 8;
+/// Largest `retry_after_ms` of a `Backpressure` reply the client honours as is.
+pub const BACKPRESSURE_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Largest long-poll wait a fetch may ask for (the wire carries milliseconds in a u32).
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How a [`Client`] connects, times out and retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Shard-0 client addresses of some nodes of the cluster (one is enough).
+    pub bootstrap: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    /// Bound on writing a request and on waiting for its reply (a fetch adds its wait).
+    pub request_timeout: Duration,
+    /// Bound on waiting for a metadata reply (short: a paused node must not stall routing).
+    pub metadata_timeout: Duration,
+    pub attempts_max: u32,
+    pub retry_time_max: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub idle_connections_per_address_max: usize,
+    /// Largest response body accepted (bounds the one allocation per reply).
+    pub frame_body_size_max: usize,
+}
+
+impl ClientConfig {
+    /// The defaults above, with `bootstrap` addresses.
+    pub fn new(bootstrap: Vec<SocketAddr>) -> Self {
+        ClientConfig {
+            bootstrap,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            metadata_timeout: METADATA_TIMEOUT_DEFAULT,
+            attempts_max: ATTEMPTS_MAX_DEFAULT,
+            retry_time_max: RETRY_TIME_MAX_DEFAULT,
+            backoff_initial: BACKOFF_INITIAL_DEFAULT,
+            backoff_max: BACKOFF_MAX_DEFAULT,
+            idle_connections_per_address_max: IDLE_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            frame_body_size_max: FRAME_BODY_SIZE_MAX,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("no bootstrap address given")]
+    NoBootstrap,
+    #[error("cannot resolve {input}: {reason}")]
+    Resolve { input: String, reason: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    /// A read or idempotent request failed on the wire (it changed nothing).
+    #[error("connection to {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    /// The request may have reached the node and been carried out (see the module doc on
+    /// idempotency): the batch may be appended, and may commit later.
+    #[error("outcome unknown at {addr} (the request may have been applied): {reason}")]
+    Indeterminate { addr: SocketAddr, reason: String },
+    #[error("malformed frame from {addr}: {source}")]
+    Frame { addr: SocketAddr, source: FrameError },
+    #[error("malformed response from {addr}: {source}")]
+    Protocol { addr: SocketAddr, source: ProtocolError },
+    #[error("{addr} answered {found:?} to a {expected} request")]
+    UnexpectedResponse { addr: SocketAddr, expected: &'static str, found: FrameKind },
+    #[error("{addr} answered request id {found}, expected {expected}")]
+    RequestIdMismatch { addr: SocketAddr, expected: u64, found: u64 },
+    /// The node answered with an error reply that retrying does not fix.
+    #[error("{addr} refused: {reply:?}")]
+    Server { addr: SocketAddr, reply: ErrorReply },
+    #[error("partition {partition} has no known leader after {attempts} attempts in {elapsed:?}: {last}")]
+    NoLeader { partition: PartitionId, attempts: u32, elapsed: Duration, last: String },
+    #[error("gave up after {attempts} attempts in {elapsed:?}: {last}")]
+    RetriesExhausted { attempts: u32, elapsed: Duration, last: String },
+    #[error("partition {partition} is not in the cluster's metadata ({partitions} partitions)")]
+    UnknownPartition { partition: PartitionId, partitions: usize },
+    #[error("a produce needs at least one record")]
+    EmptyBatch,
+    #[error("records do not fit in one batch: {0}")]
+    Batch(BatchError),
+    #[error("corrupt batch in a fetch response from {addr}: {source}")]
+    CorruptBatch { addr: SocketAddr, source: BatchError },
+}
+
+impl ClientError {
+    /// The server's error reply, if the call ended on one.
+    pub fn reply(&self) -> Option<&ErrorReply> {
+        match self {
+            ClientError::Server { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// A record read back from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedRecord {
+    pub offset: Offset,
+    pub value: Bytes,
+}
+
+/// What a routed call does after a reply that is not its answer.
+enum Step {
+    /// Retry: at `address` if given, else after re-reading the metadata.
+    Redirect(Option<SocketAddr>),
+    /// Retry the same route after `delay`.
+    Wait(Duration),
+}
+
+/// Whether a failure after sending may have been applied (module doc, idempotency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Safety {
+    /// Reads: any transport failure is retried.
+    Idempotent,
+    /// Produce, transfer, membership: retried only when surely not applied.
+    Mutating,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    /// The last metadata read.
+    metadata: Option<MetadataResponse>,
+    /// Believed leader client address (owning shard) per partition.
+    leaders: HashMap<PartitionId, SocketAddr>,
+    /// Round-robin start among the bootstrap addresses.
+    next_bootstrap: usize,
+}
+
+/// A blocking client of a ringlog cluster. `Send + Sync`: share it between threads by
+/// reference or `Arc`; each call takes its own connection from a small per-address pool.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    routes: Mutex<Routes>,
+    pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    next_request_id: AtomicU64,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Client>();
+};
+
+impl Client {
+    /// A client of the cluster reachable at `bootstrap`; nothing is contacted until the first
+    /// call (so a cluster that is still starting is fine).
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::NoBootstrap);
+        }
+        Ok(Client {
+            config,
+            routes: Mutex::new(Routes::default()),
+            pool: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A client with default settings; `bootstrap` is `host:port,host:port,...`.
+    pub fn connect(bootstrap: &str) -> Result<Client, ClientError> {
+        Client::new(ClientConfig::new(parse_addresses(bootstrap)?))
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Appends `records` as one batch to `partition`; returns once `acks` is met.
+    pub fn produce(
+        &self,
+        partition: PartitionId,
+        acks: Acks,
+        records: &[&[u8]],
+    ) -> Result<ProduceResponse, ClientError> {
+        self.produce_batch(partition, acks, build_batch(records)?)
+    }
+
+    /// Appends a batch built by [`build_batch`] (zero stamp) to `partition`.
+    pub fn produce_batch(
+        &self,
+        partition: PartitionId,
+        acks: Acks,
+        batch: Bytes,
+    ) -> Result<ProduceResponse, ClientError> {
+        let request = Request::Produce(ProduceRequest { partition, acks, batch });
+        self.routed(partition, &request, Safety::Mutating, |response| match response {
+            Response::Produce(r) => Ok(r),
+            other => Err(other),
+        })
+    }
+
+    /// Committed batches of `partition` from `offset`, from its leader (long poll up to
+    /// `wait` when nothing is committed there yet). Decode with [`decode_records`].
+    pub fn fetch(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: u32,
+        wait: Duration,
+        consistency: Consistency,
+    ) -> Result<FetchResponse, ClientError> {
+        let request = fetch_request(partition, offset, max_bytes, wait, consistency);
+        self.routed(partition, &request, Safety::Idempotent, |response| match response {
+            Response::Fetch(r) => Ok(r),
+            other => Err(other),
+        })
+    }
+
+    /// Fresh metadata of every partition (from the first bootstrap node that answers); also
+    /// refreshes the routes.
+    pub fn metadata(&self) -> Result<MetadataResponse, ClientError> {
+        self.refresh_metadata()
+    }
+
+    /// The status of `partition` as its leader sees it (followers' durable index and lag are
+    /// filled in by a leader only). Use [`Client::node`] for one node's view.
+    pub fn status(&self, partition: PartitionId) -> Result<GroupStatus, ClientError> {
+        let request = Request::GroupStatus { partition };
+        self.routed(partition, &request, Safety::Idempotent, |response| match response {
+            Response::GroupStatus(s) => Ok(s),
+            other => Err(other),
+        })
+    }
+
+    /// Asks the leader of `partition` to hand leadership to `to`; returns once the transfer
+    /// has started (watch `status` for its outcome).
+    pub fn transfer_leader(&self, partition: PartitionId, to: NodeId) -> Result<(), ClientError> {
+        let request = Request::TransferLeader { partition, to };
+        self.routed(partition, &request, Safety::Mutating, |response| match response {
+            Response::TransferLeader { .. } => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// Changes the members of `partition`'s group. `addresses` (peer, client: the node's
+    /// shard-0 addresses) are required for `AddLearner`. Returns the change's Raft index.
+    pub fn change_membership(
+        &self,
+        partition: PartitionId,
+        change: MembershipChange,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<LogIndex, ClientError> {
+        let request = Request::ChangeMembership {
+            partition,
+            change,
+            peer: addresses.map(|a| a.0),
+            client: addresses.map(|a| a.1),
+        };
+        self.routed(partition, &request, Safety::Mutating, |response| match response {
+            Response::ChangeMembership { index, .. } => Ok(index),
+            other => Err(other),
+        })
+    }
+
+    /// Shards per node, from the cached metadata (read once if needed).
+    pub fn shards(&self) -> Result<u16, ClientError> {
+        if let Some(metadata) = &self.routes.lock().expect("routes lock").metadata {
+            return Ok(metadata.shards);
+        }
+        Ok(self.refresh_metadata()?.shards)
+    }
+
+    /// Calls to one node (its shard-0 client address `node`), without routing or retries.
+    pub fn node(&self, node: SocketAddr) -> NodeClient<'_> {
+        NodeClient { client: self, node }
+    }
+
+    /// One request to `addr` and its reply, error replies included; no retry.
+    pub fn request_at(&self, addr: SocketAddr, request: &Request) -> Result<Response, ClientError> {
+        let timeout = self.config.request_timeout + request_wait(request);
+        let mutating = matches!(
+            request,
+            Request::Produce(_) | Request::TransferLeader { .. } | Request::ChangeMembership { .. }
+        );
+        self.exchange(addr, request, timeout).map_err(|failure| failure.into_error(addr, mutating))
+    }
+
+    // ---- routing ----
+
+    fn routed<T>(
+        &self,
+        partition: PartitionId,
+        request: &Request,
+        safety: Safety,
+        accept: impl Fn(Response) -> Result<T, Response>,
+    ) -> Result<T, ClientError> {
+        let started = Instant::now();
+        let mut backoff = self.config.backoff_initial;
+        let mut target: Option<SocketAddr> = None;
+        let mut last = String::from("no attempt made");
+        let mut leaderless = false;
+        let mut attempts = 0;
+        let timeout = self.config.request_timeout + request_wait(request);
+        while attempts < self.config.attempts_max
+            && (attempts == 0 || started.elapsed() < self.config.retry_time_max)
+        {
+            attempts += 1;
+            let addr = match target.take() {
+                Some(addr) => addr,
+                None => match self.leader_address(partition) {
+                    Ok(Some(addr)) => addr,
+                    Ok(None) => {
+                        last = format!("the metadata names no leader for {partition}");
+                        leaderless = true;
+                        self.sleep_backoff(&mut backoff);
+                        continue;
+                    }
+                    Err(error @ ClientError::UnknownPartition { .. }) => return Err(error),
+                    Err(error) => {
+                        last = format!("no metadata: {error}");
+                        leaderless = true;
+                        self.sleep_backoff(&mut backoff);
+                        continue;
+                    }
+                },
+            };
+            let step = match self.exchange(addr, request, timeout) {
+                Ok(response) => match accept(response) {
+                    Ok(value) => return Ok(value),
+                    Err(response) => {
+                        last = format!("{addr} answered {response:?}");
+                        self.on_reply(partition, addr, response, safety)?
+                    }
+                },
+                Err(failure) => {
+                    self.forget_leader(partition, addr);
+                    if failure.sent && safety == Safety::Mutating {
+                        return Err(failure.into_error(addr, true));
+                    }
+                    last = failure.into_error(addr, false).to_string();
+                    Step::Redirect(None)
+                }
+            };
+            leaderless = !matches!(step, Step::Wait(_));
+            match step {
+                Step::Redirect(Some(hint)) => {
+                    self.set_leader(partition, hint);
+                    target = Some(hint);
+                    // A hint may name a node still taking over: pause when bouncing again.
+                    if attempts > 1 {
+                        self.sleep_backoff(&mut backoff);
+                    }
+                }
+                Step::Redirect(None) => self.sleep_backoff(&mut backoff),
+                Step::Wait(delay) => {
+                    target = Some(addr);
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        if leaderless {
+            return Err(ClientError::NoLeader { partition, attempts, elapsed, last });
+        }
+        Err(ClientError::RetriesExhausted { attempts, elapsed, last })
+    }
+
+    /// Turns a non-success reply into the next step or a final error.
+    fn on_reply(
+        &self,
+        partition: PartitionId,
+        addr: SocketAddr,
+        response: Response,
+        safety: Safety,
+    ) -> Result<Step, ClientError> {
+        let reply = match response {
+            Response::Error(reply) => reply,
+            other => {
+                let expected = "routed";
+                return Err(ClientError::UnexpectedResponse {
+                    addr,
+                    expected,
+                    found: other.kind(),
+                });
+            }
+        };
+        match reply {
+            ErrorReply::NotLeader { address, .. } => {
+                self.forget_leader(partition, addr);
+                Ok(Step::Redirect(address.filter(|hint| *hint != addr)))
+            }
+            ErrorReply::Backpressure { retry_after_ms } => {
+                let delay = Duration::from_millis(retry_after_ms.into()).min(BACKPRESSURE_WAIT_MAX);
+                Ok(Step::Wait(delay.max(self.config.backoff_initial)))
+            }
+            ErrorReply::ShuttingDown if safety == Safety::Idempotent => {
+                self.forget_leader(partition, addr);
+                Ok(Step::Redirect(None))
+            }
+            ErrorReply::Timeout
+            | ErrorReply::ShuttingDown
+            | ErrorReply::StorageFailed { .. }
+            | ErrorReply::Internal { .. }
+                if safety == Safety::Mutating =>
+            {
+                self.forget_leader(partition, addr);
+                Err(ClientError::Indeterminate { addr, reason: format!("{reply:?}") })
+            }
+            reply => Err(ClientError::Server { addr, reply }),
+        }
+    }
+
+    /// The believed leader's address for `partition`, reading the metadata if unknown.
+    fn leader_address(&self, partition: PartitionId) -> Result<Option<SocketAddr>, ClientError> {
+        if let Some(addr) = self.routes.lock().expect("routes lock").leaders.get(&partition) {
+            return Ok(Some(*addr));
+        }
+        let metadata = self.refresh_metadata()?;
+        let entry = find_partition(&metadata, partition)?;
+        Ok(entry.address)
+    }
+
+    fn set_leader(&self, partition: PartitionId, addr: SocketAddr) {
+        self.routes.lock().expect("routes lock").leaders.insert(partition, addr);
+    }
+
+    fn forget_leader(&self, partition: PartitionId, addr: SocketAddr) {
+        let mut routes = self.routes.lock().expect("routes lock");
+        if routes.leaders.get(&partition) == Some(&addr) {
+            routes.leaders.remove(&partition);
+        }
+    }
+
+    /// Asks the bootstrap nodes in turn (starting after the last one used) for the metadata
+    /// of every partition; the first answer replaces the routes.
+    fn refresh_metadata(&self) -> Result<MetadataResponse, ClientError> {
+        let count = self.config.bootstrap.len();
+        let start = self.routes.lock().expect("routes lock").next_bootstrap;
+        let request = Request::Metadata { partitions: Vec::new() };
+        let mut last = None;
+        for i in 0..count {
+            let addr = self.config.bootstrap[(start + i) % count];
+            match self.exchange(addr, &request, self.config.metadata_timeout) {
+                Ok(Response::Metadata(metadata)) => {
+                    let mut routes = self.routes.lock().expect("routes lock");
+                    routes.next_bootstrap = (start + i) % count;
+                    routes.leaders = metadata
+                        .partitions
+                        .iter()
+                        .filter_map(|p| p.address.map(|a| (p.partition, a)))
+                        .collect();
+                    routes.metadata = Some(metadata.clone());
+                    return Ok(metadata);
+                }
+                Ok(Response::Error(reply)) => last = Some(ClientError::Server { addr, reply }),
+                Ok(other) => {
+                    let expected = "metadata";
+                    last = Some(ClientError::UnexpectedResponse {
+                        addr,
+                        expected,
+                        found: other.kind(),
+                    });
+                }
+                Err(failure) => last = Some(failure.into_error(addr, false)),
+            }
+        }
+        // Next time, start with the node after the one that failed first.
+        self.routes.lock().expect("routes lock").next_bootstrap = (start + 1) % count;
+        Err(last.unwrap_or(ClientError::NoBootstrap))
+    }
+
+    fn sleep_backoff(&self, backoff: &mut Duration) {
+        std::thread::sleep(jitter(*backoff));
+        *backoff = (*backoff * 2).min(self.config.backoff_max);
+    }
+
+    // ---- one exchange on one connection ----
+
+    /// Sends `request` to `addr` and reads its reply within `timeout` (the write within the
+    /// request timeout).
+    fn exchange(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Failure> {
+        let mut stream = self.checkout(addr)?;
+        let id = RequestId(self.next_request_id.fetch_add(1, Ordering::Relaxed));
+        let frame = request.encode(id);
+        let write_timeout = self.config.request_timeout;
+        stream.set_write_timeout(Some(write_timeout)).map_err(Failure::not_sent)?;
+        stream.set_read_timeout(Some(timeout)).map_err(Failure::not_sent)?;
+        write_frame(&mut stream, frame.chunks()).map_err(Failure::sent)?;
+        let response = self.read_response(&mut stream, addr, id)?;
+        self.checkin(addr, stream);
+        Ok(response)
+    }
+
+    fn read_response(
+        &self,
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        id: RequestId,
+    ) -> Result<Response, Failure> {
+        let mut decoder = FrameDecoder::new(self.config.frame_body_size_max);
+        let mut buf = BytesMut::new();
+        let frame = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(source) => return Err(Failure::answered(ClientError::Frame { addr, source })),
+            }
+            // Bounded by the decoder: at most the header, then at most one announced body.
+            let want = decoder.bytes_needed(&buf).min(READ_CHUNK_SIZE.max(buf.len()));
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            let read = stream.read(&mut buf[start..]);
+            match read {
+                Ok(0) => {
+                    buf.truncate(start);
+                    let source = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("connection closed before the reply ({start} bytes of it read)"),
+                    );
+                    return Err(Failure::sent(source));
+                }
+                Ok(n) => buf.truncate(start + n),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(error) => return Err(Failure::sent(error)),
+            }
+        };
+        if !buf.is_empty() {
+            let source = ProtocolError::TrailingBytes { count: buf.len() };
+            return Err(Failure::answered(ClientError::Protocol { addr, source }));
+        }
+        if frame.request_id != id {
+            let (expected, found) = (id.0, frame.request_id.0);
+            return Err(Failure::answered(ClientError::RequestIdMismatch {
+                addr,
+                expected,
+                found,
+            }));
+        }
+        Response::decode(&frame)
+            .map_err(|source| Failure::answered(ClientError::Protocol { addr, source }))
+    }
+
+    /// An idle pooled connection to `addr` that is still open, or a new one.
+    fn checkout(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
+        loop {
+            let pooled = self.pool.lock().expect("pool lock").get_mut(&addr).and_then(Vec::pop);
+            match pooled {
+                Some(stream) if is_open(&stream) => return Ok(stream),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)
+            .map_err(|source| Failure::connect(addr, source))?;
+        stream.set_nodelay(true).map_err(|source| Failure::connect(addr, source))?;
+        Ok(stream)
+    }
+
+    fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < self.config.idle_connections_per_address_max {
+            idle.push(stream);
+        }
+    }
+}
+
+/// Calls to one node, without routing or retries (see [`Client::node`]). A partition's
+/// request goes to the node's owning shard: port + `partition % shards`.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeClient<'a> {
+    client: &'a Client,
+    node: SocketAddr,
+}
+
+impl NodeClient<'_> {
+    /// The client address of this node's shard owning `partition`.
+    pub fn shard_address(&self, partition: PartitionId) -> Result<SocketAddr, ClientError> {
+        let shards = match self.client.shards() {
+            Ok(shards) => shards,
+            // The cluster's bootstrap nodes may be down: ask this node itself.
+            Err(_) => self.metadata()?.shards,
+        };
+        Ok(shard_address(self.node, partition, shards))
+    }
+
+    /// This node's view of every partition's leader.
+    pub fn metadata(&self) -> Result<MetadataResponse, ClientError> {
+        let request = Request::Metadata { partitions: Vec::new() };
+        match self.client.request_at(self.node, &request)? {
+            Response::Metadata(m) => Ok(m),
+            other => Err(unexpected(self.node, "metadata", other)),
+        }
+    }
+
+    /// This node's status of `partition`.
+    pub fn status(&self, partition: PartitionId) -> Result<GroupStatus, ClientError> {
+        let addr = self.shard_address(partition)?;
+        match self.client.request_at(addr, &Request::GroupStatus { partition })? {
+            Response::GroupStatus(s) => Ok(s),
+            other => Err(unexpected(addr, "status", other)),
+        }
+    }
+
+    /// Fetch from this node only (`ReplicaCommitted` reads what this replica knows committed).
+    pub fn fetch(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: u32,
+        wait: Duration,
+        consistency: Consistency,
+    ) -> Result<FetchResponse, ClientError> {
+        let addr = self.shard_address(partition)?;
+        let request = fetch_request(partition, offset, max_bytes, wait, consistency);
+        match self.client.request_at(addr, &request)? {
+            Response::Fetch(r) => Ok(r),
+            other => Err(unexpected(addr, "fetch", other)),
+        }
+    }
+
+    /// Produce to this node only (a non-leader answers `NotLeader`, returned as an error).
+    pub fn produce(
+        &self,
+        partition: PartitionId,
+        acks: Acks,
+        records: &[&[u8]],
+    ) -> Result<ProduceResponse, ClientError> {
+        let addr = self.shard_address(partition)?;
+        let batch = build_batch(records)?;
+        let request = Request::Produce(ProduceRequest { partition, acks, batch });
+        match self.client.request_at(addr, &request)? {
+            Response::Produce(r) => Ok(r),
+            other => Err(unexpected(addr, "produce", other)),
+        }
+    }
+}
+
+/// Builds a produce batch of `records` with a zero stamp (contract decision 3): term, index,
+/// base offset and prev crc 0; record count, timestamps (now) and checksums filled in.
+pub fn build_batch(records: &[&[u8]]) -> Result<Bytes, ClientError> {
+    if records.is_empty() {
+        return Err(ClientError::EmptyBatch);
+    }
+    let mut builder = RecordsBuilder::new(BATCH_SIZE_MAX);
+    for record in records {
+        builder.push(record).map_err(ClientError::Batch)?;
+    }
+    let records = builder.finish();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let stamp = BatchStamp {
+        term: Term(0),
+        index: LogIndex(0),
+        base_offset: ringlog_engine::types::Offset(0),
+        record_count: records.count,
+        flags: 0,
+        first_timestamp_ms: now_ms,
+        max_timestamp_ms: now_ms,
+        prev_crc: 0,
+    };
+    Ok(encode_batch(&stamp, &records.bytes))
+}
+
+/// The records of fetched batches, each batch checksum-verified first; control batches
+/// (Raft no-ops, membership) carry no records and are skipped. `from` drops records below
+/// it (a fetch returns whole batches).
+pub fn decode_records(
+    addr: SocketAddr,
+    batches: &[Bytes],
+    from: Offset,
+) -> Result<Vec<FetchedRecord>, ClientError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let view = decode_batch(batch, BATCH_SIZE_MAX)
+            .map_err(|source| ClientError::CorruptBatch { addr, source })?;
+        if view.header().is_control() {
+            continue;
+        }
+        let base = view.header().base_offset().0;
+        for (i, value) in view.records().enumerate() {
+            let offset = Offset(base + i as u64);
+            if offset >= from {
+                out.push(FetchedRecord { offset, value: batch.slice_ref(value) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The offset after the last of `batches` (the next offset to fetch), or `None` if there are
+/// none or the last one is not a valid batch.
+pub fn next_offset(batches: &[Bytes]) -> Option<Offset> {
+    let last = batches.last()?;
+    let header = ringlog_engine::batch::peek_header(last, BATCH_SIZE_MAX).ok()?;
+    Some(Offset(header.next_offset().0))
+}
+
+/// Parses `host:port,host:port,...` (names are resolved; each may give several addresses).
+pub fn parse_addresses(input: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let mut out = Vec::new();
+    for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let resolved = part.to_socket_addrs().map_err(|error| ClientError::Resolve {
+            input: part.to_string(),
+            reason: error.to_string(),
+        })?;
+        out.extend(resolved);
+    }
+    if out.is_empty() {
+        return Err(ClientError::NoBootstrap);
+    }
+    Ok(out)
+}
+
+/// The client address of shard `partition % shards` of the node whose shard 0 is `node`.
+pub fn shard_address(node: SocketAddr, partition: PartitionId, shards: u16) -> SocketAddr {
+    let shard = partition.0 % u32::from(shards.max(1));
+    let mut addr = node;
+    addr.set_port(node.port().wrapping_add(shard as u16));
+    addr
+}
+
+fn find_partition(
+    metadata: &MetadataResponse,
+    partition: PartitionId,
+) -> Result<&PartitionMetadata, ClientError> {
+    metadata
+        .partitions
+        .iter()
+        .find(|p| p.partition == partition)
+        .ok_or(ClientError::UnknownPartition { partition, partitions: metadata.partitions.len() })
+}
+
+fn fetch_request(
+    partition: PartitionId,
+    offset: Offset,
+    max_bytes: u32,
+    wait: Duration,
+    consistency: Consistency,
+) -> Request {
+    let max_bytes = max_bytes.min(FETCH_BYTES_MAX as u32);
+    let wait_ms = wait.min(FETCH_WAIT_MAX).as_millis() as u32;
+    Request::Fetch(FetchRequest { partition, offset, max_bytes, wait_ms, consistency })
+}
+
+/// How much longer than the request timeout the reply may take.
+fn request_wait(request: &Request) -> Duration {
+    match request {
+        Request::Fetch(f) => Duration::from_millis(f.wait_ms.into()),
+        _ => Duration::ZERO,
+    }
+}
+
+fn unexpected(addr: SocketAddr, expected: &'static str, response: Response) -> ClientError {
+    match response {
+        Response::Error(reply) => ClientError::Server { addr, reply },
+        other => ClientError::UnexpectedResponse { addr, expected, found: other.kind() },
+    }
+}
+
+/// Writes a frame's chunks; small frames are gathered into one write (TCP_NODELAY is on).
+fn write_frame(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+    const GATHER_MAX: usize = 64 * 1024;
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    if total <= GATHER_MAX {
+        let mut buf = Vec::with_capacity(total);
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+        }
+        return stream.write_all(&buf);
+    }
+    for chunk in chunks {
+        stream.write_all(chunk)?;
+    }
+    Ok(())
+}
+
+/// Whether a pooled connection is still usable: no EOF, no error and no unsolicited bytes
+/// waiting (a node closes connections it drops; a reused dead one would turn a safe retry
+/// into an indeterminate one).
+fn is_open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let open = matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    open && stream.set_nonblocking(false).is_ok()
+}
+
+/// `delay` shortened by up to a half, from a cheap per-call pseudo-random source.
+fn jitter(delay: Duration) -> Duration {
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    let nanos = delay.as_nanos() as u64;
+    Duration::from_nanos(nanos / 2 + x % (nanos / 2 + 1))
+}
+
+/// A failed exchange, and whether the request may have reached the node.
+struct Failure {
+    sent: bool,
+    error: FailureKind,
+}
+
+enum FailureKind {
+    Connect(SocketAddr, io::Error),
+    Io(io::Error),
+    /// The node answered, but with something unusable.
+    Answered(ClientError),
+}
+
+impl Failure {
+    fn connect(addr: SocketAddr, source: io::Error) -> Failure {
+        Failure { sent: false, error: FailureKind::Connect(addr, source) }
+    }
+
+    fn not_sent(source: io::Error) -> Failure {
+        Failure { sent: false, error: FailureKind::Io(source) }
+    }
+
+    fn sent(source: io::Error) -> Failure {
+        Failure { sent: true, error: FailureKind::Io(source) }
+    }
+
+    fn answered(error: ClientError) -> Failure {
+        Failure { sent: true, error: FailureKind::Answered(error) }
+    }
+
+    /// The error a caller sees: an IO failure after sending a `mutating` request is
+    /// indeterminate (it may have been applied).
+    fn into_error(self, addr: SocketAddr, mutating: bool) -> ClientError {
+        match self.error {
+            FailureKind::Connect(addr, source) => ClientError::Connect { addr, source },
+            FailureKind::Io(source) if self.sent && mutating => {
+                ClientError::Indeterminate { addr, reason: source.to_string() }
+            }
+            FailureKind::Io(source) => ClientError::Io { addr, source },
+            FailureKind::Answered(error) => error,
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! ShardCore: the replication side of one shard — every partition's `PartitionReplicator`,
+//! the shard's peer listener and links, and the tasks that drive them.
+//!
+//! Task queues (glommio, one executor per shard):
+//! - `latency` (`Latency::Matters`, high shares): the Raft tick loop (ticks, heartbeats,
+//!   elections), the inbound peer dispatch, every peer link and accepted connection, the
+//!   durability watchers (acks), the hard-state writer, the log worker (appends,
+//!   truncations) and the senders of fresh entries. None of them waits on anything but its
+//!   own IO, so a stalled disk never delays a heartbeat.
+//! - `bulk` (`Latency::NotImportant`, low shares): catch-up streaming (entries already
+//!   committed), commit-offset lookups and retention.
+//! - The engine's flushers and preallocators run where `Log::open` put them (the default
+//!   queue of the shard).
+//!
+//! Peers: shard `s` of this node connects to shard `s` of every other node at its peer
+//! port + `s` (`PeerLink`, one per remote node, shared by the shard's partitions) and accepts
+//! on its own peer port + `s`; the handshake carries cluster id, shard, the shard/partition
+//! layout (refused if different) and whether the shard is pristine (no Raft history).
+//!
+//! Wiped-disk rule (matches raft/src/sim: bootstrap membership + damaged): a partition whose
+//! data dir is empty at start is damaged and may neither vote nor count toward a quorum,
+//! until either a leader repairs it (a wiped member: `Action::Repaired`) or every other
+//! configured voter reported a pristine shard in a handshake (a brand-new cluster: nobody
+//! has ever voted or stored an entry, so nothing can have been lost). A new cluster therefore
+//! elects its first leaders once every configured node is up.
+//!
+//! Invariants: everything here runs on the shard's executor (`Rc`, no locks); the fatal
+//! signal fires once per shard with the first latched storage error.
+
+#![forbid(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{Latency, Shares, Task, TaskQueueHandle};
+use ringlog_net::peer::ShardLayout;
+use ringlog_net::transport::{Inbound, PeerListener};
+use ringlog_net::{PartitionId, ShardId};
+use ringlog_raft::NodeId;
+
+use crate::config::NodeConfig;
+use crate::node::addresses::{shard_addr, AddressBook};
+use crate::node::api::{NodeError, NodeStartError, ShardSnapshot, ShutdownMode};
+use crate::node::peers::Peers;
+use crate::node::replicator_codec::EngineBatchCheck;
+use crate::node::replicator_wait::{within, Notify};
+
+pub(crate) use crate::node::replicator::PartitionReplicator;
+
+/// Inbound peer messages waiting for the dispatcher; a full inbox stops reading the
+/// connections (TCP backpressure).
+const INBOX_CAPACITY: usize = ringlog_net::limits::INBOX_CAPACITY;
+/// How often retention runs when it is configured.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+/// Graceful shutdown: longest wait for led partitions to hand leadership over.
+const TRANSFER_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Graceful shutdown: longest wait for links to write what they hold.
+const LINK_DRAIN_WAIT_MAX: Duration = Duration::from_millis(500);
+
+/// What a shard main passes to `ShardCore::open`.
+pub(crate) struct ShardContext {
+    pub shard: usize,
+    pub shards: usize,
+    pub config: Arc<NodeConfig>,
+    /// The partitions this shard owns.
+    pub partitions: Vec<PartitionId>,
+}
+
+/// What every replicator of the shard shares.
+pub(crate) struct ShardShared {
+    pub node: NodeId,
+    pub shard: usize,
+    pub config: Arc<NodeConfig>,
+    pub peers: Peers,
+    latency: TaskQueueHandle,
+    bulk: TaskQueueHandle,
+    fatal: RefCell<Option<NodeError>>,
+    fatal_notify: Notify,
+}
+
+impl ShardShared {
+    pub(crate) fn spawn_latency(&self, future: impl std::future::Future<Output = ()> + 'static) {
+        glommio::spawn_local_into(future, self.latency).expect("latency queue exists").detach();
+    }
+
+    pub(crate) fn spawn_bulk(&self, future: impl std::future::Future<Output = ()> + 'static) {
+        glommio::spawn_local_into(future, self.bulk).expect("bulk queue exists").detach();
+    }
+
+    pub(crate) fn set_fatal(&self, error: NodeError) {
+        let mut fatal = self.fatal.borrow_mut();
+        if fatal.is_none() {
+            *fatal = Some(error);
+            drop(fatal);
+            self.fatal_notify.notify_all();
+        }
+    }
+}
+
+/// One shard's replication core (see the module docs).
+pub(crate) struct ShardCore {
+    shared: Rc<ShardShared>,
+    /// Emptied by `shutdown` (the logs are closed then).
+    partitions: RefCell<Vec<Rc<PartitionReplicator>>>,
+    peer_addr: SocketAddr,
+    pristine: Arc<std::sync::atomic::AtomicBool>,
+    listener: RefCell<Option<PeerListener>>,
+    tasks: RefCell<Vec<Task<()>>>,
+    closed: Cell<bool>,
+}
+
+impl std::fmt::Debug for ShardCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCore").field("shard", &self.shared.shard).finish()
+    }
+}
+
+impl ShardCore {
+    /// Opens logs + hard state (recovery), builds replicas, binds the shard's peer listener,
+    /// spawns the tick / peer / durability tasks in their task queues. Returns once ready.
+    pub async fn open(ctx: ShardContext) -> Result<Rc<ShardCore>, NodeStartError> {
+        let config = ctx.config.clone();
+        let node = NodeId(config.node_id);
+        let executor = glommio::executor();
+        let latency = executor.create_task_queue(
+            Shares::Static(1000),
+            Latency::Matters(Duration::from_millis(1)),
+            "ringlog-raft",
+        );
+        let bulk =
+            executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "ringlog-bulk");
+        let mut peer_config = config.to_peer_config(ShardId(ctx.shard as u16));
+        peer_config.layout =
+            ShardLayout { shards: ctx.shards as u16, partitions: config.partitions as u32 };
+        peer_config.task_queue = Some(latency);
+        let pristine = peer_config.pristine.clone();
+        let book = AddressBook::from_config(&config);
+        let peers = Peers::new(node, ctx.shard, peer_config.clone(), book);
+        let shared = Rc::new(ShardShared {
+            node,
+            shard: ctx.shard,
+            config: config.clone(),
+            peers,
+            latency,
+            bulk,
+            fatal: RefCell::new(None),
+            fatal_notify: Notify::default(),
+        });
+        let mut partitions = Vec::with_capacity(ctx.partitions.len());
+        for &partition in &ctx.partitions {
+            partitions.push(PartitionReplicator::open(shared.clone(), partition).await?);
+        }
+        partitions.sort_by_key(|r| r.partition_id());
+        pristine.store(partitions.iter().all(|r| r.pristine()), Ordering::Relaxed);
+        let listen = config
+            .peer_listen()
+            .ok_or_else(|| NodeStartError::Config("no peer address for this node".into()))?;
+        let listen = shard_addr(listen, ctx.shard);
+        let (inbox_tx, inbox_rx) = glommio::channels::local_channel::new_bounded(INBOX_CAPACITY);
+        let check =
+            Rc::new(EngineBatchCheck { batch_size_max: config.storage.batch_size_max as usize });
+        let listener = PeerListener::bind(listen, peer_config, check, inbox_tx)
+            .map_err(|e| NodeStartError::Listen { addr: listen, reason: e.to_string() })?;
+        let peer_addr = listener.local_addr();
+        let mut peers_wanted: Vec<NodeId> = config.peers.iter().map(|p| NodeId(p.id)).collect();
+        peers_wanted.retain(|&n| n != node);
+        shared.peers.ensure(peers_wanted);
+        let core = Rc::new(ShardCore {
+            shared: shared.clone(),
+            partitions: RefCell::new(partitions),
+            peer_addr,
+            pristine,
+            listener: RefCell::new(Some(listener)),
+            tasks: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+        });
+        for r in core.list() {
+            r.start();
+        }
+        let mut tasks = Vec::new();
+        let me = core.clone();
+        tasks.push(
+            glommio::spawn_local_into(async move { me.run_ticks().await }, latency).expect("queue"),
+        );
+        let me = core.clone();
+        tasks.push(
+            glommio::spawn_local_into(async move { me.run_inbound(inbox_rx).await }, latency)
+                .expect("queue"),
+        );
+        if config.storage.retention_bytes_max.is_some()
+            || config.storage.retention_age_max_secs.is_some()
+        {
+            let me = core.clone();
+            tasks.push(
+                glommio::spawn_local_into(async move { me.run_retention().await }, bulk)
+                    .expect("queue"),
+            );
+        }
+        *core.tasks.borrow_mut() = tasks;
+        tracing::info!(%node, shard = ctx.shard, %peer_addr, partitions = core.list().len(), "shard core ready");
+        Ok(core)
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn partition(&self, p: PartitionId) -> Option<Rc<PartitionReplicator>> {
+        let partitions = self.partitions.borrow();
+        let at = partitions.binary_search_by_key(&p, |r| r.partition_id()).ok()?;
+        Some(partitions[at].clone())
+    }
+
+    fn list(&self) -> Vec<Rc<PartitionReplicator>> {
+        self.partitions.borrow().clone()
+    }
+
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let (frames, bytes) = self.shared.peers.queued();
+        let listener = self.listener.borrow().as_ref().map(|l| l.stats()).unwrap_or_default();
+        ShardSnapshot {
+            shard: self.shared.shard,
+            peer_queue_frames: frames,
+            peer_queue_bytes: bytes,
+            rejected_inputs: vec![
+                ("peer_handshake_refused".into(), listener.refused),
+                ("peer_malformed".into(), listener.malformed),
+                ("peer_queue_full_dropped".into(), self.shared.peers.dropped()),
+            ],
+            partitions: self.list().iter().map(|r| r.snapshot()).collect(),
+            ..ShardSnapshot::default()
+        }
+    }
+
+    /// Graceful: hand leadership of led partitions to an up-to-date follower (bounded wait),
+    /// flush, close. Immediate: close now. Idempotent.
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        if self.closed.replace(true) {
+            return;
+        }
+        if mode == ShutdownMode::Graceful {
+            for r in self.list() {
+                if let (true, Some(to)) = (r.is_leader(), r.best_follower()) {
+                    let result = r.transfer_leadership(to);
+                    tracing::info!(partition = %r.partition_id(), %to, ?result, "handing leadership over");
+                }
+            }
+            let deadline = Instant::now() + TRANSFER_WAIT_MAX;
+            while self.list().iter().any(|r| r.is_leader() && r.failure().is_none())
+                && Instant::now() < deadline
+            {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            let deadline = Instant::now() + LINK_DRAIN_WAIT_MAX;
+            while !self.shared.peers.idle() && Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        for r in self.list() {
+            r.close();
+        }
+        self.tasks.borrow_mut().clear();
+        self.listener.borrow_mut().take();
+        self.shared.peers.close();
+        let partitions = std::mem::take(&mut *self.partitions.borrow_mut());
+        for r in partitions {
+            let partition = r.partition_id();
+            if let Err(e) = PartitionReplicator::close_log(r, mode).await {
+                tracing::warn!(%partition, %e, "closing the log failed");
+            }
+        }
+    }
+
+    /// Resolves when the shard hit a fatal storage error (latched).
+    pub async fn fatal(&self) -> NodeError {
+        loop {
+            let epoch = self.shared.fatal_notify.epoch();
+            if let Some(error) = self.shared.fatal.borrow().clone() {
+                return error;
+            }
+            self.shared.fatal_notify.changed(epoch).await;
+        }
+    }
+
+    async fn run_ticks(self: Rc<Self>) {
+        let tick = self.shared.config.tick_interval();
+        let mut next = Instant::now() + tick;
+        loop {
+            let now = Instant::now();
+            if next > now {
+                glommio::timer::sleep(next - now).await;
+            }
+            next += tick;
+            if Instant::now() > next + tick * 4 {
+                next = Instant::now() + tick; // fell far behind (stall): do not burst ticks
+            }
+            if self.closed.get() {
+                return;
+            }
+            let down = self.shared.peers.take_disconnected();
+            for r in self.list() {
+                r.tick(&down);
+            }
+            self.pristine.store(self.list().iter().all(|r| r.pristine()), Ordering::Relaxed);
+            if self.list().iter().any(|r| r.is_unproven()) && self.others_pristine() {
+                for r in self.list() {
+                    r.prove_pristine();
+                }
+            }
+        }
+    }
+
+    /// Every other configured voter answered our handshake as pristine.
+    fn others_pristine(&self) -> bool {
+        let config = &self.shared.config;
+        config
+            .peers
+            .iter()
+            .map(|p| NodeId(p.id))
+            .filter(|&n| n != self.shared.node)
+            .all(|n| self.shared.peers.remote_pristine(n) == Some(true))
+    }
+
+    async fn run_inbound(
+        self: Rc<Self>,
+        inbox: glommio::channels::local_channel::LocalReceiver<Inbound>,
+    ) {
+        while let Some(inbound) = inbox.recv().await {
+            if self.closed.get() {
+                return;
+            }
+            for (partition, message) in inbound.message.into_raft_messages() {
+                match self.partition(partition) {
+                    Some(r) => r.handle_message(inbound.from, message),
+                    None => {
+                        tracing::debug!(%partition, from = %inbound.from, "message for a partition this shard does not own")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_retention(self: Rc<Self>) {
+        loop {
+            within(RETENTION_INTERVAL, std::future::pending::<()>()).await;
+            if self.closed.get() {
+                return;
+            }
+            for r in self.list() {
+                r.apply_retention().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "replicator_tests.rs"]
+mod cluster_tests;

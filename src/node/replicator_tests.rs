@@ -1,0 +1,478 @@
+//! In-process cluster tests of the replication core: three `ShardCore`s ("nodes", one shard
+//! each, own data dirs and loopback ports) on three glommio executors in this process.
+//!
+//! Each node's executor runs a small command loop: the test thread sends closures over a
+//! crossbeam channel that the executor polls every millisecond (no cross-thread wake-ups,
+//! design.md §11). Waits use generous deadlines; nothing asserts on timing.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use ringlog_engine::batch::{encode_batch, BatchStamp};
+use ringlog_engine::runtime::{spawn_executor, ExecutorSpec};
+use ringlog_engine::RecordsBuilder;
+use ringlog_net::protocol::{Acks, Consistency};
+use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::{LogIndex, NodeId, Role, Term};
+
+use super::{ShardContext, ShardCore};
+use crate::config::NodeConfig;
+use crate::node::api::{NodeError, ShutdownMode};
+
+/// Deadline of every wait for the cluster to reach a state.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const P0: PartitionId = PartitionId(0);
+const P1: PartitionId = PartitionId(1);
+
+type Job = Box<dyn FnOnce(Rc<ShardCore>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+enum Command {
+    Run(Job),
+    Stop(ShutdownMode),
+}
+
+/// One node: an executor thread running a `ShardCore`.
+struct TestNode {
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Ports {
+    peer: Vec<u16>,
+    client: Vec<u16>,
+}
+
+fn free_port() -> u16 {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+fn ports(nodes: usize) -> Ports {
+    Ports {
+        peer: (0..nodes).map(|_| free_port()).collect(),
+        client: (0..nodes).map(|_| free_port()).collect(),
+    }
+}
+
+/// The config of node `id`; `[[peers]]` lists the first `peers` nodes of `ports`.
+fn node_config(
+    id: u32,
+    ports: &Ports,
+    peers: usize,
+    data_dir: &std::path::Path,
+    partitions: u32,
+) -> NodeConfig {
+    let mut text = format!(
+        "node_id = {id}\ncluster_id = 77\ndata_dir = \"{}\"\nshards = 1\npartitions = {partitions}\n\
+         io_memory = 524288\n",
+        data_dir.display()
+    );
+    for (i, (peer, client)) in ports.peer.iter().zip(&ports.client).enumerate().take(peers) {
+        text += &format!(
+            "[[peers]]\nid = {}\npeer = \"127.0.0.1:{peer}\"\nclient = \"127.0.0.1:{client}\"\n",
+            i + 1
+        );
+    }
+    text += "[storage]\nsegment_size = 1048576\nflush_bytes_max = 262144\n\
+             queued_bytes_max = 4194304\nbatch_size_max = 131072\ntail_cache_bytes_max = 1048576\n\
+             index_interval_bytes = 16384\n\
+             [raft]\ntick_interval_ms = 20\nelection_ticks = 10\nheartbeat_ticks = 2\n\
+             append_bytes_max = 131072\nentry_bytes_max = 131072\n";
+    let config = NodeConfig::parse(&text, std::path::Path::new("test.toml")).expect("parse");
+    if let Err(problems) = config.validate() {
+        panic!("test config invalid: {problems:?}\n{text}");
+    }
+    config
+}
+
+impl TestNode {
+    fn start(config: NodeConfig, partitions: Vec<PartitionId>) -> TestNode {
+        let id = config.node_id;
+        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let spec = ExecutorSpec {
+            name: format!("test-node{id}"),
+            cpu: None,
+            io_memory_bytes: 512 * 1024,
+            spin: false,
+        };
+        let config = Arc::new(config);
+        let thread = spawn_executor(spec, move || async move {
+            let ctx = ShardContext { shard: 0, shards: 1, config, partitions };
+            let core = match ShardCore::open(ctx).await {
+                Ok(core) => core,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            command_loop(core, rx).await;
+        })
+        .expect("executor");
+        ready_rx.recv().expect("ready").expect("shard core opened");
+        TestNode { commands: tx, thread: Some(thread) }
+    }
+
+    /// Runs `f` on the node's executor and returns its result.
+    fn call<T, F, Fut>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<ShardCore>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move |core| {
+            Box::pin(async move {
+                let _ = tx.send(f(core).await);
+            })
+        });
+        self.commands.send(Command::Run(job)).expect("node running");
+        rx.recv_timeout(WAIT_MAX * 2).expect("node answered")
+    }
+
+    fn stop(mut self, mode: ShutdownMode) {
+        let _ = self.commands.send(Command::Stop(mode));
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("node thread");
+        }
+    }
+
+    fn role(&self, p: PartitionId) -> Role {
+        self.call(move |core| async move { core.partition(p).expect("partition").status().role })
+    }
+
+    fn append(
+        &self,
+        p: PartitionId,
+        acks: Acks,
+        records: Vec<Vec<u8>>,
+    ) -> Result<crate::node::api::AppendOutcome, NodeError> {
+        self.call(move |core| async move {
+            let batch = client_batch(&records);
+            core.partition(p).expect("partition").append(acks, batch).await
+        })
+    }
+
+    fn read_all(
+        &self,
+        p: PartitionId,
+        consistency: Consistency,
+    ) -> Result<Vec<Vec<u8>>, NodeError> {
+        self.call(move |core| async move {
+            let r = core.partition(p).expect("partition");
+            let mut offset = Offset(0);
+            let mut out = Vec::new();
+            loop {
+                let got = r.read(offset, 1 << 20, consistency, Duration::ZERO).await?;
+                if got.batches.is_empty() {
+                    return Ok(out);
+                }
+                for batch in &got.batches {
+                    let view = ringlog_engine::decode_batch(batch, 1 << 20).expect("valid batch");
+                    out.extend(view.records().map(|r| r.to_vec()));
+                }
+                offset = got.next_offset;
+            }
+        })
+    }
+
+    /// (commit index, last index, last crc) of the partition's log.
+    fn log_state(&self, p: PartitionId) -> (LogIndex, LogIndex, u32) {
+        self.call(move |core| async move {
+            let r = core.partition(p).expect("partition");
+            (r.commit(), r.log().last_index(), r.log().last_crc())
+        })
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.commands.send(Command::Stop(ShutdownMode::Immediate));
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn command_loop(core: Rc<ShardCore>, rx: Receiver<Command>) {
+    loop {
+        match rx.try_recv() {
+            Ok(Command::Run(job)) => {
+                glommio::spawn_local(job(core.clone())).detach();
+            }
+            Ok(Command::Stop(mode)) => {
+                core.shutdown(mode).await;
+                return;
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                core.shutdown(ShutdownMode::Immediate).await;
+                return;
+            }
+        }
+    }
+}
+
+fn client_batch(records: &[Vec<u8>]) -> Bytes {
+    let mut builder = RecordsBuilder::new(1 << 20);
+    for r in records {
+        builder.push(r).expect("record fits");
+    }
+    let built = builder.finish();
+    let stamp = BatchStamp {
+        term: Term(0),
+        index: LogIndex(0),
+        base_offset: ringlog_engine::Offset(0),
+        record_count: built.count,
+        flags: 0,
+        first_timestamp_ms: 1,
+        max_timestamp_ms: 1,
+        prev_crc: 0,
+    };
+    encode_batch(&stamp, &built.bytes)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The index (into `nodes`) of the leader of `p`, once exactly one running node leads.
+fn leader_of(nodes: &[Option<TestNode>], p: PartitionId) -> usize {
+    let mut found = None;
+    wait_until("a leader", || {
+        let leaders: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.as_ref().is_some_and(|n| n.role(p) == Role::Leader))
+            .map(|(i, _)| i)
+            .collect();
+        found = (leaders.len() == 1).then(|| leaders[0]);
+        found.is_some()
+    });
+    found.expect("leader found")
+}
+
+struct Cluster {
+    dirs: Vec<PathBuf>,
+    _root: tempfile::TempDir,
+    ports: Ports,
+    /// Nodes listed in the original members' `[[peers]]`.
+    members: usize,
+    partitions: u32,
+    nodes: Vec<Option<TestNode>>,
+}
+
+impl Cluster {
+    fn start(size: usize, partitions: u32) -> Cluster {
+        Cluster::start_with_spares(size, 0, partitions)
+    }
+
+    /// `size` members started, plus `spares` nodes with reserved ports and dirs, not started
+    /// and unknown to the members' configs (to be added by a membership change).
+    fn start_with_spares(size: usize, spares: usize, partitions: u32) -> Cluster {
+        let root = tempfile::tempdir().expect("tempdir");
+        let total = size + spares;
+        let dirs: Vec<PathBuf> = (1..=total).map(|i| root.path().join(format!("n{i}"))).collect();
+        let ports = ports(total);
+        let mut cluster =
+            Cluster { dirs, _root: root, ports, members: size, partitions, nodes: Vec::new() };
+        for i in 0..size {
+            let node = cluster.start_node(i);
+            cluster.nodes.push(Some(node));
+        }
+        cluster.nodes.extend((0..spares).map(|_| None));
+        cluster
+    }
+
+    fn start_node(&self, i: usize) -> TestNode {
+        let peers = self.members.max(i + 1);
+        let config = node_config(i as u32 + 1, &self.ports, peers, &self.dirs[i], self.partitions);
+        TestNode::start(config, (0..self.partitions).map(PartitionId).collect())
+    }
+
+    fn node(&self, i: usize) -> &TestNode {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.stop(ShutdownMode::Immediate);
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none());
+        self.nodes[i] = Some(self.start_node(i));
+    }
+
+    /// Appends `count` single-record batches through the leader (retrying NotLeader and
+    /// backpressure); returns the values acknowledged.
+    fn append_acked(&self, p: PartitionId, tag: &str, count: usize) -> Vec<Vec<u8>> {
+        let mut acked = Vec::new();
+        for k in 0..count {
+            let value = format!("{tag}-{k}").into_bytes();
+            let deadline = Instant::now() + WAIT_MAX;
+            loop {
+                let leader = leader_of(&self.nodes, p);
+                match self.node(leader).append(p, Acks::Quorum, vec![value.clone()]) {
+                    Ok(outcome) => {
+                        assert!(outcome.commit > outcome.last_offset, "{outcome:?}");
+                        acked.push(value);
+                        break;
+                    }
+                    Err(NodeError::NotLeader { .. } | NodeError::Backpressure { .. }) => {
+                        assert!(Instant::now() < deadline, "append {k} never accepted");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("append {k} failed: {e}"),
+                }
+            }
+        }
+        acked
+    }
+
+    /// Waits until every running node holds the same log (same last index and chain crc)
+    /// and has committed all of it.
+    fn wait_identical(&self, p: PartitionId) {
+        wait_until("identical, fully committed logs", || {
+            let states: Vec<_> = self.nodes.iter().flatten().map(|n| n.log_state(p)).collect();
+            states.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2)
+                && states.iter().all(|(commit, last, _)| commit == last)
+        });
+    }
+}
+
+#[test]
+fn three_nodes_elect_commit_on_quorum_serve_every_replica_and_transfer_leadership() {
+    let cluster = Cluster::start(3, 2);
+    let acked = cluster.append_acked(P0, "a", 50);
+    let acked1 = cluster.append_acked(P1, "b", 5);
+    cluster.wait_identical(P0);
+    cluster.wait_identical(P1);
+    for i in 0..3 {
+        let read = cluster.node(i).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+        assert_eq!(read, acked, "node {} serves exactly the committed records", i + 1);
+        let read = cluster.node(i).read_all(P1, Consistency::ReplicaCommitted).expect("read");
+        assert_eq!(read, acked1);
+    }
+    let leader = leader_of(&cluster.nodes, P0);
+    let read = cluster.node(leader).read_all(P0, Consistency::LeaderLinearizable).expect("read");
+    assert_eq!(read, acked, "a linearizable read sees every acknowledged record");
+    let follower = (leader + 1) % 3;
+    let err = cluster.node(follower).read_all(P0, Consistency::LeaderLinearizable);
+    assert!(matches!(err, Err(NodeError::NotLeader { .. })), "{err:?}");
+    let err = cluster.node(follower).append(P0, Acks::Quorum, vec![b"x".to_vec()]);
+    match err {
+        Err(NodeError::NotLeader { leader: Some(l), address: Some(_), .. }) => {
+            assert_eq!(l, NodeId(leader as u32 + 1), "the hint names the leader");
+        }
+        other => panic!("a follower refuses appends with a leader hint: {other:?}"),
+    }
+    // Transfer leadership to a follower.
+    let to = NodeId(follower as u32 + 1);
+    cluster
+        .node(leader)
+        .call(move |core| async move { core.partition(P0).expect("p0").transfer_leadership(to) })
+        .expect("transfer accepted");
+    wait_until("the transfer target leads", || cluster.node(follower).role(P0) == Role::Leader);
+    let more = cluster.append_acked(P0, "c", 10);
+    cluster.wait_identical(P0);
+    let read = cluster.node(leader).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [acked, more].concat());
+    // acks=none and acks=leader answer with offsets too.
+    let l = leader_of(&cluster.nodes, P0);
+    let none = cluster.node(l).append(P0, Acks::None, vec![b"n".to_vec()]).expect("acks none");
+    let lead = cluster.node(l).append(P0, Acks::Leader, vec![b"l".to_vec()]).expect("acks leader");
+    assert_eq!(lead.base_offset.0, none.last_offset.0 + 1);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
+    let mut cluster = Cluster::start(3, 1);
+    let first = cluster.append_acked(P0, "before", 20);
+    let old = leader_of(&cluster.nodes, P0);
+    cluster.kill(old);
+    let second = cluster.append_acked(P0, "after", 20);
+    let new = leader_of(&cluster.nodes, P0);
+    assert_ne!(new, old);
+    cluster.restart(old);
+    cluster.wait_identical(P0);
+    let read = cluster.node(old).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first, second].concat(), "the restarted node holds every acked record once");
+}
+
+#[test]
+fn a_wiped_follower_restarts_damaged_and_is_repaired_from_the_leader() {
+    let mut cluster = Cluster::start(3, 1);
+    let first = cluster.append_acked(P0, "w", 30);
+    cluster.wait_identical(P0);
+    let leader = leader_of(&cluster.nodes, P0);
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.dirs[victim]).expect("wipe");
+    cluster.restart(victim);
+    let damaged = cluster
+        .node(victim)
+        .call(|core| async move { core.partition(P0).expect("p0").is_damaged() });
+    assert!(damaged, "a wiped member restarts damaged");
+    let second = cluster.append_acked(P0, "x", 10);
+    wait_until("the wiped follower is repaired", || {
+        !cluster
+            .node(victim)
+            .call(|core| async move { core.partition(P0).expect("p0").is_damaged() })
+    });
+    cluster.wait_identical(P0);
+    let read = cluster.node(victim).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first, second].concat());
+}
+
+#[test]
+fn a_node_added_with_its_addresses_catches_up_as_a_learner_and_is_promoted() {
+    let mut cluster = Cluster::start_with_spares(3, 1, 1);
+    let first = cluster.append_acked(P0, "m", 20);
+    cluster.restart(3);
+    let leader = leader_of(&cluster.nodes, P0);
+    let addresses = crate::node::api::NodeAddresses {
+        peer: format!("127.0.0.1:{}", cluster.ports.peer[3]).parse().expect("addr"),
+        client: format!("127.0.0.1:{}", cluster.ports.client[3]).parse().expect("addr"),
+    };
+    let change = ringlog_raft::MembershipChange::AddLearner(NodeId(4));
+    let added = cluster.node(leader).call(move |core| async move {
+        core.partition(P0).expect("p0").change_membership(change, Some(addresses)).await
+    });
+    assert!(added.is_ok(), "add learner: {added:?}");
+    wait_until("node 4 is promoted to voter", || {
+        let leader = leader_of(&cluster.nodes, P0);
+        cluster.node(leader).call(|core| async move {
+            let status = core.partition(P0).expect("p0").status();
+            status.followers.iter().any(|f| f.node == NodeId(4) && !f.learner)
+        })
+    });
+    let second = cluster.append_acked(P0, "n", 10);
+    cluster.wait_identical(P0);
+    let read = cluster.node(3).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first.clone(), second.clone()].concat());
+    // A member restarted from its own config (which does not list node 4) finds node 4's
+    // addresses in its log and reaches it again.
+    let follower = (0..3).find(|&i| i != leader_of(&cluster.nodes, P0)).expect("a follower");
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let third = cluster.append_acked(P0, "o", 5);
+    cluster.wait_identical(P0);
+    let read = cluster.node(follower).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first, second, third].concat());
+}

@@ -1,0 +1,358 @@
+//! Shard main: what one shard's executor runs — open the replication core, bind the client
+//! listener on `client.port + shard`, report readiness, then serve the commands foreign
+//! threads (the `NodeHandle`) and the other shards' servers (forwarded requests) send through
+//! the shard's mailbox, until a `Shutdown` command.
+//!
+//! Commands run in a `Latency::Matters` task queue, each as its own task spawned in mailbox
+//! order, so a slow append or long-poll read never holds up the next command.
+//!
+//! Shutdown: the first `Shutdown { mode }` starts the stop sequence as a task — the client
+//! server stops (graceful: stop accepting, drain in-flight requests, bounded), then
+//! `ShardCore::shutdown(mode)` (graceful: leadership hand-off, flush, close) — while the loop
+//! keeps taking commands, so that a later `Shutdown { Immediate }` can cut a graceful stop
+//! short. Every `Shutdown` is answered once the sequence ended; then the loop ends.
+//!
+//! Invariants: readiness (or the start error) is reported exactly once, before any command is
+//! taken; every command is answered exactly once, or its reply sender is dropped when the
+//! shard ends (a dropped append callback runs with `ShuttingDown`, see [`Done`]).
+
+#![forbid(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use glommio::net::TcpListener;
+use glommio::{Latency, Shares, TaskQueueHandle};
+use ringlog_engine::runtime_mailbox::{MailboxReceiver, MailboxSender};
+use ringlog_net::protocol::{Acks, Consistency, GroupStatus, Request, Response};
+use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::{LogIndex, MembershipChange, NodeId};
+
+use super::api::{
+    AppendOutcome, NodeAddresses, NodeError, NodeStartError, ReadOutcome, ShardSnapshot,
+    ShutdownMode,
+};
+use super::core::{PartitionReplicator, ShardContext, ShardCore};
+use super::server::{self, ClientServer, Event, Forwarding, ServerShared};
+use super::{ExitState, Mailboxes};
+use crate::config::NodeConfig;
+
+/// What a `Backpressure` answer suggests as a retry delay when a mailbox is full.
+pub const BACKPRESSURE_RETRY_MS: u32 = 10;
+/// How long the shard's latency-sensitive command queue may run before others get the CPU.
+const COMMAND_QUEUE_LATENCY: Duration = Duration::from_millis(1);
+
+/// A typed one-shot reply to a foreign caller.
+pub(crate) type Reply<T> = Sender<Result<T, NodeError>>;
+
+/// Where an append's outcome goes.
+pub(crate) enum Done {
+    /// A blocked caller waits on this channel.
+    Blocking(Reply<AppendOutcome>),
+    /// Runs on the shard's thread; run with `ShuttingDown` if dropped before completion.
+    Callback(CallbackOnce),
+}
+
+/// An append callback that runs at most once: with the outcome, or — once the shard has taken
+/// the command (`armed`) — with `ShuttingDown` when dropped unrun (the shard ended first). An
+/// unarmed callback (the command never reached the shard) is dropped without running: the
+/// caller got the error instead.
+pub(crate) struct CallbackOnce {
+    callback: Option<Box<dyn FnOnce(Result<AppendOutcome, NodeError>) + Send>>,
+    armed: bool,
+}
+
+/// A request from a foreign thread or another shard.
+pub(crate) enum Command {
+    Append {
+        partition: PartitionId,
+        acks: Acks,
+        /// A client batch (zero stamp), within `batch_size_max`.
+        batch: Bytes,
+        done: Done,
+    },
+    Read {
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: u32,
+        consistency: Consistency,
+        wait: Duration,
+        reply: Reply<ReadOutcome>,
+    },
+    Status {
+        partition: PartitionId,
+        reply: Reply<GroupStatus>,
+    },
+    Transfer {
+        partition: PartitionId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Membership {
+        partition: PartitionId,
+        change: MembershipChange,
+        addresses: Option<NodeAddresses>,
+        reply: Reply<LogIndex>,
+    },
+    Snapshot {
+        reply: Reply<ShardSnapshot>,
+    },
+    /// A client request another shard's server received for a partition this shard owns.
+    Serve {
+        request: Request,
+        reply: MailboxSender<Response>,
+    },
+    Shutdown {
+        mode: ShutdownMode,
+        reply: Reply<()>,
+    },
+}
+
+/// A started shard's bound addresses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShardReady {
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// What a shard thread starts with.
+pub(crate) struct ShardSetup {
+    pub shard: usize,
+    pub shards: usize,
+    pub partitions: Vec<PartitionId>,
+    pub config: Arc<NodeConfig>,
+    pub receiver: MailboxReceiver<Command>,
+    pub mailboxes: Arc<Mailboxes>,
+    pub ready: Sender<Result<ShardReady, NodeStartError>>,
+    pub exit: Arc<ExitState>,
+}
+
+/// The future each shard executor runs: open, listen, report, serve, stop.
+pub(crate) async fn shard_main(setup: ShardSetup) {
+    let ShardSetup { shard, shards, partitions, config, receiver, mailboxes, ready, exit } = setup;
+    let queue = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(COMMAND_QUEUE_LATENCY),
+        "ringlog-node-commands",
+    );
+    let context = ShardContext { shard, shards, config: config.clone(), partitions };
+    let core = match ShardCore::open(context).await {
+        Ok(core) => core,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let client_addr = shard_addr(config.client_listen(), shard);
+    let listener = match TcpListener::bind(client_addr) {
+        Ok(listener) => listener,
+        Err(error) => {
+            core.shutdown(ShutdownMode::Immediate).await;
+            let reason = error.to_string();
+            let _ = ready.send(Err(NodeStartError::Listen { addr: client_addr, reason }));
+            return;
+        }
+    };
+    let client = listener.local_addr().unwrap_or(client_addr);
+    let shared =
+        Rc::new(ServerShared::new(shard, shards, &config, client, core.clone(), mailboxes));
+    let server = ClientServer::start(listener, shared.clone(), queue);
+    let _ = ready.send(Ok(ShardReady { client, peer: core.peer_addr() }));
+    tracing::info!(shard, %client, peer = %core.peer_addr(), "shard ready");
+    watch_fatal(shard, &core, exit, queue);
+    serve_commands(&shared, &server, &receiver, queue).await;
+    tracing::info!(shard, "shard stopped");
+}
+
+/// `base` with its port moved up by `shard` (contract decision 2; validated in `start`).
+pub(crate) fn shard_addr(base: Option<SocketAddr>, shard: usize) -> SocketAddr {
+    let mut addr = base.expect("a validated config has client and peer addresses");
+    addr.set_port(addr.port() + shard as u16);
+    addr
+}
+
+/// Reports the core's fatal error (a latched storage failure) to the node, which stops.
+fn watch_fatal(shard: usize, core: &Rc<ShardCore>, exit: Arc<ExitState>, queue: TaskQueueHandle) {
+    let core = Rc::downgrade(core);
+    spawn(queue, async move {
+        let Some(core) = core.upgrade() else { return };
+        let error = core.fatal().await;
+        exit.report_fatal(shard, &error);
+    });
+}
+
+async fn serve_commands(
+    shared: &Rc<ServerShared>,
+    server: &Rc<ClientServer>,
+    receiver: &MailboxReceiver<Command>,
+    queue: TaskQueueHandle,
+) {
+    let stopped = Rc::new(Event::default());
+    let stopping = Cell::new(false);
+    let waiting: RefCell<Vec<Reply<()>>> = RefCell::new(Vec::new());
+    loop {
+        let next = futures_lite::future::or(async { receiver.recv().await.map(Some) }, async {
+            stopped.wait().await;
+            None
+        })
+        .await;
+        let command = match next {
+            Some(Some(command)) => command,
+            // Every sender is gone (cannot happen while the node holds its mailboxes) or the
+            // stop sequence finished.
+            Some(None) | None => break,
+        };
+        match command {
+            Command::Shutdown { mode, reply } => {
+                waiting.borrow_mut().push(reply);
+                if !stopping.replace(true) {
+                    let (server, core, stopped) =
+                        (server.clone(), shared.core.clone(), stopped.clone());
+                    spawn(queue, async move {
+                        server.stop(mode).await;
+                        core.shutdown(mode).await;
+                        stopped.fire();
+                    });
+                } else if mode == ShutdownMode::Immediate {
+                    let (server, core) = (server.clone(), shared.core.clone());
+                    spawn(queue, async move {
+                        server.stop(ShutdownMode::Immediate).await;
+                        core.shutdown(ShutdownMode::Immediate).await;
+                    });
+                }
+            }
+            command => run_command(shared, command, queue),
+        }
+    }
+    // Commands that raced with the shutdown: answered, not left in the mailbox.
+    while let Some(command) = receiver.try_recv() {
+        refuse(command);
+    }
+    for reply in waiting.take() {
+        let _ = reply.send(Ok(()));
+    }
+}
+
+/// Answers a command the stopped shard will not run.
+fn refuse(command: Command) {
+    let error = NodeError::ShuttingDown;
+    match command {
+        Command::Append { mut done, .. } => {
+            done.arm();
+            done.complete(Err(error));
+        }
+        Command::Read { reply, .. } => drop(reply.send(Err(error))),
+        Command::Status { reply, .. } => drop(reply.send(Err(error))),
+        Command::Transfer { reply, .. } => drop(reply.send(Err(error))),
+        Command::Membership { reply, .. } => drop(reply.send(Err(error))),
+        Command::Snapshot { reply } => drop(reply.send(Err(error))),
+        Command::Serve { reply, .. } => drop(reply.try_send(Response::Error(error.to_reply()))),
+        Command::Shutdown { reply, .. } => drop(reply.send(Ok(()))),
+    }
+}
+
+fn run_command(shared: &Rc<ServerShared>, command: Command, queue: TaskQueueHandle) {
+    let shared = shared.clone();
+    match command {
+        Command::Append { partition, acks, batch, mut done } => spawn(queue, async move {
+            done.arm();
+            let result = match replica(&shared, partition) {
+                Ok(replica) => replica.append(acks, batch).await,
+                Err(error) => Err(error),
+            };
+            done.complete(result);
+        }),
+        Command::Read { partition, offset, max_bytes, consistency, wait, reply } => {
+            spawn(queue, async move {
+                let result = match replica(&shared, partition) {
+                    Ok(replica) => replica.read(offset, max_bytes, consistency, wait).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            })
+        }
+        Command::Status { partition, reply } => {
+            let _ = reply.send(replica(&shared, partition).map(|r| r.status()));
+        }
+        Command::Transfer { partition, to, reply } => {
+            let _ = reply.send(replica(&shared, partition).and_then(|r| r.transfer_leadership(to)));
+        }
+        Command::Membership { partition, change, addresses, reply } => spawn(queue, async move {
+            let result = match replica(&shared, partition) {
+                Ok(replica) => replica.change_membership(change, addresses).await,
+                Err(error) => Err(error),
+            };
+            let _ = reply.send(result);
+        }),
+        Command::Snapshot { reply } => {
+            let _ = reply.send(Ok(shared.snapshot()));
+        }
+        Command::Serve { request, reply } => spawn(queue, async move {
+            let response = server::handle(&shared, request, Forwarding::Never).await;
+            let _ = reply.try_send(response);
+        }),
+        Command::Shutdown { .. } => unreachable!("handled by the command loop"),
+    }
+}
+
+/// The replicator of `partition`, which this shard must own.
+fn replica(
+    shared: &ServerShared,
+    partition: PartitionId,
+) -> Result<Rc<PartitionReplicator>, NodeError> {
+    shared
+        .core
+        .partition(partition)
+        .ok_or(NodeError::UnknownPartition { partition, partitions: shared.partitions })
+}
+
+/// Spawns `task` into `queue`, detached.
+pub(crate) fn spawn(queue: TaskQueueHandle, task: impl std::future::Future<Output = ()> + 'static) {
+    match glommio::spawn_local_into(task, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(error) => tracing::error!(%error, "cannot spawn a shard task"),
+    }
+}
+
+impl Done {
+    pub(crate) fn callback(
+        callback: Box<dyn FnOnce(Result<AppendOutcome, NodeError>) + Send>,
+    ) -> Done {
+        Done::Callback(CallbackOnce { callback: Some(callback), armed: false })
+    }
+
+    /// The shard has taken the command: from now on the callback runs exactly once.
+    fn arm(&mut self) {
+        if let Done::Callback(once) = self {
+            once.armed = true;
+        }
+    }
+
+    fn complete(self, result: Result<AppendOutcome, NodeError>) {
+        match self {
+            Done::Blocking(reply) => {
+                let _ = reply.send(result);
+            }
+            Done::Callback(mut once) => {
+                if let Some(callback) = once.callback.take() {
+                    callback(result);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CallbackOnce {
+    fn drop(&mut self) {
+        if let Some(callback) = self.callback.take().filter(|_| self.armed) {
+            callback(Err(NodeError::ShuttingDown));
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `ringlog serve --config FILE [--skip-host-checks]`: run one node until a signal.
+//!
+//! Start: load and validate the config (unknown keys, a node id not among the peers, an
+//! unusable data dir... are reported with the file's line or the key's name); set up `tracing`
+//! to stderr with `log.level` and `log.json`; install the SIGTERM/SIGINT handlers; start the
+//! node (`Node::start_with`: the FAIL host checks of `ringlog doctor` first, with the same
+//! lines); start the Prometheus exporter on `listen.metrics`; then print exactly one line on
+//! stdout, flushed:
+//!
+//! ```text
+//! ringlog: ready node=<id> client=<ip:port> peer=<ip:port> shards=<n>
+//! ```
+//!
+//! (`client`/`peer` are shard 0's bound addresses; shard `s` listens on port + s.)
+//!
+//! Stop: the first SIGTERM or SIGINT stops gracefully (stop accepting clients, answer or fail
+//! in-flight requests, hand off the leadership of led partitions, flush, close); a second one
+//! stops immediately. A fatal storage error (a latched write/fdatasync failure) stops the node
+//! on its own.
+//!
+//! Exit status: [`EXIT_CLEAN`] (0) after a stop, [`EXIT_START_FAILED`] (1) when the node did
+//! not start (or did not stop cleanly), [`EXIT_FATAL_STORAGE`] (2) after a fatal storage error.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use ringlog::config::{LogSection, NodeConfig};
+use ringlog::node::{Node, NodeError, NodeExit, NodeHandle, ShutdownMode, StartOptions};
+
+/// Exit status after a clean stop.
+pub const EXIT_CLEAN: u8 = 0;
+/// Exit status when the node could not start (bad config, host FAIL, data dir locked, port
+/// taken...) or did not stop cleanly.
+pub const EXIT_START_FAILED: u8 = 1;
+/// Exit status after a fatal storage error stopped the node.
+pub const EXIT_FATAL_STORAGE: u8 = 2;
+
+/// Arguments of `ringlog serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The node's configuration file (TOML; `ringlog config reference` lists every key).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Start even when a host check FAILs (tests on odd hosts only: glommio may then panic
+    /// or exit on what the check would have caught). The memlock rule still applies.
+    #[arg(long)]
+    pub skip_host_checks: bool,
+}
+
+/// What the main thread waits for.
+enum Event {
+    Signal(i32),
+    ShutdownFailed(NodeError),
+    Stopped(NodeExit),
+}
+
+/// Runs the node and returns the process exit status.
+pub fn run(args: &ServeArgs) -> ExitCode {
+    let loaded = match NodeConfig::load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(error) => return start_failed(&error.to_string()),
+    };
+    let config = loaded.config;
+    if let Err(reason) = init_logging(&config.log) {
+        return start_failed(&reason);
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("config: {warning}");
+    }
+    // Installed before the node starts, so that an early signal is not the default kill.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(error) => return start_failed(&format!("cannot install signal handlers: {error}")),
+    };
+    let metrics_addr = config.listen.metrics;
+    let options = StartOptions { skip_host_checks: args.skip_host_checks };
+    let node = match Node::start_with(config, options) {
+        Ok(node) => node,
+        Err(error) => return start_failed(&error.to_string()),
+    };
+    let metrics = match ringlog::metrics::spawn_exporter(metrics_addr, node.clone()) {
+        Ok(metrics) => metrics,
+        Err(error) => {
+            let _ = node.shutdown(ShutdownMode::Immediate);
+            return start_failed(&format!("cannot listen on {metrics_addr} for metrics: {error}"));
+        }
+    };
+    if let Err(error) = print_ready(&node) {
+        let _ = node.shutdown(ShutdownMode::Immediate);
+        return start_failed(&format!("cannot print the ready line: {error}"));
+    }
+    let (events, received) = crossbeam_channel::unbounded();
+    let signal_handle = signals.handle();
+    let signal_events = events.clone();
+    let signal_thread =
+        std::thread::Builder::new().name("ringlog-signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if signal_events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        });
+    let waiter = node.clone();
+    let wait_events = events.clone();
+    let wait_thread = std::thread::Builder::new()
+        .name("ringlog-wait".into())
+        .spawn(move || drop(wait_events.send(Event::Stopped(waiter.wait()))));
+    if let Err(error) = signal_thread.as_ref().and(wait_thread.as_ref()) {
+        tracing::error!(%error, "cannot start the signal or wait thread");
+        let _ = node.shutdown(ShutdownMode::Immediate);
+        return ExitCode::from(EXIT_START_FAILED);
+    }
+    let (exit, stopped_cleanly) = wait_for_stop(&node, &events, &received);
+    drop(metrics);
+    signal_handle.close();
+    if let Ok(thread) = signal_thread {
+        let _ = thread.join();
+    }
+    match exit {
+        NodeExit::Stopped if stopped_cleanly => {
+            tracing::info!("stopped");
+            ExitCode::from(EXIT_CLEAN)
+        }
+        NodeExit::Stopped => ExitCode::from(EXIT_START_FAILED),
+        NodeExit::Fatal(reason) => {
+            eprintln!("ringlog: fatal storage error: {reason}");
+            ExitCode::from(EXIT_FATAL_STORAGE)
+        }
+    }
+}
+
+/// Handles signals until the node stopped; returns how it ended and whether every requested
+/// shutdown succeeded.
+fn wait_for_stop(
+    node: &NodeHandle,
+    events: &crossbeam_channel::Sender<Event>,
+    received: &crossbeam_channel::Receiver<Event>,
+) -> (NodeExit, bool) {
+    let mut signals_seen = 0u32;
+    let mut clean = true;
+    while let Ok(event) = received.recv() {
+        match event {
+            Event::Signal(signal) => {
+                signals_seen += 1;
+                let mode = if signals_seen == 1 {
+                    tracing::info!(signal, "stopping gracefully (a second signal stops at once)");
+                    ShutdownMode::Graceful
+                } else {
+                    tracing::warn!(signal, "stopping immediately");
+                    ShutdownMode::Immediate
+                };
+                let (stopping, events) = (node.clone(), events.clone());
+                // On its own thread: a second signal must be seen while the first stop runs.
+                let spawned =
+                    std::thread::Builder::new().name("ringlog-stop".into()).spawn(move || {
+                        if let Err(error) = stopping.shutdown(mode) {
+                            let _ = events.send(Event::ShutdownFailed(error));
+                        }
+                    });
+                if let Err(error) = spawned {
+                    tracing::error!(%error, "cannot start the stop thread; stopping here");
+                    clean &= node.shutdown(mode).is_ok();
+                }
+            }
+            Event::ShutdownFailed(error) => {
+                tracing::error!(%error, "the node did not stop cleanly");
+                clean = false;
+            }
+            Event::Stopped(exit) => {
+                // A failed shutdown reports before the node is marked stopped.
+                while let Ok(Event::ShutdownFailed(error)) = received.try_recv() {
+                    tracing::error!(%error, "the node did not stop cleanly");
+                    clean = false;
+                }
+                return (exit, clean);
+            }
+        }
+    }
+    (node.wait(), clean)
+}
+
+/// The contract's ready line, on stdout, flushed.
+fn print_ready(node: &NodeHandle) -> std::io::Result<()> {
+    let missing = || std::io::Error::other("shard 0 has no bound address");
+    let client = node.client_addr(0).ok_or_else(missing)?;
+    let peer = node.peer_addr(0).ok_or_else(missing)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "ringlog: ready node={} client={client} peer={peer} shards={}",
+        node.node_id().0,
+        node.shards()
+    )?;
+    stdout.flush()
+}
+
+/// `tracing` to stderr with the configured filter, as text or one JSON object per line.
+fn init_logging(log: &LogSection) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map_err(|error| format!("log.level = {:?}: {error}", log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let installed = if log.json { builder.json().try_init() } else { builder.try_init() };
+    installed.map_err(|error| format!("cannot set up logging: {error}"))
+}
+
+/// Prints why the node did not start (plain text on stderr, as `doctor` prints its lines).
+fn start_failed(reason: &str) -> ExitCode {
+    eprintln!("ringlog: {reason}");
+    ExitCode::from(EXIT_START_FAILED)
+}

@@ -1,0 +1,255 @@
+//! `ringlog bench` end to end with the real binary (`CARGO_BIN_EXE_ringlog`): the
+//! no-argument suite in its `--quick` form (a local 3-node cluster of `ringlog serve`
+//! children, every scenario, the report files, nothing left behind), the open loop counting
+//! a leader paused with SIGSTOP, and Ctrl-C in the middle of a run.
+//!
+//! Figures are not checked against expectations (the machine is shared); what is checked is
+//! that each scenario did what it claims: the stall shows in p99.9, retention moved the log
+//! start, the failover found an unavailability window, and no process or directory is left.
+//! Work dirs live under `CARGO_TARGET_TMPDIR` (on disk: the bench refuses tmpfs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous bound on one `--quick` run (a cluster start takes a few seconds, the scenarios
+/// about 20 s together on an idle machine).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn ringlog() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
+    command.stdin(Stdio::null());
+    command
+}
+
+fn base_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cli-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+/// Runs `command` to completion, killing it after `RUN_TIMEOUT`.
+fn run(mut command: Command) -> Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(RUN_TIMEOUT).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    output
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Processes whose command line mentions `dir` (the nodes' configs live under it).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn results_json(results: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap()).unwrap()
+}
+
+fn row<'a>(json: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
+    json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["label"] == label)
+        .unwrap_or_else(|| panic!("no row {label} in {json:#}"))
+}
+
+#[test]
+fn the_no_argument_bench_runs_every_scenario_on_a_local_cluster_and_leaves_nothing_behind() {
+    let base = base_dir();
+    let started = Instant::now();
+    let mut command = ringlog();
+    command.current_dir(base.path()).args(["bench", "--quick"]);
+    let output = run(command);
+    println!("`ringlog bench --quick` took {:?}", started.elapsed());
+    assert!(output.status.success(), "{}", describe(&output));
+
+    let results = base.path().join("results");
+    for file in ["results.json", "report.md", "latency.svg", "timeline.svg", "sweep.svg"] {
+        assert!(results.join(file).is_file(), "{file} missing\n{}", describe(&output));
+    }
+    let json = results_json(&results);
+    let scenarios: Vec<&str> =
+        json["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for name in [
+        "engine",
+        "engine-handle",
+        "raw-disk",
+        "replicated",
+        "sweep",
+        "fetch",
+        "many-producers",
+        "failover",
+        "retention",
+    ] {
+        assert!(scenarios.contains(&name), "no {name} row: {scenarios:?}");
+    }
+    for label in ["replicated acks=quorum", "replicated acks=leader", "replicated acks=none"] {
+        let row = row(&json, label);
+        assert!(row["measure"]["records"].as_u64().unwrap() > 0, "{label}: {row:#}");
+        assert!(row["disk_efficiency"].as_f64().unwrap() > 0.0, "{label}: {row:#}");
+        assert!(row["node_cpu_secs_per_million_records"].as_f64().is_some(), "{label}");
+    }
+    assert!(row(&json, "fetch tail")["measure"]["records"].as_u64().unwrap() > 0);
+    assert!(row(&json, "fetch catch-up")["measure"]["records"].as_u64().unwrap() > 0);
+    assert!(json["sweep"]["points"].as_array().unwrap().len() >= 3, "{:#}", json["sweep"]);
+    assert!(json["failover"]["unavailability_secs"].as_f64().unwrap() > 0.0);
+    let starts = row(&json, "retention")["parameters"]["log_start_offsets"].clone();
+    assert!(
+        starts.as_array().unwrap().iter().any(|s| s.as_u64().unwrap() > 0),
+        "retention deleted no segment: log starts {starts}"
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("replicated acks=quorum"), "{table}");
+    assert!(table.contains("knee"), "{table}");
+
+    // Only the results folder remains, and no node process.
+    assert_eq!(entries(base.path()), ["results"]);
+    assert_eq!(processes_under(base.path()), Vec::<String>::new());
+}
+
+#[test]
+fn the_open_loop_counts_a_leader_paused_with_sigstop_in_its_p999() {
+    let base = base_dir();
+    let results = base.path().join("results");
+    let pause_ms = 400.0;
+    let mut command = ringlog();
+    command.current_dir(base.path()).args([
+        "bench",
+        "--quick",
+        "replicated",
+        "--acks",
+        "quorum",
+        "--partitions",
+        "1",
+        "--producers",
+        "4",
+        "--records-per-batch",
+        "1",
+        "--load",
+        "open",
+        "--rate",
+        "400",
+        "--cluster-duration-secs",
+        "3",
+        "--inject-stall-ms",
+        "400",
+        "--inject-stall-at-secs",
+        "1",
+    ]);
+    let output = run(command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let json = results_json(&results);
+    let row = row(&json, "replicated acks=quorum");
+    let p999_ms = row["measure"]["latency"]["p999_us"].as_f64().unwrap() / 1e3;
+    let p50_ms = row["measure"]["latency"]["p50_us"].as_f64().unwrap() / 1e3;
+    println!("p50 {p50_ms:.2} ms, p99.9 {p999_ms:.1} ms with a {pause_ms} ms pause");
+    // Every record that arrived during the pause waited for it: p99.9 is the pause, less the
+    // slack of scheduling and the records that arrived late in it.
+    assert!(p999_ms >= pause_ms - 100.0, "p99.9 {p999_ms} ms hides a {pause_ms} ms stall");
+    assert!(row["notes"].to_string().contains("SIGSTOP"), "{row:#}");
+    assert_eq!(entries(base.path()), ["results"]);
+    assert_eq!(processes_under(base.path()), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_mid_run_stops_the_cluster_and_removes_the_work_dir() {
+    let base = base_dir();
+    let mut child = ringlog()
+        .current_dir(base.path())
+        .args(["bench", "--quick", "replicated", "--cluster-duration-secs", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the cluster runs (a node's log exists), then interrupt.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let started = loop {
+        let logs = find_files(base.path(), "node-1.log");
+        if !logs.is_empty() {
+            break true;
+        }
+        if Instant::now() >= deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(started, "the cluster never started");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!processes_under(base.path()).is_empty(), "no node is running");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = wait_with_timeout(&mut child, RUN_TIMEOUT);
+    assert_eq!(exit.and_then(|s| s.code()), Some(130), "{exit:?}");
+    let left = entries(base.path());
+    assert!(left.iter().all(|e| e == "results"), "left behind: {left:?}");
+    assert_eq!(processes_under(base.path()), Vec::<String>::new());
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(read) = std::fs::read_dir(dir) else { return found };
+    for entry in read.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}

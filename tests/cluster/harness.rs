@@ -1,0 +1,727 @@
+//! Cluster test harness: real `ringlog serve` processes on 127.0.0.1 (contract decision 6).
+//!
+//! [`Cluster::start`] picks free port ranges (shard `s` of a node listens on its client and
+//! peer ports + `s`, so each node reserves `shards` consecutive ports of each), writes one
+//! node TOML per node (built from `ringlog::config::NodeConfig` and validated with the same
+//! code `serve` uses), spawns `ringlog serve --config <file>` from
+//! `env!("CARGO_BIN_EXE_ringlog")`, and waits for each node's ready line on stdout. Logs
+//! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
+//! test panicked, the tail of every node's log is printed and the directory is kept.
+//!
+//! Test configs: small segments, 20 ms Raft ticks (elections after 200–400 ms), 1 MiB of IO
+//! memory per ring, `pinning = "never"` (the machine is shared). The data dirs live under
+//! `CARGO_TARGET_TMPDIR` (on disk: the engine refuses tmpfs).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringlog::config::{
+    ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode, RaftSection,
+    StorageSection,
+};
+use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
+use ringlog_net::protocol::{Consistency, GroupStatus};
+use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::{NodeId, Role};
+
+/// How long a node has to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous bound for liveness waits (elections, catch-up): the machine is shared and noisy.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per fetch when reading a whole log.
+pub const FETCH_BYTES: u32 = 1 << 20;
+/// Raft tick of the test configs.
+pub const TICK_MS: u64 = 20;
+
+/// Shape of a test cluster.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub nodes: u32,
+    pub shards: u16,
+    pub partitions: u32,
+    pub segment_size: u64,
+}
+
+impl Spec {
+    pub fn new(nodes: u32) -> Spec {
+        Spec { nodes, shards: 1, partitions: 2, segment_size: 2 * 1024 * 1024 }
+    }
+
+    pub fn shards(mut self, shards: u16) -> Spec {
+        self.shards = shards;
+        self
+    }
+
+    pub fn partitions(mut self, partitions: u32) -> Spec {
+        self.partitions = partitions;
+        self
+    }
+}
+
+/// One node of the cluster: its addresses, files and (when running) its process.
+#[derive(Debug)]
+pub struct NodeProc {
+    pub id: u32,
+    /// Shard 0's client address.
+    pub client: SocketAddr,
+    /// Shard 0's peer address.
+    pub peer: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    /// Whether the process is SIGSTOPped (so drop must SIGCONT... SIGKILL works regardless).
+    stopped: bool,
+}
+
+impl NodeProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A running test cluster; dropping it kills every node.
+#[derive(Debug)]
+pub struct Cluster {
+    pub spec: Spec,
+    pub cluster_id: u64,
+    pub dir: PathBuf,
+    pub nodes: BTreeMap<u32, NodeProc>,
+    /// Every node entry ever configured (the `[[peers]]` of nodes started later).
+    peers: Vec<PeerEntry>,
+    keep_dir: bool,
+}
+
+impl Cluster {
+    /// Starts `spec.nodes` nodes (ids 1..=n) and waits until each printed its ready line.
+    pub fn start(name: &str, spec: Spec) -> Cluster {
+        let cluster_id = seed_from_time();
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster");
+        std::fs::create_dir_all(&base).expect("create the cluster tests' directory");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&base)
+            .expect("create a cluster directory")
+            .keep();
+        let mut cluster = Cluster {
+            spec: spec.clone(),
+            cluster_id,
+            dir,
+            nodes: BTreeMap::new(),
+            peers: Vec::new(),
+            keep_dir: false,
+        };
+        for id in 1..=spec.nodes {
+            cluster.configure_node(id);
+        }
+        let peers = cluster.peers.clone();
+        for id in 1..=spec.nodes {
+            cluster.write_config(id, &peers);
+        }
+        eprintln!(
+            "cluster {name}: id {cluster_id}, {} nodes, dir {}, nodes: {}",
+            spec.nodes,
+            cluster.dir.display(),
+            cluster.describe()
+        );
+        let ids: Vec<u32> = cluster.nodes.keys().copied().collect();
+        for id in &ids {
+            cluster.spawn(*id);
+        }
+        for id in &ids {
+            cluster.wait_ready(*id);
+        }
+        cluster
+    }
+
+    /// "id client=.. peer=.." for every node, for replay and logs.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| format!("{} client={} peer={}", n.id, n.client, n.peer))
+            .collect();
+        parts.join("; ")
+    }
+
+    /// Picks ports for node `id` and records its entry (no config written yet).
+    pub fn configure_node(&mut self, id: u32) -> PeerEntry {
+        let shards = self.spec.shards;
+        let taken: HashSet<u16> = self
+            .nodes
+            .values()
+            .flat_map(|n| (0..shards).flat_map(move |s| [n.client.port() + s, n.peer.port() + s]))
+            .chain(self.nodes.values().map(|n| n.metrics.port()))
+            .collect();
+        let client = free_port_range(shards, &taken);
+        let mut taken2 = taken.clone();
+        taken2.extend((0..shards).map(|s| client.port() + s));
+        let peer = free_port_range(shards, &taken2);
+        taken2.extend((0..shards).map(|s| peer.port() + s));
+        let metrics = free_port_range(1, &taken2);
+        let entry = PeerEntry { id, peer, client };
+        let node = NodeProc {
+            id,
+            client,
+            peer,
+            metrics,
+            data_dir: self.dir.join(format!("node-{id}-data")),
+            config_path: self.dir.join(format!("node-{id}.toml")),
+            log_path: self.dir.join(format!("node-{id}.log")),
+            child: None,
+            stopped: false,
+        };
+        std::fs::create_dir_all(&node.data_dir).expect("create a data dir");
+        self.nodes.insert(id, node);
+        self.peers.push(entry.clone());
+        entry
+    }
+
+    /// Writes node `id`'s config file with `peers` as its `[[peers]]`.
+    pub fn write_config(&self, id: u32, peers: &[PeerEntry]) {
+        let node = &self.nodes[&id];
+        let config = NodeConfig {
+            node_id: id,
+            cluster_id: self.cluster_id,
+            data_dir: node.data_dir.clone(),
+            shards: Some(u64::from(self.spec.shards)),
+            io_memory: 1024 * 1024,
+            partitions: u64::from(self.spec.partitions),
+            pinning: PinningMode::Never,
+            spin: false,
+            command_queue_max: 1024,
+            listen: ListenSection { client: None, peer: None, metrics: node.metrics },
+            peers: peers.to_vec(),
+            storage: StorageSection {
+                segment_size: self.spec.segment_size,
+                flush_bytes_max: 512 * 1024,
+                queued_bytes_max: 8 * 1024 * 1024,
+                batch_size_max: 256 * 1024,
+                tail_cache_bytes_max: 2 * 1024 * 1024,
+                index_interval_bytes: 64 * 1024,
+                ..StorageSection::default()
+            },
+            raft: RaftSection {
+                tick_interval_ms: TICK_MS,
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                ..RaftSection::default()
+            },
+            net: NetSection {
+                reconnect_backoff_initial_ms: 10,
+                reconnect_backoff_max_ms: 200,
+                ..NetSection::default()
+            },
+            log: LogSection { level: "info".to_string(), json: false },
+        };
+        if let Err(problems) = config.validate() {
+            panic!("test config of node {id} is invalid: {problems:#?}");
+        }
+        let text = toml::to_string(&config).expect("serialize a node config");
+        std::fs::write(&node.config_path, text).expect("write a node config");
+    }
+
+    /// Marks node `id`'s config `join = true`: a node to be added with `add-node` does not
+    /// bootstrap a membership of its own (it learns it from the leader).
+    pub fn set_join(&self, id: u32) {
+        let path = &self.nodes[&id].config_path;
+        let text = std::fs::read_to_string(path).expect("read a node config");
+        std::fs::write(path, format!("join = true\n{text}")).expect("write a node config");
+    }
+
+    /// Spawns node `id` (not waiting for it).
+    pub fn spawn(&mut self, id: u32) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("open a node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn ringlog serve");
+        node.child = Some(child);
+        node.stopped = false;
+    }
+
+    /// Waits for node `id`'s ready line; panics (with its log) if it exits or times out.
+    pub fn wait_ready(&mut self, id: u32) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let child = node.child.as_mut().expect("node was spawned");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ringlog: ready") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+            // Keep draining so the node never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let expected = format!("node={id} ");
+                    assert!(line.contains(&expected), "node {id} ready line: {line}");
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                node.child = None;
+                self.keep_dir = true;
+                panic!(
+                    "node {id} exited with {status} before it was ready; log {}:\n{}",
+                    node.log_path.display(),
+                    tail(&node.log_path, 40)
+                );
+            }
+            if Instant::now() > deadline {
+                self.keep_dir = true;
+                panic!(
+                    "node {id} not ready after {READY_TIMEOUT:?}; log:\n{}",
+                    tail(&self.nodes[&id].log_path, 40)
+                );
+            }
+        }
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u32) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.stopped = false;
+    }
+
+    /// Restarts a killed node `id` on the same ports and data dir, and waits until ready.
+    pub fn restart(&mut self, id: u32) {
+        self.spawn(id);
+        self.wait_ready(id);
+    }
+
+    /// Kills node `id` and deletes everything in its data dir.
+    pub fn wipe(&mut self, id: u32) {
+        self.kill(id);
+        let dir = &self.nodes[&id].data_dir;
+        std::fs::remove_dir_all(dir).expect("wipe a data dir");
+        std::fs::create_dir_all(dir).expect("recreate a data dir");
+    }
+
+    /// Sends `signal` (a `kill -<signal>` name) to node `id`.
+    pub fn signal(&mut self, id: u32, signal: &str) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let pid = node.pid().expect("node is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+        match signal {
+            "STOP" => node.stopped = true,
+            "CONT" => node.stopped = false,
+            _ => {}
+        }
+    }
+
+    /// Waits for node `id` to exit (after a signal); returns its exit code.
+    pub fn wait_exit(&mut self, id: u32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let node = self.nodes.get_mut(&id).expect("known node");
+        loop {
+            let child = node.child.as_mut().expect("node is running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "node {id} did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Client addresses (shard 0) of the running nodes.
+    pub fn running_addresses(&self) -> Vec<SocketAddr> {
+        self.nodes.values().filter(|n| n.is_running() && !n.stopped).map(|n| n.client).collect()
+    }
+
+    /// A client bootstrapped from every node (running or not).
+    pub fn client(&self) -> Client {
+        let bootstrap: Vec<SocketAddr> = self.nodes.values().map(|n| n.client).collect();
+        Client::new(test_client_config(bootstrap)).expect("client")
+    }
+
+    /// Node `id`'s own status of `partition`.
+    pub fn status_of(
+        &self,
+        client: &Client,
+        id: u32,
+        partition: PartitionId,
+    ) -> Option<GroupStatus> {
+        client.node(self.nodes[&id].client).status(partition).ok()
+    }
+
+    /// Waits until some running node reports itself leader of `partition` and the others
+    /// (running, not stopped) agree on it; returns (leader, its term).
+    pub fn wait_leader(&self, client: &Client, partition: PartitionId) -> (u32, u64) {
+        self.wait_leader_excluding(client, partition, None)
+    }
+
+    /// Like `wait_leader`, but the leader must not be `excluded`.
+    pub fn wait_leader_excluding(
+        &self,
+        client: &Client,
+        partition: PartitionId,
+        excluded: Option<u32>,
+    ) -> (u32, u64) {
+        let deadline = Instant::now() + LIVENESS_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let statuses: Vec<GroupStatus> = self
+                .nodes
+                .values()
+                .filter(|n| n.is_running() && !n.stopped)
+                .filter_map(|n| self.status_of(client, n.id, partition))
+                .collect();
+            let leaders: Vec<&GroupStatus> =
+                statuses.iter().filter(|s| s.role == Role::Leader).collect();
+            if let [leader] = leaders[..] {
+                let id = leader.node.0;
+                let agreed = statuses.iter().filter(|s| s.leader == Some(leader.node)).count();
+                if Some(id) != excluded && agreed * 2 > self.voters() {
+                    return (id, leader.term.0);
+                }
+            }
+            last = format!("{statuses:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no agreed leader of {partition} within {LIVENESS_TIMEOUT:?}: {last}");
+    }
+
+    fn voters(&self) -> usize {
+        self.spec.nodes as usize
+    }
+
+    /// Waits until every running node's committed log of `partition` is at least
+    /// `commit_offset` and all of them report the same commit offset.
+    pub fn wait_converged(&self, client: &Client, partition: PartitionId) -> Offset {
+        let deadline = Instant::now() + LIVENESS_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let ids: Vec<u32> = self
+                .nodes
+                .values()
+                .filter(|n| n.is_running() && !n.stopped)
+                .map(|n| n.id)
+                .collect();
+            let statuses: Vec<Option<GroupStatus>> =
+                ids.iter().map(|id| self.status_of(client, *id, partition)).collect();
+            if statuses.iter().all(Option::is_some) {
+                let statuses: Vec<GroupStatus> = statuses.into_iter().flatten().collect();
+                let first = &statuses[0];
+                let same = statuses.iter().all(|s| {
+                    s.commit == first.commit
+                        && s.commit_offset == first.commit_offset
+                        && s.last_index == first.commit
+                });
+                if same {
+                    return first.commit_offset;
+                }
+                last = format!("{statuses:?}");
+            } else {
+                last = format!("some node did not answer: {statuses:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{partition} did not converge within {LIVENESS_TIMEOUT:?}: {last}");
+    }
+
+    /// Every committed batch of `partition` that node `id` returns (ReplicaCommitted), from
+    /// offset 0 up to its commit point, as raw bytes.
+    pub fn read_all_batches(&self, client: &Client, id: u32, partition: PartitionId) -> Vec<Bytes> {
+        read_all_batches_at(client, self.nodes[&id].client, partition)
+    }
+
+    /// Reads `partition` from every running node and asserts that their committed logs are
+    /// byte-identical; returns the records.
+    pub fn assert_replicas_identical(
+        &self,
+        client: &Client,
+        partition: PartitionId,
+    ) -> Vec<FetchedRecord> {
+        let commit = self.wait_converged(client, partition);
+        let ids: Vec<u32> =
+            self.nodes.values().filter(|n| n.is_running() && !n.stopped).map(|n| n.id).collect();
+        let mut reference: Option<(u32, Vec<Bytes>, u32)> = None;
+        for id in ids {
+            let batches = self.read_all_batches(client, id, partition);
+            let crc = chain_crc(&batches);
+            let end = next_offset(&batches).unwrap_or(Offset(0));
+            assert!(end >= commit, "node {id} returned {partition} up to {end:?} < {commit:?}");
+            match &reference {
+                None => reference = Some((id, batches, crc)),
+                Some((rid, rbatches, rcrc)) => {
+                    assert_eq!(
+                        rbatches.len(),
+                        batches.len(),
+                        "{partition}: node {rid} has {} committed batches, node {id} {}",
+                        rbatches.len(),
+                        batches.len()
+                    );
+                    for (i, (a, b)) in rbatches.iter().zip(&batches).enumerate() {
+                        assert!(
+                            a == b,
+                            "{partition}: batch {i} differs between node {rid} and {id}"
+                        );
+                    }
+                    assert_eq!(*rcrc, crc);
+                }
+            }
+        }
+        let (id, batches, crc) = reference.expect("at least one running node");
+        eprintln!(
+            "{partition}: {} batches identical on every running node (crc {crc:08x})",
+            batches.len()
+        );
+        decode_records(self.nodes[&id].client, &batches, Offset(0))
+            .expect("committed batches decode")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if panicking || self.keep_dir {
+            for node in self.nodes.values() {
+                eprintln!(
+                    "---- node {} log ({}), last lines:\n{}",
+                    node.id,
+                    node.log_path.display(),
+                    tail(&node.log_path, 30)
+                );
+            }
+            eprintln!("cluster directory kept: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Client settings for tests: generous total retry time (an election may be in progress).
+pub fn test_client_config(bootstrap: Vec<SocketAddr>) -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(10),
+        metadata_timeout: Duration::from_secs(1),
+        retry_time_max: Duration::from_secs(20),
+        attempts_max: 400,
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ..ClientConfig::new(bootstrap)
+    }
+}
+
+/// Every committed batch of `partition` at `node` (ReplicaCommitted), up to its commit point.
+pub fn read_all_batches_at(
+    client: &Client,
+    node: SocketAddr,
+    partition: PartitionId,
+) -> Vec<Bytes> {
+    let view = client.node(node);
+    let mut offset = Offset(0);
+    let mut out = Vec::new();
+    let mut rounds = 0u32;
+    loop {
+        rounds += 1;
+        assert!(rounds < 100_000, "reading {partition} from {node} does not end");
+        let response = view
+            .fetch(partition, offset, FETCH_BYTES, Duration::ZERO, Consistency::ReplicaCommitted)
+            .unwrap_or_else(|e| panic!("fetch {partition}@{offset:?} from {node}: {e}"));
+        if response.batches.is_empty() {
+            break;
+        }
+        let next = next_offset(&response.batches).expect("valid batches");
+        // Control batches carry no records: a batch list that does not move the offset ends
+        // the committed log (only a control batch remains at its end).
+        let progressed = next > offset;
+        for batch in response.batches {
+            if out.last() != Some(&batch) {
+                out.push(batch);
+            }
+        }
+        if !progressed || next >= response.commit {
+            break;
+        }
+        offset = next;
+    }
+    dedup_batches(out)
+}
+
+/// Drops batches fetched twice (a fetch from an offset whose batch starts below it returns
+/// that batch again), keeping the first copy; identity is the batch's header crc.
+fn dedup_batches(batches: Vec<Bytes>) -> Vec<Bytes> {
+    let mut seen = HashSet::new();
+    batches.into_iter().filter(|b| seen.insert(header_crc(b))).collect()
+}
+
+fn header_crc(batch: &[u8]) -> u32 {
+    u32::from_le_bytes([batch[8], batch[9], batch[10], batch[11]])
+}
+
+/// The header crc of the last batch: by the prev-crc chain it commits to the whole log.
+pub fn chain_crc(batches: &[Bytes]) -> u32 {
+    batches.last().map_or(0, |b| header_crc(b))
+}
+
+/// `count` consecutive free TCP ports on 127.0.0.1 (none in `taken`); returns the first.
+pub fn free_port_range(count: u16, taken: &HashSet<u16>) -> SocketAddr {
+    for _ in 0..1000 {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let all_free = (0..count).all(|s| {
+            !taken.contains(&(base + s)) && TcpListener::bind(("127.0.0.1", base + s)).is_ok()
+        });
+        if all_free {
+            return SocketAddr::from(([127, 0, 0, 1], base));
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
+/// The last `lines` lines of a file (for failure reports).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("<unreadable: {e}>"));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A seed from the clock (printed by the tests; replay with the env var they name).
+pub fn seed_from_time() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The seed from `var` if set, else from the clock; printed either way.
+pub fn seed(var: &str) -> u64 {
+    let seed = match std::env::var(var) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{var} is not a u64: {text}")),
+        Err(_) => seed_from_time(),
+    };
+    eprintln!("seed {seed} (replay with {var}={seed})");
+    seed
+}
+
+/// Values produced and acknowledged by producer threads.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Every value ever sent (acked or not).
+    pub sent: HashSet<Vec<u8>>,
+    /// Acknowledged values with the offset the ack gave them.
+    pub acked: HashMap<Vec<u8>, Offset>,
+    /// Acknowledged values in acknowledgement order, per producer.
+    pub acked_order: HashMap<u32, Vec<Vec<u8>>>,
+    /// Produce calls that failed (indeterminate or refused).
+    pub failures: u64,
+}
+
+impl Ledger {
+    /// Checks `records` (a partition's committed log) against the ledger: every acked value
+    /// present exactly once at its acked offset; nothing that was never sent; no value twice
+    /// (producers never resend a value, so even an indeterminate one may appear at most
+    /// once); each producer's acked values in its order.
+    pub fn check(&self, records: &[FetchedRecord], partition: PartitionId) {
+        let mut where_: HashMap<&[u8], Vec<Offset>> = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            if i > 0 {
+                assert_eq!(
+                    record.offset.0,
+                    records[i - 1].offset.0 + 1,
+                    "{partition}: offsets not dense at {i}"
+                );
+            }
+            where_.entry(&record.value[..]).or_default().push(record.offset);
+        }
+        for (value, offsets) in &where_ {
+            assert!(
+                self.sent.contains(*value),
+                "{partition}: value {:?} at {offsets:?} was never sent",
+                String::from_utf8_lossy(value)
+            );
+            assert_eq!(
+                offsets.len(),
+                1,
+                "{partition}: value {:?} appears {} times at {offsets:?}",
+                String::from_utf8_lossy(value),
+                offsets.len()
+            );
+        }
+        for (value, offset) in &self.acked {
+            let found = where_.get(&value[..]);
+            assert_eq!(
+                found,
+                Some(&vec![*offset]),
+                "{partition}: acknowledged value {:?} (acked at {offset:?}) found at {found:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        for (producer, values) in &self.acked_order {
+            let offsets: Vec<Offset> = values.iter().map(|v| self.acked[v]).collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{partition}: producer {producer}'s acknowledged records are out of order"
+            );
+        }
+        eprintln!(
+            "{partition}: {} records committed, {} acknowledged, {} sent, {} failed produces",
+            records.len(),
+            self.acked.len(),
+            self.sent.len(),
+            self.failures
+        );
+    }
+}
+
+/// Node id helpers.
+pub fn node(id: u32) -> NodeId {
+    NodeId(id)
+}
