@@ -82,8 +82,9 @@ cat <<EOF
 installed ringlog under ${root:-/}. Next:
   1. edit $config: node_id, the [[peers]] addresses (same list on every node)
   2. ringlog config check --config /etc/ringlog/node.toml
-  3. prlimit --memlock=unlimited --nofile=1048576 runuser -u ringlog -- \
-       ringlog doctor --data-dir /var/lib/ringlog --shards <shards> --io-memory <io_memory>
+  3. prlimit --memlock=unlimited --nofile=1048576 runuser -u ringlog -- \\
+       ringlog doctor --data-dir /var/lib/ringlog \\
+       --shards <shards> --io-memory <io_memory> --retention-bytes <storage.retention_bytes_max>
   4. systemctl daemon-reload && systemctl enable --now ringlog
      journalctl -u ringlog -f      # the ready line, then the logs
 EOF

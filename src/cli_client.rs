@@ -84,6 +84,7 @@ fn parse_node(value: &str) -> Result<NodeId, String> {
 pub struct ProduceArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The partition (a number; partition p lives on shard p % shards of every node).
     #[arg(long, value_parser = parse_partition)]
     pub partition: PartitionId,
     /// quorum (a majority fdatasynced it), leader (the leader did) or none (in memory).
@@ -105,6 +106,7 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The partition (a number; partition p lives on shard p % shards of every node).
     #[arg(long, value_parser = parse_partition)]
     pub partition: PartitionId,
     /// First offset to print.
@@ -139,6 +141,7 @@ pub struct StatusArgs {
 pub struct TransferLeaderArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The partition (a number; partition p lives on shard p % shards of every node).
     #[arg(long, value_parser = parse_partition)]
     pub partition: PartitionId,
     /// The node that should lead.
@@ -154,6 +157,7 @@ pub struct TransferLeaderArgs {
 pub struct AddNodeArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The node's id.
     #[arg(long, value_parser = parse_node)]
     pub node: NodeId,
     /// The node's peer address (shard 0).
@@ -175,6 +179,7 @@ pub struct AddNodeArgs {
 pub struct RemoveNodeArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The node's id.
     #[arg(long, value_parser = parse_node)]
     pub node: NodeId,
     /// A partition number or `all`.

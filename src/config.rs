@@ -8,6 +8,14 @@
 //! structs. Every key, its type, default, bound and meaning is listed once, in
 //! config_keys.rs, which generates docs/config.md (`ringlog config reference`).
 //!
+//! `[tls]` (issue #7): `mode = "tls"` turns on mutual TLS between nodes and TLS for clients,
+//! from PEM files (`ca`, `cert`, `key`, optional `client_ca`; relative paths are resolved
+//! against the file's directory like `data_dir`). Validation reads and parses them
+//! ([`NodeConfig::tls_config`]), so a missing or bad file is a load error naming the key and
+//! path. Plaintext is the default, but only an explicit `mode = "plaintext"` is silent: with
+//! no `mode` written the node logs `plaintext: traffic is not encrypted` at start (and
+//! [`NodeConfig::plaintext_warning`] says so to `config check` callers).
+//!
 //! Invariants: a `NodeConfig` returned by `load` or `from_toml_str` has passed `validate`: its
 //! conversions produce configs the engine, the Raft core and the transport accept.
 
@@ -15,6 +23,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +36,7 @@ use ringlog_engine::runtime::Pinning;
 use ringlog_engine::shard::{COMMAND_QUEUE_MAX_DEFAULT, IO_MEMORY_DEFAULT_BYTES};
 use ringlog_engine::{EngineConfig, LogConfig, RecoveryMode};
 use ringlog_net::limits as net_limits;
+use ringlog_net::tls::{TlsConfig, TlsError, TlsFiles};
 use ringlog_net::transport::PeerConfig;
 use ringlog_net::{ClusterId, ShardId};
 use ringlog_raft::config as raft_defaults;
@@ -85,7 +95,44 @@ pub struct NodeConfig {
     pub net: NetSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
+
+/// `[tls]`: TLS for client and peer traffic (see the module docs and docs/config.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// `None` (not written): plaintext, with a warning at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// PEM: the cluster CA every node certificate must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM: this node's certificate chain (with `subjectAltName = DNS:ringlog-node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM: this node's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// PEM: when set, clients must present a certificate chaining to this CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `tls.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// No encryption (say so explicitly to silence the start-up warning).
+    #[default]
+    Plaintext,
+    /// Mutual TLS between nodes, TLS for clients.
+    Tls,
+}
+
+/// The line logged when traffic is plaintext without `tls.mode = "plaintext"` written.
+pub const PLAINTEXT_WARNING: &str = "plaintext: traffic is not encrypted (configure [tls] with      mode = \"tls\", or write mode = \"plaintext\" to accept it explicitly)";
 
 /// `pinning`: how shards are placed on CPUs (maps to `ringlog_engine::runtime::Pinning`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +293,14 @@ impl NodeConfig {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
+        let tls = &mut config.tls;
+        for file in
+            [&mut tls.ca, &mut tls.cert, &mut tls.key, &mut tls.client_ca].into_iter().flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
         match config.validate() {
             Ok(warnings) => Ok(Loaded { config, warnings }),
             Err(problems) => Err(ConfigError::Invalid { path: path.to_path_buf(), problems }),
@@ -267,7 +322,46 @@ impl NodeConfig {
 
     /// Checks every value and relation; see config_check.rs.
     pub fn validate(&self) -> Result<Vec<ConfigWarning>, Vec<Problem>> {
-        crate::config_check::validate(self)
+        let checked = crate::config_check::validate(self);
+        let Err(problem) = self.tls_config() else { return checked };
+        let problem = Problem::Refused { component: "tls", detail: problem.to_string() };
+        match checked {
+            Ok(_) => Err(vec![problem]),
+            Err(mut problems) => {
+                problems.push(problem);
+                Err(problems)
+            }
+        }
+    }
+
+    /// The TLS configurations of `[tls]` (`None`: plaintext), built from its files.
+    pub fn tls_config(&self) -> Result<Option<Arc<TlsConfig>>, TlsConfigError> {
+        let tls = &self.tls;
+        if tls.mode != Some(TlsMode::Tls) {
+            let given = [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
+                .into_iter()
+                .chain([("tls.client_ca", &tls.client_ca)])
+                .find(|(_, path)| path.is_some());
+            return match given {
+                Some((key, _)) => Err(TlsConfigError::NotEnabled { key }),
+                None => Ok(None),
+            };
+        }
+        let need = |key: &'static str, path: &Option<PathBuf>| {
+            path.clone().ok_or(TlsConfigError::Missing { key })
+        };
+        let files = TlsFiles {
+            ca: need("tls.ca", &tls.ca)?,
+            cert: need("tls.cert", &tls.cert)?,
+            key: need("tls.key", &tls.key)?,
+            client_ca: tls.client_ca.clone(),
+        };
+        Ok(Some(Arc::new(TlsConfig::from_files(&files)?)))
+    }
+
+    /// [`PLAINTEXT_WARNING`] when traffic is plaintext and `tls.mode` was not written.
+    pub fn plaintext_warning(&self) -> Option<&'static str> {
+        self.tls.mode.is_none().then_some(PLAINTEXT_WARNING)
     }
 
     /// Shards this node runs (`shards`, or available CPUs - 1, at least 1).
@@ -383,6 +477,18 @@ impl NodeConfig {
             ..PeerConfig::new(ClusterId(self.cluster_id), NodeId(self.node_id), shard)
         }
     }
+}
+
+/// Why `[tls]` does not give a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    #[error("{key} is required when tls.mode = \"tls\"")]
+    Missing { key: &'static str },
+    #[error("{key} is set but tls.mode is not \"tls\" (traffic would be plaintext)")]
+    NotEnabled { key: &'static str },
+    #[error(transparent)]
+    Files(#[from] TlsError),
 }
 
 /// 1-based line and column of byte `offset` in `text`.

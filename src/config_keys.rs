@@ -483,6 +483,44 @@ pub static KEYS: &[KeySpec] = &[
          `level,target=level,...`.",
     ),
     key("log.json", BOOL, "Write logs as one JSON object per line instead of text."),
+    key(
+        "tls.mode",
+        "string: `plaintext`, `tls`",
+        "`tls`: mutual TLS between nodes (every node certificate must chain to `tls.ca`; a \
+         node presenting another CA's certificate is refused and the refusal is logged as \
+         `peer certificate rejected`) and TLS for clients. `plaintext`: no encryption; when \
+         the key is not written at all the node logs `plaintext: traffic is not encrypted` at \
+         start.",
+    )
+    .note("`plaintext`, with a start-up warning unless written explicitly"),
+    key(
+        "tls.ca",
+        "string (PEM file path)",
+        "The cluster CA: peers' certificates are verified against it (both directions) and \
+         clients verify the node against it. Relative paths: against the config file's \
+         directory.",
+    )
+    .note("none")
+    .relation("required when tls.mode = \"tls\"; an error otherwise"),
+    key(
+        "tls.cert",
+        "string (PEM file path)",
+        "This node's certificate chain, leaf first. The leaf must carry \
+         `subjectAltName = DNS:ringlog-node` (the name every connector verifies).",
+    )
+    .note("none")
+    .relation("required when tls.mode = \"tls\"; must match tls.key"),
+    key("tls.key", "string (PEM file path)", "This node's private key (PKCS#8, PKCS#1 or SEC1).")
+        .note("none")
+        .relation("required when tls.mode = \"tls\""),
+    key(
+        "tls.client_ca",
+        "string (PEM file path)",
+        "When set, clients must present a certificate chaining to this CA; unset, any client \
+         may connect (over TLS).",
+    )
+    .note("none: client certificates are not required")
+    .relation("only with tls.mode = \"tls\""),
 ];
 
 /// The default of a `FromCode` key as it would be written in TOML.
@@ -620,6 +658,12 @@ client = "127.0.0.1:1"
 [storage]
 retention_bytes_max = 1
 retention_age_max_secs = 1
+[tls]
+mode = "tls"
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+client_ca = "clients.pem"
 "#;
         toml::from_str(text).unwrap()
     }

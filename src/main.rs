@@ -30,7 +30,7 @@ enum Command {
     /// Run a node until SIGTERM/SIGINT (prints `ringlog: ready ...` once serving).
     Serve(serve::ServeArgs),
     /// Run the benchmark suite (no arguments: every scenario, results in ./results).
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Check this host (kernel, io_uring, memlock, O_DIRECT on the data dir, ...); exit 1 on
     /// any FAIL.
     Doctor(doctor::DoctorArgs),

@@ -259,3 +259,18 @@ fn graceful_shutdown_of_a_leader_leaves_a_leader_that_accepts_appends() {
         node.shutdown(ShutdownMode::Graceful).unwrap();
     }
 }
+
+#[test]
+fn a_node_whose_client_port_is_taken_is_refused_at_start() {
+    let dir = temp();
+    let config = cluster_configs(dir.path(), 1, 1, 1).remove(0);
+    let node = Node::start(config.clone()).unwrap();
+    let mut second = config;
+    second.data_dir = dir.path().join("second");
+    match Node::start(second) {
+        Err(NodeStartError::Listen { addr, .. }) => assert_eq!(Some(addr), node.client_addr(0)),
+        Err(other) => panic!("expected a listen error, got {other}"),
+        Ok(_) => panic!("two nodes listen on one client port"),
+    }
+    node.shutdown(ShutdownMode::Immediate).unwrap();
+}

@@ -1,37 +1,57 @@
 //! Support for the in-process node tests (`node_api.rs`, `node_server.rs`): node configs with
 //! free ports and small limits, leader lookup, record decoding.
 //!
-//! Memory: every executor locks 3 × `IO_MEMORY` (768 KiB); three nodes × two shards fit the
-//! 8 MiB RLIMIT_MEMLOCK of an unprivileged user on this machine (root ignores the limit).
+//! Memory: every executor locks 3 × `IO_MEMORY` (192 KiB, glommio's floor). A test binary runs
+//! its tests in parallel, all in one process: node_api's 9 tests start at most ~20 executors at
+//! once (3.75 MiB), within the 8 MiB RLIMIT_MEMLOCK of an unprivileged user here. As root the
+//! limit is not enforced at all (CAP_IPC_LOCK), so only a run as a normal user proves the fit;
+//! past the limit glommio would only warn and fall back to unregistered buffers.
 
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringlog::config::NodeConfig;
 use ringlog::node::{NodeError, NodeHandle, PartitionId, ReadOutcome, Role};
 
 /// IO memory per ring and executor in tests (glommio's floor is 64 KiB).
-pub const IO_MEMORY: u64 = 256 * 1024;
+pub const IO_MEMORY: u64 = 64 * 1024;
 /// Largest batch in tests.
 pub const BATCH_SIZE_MAX: u64 = 128 * 1024;
 /// Generous bound for anything a test waits for (elections on a loaded 2-core machine).
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
 
+/// Where the next port search of this process starts (every test of a binary runs in the
+/// same process: two tests must never probe the same range, since glommio binds with
+/// SO_REUSEPORT and two nodes on one port would silently split its connections).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+const PORTS_FIRST: u32 = 20_000;
+const PORTS_SPAN: u32 = 30_000;
+
 /// Free ports `base..base + count` on 127.0.0.1 (checked by binding each; released again).
+/// The start is random per process (pid and clock), so concurrent test processes rarely meet.
 pub fn free_port_range(count: u16) -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut candidate = 20_000 + (seed.wrapping_mul(7919) % 20_000) as u16;
+    let count = u32::from(count);
+    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7919) ^ nanos) % PORTS_SPAN;
+        let _ = NEXT_PORT.compare_exchange(0, start + 1, Ordering::SeqCst, Ordering::SeqCst);
+    }
     loop {
-        let listeners: Vec<_> = (0..count)
-            .map_while(|i| TcpListener::bind(("127.0.0.1", candidate + i)).ok())
-            .collect();
-        if listeners.len() == count as usize {
-            return candidate;
+        let offset = NEXT_PORT.fetch_add(count + 1, Ordering::SeqCst) % PORTS_SPAN;
+        let base = PORTS_FIRST + offset;
+        if offset + count >= PORTS_SPAN {
+            continue;
         }
-        candidate = 20_000 + (candidate - 20_000 + count + 37) % 40_000;
+        let bound = (0..count)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", (base + i) as u16)).ok())
+            .count();
+        if bound == count as usize {
+            return base as u16;
+        }
     }
 }
 

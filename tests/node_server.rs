@@ -195,7 +195,7 @@ fn bad_input_gets_an_error_reply_and_a_close_and_the_node_keeps_serving() {
     let seed: u64 = std::env::var("RINGLOG_SERVER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     println!("seed {seed} (replay with RINGLOG_SERVER_SEED={seed})");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut rejected = 0;

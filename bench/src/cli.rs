@@ -146,6 +146,10 @@ pub struct BenchArgs {
     /// retention_bytes_max of the retention scenario's cluster.
     #[arg(long, default_value_t = 2 << 20)]
     pub retention_bytes: u64,
+    /// Measured seconds of the retention run: longer than the nodes' retention interval
+    /// (5 s) so that segments are deleted while producing (default 8, or 6 with --quick).
+    #[arg(long)]
+    pub retention_secs: Option<f64>,
     /// Pass --skip-host-checks to the nodes (hosts whose checks fail; never in CI).
     #[arg(long)]
     pub skip_host_checks: bool,
@@ -310,9 +314,11 @@ impl BenchArgs {
                 nodes: self.nodes,
                 shards: self.node_shards.max(1),
                 partitions: self.partitions.max(1),
-                segment_size_bytes: self
-                    .cluster_segment_size_bytes
-                    .unwrap_or(if self.quick { 8 << 20 } else { 64 << 20 }),
+                segment_size_bytes: self.cluster_segment_size_bytes.unwrap_or(if self.quick {
+                    8 << 20
+                } else {
+                    64 << 20
+                }),
                 retention_bytes_max: None,
                 io_memory_bytes: 1 << 20,
                 skip_host_checks: self.skip_host_checks,
@@ -320,6 +326,9 @@ impl BenchArgs {
             },
             retention_segment_bytes: self.retention_segment_bytes,
             retention_bytes_max: self.retention_bytes,
+            retention_duration: Duration::from_secs_f64(
+                self.retention_secs.unwrap_or(if self.quick { 6.0 } else { 8.0 }).max(0.0),
+            ),
         })
     }
 }

@@ -169,7 +169,8 @@ impl LocalCluster {
 
     /// Crashes node `id` with SIGKILL and reaps it.
     pub fn kill(&mut self, id: u32) -> anyhow::Result<()> {
-        let node = self.nodes.iter_mut().find(|n| n.id == id).with_context(|| format!("no node {id}"))?;
+        let node =
+            self.nodes.iter_mut().find(|n| n.id == id).with_context(|| format!("no node {id}"))?;
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             child.wait().with_context(|| format!("reaping node {id}"))?;
@@ -179,7 +180,8 @@ impl LocalCluster {
 
     /// Restarts node `id` (after [`LocalCluster::kill`]) on the same config and data.
     pub fn restart(&mut self, id: u32) -> anyhow::Result<()> {
-        let index = self.nodes.iter().position(|n| n.id == id).with_context(|| format!("no node {id}"))?;
+        let index =
+            self.nodes.iter().position(|n| n.id == id).with_context(|| format!("no node {id}"))?;
         if self.nodes[index].child.is_some() {
             bail!("node {id} is still running");
         }
@@ -221,9 +223,8 @@ impl LocalCluster {
                     .map_err(std::io::Error::from)
             });
         }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {} serve", self.binary.display()))?;
+        let mut child =
+            command.spawn().with_context(|| format!("starting {} serve", self.binary.display()))?;
         let stdout = child.stdout.take().context("child stdout")?;
         node.child = Some(child);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -301,24 +302,41 @@ fn check_ready_line(line: &str, id: u32) -> anyhow::Result<()> {
 
 /// A 127.0.0.1 address whose port and the `count - 1` ports after it were free a moment ago
 /// and are not in `taken`; the ports are added to `taken`.
+///
+/// Ports are chosen *below* the kernel's ephemeral range (`ip_local_port_range`): a port
+/// handed out by `bind(:0)` is an ephemeral one, and once a killed node released it, an
+/// outgoing client connection could take it as its local port and the restarted node could
+/// not listen again.
 fn free_port_range(count: usize, taken: &mut Vec<u16>) -> anyhow::Result<SocketAddr> {
-    const ATTEMPTS_MAX: usize = 200;
-    for _ in 0..ATTEMPTS_MAX {
-        let probe = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-        let base = probe.local_addr().context("probe address")?;
-        let ports: Vec<u16> = (0..count as u16).filter_map(|s| base.port().checked_add(s)).collect();
-        if ports.len() < count || ports.iter().any(|p| taken.contains(p)) {
+    const PORT_LOW: u32 = 10_000;
+    const ATTEMPTS_MAX: u32 = 2_000;
+    let ephemeral_low = ephemeral_port_low().clamp(PORT_LOW + 1_000, 65_535);
+    let span = ephemeral_low - PORT_LOW - count as u32;
+    // A start that differs between concurrent benches (and test processes).
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0..ATTEMPTS_MAX {
+        let base = PORT_LOW + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % span);
+        let ports: Vec<u16> = (0..count as u32).map(|s| (base + s) as u16).collect();
+        if ports.iter().any(|p| taken.contains(p)) {
             continue;
         }
-        let others_free = ports[1..]
-            .iter()
-            .all(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok());
-        if others_free {
+        if ports.iter().all(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok()) {
             taken.extend(&ports);
-            return Ok(base);
+            return Ok(SocketAddr::from(([127, 0, 0, 1], ports[0])));
         }
     }
-    bail!("no range of {count} free ports found on 127.0.0.1")
+    bail!("no range of {count} free ports found on 127.0.0.1 below {ephemeral_low}")
+}
+
+/// The first port of the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+fn ephemeral_port_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32_768)
 }
 
 fn node_toml(
@@ -351,7 +369,9 @@ fn node_toml(
         metrics = node.metrics,
     );
     for (id, peer, client) in peers {
-        toml.push_str(&format!("[[peers]]\nid = {id}\npeer = \"{peer}\"\nclient = \"{client}\"\n\n"));
+        toml.push_str(&format!(
+            "[[peers]]\nid = {id}\npeer = \"{peer}\"\nclient = \"{client}\"\n\n"
+        ));
     }
     toml.push_str(&format!("[storage]\nsegment_size = {}\n", options.segment_size_bytes));
     let flush_bytes_max = (options.segment_size_bytes / 2).min(1 << 20);
@@ -394,6 +414,7 @@ mod tests {
         let a = free_port_range(4, &mut taken).unwrap();
         let b = free_port_range(4, &mut taken).unwrap();
         assert_eq!(taken.len(), 8);
+        assert!(u32::from(a.port()) < ephemeral_port_low(), "{a} is an ephemeral port");
         let overlap = (a.port()..a.port() + 4).any(|p| (b.port()..b.port() + 4).contains(&p));
         assert!(!overlap, "{a} {b}");
     }
@@ -423,7 +444,9 @@ mod tests {
 
     #[test]
     fn a_ready_line_must_name_the_node() {
-        assert!(check_ready_line("ringlog: ready node=2 client=127.0.0.1:1 peer=x shards=1", 2).is_ok());
+        assert!(
+            check_ready_line("ringlog: ready node=2 client=127.0.0.1:1 peer=x shards=1", 2).is_ok()
+        );
         assert!(check_ready_line("ringlog: ready node=3 client=x", 2).is_err());
         assert!(check_ready_line("ringlog: ready", 2).is_err());
     }

@@ -20,6 +20,7 @@ use ringlog_net::{Offset, PartitionId};
 
 use crate::producers::Producer;
 use crate::raw_disk::fill_pattern;
+use crate::workdir::StopFlag;
 
 /// Longest a producer keeps retrying one batch before the scenario fails.
 pub const RETRY_TIME_MAX: Duration = Duration::from_secs(30);
@@ -54,6 +55,8 @@ pub struct ClusterProducer {
     acks: Acks,
     /// `records_per_batch_max` record values, each `record_size` bytes, stamped per send.
     values: Vec<Vec<u8>>,
+    /// Ends retries when the run is interrupted (the nodes may be gone).
+    stop: StopFlag,
 }
 
 impl ClusterProducer {
@@ -64,13 +67,20 @@ impl ClusterProducer {
         acks: Acks,
         record_size: usize,
         records_per_batch_max: usize,
+        stop: &StopFlag,
     ) -> anyhow::Result<ClusterProducer> {
         let client = Client::new(client_config(bootstrap)).context("creating a client")?;
         // Learn the routes now, so the first measured send does not pay for it.
         client.metadata().context("reading the cluster's metadata")?;
         let mut value = vec![0u8; record_size.max(STAMP_BYTES)];
         fill_pattern(&mut value);
-        Ok(ClusterProducer { client, partition, acks, values: vec![value; records_per_batch_max] })
+        Ok(ClusterProducer {
+            client,
+            partition,
+            acks,
+            values: vec![value; records_per_batch_max],
+            stop: stop.clone(),
+        })
     }
 }
 
@@ -87,13 +97,20 @@ impl Producer for ClusterProducer {
             let refs: Vec<&[u8]> = self.values[..count].iter().map(Vec::as_slice).collect();
             match self.client.produce(self.partition, self.acks, &refs) {
                 Ok(_) => return Ok(failures),
-                Err(error) if retryable(&error) && started.elapsed() < RETRY_TIME_MAX => {
+                Err(error)
+                    if retryable(&error)
+                        && started.elapsed() < RETRY_TIME_MAX
+                        && !self.stop.is_raised() =>
+                {
                     failures += 1;
                     std::thread::sleep(RETRY_PAUSE);
                 }
                 Err(error) => {
                     return Err(error).with_context(|| {
-                        format!("produce to partition {} (after {failures} retries)", self.partition.0)
+                        format!(
+                            "produce to partition {} (after {failures} retries)",
+                            self.partition.0
+                        )
                     })
                 }
             }
@@ -156,7 +173,10 @@ pub fn read_partition(
             Consistency::ReplicaCommitted,
         ) {
             Ok(response) => response,
-            Err(error) if started.elapsed() < RETRY_TIME_MAX && !matches!(error, ClientError::CorruptBatch { .. }) => {
+            Err(error)
+                if started.elapsed() < RETRY_TIME_MAX
+                    && !matches!(error, ClientError::CorruptBatch { .. }) =>
+            {
                 *errors += 1;
                 if let Some(ErrorReply::OffsetOutOfRange { log_start, .. }) = error.reply() {
                     // Retention removed what we wanted: continue from the log start.
@@ -209,11 +229,8 @@ pub fn leader_of(client: &Client, partition: PartitionId, wait: Duration) -> any
     let deadline = Instant::now() + wait;
     loop {
         if let Ok(metadata) = client.metadata() {
-            if let Some(leader) = metadata
-                .partitions
-                .iter()
-                .find(|p| p.partition == partition)
-                .and_then(|p| p.leader)
+            if let Some(leader) =
+                metadata.partitions.iter().find(|p| p.partition == partition).and_then(|p| p.leader)
             {
                 return Ok(leader.0);
             }
@@ -226,25 +243,66 @@ pub fn leader_of(client: &Client, partition: PartitionId, wait: Duration) -> any
 }
 
 /// Waits until every partition of the cluster has a leader that answers a produce.
-pub fn wait_writable(bootstrap: &[SocketAddr], partitions: u32, wait: Duration) -> anyhow::Result<()> {
+pub fn wait_writable(
+    bootstrap: &[SocketAddr],
+    partitions: u32,
+    wait: Duration,
+) -> anyhow::Result<()> {
     let client = Client::new(client_config(bootstrap)).context("creating a client")?;
     let deadline = Instant::now() + wait;
     for partition in 0..partitions {
         loop {
-            match client.produce(PartitionId(partition), Acks::Quorum, &[b"bench: warm-up".as_slice()]) {
+            match client.produce(
+                PartitionId(partition),
+                Acks::Quorum,
+                &[b"bench: warm-up".as_slice()],
+            ) {
                 Ok(_) => break,
                 Err(error) if Instant::now() < deadline => {
                     let _ = error;
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("partition {partition} is not writable after {wait:?}"))
+                    return Err(error).with_context(|| {
+                        format!("partition {partition} is not writable after {wait:?}")
+                    })
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Waits until every partition's leader has committed its whole log and no follower lags
+/// (the backlog of an acks=none or acks=leader run drained), up to `wait`; returns how long
+/// it took, or `None` when it did not drain in time.
+pub fn wait_drained(
+    bootstrap: &[SocketAddr],
+    partitions: u32,
+    wait: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<Option<Duration>> {
+    let client = Client::new(client_config(bootstrap)).context("creating a client")?;
+    let started = Instant::now();
+    for partition in 0..partitions {
+        loop {
+            if stop.is_raised() {
+                return Ok(None);
+            }
+            if let Ok(status) = client.status(PartitionId(partition)) {
+                let drained = status.commit >= status.last_index
+                    && status.followers.iter().all(|f| f.lag == 0);
+                if drained {
+                    break;
+                }
+            }
+            if started.elapsed() >= wait {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(Some(started.elapsed()))
 }
 
 /// Counters a node exports on its Prometheus endpoint that the bench reports.
@@ -271,7 +329,8 @@ const METRICS_BYTES_MAX: u64 = 16 << 20;
 /// every partition; `None` when the endpoint does not answer or exports neither.
 pub fn scrape_counters(addr: SocketAddr) -> Option<NodeCounters> {
     use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;

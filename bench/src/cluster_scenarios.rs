@@ -27,8 +27,8 @@ use serde::Serialize;
 
 use crate::cluster::LocalCluster;
 use crate::cluster_client::{
-    client_config, leader_of, read_partition, scrape_counters, unix_nanos, wait_writable,
-    ClusterProducer, NodeCounters,
+    client_config, leader_of, read_partition, scrape_counters, unix_nanos, wait_drained,
+    wait_writable, ClusterProducer, NodeCounters,
 };
 use crate::load::LoadModel;
 use crate::measure::{process_cpu_time, LatencyRecorder, RunMeasure, Timeline};
@@ -257,7 +257,31 @@ fn measure_run(
     Ok((measure, latency, outcome.completions))
 }
 
-fn producer_run(options: &ClusterScenarioOptions, model: LoadModel, producers: usize) -> ProducerRun {
+/// Longest wait for a run's replication backlog to drain before the next run.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for the backlog of the last run to drain (so that runs do not pay for each other's
+/// queues); returns a note saying how long it took.
+fn drain(
+    target: &ClusterTarget,
+    options: &ClusterScenarioOptions,
+    stop: &StopFlag,
+) -> anyhow::Result<String> {
+    Ok(match wait_drained(&target.bootstrap(), options.partitions, DRAIN_TIMEOUT, stop)? {
+        Some(took) => format!(
+            "after the window, the replication backlog drained (every partition committed \
+             its log, no follower lagging) in {:.0} ms before the next run started",
+            took.as_secs_f64() * 1e3
+        ),
+        None => format!("the replication backlog did not drain within {DRAIN_TIMEOUT:?}"),
+    })
+}
+
+fn producer_run(
+    options: &ClusterScenarioOptions,
+    model: LoadModel,
+    producers: usize,
+) -> ProducerRun {
     ProducerRun {
         model,
         producers,
@@ -277,6 +301,7 @@ fn factory<'a>(
     options: &'a ClusterScenarioOptions,
     acks: Acks,
     records_per_batch: usize,
+    stop: &'a StopFlag,
 ) -> impl Fn(usize) -> anyhow::Result<Box<dyn Producer>> + Sync + 'a {
     move |index| {
         let partition = PartitionId(index as u32 % options.partitions.max(1));
@@ -286,6 +311,7 @@ fn factory<'a>(
             acks,
             options.record_size_bytes,
             records_per_batch,
+            stop,
         )?;
         Ok(Box::new(producer) as Box<dyn Producer>)
     }
@@ -341,7 +367,7 @@ pub fn replicated(
             options.warmup + options.duration,
         );
         let run = producer_run(options, options.load, options.producers);
-        let make = factory(&bootstrap, options, acks, options.records_per_batch);
+        let make = factory(&bootstrap, options, acks, options.records_per_batch, stop);
         let mut notes = vec![model_note(options.load, options.producers, options)];
         let stall = if i == 0 { options.stall } else { None };
         let (measure, latency) = match (stall, target.local()) {
@@ -354,7 +380,8 @@ pub fn replicated(
                     stall.length.as_secs_f64() * 1e3,
                     stall.at.as_secs_f64()
                 ));
-                let side = |from: Instant, _until: Instant| pause_node(cluster, leader, from, stall, stop);
+                let side =
+                    |from: Instant, _until: Instant| pause_node(cluster, leader, from, stall, stop);
                 let (m, l, _) = measure_run(target, &run, &make, Some(&side), stop)?;
                 (m, l)
             }
@@ -364,6 +391,7 @@ pub fn replicated(
                 (m, l)
             }
         };
+        notes.push(drain(target, options, stop)?);
         rows.push(ClusterRow {
             label: format!("replicated acks={}", acks_name(acks)),
             description: format!(
@@ -417,11 +445,19 @@ pub fn sweep(
         }
         let rate = (max_rate * fraction).max(1.0);
         let label = format!("sweep {:.0}% ({rate:.0}/s)", fraction * 100.0);
-        let _bar = crate::progress::ScenarioProgress::start(&label, options.warmup + options.sweep_point_duration);
-        let mut run = producer_run(options, LoadModel::Open { rate_records_per_sec: rate }, options.producers);
+        let _bar = crate::progress::ScenarioProgress::start(
+            &label,
+            options.warmup + options.sweep_point_duration,
+        );
+        let mut run = producer_run(
+            options,
+            LoadModel::Open { rate_records_per_sec: rate },
+            options.producers,
+        );
         run.duration = options.sweep_point_duration;
-        let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch);
+        let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
         let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
+        let drained = drain(target, options, stop)?;
         points.push(SweepPoint {
             fraction_of_max: fraction,
             offered_records_per_sec: rate,
@@ -435,7 +471,7 @@ pub fn sweep(
             label,
             description: "open-loop point of the offered-load sweep (acks=quorum)".to_string(),
             parameters: serde_json::json!({ "fraction_of_max": fraction, "run": run }),
-            notes: vec![model_note(run.model, options.producers, options)],
+            notes: vec![model_note(run.model, options.producers, options), drained],
             measure,
             latency,
         });
@@ -448,7 +484,9 @@ pub fn sweep(
         knee_records_per_sec: knee(&points, bound_us),
         p99_at_half_max_us: points
             .iter()
-            .min_by(|a, b| (a.fraction_of_max - 0.5).abs().total_cmp(&(b.fraction_of_max - 0.5).abs()))
+            .min_by(|a, b| {
+                (a.fraction_of_max - 0.5).abs().total_cmp(&(b.fraction_of_max - 0.5).abs())
+            })
             .map(|p| p.p99_us),
         points,
     };
@@ -479,10 +517,11 @@ pub fn fetch(
         starts.push(status.commit_offset);
     }
     // Tail: one reader per partition from the current commit point, while producers write.
-    let _bar = crate::progress::ScenarioProgress::start("fetch tail", options.warmup + options.duration);
+    let _bar =
+        crate::progress::ScenarioProgress::start("fetch tail", options.warmup + options.duration);
     let done = AtomicBool::new(false);
     let run = producer_run(options, LoadModel::Closed, options.producers);
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
     let (produce, tail) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let readers: Vec<_> = starts
             .iter()
@@ -502,6 +541,7 @@ pub fn fetch(
         Ok((produced?, tail))
     })?;
     drop(_bar);
+    let drained = drain(target, options, stop)?;
     let (produce_measure, _, _) = produce;
     let window = options.warmup + options.duration;
     let mut tail_measure = RunMeasure {
@@ -520,13 +560,16 @@ pub fn fetch(
                       write (acks=quorum)"
             .to_string(),
         parameters: serde_json::json!({ "readers": options.partitions, "producers": run }),
-        notes: vec![format!(
-            "latency: produce send → record fetched (from the send time stamped in each \
+        notes: vec![
+            format!(
+                "latency: produce send → record fetched (from the send time stamped in each \
              record); readers ran for {:.1} s (warm-up included) while producers wrote {:.0} \
              records/s",
-            window.as_secs_f64(),
-            produce_measure.records_per_sec()
-        )],
+                window.as_secs_f64(),
+                produce_measure.records_per_sec()
+            ),
+            drained,
+        ],
         measure: tail_measure,
         latency: tail_latency,
     }];
@@ -564,7 +607,12 @@ pub fn fetch(
         errors: catch_up.errors,
         cpu: after.1.saturating_sub(before.1),
         node_cpu: target.local().map(|_| {
-            after.0.cpu.iter().filter_map(|(pid, t)| before.0.cpu.get(pid).map(|s| t.saturating_sub(*s))).sum()
+            after
+                .0
+                .cpu
+                .iter()
+                .filter_map(|(pid, t)| before.0.cpu.get(pid).map(|s| t.saturating_sub(*s)))
+                .sum()
         }),
         ..RunMeasure::default()
     };
@@ -680,10 +728,11 @@ pub fn failover(
         .filter(|p| p.leader.map(|l| l.0) == Some(victim))
         .map(|p| p.partition.0)
         .collect();
-    let _bar = crate::progress::ScenarioProgress::start("failover", options.warmup + options.duration);
+    let _bar =
+        crate::progress::ScenarioProgress::start("failover", options.warmup + options.duration);
     let mut run = producer_run(options, LoadModel::Closed, options.producers);
     run.keep_completions = true;
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
     let kill_after = options.duration / 3;
     let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
     let window_from: Mutex<Option<Instant>> = Mutex::new(None);
@@ -773,12 +822,16 @@ pub fn many_producers(
     stop: &StopFlag,
 ) -> anyhow::Result<ClusterRow> {
     let bootstrap = target.bootstrap();
-    let _bar = crate::progress::ScenarioProgress::start("many-producers", options.warmup + options.duration);
+    let _bar = crate::progress::ScenarioProgress::start(
+        "many-producers",
+        options.warmup + options.duration,
+    );
     let mut small = options.clone();
     small.records_per_batch = 1;
     let run = producer_run(&small, LoadModel::Closed, options.many_producers);
-    let make = factory(&bootstrap, &small, Acks::Quorum, 1);
+    let make = factory(&bootstrap, &small, Acks::Quorum, 1, stop);
     let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
+    let drained = drain(target, options, stop)?;
     Ok(ClusterRow {
         label: "many-producers".to_string(),
         description: format!(
@@ -786,7 +839,7 @@ pub fn many_producers(
             options.many_producers
         ),
         parameters: serde_json::json!({ "run": run }),
-        notes: vec![model_note(LoadModel::Closed, options.many_producers, &small)],
+        notes: vec![model_note(LoadModel::Closed, options.many_producers, &small), drained],
         measure,
         latency,
     })
@@ -801,17 +854,26 @@ pub fn retention(
     stop: &StopFlag,
 ) -> anyhow::Result<ClusterRow> {
     let bootstrap = target.bootstrap();
-    let _bar = crate::progress::ScenarioProgress::start("retention", options.warmup + options.duration);
+    let _bar =
+        crate::progress::ScenarioProgress::start("retention", options.warmup + options.duration);
     let run = producer_run(options, LoadModel::Closed, options.producers);
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
     let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
     let client = Client::new(client_config(&bootstrap))?;
     let mut starts = Vec::new();
     for p in 0..options.partitions {
-        let start = match client.fetch(PartitionId(p), Offset(0), 4096, Duration::ZERO, Consistency::ReplicaCommitted) {
+        let start = match client.fetch(
+            PartitionId(p),
+            Offset(0),
+            4096,
+            Duration::ZERO,
+            Consistency::ReplicaCommitted,
+        ) {
             Ok(response) => response.log_start.0,
             Err(error) => match error.reply() {
-                Some(ringlog_net::protocol::ErrorReply::OffsetOutOfRange { log_start, .. }) => log_start.0,
+                Some(ringlog_net::protocol::ErrorReply::OffsetOutOfRange { log_start, .. }) => {
+                    log_start.0
+                }
                 _ => return Err(error).context("reading the log start"),
             },
         };
@@ -845,7 +907,10 @@ pub fn empty_timeline() -> Timeline {
     Timeline::new(Duration::from_secs(1))
 }
 
-fn serialize_secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_secs<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(value.as_secs_f64())
 }
 

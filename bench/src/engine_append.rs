@@ -32,11 +32,11 @@ use serde::Serialize;
 
 use ringlog_engine::batch::{Records, RecordsBuilder};
 use ringlog_engine::limits::LogConfig;
-use ringlog_engine::{AppendRequest, Log};
 use ringlog_engine::runtime::Pinning;
 use ringlog_engine::shard::{
     AppendCompletion, Durability, Engine, EngineConfig, EngineHandle, PartitionId,
 };
+use ringlog_engine::{AppendRequest, Log};
 
 use crate::load::{drive_closed_loop, AsyncTarget, ClosedLoop};
 use crate::measure::{process_cpu_time, LatencyRecorder, RunMeasure};
@@ -251,9 +251,8 @@ async fn run_producers(log: Rc<Log>, records: Records, plan: ProducerPlan) -> Pr
         latency: RefCell::new(LatencyRecorder::new()),
         error: RefCell::new(None),
     });
-    let tasks: Vec<_> = (0..shared.plan.appenders)
-        .map(|_| glommio::spawn_local(produce(shared.clone())))
-        .collect();
+    let tasks: Vec<_> =
+        (0..shared.plan.appenders).map(|_| glommio::spawn_local(produce(shared.clone()))).collect();
     for task in tasks {
         task.await;
     }
@@ -320,8 +319,7 @@ pub fn describe(
         common_note(options)
     )];
     Ok((
-        "durable appends by tasks on the shard (embedded Log, single node, no network)"
-            .to_string(),
+        "durable appends by tasks on the shard (embedded Log, single node, no network)".to_string(),
         serde_json::to_value(options)?,
         notes,
     ))

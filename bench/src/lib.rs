@@ -1,14 +1,21 @@
 //! ringlog-bench: the benchmark suite behind `ringlog bench`.
 //!
-//! Code map: [`cli`] (options and the top-level run) → [`scenario`] (the named scenarios and
-//! the suite runner) → [`load`] (load models: closed loop now, open loop with issue 5) →
-//! [`engine_append`] / [`raw_disk`] (the systems under test) → [`measure`] (HdrHistogram
-//! latency, throughput, fdatasync counters, CPU time) → [`report`] (terminal table,
-//! `results.json`, `report.md`). [`workdir`] owns the temporary directory and the Ctrl-C stop
-//! flag; [`machine`] describes the host a run was measured on.
+//! Code map: [`cli`] (options and the top-level run) → [`scenario`] (scenario names, the
+//! engine rounds against raw-disk, the suite runner) → in-process systems under test
+//! [`engine_append`] / [`raw_disk`], or the cluster: [`cluster`] (local `ringlog serve`
+//! children) and [`cluster_scenarios`] (replicated, sweep, fetch, failover, retention,
+//! many-producers) over [`cluster_client`] (producers and readers on the Rust client) →
+//! [`producers`] (producer threads) and [`load`] (closed loop, open-loop schedule) →
+//! [`measure`] (HdrHistogram latency, timelines, throughput, CPU) → [`report`] (terminal
+//! table, `results.json`, `report.md`) and [`plots`] (SVG). [`workdir`] owns the temporary
+//! directory and the Ctrl-C stop flag; [`progress`] the progress bars; [`machine`] describes
+//! the host a run was measured on.
 //!
-//! Architecture invariant: only `raw_disk` contains `unsafe` (io_uring submission and aligned
-//! buffers); every other module is safe code.
+//! Architecture invariant: only `raw_disk` (io_uring submission and aligned buffers) and
+//! `cluster` (one `pre_exec` setting PR_SET_PDEATHSIG on node children) contain `unsafe`;
+//! every other module is safe code.
+//! Architecture invariant: every node process the bench starts is killed and reaped before
+//! `cli::run` returns, on every path, and dies with the bench if the bench is killed.
 
 #![deny(unsafe_code)]
 

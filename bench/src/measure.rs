@@ -234,7 +234,8 @@ fn serialize_opt_secs<S: serde::Serializer>(
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat` (the same
 /// figure `getrusage(RUSAGE_SELF)` gives, at clock-tick resolution).
 pub fn process_cpu_time() -> Duration {
-    std::fs::read_to_string("/proc/self/stat").map_or(Duration::ZERO, |stat| cpu_time_of_stat(&stat))
+    std::fs::read_to_string("/proc/self/stat")
+        .map_or(Duration::ZERO, |stat| cpu_time_of_stat(&stat))
 }
 
 /// Linux reports /proc times in USER_HZ ticks, an ABI constant of 100 on every architecture
@@ -290,8 +291,8 @@ impl Timeline {
     /// Counts `records` records of `bytes` bytes completed `at` after the window opened, with
     /// `latency` each.
     pub fn record(&mut self, at: Duration, records: u64, bytes: u64, latency: Duration) {
-        let index = ((at.as_nanos() / self.interval.as_nanos()) as usize)
-            .min(TIMELINE_BUCKETS_MAX - 1);
+        let index =
+            ((at.as_nanos() / self.interval.as_nanos()) as usize).min(TIMELINE_BUCKETS_MAX - 1);
         while self.buckets.len() <= index {
             self.buckets.push(TimelineBucket::new());
         }
@@ -331,7 +332,11 @@ impl Timeline {
                     at_secs: i as f64 * secs,
                     records_per_sec: bucket.records as f64 / width,
                     mb_per_sec: bucket.bytes as f64 / width / 1e6,
-                    p99_us: if empty { 0.0 } else { bucket.histogram.value_at_quantile(0.99) as f64 },
+                    p99_us: if empty {
+                        0.0
+                    } else {
+                        bucket.histogram.value_at_quantile(0.99) as f64
+                    },
                     max_us: if empty { 0.0 } else { bucket.histogram.max() as f64 },
                 }
             })
@@ -396,7 +401,9 @@ pub fn pid_cpu_time(pid: u32) -> Option<Duration> {
 /// Bytes a process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`).
 pub fn pid_write_bytes(pid: u32) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn cpu_time_of_stat(stat: &str) -> Duration {

@@ -111,7 +111,9 @@ fn latency(report: &SuiteReport, path: &Path) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(plot_error)?
             .label(row.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -167,7 +169,9 @@ fn timeline(report: &SuiteReport, path: &Path) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(rate_points, color.stroke_width(2)))
             .map_err(plot_error)?
             .label(row.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         let p99_points: Vec<(f64, f64)> = row
             .measure
             .timeline
@@ -192,12 +196,7 @@ fn sweep(report: &SuiteReport, path: &Path) -> anyhow::Result<()> {
     let offered_max =
         sweep.points.iter().map(|p| p.offered_records_per_sec).fold(1.0f64, f64::max) * 1.05;
     let bound_ms = sweep.p99_bound_us / 1e3;
-    let latency_max = sweep
-        .points
-        .iter()
-        .map(|p| p.p999_us / 1e3)
-        .fold(bound_ms, f64::max)
-        * 1.5;
+    let latency_max = sweep.points.iter().map(|p| p.p999_us / 1e3).fold(bound_ms, f64::max) * 1.5;
     let latency_min = sweep
         .points
         .iter()
@@ -237,13 +236,18 @@ fn sweep(report: &SuiteReport, path: &Path) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(plot_error)?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(plot_error)?;
     }
     chart
-        .draw_series(LineSeries::new(vec![(0.0, bound_ms), (offered_max, bound_ms)], BLACK.stroke_width(1)))
+        .draw_series(LineSeries::new(
+            vec![(0.0, bound_ms), (offered_max, bound_ms)],
+            BLACK.stroke_width(1),
+        ))
         .map_err(plot_error)?
         .label(format!("p99 bound {bound_ms:.1} ms"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));

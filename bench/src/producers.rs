@@ -209,7 +209,8 @@ fn merge(run: &ProducerRun, outcomes: Vec<ThreadOutcome>, stop: &StopFlag) -> Pr
     merged.bytes = merged.records * run.record_size_bytes as u64;
     if stop.is_raised() {
         // Interrupted: the window ended early; the timeline tells how far it got.
-        let filled = merged.timeline.points(run.duration).iter().rposition(|p| p.records_per_sec > 0.0);
+        let filled =
+            merged.timeline.points(run.duration).iter().rposition(|p| p.records_per_sec > 0.0);
         merged.elapsed = filled.map_or(Duration::ZERO, |last| {
             (run.timeline_interval * (last as u32 + 1)).min(run.duration)
         });
@@ -247,12 +248,7 @@ impl ThreadOutcome {
         self.latency.record_n(latency, count as u64);
         if done >= window.from {
             let at = done - window.from;
-            self.timeline.record(
-                at,
-                count as u64,
-                (count * run.record_size_bytes) as u64,
-                latency,
-            );
+            self.timeline.record(at, count as u64, (count * run.record_size_bytes) as u64, latency);
             if done <= window.until {
                 self.records += count as u64;
                 self.batches += 1;
@@ -452,7 +448,8 @@ mod tests {
 
     #[test]
     fn throughput_counts_only_the_measured_window_and_timelines_cover_it() {
-        let outcome = with_stall(&run(LoadModel::Open { rate_records_per_sec: 200.0 }, 1), Duration::ZERO);
+        let outcome =
+            with_stall(&run(LoadModel::Open { rate_records_per_sec: 200.0 }, 1), Duration::ZERO);
         // 200 records/s for 1.5 s: about 300 records (arrivals are exact, completions 1 ms later).
         assert!((290..=301).contains(&outcome.records), "{}", outcome.records);
         let points = outcome.timeline.points(Duration::from_millis(1500));

@@ -26,9 +26,9 @@ impl ScenarioProgress {
     pub fn start(label: &str, expected: Duration) -> ScenarioProgress {
         let total_ms = expected.as_millis().max(1) as u64;
         let bar = ProgressBar::with_draw_target(Some(total_ms), draw_target());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix:>24} [{bar:32}] {elapsed:>4} / {msg}",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>24} [{bar:32}] {elapsed:>4} / {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(label.to_string());

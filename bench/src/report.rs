@@ -148,10 +148,9 @@ fn comparison_lines(report: &SuiteReport) -> String {
 fn cluster_lines(report: &SuiteReport) -> String {
     let mut out = String::new();
     if let Some(sweep) = &report.sweep {
-        let knee = sweep.knee_records_per_sec.map_or_else(
-            || "none of the points".to_string(),
-            |k| format!("{k:.0} records/s"),
-        );
+        let knee = sweep
+            .knee_records_per_sec
+            .map_or_else(|| "none of the points".to_string(), |k| format!("{k:.0} records/s"));
         let _ = writeln!(
             out,
             "sweep (open loop, acks={}): knee = {knee} (highest offered rate with p99 ≤ {:.1} ms \
@@ -219,7 +218,12 @@ pub fn markdown(report: &SuiteReport) -> String {
             let _ = writeln!(
                 out,
                 "| {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                p.offered_records_per_sec, p.achieved_records_per_sec, p.p50_us, p.p99_us, p.p999_us, p.max_us
+                p.offered_records_per_sec,
+                p.achieved_records_per_sec,
+                p.p50_us,
+                p.p99_us,
+                p.p999_us,
+                p.max_us
             );
         }
         out.push('\n');

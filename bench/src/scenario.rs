@@ -112,6 +112,10 @@ pub struct ClusterSetup {
     /// Segment size and retention of the separate `retention` cluster.
     pub retention_segment_bytes: u64,
     pub retention_bytes_max: u64,
+    /// Measured time of the retention run: longer than the nodes' retention interval (5 s),
+    /// so that retention runs while producers write.
+    #[serde(serialize_with = "serialize_secs")]
+    pub retention_duration: Duration,
 }
 
 /// Options shared by the scenarios of one run.
@@ -311,7 +315,8 @@ fn run_rounds(
             if let Some(session) = raw_session.as_mut() {
                 let size = options.raw_write_size_bytes;
                 progress(&format!("round {}/{rounds}: raw-disk at {size} B per write", round + 1));
-                let measure = session.measure(&raw_run(options, size, round_duration), &|| stop.is_raised())?;
+                let measure = session
+                    .measure(&raw_run(options, size, round_duration), &|| stop.is_raised())?;
                 let entry = raw_alone.get_or_insert_with(|| (RunMeasure::default(), Vec::new()));
                 entry.0.merge(&measure);
                 entry.1.push(size);
@@ -359,8 +364,8 @@ fn run_rounds(
                 round + 1,
                 round_duration.as_secs_f64()
             ));
-            let measure =
-                session.measure(&raw_run(options, write_size, round_duration), &|| stop.is_raised())?;
+            let measure = session
+                .measure(&raw_run(options, write_size, round_duration), &|| stop.is_raised())?;
             if measure.bytes_per_sec() > 0.0 {
                 pair.round_ratios.push(scenario_bytes_per_sec / measure.bytes_per_sec());
             }
@@ -380,7 +385,8 @@ fn run_rounds(
         let result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
         let raw = match pair.raw_total {
             Some(raw) => {
-                let mut raw = raw_result(options, raw, &pair.raw_write_sizes, pair.name, single_issuer);
+                let mut raw =
+                    raw_result(options, raw, &pair.raw_write_sizes, pair.name, single_issuer);
                 raw.label = format!("raw-disk @{}", pair.name.as_str());
                 raw
             }
@@ -413,7 +419,8 @@ fn run_cluster_scenarios(
     work: &WorkDir,
     stop: &StopFlag,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<(Vec<(ScenarioName, ClusterRow)>, Option<SweepReport>, Option<FailoverReport>)> {
+) -> anyhow::Result<(Vec<(ScenarioName, ClusterRow)>, Option<SweepReport>, Option<FailoverReport>)>
+{
     let selected = |name: ScenarioName| options.scenarios.contains(&name);
     let main: Vec<ScenarioName> = [
         ScenarioName::Replicated,
@@ -446,7 +453,12 @@ fn run_cluster_scenarios(
             if stop.is_raised() {
                 break;
             }
-            progress(&format!("{}: {:.1} s (+{:.1} s warm-up)", name.as_str(), copts.duration.as_secs_f64(), copts.warmup.as_secs_f64()));
+            progress(&format!(
+                "{}: {:.1} s (+{:.1} s warm-up)",
+                name.as_str(),
+                copts.duration.as_secs_f64(),
+                copts.warmup.as_secs_f64()
+            ));
             match name {
                 ScenarioName::Replicated => {
                     let replicated = cluster_scenarios::replicated(&target, copts, stop)?;
@@ -500,10 +512,12 @@ fn run_cluster_scenarios(
         local.segment_size_bytes = setup.retention_segment_bytes;
         local.retention_bytes_max = Some(setup.retention_bytes_max);
         let target = start_target(options, work, "cluster-retention", &local, progress)?;
-        progress(&format!("retention: {:.1} s", copts.duration.as_secs_f64()));
+        let mut retention = copts.clone();
+        retention.duration = setup.retention_duration;
+        progress(&format!("retention: {:.1} s", retention.duration.as_secs_f64()));
         rows.push((
             ScenarioName::Retention,
-            cluster_scenarios::retention(&target, copts, setup.retention_bytes_max, stop)?,
+            cluster_scenarios::retention(&target, &retention, setup.retention_bytes_max, stop)?,
         ));
     }
     Ok((rows, sweep, failover))
@@ -528,7 +542,8 @@ fn start_target(
                 dir.display()
             ));
             ClusterTarget::Local(
-                LocalCluster::start(&setup.binary, &dir, local).context("starting the local cluster")?,
+                LocalCluster::start(&setup.binary, &dir, local)
+                    .context("starting the local cluster")?,
             )
         }
     };
@@ -537,7 +552,8 @@ fn start_target(
 }
 
 fn cluster_result(name: ScenarioName, row: ClusterRow) -> ScenarioResult {
-    let mut result = ScenarioResult::new(name, row.description, row.parameters, row.measure, row.notes);
+    let mut result =
+        ScenarioResult::new(name, row.description, row.parameters, row.measure, row.notes);
     result.label = row.label;
     result.percentile_curve = row.latency.percentile_curve(CURVE_POINTS_MAX);
     result
@@ -587,7 +603,9 @@ fn raw_result(
 
 /// Ratio of the first non-raw-disk result to the raw-disk result in `results`.
 pub fn compare_with_raw(results: &[ScenarioResult], round_ratios: &[f64]) -> Vec<Comparison> {
-    let Some(raw) = results.iter().find(|r| r.name == ScenarioName::RawDisk && r.measure.operations > 0) else {
+    let Some(raw) =
+        results.iter().find(|r| r.name == ScenarioName::RawDisk && r.measure.operations > 0)
+    else {
         return Vec::new();
     };
     let raw_bytes_per_sec = raw.measure.bytes_per_sec();

@@ -28,6 +28,59 @@
 #define RINGLOG_HANDLES_MAX 4096
 
 /**
+ * `acks`: answered once the leader accepted the batch in memory.
+ */
+#define RINGLOG_ACKS_NONE 0
+
+/**
+ * `acks`: answered once the leader's own fdatasync covering the batch completed.
+ */
+#define RINGLOG_ACKS_LEADER 1
+
+/**
+ * `acks`: answered once a majority has the batch durable (committed; the default choice).
+ */
+#define RINGLOG_ACKS_QUORUM 2
+
+/**
+ * Read consistency: the leader confirms it still leads before answering (ReadIndex).
+ */
+#define RINGLOG_READ_LINEARIZABLE 0
+
+/**
+ * Read consistency: any replica answers with what it knows to be committed.
+ */
+#define RINGLOG_READ_REPLICA_COMMITTED 1
+
+/**
+ * Stop mode: stop accepting, finish in-flight requests, hand leadership off, flush, close.
+ */
+#define RINGLOG_STOP_GRACEFUL 0
+
+/**
+ * Stop mode: close now (in-flight requests fail).
+ */
+#define RINGLOG_STOP_IMMEDIATE 1
+
+/**
+ * `ringlog_partition_status.role` values.
+ */
+#define RINGLOG_ROLE_FOLLOWER 0
+
+#define RINGLOG_ROLE_PRE_CANDIDATE 1
+
+#define RINGLOG_ROLE_CANDIDATE 2
+
+#define RINGLOG_ROLE_LEADER 3
+
+#define RINGLOG_ROLE_LEARNER 4
+
+/**
+ * Longest `wait_ms` of `ringlog_node_read` (larger values are capped by the node).
+ */
+#define RINGLOG_READ_WAIT_MS_MAX 60000
+
+/**
  * Bytes of the length prefix of each record in a read buffer.
  */
 #define RINGLOG_RECORD_PREFIX_BYTES 4
@@ -160,6 +213,11 @@ typedef enum ringlog_status {
 typedef struct ringlog_log ringlog_log;
 
 /**
+ * Opaque handle of a running node. Never dereference it: it is an id, not an address.
+ */
+typedef struct ringlog_node ringlog_node;
+
+/**
  * Options of `ringlog_log_open`. Fill with `ringlog_log_options_init(&o, sizeof o)`, then
  * change fields. `size` lets the struct grow: fields added later go at the end and 0 means
  * "default" for them.
@@ -226,6 +284,49 @@ typedef void (*ringlog_append_callback)(void *user_data,
                                         uint64_t first_offset,
                                         uint32_t record_count,
                                         const char *message);
+
+/**
+ * One partition's Raft state on this node. Set `size = sizeof(ringlog_partition_status)`
+ * before the call; only `size` bytes are written (the struct grows at its end).
+ */
+typedef struct ringlog_partition_status {
+  /**
+   * Set by the caller: `sizeof(ringlog_partition_status)`.
+   */
+  uint32_t size;
+  /**
+   * `RINGLOG_ROLE_*`.
+   */
+  uint32_t role;
+  /**
+   * The node answering (this node).
+   */
+  uint32_t node_id;
+  /**
+   * The leader this node knows of; 0 when unknown (node ids start at 1).
+   */
+  uint32_t leader_id;
+  /**
+   * Current Raft term.
+   */
+  uint64_t term;
+  /**
+   * Highest Raft index known committed.
+   */
+  uint64_t commit_index;
+  /**
+   * Highest Raft index durable on this node's disk.
+   */
+  uint64_t durable_index;
+  /**
+   * Highest Raft index in this node's log.
+   */
+  uint64_t last_index;
+  /**
+   * First record offset not yet committed (reads return offsets below it).
+   */
+  uint64_t commit_offset;
+} ringlog_partition_status;
 
 #ifdef __cplusplus
 extern "C" {
@@ -364,6 +465,115 @@ enum ringlog_status ringlog_log_sync(struct ringlog_log *log);
  * None beyond passing the value received from `ringlog_log_open`.
  */
 enum ringlog_status ringlog_log_close(struct ringlog_log *log);
+
+/**
+ * Starts a node from the TOML configuration file at `config_path` (the format of
+ * `ringlog serve --config`, docs/config.md) and stores its handle in `*out_node`. Returns
+ * when every shard has recovered its partitions and listens; the node then takes part in
+ * its Raft groups with the peers the file lists.
+ *
+ * Errors: `RINGLOG_ERR_CONFIG` (unreadable or invalid file; the message lists every
+ * problem), `RINGLOG_ERR_HOST_UNSUPPORTED` (failed host checks, nothing started),
+ * `RINGLOG_ERR_ADDRESS_IN_USE`, `RINGLOG_ERR_IO`, `RINGLOG_ERR_CORRUPTION`,
+ * `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_INVALID_ARGUMENT`, `RINGLOG_ERR_TOO_MANY_HANDLES`.
+ * On error `*out_node` is set to NULL.
+ *
+ * SIGPIPE: a node writes to TCP sockets whose peer may have gone; with the default SIGPIPE
+ * disposition that would kill the host process. If SIGPIPE is at its default (`SIG_DFL`),
+ * this call sets it to `SIG_IGN` (writes then fail with EPIPE, which the node handles); a
+ * handler or disposition the host installed is left alone.
+ *
+ * # Safety
+ * `config_path` must be a NUL-terminated string; `out_node` writable.
+ */
+enum ringlog_status ringlog_node_start(const char *config_path,
+                                       struct ringlog_node **out_node);
+
+/**
+ * Appends `count` records to `partition` as one batch and blocks until `acks`
+ * (`RINGLOG_ACKS_*`) is met. `*out_first_offset` and `*out_commit_offset` (both optional)
+ * receive the batch's first offset (record `i` has `first + i`) and the group's commit
+ * offset at completion.
+ *
+ * Errors: `RINGLOG_ERR_NOT_LEADER` (the message names the leader and its address when
+ * known: send the append there), `RINGLOG_ERR_EMPTY_APPEND`, `RINGLOG_ERR_OVERSIZE`,
+ * `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_BACKPRESSURE`, `RINGLOG_ERR_TIMEOUT` (acks
+ * not reached in time: the batch may still commit), `RINGLOG_ERR_STORAGE_FAILED`,
+ * `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks), the handle errors.
+ *
+ * # Safety
+ * `records` must point to `count` records, each `data` to `len` readable bytes; the out
+ * pointers NULL or writable.
+ */
+enum ringlog_status ringlog_node_append(struct ringlog_node *node,
+                                        uint32_t partition,
+                                        uint32_t acks,
+                                        const struct ringlog_record *records,
+                                        size_t count,
+                                        uint64_t *out_first_offset,
+                                        uint64_t *out_commit_offset);
+
+/**
+ * Reads committed records of `partition` from `offset` into `buf` in the read-buffer format
+ * of `ringlog_log_read` (`[uint32_t LE length][bytes]` per record; record `i` has offset
+ * `offset + i`). `consistency` is `RINGLOG_READ_*`; when nothing is committed at `offset`
+ * yet, waits up to `wait_ms` (capped at `RINGLOG_READ_WAIT_MS_MAX`) and then returns
+ * `RINGLOG_OK` with `*out_len = 0`.
+ *
+ * Errors: `RINGLOG_ERR_NOT_LEADER` (linearizable read on a follower),
+ * `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes
+ * needed), `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_INVALID_ARGUMENT`, the handle errors.
+ *
+ * # Safety
+ * As `ringlog_log_read`.
+ */
+enum ringlog_status ringlog_node_read(struct ringlog_node *node,
+                                      uint32_t partition,
+                                      uint64_t offset,
+                                      uint32_t consistency,
+                                      uint32_t wait_ms,
+                                      void *buf,
+                                      size_t cap,
+                                      size_t *out_len,
+                                      uint64_t *out_next_offset);
+
+/**
+ * Fills `*out_status` with `partition`'s Raft state on this node (role, term, leader,
+ * commit and durable indexes, commit offset). Set `out_status->size` first.
+ *
+ * Errors: `RINGLOG_ERR_BAD_STRUCT_SIZE`, `RINGLOG_ERR_UNKNOWN_PARTITION`, the handle errors.
+ *
+ * # Safety
+ * `out_status` must point to `out_status->size` writable bytes.
+ */
+enum ringlog_status ringlog_node_status(struct ringlog_node *node,
+                                        uint32_t partition,
+                                        struct ringlog_partition_status *out_status);
+
+/**
+ * Asks this node, which must lead `partition`, to hand leadership to node `to_node_id` (for
+ * rolling restarts). Returns once the transfer started; watch `ringlog_node_status` for the
+ * new leader. Errors: `RINGLOG_ERR_NOT_LEADER`, `RINGLOG_ERR_REJECTED` (unknown or
+ * unsuitable target), `RINGLOG_ERR_UNKNOWN_PARTITION`, the handle errors.
+ *
+ * # Safety
+ * None beyond passing the value received from `ringlog_node_start`.
+ */
+enum ringlog_status ringlog_node_transfer_leadership(struct ringlog_node *node,
+                                                     uint32_t partition,
+                                                     uint32_t to_node_id);
+
+/**
+ * Stops the node (`mode`: `RINGLOG_STOP_GRACEFUL` or `RINGLOG_STOP_IMMEDIATE`), waits for
+ * every shard thread to exit, and invalidates the handle (later use and a second stop return
+ * `RINGLOG_ERR_BAD_HANDLE`). An invalid `mode` is `RINGLOG_ERR_INVALID_ARGUMENT` and leaves
+ * the node running. A poisoned handle can be stopped.
+ *
+ * # Safety
+ * None beyond passing the value received from `ringlog_node_start`.
+ */
+enum ringlog_status ringlog_node_stop(struct ringlog_node *node,
+                                      uint32_t mode);
 
 /**
  * Static, NUL-terminated description of a status code (never NULL; a value that is not a

@@ -23,13 +23,13 @@
 mod guard;
 mod handles;
 pub mod log;
-// pub mod node;
+pub mod node;
 pub mod records;
 mod sized;
 pub mod status;
 
 pub use log::*;
-// pub use node::*;
+pub use node::*;
 pub use records::*;
 pub use status::*;
 
@@ -41,10 +41,67 @@ const _: () = assert!(RINGLOG_HANDLES_MAX as usize == handles::HANDLES_MAX);
 /// The library version, "major.minor.patch" (static, NUL-terminated, never NULL).
 #[no_mangle]
 pub extern "C" fn ringlog_version() -> *const std::ffi::c_char {
-    const VERSION: &std::ffi::CStr =
-        match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-            Ok(version) => version,
-            Err(_) => c"unknown",
-        };
+    const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+    ) {
+        Ok(version) => version,
+        Err(_) => c"unknown",
+    };
     VERSION.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::guard::test_hooks::panic_next_call;
+    use super::*;
+    use ringlog_status::*;
+
+    fn open(dir: &std::path::Path) -> *mut ringlog_log {
+        let path = CString::new(dir.to_str().unwrap()).unwrap();
+        let options = ringlog_log_options {
+            segment_size_bytes: 1 << 20,
+            batch_size_max: 64 << 10,
+            flush_bytes_max: 256 << 10,
+            ..Default::default()
+        };
+        let mut log = std::ptr::null_mut();
+        // SAFETY: valid C string, options and out pointer.
+        let status = unsafe { ringlog_log_open(path.as_ptr(), &options, &mut log) };
+        assert_eq!(status, RINGLOG_OK);
+        log
+    }
+
+    #[test]
+    fn a_panic_inside_a_call_becomes_a_status_and_poisons_only_that_handle() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let poisoned = open(&dir.path().join("a"));
+        let healthy = open(&dir.path().join("b"));
+        let value = *b"v";
+        let record = ringlog_record { data: value.as_ptr(), len: 1 };
+        let mut first = 0;
+        panic_next_call();
+        // SAFETY: valid handle, record and out pointer.
+        let status = unsafe { ringlog_log_append(poisoned, 0, &record, 1, &mut first) };
+        assert_eq!(status, RINGLOG_ERR_PANIC);
+        // SAFETY: the message pointer is valid until the next failing call on this thread.
+        let message = unsafe { std::ffi::CStr::from_ptr(ringlog_last_error_message()) };
+        assert!(message.to_str().unwrap().contains("injected"), "{message:?}");
+        // SAFETY: as above.
+        let status = unsafe { ringlog_log_append(poisoned, 0, &record, 1, &mut first) };
+        assert_eq!(status, RINGLOG_ERR_POISONED);
+        // SAFETY: as above.
+        assert_eq!(unsafe { ringlog_log_sync(poisoned) }, RINGLOG_ERR_POISONED);
+        // SAFETY: as above.
+        let status = unsafe { ringlog_log_append(healthy, 0, &record, 1, &mut first) };
+        assert_eq!(status, RINGLOG_OK);
+        // A poisoned handle can still be closed, once.
+        // SAFETY: handles from open.
+        unsafe {
+            assert_eq!(ringlog_log_close(poisoned), RINGLOG_OK);
+            assert_eq!(ringlog_log_close(poisoned), RINGLOG_ERR_BAD_HANDLE);
+            assert_eq!(ringlog_log_close(healthy), RINGLOG_OK);
+        }
+    }
 }

@@ -31,7 +31,7 @@ use ringlog_engine::shard::{
     StartError, COMMAND_QUEUE_MAX_DEFAULT, COMMAND_QUEUE_MAX_LIMIT, FETCH_BYTES_MAX,
     IO_MEMORY_DEFAULT_BYTES, PARTITIONS_MAX, REPLY_WAIT_MAX, SHARDS_MAX,
 };
-use ringlog_engine::{AppendError, FetchError, LogConfig, LogError, OpenError, Offset};
+use ringlog_engine::{AppendError, FetchError, LogConfig, LogError, Offset, OpenError};
 
 use crate::guard::{ffi, refuse_in_callback, run_callback, with_handle, Poison};
 use crate::handles::Registry;
@@ -510,7 +510,8 @@ fn engine_config(dir: PathBuf, options: &ringlog_log_options) -> Result<EngineCo
     };
     let mut config = EngineConfig::new(dir);
     config.shards = range("shards", options.shards.into(), 1, SHARDS_MAX as u64)? as usize;
-    config.partitions = range("partitions", options.partitions.into(), 1, PARTITIONS_MAX.into())? as u32;
+    config.partitions =
+        range("partitions", options.partitions.into(), 1, PARTITIONS_MAX.into())? as u32;
     config.command_queue_max = range(
         "command_queue_max",
         options.command_queue_max.into(),
@@ -520,7 +521,8 @@ fn engine_config(dir: PathBuf, options: &ringlog_log_options) -> Result<EngineCo
     config.io_memory_bytes =
         range("io_memory_bytes", options.io_memory_bytes, 4096, 1 << 30)? as usize;
     let as_usize = |name: &str, value: u64| {
-        usize::try_from(value).map_err(|_| Error::invalid(format!("options.{name} = {value} is too large")))
+        usize::try_from(value)
+            .map_err(|_| Error::invalid(format!("options.{name} = {value} is too large")))
     };
     config.log = LogConfig {
         segment_size_bytes: options.segment_size_bytes,
@@ -567,9 +569,7 @@ pub(crate) unsafe fn path_from_c(path: *const c_char, name: &str) -> Result<Path
     }
     // SAFETY: non-NULL and NUL-terminated per the caller's contract.
     let text = unsafe { CStr::from_ptr(path) };
-    let text = text
-        .to_str()
-        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))?;
+    let text = text.to_str().map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))?;
     if text.is_empty() {
         return Err(Error::invalid(format!("{name} is empty")));
     }

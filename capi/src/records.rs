@@ -42,16 +42,16 @@ pub struct ringlog_record {
     pub len: usize,
 }
 
-/// Reads `count` records from C memory into one batch's records.
+/// Borrows `count` records from C memory as slices, after bounding their total size.
 ///
 /// # Safety
 /// `records` must point to `count` readable `ringlog_record`s (unless `count` is 0), each
-/// `data` to `len` readable bytes (unless `len` is 0).
-pub(crate) unsafe fn records_from_c(
+/// `data` to `len` readable bytes (unless `len` is 0), alive for `'a`.
+pub(crate) unsafe fn slices_from_c<'a>(
     records: *const ringlog_record,
     count: usize,
     batch_size_max: usize,
-) -> Result<Records, Error> {
+) -> Result<Vec<&'a [u8]>, Error> {
     if count == 0 {
         return Err(Error::new(RINGLOG_ERR_EMPTY_APPEND, "an append needs at least one record"));
     }
@@ -80,15 +80,33 @@ pub(crate) unsafe fn records_from_c(
             format!("batch of {total} bytes exceeds batch_size_max {batch_size_max}"),
         ));
     }
+    Ok(records
+        .iter()
+        .map(|record| {
+            if record.len == 0 {
+                &[][..]
+            } else {
+                // SAFETY: non-NULL (checked above), `len` readable bytes per the caller's
+                // contract, and `len` ≤ batch_size_max (the total was bounded above).
+                unsafe { std::slice::from_raw_parts(record.data, record.len) }
+            }
+        })
+        .collect())
+}
+
+/// Reads `count` records from C memory into one batch's records.
+///
+/// # Safety
+/// As [`slices_from_c`].
+pub(crate) unsafe fn records_from_c(
+    records: *const ringlog_record,
+    count: usize,
+    batch_size_max: usize,
+) -> Result<Records, Error> {
+    // SAFETY: forwarded caller contract.
+    let slices = unsafe { slices_from_c(records, count, batch_size_max)? };
     let mut builder = RecordsBuilder::new(batch_size_max);
-    for record in records {
-        let value: &[u8] = if record.len == 0 {
-            &[]
-        } else {
-            // SAFETY: non-NULL (checked above), `len` readable bytes per the caller's
-            // contract, and `len` ≤ batch_size_max (the total was bounded above).
-            unsafe { std::slice::from_raw_parts(record.data, record.len) }
-        };
+    for value in slices {
         builder.push(value).map_err(|error| Error::new(RINGLOG_ERR_OVERSIZE, error.to_string()))?;
     }
     Ok(builder.finish())
@@ -114,7 +132,13 @@ pub(crate) fn copy_records(
     let mut next = offset;
     for batch in batches {
         let view = decode_batch(batch, batch_size_max).map_err(|error| {
-            (Error::new(RINGLOG_ERR_INTERNAL, format!("a fetched batch does not decode: {error}")), 0)
+            (
+                Error::new(
+                    RINGLOG_ERR_INTERNAL,
+                    format!("a fetched batch does not decode: {error}"),
+                ),
+                0,
+            )
         })?;
         if view.header().is_control() {
             continue;
@@ -154,7 +178,10 @@ pub(crate) fn copy_records(
 ///
 /// # Safety
 /// `buf` must point to `cap` writable bytes when `cap` is not 0.
-pub(crate) unsafe fn buffer_from_c<'a>(buf: *mut c_void, cap: usize) -> Result<&'a mut [u8], Error> {
+pub(crate) unsafe fn buffer_from_c<'a>(
+    buf: *mut c_void,
+    cap: usize,
+) -> Result<&'a mut [u8], Error> {
     if cap == 0 {
         return Ok(&mut []);
     }

@@ -13,9 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::future::Future;
 use std::rc::Rc;
-use std::task::Poll;
 
 use bytes::Bytes;
 use glommio::io::DmaBuffer;
@@ -46,8 +44,8 @@ pub const HISTOGRAM_BUCKETS_MAX: usize = 24;
 
 /// Upper bounds (µs) of the fdatasync latency histogram: 25 µs .. 1 s, then +Inf.
 pub const FDATASYNC_LATENCY_BOUNDS_US: [u64; 16] = [
-    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000, 2_500_000,
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
 ];
 
 /// Upper bounds (bytes) of the appended batch size histogram: 128 B .. 16 MiB, then +Inf.
@@ -185,33 +183,12 @@ async fn run_flusher(inner: Rc<Inner>) {
             continue;
         }
         let Ok(permit) = inner.io_lock.acquire_permit(1).await else { return };
-        // Flushes back to back while each one's fdatasync stages the next (see `Flush`);
-        // the staged batches go back to the queue before the permit is released, so a
-        // truncation, reset or retention waiting for it never sees them out of the queue.
-        let mut staged: Option<Flush> = None;
-        for round in 0..FLUSHES_PER_PERMIT_MAX {
-            let failed = inner.state.borrow().failed.clone();
-            if let Some(reason) = failed {
-                // Latched elsewhere (the preallocator): nothing more is written.
-                if let Some(flush) = staged.take() {
-                    flush.fail(&reason);
-                }
-                return;
-            }
-            if staged.is_none() && inner.state.borrow().queue.is_empty() {
-                break;
-            }
-            let may_stage = round + 1 < FLUSHES_PER_PERMIT_MAX;
-            match flush_once(&inner, staged.take(), may_stage).await {
-                Ok(next) => staged = next,
-                Err(reason) => {
-                    inner.latch(reason);
-                    return;
-                }
-            }
+        if inner.state.borrow().queue.is_empty() {
+            continue;
         }
-        if let Some(flush) = staged.take() {
-            flush.unstage(&inner);
+        if let Err(reason) = flush_once(&inner).await {
+            inner.latch(reason);
+            return;
         }
         drop(permit);
         glommio::yield_if_needed().await;
@@ -304,17 +281,8 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     Ok(())
 }
 
-/// Most flushes one hold of the IO lock runs back to back (then a truncation, reset or
-/// retention waiting for the lock gets its turn).
-const FLUSHES_PER_PERMIT_MAX: usize = 16;
-
 /// One flush: its batches copied into one aligned buffer (segment header block, batches,
 /// padding marker), to be written at `start` of the active segment and fdatasynced.
-///
-/// A flush is either built when its turn comes, or *staged*: built while the previous
-/// flush's fdatasync is in flight, from the batches queued then, so that the device does not
-/// wait for the copy. A staged flush continues the previous one in the same segment (no
-/// header block, no roll); it is written only if the previous one became durable.
 struct Flush {
     file: Rc<DirectFile>,
     start: u64,
@@ -368,14 +336,6 @@ impl Flush {
             pending.slot.resolve(Err(LogError::Failed { reason: reason.to_string() }));
         }
     }
-
-    /// Puts a staged flush's batches back at the front of the queue, in order.
-    fn unstage(self, inner: &Inner) {
-        let mut st = inner.state.borrow_mut();
-        for pending in self.batches.into_iter().rev() {
-            st.queue.push_front(pending);
-        }
-    }
 }
 
 /// Takes whole queued batches, from the front, that fit one flush starting at `base` (where
@@ -399,45 +359,34 @@ fn take_batches(st: &mut State, config: &LogConfig, base: u64, capacity: u64) ->
     st.queue.drain(..count).collect()
 }
 
-/// One flush (the staged one, or one built now), then its IO and commit. Returns the next
-/// flush if it was staged during this one's fdatasync.
-async fn flush_once(
-    inner: &Inner,
-    staged: Option<Flush>,
-    may_stage: bool,
-) -> Result<Option<Flush>, String> {
-    let flush = match staged {
-        Some(flush) => flush,
-        None => {
-            while needs_roll(inner) {
-                roll(inner).await?;
-            }
-            let (file, start, header_block, batches) = {
-                let mut st = inner.state.borrow_mut();
-                let segment = st.segments.last().expect("rolled");
-                let start = segment.write_position;
-                let capacity = segment.capacity;
-                let header_block = if segment.header_written {
-                    None
-                } else {
-                    let mut block = vec![0u8; BLOCK_SIZE];
-                    encode_header(&segment.meta(), &mut block);
-                    Some(block)
-                };
-                let file = segment.file.clone();
-                let base = start + header_block.as_ref().map_or(0, |b| b.len() as u64);
-                let batches = take_batches(&mut st, &inner.config, base, capacity);
-                assert!(!batches.is_empty(), "needs_roll guarantees the first batch fits");
-                (file, start, header_block, batches)
-            };
-            Flush::build(file, start, header_block.as_deref(), batches)
-        }
+/// One flush: take, copy, write, fdatasync, resolve.
+async fn flush_once(inner: &Inner) -> Result<(), String> {
+    while needs_roll(inner) {
+        roll(inner).await?;
+    }
+    let (file, start, header_block, batches) = {
+        let mut st = inner.state.borrow_mut();
+        let segment = st.segments.last().expect("rolled");
+        let start = segment.write_position;
+        let capacity = segment.capacity;
+        let header_block = if segment.header_written {
+            None
+        } else {
+            let mut block = vec![0u8; BLOCK_SIZE];
+            encode_header(&segment.meta(), &mut block);
+            Some(block)
+        };
+        let file = segment.file.clone();
+        let base = start + header_block.as_ref().map_or(0, |b| b.len() as u64);
+        let batches = take_batches(&mut st, &inner.config, base, capacity);
+        assert!(!batches.is_empty(), "needs_roll guarantees the first batch fits");
+        (file, start, header_block, batches)
     };
-    let start = flush.start;
-    match write_and_sync(inner, &flush, may_stage).await {
-        Ok(next) => {
+    let flush = Flush::build(file, start, header_block.as_deref(), batches);
+    match write_and_sync(inner, &flush).await {
+        Ok(()) => {
             commit(inner, &flush);
-            Ok(next)
+            Ok(())
         }
         Err(e) => {
             let reason = format!("flush to {:?} at {start} failed: {e}", flush.file.path());
@@ -447,72 +396,15 @@ async fn flush_once(
     }
 }
 
-/// Builds the flush that continues `previous` in the same segment from the batches queued
-/// now, if any fit there (none: the next flush is built when its turn comes, with a roll).
-fn stage(inner: &Inner, previous: &Flush) -> Option<Flush> {
-    let mut st = inner.state.borrow_mut();
-    if st.failed.is_some() || st.queue.is_empty() {
-        return None;
-    }
-    let segment = st.segments.last()?;
-    if segment.sealed || !Rc::ptr_eq(&segment.file, &previous.file) {
-        return None;
-    }
-    let (start, capacity) = (previous.start + previous.len(), segment.capacity);
-    let batches = take_batches(&mut st, &inner.config, start, capacity);
-    if batches.is_empty() {
-        return None;
-    }
-    let file = previous.file.clone();
-    drop(st);
-    Some(Flush::build(file, start, None, batches))
-}
-
-/// Writes the flush and fdatasyncs it. While the fdatasync is in flight (once glommio has
-/// handed it to the kernel), stages the next flush if `may_stage`; a staged flush is failed
-/// with this one if the fdatasync fails.
-async fn write_and_sync(
-    inner: &Inner,
-    flush: &Flush,
-    may_stage: bool,
-) -> std::io::Result<Option<Flush>> {
+/// Writes the flush, then fdatasyncs (timed for `FlushStats::fdatasync_latency_us`).
+async fn write_and_sync(inner: &Inner, flush: &Flush) -> std::io::Result<()> {
     flush.file.write_shared_at(&inner.faults, flush.buf.clone(), flush.start).await?;
     let sync_started = std::time::Instant::now();
-    let mut sync = std::pin::pin!(flush.file.sync(&inner.faults));
-    let mut next = None;
-    let mut synced = None;
-    if may_stage {
-        // The first poll queues the fdatasync in glommio; it reaches the kernel at the
-        // reactor's next IO poll, which runs before the timer below can fire: after the
-        // sleep the device is busy with it, and the copy of the next flush overlaps it.
-        let first = std::future::poll_fn(|cx| Poll::Ready(sync.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(result) => synced = Some(result),
-            Poll::Pending => {
-                glommio::timer::sleep(STAGE_AFTER).await;
-                next = stage(inner, flush);
-            }
-        }
-    }
-    let synced = match synced {
-        Some(result) => result,
-        None => sync.await,
-    };
-    if let Err(e) = synced {
-        if let Some(staged) = next {
-            staged.fail(&format!("the flush before it failed: {e}"));
-        }
-        return Err(e);
-    }
+    flush.file.sync(&inner.faults).await?;
     let sync_us = u64::try_from(sync_started.elapsed().as_micros()).unwrap_or(u64::MAX);
     inner.state.borrow_mut().stats.fdatasync_latency_us.record(sync_us);
-    Ok(next)
+    Ok(())
 }
-
-/// How long the flusher sleeps after queueing an fdatasync before it stages the next flush:
-/// any timer resumes it only after glommio's next IO poll, which hands the fdatasync to the
-/// kernel; the duration itself does not matter.
-const STAGE_AFTER: std::time::Duration = std::time::Duration::from_micros(1);
 
 /// Makes a completed flush visible: segment metadata, durable index, cache, waiters.
 fn commit(inner: &Inner, flush: &Flush) {
@@ -553,53 +445,23 @@ fn commit(inner: &Inner, flush: &Flush) {
     inner.durable_notify.notify_all();
 }
 
-/// CPU shares of the preallocator's task queue, against the 1000 of glommio's default queue
-/// (where appends usually run) and of the flusher's queue: when both are runnable, those win.
+/// CPU shares of the preallocator's task queue, against glommio's default queue (1000
+/// shares) where the flusher and the appends run: when both are runnable the flusher wins.
 const BACKGROUND_SHARES: usize = 50;
-
-/// CPU shares of the flushers' task queue (glommio's default queue has 1000).
-const FLUSH_SHARES: usize = 1000;
-
-/// Latency bound of the flushers' task queue. glommio hands queued IO to the kernel only
-/// between two runs of its task queues, and a run ends when every runnable task has run or
-/// the preemption timer — the smallest latency bound of the runnable queues — fires. Under a
-/// full append load that run can last as long as the appenders have work (1 ms and more),
-/// and a flush's write, then its fdatasync, would wait that long in glommio's submission
-/// queue with the device idle. While the flusher is runnable, this bound makes every run end
-/// within it, so its IO reaches the kernel promptly.
-pub(crate) const FLUSH_QUEUE_LATENCY: std::time::Duration = std::time::Duration::from_micros(50);
 
 thread_local! {
     /// The low-share task queue of this thread's executor: (executor id, queue).
     static BACKGROUND_QUEUE: std::cell::Cell<Option<(usize, TaskQueueHandle)>> =
         const { std::cell::Cell::new(None) };
-    /// The flushers' latency-bound task queue of this thread's executor: (executor id, queue).
-    static FLUSH_QUEUE: std::cell::Cell<Option<(usize, TaskQueueHandle)>> =
-        const { std::cell::Cell::new(None) };
 }
 
-/// Spawns the flusher on the current executor in the flushers' task queue (one per executor,
-/// created on first use; see `FLUSH_QUEUE_LATENCY`).
+/// Spawns the flusher on the current executor, in the current task queue.
+///
+/// Tried and rejected: a dedicated `Latency::Matters(50 µs)` queue for the flushers, so that
+/// glommio hands their IO to the kernel sooner under a full append load — with it the
+/// executor sometimes parked for good with a timer pending (glommio 0.9.0), hanging tests.
 pub(crate) fn spawn_flusher(inner: Rc<Inner>) -> JoinHandle<()> {
-    let executor = glommio::executor();
-    let id = executor.id();
-    let queue = match FLUSH_QUEUE.get() {
-        Some((owner, queue)) if owner == id => queue,
-        _ => {
-            let queue = executor.create_task_queue(
-                Shares::Static(FLUSH_SHARES),
-                Latency::Matters(FLUSH_QUEUE_LATENCY),
-                "ringlog-flusher",
-            );
-            FLUSH_QUEUE.set(Some((id, queue)));
-            queue
-        }
-    };
-    match glommio::spawn_local_into(run_flusher(inner.clone()), queue) {
-        Ok(task) => task.detach(),
-        // A stale handle (another executor that reused this thread and id): default queue.
-        Err(_) => glommio::spawn_local(run_flusher(inner)).detach(),
-    }
+    glommio::spawn_local(run_flusher(inner)).detach()
 }
 
 /// Spawns the preallocator on the current executor in a low-share, latency-insensitive task

@@ -132,6 +132,16 @@ impl<T> MailboxSender<T> {
         self.slot.wake_stored()
     }
 
+    /// Wakes the receiver's executor even when no message is waiting. glommio 0.9.0 can
+    /// also lose the wake-up of an IO completion or of its blocking-pool thread (e.g. a
+    /// segment roll's rename), leaving the executor parked with work it does not see; the
+    /// receiver's task then takes one empty poll and the reactor looks at its rings again.
+    /// Returns whether a waker was found to wake.
+    pub fn nudge(&self) -> bool {
+        self.slot.armed.store(false, Ordering::SeqCst);
+        self.slot.wake_stored()
+    }
+
     fn wake_receiver(&self) {
         fence(Ordering::SeqCst);
         if self.slot.armed.swap(false, Ordering::SeqCst) {

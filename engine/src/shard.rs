@@ -40,13 +40,13 @@ use crate::batch::Records;
 use crate::error::{AppendError, FetchError, LogError, OpenError};
 use crate::io::FaultInjector;
 use crate::limits::{ConfigError, LogConfig};
+use crate::log::Log;
 use crate::runtime::{
     self, available_cpus, check_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
     MemlockOutcome, Pinning,
 };
 use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure};
 pub use crate::shard_partition::{Fetched, PartitionStats};
-use crate::log::Log;
 use crate::shard_worker::{shard_main, Command, Completion, ShardSetup};
 use crate::types::{LogIndex, Offset};
 
@@ -627,6 +627,10 @@ impl Inner {
             let queued = sender.len();
             if sender.kick() {
                 tracing::warn!(shard, queued, ?waited, "no answer yet; woke the shard again");
+            } else {
+                // Nothing queued, yet no answer: the executor may be parked having missed an
+                // IO or blocking-pool wake-up (seen after a segment roll). Wake it anyway.
+                sender.nudge();
             }
         }
     }

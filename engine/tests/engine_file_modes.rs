@@ -56,10 +56,8 @@ fn engine_files_are_0600_and_directories_0700_whatever_the_umask() {
 
         let mut entries = Vec::new();
         walk(&root.path().join("parent"), &mut entries);
-        let names: Vec<String> = entries
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> =
+            entries.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         for expected in ["data", "0", "LOCK", "hard_state"] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing in {names:?}");
         }

@@ -107,7 +107,8 @@ fn flush_stats_histograms_count_every_fdatasync_and_appended_batch() {
         assert_eq!(batch_sizes.count(), 4);
         assert_eq!(batch_sizes.sum(), sizes);
         // 10 B + header <= 128; 200 B + 4 B length + header <= 512; 3 KiB <= 4 KiB; 60 KiB <= 64 KiB.
-        let at = |bound: u64| batch_sizes.cumulative_buckets().iter().find(|b| b.0 == bound).unwrap().1;
+        let at =
+            |bound: u64| batch_sizes.cumulative_buckets().iter().find(|b| b.0 == bound).unwrap().1;
         assert_eq!((at(128), at(512), at(4 << 10), at(64 << 10)), (1, 2, 3, 4));
         log.close().await.unwrap();
     });

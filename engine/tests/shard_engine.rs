@@ -330,3 +330,53 @@ fn a_failed_fdatasync_fails_the_waiting_append_and_latches_the_partition() {
     // Shutdown reports the latched failure instead of hiding it.
     assert!(engine.shutdown().is_err());
 }
+
+#[test]
+fn tasks_run_with_a_partitions_log_on_its_shard_and_their_appends_are_read_back() {
+    let dir = temp_dir();
+    let engine = start(dir.path());
+    let partition = PartitionId(3);
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    engine
+        .run_with_log(partition, move |log| async move {
+            // Embedded use: several producer tasks on the shard's own executor.
+            let producers: Vec<_> = (0..4u64)
+                .map(|producer| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        for seq in 0..10 {
+                            let (records, _) = records(producer, seq);
+                            let request = ringlog_engine::AppendRequest::data(
+                                log.last_term(),
+                                records,
+                                1_700_000_000_000,
+                            );
+                            let appended = log.append(request).expect("append");
+                            appended.durable.await.expect("durable");
+                        }
+                    })
+                })
+                .collect();
+            for producer in producers {
+                producer.await;
+            }
+            let _ = done_tx.send(log.durable_offset());
+        })
+        .expect("the task is spawned on the owning shard");
+    let durable = done_rx.recv_timeout(WAIT_MAX).expect("the producers finish");
+    assert_eq!(engine.durable_offset(partition).unwrap(), durable);
+    let mut seen = 0u64;
+    let mut offset = Offset(0);
+    while offset < durable {
+        let fetched = engine.fetch(partition, offset, 1 << 20).unwrap();
+        for batch in &fetched.batches {
+            seen += u64::from(decode_batch(batch, 64 << 10).unwrap().header().record_count());
+        }
+        offset = fetched.next_offset;
+    }
+    let expected: u64 = (0..4u64).flat_map(|_| 0..10u64).map(|seq| 1 + seq % 3).sum();
+    assert_eq!((seen, durable.0), (expected, expected));
+    let error = engine.run_with_log(PartitionId(PARTITIONS), |_log| async {}).unwrap_err();
+    assert!(matches!(error, EngineError::UnknownPartition { .. }), "{error}");
+    engine.shutdown().unwrap();
+}

@@ -38,6 +38,14 @@
 //! decoders bound every count by the bytes present. Idle pooled connections per address are
 //! bounded by [`ClientConfig::idle_connections_per_address_max`].
 //!
+//! # TLS
+//!
+//! With [`ClientConfig::tls`] set, every connection is a rustls session over the std TCP stream
+//! (`rustls::StreamOwned`): the node's certificate is verified against the configured CA for
+//! the server name in [`ClientTls`] (by default [`crate::tls::NODE_SERVER_NAME`]), and a client
+//! certificate is presented when the rustls configuration has one (nodes with `tls.client_ca`
+//! require it). Build the rustls configuration with [`crate::tls::client_config`].
+//!
 //! Invariants: a connection is returned to the pool only after a complete, matching
 //! exchange; any error drops it. Requests on one connection are strictly one at a time.
 
@@ -45,12 +53,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use ringlog_engine::batch::{decode_batch, encode_batch, BatchError, BatchStamp, RecordsBuilder};
 use ringlog_raft::{LogIndex, MembershipChange, NodeId, Term};
+use rustls::pki_types::ServerName;
 use thiserror::Error;
 
 use crate::frame::{FrameDecoder, FrameError, FrameKind};
@@ -100,7 +109,32 @@ pub struct ClientConfig {
     pub idle_connections_per_address_max: usize,
     /// Largest response body accepted (bounds the one allocation per reply).
     pub frame_body_size_max: usize,
+    /// TLS to the nodes' client ports (`None`: plaintext).
+    pub tls: Option<ClientTls>,
 }
+
+/// The client's TLS settings: a rustls configuration (see [`crate::tls::client_config`]) and
+/// the name the nodes' certificates are verified for.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// `config`, verifying nodes for [`crate::tls::NODE_SERVER_NAME`].
+    pub fn new(config: Arc<rustls::ClientConfig>) -> ClientTls {
+        ClientTls { config, server_name: crate::tls::node_server_name() }
+    }
+}
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for ClientTls {}
 
 impl ClientConfig {
     /// The defaults above, with `bootstrap` addresses.
@@ -116,6 +150,7 @@ impl ClientConfig {
             backoff_max: BACKOFF_MAX_DEFAULT,
             idle_connections_per_address_max: IDLE_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             frame_body_size_max: FRAME_BODY_SIZE_MAX,
+            tls: None,
         }
     }
 }
@@ -212,7 +247,7 @@ struct Routes {
 pub struct Client {
     config: ClientConfig,
     routes: Mutex<Routes>,
-    pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    pool: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
     next_request_id: AtomicU64,
 }
 
@@ -558,8 +593,8 @@ impl Client {
         let id = RequestId(self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let frame = request.encode(id);
         let write_timeout = self.config.request_timeout;
-        stream.set_write_timeout(Some(write_timeout)).map_err(Failure::not_sent)?;
-        stream.set_read_timeout(Some(timeout)).map_err(Failure::not_sent)?;
+        stream.tcp().set_write_timeout(Some(write_timeout)).map_err(Failure::not_sent)?;
+        stream.tcp().set_read_timeout(Some(timeout)).map_err(Failure::not_sent)?;
         write_frame(&mut stream, frame.chunks()).map_err(Failure::sent)?;
         let response = self.read_response(&mut stream, addr, id)?;
         self.checkin(addr, stream);
@@ -568,7 +603,7 @@ impl Client {
 
     fn read_response(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         addr: SocketAddr,
         id: RequestId,
     ) -> Result<Response, Failure> {
@@ -616,11 +651,11 @@ impl Client {
     }
 
     /// An idle pooled connection to `addr` that is still open, or a new one.
-    fn checkout(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
+    fn checkout(&self, addr: SocketAddr) -> Result<Conn, Failure> {
         loop {
             let pooled = self.pool.lock().expect("pool lock").get_mut(&addr).and_then(Vec::pop);
             match pooled {
-                Some(stream) if is_open(&stream) => return Ok(stream),
+                Some(stream) if is_open(stream.tcp()) => return Ok(stream),
                 Some(_) => continue,
                 None => break,
             }
@@ -628,10 +663,35 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)
             .map_err(|source| Failure::connect(addr, source))?;
         stream.set_nodelay(true).map_err(|source| Failure::connect(addr, source))?;
-        Ok(stream)
+        let Some(tls) = &self.config.tls else {
+            return Ok(Conn::Plain(stream));
+        };
+        self.tls_handshake(addr, stream, tls).map_err(|source| Failure::connect(addr, source))
     }
 
-    fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
+    /// Completes a TLS handshake on a fresh connection (bounded by `connect_timeout`), so
+    /// that a refused certificate is a connect failure: nothing was sent.
+    fn tls_handshake(
+        &self,
+        addr: SocketAddr,
+        stream: TcpStream,
+        tls: &ClientTls,
+    ) -> io::Result<Conn> {
+        let session = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+            .map_err(io::Error::other)?;
+        let mut conn = rustls::StreamOwned::new(session, stream);
+        conn.sock.set_read_timeout(Some(self.config.connect_timeout))?;
+        conn.sock.set_write_timeout(Some(self.config.connect_timeout))?;
+        while conn.conn.is_handshaking() {
+            conn.conn.complete_io(&mut conn.sock).map_err(|error| {
+                tracing::warn!(%addr, %error, "TLS handshake with the node failed");
+                error
+            })?;
+        }
+        Ok(Conn::Tls(Box::new(conn)))
+    }
+
+    fn checkin(&self, addr: SocketAddr, stream: Conn) {
         let mut pool = self.pool.lock().expect("pool lock");
         let idle = pool.entry(addr).or_default();
         if idle.len() < self.config.idle_connections_per_address_max {
@@ -835,7 +895,7 @@ fn unexpected(addr: SocketAddr, expected: &'static str, response: Response) -> C
 }
 
 /// Writes a frame's chunks; small frames are gathered into one write (TCP_NODELAY is on).
-fn write_frame(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+fn write_frame(stream: &mut Conn, chunks: &[Bytes]) -> io::Result<()> {
     const GATHER_MAX: usize = 64 * 1024;
     let total: usize = chunks.iter().map(Bytes::len).sum();
     if total <= GATHER_MAX {
@@ -843,12 +903,55 @@ fn write_frame(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
         for chunk in chunks {
             buf.extend_from_slice(chunk);
         }
-        return stream.write_all(&buf);
+        stream.write_all(&buf)?;
+        return stream.flush();
     }
     for chunk in chunks {
         stream.write_all(chunk)?;
     }
-    Ok(())
+    // TLS: push the last records out (a no-op on plain TCP).
+    stream.flush()
+}
+
+/// One connection to a node: plain TCP or a TLS session over it.
+#[derive(Debug)]
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(stream) => stream,
+            Conn::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(stream) => stream.read(buf),
+            Conn::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(stream) => stream.write(buf),
+            Conn::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(stream) => stream.flush(),
+            Conn::Tls(tls) => tls.flush(),
+        }
+    }
 }
 
 /// Whether a pooled connection is still usable: no EOF, no error and no unsolicited bytes

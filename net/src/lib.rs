@@ -7,6 +7,7 @@
 //!   reconnect, backoff and bounded queues.
 //! - `client` (feature `client`, on by default): the blocking std::net [`client::Client`] with
 //!   partition → shard → leader routing and bounded, idempotency-aware retries.
+//! - [`tls`]: rustls configurations for mutual TLS between nodes and TLS to clients.
 //! - [`limits`]: every bound the decoders and queues enforce.
 //!
 //! Fuzzing the frame decoder briefly (nightly toolchain; see fuzz/README.md):
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod limits;
 pub mod peer;
 pub mod protocol;
+pub mod tls;
 #[cfg(feature = "transport")]
 pub mod transport;
 pub mod wire;

@@ -11,6 +11,13 @@
 //!   and reports `QueueFull` instead of growing; a task writes the queue, coalescing pending
 //!   heartbeats of many partitions into one frame, and reconnects with bounded exponential
 //!   backoff and jitter.
+//! - [`NetStream`]: plain TCP or a TLS session over it; everything above reads and writes it
+//!   through `AsyncRead`/`AsyncWrite`, so plaintext and TLS share the code. With
+//!   [`PeerConfig::tls`] set, peer traffic is mutual TLS (see [`crate::tls`]): the acceptor
+//!   completes the TLS handshake (bounded by `handshake_timeout`) before reading the peer
+//!   [`Handshake`], and a certificate it refuses is logged as `peer certificate rejected`
+//!   with the reason (counted in `ListenerStats::refused`); a connector logs the same line
+//!   when it refuses the acceptor's certificate or the acceptor refuses its own.
 //!
 //! Invariants:
 //! - A malformed frame, a body that does not decode or a batch that fails its check gets an
@@ -34,14 +41,16 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::{TlsAcceptor, TlsConnector};
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, spawn_local_into, Task, TaskQueueHandle};
@@ -64,6 +73,7 @@ use crate::peer::{
     PeerMessage, RefuseReason, ShardLayout, PEER_PROTOCOL_VERSION,
 };
 use crate::protocol::ErrorReply;
+use crate::tls::{is_certificate_error, tls_error, TlsConfig};
 use crate::wire::ProtocolError;
 
 /// Bytes read and discarded after an error reply before closing, so that the close does not
@@ -91,6 +101,135 @@ pub enum TransportError {
     ErrorReply(ErrorReply),
     #[error("unexpected {kind:?} frame")]
     UnexpectedFrame { kind: FrameKind },
+    /// A TLS handshake or session failed (a refused certificate, a TLS alert, not TLS).
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+}
+
+impl TransportError {
+    /// An IO error that carries a rustls error becomes `Tls`.
+    fn classify(self) -> TransportError {
+        match self {
+            TransportError::Io(error) if tls_error(&error).is_some() => TransportError::Tls(error),
+            other => other,
+        }
+    }
+
+    /// Whether this is a certificate refused by either side.
+    pub fn is_certificate_rejection(&self) -> bool {
+        match self {
+            TransportError::Tls(error) => tls_error(error).is_some_and(is_certificate_error),
+            _ => false,
+        }
+    }
+}
+
+/// A connection: plain TCP, or TLS over TCP on the accepting or the connecting side.
+#[derive(Debug)]
+pub enum NetStream {
+    Plain(TcpStream),
+    TlsServer(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    TlsClient(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl NetStream {
+    /// The TCP stream under the session.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            NetStream::Plain(stream) => stream,
+            NetStream::TlsServer(tls) => tls.get_ref().0,
+            NetStream::TlsClient(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Completes a server-side TLS handshake on `stream` within `timeout` (`Tls` error when
+    /// it fails: the reason is in the error).
+    pub async fn accept_tls(
+        stream: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        timeout: Duration,
+    ) -> Result<NetStream, TransportError> {
+        let accept = async {
+            let tls = TlsAcceptor::from(config).accept(stream).await?;
+            Ok(NetStream::TlsServer(Box::new(tls)))
+        };
+        with_timeout(timeout, accept).await.map_err(TransportError::classify)
+    }
+
+    /// Completes a client-side TLS handshake on `stream` within `timeout`.
+    pub async fn connect_tls(
+        stream: TcpStream,
+        tls: &TlsConfig,
+        timeout: Duration,
+    ) -> Result<NetStream, TransportError> {
+        let connector = TlsConnector::from(tls.peer_client.clone());
+        let name = tls.server_name.clone();
+        let connect = async {
+            let tls = connector.connect(name, stream).await?;
+            Ok(NetStream::TlsClient(Box::new(tls)))
+        };
+        with_timeout(timeout, connect).await.map_err(TransportError::classify)
+    }
+
+    /// Ends the write side: a TLS `close_notify`, then a TCP half-close.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            NetStream::Plain(_) => {}
+            NetStream::TlsServer(tls) => {
+                tls.get_mut().1.send_close_notify();
+                tls.flush().await?;
+            }
+            NetStream::TlsClient(tls) => {
+                tls.get_mut().1.send_close_notify();
+                tls.flush().await?;
+            }
+        }
+        self.tcp().shutdown(Shutdown::Write).await.map_err(io::Error::from)
+    }
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            NetStream::TlsServer(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            NetStream::TlsClient(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            NetStream::TlsServer(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            NetStream::TlsClient(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            NetStream::TlsServer(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            NetStream::TlsClient(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Plain(stream) => Pin::new(stream).poll_close(cx),
+            NetStream::TlsServer(tls) => Pin::new(&mut **tls).poll_close(cx),
+            NetStream::TlsClient(tls) => Pin::new(&mut **tls).poll_close(cx),
+        }
+    }
 }
 
 impl From<glommio::GlommioError<()>> for TransportError {
@@ -102,7 +241,7 @@ impl From<glommio::GlommioError<()>> for TransportError {
 /// One TCP connection read and written as frames.
 #[derive(Debug)]
 pub struct FrameStream {
-    stream: TcpStream,
+    stream: NetStream,
     peer: SocketAddr,
     decoder: FrameDecoder,
     read_buf: BytesMut,
@@ -113,7 +252,16 @@ impl FrameStream {
     /// Wraps an accepted or connected stream; sets TCP_NODELAY.
     pub fn new(stream: TcpStream, frame_body_size_max: usize) -> Result<Self, TransportError> {
         stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
+        FrameStream::from_stream(NetStream::Plain(stream), frame_body_size_max)
+    }
+
+    /// Wraps a plain or TLS stream (TCP_NODELAY must already be set on plain ones: see `new`).
+    pub fn from_stream(
+        stream: NetStream,
+        frame_body_size_max: usize,
+    ) -> Result<Self, TransportError> {
+        stream.tcp().set_nodelay(true)?;
+        let peer = stream.tcp().peer_addr()?;
         Ok(FrameStream {
             stream,
             peer,
@@ -131,6 +279,20 @@ impl FrameStream {
     ) -> Result<Self, TransportError> {
         let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
         FrameStream::new(stream, frame_body_size_max)
+    }
+
+    /// Connects to `addr` and completes a mutual-TLS handshake with `tls`'s peer
+    /// configuration, each step within `timeout`.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        tls: &TlsConfig,
+        frame_body_size_max: usize,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+        stream.set_nodelay(true)?;
+        let stream = NetStream::connect_tls(stream, tls, timeout).await?;
+        FrameStream::from_stream(stream, frame_body_size_max)
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
@@ -212,8 +374,8 @@ impl FrameStream {
     }
 
     /// Half-closes, drains briefly (see `close_with_error`), and closes.
-    pub async fn close_lingering(self) {
-        let _ = self.stream.shutdown(Shutdown::Write).await;
+    pub async fn close_lingering(mut self) {
+        let _ = self.stream.shutdown_write().await;
         let mut stream = self.stream;
         let drain = async {
             let mut scratch = vec![0u8; 16 * 1024];
@@ -270,6 +432,8 @@ pub struct PeerConfig {
     /// the task that creates them). The replicator passes its latency queue so that a disk
     /// stall never delays heartbeats.
     pub task_queue: Option<TaskQueueHandle>,
+    /// Mutual TLS for peer traffic (`None`: plaintext).
+    pub tls: Option<Arc<TlsConfig>>,
 }
 
 impl PeerConfig {
@@ -291,6 +455,7 @@ impl PeerConfig {
             layout: ShardLayout::default(),
             pristine: Arc::new(AtomicBool::new(false)),
             task_queue: None,
+            tls: None,
         }
     }
 
@@ -431,9 +596,15 @@ async fn serve_connection(
     connections: Weak<RefCell<Connections>>,
     id: u64,
 ) {
-    match FrameStream::new(stream, shared.config.frame_body_size_max) {
+    let peer = stream.peer_addr().ok();
+    match accept_stream(stream, &shared).await {
         Ok(conn) => serve_peer(conn, &shared, over_limit).await,
-        Err(error) => debug!(%error, "peer connection failed before its first frame"),
+        Err(error) if error.is_certificate_rejection() => {
+            shared.count(|s| s.refused += 1);
+            warn!(?peer, "peer certificate rejected: {error}");
+        }
+        Err(error @ TransportError::Tls(_)) => warn!(?peer, %error, "peer TLS handshake failed"),
+        Err(error) => debug!(?peer, %error, "peer connection failed before its first frame"),
     }
     if let Some(connections) = connections.upgrade() {
         let mut conns = connections.borrow_mut();
@@ -441,6 +612,25 @@ async fn serve_connection(
         let open = conns.tasks.len().saturating_sub(conns.finished.len());
         shared.count(|s| s.open = open as u64);
     }
+}
+
+/// Plain, or TLS completed within the handshake timeout.
+async fn accept_stream(
+    stream: TcpStream,
+    shared: &ListenerShared,
+) -> Result<FrameStream, TransportError> {
+    let config = &shared.config;
+    let stream = match &config.tls {
+        None => {
+            stream.set_nodelay(true)?;
+            NetStream::Plain(stream)
+        }
+        Some(tls) => {
+            let server = tls.peer_server.clone();
+            NetStream::accept_tls(stream, server, config.handshake_timeout).await?
+        }
+    };
+    FrameStream::from_stream(stream, config.frame_body_size_max)
 }
 
 async fn serve_peer(mut conn: FrameStream, shared: &ListenerShared, over_limit: bool) {
@@ -807,6 +997,15 @@ async fn run_link(shared: Rc<LinkShared>) {
                 warn!(remote = %shared.remote, %addr, %error, "peer link lost");
                 shared.set_status(LinkStatus::Disconnected { error: error.to_string() });
             }
+            Err(error) if error.is_certificate_rejection() => {
+                warn!(remote = %shared.remote, %addr, "peer certificate rejected: {error}");
+                shared.count(|s| s.refusals += 1);
+                shared.set_status(LinkStatus::Disconnected { error: error.to_string() });
+            }
+            Err(error @ TransportError::Tls(_)) => {
+                warn!(remote = %shared.remote, %addr, %error, "peer TLS handshake failed");
+                shared.set_status(LinkStatus::Disconnected { error: error.to_string() });
+            }
             Err(TransportError::Refused { reason, detail }) => {
                 warn!(remote = %shared.remote, %addr, %reason, %detail, "peer refused handshake");
                 shared.count(|s| s.refusals += 1);
@@ -827,7 +1026,12 @@ async fn connect_and_handshake(
     addr: SocketAddr,
 ) -> Result<(FrameStream, bool), TransportError> {
     let timeout = config.handshake_timeout;
-    let mut conn = FrameStream::connect(addr, config.frame_body_size_max, timeout).await?;
+    let mut conn = match &config.tls {
+        None => FrameStream::connect(addr, config.frame_body_size_max, timeout).await?,
+        Some(tls) => {
+            FrameStream::connect_tls(addr, tls, config.frame_body_size_max, timeout).await?
+        }
+    };
     let handshake = Handshake {
         cluster: config.cluster,
         node: config.node,
@@ -836,8 +1040,10 @@ async fn connect_and_handshake(
         layout: config.layout,
         pristine: config.pristine_now(),
     };
-    conn.write_frame(&handshake.encode()).await?;
-    let frame = with_timeout(timeout, conn.expect_frame()).await?;
+    conn.write_frame(&handshake.encode()).await.map_err(TransportError::classify)?;
+    // With TLS 1.3 an acceptor that refuses our certificate says so here, in an alert.
+    let frame =
+        with_timeout(timeout, conn.expect_frame()).await.map_err(TransportError::classify)?;
     if frame.kind == FrameKind::ErrorReply {
         let reply = crate::protocol::Response::decode(&frame)?;
         if let crate::protocol::Response::Error(error) = reply {
@@ -934,6 +1140,139 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::{samples, RejectFfBatches};
+    use crate::tls::test_certs::TestCa;
+    use glommio::channels::local_channel;
+    use glommio::{LocalExecutorBuilder, Placement};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn tls_of(ca: &TestCa, name: &str) -> Arc<TlsConfig> {
+        let (chain, key) = ca.node(name);
+        Arc::new(TlsConfig::new(vec![ca.der()], chain, key, None).unwrap())
+    }
+
+    fn tls_peer(node: u32, tls: Arc<TlsConfig>) -> PeerConfig {
+        let mut config = PeerConfig::new(ClusterId(9), NodeId(node), ShardId(0));
+        config.tls = Some(tls);
+        config.backoff_initial = Duration::from_millis(10);
+        config.backoff_max = Duration::from_millis(100);
+        config
+    }
+
+    fn executor(name: &str) -> LocalExecutorBuilder {
+        LocalExecutorBuilder::new(Placement::Unbound).name(name).io_memory(2 << 20)
+    }
+
+    /// Node 1 links to node 2's listener, sends `messages`, and waits for `wanted` inbound
+    /// messages (or, with none wanted, for `link_done`). Returns what node 2 received, its
+    /// listener stats and node 1's link stats and status.
+    fn exchange(
+        receiver_tls: Arc<TlsConfig>,
+        sender_tls: Arc<TlsConfig>,
+        messages: Vec<PeerMessage>,
+        link_done: fn(&LinkStats) -> bool,
+    ) -> (Vec<Inbound>, ListenerStats, LinkStats, LinkStatus) {
+        let wanted = messages.len();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let receiver = executor("tls-receiver")
+            .spawn(move || async move {
+                let (tx, rx) = local_channel::new_bounded(64);
+                let bind: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+                let listener = PeerListener::bind(
+                    bind,
+                    tls_peer(2, receiver_tls),
+                    Rc::new(RejectFfBatches),
+                    tx,
+                )
+                .unwrap();
+                addr_tx.send(listener.local_addr()).unwrap();
+                let start = Instant::now();
+                let mut received = Vec::new();
+                while start.elapsed() < DEADLINE && stop_rx.try_recv().is_err() {
+                    let next = futures_lite::future::or(async { rx.recv().await }, async {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        None
+                    });
+                    received.extend(next.await);
+                }
+                (received, listener.stats())
+            })
+            .unwrap();
+        let addr = addr_rx.recv().unwrap();
+        let sender = executor("tls-sender")
+            .spawn(move || async move {
+                let link = PeerLink::connect(tls_peer(1, sender_tls), NodeId(2), addr);
+                for message in &messages {
+                    link.send(message).unwrap();
+                }
+                let start = Instant::now();
+                while start.elapsed() < DEADLINE {
+                    let stats = link.stats();
+                    if (wanted > 0 && link.is_idle() && stats.frames_sent as usize >= wanted)
+                        || (wanted == 0 && link_done(&stats))
+                    {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                (link.stats(), link.status())
+            })
+            .unwrap();
+        let (link_stats, status) = sender.join().unwrap();
+        stop_tx.send(()).unwrap();
+        let (received, listener_stats) = receiver.join().unwrap();
+        (received, listener_stats, link_stats, status)
+    }
+
+    #[test]
+    fn peer_messages_cross_a_mutual_tls_connection_intact() {
+        let ca = TestCa::new("cluster");
+        let sent = samples::peer_messages();
+        let (received, listener, link, _) =
+            exchange(tls_of(&ca, "node-2"), tls_of(&ca, "node-1"), sent.clone(), |_| true);
+        let received: Vec<PeerMessage> = received.into_iter().map(|m| m.message).collect();
+        assert_eq!(received, sent, "messages arrive intact and in order over TLS");
+        assert_eq!(link.connects, 1);
+        assert_eq!(listener.refused, 0);
+    }
+
+    #[test]
+    fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+        let ours = TestCa::new("cluster");
+        let theirs = TestCa::new("another cluster");
+        // The connector trusts only its own CA and presents a certificate of it.
+        let (received, listener, link, status) =
+            exchange(tls_of(&ours, "node-2"), tls_of(&theirs, "node-1"), Vec::new(), |stats| {
+                stats.refusals >= 2
+            });
+        assert!(received.is_empty(), "nothing crosses: {received:?}");
+        assert_eq!(link.connects, 0, "no connection was ever established");
+        assert!(link.refusals >= 2, "{link:?}");
+        assert!(listener.refused >= 1, "the acceptor counts the refusal: {listener:?}");
+        let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
+        assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
+    }
+
+    #[test]
+    fn an_acceptor_refuses_a_connector_whose_certificate_it_cannot_chain() {
+        let ours = TestCa::new("cluster");
+        let theirs = TestCa::new("another cluster");
+        // The connector trusts the acceptor's CA, but presents a certificate of another CA:
+        // only the acceptor can tell, and the connector learns it from the TLS alert.
+        let (chain, key) = theirs.node("node-1");
+        let sender = Arc::new(TlsConfig::new(vec![ours.der()], chain, key, None).unwrap());
+        let (received, listener, link, status) =
+            exchange(tls_of(&ours, "node-2"), sender, Vec::new(), |stats| stats.refusals >= 2);
+        assert!(received.is_empty(), "nothing crosses: {received:?}");
+        assert!(listener.refused >= 2, "{listener:?}");
+        assert!(link.refusals >= 2, "the connector sees the alert as a refusal: {link:?}");
+        let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
+        assert!(error.contains("alert"), "{error}");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_stays_bounded() {
@@ -947,5 +1286,27 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= initial);
+    }
+
+    #[test]
+    fn a_peer_with_another_shard_or_partition_count_is_refused() {
+        let node = |id| NodeId(id);
+        let mut config = PeerConfig::new(ClusterId(1), node(1), ShardId(0));
+        config.layout = ShardLayout { shards: 2, partitions: 8 };
+        let mut handshake = Handshake {
+            cluster: ClusterId(1),
+            node: node(2),
+            shard: ShardId(0),
+            protocol_version: PEER_PROTOCOL_VERSION,
+            layout: ShardLayout { shards: 2, partitions: 8 },
+            pristine: false,
+        };
+        assert_eq!(refusal(&config, &handshake, false), None);
+        handshake.layout.partitions = 16;
+        let refused = refusal(&config, &handshake, false).map(|(reason, _)| reason);
+        assert_eq!(refused, Some(RefuseReason::WrongLayout));
+        // A side that does not say (partitions 0, e.g. a tool) is not checked.
+        handshake.layout = ShardLayout::default();
+        assert_eq!(refusal(&config, &handshake, false), None);
     }
 }

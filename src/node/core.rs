@@ -111,6 +111,8 @@ pub(crate) struct ShardCore {
     listener: RefCell<Option<PeerListener>>,
     tasks: RefCell<Vec<Task<()>>>,
     closed: Cell<bool>,
+    /// `[tls]`, built once at open: the peer transport's and the client server's.
+    tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -137,6 +139,13 @@ impl ShardCore {
         peer_config.layout =
             ShardLayout { shards: ctx.shards as u16, partitions: config.partitions as u32 };
         peer_config.task_queue = Some(latency);
+        // `[tls]`: mutual TLS on peer links and the peer listener (validated at load; read
+        // again here, so a file that vanished since is a start error, never plaintext).
+        let tls = config.tls_config().map_err(|error| NodeStartError::Config(error.to_string()))?;
+        peer_config.tls = tls.clone();
+        if let (0, Some(warning)) = (ctx.shard, config.plaintext_warning()) {
+            tracing::warn!(node = %node, "{warning}");
+        }
         let pristine = peer_config.pristine.clone();
         let book = AddressBook::from_config(&config);
         let peers = Peers::new(node, ctx.shard, peer_config.clone(), book);
@@ -177,6 +186,7 @@ impl ShardCore {
             listener: RefCell::new(Some(listener)),
             tasks: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            tls: tls.clone(),
         });
         for r in core.list() {
             r.start();
@@ -207,6 +217,11 @@ impl ShardCore {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// `[tls]` as built at open (`None`: plaintext); the client server uses it too.
+    pub(crate) fn tls(&self) -> Option<Arc<ringlog_net::tls::TlsConfig>> {
+        self.tls.clone()
     }
 
     pub fn partition(&self, p: PartitionId) -> Option<Rc<PartitionReplicator>> {
@@ -243,14 +258,18 @@ impl ShardCore {
             return;
         }
         if mode == ShutdownMode::Graceful {
+            let mut handing_over = Vec::new();
             for r in self.list() {
                 if let (true, Some(to)) = (r.is_leader(), r.best_follower()) {
                     let result = r.transfer_leadership(to);
                     tracing::info!(partition = %r.partition_id(), %to, ?result, "handing leadership over");
+                    if result.is_ok() {
+                        handing_over.push(r);
+                    }
                 }
             }
             let deadline = Instant::now() + TRANSFER_WAIT_MAX;
-            while self.list().iter().any(|r| r.is_leader() && r.failure().is_none())
+            while handing_over.iter().any(|r| r.is_leader() && r.failure().is_none())
                 && Instant::now() < deadline
             {
                 glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -37,6 +37,7 @@ pub(crate) mod replicator_wait;
 mod server;
 mod shard_main;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -50,7 +51,7 @@ use ringlog_engine::batch::{encode_batch, BatchStamp, BATCH_HEADER_SIZE};
 use ringlog_engine::host::{check_host, HostCheckError, HostRequirements};
 use ringlog_engine::runtime::{self, check_host_memlock, ExecutorSpec, MemlockOutcome, Pinning};
 use ringlog_engine::runtime_mailbox::{mailbox, MailboxSender, SendFailure};
-use ringlog_engine::RecordsBuilder;
+use ringlog_engine::{FaultInjector, RecordsBuilder};
 
 pub use api::{
     AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeExit, NodeSnapshot,
@@ -61,7 +62,7 @@ pub use ringlog_net::{Offset, PartitionId};
 pub use ringlog_raft::{LogIndex, MembershipChange, NodeId, Role, Term};
 
 use crate::config::{NodeConfig, PinningMode};
-use shard_main::{Command, Done, ShardReady, ShardSetup};
+use shard_main::{Answer, Command, Done, ShardReady, ShardSetup};
 
 /// Longest a caller waits for a shard's answer to one command (beyond a read's own `wait`).
 pub const REPLY_WAIT_MAX: Duration = Duration::from_secs(120);
@@ -77,6 +78,8 @@ pub const START_WAIT_MAX: Duration = Duration::from_secs(600);
 pub const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Longest a `Shutdown` command waits for room in a full mailbox.
 const SHUTDOWN_ENQUEUE_MAX: Duration = Duration::from_secs(10);
+/// A caller still waiting after this long nudges the shard every `REPLY_CHECK_INTERVAL`.
+pub(crate) const NUDGE_AFTER: Duration = Duration::from_millis(500);
 /// Largest long-poll wait of one read (a client's `wait_ms` is capped to it).
 pub const READ_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -95,6 +98,28 @@ pub struct StartOptions {
     /// Skip the host probe (`ringlog serve --skip-host-checks`, for tests on odd hosts). The
     /// memlock rule is still applied: glommio cannot start without it.
     pub skip_host_checks: bool,
+}
+
+/// Storage faults to inject into a running node (tests only, through
+/// [`Node::start_with_faults`]): a partition's log and hard state share its injector, as one
+/// disk would, so arming it makes that partition's next writes or fdatasyncs fail with EIO.
+/// Neither the configuration nor the CLI can reach this.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct StorageFaults {
+    injectors: BTreeMap<PartitionId, Arc<FaultInjector>>,
+}
+
+impl StorageFaults {
+    /// Gives `partition` a fresh (idle) injector and returns it, to be armed later.
+    pub fn add(&mut self, partition: PartitionId) -> Arc<FaultInjector> {
+        self.injectors.entry(partition).or_default().clone()
+    }
+
+    /// The injector of `partition`, if it has one.
+    pub fn injector(&self, partition: PartitionId) -> Option<Arc<FaultInjector>> {
+        self.injectors.get(&partition).cloned()
+    }
 }
 
 /// A cheap, thread-safe handle to a running node; every method is callable from any thread.
@@ -163,6 +188,26 @@ impl Node {
         config: NodeConfig,
         options: StartOptions,
     ) -> Result<NodeHandle, NodeStartError> {
+        Node::start_inner(config, options, None)
+    }
+
+    /// [`Node::start_with`] whose partitions' storage fails on command (tests of the
+    /// "a failed write or fdatasync is fatal" path; see [`StorageFaults`]). A later start on
+    /// the same data dir without faults uses the real disk only.
+    #[doc(hidden)]
+    pub fn start_with_faults(
+        config: NodeConfig,
+        options: StartOptions,
+        faults: StorageFaults,
+    ) -> Result<NodeHandle, NodeStartError> {
+        Node::start_inner(config, options, Some(faults))
+    }
+
+    fn start_inner(
+        config: NodeConfig,
+        options: StartOptions,
+        faults: Option<StorageFaults>,
+    ) -> Result<NodeHandle, NodeStartError> {
         check_config(&config)?;
         let shards = config.shard_count();
         std::fs::create_dir_all(&config.data_dir).map_err(|error| NodeStartError::DataDir {
@@ -170,6 +215,7 @@ impl Node {
             reason: error.to_string(),
         })?;
         probe_host(&config, shards, options)?;
+        replicator::install_storage_faults(&config.data_dir, faults);
         let config = Arc::new(config);
         let mut senders = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
@@ -463,10 +509,7 @@ impl NodeHandle {
         let batch = self.client_batch(records)?;
         let done = Done::callback(done);
         let command = Command::Append { partition: p, acks, batch, done };
-        match self.send(p, command) {
-            Ok(_) => Ok(()),
-            Err(error) => Err(error),
-        }
+        self.send(p, command).map(drop)
     }
 
     /// Committed batches of `p` from `offset` (whole batches, raw on-disk bytes, checksum
@@ -639,7 +682,13 @@ impl Inner {
                 return Err(NodeError::Timeout);
             }
             // Covers a watchdog that could not be started; a repeated wake-up is harmless.
-            self.mailboxes.senders[shard].kick();
+            let sender = &self.mailboxes.senders[shard];
+            sender.kick();
+            if started.elapsed() >= NUDGE_AFTER {
+                // The answer may be stuck behind a lost wake-up of a parked executor with an
+                // empty mailbox (nothing to kick): give it something to wake up for.
+                let _ = sender.try_send(Command::Nudge);
+            }
         }
     }
 
@@ -682,7 +731,7 @@ impl Inner {
     fn send_shutdown(
         &self,
         mode: ShutdownMode,
-        mut answers: Option<&mut Vec<(usize, Receiver<Result<(), NodeError>>)>>,
+        mut answers: Option<&mut Vec<(usize, Answer<()>)>>,
     ) -> Option<NodeError> {
         let mut first_error = None;
         for (shard, sender) in self.mailboxes.senders.iter().enumerate() {

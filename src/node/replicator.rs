@@ -31,21 +31,27 @@
 //! retried, and the shard's fatal signal fires. Every queue has a named bound
 //! (`PRODUCERS_PENDING_MAX`, `READS_WAITING_MAX`, the engine's `queued_bytes_max`, the
 //! core's windows, the links' queues).
+//!
+//! Fault injection (tests only): `Node::start_with_faults` registers a `StorageFaults` for
+//! the node's data dir in `STORAGE_FAULTS`; `open` gives a partition's log AND hard state
+//! the partition's injector (one disk), so tests can fail a write or fdatasync of a running
+//! node. A start without faults clears the data dir's entry; nothing else reads it.
 
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog_engine::batch::peek_header;
 use ringlog_engine::{
-    AppendError, FetchError, HardStateError, HardStateStore, Log, LogError, OpenError, ReadBound,
-    RecoveryReport,
+    AppendError, FaultInjector, FetchError, HardStateError, HardStateStore, Log, LogError,
+    OpenError, ReadBound, RecoveryReport,
 };
 use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
@@ -66,6 +72,7 @@ use crate::node::replicator_codec::{
 };
 use crate::node::replicator_meta as meta;
 use crate::node::replicator_wait::{within, Notify, Slot};
+use crate::node::StorageFaults;
 
 /// Producers waiting for their acks, per partition; more get `Backpressure`.
 pub(crate) const PRODUCERS_PENDING_MAX: usize = 8192;
@@ -83,6 +90,29 @@ const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 const RETRY_AFTER_MS: u32 = 50;
 
 type AppendReply = Result<AppendOutcome, NodeError>;
+
+/// Storage faults armed by tests, by node data dir (see the module docs). Empty in
+/// production: only `Node::start_with_faults` inserts.
+static STORAGE_FAULTS: Mutex<BTreeMap<PathBuf, StorageFaults>> = Mutex::new(BTreeMap::new());
+
+/// Registers `faults` for the node whose data dir is `data_dir` (`None`: clears it).
+pub(crate) fn install_storage_faults(data_dir: &Path, faults: Option<StorageFaults>) {
+    let mut registry = STORAGE_FAULTS.lock().unwrap_or_else(PoisonError::into_inner);
+    match faults {
+        Some(faults) => {
+            registry.insert(data_dir.to_path_buf(), faults);
+        }
+        None => {
+            registry.remove(data_dir);
+        }
+    }
+}
+
+/// The injector registered for `partition` of the node whose data dir is `data_dir`.
+fn storage_faults(data_dir: &Path, partition: PartitionId) -> Option<Arc<FaultInjector>> {
+    let registry = STORAGE_FAULTS.lock().unwrap_or_else(PoisonError::into_inner);
+    registry.get(data_dir).and_then(|faults| faults.injector(partition))
+}
 
 #[derive(Debug)]
 struct Producer {
@@ -194,13 +224,15 @@ impl PartitionReplicator {
         let dir = config.data_dir.join(partition.0.to_string());
         let fresh = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
         let log_config = config.to_log_config();
-        let (log, report) = Log::open(&dir, log_config.clone()).await.map_err(|e| match e {
-            OpenError::Locked { path } | OpenError::DirectIoUnsupported { path, .. } => {
-                NodeStartError::DataDir { path, reason: "see the log".into() }
+        let faults = storage_faults(&config.data_dir, partition).unwrap_or_default();
+        let opened = Log::open_with_faults(&dir, log_config.clone(), faults.clone()).await;
+        let (log, report) = opened.map_err(|e| match e {
+            OpenError::Locked { ref path } | OpenError::DirectIoUnsupported { ref path, .. } => {
+                NodeStartError::DataDir { path: path.clone(), reason: e.to_string() }
             }
             other => start_error(partition, other),
         })?;
-        let (hard_state, loaded, hs_lost) = open_hard_state(&dir, partition).await?;
+        let (hard_state, loaded, hs_lost) = open_hard_state(&dir, partition, faults).await?;
         let mut damaged = report_damage(&report) || meta::is_damaged(&dir) || hs_lost || fresh;
         let mut hs = HardState { term: loaded.term, vote: loaded.vote };
         if hs.term < log.last_term() {
@@ -220,7 +252,8 @@ impl PartitionReplicator {
             && log.last_index() == LogIndex(0)
             && log.start_index() == LogIndex(1);
         let batch_size_max = log_config.batch_size_max;
-        let recovered = recover(&shard, &log, &dir, hs, damaged, batch_size_max).await?;
+        let recovered =
+            recover(&shard, partition, &log, &dir, (hs, damaged), batch_size_max).await?;
         let seed = seed_for(shard.node, partition);
         let raft_config = config.to_raft_config(seed);
         let replica =
@@ -325,6 +358,7 @@ impl PartitionReplicator {
                 }
             }
             st.replica.handle_tick();
+            promote_caught_up_learners(&mut st.replica);
         }
         self.drain();
     }
@@ -1189,7 +1223,7 @@ impl PartitionReplicator {
             };
             if commit >= floor && !reset_pending {
                 let out = self.fetch_committed(offset, max_bytes, commit).await?;
-                if !out.batches.is_empty() || Instant::now() >= deadline {
+                if self.has_news(&out, commit) || Instant::now() >= deadline {
                     return Ok(out);
                 }
             } else if Instant::now() >= deadline {
@@ -1198,6 +1232,23 @@ impl PartitionReplicator {
             let left = deadline.saturating_duration_since(Instant::now());
             within(left, self.commit_notify.changed(epoch)).await;
         }
+    }
+
+    /// Whether a fetch found something for a long-polling reader: records, or control
+    /// batches followed by more committed entries. Control batches take an index but no
+    /// offset, so a reader at the end of the log right after a leader change would otherwise
+    /// get the new leader's no-op back at once, again and again, with `next_offset`
+    /// unchanged: that is no news, and the read waits for a commit instead.
+    fn has_news(&self, out: &ReadOutcome, commit: LogIndex) -> bool {
+        let Some(last) = out.batches.last() else { return false };
+        let only_control = out
+            .batches
+            .iter()
+            .all(|b| peek_header(b, self.batch_size_max).is_ok_and(|h| h.record_count() == 0));
+        if !only_control {
+            return true;
+        }
+        peek_header(last, self.batch_size_max).map_or(true, |h| h.index() < commit)
     }
 
     async fn fetch_committed(
@@ -1408,6 +1459,25 @@ impl PartitionReplicator {
     }
 }
 
+/// Leader: proposes the promotion of a learner whose durable, matching log reached the
+/// commit index. `LearnerCaughtUp` is reported once per leadership and its promotion can be
+/// refused (another change still uncommitted), so the tick retries (the core refuses
+/// duplicates: one change at a time).
+fn promote_caught_up_learners(replica: &mut Replica) {
+    if replica.role() != Role::Leader {
+        return;
+    }
+    let commit = replica.commit();
+    let learners = replica.membership().learners.clone();
+    for learner in learners {
+        if replica.progress(learner).is_some_and(|p| p.match_index >= commit && !p.damaged) {
+            if let Ok(index) = replica.propose_membership(MembershipChange::Promote(learner)) {
+                tracing::info!(%learner, %index, "promoting caught-up learner");
+            }
+        }
+    }
+}
+
 fn report_damage(report: &RecoveryReport) -> bool {
     if let Some(cut) = &report.truncated_at {
         tracing::warn!(?cut, "log corruption cut at recovery: replica damaged");
@@ -1420,8 +1490,9 @@ fn report_damage(report: &RecoveryReport) -> bool {
 async fn open_hard_state(
     dir: &std::path::Path,
     partition: PartitionId,
+    faults: Arc<FaultInjector>,
 ) -> Result<(HardStateStore, ringlog_engine::HardState, bool), NodeStartError> {
-    match HardStateStore::open(dir).await {
+    match HardStateStore::open_with_faults(dir, faults.clone()).await {
         Ok(store) => match store.load().await {
             Ok(state) => return Ok((store, state, false)),
             Err(HardStateError::Corrupt { .. }) => {}
@@ -1432,7 +1503,9 @@ async fn open_hard_state(
     }
     tracing::warn!(%partition, "hard state corrupt: replica damaged, hard state reset");
     std::fs::remove_file(dir.join("hard_state")).map_err(|e| start_error(partition, e))?;
-    let store = HardStateStore::open(dir).await.map_err(|e| start_error(partition, e))?;
+    let store = HardStateStore::open_with_faults(dir, faults)
+        .await
+        .map_err(|e| start_error(partition, e))?;
     Ok((store, ringlog_engine::HardState::default(), true))
 }
 
@@ -1440,10 +1513,10 @@ async fn open_hard_state(
 /// metadata files.
 async fn recover(
     shard: &ShardShared,
+    partition: PartitionId,
     log: &Log,
     dir: &std::path::Path,
-    hard_state: HardState,
-    damaged: bool,
+    (hard_state, damaged): (HardState, bool),
     batch_size_max: usize,
 ) -> Result<Recovered, NodeStartError> {
     let start = log.start_index();
@@ -1475,14 +1548,14 @@ async fn recover(
     }
     let mut membership_entries = Vec::new();
     for index in log.membership_indices() {
-        let batches = log.read_entries(index, index, batch_size_max).await.map_err(|e| {
-            NodeStartError::Recovery { partition: PartitionId(0), reason: e.to_string() }
-        })?;
+        let batches = log
+            .read_entries(index, index, batch_size_max)
+            .await
+            .map_err(|e| start_error(partition, e))?;
         let Some(batch) = batches.into_iter().next() else { continue };
         let header_len = ringlog_engine::batch::BATCH_HEADER_SIZE;
-        let record = MembershipRecord::decode(&batch[header_len..]).map_err(|e| {
-            NodeStartError::Recovery { partition: PartitionId(0), reason: e.to_string() }
-        })?;
+        let record = MembershipRecord::decode(&batch[header_len..])
+            .map_err(|e| start_error(partition, e))?;
         for (node, addresses) in &record.addresses {
             shard.peers.learn(*node, *addresses);
         }

@@ -68,6 +68,7 @@ fn node_config(
     peers: usize,
     data_dir: &std::path::Path,
     partitions: u32,
+    storage_extra: &str,
 ) -> NodeConfig {
     let mut text = format!(
         "node_id = {id}\ncluster_id = 77\ndata_dir = \"{}\"\nshards = 1\npartitions = {partitions}\n\
@@ -80,11 +81,13 @@ fn node_config(
             i + 1
         );
     }
-    text += "[storage]\nsegment_size = 1048576\nflush_bytes_max = 262144\n\
+    text += &format!(
+        "[storage]\nsegment_size = 1048576\nflush_bytes_max = 262144\n\
              queued_bytes_max = 4194304\nbatch_size_max = 131072\ntail_cache_bytes_max = 1048576\n\
-             index_interval_bytes = 16384\n\
+             index_interval_bytes = 16384\n{storage_extra}\
              [raft]\ntick_interval_ms = 20\nelection_ticks = 10\nheartbeat_ticks = 2\n\
-             append_bytes_max = 131072\nentry_bytes_max = 131072\n";
+             append_bytes_max = 131072\nentry_bytes_max = 131072\n"
+    );
     let config = NodeConfig::parse(&text, std::path::Path::new("test.toml")).expect("parse");
     if let Err(problems) = config.validate() {
         panic!("test config invalid: {problems:?}\n{text}");
@@ -273,6 +276,8 @@ struct Cluster {
     /// Nodes listed in the original members' `[[peers]]`.
     members: usize,
     partitions: u32,
+    /// Extra `[storage]` lines of every node's config.
+    storage_extra: String,
     nodes: Vec<Option<TestNode>>,
 }
 
@@ -284,12 +289,23 @@ impl Cluster {
     /// `size` members started, plus `spares` nodes with reserved ports and dirs, not started
     /// and unknown to the members' configs (to be added by a membership change).
     fn start_with_spares(size: usize, spares: usize, partitions: u32) -> Cluster {
+        Cluster::start_with(size, spares, partitions, "")
+    }
+
+    fn start_with(size: usize, spares: usize, partitions: u32, storage_extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let total = size + spares;
         let dirs: Vec<PathBuf> = (1..=total).map(|i| root.path().join(format!("n{i}"))).collect();
         let ports = ports(total);
-        let mut cluster =
-            Cluster { dirs, _root: root, ports, members: size, partitions, nodes: Vec::new() };
+        let mut cluster = Cluster {
+            dirs,
+            _root: root,
+            ports,
+            members: size,
+            partitions,
+            storage_extra: storage_extra.to_string(),
+            nodes: Vec::new(),
+        };
         for i in 0..size {
             let node = cluster.start_node(i);
             cluster.nodes.push(Some(node));
@@ -300,7 +316,14 @@ impl Cluster {
 
     fn start_node(&self, i: usize) -> TestNode {
         let peers = self.members.max(i + 1);
-        let config = node_config(i as u32 + 1, &self.ports, peers, &self.dirs[i], self.partitions);
+        let config = node_config(
+            i as u32 + 1,
+            &self.ports,
+            peers,
+            &self.dirs[i],
+            self.partitions,
+            &self.storage_extra,
+        );
         TestNode::start(config, (0..self.partitions).map(PartitionId).collect())
     }
 
@@ -475,4 +498,86 @@ fn a_node_added_with_its_addresses_catches_up_as_a_learner_and_is_promoted() {
     cluster.wait_identical(P0);
     let read = cluster.node(follower).read_all(P0, Consistency::ReplicaCommitted).expect("read");
     assert_eq!(read, [first, second, third].concat());
+}
+
+/// Throughput probe (not a CI test: `cargo test -p ringlog --lib -- --ignored
+/// replicated_append_throughput --nocapture`): 64 producer tasks on the leader's executor
+/// append 1 KiB single-record batches with acks=quorum for 3 s through the 3-node in-process
+/// cluster (1 MiB segments: frequent rolls). Prints batches/s and mean latency; asserts
+/// nothing about speed (shared, noisy machine).
+#[test]
+#[ignore]
+fn replicated_append_throughput() {
+    let cluster = Cluster::start(3, 1);
+    cluster.append_acked(P0, "warm", 5);
+    let leader = leader_of(&cluster.nodes, P0);
+    let (count, latency_us) = cluster.node(leader).call(|core| async move {
+        let r = core.partition(P0).expect("p0");
+        let stop = Instant::now() + Duration::from_secs(3);
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let r = r.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let batch = client_batch(&[vec![7u8; 1024]]);
+                let (mut n, mut total_us) = (0u64, 0u128);
+                while Instant::now() < stop {
+                    let started = Instant::now();
+                    if r.append(Acks::Quorum, batch.clone()).await.is_ok() {
+                        n += 1;
+                        total_us += started.elapsed().as_micros();
+                    }
+                }
+                (n, total_us)
+            }));
+        }
+        let mut sum = (0u64, 0u128);
+        for t in tasks {
+            let (n, us) = t.await;
+            sum = (sum.0 + n, sum.1 + us);
+        }
+        sum
+    });
+    println!(
+        "acks=quorum, 3 nodes in one process, 1 KiB batches, 64 producers: {:.0} batches/s, \
+         mean latency {:.0} us",
+        count as f64 / 3.0,
+        latency_us as f64 / count.max(1) as f64
+    );
+    assert!(count > 0);
+}
+
+#[test]
+fn a_follower_behind_the_leaders_retention_restarts_its_log_at_the_leaders_start() {
+    let mut cluster = Cluster::start_with(3, 0, 1, "retention_bytes_max = 1048576\n");
+    cluster.append_acked(P0, "r", 3);
+    let leader = leader_of(&cluster.nodes, P0);
+    let behind = (leader + 1) % 3;
+    cluster.kill(behind);
+    // ~4 MiB of 32 KiB batches: several 1 MiB segments, most of them past retention.
+    let leader = leader_of(&cluster.nodes, P0);
+    for k in 0..128 {
+        let value = vec![k as u8; 32 * 1024];
+        let outcome = cluster.node(leader).append(P0, Acks::Quorum, vec![value]);
+        assert!(outcome.is_ok(), "append {k}: {outcome:?}");
+    }
+    wait_until("retention moved the leader's log start", || {
+        cluster.node(leader).call(|core| async move {
+            core.partition(P0).expect("p0").snapshot().log_start_offset > Offset(3)
+        })
+    });
+    cluster.restart(behind);
+    cluster.wait_identical(P0);
+    let start = cluster
+        .node(behind)
+        .call(|core| async move { core.partition(P0).expect("p0").snapshot().log_start_offset });
+    assert!(start > Offset(3), "the follower's log restarted past its old end: {start:?}");
+    let more = cluster.append_acked(P0, "s", 5);
+    cluster.wait_identical(P0);
+    let tail = cluster.node(behind).call(move |core| async move {
+        let r = core.partition(P0).expect("p0");
+        let got = r.read(start, 1 << 20, Consistency::ReplicaCommitted, Duration::ZERO).await;
+        got.map(|o| o.batches.len())
+    });
+    assert!(tail.is_ok_and(|n| n > 0), "the restarted log serves reads from its start");
+    assert_eq!(more.len(), 5);
 }

@@ -26,6 +26,12 @@
 //! Stopping: graceful — stop accepting, stop reading new requests, let in-flight requests
 //! finish (at most [`GRACEFUL_DRAIN_MAX`]), close; immediate — drop every connection now.
 //!
+//! TLS (`[tls] mode = "tls"`): every accepted connection first completes a TLS handshake
+//! (bounded by `net.handshake_timeout_ms`; client certificates are required iff
+//! `tls.client_ca` is set) and is then served exactly as a plain one, over
+//! `ringlog_net::transport::NetStream`. A failed handshake is a rejected input of kind
+//! `client_tls` (counted and logged with the reason); nothing is answered in plaintext.
+//!
 //! Invariants: a connection buffers at most one frame plus one read chunk of input and
 //! [`PIPELINE_REQUESTS_MAX`] responses of output; every decoded request gets exactly one
 //! response unless its connection broke first; nothing a connection sends affects another.
@@ -54,13 +60,15 @@ use ringlog_net::protocol::{
     ErrorReply, FetchResponse, MetadataResponse, PartitionMetadata, ProduceResponse, Request,
     Response,
 };
+use ringlog_net::tls::TlsConfig;
+use ringlog_net::transport::NetStream;
 use ringlog_net::{ClusterId, FrameBuf, PartitionId, RequestId, ShardId};
 use ringlog_raft::NodeId;
 
 use super::api::{NodeAddresses, NodeError, ShardSnapshot, ShutdownMode};
 use super::core::{PartitionReplicator, ShardCore};
 use super::shard_main::{spawn, Command, BACKPRESSURE_RETRY_MS};
-use super::{Mailboxes, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
+use super::{Mailboxes, NUDGE_AFTER, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
 use crate::config::NodeConfig;
 
 /// Requests in flight on one connection; past it the reader waits (TCP backpressure).
@@ -80,6 +88,8 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 pub const REJECT_CLIENT_FRAME: &str = "client_frame";
 pub const REJECT_CLIENT_BODY: &str = "client_body";
 pub const REJECT_CLIENT_CONNECTION_LIMIT: &str = "client_connection_limit";
+/// A client connection whose TLS handshake failed.
+pub const REJECT_CLIENT_TLS: &str = "client_tls";
 
 /// Whether a request for another shard's partition may be forwarded there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +136,7 @@ struct ServerLimits {
     batch_size_max: usize,
     idle_timeout: Duration,
     write_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 /// What the server and the shard's command loop share on one shard.
@@ -142,6 +153,8 @@ pub(crate) struct ServerShared {
     connections: Cell<u64>,
     rejected: RefCell<BTreeMap<&'static str, u64>>,
     reject_log: RejectLog,
+    /// `[tls]`: the client TLS configuration (`None`: plaintext).
+    tls: Option<Arc<TlsConfig>>,
 }
 
 /// Rate limit of rejected-input log lines.
@@ -165,7 +178,6 @@ impl ServerShared {
             shard,
             shards,
             partitions: config.partitions as u32,
-            core,
             node: NodeId(config.node_id),
             cluster: ClusterId(config.cluster_id),
             client,
@@ -176,7 +188,10 @@ impl ServerShared {
                 batch_size_max: config.storage.batch_size_max as usize,
                 idle_timeout: Duration::from_millis(config.net.idle_timeout_ms),
                 write_timeout: Duration::from_millis(config.net.write_timeout_ms),
+                handshake_timeout: Duration::from_millis(config.net.handshake_timeout_ms),
             },
+            tls: core.tls(),
+            core,
             connections: Cell::new(0),
             rejected: RefCell::new(BTreeMap::new()),
             reject_log: RejectLog {
@@ -296,7 +311,7 @@ async fn accept_loop(
             );
             shared.reject(REJECT_CLIENT_CONNECTION_LIMIT, peer, &reason);
             let reply = ErrorReply::Rejected { reason };
-            spawn(queue, refuse_connection(stream, reply, shared.limits.write_timeout));
+            spawn(queue, refuse_connection(stream, shared.clone(), reply));
             continue;
         }
         shared.connections.set(shared.connections.get() + 1);
@@ -317,8 +332,28 @@ async fn accept_loop(
     }
 }
 
+/// The connection as plain TCP, or after a TLS handshake; a failed handshake is counted and
+/// logged (`None`).
+async fn secure(stream: TcpStream, shared: &ServerShared) -> Option<NetStream> {
+    let peer = stream.peer_addr().ok();
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
+    }
+    let Some(tls) = &shared.tls else { return Some(NetStream::Plain(stream)) };
+    let config = tls.client_server.clone();
+    match NetStream::accept_tls(stream, config, shared.limits.handshake_timeout).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            shared.reject(REJECT_CLIENT_TLS, peer, &format!("TLS handshake failed: {error}"));
+            None
+        }
+    }
+}
+
 /// Sends `reply` to a connection refused at accept, then closes it.
-async fn refuse_connection(stream: TcpStream, reply: ErrorReply, write_timeout: Duration) {
+async fn refuse_connection(stream: TcpStream, shared: Rc<ServerShared>, reply: ErrorReply) {
+    let write_timeout = shared.limits.write_timeout;
+    let Some(stream) = secure(stream, &shared).await else { return };
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let frame = reply.encode(RequestId(0));
     if write_frame(&mut writer, &frame, write_timeout).await.is_ok() {
@@ -357,9 +392,7 @@ enum ReadEnd {
 
 impl Connection {
     async fn run(self, stream: TcpStream) {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
-        }
+        let Some(stream) = secure(stream, &self.shared).await else { return };
         let (mut reader, writer) = futures_lite::io::split(stream);
         // Room for every in-flight response plus an error reply and the close marker.
         let (out_tx, out_rx) = local_channel::new_bounded(PIPELINE_REQUESTS_MAX + 2);
@@ -387,7 +420,7 @@ impl Connection {
     /// reading, the writer fails, or the input is bad.
     async fn read_loop(
         &self,
-        reader: &mut ReadHalf<TcpStream>,
+        reader: &mut ReadHalf<NetStream>,
         out: &Rc<LocalSender<Outgoing>>,
     ) -> ReadEnd {
         let mut decoder = FrameDecoder::new(self.shared.limits.frame_body_size_max);
@@ -479,7 +512,7 @@ impl Connection {
         }
     }
 
-    async fn read_some(&self, reader: &mut ReadHalf<TcpStream>, chunk: &mut [u8]) -> ReadEvent {
+    async fn read_some(&self, reader: &mut ReadHalf<NetStream>, chunk: &mut [u8]) -> ReadEvent {
         let idle_timeout = self.shared.limits.idle_timeout;
         loop {
             let event = futures_lite::future::or(
@@ -552,7 +585,7 @@ enum ReadEvent {
 /// Writes queued frames in order until `Close` (then shuts the write side) or a failure
 /// (then fires `abort` so the reader stops too).
 async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+    mut writer: WriteHalf<NetStream>,
     queue: LocalReceiver<Outgoing>,
     write_timeout: Duration,
     abort: Rc<Event>,
@@ -582,7 +615,7 @@ async fn write_loop(
 /// Writes one frame within `write_timeout`: small chunks gathered into one write, large
 /// payloads written from their own buffers.
 async fn write_frame(
-    writer: &mut WriteHalf<TcpStream>,
+    writer: &mut WriteHalf<NetStream>,
     frame: &FrameBuf,
     write_timeout: Duration,
 ) -> io::Result<()> {
@@ -617,7 +650,7 @@ async fn write_frame(
 
 /// Reads and discards what the peer still sends (bounded in bytes and time), so that closing
 /// does not turn into a RST that could destroy a reply in flight.
-async fn linger(reader: &mut ReadHalf<TcpStream>) {
+async fn linger(reader: &mut ReadHalf<NetStream>) {
     let drain = async {
         let mut scratch = vec![0u8; 16 * 1024];
         let mut drained = 0usize;
@@ -801,6 +834,7 @@ async fn forward(shared: &ServerShared, owner: usize, request: Request) -> Respo
         Err(SendFailure::Closed(_)) => return Response::Error(ErrorReply::ShuttingDown),
     }
     let started = Instant::now();
+    let mut nudged = started;
     loop {
         let received = futures_lite::future::or(async { Some(answer.recv().await) }, async {
             glommio::timer::sleep(WATCHDOG_INTERVAL).await;
@@ -814,6 +848,12 @@ async fn forward(shared: &ServerShared, owner: usize, request: Request) -> Respo
             None if started.elapsed() >= wait_max => return Response::Error(ErrorReply::Timeout),
             None => {
                 sender.kick();
+                // A parked owner with an empty mailbox may have lost a wake-up (see
+                // `Command::Nudge`); nudge it, at most every `NUDGE_AFTER`.
+                if nudged.elapsed() >= NUDGE_AFTER {
+                    nudged = Instant::now();
+                    let _ = sender.try_send(Command::Nudge);
+                }
             }
         }
     }

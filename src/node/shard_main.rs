@@ -49,6 +49,10 @@ const COMMAND_QUEUE_LATENCY: Duration = Duration::from_millis(1);
 
 /// A typed one-shot reply to a foreign caller.
 pub(crate) type Reply<T> = Sender<Result<T, NodeError>>;
+/// Where a foreign caller waits for a [`Reply`].
+pub(crate) type Answer<T> = crossbeam_channel::Receiver<Result<T, NodeError>>;
+/// The completion of `NodeHandle::append_with_callback`.
+pub(crate) type AppendCallback = Box<dyn FnOnce(Result<AppendOutcome, NodeError>) + Send>;
 
 /// Where an append's outcome goes.
 pub(crate) enum Done {
@@ -63,7 +67,7 @@ pub(crate) enum Done {
 /// unarmed callback (the command never reached the shard) is dropped without running: the
 /// caller got the error instead.
 pub(crate) struct CallbackOnce {
-    callback: Option<Box<dyn FnOnce(Result<AppendOutcome, NodeError>) + Send>>,
+    callback: Option<AppendCallback>,
     armed: bool,
 }
 
@@ -111,6 +115,10 @@ pub(crate) enum Command {
         mode: ShutdownMode,
         reply: Reply<()>,
     },
+    /// Does nothing: sent to wake a shard that owes an answer for too long (glommio 0.9.0 can
+    /// lose the wake-up of a parked executor, also from its own blocking-pool thread, and an
+    /// empty mailbox gives the watchdog nothing to kick).
+    Nudge,
 }
 
 /// A started shard's bound addresses.
@@ -149,7 +157,7 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
         }
     };
     let client_addr = shard_addr(config.client_listen(), shard);
-    let listener = match TcpListener::bind(client_addr) {
+    let listener = match bind_exclusive(client_addr) {
         Ok(listener) => listener,
         Err(error) => {
             core.shutdown(ShutdownMode::Immediate).await;
@@ -167,6 +175,61 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
     watch_fatal(shard, &core, exit, queue);
     serve_commands(&shared, &server, &receiver, queue).await;
     tracing::info!(shard, "shard stopped");
+}
+
+/// Binds the client listener, refusing an address another socket already listens on.
+///
+/// glommio's `TcpListener::bind` always sets SO_REUSEPORT, so a second node on the same port
+/// would "succeed" and silently take half of the first one's connections. A plain probe bind
+/// cannot tell that apart from harmless leftovers (a restarted node's orphaned FIN-WAIT
+/// connections hold the port without SO_REUSEADDR), so after binding, the listening sockets
+/// on the port are counted in `/proc/net/tcp{,6}`: more than ours is a conflict. Unreadable
+/// procfs skips the check with a warning.
+fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
+    match listeners_on(addr) {
+        Ok(count) if count > 1 => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another socket already listens on port {} (another node?)", addr.port()),
+        )),
+        Ok(_) => Ok(listener),
+        Err(error) => {
+            tracing::warn!(%addr, %error, "cannot check for another listener on the port");
+            Ok(listener)
+        }
+    }
+}
+
+/// Largest `/proc/net/tcp{,6}` read when looking for listeners.
+const PROC_NET_TCP_BYTES_MAX: u64 = 64 << 20;
+/// `st` of a listening socket in `/proc/net/tcp`.
+const TCP_LISTEN_STATE: &str = "0A";
+
+/// Listening sockets on `addr`'s port whose address is `addr`'s or the wildcard.
+fn listeners_on(addr: SocketAddr) -> std::io::Result<usize> {
+    use std::io::Read;
+    let path = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(PROC_NET_TCP_BYTES_MAX).read_to_string(&mut text)?;
+    let port = format!("{:04X}", addr.port());
+    let ours = match addr {
+        // The kernel prints an IPv4 address as its 32-bit value in host (little-endian) order.
+        SocketAddr::V4(v4) => Some(format!("{:08X}", u32::from_le_bytes(v4.ip().octets()))),
+        SocketAddr::V6(_) => None,
+    };
+    let count = text
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().take(4).collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { return false };
+            let Some((ip, local_port)) = local.split_once(':') else { return false };
+            *state == TCP_LISTEN_STATE
+                && local_port == port
+                && (ours.as_deref().is_none_or(|o| o == ip) || ip.bytes().all(|b| b == b'0'))
+        })
+        .count();
+    Ok(count)
 }
 
 /// `base` with its port moved up by `shard` (contract decision 2; validated in `start`).
@@ -253,6 +316,7 @@ fn refuse(command: Command) {
         Command::Snapshot { reply } => drop(reply.send(Err(error))),
         Command::Serve { reply, .. } => drop(reply.try_send(Response::Error(error.to_reply()))),
         Command::Shutdown { reply, .. } => drop(reply.send(Ok(()))),
+        Command::Nudge => {}
     }
 }
 
@@ -296,6 +360,7 @@ fn run_command(shared: &Rc<ServerShared>, command: Command, queue: TaskQueueHand
             let response = server::handle(&shared, request, Forwarding::Never).await;
             let _ = reply.try_send(response);
         }),
+        Command::Nudge => {}
         Command::Shutdown { .. } => unreachable!("handled by the command loop"),
     }
 }
@@ -322,9 +387,7 @@ pub(crate) fn spawn(queue: TaskQueueHandle, task: impl std::future::Future<Outpu
 }
 
 impl Done {
-    pub(crate) fn callback(
-        callback: Box<dyn FnOnce(Result<AppendOutcome, NodeError>) + Send>,
-    ) -> Done {
+    pub(crate) fn callback(callback: AppendCallback) -> Done {
         Done::Callback(CallbackOnce { callback: Some(callback), armed: false })
     }
 

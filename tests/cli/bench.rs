@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// about 20 s together on an idle machine).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The runs share 2 cores with their 3-node clusters: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn ringlog() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringlog"));
     command.stdin(Stdio::null());
@@ -23,10 +30,7 @@ fn ringlog() -> Command {
 }
 
 fn base_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cli-bench-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+    tempfile::Builder::new().prefix("cli-bench-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 /// Runs `command` to completion, killing it after `RUN_TIMEOUT`.
@@ -92,6 +96,7 @@ fn row<'a>(json: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
 
 #[test]
 fn the_no_argument_bench_runs_every_scenario_on_a_local_cluster_and_leaves_nothing_behind() {
+    let _serial = serial();
     let base = base_dir();
     let started = Instant::now();
     let mut command = ringlog();
@@ -146,6 +151,7 @@ fn the_no_argument_bench_runs_every_scenario_on_a_local_cluster_and_leaves_nothi
 
 #[test]
 fn the_open_loop_counts_a_leader_paused_with_sigstop_in_its_p999() {
+    let _serial = serial();
     let base = base_dir();
     let results = base.path().join("results");
     let pause_ms = 400.0;
@@ -190,14 +196,18 @@ fn the_open_loop_counts_a_leader_paused_with_sigstop_in_its_p999() {
 
 #[test]
 fn ctrl_c_mid_run_stops_the_cluster_and_removes_the_work_dir() {
+    let _serial = serial();
     let base = base_dir();
+    let logs = base_dir();
+    let stderr_path = logs.path().join("bench.stderr");
     let mut child = ringlog()
         .current_dir(base.path())
         .args(["bench", "--quick", "replicated", "--cluster-duration-secs", "60"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
     // Wait until the cluster runs (a node's log exists), then interrupt.
     let deadline = Instant::now() + RUN_TIMEOUT;
     let started = loop {
@@ -210,13 +220,14 @@ fn ctrl_c_mid_run_stops_the_cluster_and_removes_the_work_dir() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(started, "the cluster never started");
+    assert!(started, "the cluster never started:\n{}", stderr());
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!processes_under(base.path()).is_empty(), "no node is running");
+    assert!(child.try_wait().unwrap().is_none(), "the bench ended early:\n{}", stderr());
+    assert!(!processes_under(base.path()).is_empty(), "no node is running:\n{}", stderr());
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = wait_with_timeout(&mut child, RUN_TIMEOUT);
-    assert_eq!(exit.and_then(|s| s.code()), Some(130), "{exit:?}");
+    assert_eq!(exit.and_then(|s| s.code()), Some(130), "{exit:?}\n{}", stderr());
     let left = entries(base.path());
     assert!(left.iter().all(|e| e == "results"), "left behind: {left:?}");
     assert_eq!(processes_under(base.path()), Vec::<String>::new());

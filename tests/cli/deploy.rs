@@ -21,13 +21,15 @@ const NODES: u32 = 3;
 const READY_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Longest the produces may take to find every partition's leader after the nodes are ready.
 const PRODUCE_WAIT_MAX: Duration = Duration::from_secs(30);
-/// Segment sizes substituted into the example: 1 MiB segments instead of 256 MiB, so that
-/// 3 nodes × 8 partitions preallocate megabytes, not gigabytes.
-const TEST_STORAGE: [(&str, i64); 4] = [
+/// Sizes substituted into the example: 1 MiB segments instead of 256 MiB, so that 3 nodes ×
+/// 8 partitions preallocate megabytes, not gigabytes; a retention this disk can hold (the
+/// host check refuses a node whose free space is below its retention).
+const TEST_STORAGE: [(&str, i64); 5] = [
     ("segment_size", 1 << 20),
     ("flush_bytes_max", 256 << 10),
     ("queued_bytes_max", 4 << 20),
     ("batch_size_max", 256 << 10),
+    ("retention_bytes_max", 64 << 20),
 ];
 
 fn workspace() -> &'static Path {
@@ -88,8 +90,8 @@ fn unit_file_runs_serve_on_the_installed_config_with_limits_and_a_graceful_stop(
     assert_eq!(one(&service, "KillSignal"), "SIGTERM");
     let stop_secs: u64 = one(&service, "TimeoutStopSec").parse().expect("TimeoutStopSec in s");
     assert!(stop_secs >= 30, "TimeoutStopSec={stop_secs}: too short for a leadership hand-off");
-    let nofile: u64 = one(&service, "LimitNOFILE").parse().expect("LimitNOFILE number");
-    assert!(nofile >= 65536, "LimitNOFILE={nofile}: doctor WARNs below 65536");
+    let nofile = unit_limit_value(one(&service, "LimitNOFILE"));
+    assert!(nofile.is_none_or(|n| n >= 65536), "LimitNOFILE={nofile:?}: doctor WARNs below 65536");
     assert_memlock_covers_the_example(one(&service, "LimitMEMLOCK"));
     // The CPU affinity hooks are there, commented out.
     assert!(text.contains("\n#CPUAffinity="), "commented CPUAffinity hook");
@@ -101,20 +103,28 @@ fn assert_memlock_covers_the_example(limit: &str) {
     let shards = example["shards"].as_integer().expect("the example sets shards") as u64;
     let io_memory = example["io_memory"].as_integer().expect("the example sets io_memory") as u64;
     let need = shards * 3 * io_memory;
-    if limit == "infinity" {
-        return;
+    if let Some(bytes) = unit_limit_value(limit) {
+        assert!(bytes >= need, "LimitMEMLOCK={limit} is below shards × 3 × io_memory = {need}");
     }
-    let (digits, unit) =
-        limit.split_at(limit.find(|c: char| !c.is_ascii_digit()).unwrap_or(limit.len()));
-    let factor = match unit {
+}
+
+/// A systemd resource limit value: `infinity` → `None`, else a number with an optional
+/// binary suffix (K, M, G, T).
+fn unit_limit_value(value: &str) -> Option<u64> {
+    if value == "infinity" {
+        return None;
+    }
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let factor: u64 = match unit {
         "" => 1,
         "K" => 1 << 10,
         "M" => 1 << 20,
         "G" => 1 << 30,
-        other => panic!("LimitMEMLOCK unit {other}"),
+        "T" => 1 << 40,
+        other => panic!("limit {value}: unknown suffix {other}"),
     };
-    let bytes = digits.parse::<u64>().expect("LimitMEMLOCK number") * factor;
-    assert!(bytes >= need, "LimitMEMLOCK={limit} is below shards × 3 × io_memory = {need}");
+    Some(digits.parse::<u64>().unwrap_or_else(|_| panic!("limit {value}")) * factor)
 }
 
 fn example_config() -> toml::Table {
@@ -156,6 +166,12 @@ fn unit_file_passes_systemd_analyze_verify_when_systemd_is_installed() {
     let complaints: Vec<&str> =
         stderr.lines().filter(|line| line.contains("ringlog.service")).collect();
     assert!(output.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+/// `storage.retention_bytes_max` of a config text.
+fn retention_bytes(config: &str) -> i64 {
+    let config: toml::Table = config.parse().unwrap();
+    config["storage"]["retention_bytes_max"].as_integer().expect("retention_bytes_max")
 }
 
 /// Runs `deploy/install.sh` into `root` with the binary cargo built.
@@ -217,7 +233,9 @@ fn install_script_lays_out_the_files_the_unit_and_the_readme_name() {
         "deploy/install.sh",
         "/etc/ringlog/node.toml",
         "ringlog config check --config /etc/ringlog/node.toml",
-        "ringlog doctor --data-dir /var/lib/ringlog",
+        "ringlog doctor",
+        "--data-dir /var/lib/ringlog",
+        "--retention-bytes",
         "systemctl enable --now ringlog",
         "ringlog: ready node=",
     ] {
@@ -329,14 +347,35 @@ impl NodeProcess {
     }
 }
 
-/// `prlimit` arguments applying the unit's LimitMEMLOCK and LimitNOFILE to the child.
+/// `prlimit` arguments applying the unit's LimitMEMLOCK and LimitNOFILE to the child, capped
+/// at this process's hard limits: systemd (as PID 1) may raise them, a test without
+/// CAP_SYS_RESOURCE (a container) may not. The unit's values themselves are checked against
+/// the example's need in `unit_file_runs_serve_on_the_installed_config_with_limits_…`.
 fn unit_limits(service: &BTreeMap<String, Vec<String>>) -> Vec<String> {
-    let memlock = match one(service, "LimitMEMLOCK") {
-        "infinity" => "unlimited".to_string(),
-        other => other.to_string(),
+    let capped = |key: &str, limits_name: &str| -> String {
+        let unit = unit_limit_value(one(service, key));
+        match (unit, hard_limit(limits_name)) {
+            (Some(unit), Some(hard)) => unit.min(hard).to_string(),
+            (Some(unit), None) => unit.to_string(),
+            (None, Some(hard)) => hard.to_string(),
+            (None, None) => "unlimited".to_string(),
+        }
     };
-    let nofile = one(service, "LimitNOFILE");
+    let memlock = capped("LimitMEMLOCK", "Max locked memory");
+    let nofile = capped("LimitNOFILE", "Max open files");
     vec![format!("--memlock={memlock}:{memlock}"), format!("--nofile={nofile}:{nofile}")]
+}
+
+/// This process's hard limit named `name` in /proc/self/limits (`None`: unlimited).
+fn hard_limit(name: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits.lines().find(|line| line.starts_with(name)).expect("limit listed");
+    let hard = line[name.len()..].split_whitespace().nth(1).expect("hard limit column");
+    if hard == "unlimited" {
+        None
+    } else {
+        Some(hard.parse().expect("hard limit number"))
+    }
 }
 
 /// Starts the unit's ExecStart with every absolute path moved under the machine's root, in
@@ -372,23 +411,16 @@ fn start_like_the_unit(machine: &Machine, service: &BTreeMap<String, Vec<String>
             }
         }
     });
-    let deadline = Instant::now() + READY_WAIT_MAX;
     let expected = format!("ringlog: ready node={} client={} ", machine.id, machine.client_addr());
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match lines_rx.recv_timeout(remaining) {
-            Ok(line) if line.starts_with(&expected) => {
-                assert!(line.ends_with(" shards=2"), "ready line: {line}");
-                return node;
-            }
-            Ok(line) => {
-                panic!("node {}: unexpected stdout line {line:?}\n{}", machine.id, node.log())
-            }
-            Err(_) => panic!(
-                "node {}: no ready line within {READY_WAIT_MAX:?}\n{}",
-                machine.id,
-                node.log()
-            ),
+    // The ready line is the first line serve prints on stdout (logs go to stderr).
+    match lines_rx.recv_timeout(READY_WAIT_MAX) {
+        Ok(line) if line.starts_with(&expected) => {
+            assert!(line.ends_with(" shards=2"), "ready line: {line}");
+            node
+        }
+        Ok(line) => panic!("node {}: unexpected stdout line {line:?}\n{}", machine.id, node.log()),
+        Err(_) => {
+            panic!("node {}: no ready line within {READY_WAIT_MAX:?}\n{}", machine.id, node.log())
         }
     }
 }
@@ -546,6 +578,7 @@ fn three_nodes_start_from_the_installed_example_with_the_units_command_line_and_
                 &shards.to_string(),
             ])
             .args(["--io-memory", &example["io_memory"].as_integer().unwrap().to_string()])
+            .args(["--retention-bytes", &retention_bytes(config).to_string()])
             .output()
             .expect("run doctor");
         assert!(doctor.status.success(), "doctor: {}", String::from_utf8_lossy(&doctor.stdout));

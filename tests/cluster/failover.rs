@@ -152,3 +152,33 @@ fn wait_acked_past(acked: &AtomicU64, target: u64, what: &str) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn sigterm_on_the_leader_exits_zero_and_another_node_takes_over_losing_nothing() {
+    let mut cluster = Cluster::start("sigterm", Spec::new(3).shards(1).partitions(2));
+    let client = cluster.client();
+    let mut ledger = Ledger::default();
+    let produce = |tag: &str, ledger: &mut Ledger| {
+        for i in 0..20u32 {
+            let value = format!("{tag}-{i:03}").into_bytes();
+            ledger.sent.insert(value.clone());
+            let ack = client.produce(BUSY, Acks::Quorum, &[&value]).expect("produce");
+            ledger.acked.insert(value.clone(), ack.base_offset);
+            ledger.acked_order.entry(0).or_default().push(value);
+        }
+    };
+    produce("before", &mut ledger);
+    let (leader, term) = cluster.wait_leader(&client, BUSY);
+
+    cluster.signal(leader, "TERM");
+    let code = cluster.wait_exit(leader, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "a graceful stop exits 0");
+    let (new_leader, new_term) = cluster.wait_leader_excluding(&client, BUSY, Some(leader));
+    eprintln!("SIGTERM of leader {leader} (term {term}): node {new_leader} leads term {new_term}");
+    produce("after", &mut ledger);
+    cluster.restart(leader);
+
+    let records = cluster.assert_replicas_identical(&client, BUSY);
+    ledger.check(&records, BUSY);
+    assert_eq!(records.len(), 40);
+}

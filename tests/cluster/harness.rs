@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringlog::config::{
     ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode, RaftSection,
-    StorageSection,
+    StorageSection, TlsSection,
 };
 use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
 use ringlog_net::protocol::{Consistency, GroupStatus};
@@ -48,11 +48,19 @@ pub struct Spec {
     pub shards: u16,
     pub partitions: u32,
     pub segment_size: u64,
+    /// `[tls]` per node id (absent: the default section, plaintext).
+    pub tls: BTreeMap<u32, TlsSection>,
 }
 
 impl Spec {
     pub fn new(nodes: u32) -> Spec {
-        Spec { nodes, shards: 1, partitions: 2, segment_size: 2 * 1024 * 1024 }
+        Spec {
+            nodes,
+            shards: 1,
+            partitions: 2,
+            segment_size: 2 * 1024 * 1024,
+            tls: BTreeMap::new(),
+        }
     }
 
     pub fn shards(mut self, shards: u16) -> Spec {
@@ -78,6 +86,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Written as the node's `[tls]` section.
+    pub tls: TlsSection,
     child: Option<Child>,
     /// Whether the process is SIGSTOPped (so drop must SIGCONT... SIGKILL works regardless).
     stopped: bool,
@@ -181,6 +191,7 @@ impl Cluster {
             data_dir: self.dir.join(format!("node-{id}-data")),
             config_path: self.dir.join(format!("node-{id}.toml")),
             log_path: self.dir.join(format!("node-{id}.log")),
+            tls: self.spec.tls.get(&id).cloned().unwrap_or_default(),
             child: None,
             stopped: false,
         };
@@ -226,20 +237,13 @@ impl Cluster {
                 ..NetSection::default()
             },
             log: LogSection { level: "info".to_string(), json: false },
+            tls: node.tls.clone(),
         };
         if let Err(problems) = config.validate() {
             panic!("test config of node {id} is invalid: {problems:#?}");
         }
         let text = toml::to_string(&config).expect("serialize a node config");
         std::fs::write(&node.config_path, text).expect("write a node config");
-    }
-
-    /// Marks node `id`'s config `join = true`: a node to be added with `add-node` does not
-    /// bootstrap a membership of its own (it learns it from the leader).
-    pub fn set_join(&self, id: u32) {
-        let path = &self.nodes[&id].config_path;
-        let text = std::fs::read_to_string(path).expect("read a node config");
-        std::fs::write(path, format!("join = true\n{text}")).expect("write a node config");
     }
 
     /// Spawns node `id` (not waiting for it).

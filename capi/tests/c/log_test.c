@@ -227,12 +227,12 @@ static void test_log(const char *root) {
                   ringlog_log_append((ringlog_log *)((uintptr_t)log + 1), 0, &one, 1, &first));
 
     /* Reads. */
-    char got[16][64];
-    size_t n = read_all(log, 0, 0, got, 16);
+    char got[32][64];
+    size_t n = read_all(log, 0, 0, got, 32);
     CHECK(n == 5);
     CHECK(strcmp(got[0], "alpha") == 0 && strcmp(got[1], "beta") == 0);
     CHECK(strcmp(got[2], "") == 0 && strcmp(got[3], "gamma") == 0);
-    n = read_all(log, 0, 3, got, 16); /* from the middle of a batch */
+    n = read_all(log, 0, 3, got, 32); /* from the middle of a batch */
     CHECK(n == 2 && strcmp(got[0], "gamma") == 0);
 
     uint8_t buf[64];
@@ -307,11 +307,15 @@ static void test_log(const char *root) {
     EXPECT_OK(ringlog_log_open(dir, &o, &again));
     CHECK(again != log);
     EXPECT_STATUS(RINGLOG_ERR_BAD_HANDLE, ringlog_log_sync(log));
-    n = read_all(again, 0, 0, got, 16);
+    n = read_all(again, 0, 0, got, 32);
     CHECK(n == 17); /* 5 + 10 async + 1 nested_done trigger + 1 nested async */
     CHECK(strcmp(got[3], "gamma") == 0 && strcmp(got[5], "async") == 0);
-    n = read_all(again, 1, 0, got, 1);
-    CHECK(n == 1);
+    /* Partition 1: "gamma" then the 60 KiB record, which needs a bigger buffer. */
+    EXPECT_OK(ringlog_log_read(again, 1, 0, buf, sizeof buf, &len, &next));
+    CHECK(len == 4 + 5 && next == 1);
+    EXPECT_STATUS(RINGLOG_ERR_BUFFER_TOO_SMALL,
+                  ringlog_log_read(again, 1, 1, buf, sizeof buf, &len, &next));
+    CHECK(len == 4 + 60 * 1024 && next == 1);
     EXPECT_OK(ringlog_log_append(again, 0, &one, 1, &first));
     CHECK(first == 17);
     EXPECT_OK(ringlog_log_close(again));

@@ -91,6 +91,7 @@ int main(int argc, char **argv) {
     ringlog_log_options o;
     EXPECT_OK(ringlog_log_options_init(&o, sizeof o));
     o.segment_size_bytes = 1u << 20; /* small segments: rolls happen during the test */
+    if (getenv("RINGLOG_TEST_SEGMENT_BYTES")) o.segment_size_bytes = strtoull(getenv("RINGLOG_TEST_SEGMENT_BYTES"), NULL, 10);
     o.batch_size_max = 64 * 1024;
     o.flush_bytes_max = 256 * 1024;
     ringlog_log *log = NULL;

@@ -1,8 +1,8 @@
 //! Building and running C programs against libringlog from `cargo test`.
 //!
 //! The library is the one cargo built for this test run: `libringlog.so` / `libringlog.a`
-//! sit in the profile directory (`<target>/<profile>/`), the parent of the `deps/` directory
-//! holding this test executable, wherever `CARGO_TARGET_DIR` points. Programs are compiled
+//! in `<target>/<profile>/deps/`, next to this test executable, wherever `CARGO_TARGET_DIR`
+//! points. Programs are compiled
 //! with `cc` (override with `CC`) against `capi/include/ringlog.h`:
 //! - normally, linked to the shared library (rpath set to the profile dir);
 //! - under AddressSanitizer + UndefinedBehaviorSanitizer, linked to the static library, so
@@ -12,8 +12,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Native libraries the static library needs (`--print native-static-libs`).
 const STATIC_LIBS: &[&str] = &["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"];
@@ -40,32 +42,23 @@ pub fn compiler() -> Option<String> {
     }
 }
 
-/// `<target>/<profile>/`: where cargo put libringlog for this test run.
+/// Where cargo put the libringlog of this test run: `<target>/<profile>/deps/`, the directory
+/// of this test executable (cargo builds the library there for tests and only copies it up
+/// to `<target>/<profile>/` on `cargo build`, so the copy there may be stale).
 pub fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test executable has a directory");
-    let dir = if deps.file_name().is_some_and(|name| name == "deps") {
-        deps.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        deps.to_path_buf()
-    };
+    let deps = exe.parent().expect("test executable has a directory").to_path_buf();
     for name in ["libringlog.so", "libringlog.a"] {
         assert!(
-            dir.join(name).exists() || deps.join(name).exists(),
-            "{name} not found in {dir:?}: cargo builds it with the crate's lib target"
+            deps.join(name).exists(),
+            "{name} not found in {deps:?} (built with the lib target)"
         );
     }
-    dir
+    deps
 }
 
 fn library_file(name: &str) -> PathBuf {
-    let dir = library_dir();
-    let candidate = dir.join(name);
-    if candidate.exists() {
-        candidate
-    } else {
-        dir.join("deps").join(name)
-    }
+    library_dir().join(name)
 }
 
 pub fn crate_dir() -> &'static Path {
@@ -111,16 +104,26 @@ pub fn compile(cc: &str, sources: &[&str], out: &Path, build: Build) {
     );
 }
 
-/// Runs `program` with `args`; panics with its output unless it exits 0.
-pub fn run(program: &Path, args: &[&Path], build: Build) -> Output {
+/// Longest a C program may run before it is killed and the test fails (a hang).
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `program` with `args` (and `env`); panics with its output unless it exits 0 within
+/// [`PROGRAM_TIMEOUT`].
+pub fn run(program: &Path, args: &[&Path], build: Build, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(program);
-    command.args(args);
+    // cargo test puts `<target>/<profile>` on LD_LIBRARY_PATH, which wins over the rpath
+    // and may hold a stale libringlog.so from an earlier `cargo build`.
+    command.args(args).envs(env.iter().copied()).env_remove("LD_LIBRARY_PATH");
     if build == Build::Sanitized {
         // Leak checking is on: the library must not leak what a closed handle owned.
-        command.env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1");
+        if !env.iter().any(|(name, _)| *name == "ASAN_OPTIONS") {
+            command.env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1");
+        }
         command.env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
     }
-    let output = command.output().expect("run the C program");
+    let child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the C program");
+    let output = wait_with_timeout(child, program);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -137,9 +140,8 @@ pub fn run(program: &Path, args: &[&Path], build: Build) -> Output {
 
 /// A scratch directory on a disk filesystem (O_DIRECT works; not tmpfs).
 pub fn scratch() -> tempfile::TempDir {
-    let base = std::env::var_os("RINGLOG_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base =
+        std::env::var_os("RINGLOG_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     tempfile::Builder::new().prefix("ringlog-capi-").tempdir_in(base).expect("temp dir")
 }
 
@@ -147,4 +149,43 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn tmpfs_dir() -> Option<PathBuf> {
     let shm = PathBuf::from("/dev/shm");
     shm.is_dir().then_some(shm)
+}
+
+/// Waits for `child`, killing it after [`PROGRAM_TIMEOUT`] (then panics with its output).
+fn wait_with_timeout(mut child: Child, program: &Path) -> Output {
+    // Drain the pipes on threads so a chatty program cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + PROGRAM_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the C program") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!(
+                "{program:?} did not finish within {PROGRAM_TIMEOUT:?} (hang): killed\n\
+                 --- stdout\n{stdout}\n--- stderr\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }

@@ -1,0 +1,404 @@
+//! TLS: rustls configurations for peer and client traffic, built from PEM files (issue #7).
+//!
+//! - Peer traffic is **mutual TLS**: the acceptor requires a client certificate chaining to the
+//!   cluster CA (`tls.ca`) and the connector verifies the acceptor's certificate against the
+//!   same CA. Every node presents its own `tls.cert` / `tls.key` on both sides.
+//! - Server name: connectors verify the acceptor's certificate for the fixed DNS name
+//!   [`NODE_SERVER_NAME`] (`ringlog-node`), so every node certificate must carry
+//!   `subjectAltName = DNS:ringlog-node` (it may carry its host names and IPs as well). Node
+//!   identity beyond "holds a certificate of this cluster's CA" comes from the peer handshake
+//!   (cluster id, node id, layout), which runs inside the TLS session.
+//! - Client traffic: the node presents the same certificate; when `tls.client_ca` is set,
+//!   clients must present a certificate chaining to it (else any client may connect).
+//! - Provider: rustls' `ring` (no cmake/NASM at build time); TLS 1.3 and 1.2.
+//!
+//! Making a cluster's certificates with openssl (P-256 keys; one leaf per node, used for both
+//! directions, so it carries both extended key usages):
+//!
+//! ```text
+//! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+//!     -subj "/CN=ringlog cluster CA" -keyout ca.key -out ca.pem
+//! openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=node-1" \
+//!     -keyout node-1.key -out node-1.csr
+//! printf 'subjectAltName=DNS:ringlog-node\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' > node.ext
+//! openssl x509 -req -in node-1.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+//!     -extfile node.ext -out node-1.pem
+//! ```
+//!
+//! then `[tls] mode = "tls"`, `ca = "ca.pem"`, `cert = "node-1.pem"`, `key = "node-1.key"` on
+//! node 1 (and likewise for each node); keep `ca.key` off the nodes.
+//!
+//! Invariants: a configuration is only built from certificates and a key that parsed and that
+//! rustls accepted (a key that does not match its certificate is an error here, not at the
+//! first handshake); every error names the config key and the path it came from.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use thiserror::Error;
+
+/// The DNS name every node certificate must carry and every connector verifies.
+pub const NODE_SERVER_NAME: &str = "ringlog-node";
+
+/// Why a TLS configuration could not be built. Each variant names the config key and path.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("{key} = {}: cannot read the file: {source}", path.display())]
+    Read { key: &'static str, path: PathBuf, source: io::Error },
+    #[error("{key} = {}: not a valid PEM {what}: {detail}", path.display())]
+    Parse { key: &'static str, path: PathBuf, what: &'static str, detail: String },
+    #[error("{key} = {}: no {what} found in the file", path.display())]
+    Missing { key: &'static str, path: PathBuf, what: &'static str },
+    #[error("{what}: {source}")]
+    Rejected { what: String, source: rustls::Error },
+    #[error("{what}: {detail}")]
+    Verifier { what: String, detail: String },
+}
+
+/// Paths of a node's TLS material (the `[tls]` config section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA: every node certificate must chain to it.
+    pub ca: PathBuf,
+    /// This node's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// This node's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A node's built TLS configurations: peer acceptor, peer connector and client acceptor.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Accepts peer connections: requires a client certificate of the cluster CA.
+    pub peer_server: Arc<ServerConfig>,
+    /// Connects to peers: verifies the acceptor against the cluster CA, presents our cert.
+    pub peer_client: Arc<ClientConfig>,
+    /// Accepts client connections (client certificates required iff `client_ca` was given).
+    pub client_server: Arc<ServerConfig>,
+    /// The name connectors verify ([`NODE_SERVER_NAME`]).
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsConfig {
+    /// Reads and validates every file of `files`.
+    pub fn from_files(files: &TlsFiles) -> Result<TlsConfig, TlsError> {
+        let ca = read_certs("tls.ca", &files.ca)?;
+        let chain = read_certs("tls.cert", &files.cert)?;
+        let key = read_key("tls.key", &files.key)?;
+        let client_ca = match &files.client_ca {
+            Some(path) => Some(read_certs("tls.client_ca", path)?),
+            None => None,
+        };
+        let context = format!(
+            "tls.ca = {}, tls.cert = {}, tls.key = {}",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        );
+        TlsConfig::new(ca, chain, key, client_ca).map_err(|error| match error {
+            TlsError::Rejected { what, source } => {
+                TlsError::Rejected { what: format!("{what} ({context})"), source }
+            }
+            TlsError::Verifier { what, detail } => {
+                TlsError::Verifier { what: format!("{what} ({context})"), detail }
+            }
+            other => other,
+        })
+    }
+
+    /// Builds the configurations from parsed material: the cluster CA certificates, this
+    /// node's chain and key, and the optional client CA.
+    pub fn new(
+        ca: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_ca: Option<Vec<CertificateDer<'static>>>,
+    ) -> Result<TlsConfig, TlsError> {
+        let provider = provider();
+        let roots = Arc::new(root_store("the cluster CA (tls.ca)", ca)?);
+        let peer_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
+        let peer_server = server_builder(&provider)?
+            .with_client_cert_verifier(peer_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+        let peer_client = client_builder(&provider)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+        let client_builder = server_builder(&provider)?;
+        let client_builder = match client_ca {
+            Some(client_ca) => {
+                let roots = Arc::new(root_store("the client CA (tls.client_ca)", client_ca)?);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Verifier {
+                        what: "tls.client_ca".into(),
+                        detail: e.to_string(),
+                    })?;
+                client_builder.with_client_cert_verifier(verifier)
+            }
+            None => client_builder.with_no_client_auth(),
+        };
+        let mut client_server = client_builder
+            .with_single_cert(chain, key)
+            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+        // No TLS 1.3 session tickets: the blocking client pools connections and treats
+        // unsolicited bytes on an idle connection as "do not reuse".
+        client_server.send_tls13_tickets = 0;
+        Ok(TlsConfig {
+            peer_server: Arc::new(peer_server),
+            peer_client: Arc::new(peer_client),
+            client_server: Arc::new(client_server),
+            server_name: node_server_name(),
+        })
+    }
+}
+
+/// [`NODE_SERVER_NAME`] as a rustls server name.
+pub fn node_server_name() -> ServerName<'static> {
+    ServerName::try_from(NODE_SERVER_NAME).expect("a valid DNS name")
+}
+
+/// A rustls client configuration for the blocking client: trusts `ca` (the CA of the nodes'
+/// certificates), and presents `identity` (chain, key) when the cluster requires client
+/// certificates.
+pub fn client_config(
+    ca: Vec<CertificateDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = Arc::new(root_store("the cluster CA", ca)?);
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier { what: "the cluster CA".into(), detail: e.to_string() })?;
+    let builder = client_builder(&provider)?.with_webpki_verifier(verifier);
+    let config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|source| TlsError::Rejected { what: "client certificate".into(), source })?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Certificates of a PEM file (at least one). `key` is the config key, for errors.
+pub fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_error(key, path, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing { key, path: path.into(), what: "CERTIFICATE block" });
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file.
+pub fn read_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file(key, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsError::Missing { key, path: path.into(), what: "PRIVATE KEY block" }
+        }
+        other => parse_error(key, path, "private key", other),
+    })
+}
+
+/// Whether an IO error carries a rustls error (a failed handshake or a TLS alert), and which.
+pub fn tls_error(error: &io::Error) -> Option<&rustls::Error> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// Whether a TLS failure is about the certificate (ours refused by the peer, or theirs by us)
+/// rather than a protocol or transport problem.
+pub fn is_certificate_error(error: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match error {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::CertificateRequired
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied
+        ),
+        _ => false,
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_builder(
+    provider: &Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, TlsError> {
+    ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rejected { what: "TLS protocol versions".into(), source })
+}
+
+fn client_builder(
+    provider: &Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
+    ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rejected { what: "TLS protocol versions".into(), source })
+}
+
+fn root_store(what: &str, certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|source| TlsError::Rejected {
+            what: format!("{what}: not a usable CA"),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { key, path: path.into(), source })
+}
+
+fn parse_error(
+    key: &'static str,
+    path: &Path,
+    what: &'static str,
+    error: rustls::pki_types::pem::Error,
+) -> TlsError {
+    TlsError::Parse { key, path: path.into(), what, detail: format!("{error:?}") }
+}
+
+#[cfg(test)]
+pub(crate) mod test_certs {
+    //! Certificates generated at test time with rcgen.
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    /// A CA able to sign node certificates.
+    pub struct TestCa {
+        pub cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl TestCa {
+        pub fn new(name: &str) -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).unwrap();
+            TestCa { cert, key }
+        }
+
+        pub fn der(&self) -> CertificateDer<'static> {
+            self.cert.der().clone()
+        }
+
+        /// A leaf for `ringlog-node` (and `localhost`) signed by this CA.
+        pub fn node(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let key = KeyPair::generate().unwrap();
+            let sans = vec![super::NODE_SERVER_NAME.to_string(), "localhost".to_string()];
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        }
+
+        /// PEM of a leaf and its key.
+        pub fn node_pem(&self, name: &str) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let sans = vec![super::NODE_SERVER_NAME.to_string()];
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_certs::TestCa;
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringlog-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_config_builds_from_pem_files_of_one_ca() {
+        let dir = temp_dir("good");
+        let ca = TestCa::new("cluster");
+        let (cert, key) = ca.node_pem("node-1");
+        let files = TlsFiles {
+            ca: write(&dir, "ca.pem", &ca.cert.pem()),
+            cert: write(&dir, "node.pem", &cert),
+            key: write(&dir, "node.key", &key),
+            client_ca: Some(dir.join("ca.pem")),
+        };
+        TlsConfig::from_files(&files).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_path() {
+        let dir = temp_dir("bad");
+        let ca = TestCa::new("cluster");
+        let (cert, key) = ca.node_pem("node-1");
+        let good = TlsFiles {
+            ca: write(&dir, "ca.pem", &ca.cert.pem()),
+            cert: write(&dir, "node.pem", &cert),
+            key: write(&dir, "node.key", &key),
+            client_ca: None,
+        };
+        let missing = TlsFiles { ca: dir.join("nope.pem"), ..good.clone() };
+        let error = TlsConfig::from_files(&missing).unwrap_err().to_string();
+        assert!(error.contains("tls.ca") && error.contains("nope.pem"), "{error}");
+
+        let garbage = TlsFiles { cert: write(&dir, "garbage.pem", "hello"), ..good.clone() };
+        let error = TlsConfig::from_files(&garbage).unwrap_err().to_string();
+        assert!(error.contains("tls.cert") && error.contains("garbage.pem"), "{error}");
+
+        let no_key = TlsFiles { key: dir.join("node.pem"), ..good.clone() };
+        let error = TlsConfig::from_files(&no_key).unwrap_err().to_string();
+        assert!(error.contains("tls.key") && error.contains("PRIVATE KEY"), "{error}");
+
+        let (_, other_key) = ca.node_pem("node-2");
+        let mismatch = TlsFiles { key: write(&dir, "other.key", &other_key), ..good };
+        let error = TlsConfig::from_files(&mismatch).unwrap_err().to_string();
+        assert!(error.contains("tls.cert/tls.key") && error.contains("other.key"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
