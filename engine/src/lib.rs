@@ -40,7 +40,7 @@ pub mod io;
 pub mod limits;
 mod lock;
 mod log;
-mod notify;
+pub mod notify;
 pub mod recovery;
 pub mod runtime;
 pub mod runtime_mailbox;

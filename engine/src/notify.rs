@@ -13,19 +13,20 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::LogError;
 
-/// Wakes every task waiting for "something changed" (epoch-based, no lost wake-ups).
+/// Wakes every task waiting for "something changed" (epoch-based, no lost wake-ups): a
+/// waiter reads `epoch()`, checks its condition, then awaits `wait(epoch)`. Single-executor.
 #[derive(Debug, Default)]
-pub(crate) struct Notify {
+pub struct Notify {
     epoch: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
 }
 
 impl Notify {
-    pub(crate) fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> u64 {
         self.epoch.get()
     }
 
-    pub(crate) fn notify_all(&self) {
+    pub fn notify_all(&self) {
         self.epoch.set(self.epoch.get() + 1);
         for waker in self.wakers.borrow_mut().drain(..) {
             waker.wake();
@@ -33,13 +34,14 @@ impl Notify {
     }
 
     /// Resolves once `notify_all` has run after `epoch` was read.
-    pub(crate) fn wait(&self, epoch: u64) -> NotifyWait<'_> {
+    pub fn wait(&self, epoch: u64) -> NotifyWait<'_> {
         NotifyWait { notify: self, epoch }
     }
 }
 
+/// The future of [`Notify::wait`].
 #[derive(Debug)]
-pub(crate) struct NotifyWait<'a> {
+pub struct NotifyWait<'a> {
     notify: &'a Notify,
     epoch: u64,
 }

@@ -47,7 +47,9 @@ use crate::node::addresses::{shard_addr, AddressBook};
 use crate::node::api::{NodeError, NodeStartError, ShardSnapshot, ShutdownMode};
 use crate::node::peers::Peers;
 use crate::node::replicator_codec::EngineBatchCheck;
-use crate::node::replicator_wait::{within, Notify};
+use ringlog_engine::notify::Notify;
+
+use crate::node::replicator_wait::within;
 
 pub(crate) use crate::node::replicator::PartitionReplicator;
 
@@ -301,7 +303,7 @@ impl ShardCore {
             if let Some(error) = self.shared.fatal.borrow().clone() {
                 return error;
             }
-            self.shared.fatal_notify.changed(epoch).await;
+            self.shared.fatal_notify.wait(epoch).await;
         }
     }
 

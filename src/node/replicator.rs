@@ -71,7 +71,9 @@ use crate::node::replicator_codec::{
     check_client_batch, entry_of_batch, entry_source, EntrySource,
 };
 use crate::node::replicator_meta as meta;
-use crate::node::replicator_wait::{within, Notify, Slot};
+use ringlog_engine::notify::Notify;
+
+use crate::node::replicator_wait::{within, Slot};
 use crate::node::StorageFaults;
 
 /// Producers waiting for their acks, per partition; more get `Backpressure`.
@@ -634,6 +636,26 @@ impl PartitionReplicator {
         }
     }
 
+    /// Answers the producers waiting with `acks` whose batch index is at or below `through`
+    /// (committed for `Quorum`, durable here for `Leader`): their offsets if the entry is
+    /// still the one they appended (same term), else `NotLeader`.
+    fn answer_producers(&self, st: &mut State, through: LogIndex, acks: Acks) {
+        let ready: Vec<LogIndex> = st
+            .producers
+            .range(..=through)
+            .filter(|(_, p)| p.acks == acks && p.base.is_some())
+            .map(|(i, _)| *i)
+            .collect();
+        for index in ready {
+            let p = st.producers.remove(&index).expect("listed");
+            let reply = match (self.log.term_at(index) == Some(p.term), p.base) {
+                (true, Some(base)) => Ok(self.outcome(st, &p, base)),
+                _ => Err(self.not_leader_in(st)),
+            };
+            p.slot.fill(reply);
+        }
+    }
+
     fn outcome(&self, st: &State, p: &Producer, base: Offset) -> AppendOutcome {
         AppendOutcome {
             partition: self.partition,
@@ -656,20 +678,7 @@ impl PartitionReplicator {
                 self.shard.spawn_bulk(async move { me.lookup_commit_offset(through).await });
             }
         }
-        let ready: Vec<LogIndex> = st
-            .producers
-            .range(..=through)
-            .filter(|(_, p)| p.acks == Acks::Quorum && p.base.is_some())
-            .map(|(i, _)| *i)
-            .collect();
-        for index in ready {
-            let p = st.producers.remove(&index).expect("listed");
-            let reply = match (self.log.term_at(index) == Some(p.term), p.base) {
-                (true, Some(base)) => Ok(self.outcome(&st, &p, base)),
-                _ => Err(self.not_leader_in(&st)),
-            };
-            p.slot.fill(reply);
-        }
+        self.answer_producers(&mut st, through, Acks::Quorum);
         drop(st);
         self.commit_notify.notify_all();
     }
@@ -889,7 +898,7 @@ impl PartitionReplicator {
             }
             // `wait_durable` answers at once for an index not appended yet: wait for an
             // append (or truncation / reset) then, never spin.
-            let changed = self.log_notify.changed(epoch);
+            let changed = self.log_notify.wait(epoch);
             let result = if durable >= self.log.last_index() {
                 changed.await;
                 Ok(())
@@ -917,20 +926,7 @@ impl PartitionReplicator {
                 return;
             }
             st.replica.handle_durable(durable, term);
-            let ready: Vec<LogIndex> = st
-                .producers
-                .range(..=durable)
-                .filter(|(_, p)| p.acks == Acks::Leader && p.base.is_some())
-                .map(|(i, _)| *i)
-                .collect();
-            for index in ready {
-                let p = st.producers.remove(&index).expect("listed");
-                let reply = match (self.log.term_at(index) == Some(p.term), p.base) {
-                    (true, Some(base)) => Ok(self.outcome(&st, &p, base)),
-                    _ => Err(self.not_leader_in(&st)),
-                };
-                p.slot.fill(reply);
-            }
+            self.answer_producers(&mut st, durable, Acks::Leader);
         }
         self.drain();
     }
@@ -1230,7 +1226,7 @@ impl PartitionReplicator {
                 return Err(NodeError::Timeout);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            within(left, self.commit_notify.changed(epoch)).await;
+            within(left, self.commit_notify.wait(epoch)).await;
         }
     }
 
@@ -1399,7 +1395,7 @@ impl PartitionReplicator {
             if left.is_zero() {
                 return Err(NodeError::Timeout);
             }
-            within(left, self.commit_notify.changed(epoch)).await;
+            within(left, self.commit_notify.wait(epoch)).await;
         }
     }
 

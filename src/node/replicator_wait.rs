@@ -1,13 +1,13 @@
 //! Single-executor wake-up primitives of the replicator (no locks, not `Send`): a one-shot
-//! reply slot for producers and readers, and an epoch notifier for "something changed"
-//! (commit advanced, fatal error).
+//! reply slot for producers and readers, and a timeout wrapper. ("Something changed" is the
+//! engine's epoch `ringlog_engine::notify::Notify`.)
 //!
 //! Invariant: every waker registered is woken at the next `notify_all` / `fill`; a waiter
 //! re-checks its condition after waking (spurious wake-ups are harmless).
 
 #![forbid(unsafe_code)]
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -56,42 +56,6 @@ impl<T> Slot<T> {
                     Poll::Pending
                 }
             }
-        })
-        .await
-    }
-}
-
-/// "Something changed": waiters remember the epoch, then wait for it to move.
-#[derive(Debug, Default)]
-pub(crate) struct Notify {
-    epoch: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Notify {
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.get()
-    }
-
-    pub(crate) fn notify_all(&self) {
-        self.epoch.set(self.epoch.get() + 1);
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    /// Resolves once the epoch differs from `seen`.
-    pub(crate) async fn changed(&self, seen: u64) {
-        std::future::poll_fn(|cx| {
-            if self.epoch.get() != seen {
-                return Poll::Ready(());
-            }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-            Poll::Pending
         })
         .await
     }
