@@ -1252,7 +1252,13 @@ mod tests {
         assert!(received.is_empty(), "nothing crosses: {received:?}");
         assert_eq!(link.connects, 0, "no connection was ever established");
         assert!(link.refusals >= 2, "{link:?}");
-        assert!(listener.refused >= 1, "the acceptor counts the refusal: {listener:?}");
+        // Here the connector refuses the acceptor's certificate; whether the acceptor sees
+        // that as a TLS alert (counted `refused`) or as a plain close depends on which reaches
+        // it first, so only what is certain is asserted: nothing got through and no accepted
+        // connection stayed open. The acceptor's own refusal of a foreign certificate is
+        // `an_acceptor_refuses_a_connector_whose_certificate_it_cannot_chain`.
+        assert_eq!(listener.messages, 0, "{listener:?}");
+        assert_eq!(listener.open, 0, "{listener:?}");
         let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
         assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
     }
