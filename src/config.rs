@@ -408,6 +408,7 @@ impl NodeConfig {
                 RecoveryModeName::Strict => RecoveryMode::Strict,
                 RecoveryModeName::TruncateAtCorruption => RecoveryMode::TruncateAtCorruption,
             },
+            ..LogConfig::default()
         }
     }
 

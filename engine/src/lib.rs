@@ -50,6 +50,7 @@ mod segment_reader;
 pub mod shard;
 mod shard_partition;
 mod shard_worker;
+mod spare;
 mod tail_cache;
 pub mod types;
 

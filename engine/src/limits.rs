@@ -38,6 +38,10 @@ pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
 pub const INDEX_POINTS_MAX: usize = 1 << 20;
 /// Most records one batch may carry.
 pub const RECORD_COUNT_MAX: u32 = 1 << 24;
+/// Default flushes (write + fdatasync) in flight at once per log.
+pub const FLUSHES_IN_FLIGHT_DEFAULT: usize = 1;
+/// Largest accepted `flushes_in_flight_max` (recovery's torn-tail reach grows with it).
+pub const FLUSHES_IN_FLIGHT_LIMIT: usize = 8;
 
 const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE as u64 == 0);
@@ -80,6 +84,11 @@ pub struct LogConfig {
     pub retention_age_max: Option<Duration>,
     /// What recovery does with corruption in the middle of the log.
     pub recovery_mode: RecoveryMode,
+    /// Most flushes (write + fdatasync) in flight at once, in `1..=FLUSHES_IN_FLIGHT_LIMIT`;
+    /// they complete in order (a batch is durable only when every flush before it is).
+    pub flushes_in_flight_max: usize,
+    /// Reuse segments deleted by retention as spares instead of zero-filling new ones.
+    pub recycle_segments: bool,
 }
 
 impl Default for LogConfig {
@@ -94,6 +103,8 @@ impl Default for LogConfig {
             retention_bytes_max: None,
             retention_age_max: None,
             recovery_mode: RecoveryMode::Strict,
+            flushes_in_flight_max: FLUSHES_IN_FLIGHT_DEFAULT,
+            recycle_segments: false,
         }
     }
 }
@@ -114,6 +125,8 @@ pub enum ConfigError {
     QueuedBytesMax { value: usize, flush_bytes_max: usize },
     #[error("index_interval_bytes {value} must be in {BLOCK_SIZE}..=segment_size_bytes")]
     IndexInterval { value: u32 },
+    #[error("flushes_in_flight_max {value} must be in 1..={FLUSHES_IN_FLIGHT_LIMIT}")]
+    FlushesInFlight { value: usize },
 }
 
 impl LogConfig {
@@ -151,6 +164,9 @@ impl LogConfig {
         {
             return Err(ConfigError::IndexInterval { value: self.index_interval_bytes });
         }
+        if !(1..=FLUSHES_IN_FLIGHT_LIMIT).contains(&self.flushes_in_flight_max) {
+            return Err(ConfigError::FlushesInFlight { value: self.flushes_in_flight_max });
+        }
         Ok(())
     }
 
@@ -160,6 +176,13 @@ impl LogConfig {
     pub fn flush_write_bytes_max(&self) -> u64 {
         let batches = self.flush_bytes_max.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         (batches + 2 * BLOCK_SIZE) as u64
+    }
+
+    /// How far past the last valid item a crash can have left valid-looking data of flushes
+    /// that were in flight (never acknowledged): `flushes_in_flight_max` whole flushes.
+    /// Recovery treats damage followed by valid data further than this as corruption.
+    pub fn torn_reach_bytes(&self) -> u64 {
+        self.flush_write_bytes_max() * self.flushes_in_flight_max as u64
     }
 }
 

@@ -31,7 +31,7 @@ use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
     RetentionError, TruncateError,
 };
-use crate::group_commit::{spawn_flusher, spawn_preallocator, wait_spare, FlushStats, Pending};
+use crate::group_commit::{spawn_flusher, wait_spare, FlushStats, Pending};
 use crate::io::{DataDir, FaultInjector};
 use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
 use crate::lock::DirLock;
@@ -42,6 +42,7 @@ use crate::segment::{
 };
 use crate::segment_index::{ControlPoint, SegmentIndex};
 use crate::segment_reader::{Item, SegmentReader};
+use crate::spare::spawn_preallocator;
 use crate::tail_cache::{CachedBatch, TailCache};
 use crate::types::{LogIndex, Offset, Term};
 

@@ -3,7 +3,7 @@
 //! Sealed segments are trusted through their persisted index (rescanned only if the index is
 //! missing or damaged); only the tail segment is scanned and checksummed. The tail is cut at
 //! the first invalid item: if nothing valid lies further than one flush can reach
-//! (`LogConfig::flush_write_bytes_max`), the damage is a torn last flush — never acknowledged —
+//! (`LogConfig::torn_reach_bytes`), the damage is a torn last flush — never acknowledged —
 //! and is zeroed (reported as `torn_bytes_dropped`). Anything else is `Corruption`, unless the
 //! caller asked for `RecoveryMode::TruncateAtCorruption`.
 //!
@@ -92,7 +92,7 @@ pub(crate) async fn recover(
         names = dir.list().map_err(dir_err())?;
     }
     for name in &names {
-        // A partly filled spare is kept: the preallocator resumes it (group_commit.rs).
+        // A partly filled spare is kept: the preallocator resumes it (spare.rs).
         if name.ends_with(".tmp") {
             dir.remove(name).map_err(io_error(dir.join(name)))?;
         }
@@ -484,7 +484,7 @@ async fn scan(
         let damage = valid_beyond.map(|distance| {
             let kind = stop.clone().unwrap_or(CorruptionKind::DamageBeforeValidData {
                 distance,
-                flush_write_bytes_max: config.flush_write_bytes_max(),
+                flush_write_bytes_max: config.torn_reach_bytes(),
             });
             corrupt(end, kind)
         });
@@ -544,7 +544,7 @@ async fn probe_beyond(
     capacity: u64,
     config: &LogConfig,
 ) -> std::io::Result<(u64, Option<u64>)> {
-    let reach = block_floor(end) + config.flush_write_bytes_max();
+    let reach = block_floor(end) + config.torn_reach_bytes();
     let mut dirty_end = end;
     let mut valid_beyond = None;
     let mut chunk_start = end;
