@@ -150,6 +150,49 @@ impl<T> MailboxSender<T> {
     }
 }
 
+/// Checks in a row without progress after which [`StallWatch`] logs a warning.
+pub const STALLS_LOGGED: u32 = 50;
+
+/// The watchdogs' stall check over a set of mailboxes (engine/src/shard.rs and the node's):
+/// called every interval, it kicks a mailbox that holds messages while its receiver took
+/// none since the previous call, and logs once a receiver stayed stalled for
+/// [`STALLS_LOGGED`] calls in a row. It never wakes an idle receiver (empty mailbox) nor a
+/// busy one (it took messages), so parked executors stay parked. Its memory is one entry per
+/// mailbox.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    /// Per mailbox: messages taken at the previous call, and calls in a row without progress.
+    last: Vec<(Option<u64>, u32)>,
+}
+
+impl StallWatch {
+    /// One check of every mailbox in `senders` (the same order on every call); `interval`
+    /// is the time between calls, for the log line.
+    pub fn check<T>(&mut self, senders: &[MailboxSender<T>], interval: std::time::Duration) {
+        self.last.resize(senders.len(), (None, 0));
+        for (shard, sender) in senders.iter().enumerate() {
+            let taken = sender.taken();
+            let (previous, stalls) = &mut self.last[shard];
+            if sender.is_empty() || *previous != Some(taken) {
+                *stalls = 0;
+            } else if sender.kick() {
+                // One interval without progress is often just a descheduled thread on a
+                // loaded host: the kick is harmless then, so only a long stall is logged.
+                *stalls += 1;
+                if *stalls == STALLS_LOGGED {
+                    tracing::warn!(
+                        shard,
+                        queued = sender.len(),
+                        "shard took no command for {:?}; woke it again",
+                        interval * STALLS_LOGGED
+                    );
+                }
+            }
+            *previous = Some(taken);
+        }
+    }
+}
+
 impl WakeSlot {
     /// Wakes the stored waker by reference: it stays in the slot so a later [`kick`] can
     /// wake the same task again. Replaced by the receiver on its next pending poll.

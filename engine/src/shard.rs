@@ -45,7 +45,7 @@ use crate::runtime::{
     self, available_cpus, check_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
     MemlockOutcome, Pinning,
 };
-use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure};
+use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 pub use crate::shard_partition::{Fetched, PartitionStats};
 use crate::shard_worker::{shard_main, Command, Completion, ShardSetup};
 use crate::types::{LogIndex, Offset};
@@ -338,8 +338,6 @@ impl Engine {
 
 /// How often the watchdog checks that every shard drains its mailbox.
 pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(20);
-/// Checks in a row without progress after which the watchdog logs a warning.
-const WATCHDOG_STALLS_LOGGED: u32 = 50;
 
 /// Starts the mailbox watchdog: a plain thread that, every `WATCHDOG_INTERVAL`, wakes again
 /// any shard whose mailbox holds commands while its receiver took none since the last check.
@@ -355,35 +353,14 @@ const WATCHDOG_STALLS_LOGGED: u32 = 50;
 fn start_watchdog(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     let spawned = std::thread::Builder::new().name("ringlog-watchdog".into()).spawn(move || {
-        // Per shard: commands taken at the last check, and checks in a row without progress.
-        let mut last: Vec<(Option<u64>, u32)> = Vec::new();
+        let mut watch = StallWatch::default();
         loop {
             std::thread::sleep(WATCHDOG_INTERVAL);
             let Some(inner) = weak.upgrade() else { return };
             if inner.closed.load(Ordering::Acquire) {
                 return;
             }
-            last.resize(inner.senders.len(), (None, 0));
-            for (shard, sender) in inner.senders.iter().enumerate() {
-                let taken = sender.taken();
-                let (previous, stalls) = &mut last[shard];
-                if sender.is_empty() || *previous != Some(taken) {
-                    *stalls = 0;
-                } else if sender.kick() {
-                    // One interval without progress is often just a descheduled thread on a
-                    // loaded host: the kick is harmless then, so only a long stall is logged.
-                    *stalls += 1;
-                    if *stalls == WATCHDOG_STALLS_LOGGED {
-                        tracing::warn!(
-                            shard,
-                            queued = sender.len(),
-                            "shard took no command for {:?}; woke it again",
-                            WATCHDOG_INTERVAL * WATCHDOG_STALLS_LOGGED
-                        );
-                    }
-                }
-                *previous = Some(taken);
-            }
+            watch.check(&inner.senders, WATCHDOG_INTERVAL);
         }
     });
     if let Err(error) = spawned {

@@ -50,7 +50,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ringlog_engine::batch::{encode_batch, BatchStamp, BATCH_HEADER_SIZE};
 use ringlog_engine::host::{check_host, HostCheckError, HostRequirements};
 use ringlog_engine::runtime::{self, check_host_memlock, ExecutorSpec, MemlockOutcome, Pinning};
-use ringlog_engine::runtime_mailbox::{mailbox, MailboxSender, SendFailure};
+use ringlog_engine::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 use ringlog_engine::{FaultInjector, RecordsBuilder};
 
 pub use api::{
@@ -70,8 +70,6 @@ pub const REPLY_WAIT_MAX: Duration = Duration::from_secs(120);
 const REPLY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the watchdog checks every mailbox (and the fatal flag).
 pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(20);
-/// Checks in a row without progress after which the watchdog logs a warning.
-const WATCHDOG_STALLS_LOGGED: u32 = 50;
 /// Longest `start` waits for a shard to open (recover) its partitions and listen.
 pub const START_WAIT_MAX: Duration = Duration::from_secs(600);
 /// Longest `shutdown` waits for the shards to stop (graceful leadership hand-off included).
@@ -412,7 +410,7 @@ fn start_watchdog(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     let name = format!("ringlog-node{}-watchdog", inner.node.0);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let mut last: Vec<(Option<u64>, u32)> = Vec::new();
+        let mut watch = StallWatch::default();
         loop {
             std::thread::sleep(WATCHDOG_INTERVAL);
             let Some(inner) = weak.upgrade() else { return };
@@ -426,25 +424,7 @@ fn start_watchdog(inner: &Arc<Inner>) {
                 }
                 return;
             }
-            last.resize(inner.mailboxes.senders.len(), (None, 0));
-            for (shard, sender) in inner.mailboxes.senders.iter().enumerate() {
-                let taken = sender.taken();
-                let (previous, stalls) = &mut last[shard];
-                if sender.is_empty() || *previous != Some(taken) {
-                    *stalls = 0;
-                } else if sender.kick() {
-                    *stalls += 1;
-                    if *stalls == WATCHDOG_STALLS_LOGGED {
-                        tracing::warn!(
-                            shard,
-                            queued = sender.len(),
-                            "shard took no command for {:?}; woke it again",
-                            WATCHDOG_INTERVAL * WATCHDOG_STALLS_LOGGED
-                        );
-                    }
-                }
-                *previous = Some(taken);
-            }
+            watch.check(&inner.mailboxes.senders, WATCHDOG_INTERVAL);
         }
     });
     if let Err(error) = spawned {
