@@ -35,7 +35,7 @@ use ringlog_engine::{AppendError, FetchError, LogConfig, LogError, Offset, OpenE
 
 use crate::guard::{ffi, refuse_in_callback, run_callback, with_handle, Poison};
 use crate::handles::Registry;
-use crate::records::{buffer_from_c, copy_records, records_from_c, ringlog_record};
+use crate::records::{buffer_from_c, deliver_read, records_from_c, ringlog_record};
 use crate::status::{ringlog_status, ringlog_status::*, Error};
 
 /// Opaque handle of an open local log. Never dereference it: it is an id, not an address.
@@ -352,20 +352,16 @@ pub unsafe extern "C" fn ringlog_log_read(
                 .engine
                 .fetch(PartitionId(partition), Offset(offset), max_bytes)
                 .map_err(|error| entry.engine_error(error))?;
-            match copy_records(&fetched.batches, offset, entry.batch_size_max, buf) {
-                Ok(copied) => {
-                    // SAFETY: as above.
-                    unsafe {
-                        out_len.write(copied.len);
-                        out_next_offset.write(copied.next_offset);
-                    }
-                    Ok(())
-                }
-                Err((error, needed)) => {
-                    // SAFETY: as above.
-                    unsafe { out_len.write(needed) };
-                    Err(error)
-                }
+            // SAFETY: `out_len`/`out_next_offset` were checked non-NULL above.
+            unsafe {
+                deliver_read(
+                    &fetched.batches,
+                    offset,
+                    entry.batch_size_max,
+                    buf,
+                    out_len,
+                    out_next_offset,
+                )
             }
         })
     })

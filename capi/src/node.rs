@@ -23,7 +23,7 @@ use ::ringlog_node::node::{
 use crate::guard::{ffi, refuse_in_callback, with_handle, Poison};
 use crate::handles::Registry;
 use crate::log::path_from_c;
-use crate::records::{buffer_from_c, copy_records, ringlog_record, slices_from_c};
+use crate::records::{buffer_from_c, deliver_read, ringlog_record, slices_from_c};
 use crate::sized::write_sized;
 use crate::status::{ringlog_status, ringlog_status::*, Error};
 
@@ -256,20 +256,16 @@ pub unsafe extern "C" fn ringlog_node_read(
                 .node
                 .read(PartitionId(partition), Offset(offset), max_bytes, consistency, wait)
                 .map_err(node_error)?;
-            match copy_records(&outcome.batches, offset, entry.batch_size_max, buf) {
-                Ok(copied) => {
-                    // SAFETY: as above.
-                    unsafe {
-                        out_len.write(copied.len);
-                        out_next_offset.write(copied.next_offset);
-                    }
-                    Ok(())
-                }
-                Err((error, needed)) => {
-                    // SAFETY: as above.
-                    unsafe { out_len.write(needed) };
-                    Err(error)
-                }
+            // SAFETY: `out_len`/`out_next_offset` were checked non-NULL above.
+            unsafe {
+                deliver_read(
+                    &outcome.batches,
+                    offset,
+                    entry.batch_size_max,
+                    buf,
+                    out_len,
+                    out_next_offset,
+                )
             }
         })
     })

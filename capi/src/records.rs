@@ -174,6 +174,37 @@ pub(crate) fn copy_records(
     Ok(Copied { len, next_offset: next })
 }
 
+/// Copies the records from `offset` on out of `batches` into `buf` ([`copy_records`]) and
+/// reports the outcome through the caller's out-parameters: the bytes written and the next
+/// offset to read on success, the buffer size needed when not even the first record fits.
+///
+/// # Safety
+/// `out_len` and `out_next_offset` must be non-NULL and writable.
+pub(crate) unsafe fn deliver_read(
+    batches: &[Bytes],
+    offset: u64,
+    batch_size_max: usize,
+    buf: &mut [u8],
+    out_len: *mut usize,
+    out_next_offset: *mut u64,
+) -> Result<(), Error> {
+    match copy_records(batches, offset, batch_size_max, buf) {
+        Ok(copied) => {
+            // SAFETY: non-NULL and writable per the caller's contract.
+            unsafe {
+                out_len.write(copied.len);
+                out_next_offset.write(copied.next_offset);
+            }
+            Ok(())
+        }
+        Err((error, needed)) => {
+            // SAFETY: as above.
+            unsafe { out_len.write(needed) };
+            Err(error)
+        }
+    }
+}
+
 /// The caller's read buffer as a slice (empty when `cap` is 0, whatever `buf` is).
 ///
 /// # Safety
