@@ -2,18 +2,22 @@
 //! into a preallocated zero-filled file, without ringlog (design.md §9).
 //!
 //! The cadence mirrors a group-commit loop: one write of `write_size_bytes` at the next
-//! block-aligned position, then one fdatasync, then the next write — queue depth 1, with the
-//! fsync linked after the write (IO_LINK), so a failed write cancels its sync. The file wraps
-//! around when full; every block of it was zero-filled and synced beforehand, so a steady-state
-//! fdatasync is a device flush, not an extent conversion (design.md §11).
+//! block-aligned position, then one fdatasync, with the fsync linked after the write
+//! (IO_LINK), so a failed write cancels its sync. With `queue_depth` D, up to D such pairs are
+//! in flight at consecutive positions (a new pair is submitted as soon as one completes) —
+//! the raw equivalent of a log with `flushes_in_flight_max` = D, so that the comparison gives
+//! the baseline the same concurrency as the engine. The file wraps around when full; every
+//! block of it was zero-filled and synced beforehand, so a steady-state fdatasync is a device
+//! flush, not an extent conversion (design.md §11).
 //!
 //! # Safety
 //!
 //! This is the only module of the bench with `unsafe`. The ownership rule: an [`AlignedBuffer`]
 //! owns its allocation for its whole life, and a submission queue entry that points into it is
-//! only pushed by [`RawDisk::write_and_sync`], which waits for both completions of that entry
-//! pair before returning — so the kernel never reads the buffer after the borrow ends and the
-//! file descriptor outlives every entry that names it.
+//! only pushed by [`RawDisk::submit_pair`], whose caller ([`RawDiskSession::measure`]) keeps
+//! the buffer alive and unmodified until both completions of that pair were reaped (it reaps
+//! every pair in flight before returning, also on error) — so the kernel never reads a buffer
+//! after it is freed, and the file descriptor outlives every entry that names it.
 
 #![allow(unsafe_code)]
 
@@ -34,8 +38,10 @@ use crate::measure::{process_cpu_time, LatencyRecorder, RunMeasure};
 pub const BLOCK_SIZE: usize = 4096;
 /// Largest single write the baseline issues.
 pub const WRITE_SIZE_MAX_BYTES: usize = 64 << 20;
-/// Submission queue entries: one write and one fsync per round, with room to spare.
-const RING_ENTRIES: u32 = 8;
+/// Most write+fdatasync pairs in flight at once (`RawDiskRun::queue_depth`).
+pub const QUEUE_DEPTH_MAX: usize = 16;
+/// Submission queue entries: one write and one fsync per pair in flight.
+const RING_ENTRIES: u32 = 2 * QUEUE_DEPTH_MAX as u32;
 /// Chunk of the zero-fill writes that preallocate the file.
 const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
@@ -55,6 +61,8 @@ pub struct RawDiskRun {
     pub duration: Duration,
     /// Rounds before measuring starts (warm-up), not counted.
     pub warmup_rounds: u64,
+    /// Write+fdatasync pairs kept in flight (1..=`QUEUE_DEPTH_MAX`).
+    pub queue_depth: usize,
 }
 
 /// A heap buffer aligned to `BLOCK_SIZE`, as O_DIRECT requires.
@@ -99,8 +107,9 @@ impl RawDiskSession {
         self.disk.single_issuer
     }
 
-    /// Writes `run.write_size_bytes` + fdatasync in a loop for `run.duration` (or until
-    /// `stop`), and returns what it measured.
+    /// Writes `run.write_size_bytes` + fdatasync in a loop, `run.queue_depth` pairs in flight,
+    /// for `run.duration` (or until `stop`), and returns what it measured. Latency runs from
+    /// a pair's submission to its fdatasync's completion.
     pub fn measure(
         &mut self,
         run: &RawDiskRun,
@@ -110,43 +119,133 @@ impl RawDiskSession {
         if write_size == 0 || write_size > WRITE_SIZE_MAX_BYTES {
             bail!("raw-disk write size {write_size} outside 4096..={WRITE_SIZE_MAX_BYTES}");
         }
-        if self.disk.capacity_bytes < write_size as u64 {
+        if !(1..=QUEUE_DEPTH_MAX).contains(&run.queue_depth) {
+            bail!("raw-disk queue depth {} outside 1..={QUEUE_DEPTH_MAX}", run.queue_depth);
+        }
+        if self.disk.capacity_bytes < (write_size * run.queue_depth) as u64 {
             bail!(
-                "raw-disk file of {} bytes cannot hold one {write_size}-byte write",
-                self.disk.capacity_bytes
+                "raw-disk file of {} bytes cannot hold {} writes of {write_size} bytes",
+                self.disk.capacity_bytes,
+                run.queue_depth
             );
         }
-        let mut buffer = AlignedBuffer::new(write_size);
-        fill_pattern(buffer.as_mut_slice());
-        for _ in 0..run.warmup_rounds {
-            self.write_next(&buffer)?;
-        }
+        // One buffer per slot: the kernel reads a slot's buffer until its pair completes.
+        let buffers: Vec<AlignedBuffer> = (0..run.queue_depth)
+            .map(|_| {
+                let mut buffer = AlignedBuffer::new(write_size);
+                fill_pattern(buffer.as_mut_slice());
+                buffer
+            })
+            .collect();
+        let mut pipeline = Pipeline::new(run.queue_depth);
+        let result = self.run_pipeline(&buffers, &mut pipeline, run, stop);
+        // Whatever happened, no pair may stay in flight once the buffers are dropped.
+        let drained = self.disk.drain(&mut pipeline, write_size);
+        let measure = result?;
+        drained?;
+        Ok(measure)
+    }
+
+    fn run_pipeline(
+        &mut self,
+        buffers: &[AlignedBuffer],
+        pipeline: &mut Pipeline,
+        run: &RawDiskRun,
+        stop: &dyn Fn() -> bool,
+    ) -> anyhow::Result<RunMeasure> {
+        let write_size = buffers[0].len();
+        let mut warmup_left = run.warmup_rounds;
         let mut latency = LatencyRecorder::new();
         let mut measure = RunMeasure::default();
-        let cpu_before = process_cpu_time();
-        let started = Instant::now();
-        while started.elapsed() < run.duration && !stop() {
-            let round_started = Instant::now();
-            self.write_next(&buffer)?;
-            latency.record(round_started.elapsed());
-            measure.operations += 1;
-            measure.bytes += write_size as u64;
-            measure.fdatasyncs += 1;
-            measure.disk_bytes += write_size as u64;
+        let mut cpu_before = process_cpu_time();
+        let mut started = Instant::now();
+        let mut measuring = warmup_left == 0;
+        loop {
+            let window_over = measuring && (started.elapsed() >= run.duration || stop());
+            if !window_over {
+                while let Some(slot) = pipeline.free_slot() {
+                    if self.position + write_size as u64 > self.disk.capacity_bytes {
+                        self.position = 0;
+                    }
+                    self.disk.submit_pair(&buffers[slot], slot, self.position)?;
+                    pipeline.started(slot, Instant::now());
+                    self.position = self.disk.next_position(self.position, write_size);
+                }
+            }
+            if pipeline.in_flight() == 0 {
+                break;
+            }
+            let (completed, failure) = self.disk.reap(pipeline, write_size)?;
+            if let Some(reason) = failure {
+                bail!("raw-disk IO failed on {}: {reason}", self.disk.path.display());
+            }
+            for begun in completed {
+                if !measuring {
+                    warmup_left = warmup_left.saturating_sub(1);
+                    if warmup_left == 0 {
+                        measuring = true;
+                        cpu_before = process_cpu_time();
+                        started = Instant::now();
+                    }
+                    continue;
+                }
+                if begun < started {
+                    continue; // Submitted during the warm-up.
+                }
+                latency.record(begun.elapsed());
+                measure.operations += 1;
+                measure.bytes += write_size as u64;
+                measure.fdatasyncs += 1;
+                measure.disk_bytes += write_size as u64;
+            }
         }
         measure.elapsed = started.elapsed();
         measure.cpu = process_cpu_time().saturating_sub(cpu_before);
         measure.set_latency(latency);
         Ok(measure)
     }
+}
 
-    fn write_next(&mut self, buffer: &AlignedBuffer) -> anyhow::Result<()> {
-        if self.position + buffer.len() as u64 > self.disk.capacity_bytes {
-            self.position = 0;
+/// The slots of the pairs in flight: when each was submitted and which of its two
+/// completions (write, fdatasync) have arrived.
+#[derive(Debug)]
+struct Pipeline {
+    slots: Vec<Option<PairState>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PairState {
+    submitted: Instant,
+    completions: u8,
+}
+
+impl Pipeline {
+    fn new(depth: usize) -> Pipeline {
+        Pipeline { slots: vec![None; depth] }
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(Option::is_none)
+    }
+
+    fn started(&mut self, slot: usize, at: Instant) {
+        self.slots[slot] = Some(PairState { submitted: at, completions: 0 });
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Notes one completion of `slot`'s pair; returns its submission time once both arrived.
+    fn completed(&mut self, slot: usize) -> Option<Instant> {
+        let state = self.slots.get_mut(slot)?.as_mut()?;
+        state.completions += 1;
+        if state.completions < 2 {
+            return None;
         }
-        self.disk.write_and_sync(buffer, self.position)?;
-        self.position = self.disk.next_position(self.position, buffer.len());
-        Ok(())
+        let submitted = state.submitted;
+        self.slots[slot] = None;
+        Some(submitted)
     }
 }
 
@@ -189,53 +288,74 @@ impl RawDisk {
         }
     }
 
-    /// Writes `buffer` at `position` and fdatasyncs, as one linked pair; fails on any short
-    /// write or error (a failed write cancels the sync).
-    pub fn write_and_sync(&mut self, buffer: &AlignedBuffer, position: u64) -> anyhow::Result<()> {
+    /// Submits the write of `buffer` at `position` and an fdatasync linked after it (a failed
+    /// write cancels the sync), tagged with `slot`. The caller keeps `buffer` alive and
+    /// unmodified until [`reap`](Self::reap) reported the pair complete (module's rule).
+    fn submit_pair(
+        &mut self,
+        buffer: &AlignedBuffer,
+        slot: usize,
+        position: u64,
+    ) -> anyhow::Result<()> {
         assert!(position % BLOCK_SIZE as u64 == 0);
         assert!(position + buffer.len() as u64 <= self.capacity_bytes);
         let fd = types::Fd(self.file.as_raw_fd());
         let length = u32::try_from(buffer.len()).context("write too large")?;
+        let tag = (slot as u64) << 1;
         let write = opcode::Write::new(fd, buffer.ptr.as_ptr(), length)
             .offset(position)
             .build()
             .flags(squeue::Flags::IO_LINK)
-            .user_data(1);
-        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(2);
-        // SAFETY: the write names `buffer` (alive and unmoved for this whole call, see the
-        // module's rule) and `self.file` (owned by `self`); both entries complete before
-        // `wait_for` returns below, and we return only after that.
+            .user_data(tag);
+        let sync =
+            opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(tag | 1);
+        // SAFETY: the write names `buffer`, which the caller keeps alive and unmodified until
+        // the pair's completions are reaped (module's rule; `measure` drains every pair before
+        // its buffers drop), and `self.file`, owned by `self`, which outlives the ring's work
+        // because `drain` runs before `self` can be dropped by `measure`'s caller.
         unsafe {
             let mut submission = self.ring.submission();
             submission.push(&write).map_err(|_| anyhow::anyhow!("submission queue full"))?;
             submission.push(&sync).map_err(|_| anyhow::anyhow!("submission queue full"))?;
         }
-        self.wait_for(2, buffer.len())
+        Ok(())
     }
 
-    fn wait_for(&mut self, entries: usize, write_len: usize) -> anyhow::Result<()> {
-        let mut completed = 0;
+    /// Submits what is queued, waits for at least one completion, and returns the submission
+    /// times of the pairs that completed, with the first IO failure seen (a short write or an
+    /// error; the failing pair still counts as complete). `Err` only if the ring itself fails.
+    fn reap(
+        &mut self,
+        pipeline: &mut Pipeline,
+        write_len: usize,
+    ) -> anyhow::Result<(Vec<Instant>, Option<String>)> {
+        self.ring.submit_and_wait(1).context("io_uring submit")?;
+        let mut done = Vec::new();
         let mut failure = None;
-        while completed < entries {
-            self.ring.submit_and_wait(entries - completed).context("io_uring submit")?;
-            for entry in self.ring.completion() {
-                completed += 1;
-                let result = entry.result();
-                match entry.user_data() {
-                    1 if result != write_len as i32 => {
-                        failure.get_or_insert(format!("write returned {result}"));
-                    }
-                    2 if result != 0 => {
-                        failure.get_or_insert(format!("fdatasync returned {result}"));
-                    }
-                    _ => {}
-                }
+        for entry in self.ring.completion() {
+            let tag = entry.user_data();
+            let result = entry.result();
+            let is_sync = tag & 1 == 1;
+            if !is_sync && result != write_len as i32 {
+                failure.get_or_insert(format!("write returned {result}"));
+            }
+            if is_sync && result != 0 {
+                failure.get_or_insert(format!("fdatasync returned {result}"));
+            }
+            if let Some(submitted) = pipeline.completed((tag >> 1) as usize) {
+                done.push(submitted);
             }
         }
-        match failure {
-            Some(reason) => bail!("raw-disk IO failed on {}: {reason}", self.path.display()),
-            None => Ok(()),
+        Ok((done, failure))
+    }
+
+    /// Waits until no pair is in flight. IO failures are not reported again (the measurement
+    /// that left pairs in flight already failed or ended); a failing ring is.
+    fn drain(&mut self, pipeline: &mut Pipeline, write_len: usize) -> anyhow::Result<()> {
+        while pipeline.in_flight() > 0 {
+            self.reap(pipeline, write_len)?;
         }
+        Ok(())
     }
 }
 
@@ -323,6 +443,7 @@ mod tests {
             write_size_bytes: 5000,
             duration: Duration::from_millis(100),
             warmup_rounds: 2,
+            queue_depth: 1,
         };
         let measure = session.measure(&run, &|| false).unwrap();
         assert!(measure.operations > 0);
@@ -332,6 +453,27 @@ mod tests {
         assert!(session.measure(&run, &|| false).unwrap().operations > 0);
         drop(session);
         assert!(!dir.path().join("raw-disk.dat").exists());
+    }
+
+    #[test]
+    fn raw_disk_keeps_several_pairs_in_flight_and_drains_them() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        // 5 writes of 8 KiB fit the file: positions wrap while 4 pairs are in flight.
+        let mut session = RawDiskSession::create(dir.path(), 5 * 8192).unwrap();
+        let run = RawDiskRun {
+            write_size_bytes: 8192,
+            duration: Duration::from_millis(100),
+            warmup_rounds: 8,
+            queue_depth: 4,
+        };
+        let measure = session.measure(&run, &|| false).unwrap();
+        assert!(measure.operations > 0);
+        assert_eq!(measure.bytes, measure.operations * 8192);
+        assert_eq!(measure.fdatasyncs, measure.operations);
+        let too_deep = RawDiskRun { queue_depth: QUEUE_DEPTH_MAX + 1, ..run.clone() };
+        assert!(session.measure(&too_deep, &|| false).is_err());
+        let too_big = RawDiskRun { queue_depth: 6, ..run };
+        assert!(session.measure(&too_big, &|| false).is_err(), "6 writes cannot fit the file");
     }
 
     #[test]

@@ -409,7 +409,12 @@ fn run_rounds(
 }
 
 fn raw_run(options: &SuiteOptions, write_size_bytes: usize, duration: Duration) -> RawDiskRun {
-    RawDiskRun { write_size_bytes, duration, warmup_rounds: if options.quick { 2 } else { 20 } }
+    RawDiskRun {
+        write_size_bytes,
+        duration,
+        warmup_rounds: if options.quick { 2 } else { 20 },
+        queue_depth: 1,
+    }
 }
 
 /// Starts (or connects to) the cluster and runs the selected cluster scenarios.
