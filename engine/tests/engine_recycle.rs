@@ -37,10 +37,21 @@ type Written = BTreeMap<u64, Bytes>;
 /// Appends `count` batches (4 records of 1000 bytes, contents derived from the index) and
 /// waits until the last is durable; `single_flush` awaits each one (one flush per batch).
 async fn append(log: &Log, written: &mut Written, count: usize, single_flush: bool) {
+    append_sized(log, written, count, single_flush, 1000).await;
+}
+
+/// `append` with records of `record_size` bytes.
+async fn append_sized(
+    log: &Log,
+    written: &mut Written,
+    count: usize,
+    single_flush: bool,
+    record_size: usize,
+) {
     let mut last = None;
     for _ in 0..count {
         let fill = (log.last_index().0.wrapping_mul(7) % 251) as u8;
-        let appended = log.append(request(1, 4, 1000, fill)).unwrap();
+        let appended = log.append(request(1, 4, record_size, fill)).unwrap();
         written.insert(appended.index.0, appended.batch.clone());
         if single_flush {
             appended.durable.await.unwrap();
@@ -182,15 +193,18 @@ fn appends_across_many_recycled_segments_survive_a_reopen_byte_for_byte() {
     run(move || async move {
         let (log, _) = Log::open(&path, recycle_config()).await.unwrap();
         let mut written = Written::new();
-        for _ in 0..GROUPS_MAX {
-            append(&log, &mut written, 16, false).await;
+        for group in 0..GROUPS_MAX {
+            // Batch sizes from 12 to 60 KiB: each life of a file ends at another position,
+            // so stale batches follow the data of sealed recycled segments.
+            let record_size = 3000 * (group % 5 + 1);
+            append_sized(&log, &mut written, 4, false, record_size).await;
             retain(&log).await;
-            if log.stats().spares_recycled >= 4 {
+            if log.stats().spares_recycled >= 6 {
                 break;
             }
         }
         let stats = log.stats();
-        assert!(stats.spares_recycled >= 4, "{stats:?}");
+        assert!(stats.spares_recycled >= 6, "{stats:?}");
         assert_log_matches(&log, &written).await;
         let (start, last) = (log.start_index(), log.last_index());
         assert!(start > LogIndex(1), "retention moved the start");
@@ -211,6 +225,50 @@ fn appends_across_many_recycled_segments_survive_a_reopen_byte_for_byte() {
         let (log, report) = Log::open(&path, recycle_config()).await.unwrap();
         assert!(report.sealed_rescanned > 0, "{report:?}");
         assert_eq!((log.start_index(), log.last_index()), (start, last), "{report:?}");
+        assert_log_matches(&log, &written).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_sealed_recycled_segment_rescanned_without_its_index_stops_before_its_stale_batches() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut written = recycled_tail_fixture(&path).await;
+        let sealed = tail_path(&path);
+        let name = sealed.file_name().unwrap().to_str().unwrap().to_string();
+        let base = parse_segment_name(&name).unwrap().1;
+        let (log, _) = Log::open(&path, recycle_config()).await.unwrap();
+        let segments = log.segment_count();
+        for _ in 0..GROUPS_MAX {
+            // 60 KiB batches: the recycled tail is sealed well before the end of its old life.
+            append_sized(&log, &mut written, 1, true, 15_000).await;
+            if log.segment_count() > segments {
+                break;
+            }
+        }
+        log.close().await.unwrap();
+        let next_base = parse_segment_name(tail_path(&path).file_name().unwrap().to_str().unwrap())
+            .unwrap()
+            .1;
+        assert!(next_base > base, "the recycled tail was sealed by a roll");
+        let last = &written[&(next_base.0 - 1)];
+        let end = position_in(&sealed, last) + last.len() as u64;
+        // Past the padding after its last batch, the old life's bytes follow: a rescan that
+        // did not stop at the next segment's base would take them for damage.
+        let after = match end % BLOCK {
+            0 => end,
+            rest if BLOCK - rest < 16 => end.div_ceil(BLOCK) * BLOCK + BLOCK,
+            _ => end.div_ceil(BLOCK) * BLOCK,
+        };
+        let bytes = std::fs::read(&sealed).unwrap();
+        let stale = &bytes[after as usize..(after as usize + 72).min(bytes.len())];
+        assert!(stale.iter().any(|b| *b != 0), "stale bytes follow its data at {after}");
+        std::fs::remove_file(path.join(name.replace(".seg", ".idx"))).unwrap();
+        let (log, report) = Log::open(&path, recycle_config()).await.unwrap();
+        assert_eq!(report.sealed_rescanned, 1, "{report:?}");
+        assert_eq!(report.truncated_at, None);
         assert_log_matches(&log, &written).await;
         log.close().await.unwrap();
     });
