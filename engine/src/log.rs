@@ -992,8 +992,7 @@ impl Log {
         for bound in above {
             dir.remove(&recycle_candidate_name(bound)).map_err(|e| err("remove candidate", &e))?;
         }
-        let recycled =
-            take_usable_spare(inner, next_index).await.map_err(|e| err("spare", &e))?;
+        let recycled = take_usable_spare(inner, next_index).await.map_err(|e| err("spare", &e))?;
         dir.rename(SPARE_READY, RESET_PENDING).map_err(|e| err("rename spare", &e))?;
         inner.state.borrow_mut().spare_ready = false;
         inner.spare_notify.notify_all();

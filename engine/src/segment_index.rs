@@ -381,7 +381,9 @@ mod tests {
         let mut bytes = encode_index(&cut);
         assert_eq!(decode_index(&bytes), Some(cut));
         bytes[6] = 0x02;
-        let crc = body_crc(&bytes[..INDEX_HEADER_SIZE + 3 * ENTRY_SIZE + 2 * TERM_POINT_SIZE + CONTROL_SIZE]);
+        let crc = body_crc(
+            &bytes[..INDEX_HEADER_SIZE + 3 * ENTRY_SIZE + 2 * TERM_POINT_SIZE + CONTROL_SIZE],
+        );
         bytes[8..12].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_index(&bytes), None);
     }

@@ -114,9 +114,13 @@ async fn run_preallocator(inner: Rc<Inner>) {
         }
         let prepared = match take_candidate(&inner) {
             Ok(Some(bound)) => recycle_spare(&inner, bound).await,
-            Ok(None) => fill_spare(&inner)
-                .await
-                .map(|filled| if filled { Prepared::ZeroFilled } else { Prepared::Closed }),
+            Ok(None) => fill_spare(&inner).await.map(|filled| {
+                if filled {
+                    Prepared::ZeroFilled
+                } else {
+                    Prepared::Closed
+                }
+            }),
             Err(e) => Err(e),
         };
         let recycled = match prepared {

@@ -24,11 +24,7 @@ const BLOCK: u64 = 4096;
 const GROUPS_MAX: usize = 400;
 
 fn recycle_config() -> LogConfig {
-    LogConfig {
-        recycle_segments: true,
-        retention_bytes_max: Some(2 << 20),
-        ..small_config()
-    }
+    LogConfig { recycle_segments: true, retention_bytes_max: Some(2 << 20), ..small_config() }
 }
 
 /// The batches a test appended, by index.
@@ -249,9 +245,8 @@ fn a_sealed_recycled_segment_rescanned_without_its_index_stops_before_its_stale_
             }
         }
         log.close().await.unwrap();
-        let next_base = parse_segment_name(tail_path(&path).file_name().unwrap().to_str().unwrap())
-            .unwrap()
-            .1;
+        let next_base =
+            parse_segment_name(tail_path(&path).file_name().unwrap().to_str().unwrap()).unwrap().1;
         assert!(next_base > base, "the recycled tail was sealed by a roll");
         let last = &written[&(next_base.0 - 1)];
         let end = position_in(&sealed, last) + last.len() as u64;
@@ -418,7 +413,8 @@ fn a_flipped_bit_in_the_middle_of_a_recycled_tail_is_corruption_naming_segment_a
         assert_eq!(corruption.position, position);
         assert!(matches!(corruption.kind, CorruptionKind::InvalidBatch(_)), "{corruption:?}");
         // Nothing was changed: asked to, recovery cuts there and keeps everything before.
-        let config = LogConfig { recovery_mode: RecoveryMode::TruncateAtCorruption, ..recycle_config() };
+        let config =
+            LogConfig { recovery_mode: RecoveryMode::TruncateAtCorruption, ..recycle_config() };
         let (log, report) = Log::open(&path, config).await.unwrap();
         assert_eq!(log.last_index(), LogIndex(victim - 1), "{report:?}");
         assert!(report.truncated_at.is_some());
@@ -540,7 +536,11 @@ fn a_reset_below_the_stale_bound_of_a_recycled_spare_never_reuses_it() {
         // must not become its segments.
         log.reset(LogIndex(2), ringlog_engine::Offset(10), ringlog_engine::Term(1)).await.unwrap();
         let segment = tail_path(&path);
-        assert_eq!(header_flags(&segment), 0, "a zero-filled spare was used, not one above {bound}");
+        assert_eq!(
+            header_flags(&segment),
+            0,
+            "a zero-filled spare was used, not one above {bound}"
+        );
         let mut written = Written::new();
         append(&log, &mut written, 40, false).await;
         assert_log_matches(&log, &written).await;
