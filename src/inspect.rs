@@ -250,8 +250,15 @@ impl<'a> Scan<'a> {
 
     fn run(&mut self) -> std::io::Result<HeaderReport> {
         let block = self.read(0, BLOCK_SIZE)?.to_vec();
-        let header = match decode_header(&block) {
-            HeaderState::Zero => HeaderReport::Zero,
+        let decoded = decode_header(&block);
+        // A recycled segment keeps stale bytes of its earlier lives past its data.
+        let stale_tail = match decoded {
+            HeaderState::RecycledSpare(_) => true,
+            HeaderState::Valid(meta) => meta.recycled.is_some(),
+            HeaderState::Zero | HeaderState::Invalid => false,
+        };
+        let header = match decoded {
+            HeaderState::Zero | HeaderState::RecycledSpare(_) => HeaderReport::Zero,
             HeaderState::Invalid => HeaderReport::Invalid,
             HeaderState::Valid(meta) => HeaderReport::Valid {
                 base_offset: meta.base_offset.0,
@@ -288,7 +295,9 @@ impl<'a> Scan<'a> {
             }
         };
         self.summary.bytes_used = data_end;
-        self.check_zero_tail(data_end)?;
+        if !stale_tail {
+            self.check_zero_tail(data_end)?;
+        }
         Ok(header)
     }
 
@@ -789,6 +798,7 @@ mod tests {
             prev_crc: 0xabcd,
             segment_size: size,
             created_unix_ms: 0,
+            recycled: None,
         };
         encode_header(&meta, &mut file[..BLOCK_SIZE]);
         let mut records = RecordsBuilder::new(64 << 10);

@@ -28,6 +28,7 @@ use crate::notify::DurableSlot;
 use crate::recovery::{open_segment_file, persist_index, sealed_index};
 use crate::segment::{encode_header, segment_name, Segment, SPARE_READY};
 use crate::segment_index::SegmentIndex;
+use crate::spare::take_usable_spare;
 use crate::types::LogIndex;
 
 /// A stamped batch waiting for its flush.
@@ -145,6 +146,8 @@ pub struct FlushStats {
     pub segments_rolled: u64,
     /// Spare segments zero-filled by the preallocator.
     pub spares_filled: u64,
+    /// Spare segments prepared by recycling a retention victim (one block written).
+    pub spares_recycled: u64,
     /// Latency of each flush's fdatasync, in µs (`FDATASYNC_LATENCY_BOUNDS_US`).
     pub fdatasync_latency_us: FixedHistogram,
     /// Size of each appended batch in bytes, header included (`BATCH_SIZE_BOUNDS_BYTES`).
@@ -160,6 +163,7 @@ impl Default for FlushStats {
             bytes_written: 0,
             segments_rolled: 0,
             spares_filled: 0,
+            spares_recycled: 0,
             fdatasync_latency_us: FixedHistogram::new(&FDATASYNC_LATENCY_BOUNDS_US),
             batch_size_bytes: FixedHistogram::new(&BATCH_SIZE_BOUNDS_BYTES),
         }
@@ -232,7 +236,10 @@ fn needs_roll(inner: &Inner) -> bool {
 /// active segment starting at the first queued batch. Directory synced before any batch
 /// lands in the new segment.
 async fn roll(inner: &Inner) -> Result<(), String> {
-    wait_spare(inner).await.map_err(|e| format!("waiting for a spare segment: {e}"))?;
+    let base = inner.state.borrow().queue.front().expect("non-empty queue").header.index();
+    let recycled = take_usable_spare(inner, base)
+        .await
+        .map_err(|e| format!("waiting for a spare segment: {e}"))?;
     let (first, prev_term, seal) = {
         let st = inner.state.borrow();
         let first = st.queue.front().expect("non-empty queue").header;
@@ -275,6 +282,8 @@ async fn roll(inner: &Inner) -> Result<(), String> {
         last_term: prev_term,
         index: SegmentIndex::new(),
         sealed: false,
+        recycled,
+        cut: false,
     });
     st.stats.segments_rolled += 1;
     Ok(())

@@ -104,7 +104,7 @@ impl Default for LogConfig {
             retention_age_max: None,
             recovery_mode: RecoveryMode::Strict,
             flushes_in_flight_max: FLUSHES_IN_FLIGHT_DEFAULT,
-            recycle_segments: false,
+            recycle_segments: true,
         }
     }
 }

@@ -31,18 +31,19 @@ use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
     RetentionError, TruncateError,
 };
-use crate::group_commit::{spawn_flusher, wait_spare, FlushStats, Pending};
+use crate::group_commit::{spawn_flusher, FlushStats, Pending};
 use crate::io::{DataDir, FaultInjector};
 use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
 use crate::lock::DirLock;
 use crate::notify::{Durable, DurableSlot, Notify};
 use crate::recovery::{open_segment_file, persist_index, recover, sealed_index, RecoveryReport};
 use crate::segment::{
-    encode_header, index_name, segment_name, Segment, SegmentMeta, RESET_PENDING, SPARE_READY,
+    encode_header, index_name, recycle_candidate_name, segment_name, Segment, SegmentMeta,
+    RESET_PENDING, SPARE_READY,
 };
 use crate::segment_index::{ControlPoint, SegmentIndex};
 use crate::segment_reader::{Item, SegmentReader};
-use crate::spare::spawn_preallocator;
+use crate::spare::{spawn_preallocator, take_usable_spare, RecycleCandidate, RECYCLED_SPARES_MAX};
 use crate::tail_cache::{CachedBatch, TailCache};
 use crate::types::{LogIndex, Offset, Term};
 
@@ -173,6 +174,10 @@ pub(crate) struct State {
     pub failed: Option<String>,
     pub closed: bool,
     pub spare_ready: bool,
+    /// The ready spare's stale bound if it is recycled (`spare.rs`).
+    pub spare_recycled: Option<LogIndex>,
+    /// Retention victims kept for recycling (at most `RECYCLED_SPARES_MAX`).
+    pub recycle_candidates: Vec<RecycleCandidate>,
     pub stats: FlushStats,
     /// Where `append` stamps batches: one allocation shared by up to `APPEND_ARENA_BYTES` of
     /// consecutive batches (split off it), instead of one allocation and free per batch.
@@ -325,7 +330,13 @@ impl Log {
             .await
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
         let recovered = recover(&data_dir, &config, &faults).await?;
-        let state = build_state(&config, recovered.segments, recovered.report.spare_ready);
+        let mut state = build_state(&config, recovered.segments, recovered.report.spare_ready);
+        state.spare_recycled = recovered.spare_recycled;
+        state.recycle_candidates = recovered
+            .recycle_candidates
+            .into_iter()
+            .map(|stale_index_end| RecycleCandidate { stale_index_end, file: None })
+            .collect();
         state.check();
         let inner = Rc::new(Inner {
             config,
@@ -855,6 +866,8 @@ impl Log {
                 segment.data_end = position;
                 segment.write_position = block_ceil(position);
                 segment.index.truncate_from(from);
+                // The cut batches stay in the file past `data_end`: never recycle it.
+                segment.cut = true;
                 sealed_index(segment)
             };
             persist_index(dir, faults, &name, &sealed)
@@ -964,7 +977,22 @@ impl Log {
         let dir = &inner.dir;
         let faults = &inner.faults;
         let err = |what: &str, e: &dyn std::fmt::Display| format!("reset: {what}: {e}");
-        wait_spare(inner).await.map_err(|e| err("spare", &e))?;
+        // Recycling candidates with batches at or above the new start can never be reused.
+        let above: Vec<LogIndex> = {
+            let mut st = inner.state.borrow_mut();
+            let above = st
+                .recycle_candidates
+                .iter()
+                .filter(|c| c.stale_index_end > next_index)
+                .map(|c| c.stale_index_end)
+                .collect();
+            st.recycle_candidates.retain(|c| c.stale_index_end <= next_index);
+            above
+        };
+        for bound in above {
+            dir.remove(&recycle_candidate_name(bound)).map_err(|e| err("remove candidate", &e))?;
+        }
+        let recycled = take_usable_spare(inner, next_index).await.map_err(|e| err("spare", &e))?;
         dir.rename(SPARE_READY, RESET_PENDING).map_err(|e| err("rename spare", &e))?;
         inner.state.borrow_mut().spare_ready = false;
         inner.spare_notify.notify_all();
@@ -977,6 +1005,7 @@ impl Log {
             prev_crc: 0,
             segment_size: inner.config.segment_size_bytes,
             created_unix_ms: crate::segment::now_unix_ms(),
+            recycled,
         };
         let mut buf = file.alloc(BLOCK_SIZE);
         encode_header(&meta, buf.as_bytes_mut());
@@ -1009,6 +1038,8 @@ impl Log {
             last_term: prev_term,
             index: SegmentIndex::new(),
             sealed: false,
+            recycled,
+            cut: false,
         })
     }
 
@@ -1016,6 +1047,11 @@ impl Log {
     /// `retention_bytes_max` or their newest batch is older than `retention_age_max`, and only
     /// segments whose every batch is below `deletable_below` (e.g. the commit index + 1).
     /// Never deletes the active (last) segment. Advances the log start.
+    ///
+    /// With `LogConfig::recycle_segments`, up to `RECYCLED_SPARES_MAX` victims that were never
+    /// cut are kept as recycling candidates instead (renamed `spare.recycled-{next_index}`,
+    /// their index deleted) for the preallocator (spare.rs); the directory is synced before
+    /// the log start advances either way.
     pub async fn apply_retention(
         &self,
         now_unix_ms: i64,
@@ -1023,7 +1059,7 @@ impl Log {
     ) -> Result<RetentionReport, RetentionError> {
         let inner = &self.inner;
         let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| RetentionError::Closed)?;
-        let victims: Vec<(String, u64)> = {
+        let victims: Vec<Victim> = {
             let st = inner.state.borrow();
             closed_or_failed(&st, RetentionError::Closed)?;
             let config = &inner.config;
@@ -1040,15 +1076,44 @@ impl Log {
                     break;
                 }
                 total -= segment.used_bytes();
-                victims.push((segment.name.clone(), segment.used_bytes()));
+                victims.push(Victim {
+                    name: segment.name.clone(),
+                    bytes: segment.used_bytes(),
+                    next_index: segment.next_index,
+                    recyclable: !segment.cut && segment.capacity == config.segment_size_bytes,
+                    file: segment.file.clone(),
+                });
             }
             victims
         };
         let mut report = RetentionReport::default();
         if !victims.is_empty() {
+            let mut room = if inner.config.recycle_segments {
+                RECYCLED_SPARES_MAX.saturating_sub(inner.state.borrow().recycle_candidates.len())
+            } else {
+                0
+            };
+            let mut kept = Vec::new();
             let removed: Result<(), String> = async {
-                for (name, _) in &victims {
-                    inner.dir.remove(name).map_err(|e| format!("retention: remove {name}: {e}"))?;
+                for victim in &victims {
+                    let name = &victim.name;
+                    if victim.recyclable && room > 0 {
+                        let candidate = recycle_candidate_name(victim.next_index);
+                        inner
+                            .dir
+                            .rename(name, &candidate)
+                            .map_err(|e| format!("retention: rename {name} to {candidate}: {e}"))?;
+                        room -= 1;
+                        kept.push(RecycleCandidate {
+                            stale_index_end: victim.next_index,
+                            file: Some(victim.file.clone()),
+                        });
+                    } else {
+                        inner
+                            .dir
+                            .remove(name)
+                            .map_err(|e| format!("retention: remove {name}: {e}"))?;
+                    }
                     inner.dir.remove(&index_name(name)).map_err(|e| format!("retention: {e}"))?;
                 }
                 inner
@@ -1063,6 +1128,7 @@ impl Log {
                 return Err(RetentionError::Failed { reason });
             }
             let mut st = inner.state.borrow_mut();
+            st.recycle_candidates.extend(kept);
             st.segments.drain(..victims.len());
             let first = &st.segments[0];
             let (start_index, start_offset, prev_term) =
@@ -1074,13 +1140,26 @@ impl Log {
             st.controls.retain(|(index, _)| *index >= start_index);
             st.check();
             report.segments_deleted = victims.len();
-            report.bytes_deleted = victims.iter().map(|(_, bytes)| bytes).sum();
+            report.bytes_deleted = victims.iter().map(|v| v.bytes).sum();
+            drop(st);
+            // A preallocator waiting for a zero-fill to be wanted may now recycle instead.
+            inner.spare_notify.notify_all();
         }
         let st = inner.state.borrow();
         report.start_index = st.start_index;
         report.start_offset = st.start_offset;
         Ok(report)
     }
+}
+
+/// A segment retention removes from the log.
+struct Victim {
+    name: String,
+    bytes: u64,
+    next_index: LogIndex,
+    /// Never cut and of the configured size: may become a recycling candidate.
+    recyclable: bool,
+    file: Rc<crate::io::DirectFile>,
 }
 
 impl Drop for Log {
@@ -1149,6 +1228,8 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
         failed: None,
         closed: false,
         spare_ready,
+        spare_recycled: None,
+        recycle_candidates: Vec::new(),
         stats: FlushStats::default(),
         arena: BytesMut::new(),
     }

@@ -7,6 +7,26 @@
 //! and is zeroed (reported as `torn_bytes_dropped`). Anything else is `Corruption`, unless the
 //! caller asked for `RecoveryMode::TruncateAtCorruption`.
 //!
+//! Recycled segments (header flag `SEGMENT_FLAG_RECYCLED`, docs/format.md#recycled-segments)
+//! keep stale batches of the file's earlier lives past their write position: valid checksums,
+//! but every stale index is below the header's `stale_index_end`, itself `<= base_index`. So:
+//! - the tail scan still ends at the first item that does not continue the segment (a stale
+//!   batch fails the index/offset/chain continuity check, stale payload fails its checksum);
+//! - only block-aligned valid batch headers with an index `>= base_index` count as "valid data
+//!   beyond" (corruption if further than `torn_reach_bytes`); stale headers are ignored;
+//! - a sealed segment rescan stops cleanly once it reaches the next segment's base index;
+//! - a tail whose block 0 still holds a recycled-spare header (a crash between the roll's
+//!   rename and the first flush) is an empty recycled segment, repaired like a torn first flush;
+//! - repair of a recycled tail zeroes only the window `[block_floor(E), block_floor(E) +
+//!   torn_reach_bytes())` (capped at the file's end), never the stale rest of the file. That
+//!   window holds every byte the flushes in flight at the crash could have written. Stale bytes
+//!   and torn bytes cannot be told apart (a torn write leaves any mix of old and new bytes), so
+//!   the window is zeroed on **every** open of a recycled tail where it is not already all
+//!   zeros — after a clean close too: at most `torn_reach_bytes` of writes and one fdatasync per
+//!   open, and afterwards nothing of the segment's own indices lies past `E` except what later
+//!   flushes in flight may leave, which the next open's window covers again. The bytes zeroed
+//!   are reported as `recycled_bytes_zeroed`, not as `torn_bytes_dropped`.
+//!
 //! Invariants: recovery reads O(tail segment + index files) bytes; every write it makes is
 //! fdatasynced and every name change directory-synced before `Log::open` returns.
 
@@ -20,8 +40,8 @@ use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::io::{DataDir, DirectFile, FaultInjector, OpenFileError};
 use crate::limits::{block_ceil, block_floor, LogConfig, RecoveryMode, BLOCK_SIZE, IO_CHUNK_BYTES};
 use crate::segment::{
-    decode_header, encode_header, index_name, parse_segment_name, segment_name, HeaderState,
-    Segment, RESET_PENDING, SEGMENT_SUFFIX, SPARE_READY,
+    decode_header, encode_header, index_name, parse_recycle_candidate_name, parse_segment_name,
+    segment_name, HeaderState, Segment, RESET_PENDING, SEGMENT_SUFFIX, SPARE_READY,
 };
 use crate::segment_index::{decode_index, encode_index, SealedIndex, SegmentIndex};
 use crate::segment_reader::{InvalidKind, Item, SegmentReader};
@@ -47,13 +67,20 @@ pub struct RecoveryReport {
     pub corruption_bytes_dropped: u64,
     /// A reset interrupted by a crash was completed.
     pub reset_completed: bool,
-    /// Whether a zero-filled spare segment was already there.
+    /// Whether a spare segment (zero-filled or recycled) was already there.
     pub spare_ready: bool,
+    /// Bytes zeroed past the end of a recycled tail segment (stale or torn, see module doc).
+    pub recycled_bytes_zeroed: u64,
 }
 
 pub(crate) struct Recovered {
     pub segments: Vec<Segment>,
     pub report: RecoveryReport,
+    /// The ready spare's stale bound if it is a recycled one.
+    pub spare_recycled: Option<LogIndex>,
+    /// Retention victims kept for recycling: their stale bounds (names from
+    /// `recycle_candidate_name`).
+    pub recycle_candidates: Vec<LogIndex>,
 }
 
 struct Ctx<'a> {
@@ -97,7 +124,11 @@ pub(crate) async fn recover(
             dir.remove(name).map_err(io_error(dir.join(name)))?;
         }
     }
-    report.spare_ready = spare_is_ready(&ctx, &names).await?;
+    let spare = spare_is_ready(&ctx, &names).await?;
+    report.spare_ready = spare.is_some();
+    let spare_recycled = spare.flatten();
+    let recycle_candidates: Vec<LogIndex> =
+        names.iter().filter_map(|n| parse_recycle_candidate_name(n)).collect();
     let mut found: Vec<(Offset, LogIndex, String)> = names
         .iter()
         .filter_map(|n| parse_segment_name(n).map(|(o, i)| (o, i, n.clone())))
@@ -133,10 +164,13 @@ pub(crate) async fn recover(
         match outcome {
             Scanned::Clean(segment) if !is_last => {
                 report.sealed_rescanned += 1;
+                // What lies past a rescanned segment's data is unknown (a truncation may have
+                // cut it): never recycle it.
+                let segment = Segment { sealed: true, cut: true, ..segment };
                 persist_index(ctx.dir, ctx.faults, &segment.name, &sealed_index(&segment))
                     .await
                     .map_err(io_error(dir.join(&index_name(&segment.name))))?;
-                segments.push(Segment { sealed: true, ..segment });
+                segments.push(segment);
             }
             Scanned::Clean(segment) => segments.push(segment),
             Scanned::Damaged { segment, damage, end, dirty_end, scanned } => {
@@ -152,10 +186,19 @@ pub(crate) async fn recover(
                     })));
                 }
                 let mut segment = segment;
-                repair_tail(&ctx, &mut segment, end, dirty_end).await?;
-                if torn {
-                    report.torn_bytes_dropped = dirty_end.saturating_sub(end);
+                // A recycled tail is cut at the torn window only; a corruption cut zeroes
+                // everything dirty (the whole stale rest too: rare, and the file is then
+                // never recycled).
+                let recycled_torn = torn && segment.recycled.is_some();
+                let zero_end = if torn { dirty_end.torn } else { dirty_end.all };
+                repair_tail(&ctx, &mut segment, end, zero_end).await?;
+                if recycled_torn {
+                    report.recycled_bytes_zeroed = zero_end.saturating_sub(end);
+                } else if torn {
+                    report.torn_bytes_dropped = zero_end.saturating_sub(end);
                 } else {
+                    segment.cut = true;
+                    let dirty_end = zero_end;
                     report.corruption_bytes_dropped = dirty_end.saturating_sub(end);
                     for (_, _, later) in found[i + 1..].iter().rev() {
                         let size = std::fs::metadata(dir.join(later)).map_or(0, |m| m.len());
@@ -186,7 +229,7 @@ pub(crate) async fn recover(
     }
     dir.sync(faults).await.map_err(dir_err())?;
     report.segments = segments.len();
-    Ok(Recovered { segments, report })
+    Ok(Recovered { segments, report, spare_recycled, recycle_candidates })
 }
 
 /// Completes (or abandons) a reset interrupted by a crash.
@@ -212,17 +255,32 @@ async fn finish_reset(ctx: &Ctx<'_>, names: &[String]) -> Result<bool, OpenError
     Ok(true)
 }
 
-async fn spare_is_ready(ctx: &Ctx<'_>, names: &[String]) -> Result<bool, OpenError> {
+/// Whether a usable spare is ready: `Some(None)` zero-filled, `Some(Some(bound))` recycled
+/// (block 0 a recycled-spare header with stale bound `bound`). A spare of another size or
+/// with any other block 0 is deleted (the preallocator makes a new one).
+async fn spare_is_ready(
+    ctx: &Ctx<'_>,
+    names: &[String],
+) -> Result<Option<Option<LogIndex>>, OpenError> {
     if !names.iter().any(|n| n == SPARE_READY) {
-        return Ok(false);
+        return Ok(None);
     }
     let path = ctx.dir.join(SPARE_READY);
     let size = std::fs::metadata(&path).map_err(io_error(path.clone()))?.len();
     if size == ctx.config.segment_size_bytes {
-        return Ok(true);
+        let file = open_segment_file(ctx.dir, SPARE_READY).await?;
+        let block = file.read_at(0, BLOCK_SIZE).await.map_err(io_error(path.clone()))?.to_vec();
+        file.close().await.map_err(io_error(path.clone()))?;
+        match decode_header(&block) {
+            HeaderState::Zero => return Ok(Some(None)),
+            HeaderState::RecycledSpare(spare) if spare.segment_size == size => {
+                return Ok(Some(Some(spare.stale_index_end)));
+            }
+            _ => {}
+        }
     }
     ctx.dir.remove(SPARE_READY).map_err(io_error(path))?;
-    Ok(false)
+    Ok(None)
 }
 
 /// Loads a segment's index file if it exists, is intact and agrees with the segment's name
@@ -289,6 +347,10 @@ fn segment_from_index(
         last_term: s.last_term,
         index: s.index,
         sealed: true,
+        // Whether the file is recycled matters only to a tail scan; a sealed segment's reads
+        // are bounded by its index.
+        recycled: None,
+        cut: s.cut,
     }
 }
 
@@ -306,6 +368,7 @@ pub(crate) fn sealed_index(segment: &Segment) -> SealedIndex {
         prev_crc: segment.prev_crc,
         last_crc: segment.last_crc,
         index: segment.index.clone(),
+        cut: segment.cut,
     }
 }
 
@@ -337,8 +400,24 @@ enum Scanned {
     /// The segment is whole: every item valid up to its end (or up to `next_base`).
     Clean(Segment),
     /// The segment stops at an invalid item or unwritten gap. `damage` is `None` when the
-    /// damage is explained by a torn last flush; `dirty_end` is the end of non-zero bytes.
-    Damaged { segment: Segment, damage: Option<Corruption>, end: u64, dirty_end: u64, scanned: u64 },
+    /// damage is explained by a torn last flush; `dirty_end` bounds the bytes to zero.
+    Damaged {
+        segment: Segment,
+        damage: Option<Corruption>,
+        end: u64,
+        dirty_end: DirtyEnd,
+        scanned: u64,
+    },
+}
+
+/// Where the bytes to zero after a cut at `E` end.
+#[derive(Clone, Copy, Debug)]
+struct DirtyEnd {
+    /// The end of the last non-zero byte of the segment (a corruption cut zeroes this far).
+    all: u64,
+    /// For a torn tail: `all`, or, in a recycled segment, the end of the last non-zero byte
+    /// within the torn window `[block_floor(E), block_floor(E) + torn_reach_bytes)`.
+    torn: u64,
 }
 
 /// Where a segment starts, from its name, and its file size.
@@ -380,6 +459,8 @@ async fn scan(
         last_term: prev_term,
         index: SegmentIndex::new(),
         sealed: false,
+        recycled: None,
+        cut: false,
     };
     let corrupt = |position, kind| Corruption { segment: path.clone(), position, kind };
     if let Some(p) = prev {
@@ -395,14 +476,24 @@ async fn scan(
         HeaderState::Valid(meta) => {
             let matches = meta.base_offset == base_offset
                 && meta.base_index == base_index
-                && (prev.is_none() || meta.prev_crc == prev_crc);
+                && (prev.is_none() || meta.prev_crc == prev_crc)
+                && meta.recycled.is_none_or(|bound| bound <= base_index);
             if matches {
                 segment.prev_term = meta.prev_term;
                 segment.prev_crc = meta.prev_crc;
                 segment.last_term = meta.prev_term;
                 segment.last_crc = meta.prev_crc;
+                segment.recycled = meta.recycled;
             }
             matches
+        }
+        // Renamed into place by a roll, no flush landed: an empty recycled segment (its
+        // header is written by the repair below, as for a torn first flush).
+        HeaderState::RecycledSpare(spare) => {
+            if spare.stale_index_end <= base_index {
+                segment.recycled = Some(spare.stale_index_end);
+            }
+            false
         }
         HeaderState::Zero | HeaderState::Invalid => false,
     };
@@ -422,6 +513,10 @@ async fn scan(
         let first_chain_free = prev.is_none();
         let items_max = capacity / 16 + 1;
         for _ in 0..items_max {
+            if next_base == Some(segment.next_index) {
+                // A sealed segment is complete; whatever follows is stale or cut off.
+                break;
+            }
             let item = reader
                 .next_item(position, config.batch_size_max)
                 .await
@@ -472,12 +567,16 @@ async fn scan(
     }
     segment.write_position = block_ceil(position);
     let end = position;
+    let probe = Probe { end, capacity, base_index, recycled: segment.recycled.is_some() };
     let (dirty_end, valid_beyond) =
-        probe_beyond(&mut reader, end, capacity, config).await.map_err(io_error(path.clone()))?;
+        probe_beyond(&mut reader, &probe, config).await.map_err(io_error(path.clone()))?;
     let scanned = capacity;
     let is_last = next_base.is_none();
     if is_last {
-        if stop.is_none() && dirty_end <= end && end % BLOCK_SIZE as u64 == 0 {
+        // In a recycled tail the stop item may be a stale one: the tail is clean when the torn
+        // window past `end` is all zeros (then the stop item was zeros too).
+        let benign_stop = stop.is_none() || segment.recycled.is_some();
+        if benign_stop && dirty_end.torn <= end && end % BLOCK_SIZE as u64 == 0 {
             segment.write_position = end;
             return Ok(Scanned::Clean(segment));
         }
@@ -536,16 +635,29 @@ fn check_continuity(
     Ok(())
 }
 
-/// From `end` to the segment's end: the end of the last non-zero byte, and the distance from
-/// `end`'s block to the first block-aligned valid batch header further than one flush.
-async fn probe_beyond(
-    reader: &mut SegmentReader,
+/// What `probe_beyond` looks at: from `end` to `capacity` of a segment starting at
+/// `base_index`, recycled or not.
+struct Probe {
     end: u64,
     capacity: u64,
+    base_index: LogIndex,
+    recycled: bool,
+}
+
+/// From `end` to the segment's end: where the non-zero bytes end (`DirtyEnd`), and the
+/// distance from `end`'s block to the first block-aligned valid batch header of this segment
+/// (index `>= base_index`: stale batches of a recycled file are not data) further than the
+/// flushes in flight can reach.
+async fn probe_beyond(
+    reader: &mut SegmentReader,
+    probe: &Probe,
     config: &LogConfig,
-) -> std::io::Result<(u64, Option<u64>)> {
+) -> std::io::Result<(DirtyEnd, Option<u64>)> {
+    let Probe { end, capacity, base_index, recycled } = *probe;
     let reach = block_floor(end) + config.torn_reach_bytes();
+    let window_end = reach.min(capacity);
     let mut dirty_end = end;
+    let mut window_dirty_end = end;
     let mut valid_beyond = None;
     let mut chunk_start = end;
     while chunk_start < capacity {
@@ -557,14 +669,22 @@ async fn probe_beyond(
         if let Some(last) = bytes.iter().rposition(|b| *b != 0) {
             dirty_end = chunk_start + last as u64 + 1;
         }
+        if chunk_start < window_end {
+            let in_window = &bytes[..((window_end - chunk_start) as usize).min(bytes.len())];
+            if let Some(last) = in_window.iter().rposition(|b| *b != 0) {
+                window_dirty_end = chunk_start + last as u64 + 1;
+            }
+        }
         if valid_beyond.is_none() {
             let mut block = block_ceil(chunk_start).max(reach);
             while block + 4 <= chunk_start + bytes.len() as u64 {
                 let at = (block - chunk_start) as usize;
                 let magic =
                     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-                if magic == BATCH_MAGIC && peek_header(&bytes[at..], config.batch_size_max).is_ok()
-                {
+                let ours = magic == BATCH_MAGIC
+                    && peek_header(&bytes[at..], config.batch_size_max)
+                        .is_ok_and(|header| header.index() >= base_index);
+                if ours {
                     valid_beyond = Some(block - block_floor(end));
                     break;
                 }
@@ -574,7 +694,8 @@ async fn probe_beyond(
         let advanced = bytes.len() as u64;
         chunk_start += advanced;
     }
-    Ok((dirty_end, valid_beyond))
+    let torn = if recycled { window_dirty_end } else { dirty_end };
+    Ok((DirtyEnd { all: dirty_end, torn }, valid_beyond))
 }
 
 /// Cuts the segment where the scan stopped (`end`, after the last valid batch or padding):

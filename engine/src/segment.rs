@@ -1,12 +1,17 @@
-//! Segment: one preallocated, zero-filled, append-only file of a partition's log.
+//! Segment: one preallocated, append-only file of a partition's log.
 //!
 //! Layout (docs/format.md#segment): block 0 is the segment header; batches and padding
-//! markers follow from byte 4096; the rest of the file is zeros. A segment is named
+//! markers follow from byte 4096; the rest of the file is zeros, or, in a *recycled* segment
+//! (header flag `SEGMENT_FLAG_RECYCLED`), zeros and stale bytes of the file's earlier lives,
+//! whose batches all have indices below the header's `stale_index_end`. A segment is named
 //! `{base_offset:020}-{base_index:020}.seg` (the index keeps names unique when control batches,
 //! which take no offset, fill a segment).
 //!
 //! Invariants: `write_position` is block-aligned and every byte below it is durable and never
-//! rewritten; `write_position <= capacity`; a sealed segment takes no more writes.
+//! rewritten; `write_position <= capacity`; a sealed segment takes no more writes; a recycled
+//! segment's `stale_index_end <= base_index` (every stale batch in it has an index below the
+//! segment's own batches, so a stale batch can never continue the segment or pass as its
+//! data).
 
 #![forbid(unsafe_code)]
 
@@ -25,10 +30,23 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RLGS");
 /// Current segment format version.
 pub const SEGMENT_VERSION: u16 = 1;
 /// Bytes of `SegmentHeader` (the rest of block 0 is zero).
-pub const SEGMENT_HEADER_SIZE: usize = 64;
+pub const SEGMENT_HEADER_SIZE: usize = 72;
+/// Header flag: the file held earlier segments; bytes past the write position may be stale
+/// batches, all with indices below `stale_index_end`.
+pub const SEGMENT_FLAG_RECYCLED: u16 = 1 << 0;
+/// Header flag (with `SEGMENT_FLAG_RECYCLED`): block 0 of a prepared recycled spare, not yet a
+/// segment (`base_*`, `prev_*` are zero). A segment whose block 0 still says so received no
+/// flush: it is empty.
+pub const SEGMENT_FLAG_SPARE: u16 = 1 << 1;
+/// Every header flag this version knows.
+pub const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_RECYCLED | SEGMENT_FLAG_SPARE;
+/// Prefix of a segment kept by retention for recycling, named
+/// `spare.recycled-{stale_index_end:020}`: its old bytes, index file deleted.
+pub const RECYCLE_CANDIDATE_PREFIX: &str = "spare.recycled-";
 /// File name suffix of a segment.
 pub const SEGMENT_SUFFIX: &str = ".seg";
-/// The preallocated, zero-filled spare segment ready to be renamed at the next roll.
+/// The preallocated spare segment ready to be renamed at the next roll: zero-filled, or a
+/// recycled segment whose block 0 holds a recycled-spare header.
 pub const SPARE_READY: &str = "spare.seg.ready";
 /// A spare being zero-filled (removed at open: it may be incomplete).
 pub const SPARE_FILLING: &str = "spare.seg.filling";
@@ -54,6 +72,9 @@ pub struct SegmentHeader {
     pub prev_crc: U32,
     pub reserved2: U32,
     pub created_unix_ms: I64,
+    /// With `SEGMENT_FLAG_RECYCLED`: every stale batch in the file has an index below this
+    /// (0 without the flag).
+    pub stale_index_end: U64,
 }
 
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == SEGMENT_HEADER_SIZE);
@@ -68,6 +89,9 @@ pub struct SegmentMeta {
     pub prev_crc: u32,
     pub segment_size: u64,
     pub created_unix_ms: i64,
+    /// `Some(bound)` for a recycled segment: every stale batch in the file has an index below
+    /// `bound` (<= `base_index`).
+    pub recycled: Option<LogIndex>,
 }
 
 /// What block 0 of a segment holds.
@@ -76,7 +100,17 @@ pub enum HeaderState {
     /// All zeros: the first flush into the segment never landed.
     Zero,
     Valid(SegmentMeta),
+    /// A prepared recycled spare's header: no flush landed in the file since it was recycled.
+    RecycledSpare(RecycledSpare),
     Invalid,
+}
+
+/// Block 0 of a prepared recycled spare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecycledSpare {
+    /// Every stale batch in the file has an index below this.
+    pub stale_index_end: LogIndex,
+    pub segment_size: u64,
 }
 
 fn block_crc(block: &[u8]) -> u32 {
@@ -88,12 +122,31 @@ fn block_crc(block: &[u8]) -> u32 {
 
 /// Encodes a header into `block` (exactly `BLOCK_SIZE` bytes).
 pub fn encode_header(meta: &SegmentMeta, block: &mut [u8]) {
+    let flags = if meta.recycled.is_some() { SEGMENT_FLAG_RECYCLED } else { 0 };
+    encode_block(meta, flags, block);
+}
+
+/// Encodes block 0 of a prepared recycled spare into `block` (exactly `BLOCK_SIZE` bytes).
+pub fn encode_spare_header(spare: &RecycledSpare, block: &mut [u8]) {
+    let meta = SegmentMeta {
+        base_offset: Offset(0),
+        base_index: LogIndex(0),
+        prev_term: Term(0),
+        prev_crc: 0,
+        segment_size: spare.segment_size,
+        created_unix_ms: now_unix_ms(),
+        recycled: Some(spare.stale_index_end),
+    };
+    encode_block(&meta, SEGMENT_FLAG_RECYCLED | SEGMENT_FLAG_SPARE, block);
+}
+
+fn encode_block(meta: &SegmentMeta, flags: u16, block: &mut [u8]) {
     assert_eq!(block.len(), BLOCK_SIZE);
     block.fill(0);
     let header = SegmentHeader {
         magic: SEGMENT_MAGIC.into(),
         version: SEGMENT_VERSION.into(),
-        flags: 0.into(),
+        flags: flags.into(),
         crc: 0.into(),
         reserved: 0.into(),
         base_offset: meta.base_offset.0.into(),
@@ -103,6 +156,7 @@ pub fn encode_header(meta: &SegmentMeta, block: &mut [u8]) {
         prev_crc: meta.prev_crc.into(),
         reserved2: 0.into(),
         created_unix_ms: meta.created_unix_ms.into(),
+        stale_index_end: meta.recycled.map_or(0, |bound| bound.0).into(),
     };
     block[..SEGMENT_HEADER_SIZE].copy_from_slice(header.as_bytes());
     let crc = block_crc(block);
@@ -130,6 +184,21 @@ pub fn decode_header(block: &[u8]) -> HeaderState {
     {
         return HeaderState::Invalid;
     }
+    let flags = header.flags.get();
+    let stale_index_end = header.stale_index_end.get();
+    let recycled = flags & SEGMENT_FLAG_RECYCLED != 0;
+    if flags & !SEGMENT_FLAGS_KNOWN != 0
+        || recycled != (stale_index_end != 0)
+        || (flags & SEGMENT_FLAG_SPARE != 0 && !recycled)
+    {
+        return HeaderState::Invalid;
+    }
+    if flags & SEGMENT_FLAG_SPARE != 0 {
+        return HeaderState::RecycledSpare(RecycledSpare {
+            stale_index_end: LogIndex(stale_index_end),
+            segment_size: header.segment_size.get(),
+        });
+    }
     HeaderState::Valid(SegmentMeta {
         base_offset: Offset(header.base_offset.get()),
         base_index: LogIndex(header.base_index.get()),
@@ -137,7 +206,22 @@ pub fn decode_header(block: &[u8]) -> HeaderState {
         prev_crc: header.prev_crc.get(),
         segment_size: header.segment_size.get(),
         created_unix_ms: header.created_unix_ms.get(),
+        recycled: recycled.then_some(LogIndex(stale_index_end)),
     })
+}
+
+/// The name of a retention victim kept for recycling (see `RECYCLE_CANDIDATE_PREFIX`).
+pub fn recycle_candidate_name(stale_index_end: LogIndex) -> String {
+    format!("{RECYCLE_CANDIDATE_PREFIX}{:020}", stale_index_end.0)
+}
+
+/// Parses a recycling candidate's name into its stale bound.
+pub fn parse_recycle_candidate_name(name: &str) -> Option<LogIndex> {
+    let digits = name.strip_prefix(RECYCLE_CANDIDATE_PREFIX)?;
+    if digits.len() != 20 {
+        return None;
+    }
+    digits.parse().ok().map(LogIndex)
 }
 
 /// The file name of the segment starting at `base_offset` / `base_index`.
@@ -197,6 +281,12 @@ pub(crate) struct Segment {
     pub index: SegmentIndex,
     /// Sealed: its index file is persisted and it takes no more writes.
     pub sealed: bool,
+    /// `Some(bound)`: the file is recycled; stale batches past the write position have
+    /// indices below `bound` (<= `base_index`).
+    pub recycled: Option<LogIndex>,
+    /// The file may hold batches past `data_end` with indices >= `next_index` (cut by a
+    /// truncation, or rebuilt by a rescan): never recycled, deleted by retention.
+    pub cut: bool,
 }
 
 impl Segment {
@@ -208,6 +298,7 @@ impl Segment {
             prev_crc: self.prev_crc,
             segment_size: self.capacity,
             created_unix_ms: now_unix_ms(),
+            recycled: self.recycled,
         }
     }
 
@@ -233,7 +324,50 @@ mod tests {
             prev_crc: 0xabcd_ef01,
             segment_size: 1 << 20,
             created_unix_ms: 1_700_000_000_000,
+            recycled: None,
         }
+    }
+
+    #[test]
+    fn a_recycled_segment_header_round_trips_with_its_stale_bound() {
+        let recycled = SegmentMeta { recycled: Some(LogIndex(50)), ..meta() };
+        let mut block = vec![0u8; BLOCK_SIZE];
+        encode_header(&recycled, &mut block);
+        assert_eq!(u16::from_le_bytes([block[6], block[7]]), SEGMENT_FLAG_RECYCLED);
+        assert_eq!(decode_header(&block), HeaderState::Valid(recycled));
+    }
+
+    #[test]
+    fn a_recycled_spare_header_is_told_apart_from_a_segment_header() {
+        let spare = RecycledSpare { stale_index_end: LogIndex(99), segment_size: 1 << 20 };
+        let mut block = vec![0u8; BLOCK_SIZE];
+        encode_spare_header(&spare, &mut block);
+        assert_eq!(decode_header(&block), HeaderState::RecycledSpare(spare));
+    }
+
+    #[test]
+    fn unknown_header_flags_or_a_stale_bound_without_the_flag_are_invalid() {
+        let mut block = vec![0u8; BLOCK_SIZE];
+        encode_header(&meta(), &mut block);
+        let mut flagged = block.clone();
+        flagged[6] = 0x04;
+        let crc = block_crc(&flagged);
+        flagged[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&flagged), HeaderState::Invalid);
+        let mut bound = block.clone();
+        bound[64] = 7;
+        let crc = block_crc(&bound);
+        bound[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&bound), HeaderState::Invalid);
+    }
+
+    #[test]
+    fn recycle_candidate_names_carry_their_stale_bound() {
+        let name = recycle_candidate_name(LogIndex(1234));
+        assert_eq!(name, "spare.recycled-00000000000000001234");
+        assert_eq!(parse_recycle_candidate_name(&name), Some(LogIndex(1234)));
+        assert_eq!(parse_recycle_candidate_name("spare.recycled-12"), None);
+        assert_eq!(parse_segment_name(&name), None);
     }
 
     #[test]

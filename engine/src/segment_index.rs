@@ -69,14 +69,21 @@ pub struct SealedIndex {
     pub prev_crc: u32,
     pub last_crc: u32,
     pub index: SegmentIndex,
+    /// The segment was cut (truncation or recovery): bytes past `data_end` may hold batches
+    /// with indices >= `next_index`, so the file is never recycled (`INDEX_FLAG_CUT`).
+    pub cut: bool,
 }
+
+/// Index header flag: the segment was cut; never recycle its file.
+pub const INDEX_FLAG_CUT: u16 = 1 << 0;
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct IndexFileHeader {
     magic: U32,
     version: U16,
-    reserved: U16,
+    /// `INDEX_FLAG_CUT` or 0.
+    flags: U16,
     /// crc32 of bytes 0..8 and 12..length.
     crc: U32,
     length: U32,
@@ -198,7 +205,7 @@ pub fn encode_index(sealed: &SealedIndex) -> Vec<u8> {
     let header = IndexFileHeader {
         magic: INDEX_MAGIC.into(),
         version: INDEX_VERSION.into(),
-        reserved: 0.into(),
+        flags: if sealed.cut { INDEX_FLAG_CUT } else { 0 }.into(),
         crc: 0.into(),
         length: (length as u32).into(),
         base_offset: sealed.base_offset.0.into(),
@@ -255,7 +262,10 @@ fn body_crc(bytes: &[u8]) -> u32 {
 /// Decodes an index file; `None` if it is damaged in any way (the caller rescans).
 pub fn decode_index(bytes: &[u8]) -> Option<SealedIndex> {
     let header = IndexFileHeader::read_from_bytes(bytes.get(..INDEX_HEADER_SIZE)?).ok()?;
-    if header.magic.get() != INDEX_MAGIC || header.version.get() != INDEX_VERSION {
+    if header.magic.get() != INDEX_MAGIC
+        || header.version.get() != INDEX_VERSION
+        || header.flags.get() & !INDEX_FLAG_CUT != 0
+    {
         return None;
     }
     let (entries, terms, controls) = (
@@ -316,6 +326,7 @@ pub fn decode_index(bytes: &[u8]) -> Option<SealedIndex> {
         prev_crc: header.prev_crc.get(),
         last_crc: header.last_crc.get(),
         index,
+        cut: header.flags.get() & INDEX_FLAG_CUT != 0,
     };
     sane(&sealed).then_some(sealed)
 }
@@ -360,7 +371,21 @@ mod tests {
             prev_crc: 1,
             last_crc: 2,
             index,
+            cut: false,
         }
+    }
+
+    #[test]
+    fn the_cut_flag_round_trips_and_unknown_flags_are_refused() {
+        let cut = SealedIndex { cut: true, ..sample() };
+        let mut bytes = encode_index(&cut);
+        assert_eq!(decode_index(&bytes), Some(cut));
+        bytes[6] = 0x02;
+        let crc = body_crc(
+            &bytes[..INDEX_HEADER_SIZE + 3 * ENTRY_SIZE + 2 * TERM_POINT_SIZE + CONTROL_SIZE],
+        );
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_index(&bytes), None);
     }
 
     #[test]

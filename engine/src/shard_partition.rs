@@ -67,6 +67,8 @@ pub struct PartitionStats {
     pub segments_rolled: u64,
     /// Spare segments zero-filled by the preallocator (each `segment_size_bytes` written).
     pub spares_filled: u64,
+    /// Spare segments recycled from retention victims (one block written each).
+    pub spares_recycled: u64,
     /// Offset after the last durable record.
     pub durable_offset: Offset,
     /// Offset the next record will take.
@@ -263,6 +265,7 @@ impl Partition {
             batches_flushed: flush.batches_flushed,
             segments_rolled: flush.segments_rolled,
             spares_filled: flush.spares_filled,
+            spares_recycled: flush.spares_recycled,
             durable_offset: log.durable_offset(),
             next_offset: log.next_offset(),
             queued_bytes: log.queued_bytes() as u64,
@@ -315,6 +318,7 @@ impl PartitionStats {
         self.batches_flushed += other.batches_flushed;
         self.segments_rolled += other.segments_rolled;
         self.spares_filled += other.spares_filled;
+        self.spares_recycled += other.spares_recycled;
         self.durable_offset = Offset(self.durable_offset.0 + other.durable_offset.0);
         self.next_offset = Offset(self.next_offset.0 + other.next_offset.0);
         self.queued_bytes += other.queued_bytes;

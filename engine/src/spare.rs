@@ -1,8 +1,23 @@
 //! The preallocator: the background task that keeps a spare segment ready for the flusher's
 //! next roll, off the append path.
 //!
+//! A spare is either zero-filled (`SPARE_FILLING` grown to the segment size), or, with
+//! `LogConfig::recycle_segments`, a recycled segment: retention kept up to
+//! `RECYCLED_SPARES_MAX` victims as candidates (`spare.recycled-{stale_index_end}`), and the
+//! preallocator prepares one by overwriting block 0 with a recycled-spare header (flags
+//! `RECYCLED | SPARE`, the stale bound), fdatasync, rename to `SPARE_READY`, directory sync —
+//! one block written instead of a whole segment. Zero-fill stays the fallback.
+//!
 //! Invariants: the spare's preparation never runs on the append path; a spare is published
-//! (`SPARE_READY`) only after its bytes and the directory are durable; a failure latches the log.
+//! (`SPARE_READY`) only after its bytes and the directory are durable; a failure latches the
+//! log. **Stale bound:** every batch left in a recycled file has an index below its
+//! `stale_index_end`, and a recycled spare becomes only a segment whose base index is `>=`
+//! that bound: retention makes candidates only of segments wholly below the new log start that
+//! were never cut (`Segment::cut`), so their bound is `<= start_index`; a reset to a lower
+//! index deletes candidates above it; the preallocator discards a candidate above the log
+//! start, and the roll and the reset discard a spare above the base they need
+//! (`take_usable_spare`), falling back to zero-fill. A candidate still read by a fetch (its
+//! file shared) is not prepared until the reader is done.
 
 #![forbid(unsafe_code)]
 
@@ -11,10 +26,28 @@ use std::rc::Rc;
 use glommio::task::JoinHandle;
 use glommio::{Latency, Shares, TaskQueueHandle};
 
+use crate::error::LogError;
+use crate::group_commit::wait_spare;
 use crate::io::DirectFile;
 use crate::limits::{BLOCK_SIZE, IO_CHUNK_BYTES};
 use crate::log::Inner;
-use crate::segment::{SPARE_FILLING, SPARE_READY};
+use crate::segment::{
+    encode_spare_header, recycle_candidate_name, RecycledSpare, SPARE_FILLING, SPARE_READY,
+};
+use crate::types::LogIndex;
+
+/// Most retention victims kept as recycling candidates (each keeps a segment's disk space
+/// beyond retention until it is reused): one for the next spare, one in reserve.
+pub const RECYCLED_SPARES_MAX: usize = 2;
+
+/// A retention victim kept for recycling.
+#[derive(Debug)]
+pub(crate) struct RecycleCandidate {
+    /// Every batch in the file has an index below this (the victim's next index).
+    pub stale_index_end: LogIndex,
+    /// The victim's open file while readers may still hold it (None after a reopen).
+    pub file: Option<Rc<DirectFile>>,
+}
 
 /// CPU shares of the preallocator's task queue, against glommio's default queue (1000
 /// shares) where the flusher and the appends run: when both are runnable the flusher wins.
@@ -52,7 +85,18 @@ pub(crate) fn spawn_preallocator(inner: Rc<Inner>) -> JoinHandle<()> {
     }
 }
 
-/// Keeps one zero-filled spare segment ready, off the append path.
+/// What one preparation made.
+enum Prepared {
+    ZeroFilled,
+    Recycled(LogIndex),
+    /// The candidate was unusable and deleted: try again.
+    Discarded,
+    /// The log closed meanwhile.
+    Closed,
+}
+
+/// Keeps one spare segment ready (recycled if a candidate is usable, else zero-filled), off
+/// the append path.
 async fn run_preallocator(inner: Rc<Inner>) {
     loop {
         let epoch = inner.spare_notify.epoch();
@@ -68,20 +112,37 @@ async fn run_preallocator(inner: Rc<Inner>) {
             inner.spare_notify.wait(epoch).await;
             continue;
         }
-        match fill_spare(&inner).await {
-            Ok(true) => {
-                let mut st = inner.state.borrow_mut();
-                st.spare_ready = true;
-                st.stats.spares_filled += 1;
-                drop(st);
-                inner.spare_notify.notify_all();
-            }
-            Ok(false) => return,
+        let prepared = match take_candidate(&inner) {
+            Ok(Some(bound)) => recycle_spare(&inner, bound).await,
+            Ok(None) => fill_spare(&inner).await.map(|filled| {
+                if filled {
+                    Prepared::ZeroFilled
+                } else {
+                    Prepared::Closed
+                }
+            }),
+            Err(e) => Err(e),
+        };
+        let recycled = match prepared {
+            Ok(Prepared::ZeroFilled) => None,
+            Ok(Prepared::Recycled(bound)) => Some(bound),
+            Ok(Prepared::Discarded) => continue,
+            Ok(Prepared::Closed) => return,
             Err(e) => {
-                inner.latch(format!("zero-filling the spare segment failed: {e}"));
+                inner.latch(format!("preparing the spare segment failed: {e}"));
                 return;
             }
+        };
+        let mut st = inner.state.borrow_mut();
+        st.spare_ready = true;
+        st.spare_recycled = recycled;
+        if recycled.is_some() {
+            st.stats.spares_recycled += 1;
+        } else {
+            st.stats.spares_filled += 1;
         }
+        drop(st);
+        inner.spare_notify.notify_all();
     }
 }
 
@@ -134,4 +195,95 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     dir.rename(SPARE_FILLING, SPARE_READY)?;
     dir.sync(faults).await?;
     Ok(true)
+}
+
+/// Takes a recycling candidate that is ready to be prepared: none while recycling is off.
+/// Candidates whose stale bound is above the log start are deleted (never reused); a
+/// candidate whose file a reader still holds is left for a later spare.
+fn take_candidate(inner: &Inner) -> std::io::Result<Option<LogIndex>> {
+    let mut st = inner.state.borrow_mut();
+    let start = st.start_index;
+    let mut discarded = Vec::new();
+    st.recycle_candidates.retain(|c| {
+        let keep = c.stale_index_end <= start;
+        if !keep {
+            discarded.push(c.stale_index_end);
+        }
+        keep
+    });
+    let free = st
+        .recycle_candidates
+        .iter()
+        .position(|c| c.file.as_ref().is_none_or(|file| Rc::strong_count(file) == 1));
+    let taken = if inner.config.recycle_segments {
+        free.map(|at| st.recycle_candidates.remove(at).stale_index_end)
+    } else {
+        None
+    };
+    drop(st);
+    for bound in discarded {
+        inner.dir.remove(&recycle_candidate_name(bound))?;
+    }
+    Ok(taken)
+}
+
+/// Prepares candidate `bound` as the spare: recycled-spare header in block 0, fdatasync,
+/// rename to `SPARE_READY`, directory sync. A candidate of another size is deleted instead.
+/// A crash anywhere leaves the candidate (prepared again at the next open) or the spare.
+async fn recycle_spare(inner: &Inner, bound: LogIndex) -> std::io::Result<Prepared> {
+    let dir = &inner.dir;
+    let faults = &inner.faults;
+    let capacity = inner.config.segment_size_bytes;
+    let name = recycle_candidate_name(bound);
+    let path = dir.join(&name);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() == capacity => {}
+        Ok(_) => {
+            dir.remove(&name)?;
+            return Ok(Prepared::Discarded);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Prepared::Discarded),
+        Err(e) => return Err(e),
+    }
+    let file = match DirectFile::open(&path).await {
+        Ok(file) => file,
+        Err(crate::io::OpenFileError::DirectIoUnsupported(e))
+        | Err(crate::io::OpenFileError::Io(e)) => return Err(e),
+    };
+    let mut block = file.alloc(BLOCK_SIZE);
+    let spare = RecycledSpare { stale_index_end: bound, segment_size: capacity };
+    encode_spare_header(&spare, block.as_bytes_mut());
+    file.write_at(faults, block, 0).await?;
+    file.sync(faults).await?;
+    file.close().await?;
+    dir.rename(&name, SPARE_READY)?;
+    dir.sync(faults).await?;
+    Ok(Prepared::Recycled(bound))
+}
+
+/// Waits for the spare and makes sure it may become a segment whose first index is `base`:
+/// a recycled spare whose stale bound is above `base` is deleted and another one awaited
+/// (zero-filled, since candidates above the log start are discarded too). Returns the spare's
+/// stale bound (`None`: zero-filled).
+pub(crate) async fn take_usable_spare(
+    inner: &Inner,
+    base: LogIndex,
+) -> Result<Option<LogIndex>, LogError> {
+    loop {
+        wait_spare(inner).await?;
+        let recycled = inner.state.borrow().spare_recycled;
+        match recycled {
+            Some(bound) if bound > base => {
+                inner.dir.remove(SPARE_READY).map_err(|e| LogError::Failed {
+                    reason: format!("deleting a recycled spare above index {base}: {e}"),
+                })?;
+                let mut st = inner.state.borrow_mut();
+                st.spare_ready = false;
+                st.spare_recycled = None;
+                drop(st);
+                inner.spare_notify.notify_all();
+            }
+            _ => return Ok(recycled),
+        }
+    }
 }

@@ -38,6 +38,18 @@ fn config() -> LogConfig {
     }
 }
 
+/// Children with an even seed run with retention and segment recycling, applying retention
+/// every few milliseconds, so that kills also land in retention, candidate preparation and
+/// rolls into recycled segments (whose stale batches recovery must never take for data).
+fn child_config(seed: u64) -> LogConfig {
+    let recycle = seed % 2 == 0;
+    LogConfig {
+        recycle_segments: recycle,
+        retention_bytes_max: recycle.then_some(2 << 20),
+        ..config()
+    }
+}
+
 /// An acknowledged batch as the child reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ack {
@@ -68,8 +80,19 @@ fn engine_crash_child() {
 }
 
 async fn child(dir: PathBuf, seed: u64) {
-    let (log, _) = Log::open(&dir, config()).await.expect("child open");
+    let config = child_config(seed);
+    let (log, _) = Log::open(&dir, config.clone()).await.expect("child open");
     let log = std::rc::Rc::new(log);
+    let _retention = config.recycle_segments.then(|| {
+        let log = log.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let below = LogIndex(log.durable_index().0 + 1);
+                log.apply_retention(0, below).await.expect("retention");
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    });
     println!("ready");
     let mut tasks = Vec::new();
     for t in 0..APPENDERS {
@@ -112,7 +135,7 @@ async fn child(dir: PathBuf, seed: u64) {
 }
 
 /// Reads the whole log, checking every batch; returns index -> (offset, count, crc).
-async fn read_log(dir: PathBuf) -> Result<(BTreeMap<u64, Ack>, u64), String> {
+async fn read_log(dir: PathBuf) -> Result<(BTreeMap<u64, Ack>, u64, u64), String> {
     let (log, report) = Log::open(&dir, config()).await.map_err(|e| format!("reopen: {e}"))?;
     let mut out = BTreeMap::new();
     let mut next = log.start_index();
@@ -150,8 +173,18 @@ async fn read_log(dir: PathBuf) -> Result<(BTreeMap<u64, Ack>, u64), String> {
     if log.durable_offset() != expected_offset {
         return Err(format!("durable_offset {:?} != {expected_offset:?}", log.durable_offset()));
     }
+    let start = log.start_index().0;
     log.close().await.map_err(|e| format!("close: {e}"))?;
-    Ok((out, report.torn_bytes_dropped))
+    Ok((out, report.torn_bytes_dropped, start))
+}
+
+/// Whether a segment of the log in `dir` is a recycled one (header flag bit 0).
+fn holds_recycled_segment(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        path.extension().is_some_and(|e| e == "seg")
+            && std::fs::read(&path).is_ok_and(|bytes| bytes.len() > 8 && bytes[6] & 1 != 0)
+    })
 }
 
 fn run_child(dir: &Path, seed: u64, kill_after: Duration) -> Vec<(u64, Ack)> {
@@ -221,6 +254,7 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
     let mut acknowledged: BTreeMap<u64, Ack> = BTreeMap::new();
     let started = Instant::now();
     let mut torn_rounds = 0;
+    let mut recycled_rounds = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_micros(rng.gen_range(0..120_000));
         let acks = run_child(dir.path(), rng.gen(), kill_after);
@@ -233,9 +267,11 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
         }
         let path = dir.path().to_path_buf();
         let log = run_on_executor(move || read_log(path));
-        let (log, torn) = log.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        let (log, torn, start) = log.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         torn_rounds += u32::from(torn > 0);
-        for (index, ack) in &acknowledged {
+        recycled_rounds += u32::from(holds_recycled_segment(dir.path()));
+        // Retention (recycling children) deletes whole segments below the log start.
+        for (index, ack) in acknowledged.range(start..) {
             assert_eq!(
                 log.get(index),
                 Some(ack),
@@ -250,5 +286,6 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
         );
     }
     assert!(acknowledged.len() > 100, "the children acknowledged too little to test anything");
+    assert!(recycled_rounds > 0, "seed {seed}: no round reopened a recycled segment");
     println!("{ROUNDS} kills in {:?}, {torn_rounds} recoveries cut a torn tail", started.elapsed());
 }
