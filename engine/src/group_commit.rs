@@ -445,16 +445,26 @@ async fn run_flush_io(inner: Rc<Inner>, seq: u64, io: FlushIo) {
     });
     if let Err(reason) = &result {
         inner.io_gate.fail_from(seq);
-        inner.latch(reason.clone());
+        if inner.state.borrow().failed.is_none() {
+            inner.latch(reason.clone());
+        }
     }
     inner.io_gate.complete(seq, result.is_ok());
     commit_ready(&inner);
 }
 
 /// Writes the flush, then fdatasyncs (timed for `FlushStats::fdatasync_latency_us`). The
-/// fdatasync is issued after this flush's write completed, so it covers it.
+/// fdatasync is issued after this flush's write completed, so it covers it. Once the log has
+/// failed (another flush's IO), neither is issued: nothing is written after a failure.
 async fn write_and_sync(inner: &Inner, io: &FlushIo) -> std::io::Result<()> {
+    let latched = || inner.state.borrow().failed.is_some();
+    if latched() {
+        return Err(std::io::Error::other("not written: the log failed"));
+    }
     io.file.write_shared_at(&inner.faults, io.buf.clone(), io.start).await?;
+    if latched() {
+        return Err(std::io::Error::other("not synced: the log failed"));
+    }
     let sync_started = std::time::Instant::now();
     io.file.sync(&inner.faults).await?;
     let sync_us = u64::try_from(sync_started.elapsed().as_micros()).unwrap_or(u64::MAX);
