@@ -1,15 +1,25 @@
-//! Group commit: the flusher task that turns queued batches into one aligned write and one
-//! fdatasync (the spare segment it rolls into is prepared by `spare.rs`).
+//! Group commit: the flusher task that turns queued batches into aligned writes, each with its
+//! own fdatasync, keeping up to `flushes_in_flight_max` of them in flight (the spare segment it
+//! rolls into is prepared by `spare.rs`).
 //!
-//! While a flush is in flight, appends keep queueing; the next flush takes everything queued
-//! up to `flush_bytes_max` (whole batches, at least one) that fits the active segment, pads it
-//! to the block boundary (docs/format.md#padding), writes it at the segment's block-aligned
-//! write position and fdatasyncs. Only then are the batches' `Durable` futures resolved.
+//! The flusher takes everything queued up to `flush_bytes_max` (whole batches, at least one)
+//! that fits the active segment, pads it to the block boundary (docs/format.md#padding) and
+//! submits it — one O_DIRECT write, then one fdatasync issued after that write completed — at
+//! the end of the previous flush, which may still be in flight. Each flush's IO runs in its own
+//! task; completions may arrive in any order, but flushes **commit strictly in submission
+//! order**: segment metadata, `durable_index`, the tail cache, stats and the batches' `Durable`
+//! futures advance only over the longest completed prefix. A roll waits until every flush into
+//! the old segment has committed; the segment header block goes with the first flush into a
+//! segment. `IoGate` admits the flushes and the exclusive operations (truncate, reset,
+//! retention), which wait until no flush is in flight and keep new ones out meanwhile.
 //!
-//! Invariants: at most one flush is in flight per log (it holds the IO lock); a write never
-//! starts below the segment's write position (durable bytes are never rewritten); a failed
-//! write or fdatasync latches the log and is never retried; the preallocator's zero-fill never
-//! runs on the append path.
+//! Invariants: at most `flushes_in_flight_max` flushes are submitted and not yet committed or
+//! failed (so a crash leaves at most that many flushes' worth of never-acknowledged data past
+//! the durable end: `LogConfig::torn_reach_bytes`); flushes in flight are consecutive regions of
+//! the active segment; a write never starts below the segment's write position (durable bytes
+//! are never rewritten); a failed write or fdatasync latches the log at once, is never retried,
+//! and fails its flush and every later one even if their own IO succeeded; after it no write or
+//! fdatasync is issued; the preallocator's zero-fill never runs on the append path.
 
 #![forbid(unsafe_code)]
 
