@@ -450,9 +450,9 @@ struct FlushIo {
 /// the flushes in flight is complete. A failure latches the log at once (nothing more is
 /// submitted) and fails this flush and every later one.
 async fn run_flush_io(inner: Rc<Inner>, seq: u64, io: FlushIo) {
-    let result = write_and_sync(&inner, &io).await.map_err(|e| {
-        format!("flush to {:?} at {} failed: {e}", io.file.path(), io.start)
-    });
+    let result = write_and_sync(&inner, &io)
+        .await
+        .map_err(|e| format!("flush to {:?} at {} failed: {e}", io.file.path(), io.start));
     if let Err(reason) = &result {
         inner.io_gate.fail_from(seq);
         if inner.state.borrow().failed.is_none() {

@@ -54,7 +54,8 @@ const _: () = assert!(BATCH_SIZE_MAX_DEFAULT <= FLUSH_BYTES_MAX_DEFAULT);
 const _: () = assert!(FLUSH_BYTES_MAX_DEFAULT <= QUEUED_BYTES_MAX_DEFAULT);
 const _: () = assert!(FLUSHES_IN_FLIGHT_DEFAULT >= 1);
 const _: () = assert!(FLUSHES_IN_FLIGHT_DEFAULT <= FLUSHES_IN_FLIGHT_LIMIT);
-const _: () = assert!(FLUSHES_IN_FLIGHT_DEFAULT * FLUSH_BYTES_MAX_DEFAULT <= QUEUED_BYTES_MAX_DEFAULT);
+const _: () =
+    assert!(FLUSHES_IN_FLIGHT_DEFAULT * FLUSH_BYTES_MAX_DEFAULT <= QUEUED_BYTES_MAX_DEFAULT);
 
 /// What recovery does with corruption found in the middle of the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
