@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Engine LogConfig.queued_bytes_max: most bytes waiting for fdatasync.
     #[arg(long)]
     pub queued_bytes_max: Option<usize>,
+    /// Engine LogConfig.flushes_in_flight_max: flushes (write + fdatasync) in flight at once.
+    #[arg(long)]
+    pub flushes_in_flight_max: Option<usize>,
     /// IO memory glommio registers per executor (default: 8 MiB, or the most the
     /// RLIMIT_MEMLOCK allows without CAP_IPC_LOCK).
     #[arg(long)]
@@ -216,6 +219,9 @@ impl BenchArgs {
         }
         if let Some(bytes) = self.queued_bytes_max {
             engine.queued_bytes_max = bytes;
+        }
+        if let Some(flushes) = self.flushes_in_flight_max {
+            engine.flushes_in_flight_max = flushes;
         }
         Ok(SuiteOptions {
             scenarios,

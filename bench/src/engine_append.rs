@@ -55,6 +55,7 @@ pub struct EngineAppendOptions {
     pub segment_size_bytes: u64,
     pub flush_bytes_max: usize,
     pub queued_bytes_max: usize,
+    pub flushes_in_flight_max: usize,
     pub io_memory_bytes: usize,
     pub spin: bool,
 }
@@ -69,6 +70,7 @@ impl Default for EngineAppendOptions {
             segment_size_bytes: log.segment_size_bytes,
             flush_bytes_max: log.flush_bytes_max,
             queued_bytes_max: log.queued_bytes_max,
+            flushes_in_flight_max: log.flushes_in_flight_max,
             io_memory_bytes: ringlog_engine::shard::IO_MEMORY_DEFAULT_BYTES,
             spin: false,
         }
@@ -362,6 +364,7 @@ fn engine_config(options: &EngineAppendOptions, dir: &Path) -> EngineConfig {
     config.log.segment_size_bytes = options.segment_size_bytes;
     config.log.flush_bytes_max = options.flush_bytes_max;
     config.log.queued_bytes_max = options.queued_bytes_max;
+    config.log.flushes_in_flight_max = options.flushes_in_flight_max;
     config
 }
 

@@ -1,18 +1,30 @@
-//! Group commit: the flusher task that turns queued batches into one aligned write and one
-//! fdatasync (the spare segment it rolls into is prepared by `spare.rs`).
+//! Group commit: the flusher task that turns queued batches into aligned writes, each with its
+//! own fdatasync, keeping up to `flushes_in_flight_max` of them in flight (the spare segment it
+//! rolls into is prepared by `spare.rs`).
 //!
-//! While a flush is in flight, appends keep queueing; the next flush takes everything queued
-//! up to `flush_bytes_max` (whole batches, at least one) that fits the active segment, pads it
-//! to the block boundary (docs/format.md#padding), writes it at the segment's block-aligned
-//! write position and fdatasyncs. Only then are the batches' `Durable` futures resolved.
+//! The flusher takes everything queued up to `flush_bytes_max` (whole batches, at least one)
+//! that fits the active segment, pads it to the block boundary (docs/format.md#padding) and
+//! submits it — one O_DIRECT write, then one fdatasync issued after that write completed — at
+//! the end of the previous flush, which may still be in flight. Each flush's IO runs in its own
+//! task; completions may arrive in any order, but flushes **commit strictly in submission
+//! order**: segment metadata, `durable_index`, the tail cache, stats and the batches' `Durable`
+//! futures advance only over the longest completed prefix. A roll waits until every flush into
+//! the old segment has committed; the segment header block goes with the first flush into a
+//! segment. `IoGate` admits the flushes and the exclusive operations (truncate, reset,
+//! retention), which wait until no flush is in flight and keep new ones out meanwhile.
 //!
-//! Invariants: at most one flush is in flight per log (it holds the IO lock); a write never
-//! starts below the segment's write position (durable bytes are never rewritten); a failed
-//! write or fdatasync latches the log and is never retried; the preallocator's zero-fill never
-//! runs on the append path.
+//! Invariants: at most `flushes_in_flight_max` flushes are submitted and not yet committed or
+//! failed (so a crash leaves at most that many flushes' worth of never-acknowledged data past
+//! the durable end: `LogConfig::torn_reach_bytes`); flushes in flight are consecutive regions of
+//! the active segment; a write never starts below the segment's write position (durable bytes
+//! are never rewritten); a failed write or fdatasync latches the log at once, is never retried,
+//! and fails its flush and every later one even if their own IO succeeded; after it no write or
+//! fdatasync is issued; the preallocator's zero-fill never runs on the append path.
 
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -22,9 +34,9 @@ use glommio::task::JoinHandle;
 use crate::batch::{padding_len, write_padding, BatchHeader};
 use crate::error::LogError;
 use crate::io::DirectFile;
-use crate::limits::{LogConfig, BLOCK_SIZE};
+use crate::limits::{LogConfig, BLOCK_SIZE, FLUSHES_IN_FLIGHT_LIMIT};
 use crate::log::{Inner, State};
-use crate::notify::DurableSlot;
+use crate::notify::{DurableSlot, Notify};
 use crate::recovery::{open_segment_file, persist_index, sealed_index};
 use crate::segment::{encode_header, segment_name, Segment, SPARE_READY};
 use crate::segment_index::SegmentIndex;
@@ -148,6 +160,11 @@ pub struct FlushStats {
     pub spares_filled: u64,
     /// Spare segments prepared by recycling a retention victim (one block written).
     pub spares_recycled: u64,
+    /// Most flushes observed in flight at once (at most `flushes_in_flight_max`).
+    pub flushes_in_flight_peak: u64,
+    /// Flushes resolved `Failed`: the one whose write or fdatasync failed and every flush
+    /// after it that was in flight (their own IO may have succeeded).
+    pub flushes_failed: u64,
     /// Latency of each flush's fdatasync, in µs (`FDATASYNC_LATENCY_BOUNDS_US`).
     pub fdatasync_latency_us: FixedHistogram,
     /// Size of each appended batch in bytes, header included (`BATCH_SIZE_BOUNDS_BYTES`).
@@ -164,13 +181,16 @@ impl Default for FlushStats {
             segments_rolled: 0,
             spares_filled: 0,
             spares_recycled: 0,
+            flushes_in_flight_peak: 0,
+            flushes_failed: 0,
             fdatasync_latency_us: FixedHistogram::new(&FDATASYNC_LATENCY_BOUNDS_US),
             batch_size_bytes: FixedHistogram::new(&BATCH_SIZE_BOUNDS_BYTES),
         }
     }
 }
 
-/// Runs until the log closes (and its queue is drained) or fails.
+/// Runs until the log closes (and its queue is drained) or fails, then waits until no flush
+/// is in flight (so that `Log::close` returns with the disk quiet).
 async fn run_flusher(inner: Rc<Inner>) {
     loop {
         let epoch = inner.flush_notify.epoch();
@@ -179,23 +199,20 @@ async fn run_flusher(inner: Rc<Inner>) {
             (st.failed.is_some(), st.queue.is_empty(), st.closed)
         };
         if failed || (idle && closed) {
-            return;
+            break;
         }
         if idle {
             inner.flush_notify.wait(epoch).await;
             continue;
         }
-        let Ok(permit) = inner.io_lock.acquire_permit(1).await else { return };
-        if inner.state.borrow().queue.is_empty() {
-            continue;
-        }
-        if let Err(reason) = flush_once(&inner).await {
+        let slot = inner.io_gate.reserve_flush().await;
+        if let Err(reason) = submit_flush(&inner, slot).await {
             inner.latch(reason);
-            return;
+            break;
         }
-        drop(permit);
         glommio::yield_if_needed().await;
     }
+    inner.io_gate.drained().await;
 }
 
 /// Waits for the preallocator's spare segment.
@@ -218,18 +235,31 @@ pub(crate) async fn wait_spare(inner: &Inner) -> Result<(), LogError> {
     }
 }
 
-fn needs_roll(inner: &Inner) -> bool {
+/// Where the next flush goes in the active segment: after the last flush in flight, or at
+/// the committed write position when none is.
+struct Cursor {
+    file: Rc<DirectFile>,
+    position: u64,
+    header_written: bool,
+}
+
+/// The cursor for the first queued batch, or `None` when the active segment cannot take it
+/// (none, sealed, or full): the flusher must roll first.
+fn cursor(inner: &Inner) -> Option<Cursor> {
     let st = inner.state.borrow();
-    let first = st.queue.front().expect("flush_once runs with a non-empty queue");
-    match st.segments.last() {
-        None => true,
-        Some(segment) if segment.sealed => true,
-        Some(segment) => {
-            let header = if segment.header_written { 0 } else { BLOCK_SIZE as u64 };
-            let end = segment.write_position + header + first.bytes.len() as u64;
-            end + padding_len(end, BLOCK_SIZE) as u64 > segment.capacity
-        }
-    }
+    let first = st.queue.front().expect("the flusher looks for a cursor with a queued batch");
+    let segment = st.segments.last().filter(|s| !s.sealed)?;
+    let cursor = match inner.io_gate.in_flight_end() {
+        Some(end) => Cursor { file: segment.file.clone(), position: end, header_written: true },
+        None => Cursor {
+            file: segment.file.clone(),
+            position: segment.write_position,
+            header_written: segment.header_written,
+        },
+    };
+    let header = if cursor.header_written { 0 } else { BLOCK_SIZE as u64 };
+    let end = cursor.position + header + first.bytes.len() as u64;
+    (end + padding_len(end, BLOCK_SIZE) as u64 <= segment.capacity).then_some(cursor)
 }
 
 /// Seals the active segment (index persisted) and renames the spare into place as the new
@@ -367,51 +397,115 @@ fn take_batches(st: &mut State, config: &LogConfig, base: u64, capacity: u64) ->
     st.queue.drain(..count).collect()
 }
 
-/// One flush: take, copy, write, fdatasync, resolve.
-async fn flush_once(inner: &Inner) -> Result<(), String> {
-    while needs_roll(inner) {
+/// Prepares the next flush in the reserved `slot` (rolling first if the active segment is
+/// full, once every flush into it has committed) and starts its IO. Returns early, without a
+/// flush, if the log failed or the queue emptied while it waited.
+async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), String> {
+    // Bound: after one roll the active segment is empty and takes any batch (`validate`).
+    let mut rolls = 0;
+    let cursor = loop {
+        {
+            let st = inner.state.borrow();
+            if st.failed.is_some() || st.queue.is_empty() {
+                return Ok(());
+            }
+        }
+        if let Some(cursor) = cursor(inner) {
+            break cursor;
+        }
+        assert!(rolls < 2, "a fresh segment takes the first queued batch");
+        // The old segment is sealed from complete metadata: every flush into it committed.
+        inner.io_gate.drained().await;
+        if inner.state.borrow().failed.is_some() {
+            return Ok(());
+        }
         roll(inner).await?;
-    }
-    let (file, start, header_block, batches) = {
+        rolls += 1;
+    };
+    let flush = {
         let mut st = inner.state.borrow_mut();
-        let segment = st.segments.last().expect("rolled");
-        let start = segment.write_position;
-        let capacity = segment.capacity;
-        let header_block = if segment.header_written {
+        let header_block = if cursor.header_written {
             None
         } else {
             let mut block = vec![0u8; BLOCK_SIZE];
-            encode_header(&segment.meta(), &mut block);
+            encode_header(&st.segments.last().expect("cursor found it").meta(), &mut block);
             Some(block)
         };
-        let file = segment.file.clone();
-        let base = start + header_block.as_ref().map_or(0, |b| b.len() as u64);
+        let capacity = st.segments.last().expect("cursor found it").capacity;
+        let base = cursor.position + header_block.as_ref().map_or(0, |b| b.len() as u64);
         let batches = take_batches(&mut st, &inner.config, base, capacity);
-        assert!(!batches.is_empty(), "needs_roll guarantees the first batch fits");
-        (file, start, header_block, batches)
+        assert!(!batches.is_empty(), "the cursor guarantees the first batch fits");
+        Flush::build(cursor.file, cursor.position, header_block.as_deref(), batches)
     };
-    let flush = Flush::build(file, start, header_block.as_deref(), batches);
-    match write_and_sync(inner, &flush).await {
-        Ok(()) => {
-            commit(inner, &flush);
-            Ok(())
-        }
-        Err(e) => {
-            let reason = format!("flush to {:?} at {start} failed: {e}", flush.file.path());
-            flush.fail(&reason);
-            Err(reason)
-        }
+    let io = FlushIo { file: flush.file.clone(), buf: flush.buf.clone(), start: flush.start };
+    let (seq, in_flight) = inner.io_gate.submit(slot, flush);
+    {
+        let mut st = inner.state.borrow_mut();
+        let peak = &mut st.stats.flushes_in_flight_peak;
+        *peak = (*peak).max(in_flight as u64);
     }
+    glommio::spawn_local(run_flush_io(inner.clone(), seq, io)).detach();
+    Ok(())
 }
 
-/// Writes the flush, then fdatasyncs (timed for `FlushStats::fdatasync_latency_us`).
-async fn write_and_sync(inner: &Inner, flush: &Flush) -> std::io::Result<()> {
-    flush.file.write_shared_at(&inner.faults, flush.buf.clone(), flush.start).await?;
+/// What one flush's IO task needs: the buffer and where it goes.
+struct FlushIo {
+    file: Rc<DirectFile>,
+    buf: Rc<DmaBuffer>,
+    start: u64,
+}
+
+/// One flush's IO task: its write, then its own fdatasync; then commits whatever prefix of
+/// the flushes in flight is complete. A failure latches the log at once (nothing more is
+/// submitted) and fails this flush and every later one.
+async fn run_flush_io(inner: Rc<Inner>, seq: u64, io: FlushIo) {
+    let result = write_and_sync(&inner, &io)
+        .await
+        .map_err(|e| format!("flush to {:?} at {} failed: {e}", io.file.path(), io.start));
+    if let Err(reason) = &result {
+        inner.io_gate.fail_from(seq);
+        if inner.state.borrow().failed.is_none() {
+            inner.latch(reason.clone());
+        }
+    }
+    inner.io_gate.complete(seq, result.is_ok());
+    commit_ready(&inner);
+}
+
+/// Writes the flush, then fdatasyncs (timed for `FlushStats::fdatasync_latency_us`). The
+/// fdatasync is issued after this flush's write completed, so it covers it. Once the log has
+/// failed (another flush's IO), neither is issued: nothing is written after a failure.
+async fn write_and_sync(inner: &Inner, io: &FlushIo) -> std::io::Result<()> {
+    let latched = || inner.state.borrow().failed.is_some();
+    if latched() {
+        return Err(std::io::Error::other("not written: the log failed"));
+    }
+    io.file.write_shared_at(&inner.faults, io.buf.clone(), io.start).await?;
+    if latched() {
+        return Err(std::io::Error::other("not synced: the log failed"));
+    }
     let sync_started = std::time::Instant::now();
-    flush.file.sync(&inner.faults).await?;
+    io.file.sync(&inner.faults).await?;
     let sync_us = u64::try_from(sync_started.elapsed().as_micros()).unwrap_or(u64::MAX);
     inner.state.borrow_mut().stats.fdatasync_latency_us.record(sync_us);
     Ok(())
+}
+
+/// Commits, in submission order, every flush in flight whose IO completed and which no
+/// earlier flush precedes: a completed flush waits for every earlier one. A flush at or after
+/// the first failed one resolves `Failed`, even if its own IO succeeded.
+fn commit_ready(inner: &Inner) {
+    while let Some((flush, committable)) = inner.io_gate.pop_completed() {
+        if committable {
+            commit(inner, &flush);
+        } else {
+            let reason = inner.state.borrow().failed.clone();
+            let reason = reason.unwrap_or_else(|| "an earlier flush failed".to_string());
+            inner.state.borrow_mut().stats.flushes_failed += 1;
+            flush.fail(&reason);
+            inner.durable_notify.notify_all();
+        }
+    }
 }
 
 /// Makes a completed flush visible: segment metadata, durable index, cache, waiters.
@@ -423,7 +517,7 @@ fn commit(inner: &Inner, flush: &Flush) {
     let last = batches.last().expect("a flush has at least one batch").header;
     let segment = st.segments.last_mut().expect("flushed into the active segment");
     assert!(Rc::ptr_eq(&segment.file, &flush.file), "a flush lands in the active segment");
-    assert_eq!(segment.write_position, flush.start, "flushes are contiguous");
+    assert_eq!(segment.write_position, flush.start, "flushes commit contiguously, in order");
     segment.header_written |= flush.wrote_header;
     for (pending, position) in batches.iter().zip(&flush.positions) {
         let header = &pending.header;
@@ -437,6 +531,11 @@ fn commit(inner: &Inner, flush: &Flush) {
     segment.write_position = end;
     let total: usize = batches.iter().map(|p| p.bytes.len()).sum();
     st.queued_bytes -= total;
+    assert_eq!(
+        batches[0].header.index(),
+        st.durable_index.next(),
+        "a flush continues the durable prefix"
+    );
     st.durable_index = last.index();
     st.durable_offset = last.next_offset();
     let durable = st.durable_index;
@@ -451,6 +550,200 @@ fn commit(inner: &Inner, flush: &Flush) {
         pending.slot.resolve(Ok(()));
     }
     inner.durable_notify.notify_all();
+}
+
+/// Admission to the log's IO: up to `flushes_in_flight_max` flushes at once (submitted, not
+/// yet committed or failed), or one exclusive operation (truncate, reset, retention) with no
+/// flush in flight. An exclusive operation that waits keeps new flushes out, so a steady
+/// append load cannot starve it. Also holds the flushes in flight, oldest first.
+///
+/// Invariants: `in_flight.len() + reserved <= flushes_max`; `exclusive` implies no flush in
+/// flight or reserved; flushes in flight are consecutive regions of the active segment.
+pub(crate) struct IoGate {
+    flushes_max: usize,
+    state: RefCell<GateState>,
+    changed: Notify,
+}
+
+struct GateState {
+    in_flight: VecDeque<InFlight>,
+    /// The flusher holds a slot while it prepares a flush (roll, take, copy).
+    reserved: bool,
+    exclusive: bool,
+    exclusive_waiting: usize,
+    next_seq: u64,
+    /// The first flush (by sequence) that failed: it and every later one resolve `Failed`.
+    failed_from: Option<u64>,
+}
+
+struct InFlight {
+    seq: u64,
+    flush: Flush,
+    /// `None` while its IO runs; then whether both the write and the fdatasync succeeded.
+    succeeded: Option<bool>,
+}
+
+/// A reserved flush slot; released if dropped before `IoGate::submit`.
+pub(crate) struct FlushSlot<'a> {
+    gate: &'a IoGate,
+}
+
+/// Exclusive use of the log's IO: no flush runs while it is held.
+pub(crate) struct ExclusiveIo<'a> {
+    gate: &'a IoGate,
+}
+
+/// Counts an exclusive operation as waiting (new flushes stay out) until dropped.
+struct ExclusiveWaiting<'a> {
+    gate: &'a IoGate,
+}
+
+impl IoGate {
+    pub(crate) fn new(flushes_max: usize) -> IoGate {
+        assert!((1..=FLUSHES_IN_FLIGHT_LIMIT).contains(&flushes_max));
+        IoGate {
+            flushes_max,
+            state: RefCell::new(GateState {
+                in_flight: VecDeque::with_capacity(flushes_max),
+                reserved: false,
+                exclusive: false,
+                exclusive_waiting: 0,
+                next_seq: 0,
+                failed_from: None,
+            }),
+            changed: Notify::default(),
+        }
+    }
+
+    /// Waits until no flush is in flight, then keeps flushes out until the guard drops.
+    pub(crate) async fn exclusive(&self) -> ExclusiveIo<'_> {
+        self.state.borrow_mut().exclusive_waiting += 1;
+        let waiting = ExclusiveWaiting { gate: self };
+        loop {
+            let epoch = self.changed.epoch();
+            {
+                let mut st = self.state.borrow_mut();
+                if !st.exclusive && !st.reserved && st.in_flight.is_empty() {
+                    st.exclusive = true;
+                    drop(st);
+                    drop(waiting);
+                    return ExclusiveIo { gate: self };
+                }
+            }
+            self.changed.wait(epoch).await;
+        }
+    }
+
+    /// Waits for a free flush slot (no exclusive operation running or waiting).
+    async fn reserve_flush(&self) -> FlushSlot<'_> {
+        loop {
+            let epoch = self.changed.epoch();
+            {
+                let mut st = self.state.borrow_mut();
+                let free = st.in_flight.len() < self.flushes_max && !st.reserved;
+                if free && !st.exclusive && st.exclusive_waiting == 0 {
+                    st.reserved = true;
+                    return FlushSlot { gate: self };
+                }
+            }
+            self.changed.wait(epoch).await;
+        }
+    }
+
+    /// Waits until every flush in flight has committed or failed.
+    async fn drained(&self) {
+        loop {
+            let epoch = self.changed.epoch();
+            if self.state.borrow().in_flight.is_empty() {
+                return;
+            }
+            self.changed.wait(epoch).await;
+        }
+    }
+
+    /// The end of the last flush in flight, if any.
+    fn in_flight_end(&self) -> Option<u64> {
+        self.state.borrow().in_flight.back().map(|f| f.flush.start + f.flush.len())
+    }
+
+    /// Turns the reserved slot into a flush in flight: (its sequence number, flushes now in
+    /// flight).
+    fn submit(&self, slot: FlushSlot<'_>, flush: Flush) -> (u64, usize) {
+        std::mem::forget(slot);
+        let mut st = self.state.borrow_mut();
+        assert!(st.reserved, "a flush is submitted in a reserved slot");
+        st.reserved = false;
+        if let Some(last) = st.in_flight.back() {
+            let end = last.flush.start + last.flush.len();
+            assert_eq!(end, flush.start, "flushes in flight are consecutive");
+            assert!(Rc::ptr_eq(&last.flush.file, &flush.file), "and in one segment");
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.in_flight.push_back(InFlight { seq, flush, succeeded: None });
+        assert!(st.in_flight.len() <= self.flushes_max);
+        (seq, st.in_flight.len())
+    }
+
+    /// Records that flush `seq` failed: it and every later flush will resolve `Failed`.
+    fn fail_from(&self, seq: u64) {
+        let mut st = self.state.borrow_mut();
+        st.failed_from = Some(st.failed_from.map_or(seq, |first| first.min(seq)));
+    }
+
+    /// Records the outcome of flush `seq`'s IO.
+    fn complete(&self, seq: u64, succeeded: bool) {
+        let mut st = self.state.borrow_mut();
+        let entry = st.in_flight.iter_mut().find(|f| f.seq == seq).expect("flush in flight");
+        assert!(entry.succeeded.is_none(), "a flush completes once");
+        entry.succeeded = Some(succeeded);
+    }
+
+    /// Removes the oldest flush if its IO completed: (the flush, whether it may commit).
+    fn pop_completed(&self) -> Option<(Flush, bool)> {
+        let mut st = self.state.borrow_mut();
+        let succeeded = st.in_flight.front()?.succeeded?;
+        let entry = st.in_flight.pop_front().expect("checked");
+        let committable = succeeded && st.failed_from.is_none_or(|first| entry.seq < first);
+        drop(st);
+        self.changed.notify_all();
+        Some((entry.flush, committable))
+    }
+}
+
+impl std::fmt::Debug for IoGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.borrow();
+        f.debug_struct("IoGate")
+            .field("flushes_max", &self.flushes_max)
+            .field("in_flight", &st.in_flight.len())
+            .field("reserved", &st.reserved)
+            .field("exclusive", &st.exclusive)
+            .field("exclusive_waiting", &st.exclusive_waiting)
+            .field("failed_from", &st.failed_from)
+            .finish()
+    }
+}
+
+impl Drop for FlushSlot<'_> {
+    fn drop(&mut self) {
+        self.gate.state.borrow_mut().reserved = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+impl Drop for ExclusiveIo<'_> {
+    fn drop(&mut self) {
+        self.gate.state.borrow_mut().exclusive = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+impl Drop for ExclusiveWaiting<'_> {
+    fn drop(&mut self) {
+        self.gate.state.borrow_mut().exclusive_waiting -= 1;
+        self.gate.changed.notify_all();
+    }
 }
 
 /// Spawns the flusher on the current executor, in the current task queue.

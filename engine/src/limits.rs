@@ -38,8 +38,10 @@ pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
 pub const INDEX_POINTS_MAX: usize = 1 << 20;
 /// Most records one batch may carry.
 pub const RECORD_COUNT_MAX: u32 = 1 << 24;
-/// Default flushes (write + fdatasync) in flight at once per log.
-pub const FLUSHES_IN_FLIGHT_DEFAULT: usize = 1;
+/// Default flushes (write + fdatasync) in flight at once per log. Measured (tuning.md, "Flush
+/// pipeline"): 2 raises the engine's fdatasyncs/s by ~40% over 1 with 256 or 1,024 appenders
+/// of 1 KiB; 4 adds nothing over 2 and doubles recovery's torn reach.
+pub const FLUSHES_IN_FLIGHT_DEFAULT: usize = 2;
 /// Largest accepted `flushes_in_flight_max` (recovery's torn-tail reach grows with it).
 pub const FLUSHES_IN_FLIGHT_LIMIT: usize = 8;
 
@@ -50,6 +52,10 @@ const _: () = assert!(IO_CHUNK_BYTES % BLOCK_SIZE == 0);
 const _: () = assert!(BATCH_HEADER_SIZE < BLOCK_SIZE && PADDING_HEADER_SIZE < BLOCK_SIZE);
 const _: () = assert!(BATCH_SIZE_MAX_DEFAULT <= FLUSH_BYTES_MAX_DEFAULT);
 const _: () = assert!(FLUSH_BYTES_MAX_DEFAULT <= QUEUED_BYTES_MAX_DEFAULT);
+const _: () = assert!(FLUSHES_IN_FLIGHT_DEFAULT >= 1);
+const _: () = assert!(FLUSHES_IN_FLIGHT_DEFAULT <= FLUSHES_IN_FLIGHT_LIMIT);
+const _: () =
+    assert!(FLUSHES_IN_FLIGHT_DEFAULT * FLUSH_BYTES_MAX_DEFAULT <= QUEUED_BYTES_MAX_DEFAULT);
 
 /// What recovery does with corruption found in the middle of the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! `append` stamps a batch synchronously (index, offsets, chain crc, checksums), caches it and
 //! queues it for the group-commit flusher (group_commit.rs); its `Durable` future resolves
 //! once the flush holding it is fdatasynced. Reads are served from the tail cache or from the
-//! segments through their sparse index. Truncation, reset and retention take the IO lock, so
-//! they never interleave with a flush.
+//! segments through their sparse index. Truncation, reset and retention take the IO gate
+//! exclusively (waiting until no flush is in flight), so they never interleave with a flush.
 //!
 //! Invariants (checked by `State::check`): `start_index <= durable_index + 1 <= next_index`;
 //! the tail cache holds every batch above `durable_index`; segments are contiguous in index,
@@ -20,7 +20,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
 use crate::batch::{
@@ -31,7 +30,7 @@ use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
     RetentionError, TruncateError,
 };
-use crate::group_commit::{spawn_flusher, FlushStats, Pending};
+use crate::group_commit::{spawn_flusher, FlushStats, IoGate, Pending};
 use crate::io::{DataDir, FaultInjector};
 use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
 use crate::lock::DirLock;
@@ -144,8 +143,9 @@ pub(crate) struct Inner {
     pub spare_notify: Notify,
     /// A flush completed, the log failed, or it closed.
     pub durable_notify: Notify,
-    /// Held by a flush and by truncate/reset/retention: no two write the directory at once.
-    pub io_lock: Semaphore,
+    /// Admits up to `flushes_in_flight_max` flushes, or one of truncate/reset/retention with
+    /// no flush in flight: those never interleave with a flush.
+    pub io_gate: IoGate,
     pub tasks: RefCell<Vec<JoinHandle<()>>>,
     _lock: DirLock,
 }
@@ -338,6 +338,7 @@ impl Log {
             .map(|stale_index_end| RecycleCandidate { stale_index_end, file: None })
             .collect();
         state.check();
+        let io_gate = IoGate::new(config.flushes_in_flight_max);
         let inner = Rc::new(Inner {
             config,
             dir: data_dir,
@@ -346,7 +347,7 @@ impl Log {
             flush_notify: Notify::default(),
             spare_notify: Notify::default(),
             durable_notify: Notify::default(),
-            io_lock: Semaphore::new(1),
+            io_gate,
             tasks: RefCell::new(Vec::new()),
             _lock: lock,
         });
@@ -788,7 +789,7 @@ impl Log {
     /// a crash cannot bring them back. Batches still queued resolve `Truncated`.
     pub async fn truncate_suffix(&self, from: LogIndex) -> Result<(), TruncateError> {
         let inner = &self.inner;
-        let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| TruncateError::Closed)?;
+        let _exclusive = inner.io_gate.exclusive().await;
         let (start_index, start_offset, start_prev_term, durable) = {
             let st = inner.state.borrow();
             closed_or_failed(&st, TruncateError::Closed)?;
@@ -925,7 +926,7 @@ impl Log {
         if next_index == LogIndex(0) {
             return Err(ResetError::ZeroIndex);
         }
-        let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| ResetError::Closed)?;
+        let _exclusive = self.inner.io_gate.exclusive().await;
         self.reset_locked(next_index, next_offset, prev_term).await
     }
 
@@ -1058,7 +1059,7 @@ impl Log {
         deletable_below: LogIndex,
     ) -> Result<RetentionReport, RetentionError> {
         let inner = &self.inner;
-        let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| RetentionError::Closed)?;
+        let _exclusive = inner.io_gate.exclusive().await;
         let victims: Vec<Victim> = {
             let st = inner.state.borrow();
             closed_or_failed(&st, RetentionError::Closed)?;

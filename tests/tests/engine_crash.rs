@@ -3,7 +3,9 @@
 //! parent SIGKILLs it at a random moment, reopens the log and checks that every acknowledged
 //! batch is present, byte-identical (same crc) at its index and offset, and that every batch in
 //! the log passes its checksums. Repeated `ROUNDS` times on the same log (1 MiB segments, so
-//! rolls, spare preallocation and torn flushes all get killed in the middle).
+//! rolls, spare preallocation and torn flushes all get killed in the middle). Each child runs
+//! with a random `flushes_in_flight_max` in 1..=4 (printed per round), so kills land with
+//! several flushes in flight and completing out of order.
 //!
 //! The seed is printed; replay with `RINGLOG_CRASH_SEED=<seed> cargo test -p ringlog-tests
 //! --test engine_crash`.
@@ -26,8 +28,12 @@ const CHILD_SEED_ENV: &str = "RINGLOG_CRASH_CHILD_SEED";
 const CHILD_BYTES_MAX: u64 = 4 << 20;
 const APPENDERS: u32 = 8;
 
-fn config() -> LogConfig {
+/// The child's `flushes_in_flight_max` (random per round; the parent reopens with the same).
+const CHILD_FLUSHES_ENV: &str = "RINGLOG_CRASH_CHILD_FLUSHES_IN_FLIGHT";
+
+fn config(flushes_in_flight_max: usize) -> LogConfig {
     LogConfig {
+        flushes_in_flight_max,
         segment_size_bytes: 1 << 20,
         batch_size_max: 64 << 10,
         flush_bytes_max: 128 << 10,
@@ -41,12 +47,12 @@ fn config() -> LogConfig {
 /// Children with an even seed run with retention and segment recycling, applying retention
 /// every few milliseconds, so that kills also land in retention, candidate preparation and
 /// rolls into recycled segments (whose stale batches recovery must never take for data).
-fn child_config(seed: u64) -> LogConfig {
+fn child_config(seed: u64, flushes_in_flight_max: usize) -> LogConfig {
     let recycle = seed % 2 == 0;
     LogConfig {
         recycle_segments: recycle,
         retention_bytes_max: recycle.then_some(2 << 20),
-        ..config()
+        ..config(flushes_in_flight_max)
     }
 }
 
@@ -76,11 +82,12 @@ fn engine_crash_child() {
         return;
     };
     let seed: u64 = seed.parse().expect("seed");
-    run_on_executor(move || child(PathBuf::from(dir), seed));
+    let flushes = std::env::var(CHILD_FLUSHES_ENV).expect("flushes").parse().expect("flushes");
+    run_on_executor(move || child(PathBuf::from(dir), seed, flushes));
 }
 
-async fn child(dir: PathBuf, seed: u64) {
-    let config = child_config(seed);
+async fn child(dir: PathBuf, seed: u64, flushes_in_flight_max: usize) {
+    let config = child_config(seed, flushes_in_flight_max);
     let (log, _) = Log::open(&dir, config.clone()).await.expect("child open");
     let log = std::rc::Rc::new(log);
     let _retention = config.recycle_segments.then(|| {
@@ -135,8 +142,9 @@ async fn child(dir: PathBuf, seed: u64) {
 }
 
 /// Reads the whole log, checking every batch; returns index -> (offset, count, crc).
-async fn read_log(dir: PathBuf) -> Result<(BTreeMap<u64, Ack>, u64, u64), String> {
-    let (log, report) = Log::open(&dir, config()).await.map_err(|e| format!("reopen: {e}"))?;
+async fn read_log(dir: PathBuf, flushes: usize) -> Result<(BTreeMap<u64, Ack>, u64, u64), String> {
+    let (log, report) =
+        Log::open(&dir, config(flushes)).await.map_err(|e| format!("reopen: {e}"))?;
     let mut out = BTreeMap::new();
     let mut next = log.start_index();
     let last = log.last_index();
@@ -187,11 +195,12 @@ fn holds_recycled_segment(dir: &Path) -> bool {
     })
 }
 
-fn run_child(dir: &Path, seed: u64, kill_after: Duration) -> Vec<(u64, Ack)> {
+fn run_child(dir: &Path, seed: u64, flushes: usize, kill_after: Duration) -> Vec<(u64, Ack)> {
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
         .args(["--exact", "engine_crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_SEED_ENV, seed.to_string())
+        .env(CHILD_FLUSHES_ENV, flushes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -257,7 +266,8 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
     let mut recycled_rounds = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_micros(rng.gen_range(0..120_000));
-        let acks = run_child(dir.path(), rng.gen(), kill_after);
+        let flushes = rng.gen_range(1..=4usize);
+        let acks = run_child(dir.path(), rng.gen(), flushes, kill_after);
         for (index, ack) in &acks {
             // A later round may legitimately reuse an index only if the batch was never
             // acknowledged before; an acknowledged index never changes.
@@ -266,7 +276,7 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
             }
         }
         let path = dir.path().to_path_buf();
-        let log = run_on_executor(move || read_log(path));
+        let log = run_on_executor(move || read_log(path, flushes));
         let (log, torn, start) = log.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         torn_rounds += u32::from(torn > 0);
         recycled_rounds += u32::from(holds_recycled_segment(dir.path()));
@@ -279,7 +289,7 @@ fn engine_crash_recovery_keeps_every_acknowledged_batch() {
             );
         }
         println!(
-            "round {round}: killed after {kill_after:?}, {} acks this round, {} in the log, \
+            "round {round}: {flushes} flushes in flight max, killed after {kill_after:?}, {} acks this round, {} in the log, \
              {torn} torn bytes dropped",
             acks.len(),
             log.len()
