@@ -205,6 +205,9 @@ struct Scan<'a> {
     file: &'a File,
     file_size: u64,
     with_records: bool,
+    /// A recycled segment: at a block boundary, an item that does not continue the segment
+    /// (garbage, or a batch of an index below the expected one) is stale, the end of the data.
+    stale_tail: bool,
     items: Vec<Item>,
     summary: Summary,
     corruption: Option<CorruptionReport>,
@@ -227,6 +230,7 @@ impl<'a> Scan<'a> {
             file,
             file_size,
             with_records,
+            stale_tail: false,
             items: Vec::new(),
             summary,
             corruption: None,
@@ -257,6 +261,7 @@ impl<'a> Scan<'a> {
             HeaderState::Valid(meta) => meta.recycled.is_some(),
             HeaderState::Zero | HeaderState::Invalid => false,
         };
+        self.stale_tail = stale_tail;
         let header = match decoded {
             HeaderState::Zero | HeaderState::RecycledSpare(_) => HeaderReport::Zero,
             HeaderState::Invalid => HeaderReport::Invalid,
@@ -321,6 +326,7 @@ impl<'a> Scan<'a> {
 
     fn next_item(&mut self, position: u64, expected: &mut Expected) -> std::io::Result<Step> {
         let room = self.file_size.saturating_sub(position) as usize;
+        let stale_tail = self.stale_tail;
         let head = self.read(position, ITEM_HEAD_BYTES)?;
         if head.len() < 4 {
             return Ok(Step::End(position));
@@ -336,6 +342,12 @@ impl<'a> Scan<'a> {
         }
         if magic == PADDING_MAGIC {
             return self.padding(position, room);
+        }
+        if stale_tail && position % BLOCK == 0 {
+            let continues = peek_header(head, room).is_ok_and(|h| h.index.get() >= expected.index);
+            if !continues {
+                return Ok(Step::End(position));
+            }
         }
         match peek_header(head, room) {
             Ok(header) => {
@@ -881,6 +893,47 @@ mod tests {
         let corruption = report.corruption.unwrap();
         assert_eq!(corruption.position, 0);
         assert_eq!(corruption.detail, "file is 524288 bytes, its header says 1048576");
+    }
+
+    #[test]
+    fn stale_bytes_after_the_data_of_a_recycled_segment_are_not_corruption() {
+        let dir = scratch_dir();
+        let mut bytes = synthetic_segment(None);
+        let meta = SegmentMeta {
+            base_offset: Offset(10),
+            base_index: LogIndex(5),
+            prev_term: Term(1),
+            prev_crc: 0xabcd,
+            segment_size: bytes.len() as u64,
+            created_unix_ms: 0,
+            recycled: Some(LogIndex(5)),
+        };
+        encode_header(&meta, &mut bytes[..BLOCK_SIZE]);
+        // An earlier life's batch (index 3) right after the data, then garbage.
+        let stale = BatchStamp {
+            term: Term(1),
+            index: LogIndex(3),
+            base_offset: Offset(4),
+            record_count: 1,
+            flags: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            prev_crc: 7,
+        };
+        let mut records = RecordsBuilder::new(64 << 10);
+        records.push(b"old").unwrap();
+        let stale = encode_batch(&stale, &records.finish().bytes);
+        let at = 2 * BLOCK_SIZE;
+        bytes[at..at + stale.len()].copy_from_slice(&stale);
+        bytes[5 * BLOCK_SIZE..6 * BLOCK_SIZE].fill(0x5a);
+        let path = write_file(dir.path(), &bytes);
+        let report = inspect_segment(&path, false).unwrap();
+        assert_eq!(report.corruption, None, "{}", text_report(&report, false));
+        assert_eq!(report.summary.batches, 2);
+        // Without the flag the same bytes are damage after the data.
+        encode_header(&SegmentMeta { recycled: None, ..meta }, &mut bytes[..BLOCK_SIZE]);
+        let path = write_file(dir.path(), &bytes);
+        assert!(inspect_segment(&path, false).unwrap().corruption.is_some());
     }
 
     #[test]

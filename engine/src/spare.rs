@@ -197,15 +197,17 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Takes a recycling candidate that is ready to be prepared: none while recycling is off.
-/// Candidates whose stale bound is above the log start are deleted (never reused); a
-/// candidate whose file a reader still holds is left for a later spare.
+/// Takes a recycling candidate that is ready to be prepared. Candidates whose stale bound is
+/// above the log start are deleted (never reused), and all of them while recycling is off (a
+/// log reopened with `recycle_segments = false` gives their disk space back); a candidate
+/// whose file a reader still holds is left for a later spare.
 fn take_candidate(inner: &Inner) -> std::io::Result<Option<LogIndex>> {
     let mut st = inner.state.borrow_mut();
     let start = st.start_index;
+    let recycle = inner.config.recycle_segments;
     let mut discarded = Vec::new();
     st.recycle_candidates.retain(|c| {
-        let keep = c.stale_index_end <= start;
+        let keep = recycle && c.stale_index_end <= start;
         if !keep {
             discarded.push(c.stale_index_end);
         }
@@ -215,11 +217,7 @@ fn take_candidate(inner: &Inner) -> std::io::Result<Option<LogIndex>> {
         .recycle_candidates
         .iter()
         .position(|c| c.file.as_ref().is_none_or(|file| Rc::strong_count(file) == 1));
-    let taken = if inner.config.recycle_segments {
-        free.map(|at| st.recycle_candidates.remove(at).stale_index_end)
-    } else {
-        None
-    };
+    let taken = free.map(|at| st.recycle_candidates.remove(at).stale_index_end);
     drop(st);
     for bound in discarded {
         inner.dir.remove(&recycle_candidate_name(bound))?;

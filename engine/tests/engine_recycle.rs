@@ -551,3 +551,37 @@ fn a_reset_below_the_stale_bound_of_a_recycled_spare_never_reuses_it() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_log_reopened_with_recycling_off_deletes_its_candidates_and_zero_fills() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut written = log_with_recycled_spare(&path).await;
+        let config = LogConfig { recycle_segments: false, ..recycle_config() };
+        let (log, _) = Log::open(&path, config.clone()).await.unwrap();
+        let rolled = log.stats().segments_rolled;
+        for _ in 0..GROUPS_MAX {
+            append(&log, &mut written, 16, false).await;
+            retain(&log).await;
+            if log.stats().segments_rolled >= rolled + 3 {
+                break;
+            }
+        }
+        let stats = log.stats();
+        assert_eq!(stats.spares_recycled, 0, "{stats:?}");
+        assert!(stats.spares_filled >= 2, "{stats:?}");
+        let candidates = std::fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("spare.recycled-")
+            })
+            .count();
+        assert_eq!(candidates, 0, "the candidates were deleted");
+        assert_log_matches(&log, &written).await;
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, config).await.unwrap();
+        assert_log_matches(&log, &written).await;
+        log.close().await.unwrap();
+    });
+}
