@@ -212,6 +212,8 @@ struct Paired {
     raw_total: Option<RunMeasure>,
     raw_write_sizes: Vec<usize>,
     round_ratios: Vec<f64>,
+    /// How each engine round reached its measured window (steady state, spares).
+    windows: Vec<engine_append::WindowReport>,
 }
 
 /// Runs the selected scenarios inside `work`.
@@ -288,6 +290,7 @@ fn run_rounds(
                 raw_total: None,
                 raw_write_sizes: Vec::new(),
                 round_ratios: Vec::new(),
+                windows: Vec::new(),
             });
         }
     }
@@ -334,7 +337,7 @@ fn run_rounds(
                 round_duration.as_secs_f64(),
                 round_warmup.as_secs_f64()
             ));
-            let measure = match pair.name {
+            let engine_round = match pair.name {
                 ScenarioName::Engine => engine_append::measure(
                     &options.engine,
                     &pair.dir,
@@ -350,6 +353,8 @@ fn run_rounds(
                     stop,
                 )?,
             };
+            pair.windows.push(engine_round.window);
+            let measure = engine_round.measure;
             let write_size = Some(measure.disk_bytes_per_fdatasync().round() as usize)
                 .filter(|bytes| *bytes > 0)
                 .unwrap_or(options.raw_write_size_bytes);
@@ -379,8 +384,8 @@ fn run_rounds(
     for pair in paired {
         let Some(measure) = pair.total else { continue };
         let (description, parameters, notes) = match pair.name {
-            ScenarioName::Engine => engine_append::describe(&options.engine)?,
-            _ => engine_append::describe_handle(&options.engine)?,
+            ScenarioName::Engine => engine_append::describe(&options.engine, &pair.windows)?,
+            _ => engine_append::describe_handle(&options.engine, &pair.windows)?,
         };
         let result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
         let raw = match pair.raw_total {
