@@ -675,12 +675,14 @@ impl MeasuredWindow {
         let give_up_at = started + options.warmup_timeout.max(warmup);
         let sampler = std::thread::spawn(move || {
             let sampled = (|| {
-                sleep_until(warmup_until, &stop, || false);
-                sleep_until(give_up_at, &stop, || progress.is_steady());
+                // `finished` before the window opened: the load ended early (an error).
+                let ended = || progress.is_finished();
+                sleep_until(warmup_until, &stop, ended);
+                sleep_until(give_up_at, &stop, || progress.is_steady() || ended());
                 let steady = progress.is_steady();
                 let start = sample(&engine)?;
                 let (opens, closes) = gate.open_now(duration);
-                sleep_until(closes, &stop, || false);
+                sleep_until(closes, &stop, ended);
                 let counters = sample(&engine)?.since(start);
                 let report = WindowReport {
                     warmup: opens.saturating_duration_since(started),

@@ -350,6 +350,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_window_gate_counts_only_operations_submitted_after_it_opens() {
+        let gate = WindowGate::pending();
+        let before = Instant::now();
+        assert!(!gate.counts(before, before), "nothing counts before the window is decided");
+        assert!(!gate.closed(before));
+        assert_eq!(gate.elapsed(before), Duration::ZERO);
+        let (opens, closes) = gate.open_now(Duration::from_secs(10));
+        assert_eq!(gate.open_now(Duration::ZERO), (opens, closes), "opened once");
+        assert!(!gate.counts(before, opens), "submitted during the warm-up");
+        assert!(gate.counts(opens, opens + Duration::from_secs(1)));
+        assert!(!gate.counts(opens, closes + Duration::from_millis(1)), "completed after it");
+        assert!(gate.closed(closes));
+        assert_eq!(gate.elapsed(closes + Duration::from_secs(5)), Duration::from_secs(10));
+    }
+
+    #[test]
     fn an_open_schedule_spreads_the_rate_over_producers_and_batches_by_linger() {
         // 1000 records/s over 2 producers: each gets one record every 2 ms, phases 1 ms apart.
         let a = OpenSchedule::new(1000.0, 0, 2, 4, Duration::from_millis(5)).unwrap();
