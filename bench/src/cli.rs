@@ -73,6 +73,15 @@ pub struct BenchArgs {
     /// Let the engine's shard executor spin before parking (dedicated cores only).
     #[arg(long)]
     pub spin: bool,
+    /// Engine LogConfig.retention_bytes_max, applied on the shard after every segment roll
+    /// while appending; the window opens once retention deletes segments (steady state).
+    /// Default: 2 segments; 0 = unlimited (a growing log, every spare zero-filled).
+    #[arg(long)]
+    pub engine_retention_bytes: Option<u64>,
+    /// Longest engine warm-up while waiting for that steady state (default 60, or 10 with
+    /// --quick); the row's note says when it was hit.
+    #[arg(long)]
+    pub engine_warmup_timeout_secs: Option<f64>,
     /// raw-disk write size when no engine scenario is run.
     #[arg(long, default_value_t = 256 * 1024)]
     pub raw_write_size: usize,
@@ -220,6 +229,10 @@ impl BenchArgs {
         if let Some(bytes) = self.queued_bytes_max {
             engine.queued_bytes_max = bytes;
         }
+        engine.retention_bytes = self.engine_retention_bytes.unwrap_or(
+            crate::engine_append::RETENTION_SEGMENTS_DEFAULT * engine.segment_size_bytes,
+        );
+        engine.warmup_timeout = secs(self.engine_warmup_timeout_secs, 60.0, 10.0);
         if let Some(flushes) = self.flushes_in_flight_max {
             engine.flushes_in_flight_max = flushes;
         }

@@ -19,6 +19,7 @@
 //! outstanding completion (bounded by `drain_timeout`) before returning. An open schedule's
 //! arrivals are strictly increasing and a batch never holds more than `records_per_batch`.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -62,9 +63,75 @@ pub trait AsyncTarget {
     fn next_completion(&mut self, timeout: Duration) -> anyhow::Result<Option<u64>>;
 }
 
+/// When a closed loop's measured window opens and closes: either fixed in advance (after a
+/// warm-up time) or opened while the load runs, once the system under test reached its steady
+/// state. Shared between threads; opened at most once.
+#[derive(Debug, Default)]
+pub struct WindowGate {
+    bounds: OnceLock<(Instant, Instant)>,
+}
+
+impl WindowGate {
+    /// A window that opens at `opens` and lasts `duration`.
+    pub fn fixed(opens: Instant, duration: Duration) -> WindowGate {
+        let gate = WindowGate::default();
+        let _ = gate.bounds.set((opens, opens + duration));
+        gate
+    }
+
+    /// A window not open yet: [`open_now`](Self::open_now) opens it.
+    pub fn pending() -> WindowGate {
+        WindowGate::default()
+    }
+
+    /// Opens the window now for `duration` (no-op if already open); returns its bounds.
+    pub fn open_now(&self, duration: Duration) -> (Instant, Instant) {
+        *self.bounds.get_or_init(|| {
+            let now = Instant::now();
+            (now, now + duration)
+        })
+    }
+
+    /// `(opens, closes)` once the window is decided.
+    pub fn bounds(&self) -> Option<(Instant, Instant)> {
+        self.bounds.get().copied()
+    }
+
+    /// True if an operation submitted at `submitted` and completed at `now` is measured.
+    pub fn counts(&self, submitted: Instant, now: Instant) -> bool {
+        self.bounds().is_some_and(|(opens, closes)| submitted >= opens && now <= closes)
+    }
+
+    /// True once the window has closed (no more operations need submitting).
+    pub fn closed(&self, now: Instant) -> bool {
+        self.bounds().is_some_and(|(_, closes)| now >= closes)
+    }
+
+    /// Measured time: from the opening to `now` or the closing, whichever is first (zero if
+    /// the window never opened).
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        self.bounds().map_or(Duration::ZERO, |(opens, closes)| {
+            now.min(closes).saturating_duration_since(opens)
+        })
+    }
+}
+
 /// Runs a closed loop against `target` and measures the window after the warm-up.
 pub fn drive_closed_loop(
     load: &ClosedLoop,
+    target: &mut dyn AsyncTarget,
+    stop: &StopFlag,
+) -> anyhow::Result<ClosedLoopOutcome> {
+    let gate = WindowGate::fixed(Instant::now() + load.warmup, load.duration);
+    drive_closed_loop_gated(load, &gate, target, stop)
+}
+
+/// Runs a closed loop against `target` and measures the window `gate` decides (`load.warmup`
+/// and `load.duration` are not used: the gate holds the window). Submitting stops once the
+/// window has closed or the stop flag rose.
+pub fn drive_closed_loop_gated(
+    load: &ClosedLoop,
+    gate: &WindowGate,
     target: &mut dyn AsyncTarget,
     stop: &StopFlag,
 ) -> anyhow::Result<ClosedLoopOutcome> {
@@ -72,13 +139,10 @@ pub fn drive_closed_loop(
         bail!("concurrency {} outside 1..={CONCURRENCY_MAX}", load.concurrency);
     }
     let mut submitted_at: Vec<Instant> = Vec::with_capacity(load.concurrency);
-    let started = Instant::now();
     for token in 0..load.concurrency {
         submitted_at.push(Instant::now());
         target.submit(token as u64)?;
     }
-    let measure_from = started + load.warmup;
-    let measure_until = measure_from + load.duration;
     let mut outcome = ClosedLoopOutcome::default();
     let mut outstanding = load.concurrency;
     let mut submitting = true;
@@ -101,11 +165,11 @@ pub fn drive_closed_loop(
         let slot = submitted_at
             .get_mut(token)
             .with_context(|| format!("unknown completion token {token}"))?;
-        if *slot >= measure_from && now <= measure_until {
+        if gate.counts(*slot, now) {
             outcome.latency.record(now - *slot);
             outcome.completed += 1;
         }
-        if submitting && (now >= measure_until || stop.is_raised()) {
+        if submitting && (gate.closed(now) || stop.is_raised()) {
             submitting = false;
         }
         if submitting {
@@ -117,8 +181,7 @@ pub fn drive_closed_loop(
             outstanding += 1;
         }
     };
-    let measured_end = Instant::now().min(measure_until);
-    outcome.elapsed = measured_end.saturating_duration_since(measure_from);
+    outcome.elapsed = gate.elapsed(Instant::now());
     result.map(|()| outcome)
 }
 
@@ -284,6 +347,22 @@ mod tests {
         assert!(outcome.completed > 0);
         assert_eq!(outcome.latency.len(), outcome.completed);
         assert!(outcome.latency.summary().p50_us >= 1000.0);
+    }
+
+    #[test]
+    fn a_pending_window_gate_counts_only_operations_submitted_after_it_opens() {
+        let gate = WindowGate::pending();
+        let before = Instant::now();
+        assert!(!gate.counts(before, before), "nothing counts before the window is decided");
+        assert!(!gate.closed(before));
+        assert_eq!(gate.elapsed(before), Duration::ZERO);
+        let (opens, closes) = gate.open_now(Duration::from_secs(10));
+        assert_eq!(gate.open_now(Duration::ZERO), (opens, closes), "opened once");
+        assert!(!gate.counts(before, opens), "submitted during the warm-up");
+        assert!(gate.counts(opens, opens + Duration::from_secs(1)));
+        assert!(!gate.counts(opens, closes + Duration::from_millis(1)), "completed after it");
+        assert!(gate.closed(closes));
+        assert_eq!(gate.elapsed(closes + Duration::from_secs(5)), Duration::from_secs(10));
     }
 
     #[test]

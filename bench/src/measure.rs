@@ -214,7 +214,7 @@ fn per_second(count: f64, elapsed: Duration) -> f64 {
     }
 }
 
-fn serialize_secs<S: serde::Serializer>(
+pub fn serialize_secs<S: serde::Serializer>(
     value: &Duration,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

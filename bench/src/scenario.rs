@@ -29,7 +29,7 @@ use crate::engine_append::{self, EngineAppendOptions};
 use crate::machine::Machine;
 use crate::measure::RunMeasure;
 use crate::progress::ScenarioProgress;
-use crate::raw_disk::{RawDiskRun, RawDiskSession};
+use crate::raw_disk::{self, RawDiskRun, RawDiskSession};
 use crate::workdir::{StopFlag, WorkDir};
 
 /// The acceptance bar of issue 2: engine record bytes/s ÷ raw-disk bytes/s at 1 KiB records.
@@ -212,6 +212,8 @@ struct Paired {
     raw_total: Option<RunMeasure>,
     raw_write_sizes: Vec<usize>,
     round_ratios: Vec<f64>,
+    /// How each engine round reached its measured window (steady state, spares).
+    windows: Vec<engine_append::WindowReport>,
 }
 
 /// Runs the selected scenarios inside `work`.
@@ -288,6 +290,7 @@ fn run_rounds(
                 raw_total: None,
                 raw_write_sizes: Vec::new(),
                 round_ratios: Vec::new(),
+                windows: Vec::new(),
             });
         }
     }
@@ -334,7 +337,7 @@ fn run_rounds(
                 round_duration.as_secs_f64(),
                 round_warmup.as_secs_f64()
             ));
-            let measure = match pair.name {
+            let engine_round = match pair.name {
                 ScenarioName::Engine => engine_append::measure(
                     &options.engine,
                     &pair.dir,
@@ -350,6 +353,8 @@ fn run_rounds(
                     stop,
                 )?,
             };
+            pair.windows.push(engine_round.window);
+            let measure = engine_round.measure;
             let write_size = Some(measure.disk_bytes_per_fdatasync().round() as usize)
                 .filter(|bytes| *bytes > 0)
                 .unwrap_or(options.raw_write_size_bytes);
@@ -379,8 +384,8 @@ fn run_rounds(
     for pair in paired {
         let Some(measure) = pair.total else { continue };
         let (description, parameters, notes) = match pair.name {
-            ScenarioName::Engine => engine_append::describe(&options.engine)?,
-            _ => engine_append::describe_handle(&options.engine)?,
+            ScenarioName::Engine => engine_append::describe(&options.engine, &pair.windows)?,
+            _ => engine_append::describe_handle(&options.engine, &pair.windows)?,
         };
         let result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
         let raw = match pair.raw_total {
@@ -413,7 +418,8 @@ fn raw_run(options: &SuiteOptions, write_size_bytes: usize, duration: Duration) 
         write_size_bytes,
         duration,
         warmup_rounds: if options.quick { 2 } else { 20 },
-        queue_depth: 1,
+        // The same concurrency as the engine it is compared with (its flushes in flight).
+        queue_depth: options.engine.flushes_in_flight_max.clamp(1, raw_disk::QUEUE_DEPTH_MAX),
     }
 }
 
@@ -581,12 +587,14 @@ fn raw_result(
     let from_scenario = paired_with != ScenarioName::RawDisk;
     let mut notes = vec![format!(
         "write sizes per round {write_sizes:?} B ({}), issued 4 KiB-aligned; sequential \
-         write→fdatasync at queue depth 1, linked in one io_uring submission{}",
+         write→fdatasync pairs (each linked in one io_uring submission), {} in flight (the \
+         engine's flushes_in_flight_max){}",
         if from_scenario {
             format!("the {}'s average bytes per fdatasync in the same round", paired_with.as_str())
         } else {
             "--raw-write-size".to_string()
         },
+        options.engine.flushes_in_flight_max.clamp(1, raw_disk::QUEUE_DEPTH_MAX),
         if single_issuer { " (SINGLE_ISSUER + DEFER_TASKRUN)" } else { "" }
     )];
     if measure.operations == 0 {

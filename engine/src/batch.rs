@@ -311,8 +311,24 @@ pub fn encode_batch(stamp: &BatchStamp, payload: &[u8]) -> Bytes {
 /// If `batch` is shorter than a header or longer than `u32::MAX` (a caller bug: lengths are
 /// validated against `batch_size_max` first).
 pub fn stamp_header(batch: &mut [u8], stamp: &BatchStamp) -> u32 {
-    assert!(batch.len() >= BATCH_HEADER_SIZE && batch.len() <= u32::MAX as usize);
+    assert!(batch.len() >= BATCH_HEADER_SIZE);
     let payload_crc = crc32fast::hash(&batch[BATCH_HEADER_SIZE..]);
+    stamp_header_with_payload_crc(batch, stamp, payload_crc)
+}
+
+/// [`stamp_header`] with the payload's crc32 already computed by the caller (`Log::append`
+/// hashes the payload where it is still warm in cache, before copying it behind the header).
+/// `payload_crc` must be `crc32fast::hash(&batch[BATCH_HEADER_SIZE..])`.
+///
+/// # Panics
+/// As [`stamp_header`].
+pub fn stamp_header_with_payload_crc(
+    batch: &mut [u8],
+    stamp: &BatchStamp,
+    payload_crc: u32,
+) -> u32 {
+    assert!(batch.len() >= BATCH_HEADER_SIZE && batch.len() <= u32::MAX as usize);
+    debug_assert_eq!(payload_crc, crc32fast::hash(&batch[BATCH_HEADER_SIZE..]));
     let header = BatchHeader {
         magic: BATCH_MAGIC.into(),
         version: BATCH_VERSION.into(),

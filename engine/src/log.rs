@@ -23,8 +23,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use glommio::task::JoinHandle;
 
 use crate::batch::{
-    check_records, decode_batch, stamp_header, BatchHeader, BatchStamp, Records, BATCH_HEADER_SIZE,
-    CONTROL_MEMBERSHIP, FLAGS_KNOWN,
+    check_records, decode_batch, stamp_header_with_payload_crc, BatchHeader, BatchStamp, Records,
+    BATCH_HEADER_SIZE, CONTROL_MEMBERSHIP, FLAGS_KNOWN,
 };
 use crate::error::{
     AppendError, Corruption, CorruptionKind, FetchError, Latched, LogError, OpenError, ResetError,
@@ -396,14 +396,18 @@ impl Log {
             max_timestamp_ms: request.max_timestamp_ms,
             prev_crc: st.last_crc,
         };
+        // Hashed where the payload is warm (not re-read from the arena right after the copy),
+        // and the header stamped before `split` (whose atomic refcount increment waits for
+        // the copy's stores into the arena to drain).
+        let payload_crc = crc32fast::hash(&request.records);
         if st.arena.capacity() < size {
             st.arena = BytesMut::with_capacity(APPEND_ARENA_BYTES.max(size));
         }
+        debug_assert!(st.arena.is_empty(), "the arena holds no unsplit batch");
         st.arena.put_bytes(0, BATCH_HEADER_SIZE);
         st.arena.extend_from_slice(&request.records);
-        let mut buf = st.arena.split();
-        stamp_header(&mut buf, &stamp);
-        let batch = buf.freeze();
+        stamp_header_with_payload_crc(&mut st.arena, &stamp, payload_crc);
+        let batch = st.arena.split().freeze();
         let header = *crate::batch::header_of(&batch);
         Ok(self.enqueue(&mut st, batch, header))
     }

@@ -61,21 +61,32 @@ impl Future for NotifyWait<'_> {
     }
 }
 
-/// Where the outcome of one append's durability lands.
+/// Where the outcome of one append's durability lands (one `RefCell`: one borrow per poll and
+/// per resolve).
 #[derive(Debug, Default)]
 pub(crate) struct DurableSlot {
-    result: RefCell<Option<Result<(), LogError>>>,
-    waker: RefCell<Option<Waker>>,
+    state: RefCell<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    result: Option<Result<(), LogError>>,
+    waker: Option<Waker>,
 }
 
 impl DurableSlot {
     pub(crate) fn resolve(&self, result: Result<(), LogError>) {
-        let mut slot = self.result.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(result);
-            if let Some(waker) = self.waker.borrow_mut().take() {
-                waker.wake();
+        let waker = {
+            let mut state = self.state.borrow_mut();
+            if state.result.is_some() {
+                return;
             }
+            state.result = Some(result);
+            state.waker.take()
+        };
+        // Woken outside the borrow: the woken task may poll this slot at once.
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -92,10 +103,13 @@ impl Future for Durable {
     type Output = Result<(), LogError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(result) = self.slot.result.borrow().as_ref() {
+        let mut state = self.slot.state.borrow_mut();
+        if let Some(result) = state.result.as_ref() {
             return Poll::Ready(result.clone());
         }
-        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.waker = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
