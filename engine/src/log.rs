@@ -700,8 +700,9 @@ impl Log {
             let Some((file, name, position, data_end, seg_next)) = self.locate(want) else {
                 return Ok(out);
             };
-            let chunk =
-                (block_ceil(max_bytes as u64) as usize).clamp(BLOCK_SIZE * 16, IO_CHUNK_BYTES);
+            // Clamped before rounding: any `max_bytes` (up to usize::MAX) is accepted.
+            let wanted = (max_bytes as u64).min(IO_CHUNK_BYTES as u64);
+            let chunk = (block_ceil(wanted) as usize).clamp(BLOCK_SIZE * 16, IO_CHUNK_BYTES);
             let mut reader = SegmentReader::new(file, data_end, chunk);
             let mut position = position;
             let batch_size_max = self.inner.config.batch_size_max;

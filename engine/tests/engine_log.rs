@@ -254,6 +254,15 @@ fn bad_requests_are_typed_errors_not_panics() {
             log.append_stamped(Bytes::from_static(b"garbage that is not a batch at all.....")),
             Err(AppendError::Malformed(_))
         ));
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        // Reopened, the batch is read from disk (empty tail cache): the largest `max_bytes`
+        // is a valid request, not an overflow.
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let fetched = log.fetch(Offset(0), usize::MAX, ReadBound::Durable).await.unwrap();
+        assert_eq!(fetched.len(), 1);
+        let entries = log.read_entries(LogIndex(1), LogIndex(2), usize::MAX).await.unwrap();
+        assert_eq!(entries.len(), 1);
         log.close().await.unwrap();
     });
 }
