@@ -111,7 +111,7 @@ pub struct TlsSection {
     /// PEM: the cluster CA every node certificate must chain to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    /// PEM: this node's certificate chain (with `subjectAltName = DNS:ringlog-node`).
+    /// PEM: this node's certificate chain (SANs `DNS:ringlog-node`, `DNS:node-<id>.ringlog`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
     /// PEM: this node's private key.

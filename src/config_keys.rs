@@ -524,7 +524,9 @@ pub static KEYS: &[KeySpec] = &[
         "tls.cert",
         "string (PEM file path)",
         "This node's certificate chain, leaf first. The leaf must carry \
-         `subjectAltName = DNS:ringlog-node` (the name every connector verifies).",
+         `subjectAltName = DNS:ringlog-node` (the name every connector verifies) and \
+         `DNS:node-<node_id>.ringlog` (its identity: peers refuse a node whose certificate \
+         names another node).",
     )
     .note("none")
     .relation("required when tls.mode = \"tls\"; must match tls.key"),

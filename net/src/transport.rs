@@ -17,7 +17,10 @@
 //!   completes the TLS handshake (bounded by `handshake_timeout`) before reading the peer
 //!   [`Handshake`], and a certificate it refuses is logged as `peer certificate rejected`
 //!   with the reason (counted in `ListenerStats::refused`); a connector logs the same line
-//!   when it refuses the acceptor's certificate or the acceptor refuses its own.
+//!   when it refuses the acceptor's certificate or the acceptor refuses its own. Identity:
+//!   the connector checks that the acceptor's certificate names the node it dialled, the
+//!   acceptor that the connector's names the node its handshake claims
+//!   ([`crate::tls::verify_node_identity`]; refused with `RefuseReason::WrongCertificate`).
 //!
 //! Invariants:
 //! - A malformed frame, a body that does not decode or a batch that fails its check gets an
