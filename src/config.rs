@@ -12,9 +12,10 @@
 //! from PEM files (`ca`, `cert`, `key`, optional `client_ca`; relative paths are resolved
 //! against the file's directory like `data_dir`). Validation reads and parses them
 //! ([`NodeConfig::tls_config`]), so a missing or bad file is a load error naming the key and
-//! path. Plaintext is the default, but only an explicit `mode = "plaintext"` is silent: with
-//! no `mode` written the node logs `plaintext: traffic is not encrypted` at start (and
-//! [`NodeConfig::plaintext_warning`] says so to `config check` callers).
+//! path. `tls.mode` is required: plaintext only when explicitly configured. A file without it
+//! is refused with [`Problem::TlsModeMissing`], which says how to fix it; with
+//! `mode = "plaintext"` the node runs unencrypted and says so: `config check` prints
+//! [`ConfigWarning::Plaintext`] and the node logs [`PLAINTEXT_WARNING`] at start.
 //!
 //! Invariants: a `NodeConfig` returned by `load` or `from_toml_str` has passed `validate`: its
 //! conversions produce configs the engine, the Raft core and the transport accept.
@@ -103,13 +104,14 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
-    /// `None` (not written): plaintext, with a warning at start.
+    /// Required; `None` (not written) only before validation, which refuses it
+    /// ([`Problem::TlsModeMissing`]): traffic is never plaintext by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<TlsMode>,
     /// PEM: the cluster CA every node certificate must chain to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    /// PEM: this node's certificate chain (with `subjectAltName = DNS:ringlog-node`).
+    /// PEM: this node's certificate chain (SANs `DNS:ringlog-node`, `DNS:node-<id>.ringlog`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
     /// PEM: this node's private key.
@@ -120,19 +122,27 @@ pub struct TlsSection {
     pub client_ca: Option<PathBuf>,
 }
 
+impl TlsSection {
+    /// `[tls] mode = "plaintext"`: unencrypted on purpose (tests, loopback benchmarks).
+    pub fn plaintext() -> TlsSection {
+        TlsSection { mode: Some(TlsMode::Plaintext), ..TlsSection::default() }
+    }
+}
+
 /// `tls.mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
-    /// No encryption (say so explicitly to silence the start-up warning).
-    #[default]
+    /// No encryption, chosen on purpose (a warning at `config check` and at start).
     Plaintext,
     /// Mutual TLS between nodes, TLS for clients.
     Tls,
 }
 
-/// The line logged when traffic is plaintext without `tls.mode = "plaintext"` written.
-pub const PLAINTEXT_WARNING: &str = "plaintext: traffic is not encrypted (configure [tls] with      mode = \"tls\", or write mode = \"plaintext\" to accept it explicitly)";
+/// The line a node logs at start when `tls.mode = "plaintext"`.
+pub const PLAINTEXT_WARNING: &str =
+    "plaintext: traffic is not encrypted (tls.mode = \"plaintext\"; \
+     write mode = \"tls\" with tls.ca, tls.cert and tls.key to encrypt peer and client traffic)";
 
 /// `pinning`: how shards are placed on CPUs (maps to `ringlog_engine::runtime::Pinning`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +198,10 @@ pub struct StorageSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_age_max_secs: Option<u64>,
     pub recovery_mode: RecoveryModeName,
+    /// Flushes (write + fdatasync) in flight at once per partition.
+    pub flushes_in_flight_max: u64,
+    /// Reuse segments deleted by retention instead of zero-filling new ones.
+    pub recycle_segments: bool,
 }
 
 /// `storage.recovery_mode` (maps to `ringlog_engine::RecoveryMode`).
@@ -323,7 +337,11 @@ impl NodeConfig {
     /// Checks every value and relation; see config_check.rs.
     pub fn validate(&self) -> Result<Vec<ConfigWarning>, Vec<Problem>> {
         let checked = crate::config_check::validate(self);
-        let Err(problem) = self.tls_config() else { return checked };
+        // A missing `tls.mode` is reported by config_check (`Problem::TlsModeMissing`).
+        let problem = match self.tls_config() {
+            Ok(_) | Err(TlsConfigError::ModeMissing) => return checked,
+            Err(problem) => problem,
+        };
         let problem = Problem::Refused { component: "tls", detail: problem.to_string() };
         match checked {
             Ok(_) => Err(vec![problem]),
@@ -334,9 +352,13 @@ impl NodeConfig {
         }
     }
 
-    /// The TLS configurations of `[tls]` (`None`: plaintext), built from its files.
+    /// The TLS configurations of `[tls]` (`None`: plaintext, explicitly configured), built
+    /// from its files. A missing `tls.mode` is an error, never plaintext.
     pub fn tls_config(&self) -> Result<Option<Arc<TlsConfig>>, TlsConfigError> {
         let tls = &self.tls;
+        if tls.mode.is_none() {
+            return Err(TlsConfigError::ModeMissing);
+        }
         if tls.mode != Some(TlsMode::Tls) {
             let given = [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
                 .into_iter()
@@ -359,9 +381,9 @@ impl NodeConfig {
         Ok(Some(Arc::new(TlsConfig::from_files(&files)?)))
     }
 
-    /// [`PLAINTEXT_WARNING`] when traffic is plaintext and `tls.mode` was not written.
+    /// [`PLAINTEXT_WARNING`] when `tls.mode = "plaintext"` (the node logs it at start).
     pub fn plaintext_warning(&self) -> Option<&'static str> {
-        self.tls.mode.is_none().then_some(PLAINTEXT_WARNING)
+        (self.tls.mode == Some(TlsMode::Plaintext)).then_some(PLAINTEXT_WARNING)
     }
 
     /// Shards this node runs (`shards`, or available CPUs - 1, at least 1).
@@ -408,7 +430,8 @@ impl NodeConfig {
                 RecoveryModeName::Strict => RecoveryMode::Strict,
                 RecoveryModeName::TruncateAtCorruption => RecoveryMode::TruncateAtCorruption,
             },
-            ..LogConfig::default()
+            flushes_in_flight_max: s.flushes_in_flight_max as usize,
+            recycle_segments: s.recycle_segments,
         }
     }
 
@@ -484,6 +507,8 @@ impl NodeConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsConfigError {
+    #[error("{}", crate::config_check::TLS_MODE_MISSING)]
+    ModeMissing,
     #[error("{key} is required when tls.mode = \"tls\"")]
     Missing { key: &'static str },
     #[error("{key} is set but tls.mode is not \"tls\" (traffic would be plaintext)")]
@@ -524,6 +549,8 @@ impl Default for ListenSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
+        // The engine owns these defaults (engine/src/limits.rs).
+        let engine = LogConfig::default();
         StorageSection {
             segment_size: SEGMENT_SIZE_DEFAULT,
             flush_bytes_max: FLUSH_BYTES_MAX_DEFAULT as u64,
@@ -534,6 +561,8 @@ impl Default for StorageSection {
             retention_bytes_max: None,
             retention_age_max_secs: None,
             recovery_mode: RecoveryModeName::Strict,
+            flushes_in_flight_max: engine.flushes_in_flight_max as u64,
+            recycle_segments: engine.recycle_segments,
         }
     }
 }
@@ -606,6 +635,9 @@ client = "127.0.0.1:7102"
 id = 3
 peer = "127.0.0.1:7203"
 client = "127.0.0.1:7103"
+
+[tls]
+mode = "plaintext"
 "#;
 
     fn base() -> PathBuf {
@@ -679,6 +711,8 @@ index_interval_bytes = 8192
 retention_bytes_max = 16777216
 retention_age_max_secs = 60
 recovery_mode = "truncate_at_corruption"
+flushes_in_flight_max = 3
+recycle_segments = true
 
 [raft]
 tick_interval_ms = 20
@@ -724,6 +758,8 @@ json = true
         assert_eq!(log.retention_bytes_max, Some(16 << 20));
         assert_eq!(log.retention_age_max, Some(Duration::from_secs(60)));
         assert_eq!(log.recovery_mode, RecoveryMode::TruncateAtCorruption);
+        assert_eq!(log.flushes_in_flight_max, 3);
+        assert!(log.recycle_segments);
         let engine = config.to_engine_config();
         assert_eq!(engine.shards, 1);
         assert_eq!(engine.io_memory_bytes, 512 << 10);
@@ -840,8 +876,56 @@ json = true
         let cpus = ringlog_engine::runtime::available_cpus();
         let warnings = load(&many).unwrap().warnings;
         if cpus < 256 {
-            assert_eq!(warnings, vec![ConfigWarning::ShardsOverCpus { shards: 256, cpus }]);
+            let expected =
+                vec![ConfigWarning::ShardsOverCpus { shards: 256, cpus }, ConfigWarning::Plaintext];
+            assert_eq!(warnings, expected);
         }
+    }
+
+    #[test]
+    fn a_config_without_tls_mode_is_refused_with_the_fix_both_ways() {
+        let text = MINIMAL.replace("[tls]\nmode = \"plaintext\"\n", "");
+        assert!(!text.contains("[tls]"));
+        let found = problems(&text);
+        assert_eq!(found, vec![crate::config_check::TLS_MODE_MISSING.to_string()]);
+        for fix in ["mode = \"tls\"", "tls.ca", "tls.cert", "tls.key", "mode = \"plaintext\""] {
+            assert!(found[0].contains(fix), "the error names `{fix}`: {}", found[0]);
+        }
+        // An empty [tls] section is no choice either, and TLS files without a mode are named.
+        let empty = format!("{text}\n[tls]\n");
+        assert_eq!(problems(&empty), found);
+        let files = format!("{text}\n[tls]\nca = \"ca.pem\"\n");
+        assert_eq!(problems(&files), found);
+        let config = NodeConfig::parse(&text, Path::new("node.toml")).unwrap();
+        assert!(matches!(config.tls_config(), Err(TlsConfigError::ModeMissing)));
+        assert_eq!(config.plaintext_warning(), None);
+    }
+
+    #[test]
+    fn explicit_plaintext_is_accepted_with_a_warning_for_config_check_and_the_node() {
+        let loaded = load(MINIMAL).unwrap();
+        assert_eq!(loaded.warnings, vec![ConfigWarning::Plaintext]);
+        assert!(loaded.config.tls_config().unwrap().is_none());
+        assert_eq!(loaded.config.plaintext_warning(), Some(PLAINTEXT_WARNING));
+        let warning = ConfigWarning::Plaintext.to_string();
+        assert!(
+            warning.contains("not encrypted") && warning.contains("mode = \"tls\""),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn flushes_in_flight_max_outside_its_bound_is_rejected_naming_the_bound() {
+        let limit = ringlog_engine::limits::FLUSHES_IN_FLIGHT_LIMIT;
+        for value in [0, limit + 1] {
+            let text = with(&format!("[storage]\nflushes_in_flight_max = {value}\n"));
+            assert_eq!(
+                problems(&text),
+                vec![format!("storage.flushes_in_flight_max = {value}: must be in 1..={limit}")]
+            );
+        }
+        let text = with(&format!("[storage]\nflushes_in_flight_max = {limit}\n"));
+        assert_eq!(load(&text).unwrap().config.to_log_config().flushes_in_flight_max, limit);
     }
 
     #[test]

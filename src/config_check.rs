@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use ringlog_net::limits::{ENTRY_WIRE_OVERHEAD_MAX, FRAME_HEADER_SIZE, GROUP_MEMBERS_MAX};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, TlsMode};
 use crate::config_keys::{BLOCK, KEYS};
 
 /// Levels a `log.level` directive may name.
@@ -44,11 +44,19 @@ pub enum Problem {
     DuplicateAddress { key: String, address: SocketAddr, other: String },
     #[error("data_dir = {path:?}: {reason}")]
     DataDir { path: PathBuf, reason: String },
+    /// `tls.mode` is not written: plaintext only when explicitly configured.
+    #[error("{TLS_MODE_MISSING}")]
+    TlsModeMissing,
     /// A converted config was refused by the crate that owns it (a relation this module
     /// does not know yet).
     #[error("{component} refuses the configuration: {detail}")]
     Refused { component: &'static str, detail: String },
 }
+
+/// What [`Problem::TlsModeMissing`] says: the fix, both ways.
+pub const TLS_MODE_MISSING: &str = "tls.mode is not set: write [tls] mode = \"tls\" with tls.ca, \
+     tls.cert and tls.key (mutual TLS between nodes, TLS for clients), or [tls] mode = \
+     \"plaintext\" to run unencrypted on purpose";
 
 /// A valid configuration that may not do what the operator wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +64,8 @@ pub enum Problem {
 pub enum ConfigWarning {
     /// More shards than CPUs: executors share cores and IO completion starves (design §11).
     ShardsOverCpus { shards: usize, cpus: usize },
+    /// `tls.mode = "plaintext"`: peer and client traffic is not encrypted (chosen explicitly).
+    Plaintext,
 }
 
 impl fmt::Display for ConfigWarning {
@@ -66,6 +76,10 @@ impl fmt::Display for ConfigWarning {
                 "shards = {shards} exceeds the {cpus} CPU(s) this process may run on: \
                  executors will share cores (use at most {cpus}, ideally {})",
                 cpus.saturating_sub(1).max(1)
+            ),
+            ConfigWarning::Plaintext => f.write_str(
+                "tls.mode = \"plaintext\": peer and client traffic is not encrypted (write \
+                 mode = \"tls\" with tls.ca, tls.cert and tls.key to encrypt it)",
             ),
         }
     }
@@ -80,6 +94,9 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     check_net_relations(config, &mut problems);
     check_peers(config, &mut problems);
     check_log_level(&config.log.level, &mut problems);
+    if config.tls.mode.is_none() {
+        problems.push(Problem::TlsModeMissing);
+    }
     if let Err(problem) = check_data_dir(&config.data_dir) {
         problems.push(problem);
     }
@@ -93,6 +110,9 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     let cpus = ringlog_engine::runtime::available_cpus();
     if config.shard_count() > cpus {
         warnings.push(ConfigWarning::ShardsOverCpus { shards: config.shard_count(), cpus });
+    }
+    if config.tls.mode == Some(TlsMode::Plaintext) {
+        warnings.push(ConfigWarning::Plaintext);
     }
     Ok(warnings)
 }

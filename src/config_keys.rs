@@ -11,7 +11,9 @@
 
 use std::fmt::Write as _;
 
-use ringlog_engine::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+use ringlog_engine::limits::{
+    BLOCK_SIZE, FLUSHES_IN_FLIGHT_LIMIT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+};
 use ringlog_engine::shard::{COMMAND_QUEUE_MAX_LIMIT, PARTITIONS_MAX, SHARDS_MAX};
 use ringlog_net::limits as net;
 
@@ -301,6 +303,22 @@ pub static KEYS: &[KeySpec] = &[
          repair the range from the leader.",
     ),
     num(
+        "storage.flushes_in_flight_max",
+        COUNT,
+        (1, FLUSHES_IN_FLIGHT_LIMIT as u64),
+        |c| Some(c.storage.flushes_in_flight_max),
+        "Flushes (write + fdatasync of up to `storage.flush_bytes_max`) in flight at once per \
+         partition; they complete in order. More overlap the device's sync latency; recovery \
+         treats this many flushes past the last valid batch as a torn tail.",
+    ),
+    key(
+        "storage.recycle_segments",
+        BOOL,
+        "Reuse segments that retention deletes as spares for the next segments instead of \
+         preallocating and zero-filling new files (fewer device bytes once a log is at its \
+         retention limit).",
+    ),
+    num(
         "raft.tick_interval_ms",
         MILLIS,
         (1, 10_000),
@@ -488,11 +506,11 @@ pub static KEYS: &[KeySpec] = &[
         "string: `plaintext`, `tls`",
         "`tls`: mutual TLS between nodes (every node certificate must chain to `tls.ca`; a \
          node presenting another CA's certificate is refused and the refusal is logged as \
-         `peer certificate rejected`) and TLS for clients. `plaintext`: no encryption; when \
-         the key is not written at all the node logs `plaintext: traffic is not encrypted` at \
-         start.",
+         `peer certificate rejected`) and TLS for clients. `plaintext`: no encryption, on \
+         purpose: `config check` warns and the node logs `plaintext: traffic is not \
+         encrypted` at start. There is no default: a file without `tls.mode` is refused.",
     )
-    .note("`plaintext`, with a start-up warning unless written explicitly"),
+    .required(),
     key(
         "tls.ca",
         "string (PEM file path)",
@@ -506,7 +524,9 @@ pub static KEYS: &[KeySpec] = &[
         "tls.cert",
         "string (PEM file path)",
         "This node's certificate chain, leaf first. The leaf must carry \
-         `subjectAltName = DNS:ringlog-node` (the name every connector verifies).",
+         `subjectAltName = DNS:ringlog-node` (the name every connector verifies) and \
+         `DNS:node-<node_id>.ringlog` (its identity: peers refuse a node whose certificate \
+         names another node).",
     )
     .note("none")
     .relation("required when tls.mode = \"tls\"; must match tls.key"),

@@ -31,7 +31,7 @@ use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use ringlog::config::{LogSection, NodeConfig};
+use ringlog::config::{ConfigWarning, LogSection, NodeConfig};
 use ringlog::node::{Node, NodeError, NodeExit, NodeHandle, ShutdownMode, StartOptions};
 
 /// Exit status after a clean stop.
@@ -71,7 +71,8 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     if let Err(reason) = init_logging(&config.log) {
         return start_failed(&reason);
     }
-    for warning in &loaded.warnings {
+    // The node logs the plaintext warning itself at start (also when embedded).
+    for warning in loaded.warnings.iter().filter(|w| **w != ConfigWarning::Plaintext) {
         tracing::warn!("config: {warning}");
     }
     // Installed before the node starts, so that an early signal is not the default kill.

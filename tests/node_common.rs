@@ -81,7 +81,7 @@ pub fn cluster_configs(root: &Path, nodes: u32, shards: u16, partitions: u32) ->
                  [listen]\nmetrics = \"{}\"\n\n{peers}\
                  [storage]\nsegment_size = 4194304\nflush_bytes_max = 524288\n\
                  queued_bytes_max = 2097152\nbatch_size_max = {BATCH_SIZE_MAX}\n\
-                 tail_cache_bytes_max = 1048576\n",
+                 tail_cache_bytes_max = 1048576\n\n[tls]\nmode = \"plaintext\"\n",
                 dir.display(),
                 addr(id - 1, 2 * shards),
             );

@@ -382,6 +382,8 @@ fn node_toml(
         toml.push_str(&format!("retention_bytes_max = {bytes}\n"));
     }
     toml.push_str(&format!("\n[log]\nlevel = {:?}\njson = false\n", options.log_level));
+    // A benchmark cluster on loopback: unencrypted on purpose (tls.mode is required).
+    toml.push_str("\n[tls]\nmode = \"plaintext\"\n");
     toml
 }
 
@@ -440,6 +442,7 @@ mod tests {
         assert_eq!(toml.matches("[[peers]]").count(), 2);
         assert!(toml.contains("retention_bytes_max = 16777216\n"), "{toml}");
         assert!(toml.contains("spin = false\n"));
+        assert!(toml.contains("[tls]\nmode = \"plaintext\"\n"), "{toml}");
     }
 
     #[test]

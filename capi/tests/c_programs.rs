@@ -107,7 +107,7 @@ fn group_configs(root: &Path) -> Vec<std::path::PathBuf> {
                  [listen]\nmetrics = \"127.0.0.1:{}\"\n\n{peers}\
                  [storage]\nsegment_size = 4194304\nflush_bytes_max = 524288\n\
                  queued_bytes_max = 2097152\nbatch_size_max = 65536\n\
-                 tail_cache_bytes_max = 1048576\n",
+                 tail_cache_bytes_max = 1048576\n\n[tls]\nmode = \"plaintext\"\n",
                 data.display(),
                 ports[(id - 1) * 3 + 2],
             );
@@ -145,7 +145,7 @@ fn single_node_configs(root: &Path) -> Vec<std::path::PathBuf> {
              [[peers]]\nid = 1\npeer = \"127.0.0.1:{}\"\nclient = \"127.0.0.1:{}\"\n\n\
              [storage]\nsegment_size = 4194304\nflush_bytes_max = 524288\n\
              queued_bytes_max = 2097152\nbatch_size_max = 65536\n\
-             tail_cache_bytes_max = 1048576\n",
+             tail_cache_bytes_max = 1048576\n\n[tls]\nmode = \"plaintext\"\n",
             data.display(),
             ports[2],
             ports[0],

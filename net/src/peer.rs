@@ -108,6 +108,8 @@ pub enum RefuseReason {
     TooManyConnections = 5,
     /// The two nodes have different shard or partition counts.
     WrongLayout = 6,
+    /// The connector's certificate does not name the node its handshake claims.
+    WrongCertificate = 7,
 }
 
 impl fmt::Display for RefuseReason {
@@ -119,6 +121,7 @@ impl fmt::Display for RefuseReason {
             RefuseReason::SelfConnection => "connection to self",
             RefuseReason::TooManyConnections => "too many connections",
             RefuseReason::WrongLayout => "different shard or partition count",
+            RefuseReason::WrongCertificate => "certificate of another node",
         };
         f.write_str(text)
     }
@@ -266,6 +269,7 @@ impl HandshakeReply {
                     4 => RefuseReason::SelfConnection,
                     5 => RefuseReason::TooManyConnections,
                     6 => RefuseReason::WrongLayout,
+                    7 => RefuseReason::WrongCertificate,
                     value => {
                         let value = value.into();
                         return Err(ProtocolError::BadValue { what: "refuse reason", value });

@@ -5,9 +5,12 @@
 //!   same CA. Every node presents its own `tls.cert` / `tls.key` on both sides.
 //! - Server name: connectors verify the acceptor's certificate for the fixed DNS name
 //!   [`NODE_SERVER_NAME`] (`ringlog-node`), so every node certificate must carry
-//!   `subjectAltName = DNS:ringlog-node` (it may carry its host names and IPs as well). Node
-//!   identity beyond "holds a certificate of this cluster's CA" comes from the peer handshake
-//!   (cluster id, node id, layout), which runs inside the TLS session.
+//!   `subjectAltName = DNS:ringlog-node` (it may carry its host names and IPs as well).
+//! - Node identity: a node certificate also names its node, `DNS:node-<id>.ringlog`
+//!   ([`node_identity_name`]). Once the TLS handshake has verified the chain against the
+//!   cluster CA, [`verify_node_identity`] checks that the leaf names the node the peer is
+//!   (the connector: the node it dialled; the acceptor: the node the peer handshake claims),
+//!   so a node holding another node's certificate cannot pose as it.
 //! - Client traffic: the node presents the same certificate; when `tls.client_ca` is set,
 //!   clients must present a certificate chaining to it (else any client may connect).
 //! - Provider: rustls' `ring` (no cmake/NASM at build time); TLS 1.3 and 1.2.
@@ -20,9 +23,9 @@
 //!     -subj "/CN=ringlog cluster CA" -keyout ca.key -out ca.pem
 //! openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=node-1" \
 //!     -keyout node-1.key -out node-1.csr
-//! printf 'subjectAltName=DNS:ringlog-node\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' > node.ext
+//! printf 'subjectAltName=DNS:ringlog-node,DNS:node-1.ringlog\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' > node-1.ext
 //! openssl x509 -req -in node-1.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
-//!     -extfile node.ext -out node-1.pem
+//!     -extfile node-1.ext -out node-1.pem
 //! ```
 //!
 //! then `[tls] mode = "tls"`, `ca = "ca.pem"`, `cert = "node-1.pem"`, `key = "node-1.key"` on
@@ -36,16 +39,48 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ringlog_raft::NodeId;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use thiserror::Error;
 
 /// The DNS name every node certificate must carry and every connector verifies.
 pub const NODE_SERVER_NAME: &str = "ringlog-node";
+
+/// The DNS name a node certificate carries to show it is node `node`: `node-<id>.ringlog`.
+pub fn node_identity_name(node: NodeId) -> String {
+    format!("node-{}.ringlog", node.0)
+}
+
+/// Why a peer's certificate does not prove it is the node it says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("node {} presented no certificate", node.0)]
+    NoCertificate { node: NodeId },
+    #[error("the certificate does not name node {} (no subjectAltName DNS:{name}): {detail}", node.0)]
+    WrongNode { node: NodeId, name: String, detail: String },
+}
+
+/// Checks that `chain` (a peer's certificates as presented in a completed TLS handshake, leaf
+/// first, already verified against the cluster CA) is a certificate of node `node`: its leaf
+/// carries `DNS:node-<id>.ringlog`.
+pub fn verify_node_identity(
+    chain: Option<&[CertificateDer<'_>]>,
+    node: NodeId,
+) -> Result<(), IdentityError> {
+    let leaf = chain.and_then(<[_]>::first).ok_or(IdentityError::NoCertificate { node })?;
+    let name = node_identity_name(node);
+    let wrong = |detail: String| IdentityError::WrongNode { node, name: name.clone(), detail };
+    let dns = DnsName::try_from(name.clone()).map_err(|e| wrong(e.to_string()))?;
+    let parsed = ParsedCertificate::try_from(leaf).map_err(|e| wrong(e.to_string()))?;
+    rustls::client::verify_server_name(&parsed, &ServerName::DnsName(dns))
+        .map_err(|e| wrong(e.to_string()))
+}
 
 /// Why a TLS configuration could not be built. Each variant names the config key and path.
 #[derive(Debug, Error)]
@@ -317,10 +352,15 @@ pub(crate) mod test_certs {
             self.cert.der().clone()
         }
 
-        /// A leaf for `ringlog-node` (and `localhost`) signed by this CA.
+        /// A leaf for `ringlog-node`, `<name>.ringlog` (the identity of node N when `name` is
+        /// `node-N`) and `localhost`, signed by this CA.
         pub fn node(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
             let key = KeyPair::generate().unwrap();
-            let sans = vec![super::NODE_SERVER_NAME.to_string(), "localhost".to_string()];
+            let sans = vec![
+                super::NODE_SERVER_NAME.to_string(),
+                format!("{name}.ringlog"),
+                "localhost".to_string(),
+            ];
             let mut params = CertificateParams::new(sans).unwrap();
             params.distinguished_name.push(DnType::CommonName, name);
             let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -331,7 +371,7 @@ pub(crate) mod test_certs {
         /// PEM of a leaf and its key.
         pub fn node_pem(&self, name: &str) -> (String, String) {
             let key = KeyPair::generate().unwrap();
-            let sans = vec![super::NODE_SERVER_NAME.to_string()];
+            let sans = vec![super::NODE_SERVER_NAME.to_string(), format!("{name}.ringlog")];
             let mut params = CertificateParams::new(sans).unwrap();
             params.distinguished_name.push(DnType::CommonName, name);
             let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -400,5 +440,23 @@ mod tests {
         let error = TlsConfig::from_files(&mismatch).unwrap_err().to_string();
         assert!(error.contains("tls.cert/tls.key") && error.contains("other.key"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_node_certificate_proves_only_its_own_node_id() {
+        let ca = TestCa::new("cluster");
+        let (chain, _) = ca.node("node-2");
+        assert_eq!(node_identity_name(NodeId(2)), "node-2.ringlog");
+        verify_node_identity(Some(&chain), NodeId(2)).unwrap();
+        let error = verify_node_identity(Some(&chain), NodeId(3)).unwrap_err();
+        assert!(matches!(error, IdentityError::WrongNode { node: NodeId(3), .. }), "{error}");
+        assert!(error.to_string().contains("DNS:node-3.ringlog"), "{error}");
+        // `node-2` must not pass for `node-22` or `node-2x` by prefix.
+        assert!(verify_node_identity(Some(&chain), NodeId(22)).is_err());
+        assert_eq!(
+            verify_node_identity(None, NodeId(2)),
+            Err(IdentityError::NoCertificate { node: NodeId(2) })
+        );
+        assert!(verify_node_identity(Some(&[]), NodeId(2)).is_err());
     }
 }

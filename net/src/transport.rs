@@ -17,7 +17,10 @@
 //!   completes the TLS handshake (bounded by `handshake_timeout`) before reading the peer
 //!   [`Handshake`], and a certificate it refuses is logged as `peer certificate rejected`
 //!   with the reason (counted in `ListenerStats::refused`); a connector logs the same line
-//!   when it refuses the acceptor's certificate or the acceptor refuses its own.
+//!   when it refuses the acceptor's certificate or the acceptor refuses its own. Identity:
+//!   the connector checks that the acceptor's certificate names the node it dialled, the
+//!   acceptor that the connector's names the node its handshake claims
+//!   ([`crate::tls::verify_node_identity`]; refused with `RefuseReason::WrongCertificate`).
 //!
 //! Invariants:
 //! - A malformed frame, a body that does not decode or a batch that fails its check gets an
@@ -57,6 +60,7 @@ use glommio::{spawn_local, spawn_local_into, Task, TaskQueueHandle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringlog_raft::NodeId;
+use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -73,7 +77,7 @@ use crate::peer::{
     PeerMessage, RefuseReason, ShardLayout, PEER_PROTOCOL_VERSION,
 };
 use crate::protocol::ErrorReply;
-use crate::tls::{is_certificate_error, tls_error, TlsConfig};
+use crate::tls::{is_certificate_error, tls_error, verify_node_identity, IdentityError, TlsConfig};
 use crate::wire::ProtocolError;
 
 /// Bytes read and discarded after an error reply before closing, so that the close does not
@@ -104,6 +108,9 @@ pub enum TransportError {
     /// A TLS handshake or session failed (a refused certificate, a TLS alert, not TLS).
     #[error("TLS: {0}")]
     Tls(io::Error),
+    /// The acceptor's certificate (valid for the cluster CA) is not the dialled node's.
+    #[error("TLS: {0}")]
+    WrongNode(#[from] IdentityError),
 }
 
 impl TransportError {
@@ -119,6 +126,7 @@ impl TransportError {
     pub fn is_certificate_rejection(&self) -> bool {
         match self {
             TransportError::Tls(error) => tls_error(error).is_some_and(is_certificate_error),
+            TransportError::WrongNode(_) => true,
             _ => false,
         }
     }
@@ -154,6 +162,15 @@ impl NetStream {
             Ok(NetStream::TlsServer(Box::new(tls)))
         };
         with_timeout(timeout, accept).await.map_err(TransportError::classify)
+    }
+
+    /// The peer's certificate chain of a TLS stream (`None`: plain, or none presented).
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        match self {
+            NetStream::Plain(_) => None,
+            NetStream::TlsServer(tls) => tls.get_ref().1.peer_certificates(),
+            NetStream::TlsClient(tls) => tls.get_ref().1.peer_certificates(),
+        }
     }
 
     /// Completes a client-side TLS handshake on `stream` within `timeout`.
@@ -297,6 +314,11 @@ impl FrameStream {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The peer's certificate chain (`None`: plaintext).
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.stream.peer_certificates()
     }
 
     /// The next frame; `Ok(None)` when the peer closed cleanly between two frames. Not
@@ -647,6 +669,18 @@ async fn serve_peer(mut conn: FrameStream, shared: &ListenerShared, over_limit: 
         let _ = conn.write_frame(&HandshakeReply::Refused { reason, detail }.encode()).await;
         return conn.close_lingering().await;
     }
+    // Under TLS the certificate must name the node the handshake claims.
+    let identity = match config.tls {
+        Some(_) => verify_node_identity(conn.peer_certificates(), handshake.node),
+        None => Ok(()),
+    };
+    if let Err(error) = identity {
+        warn!(%peer, node = %handshake.node, "peer certificate rejected: {error}");
+        let (reason, detail) = (RefuseReason::WrongCertificate, error.to_string());
+        shared.count(|s| s.refused += 1);
+        let _ = conn.write_frame(&HandshakeReply::Refused { reason, detail }.encode()).await;
+        return conn.close_lingering().await;
+    }
     let accepted = HandshakeReply::Accepted {
         cluster: config.cluster,
         node: config.node,
@@ -985,7 +1019,7 @@ async fn run_link(shared: Rc<LinkShared>) {
     loop {
         shared.set_status(LinkStatus::Connecting);
         let addr = shared.addr.get();
-        match connect_and_handshake(config, addr).await {
+        match connect_and_handshake(config, shared.remote, addr).await {
             Ok((conn, pristine)) => {
                 shared.remote_pristine.set(Some(pristine));
                 backoff.reset();
@@ -1020,16 +1054,21 @@ async fn run_link(shared: Rc<LinkShared>) {
     }
 }
 
-/// Connects and handshakes; returns the stream and the acceptor's `pristine` flag.
+/// Connects to node `remote` and handshakes; returns the stream and the acceptor's
+/// `pristine` flag. Under TLS the acceptor's certificate must name `remote`.
 async fn connect_and_handshake(
     config: &PeerConfig,
+    remote: NodeId,
     addr: SocketAddr,
 ) -> Result<(FrameStream, bool), TransportError> {
     let timeout = config.handshake_timeout;
     let mut conn = match &config.tls {
         None => FrameStream::connect(addr, config.frame_body_size_max, timeout).await?,
         Some(tls) => {
-            FrameStream::connect_tls(addr, tls, config.frame_body_size_max, timeout).await?
+            let conn =
+                FrameStream::connect_tls(addr, tls, config.frame_body_size_max, timeout).await?;
+            verify_node_identity(conn.peer_certificates(), remote)?;
+            conn
         }
     };
     let handshake = Handshake {
@@ -1278,6 +1317,37 @@ mod tests {
         assert!(link.refusals >= 2, "the connector sees the alert as a refusal: {link:?}");
         let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
         assert!(error.contains("alert"), "{error}");
+    }
+
+    #[test]
+    fn an_acceptor_refuses_a_connector_holding_another_nodes_certificate() {
+        let ca = TestCa::new("cluster");
+        // Node 1 connects with node 3's certificate (same CA): its handshake claims node 1.
+        let (received, listener, link, status) =
+            exchange(tls_of(&ca, "node-2"), tls_of(&ca, "node-3"), Vec::new(), |stats| {
+                stats.refusals >= 2
+            });
+        assert!(received.is_empty(), "nothing crosses: {received:?}");
+        assert!(listener.refused >= 2, "{listener:?}");
+        assert!(link.refusals >= 2, "{link:?}");
+        let LinkStatus::Refused { reason, detail } = status else { panic!("{status:?}") };
+        assert_eq!(reason, RefuseReason::WrongCertificate);
+        assert!(detail.contains("does not name node 1"), "{detail}");
+    }
+
+    #[test]
+    fn a_connector_refuses_an_acceptor_holding_another_nodes_certificate() {
+        let ca = TestCa::new("cluster");
+        // Node 1 dials node 2, but the listener there presents node 3's certificate.
+        let (received, listener, link, status) =
+            exchange(tls_of(&ca, "node-3"), tls_of(&ca, "node-1"), Vec::new(), |stats| {
+                stats.refusals >= 2
+            });
+        assert!(received.is_empty(), "nothing crosses: {received:?}");
+        assert_eq!(link.connects, 0, "{link:?}");
+        assert_eq!(listener.messages, 0, "{listener:?}");
+        let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
+        assert!(error.contains("does not name node 2"), "{error}");
     }
 
     #[test]

@@ -86,7 +86,8 @@ fn node_config(
              queued_bytes_max = 4194304\nbatch_size_max = 131072\ntail_cache_bytes_max = 1048576\n\
              index_interval_bytes = 16384\n{storage_extra}\
              [raft]\ntick_interval_ms = 20\nelection_ticks = 10\nheartbeat_ticks = 2\n\
-             append_bytes_max = 131072\nentry_bytes_max = 131072\n"
+             append_bytes_max = 131072\nentry_bytes_max = 131072\n\
+             [tls]\nmode = \"plaintext\"\n"
     );
     let config = NodeConfig::parse(&text, std::path::Path::new("test.toml")).expect("parse");
     if let Err(problems) = config.validate() {

@@ -30,6 +30,40 @@ fn config_check_accepts_the_example_config_in_deploy() {
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", text(&output.stderr));
     assert!(stdout.contains("node 1 of cluster 7305, voters [1, 2, 3]"), "{stdout}");
     assert!(stdout.contains("is valid"), "{stdout}");
+    // The example is plaintext on purpose, and check says what that means.
+    assert!(
+        stdout.contains("WARN: tls.mode = \"plaintext\": peer and client traffic is not encrypted"),
+        "{stdout}"
+    );
+}
+
+/// The example config without its `[tls]` section.
+fn example_without_tls() -> String {
+    let example = std::fs::read_to_string(workspace().join("deploy/node.example.toml")).unwrap();
+    let (before, _) = example.split_once("\n[tls]\n").expect("the example has a [tls] section");
+    assert!(!before.lines().any(|l| l.starts_with("mode")), "one mode line, in [tls]");
+    before.to_string()
+}
+
+#[test]
+fn config_check_and_serve_refuse_a_file_without_tls_mode_saying_how_to_fix_it() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, example_without_tls()).unwrap();
+    let path = path.to_str().unwrap();
+    let fix = "tls.mode is not set: write [tls] mode = \"tls\" with tls.ca, tls.cert and tls.key \
+               (mutual TLS between nodes, TLS for clients), or [tls] mode = \"plaintext\" to \
+               run unencrypted on purpose";
+    let check = ringlog(&["config", "check", "--config", path]);
+    let stderr = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(fix), "{stderr}");
+    // serve loads the file the same way and refuses to start before touching anything.
+    let serve = ringlog(&["serve", "--config", path, "--skip-host-checks"]);
+    let stderr = text(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(fix), "{stderr}");
+    assert!(text(&serve.stdout).is_empty(), "no ready line");
 }
 
 #[test]

@@ -59,6 +59,9 @@ batch_size_max = 65536
 
 [log]
 level = "warn"
+
+[tls]
+mode = "plaintext"
 "#,
         data = dir.join("data").display()
     );

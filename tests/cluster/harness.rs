@@ -48,7 +48,7 @@ pub struct Spec {
     pub shards: u16,
     pub partitions: u32,
     pub segment_size: u64,
-    /// `[tls]` per node id (absent: the default section, plaintext).
+    /// `[tls]` per node id (absent: `mode = "plaintext"`, written explicitly).
     pub tls: BTreeMap<u32, TlsSection>,
 }
 
@@ -191,7 +191,7 @@ impl Cluster {
             data_dir: self.dir.join(format!("node-{id}-data")),
             config_path: self.dir.join(format!("node-{id}.toml")),
             log_path: self.dir.join(format!("node-{id}.log")),
-            tls: self.spec.tls.get(&id).cloned().unwrap_or_default(),
+            tls: self.spec.tls.get(&id).cloned().unwrap_or_else(TlsSection::plaintext),
             child: None,
             stopped: false,
         };

@@ -1,7 +1,9 @@
 //! Issue #7 acceptance (security): a 3-node cluster runs with mutual TLS between nodes and TLS
 //! (with client certificates) for clients — produce with acks=quorum, fetch back — and a 4th
 //! node holding a certificate from another CA is refused: its own log and the acceptors' logs
-//! say `peer certificate rejected`, and the cluster goes on without it.
+//! say `peer certificate rejected`, and the cluster goes on without it. A node presenting
+//! another node's certificate (same CA) is refused too: node certificates name their node
+//! (`DNS:node-<id>.ringlog`).
 //!
 //! Certificates are generated at test time with rcgen (see docs/config.md `[tls]` for the
 //! openssl equivalent operators use).
@@ -46,10 +48,12 @@ impl Ca {
         self.dir.join("ca.pem")
     }
 
-    /// Writes `<name>.pem` and `<name>.key` for a leaf valid for `ringlog-node`.
+    /// Writes `<name>.pem` and `<name>.key` for a leaf valid for `ringlog-node` and
+    /// `<name>.ringlog` (node N's identity when `name` is `node-N`, as README.md#tls makes).
     fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![NODE_SERVER_NAME.to_string()]).unwrap();
+        let sans = vec![NODE_SERVER_NAME.to_string(), format!("{name}.ringlog")];
+        let mut params = CertificateParams::new(sans).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let (cert_path, key_path) =
@@ -162,6 +166,71 @@ fn a_mutual_tls_cluster_serves_tls_clients_and_refuses_a_node_of_another_ca() {
     let plain_client = cluster.client();
     let status = plain_client.node(cluster.nodes[&4].client).status(PartitionId(0));
     assert!(status.is_err(), "a plaintext client gets nothing from a TLS node: {status:?}");
+}
+
+#[test]
+fn a_node_presenting_another_nodes_certificate_is_refused_and_says_so() {
+    let certs = tempfile::Builder::new()
+        .prefix("tls-certs-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let cluster_ca = Ca::new(certs.path(), "cluster-ca");
+    let client_ca = Ca::new(certs.path(), "client-ca");
+    let mut spec = Spec::new(3).partitions(1);
+    for id in 1..=3 {
+        spec.tls.insert(id, cluster_ca.node_section(&format!("node-{id}"), &client_ca));
+    }
+    // A new cluster elects once every node is up: start it honest, then swap node 3's cert.
+    let mut cluster = Cluster::start("tls-identity", spec);
+    let client = tls_client(&cluster, &cluster_ca, &client_ca);
+    cluster.wait_leader(&client, PartitionId(0));
+    let ack = client.produce(PartitionId(0), Acks::Quorum, &[b"one"]).expect("produce");
+    assert_eq!(ack.base_offset, Offset(0));
+    for id in 1..=3 {
+        assert!(!log_of(&cluster, id).contains(REJECTED), "node {id}:\n{}", log_of(&cluster, id));
+    }
+
+    // Node 3 restarts with a valid certificate of the cluster CA, but it is node 2's.
+    cluster.kill(3);
+    let tls = &mut cluster.nodes.get_mut(&3).unwrap().tls;
+    tls.cert = Some(cluster_ca.dir.join("node-2.pem"));
+    tls.key = Some(cluster_ca.dir.join("node-2.key"));
+    let peers: Vec<_> = (1..=3).map(|id| harness_entry(&cluster, id)).collect();
+    cluster.write_config(3, &peers);
+    cluster.restart(3);
+
+    // Node 3 says it was refused for its certificate; nodes 1 and 2 say why they refused it.
+    let refused_line = |id| {
+        log_of(&cluster, id)
+            .lines()
+            .find(|l| {
+                l.contains("peer refused handshake") && l.contains("certificate of another node")
+            })
+            .map(str::to_string)
+    };
+    let refused_by_others = || {
+        (1..=2).any(|id| {
+            log_of(&cluster, id)
+                .lines()
+                .any(|l| l.contains(REJECTED) && l.contains("does not name node 3"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(refused_line(3).is_some() && refused_by_others()) {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged; node 3:\n{}\nnode 1:\n{}",
+            tail(&cluster.nodes[&3].log_path, 20),
+            tail(&cluster.nodes[&1].log_path, 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("node 3 says: {}", refused_line(3).unwrap());
+
+    // Nodes 1 and 2 are a quorum and go on without node 3.
+    cluster.wait_leader_excluding(&client, PartitionId(0), Some(3));
+    let ack = client.produce(PartitionId(0), Acks::Quorum, &[b"two"]).expect("produce");
+    assert_eq!(ack.base_offset, Offset(1));
 }
 
 fn harness_entry(cluster: &Cluster, id: u32) -> ringlog::config::PeerEntry {
