@@ -11,15 +11,17 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use ringlog_net::client::{
-    decode_records, next_offset, parse_addresses, Client, ClientConfig, ClientError,
+    decode_records, next_offset, parse_addresses, Client, ClientConfig, ClientError, ClientTls,
 };
 use ringlog_net::protocol::{Acks, Consistency, ErrorReply, GroupStatus};
+use ringlog_net::tls::{client_config, read_certs, read_key};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{MembershipChange, NodeId, Role};
 
@@ -43,6 +45,29 @@ pub struct ConnectArgs {
     /// Per-request timeout in milliseconds (a produce waits at most this for its acks).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Connect with TLS, verifying the nodes' certificates against this CA (PEM) for the
+    /// name `ringlog-node` (the node config's `tls.ca`). Without it the client speaks plaintext.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present: required by nodes with `tls.client_ca`.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The client's TLS settings from `--tls-ca` / `--tls-cert` / `--tls-key` (None: plaintext).
+fn client_tls(args: &ConnectArgs) -> anyhow::Result<Option<ClientTls>> {
+    let Some(ca) = &args.tls_ca else { return Ok(None) };
+    let roots = read_certs("--tls-ca", ca)?;
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some((read_certs("--tls-cert", cert)?, read_key("--tls-key", key)?))
+        }
+        _ => None,
+    };
+    Ok(Some(ClientTls::new(client_config(roots, identity)?)))
 }
 
 /// Which partitions a membership change applies to: one, or `all`.
@@ -195,6 +220,7 @@ fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
         .with_context(|| format!("bad --bootstrap `{}`", args.bootstrap))?;
     let timeout = Duration::from_millis(args.timeout_ms);
     Ok(Client::new(ClientConfig {
+        tls: client_tls(args)?,
         request_timeout: timeout,
         retry_time_max: timeout.max(Duration::from_secs(5)),
         ..ClientConfig::new(bootstrap)

@@ -88,6 +88,20 @@ fn tls_client(cluster: &Cluster, trust: &Ca, identity: &Ca) -> Client {
     Client::new(config).unwrap()
 }
 
+/// Runs the `ringlog` binary with the concatenated argument lists.
+fn ringlog_cli(parts: &[&[&str]]) -> std::process::Output {
+    let args: Vec<&str> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringlog")).args(&args).output().expect("run")
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temp path")
+}
+
 fn log_of(cluster: &Cluster, id: u32) -> String {
     std::fs::read_to_string(&cluster.nodes[&id].log_path).unwrap_or_default()
 }
@@ -127,6 +141,59 @@ fn a_mutual_tls_cluster_serves_tls_clients_and_refuses_a_node_of_another_ca() {
         let got: Vec<Vec<u8>> = fetched.iter().map(|r| r.value.to_vec()).collect();
         assert_eq!(got, values, "{partition}: the records come back intact");
     }
+    // The CLI speaks TLS with --tls-ca/--tls-cert/--tls-key, and without them is refused.
+    let bootstrap = cluster.nodes[&1].client.to_string();
+    let (cert, key) = client_ca.leaf("client-cli");
+    let ca = cluster_ca.ca_path();
+    let tls_args = ["--tls-ca", path_str(&ca), "--tls-cert", path_str(&cert), "--tls-key"];
+    let produced = ringlog_cli(&[
+        &["produce", "--bootstrap", &bootstrap, "--partition", "0", "--value", "over-tls"],
+        &tls_args[..],
+        &[path_str(&key)],
+    ]);
+    assert!(produced.status.success(), "produce over TLS: {}", stderr_of(&produced));
+    let consumed = ringlog_cli(&[
+        &["consume", "--bootstrap", &bootstrap, "--partition", "0", "--from", "10", "--count"],
+        &["1"],
+        &tls_args[..],
+        &[path_str(&key)],
+    ]);
+    assert!(consumed.status.success(), "consume over TLS: {}", stderr_of(&consumed));
+    assert!(
+        String::from_utf8_lossy(&consumed.stdout).contains("over-tls"),
+        "consume prints the record: {}",
+        String::from_utf8_lossy(&consumed.stdout)
+    );
+    let plaintext = ringlog_cli(&[&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--partition",
+        "0",
+        "--value",
+        "plain",
+        "--timeout-ms",
+        "2000",
+    ]]);
+    assert!(!plaintext.status.success(), "a plaintext CLI must not produce to a TLS node");
+    let no_client_cert = ringlog_cli(&[&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--partition",
+        "0",
+        "--value",
+        "anonymous",
+        "--timeout-ms",
+        "2000",
+        "--tls-ca",
+        path_str(&ca),
+    ]]);
+    assert!(
+        !no_client_cert.status.success(),
+        "a node with tls.client_ca refuses a client without a certificate"
+    );
+
     for id in 1..=3 {
         assert!(!log_of(&cluster, id).contains(REJECTED), "node {id}:\n{}", log_of(&cluster, id));
     }
@@ -158,7 +225,7 @@ fn a_mutual_tls_cluster_serves_tls_clients_and_refuses_a_node_of_another_ca() {
 
     // The cluster goes on without node 4, and node 4 learned nothing.
     let ack = client.produce(PartitionId(0), Acks::Quorum, &[b"after"]).expect("produce");
-    assert_eq!(ack.base_offset, Offset(10));
+    assert_eq!(ack.base_offset, Offset(11), "after the 10 records and the CLI's one");
     for p in 0..2u32 {
         let status = cluster.status_of(&client, 1, PartitionId(p)).expect("node 1 status");
         assert!(status.followers.iter().all(|f| f.node.0 != 4), "{status:?}");
