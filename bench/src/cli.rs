@@ -45,8 +45,10 @@ pub struct BenchArgs {
     /// (default 4, or 1 with --quick).
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// Appends kept outstanding by the engine scenarios' closed loop.
-    #[arg(long, default_value_t = 256)]
+    /// Appends kept outstanding by the engine scenarios' closed loop: enough that more than
+    /// `flushes_in_flight_max` flushes' worth waits, so the engine's pipeline can stay full
+    /// (with 256, every outstanding 1 KiB append fits one flush).
+    #[arg(long, default_value_t = crate::engine_append::APPENDERS_DEFAULT)]
     pub appenders: usize,
     /// Record value size in bytes (every scenario).
     #[arg(long, default_value_t = 1024)]

@@ -55,6 +55,9 @@ use crate::workdir::StopFlag;
 
 /// Longest wait for one append's completion before the run is declared stuck.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default appends outstanding: 2048 × ~1.1 KB ≈ 2.2 MB waiting, about three 752 KB flushes,
+/// so the default two flushes in flight both stay busy (design: saturate the log).
+pub const APPENDERS_DEFAULT: usize = 2048;
 
 /// How often the retention task on the shard looks for a new segment roll.
 const RETENTION_TICK: Duration = Duration::from_millis(5);
@@ -94,7 +97,7 @@ impl Default for EngineAppendOptions {
     fn default() -> Self {
         let log = LogConfig::default();
         EngineAppendOptions {
-            appenders: 256,
+            appenders: APPENDERS_DEFAULT,
             record_size_bytes: 1024,
             records_per_append: 1,
             segment_size_bytes: log.segment_size_bytes,
