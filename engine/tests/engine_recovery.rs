@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::{request, run, small_config, tempdir};
+use common::{flip_bits, request, run, small_config, tempdir, write_at};
 use ringlog_engine::{
     CorruptionKind, FetchError, Log, LogConfig, LogIndex, Offset, OpenError, ReadBound,
     RecoveryMode,
@@ -37,17 +36,8 @@ fn position_of(k: u64) -> u64 {
     4096 * (k + 1)
 }
 
-fn write_at(file: &Path, position: u64, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-    f.seek(SeekFrom::Start(position)).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-}
-
 fn flip_bit(file: &Path, position: u64) {
-    let mut bytes = std::fs::read(file).unwrap();
-    bytes[position as usize] ^= 0x04;
-    write_at(file, position, &bytes[position as usize..position as usize + 1]);
+    flip_bits(file, position, 0x04);
 }
 
 /// Reopens after a torn tail: the log ends at `last`, the dropped bytes are reported, a second

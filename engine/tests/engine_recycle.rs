@@ -7,11 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::{request, run, small_config, tempdir};
+use common::{flip_bits, request, run, small_config, tempdir, write_at};
 use ringlog_engine::segment::{
     parse_segment_name, SEGMENT_FLAG_RECYCLED, SEGMENT_FLAG_SPARE, SPARE_READY,
 };
@@ -136,16 +135,8 @@ fn position_in(path: &Path, batch: &[u8]) -> u64 {
         .expect("the batch is in the segment")
 }
 
-fn write_at(file: &Path, position: u64, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-    f.seek(SeekFrom::Start(position)).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-}
-
 fn flip_bit(file: &Path, position: u64) {
-    let byte = std::fs::read(file).unwrap()[position as usize];
-    write_at(file, position, &[byte ^ 0x10]);
+    flip_bits(file, position, 0x10);
 }
 
 /// Batches appended one flush each into the recycled tail.

@@ -56,3 +56,18 @@ pub fn values(batches: &[Bytes]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Overwrites `bytes` at `position` of `file` (in place, synced): how tests tear and corrupt.
+pub fn write_at(file: &std::path::Path, position: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.seek(SeekFrom::Start(position)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Flips the bits of `mask` in the byte at `position` of `file`.
+pub fn flip_bits(file: &std::path::Path, position: u64, mask: u8) {
+    let byte = std::fs::read(file).unwrap()[position as usize];
+    write_at(file, position, &[byte ^ mask]);
+}
