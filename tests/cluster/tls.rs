@@ -102,27 +102,45 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temp path")
 }
 
+/// A 3-node cluster with mutual TLS: node certificates of `cluster_ca` naming their node,
+/// client certificates of `client_ca` required, and a client holding one.
+struct TlsCluster {
+    /// Holds the PEM files for the cluster's life.
+    certs: tempfile::TempDir,
+    cluster_ca: Ca,
+    client_ca: Ca,
+    cluster: Cluster,
+    client: Client,
+}
+
+impl TlsCluster {
+    fn start(name: &str, partitions: u32) -> TlsCluster {
+        let certs = tempfile::Builder::new()
+            .prefix("tls-certs-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let cluster_ca = Ca::new(certs.path(), "cluster-ca");
+        let client_ca = Ca::new(certs.path(), "client-ca");
+        let mut spec = Spec::new(3).partitions(partitions);
+        for id in 1..=3 {
+            spec.tls.insert(id, cluster_ca.node_section(&format!("node-{id}"), &client_ca));
+        }
+        let cluster = Cluster::start(name, spec);
+        // The client trusts the nodes' CA and presents a certificate of the client CA.
+        let client = tls_client(&cluster, &cluster_ca, &client_ca);
+        TlsCluster { certs, cluster_ca, client_ca, cluster, client }
+    }
+}
+
 fn log_of(cluster: &Cluster, id: u32) -> String {
     std::fs::read_to_string(&cluster.nodes[&id].log_path).unwrap_or_default()
 }
 
 #[test]
 fn a_mutual_tls_cluster_serves_tls_clients_and_refuses_a_node_of_another_ca() {
-    let certs = tempfile::Builder::new()
-        .prefix("tls-certs-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let cluster_ca = Ca::new(certs.path(), "cluster-ca");
-    let client_ca = Ca::new(certs.path(), "client-ca");
+    let TlsCluster { certs, cluster_ca, client_ca, mut cluster, client } =
+        TlsCluster::start("tls", 2);
     let other_ca = Ca::new(certs.path(), "other-ca");
-
-    let mut spec = Spec::new(3).partitions(2);
-    for id in 1..=3 {
-        spec.tls.insert(id, cluster_ca.node_section(&format!("node-{id}"), &client_ca));
-    }
-    let mut cluster = Cluster::start("tls", spec);
-    // The client trusts the nodes' CA and presents a certificate of the client CA.
-    let client = tls_client(&cluster, &cluster_ca, &client_ca);
 
     for p in 0..2u32 {
         let partition = PartitionId(p);
@@ -237,19 +255,9 @@ fn a_mutual_tls_cluster_serves_tls_clients_and_refuses_a_node_of_another_ca() {
 
 #[test]
 fn a_node_presenting_another_nodes_certificate_is_refused_and_says_so() {
-    let certs = tempfile::Builder::new()
-        .prefix("tls-certs-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let cluster_ca = Ca::new(certs.path(), "cluster-ca");
-    let client_ca = Ca::new(certs.path(), "client-ca");
-    let mut spec = Spec::new(3).partitions(1);
-    for id in 1..=3 {
-        spec.tls.insert(id, cluster_ca.node_section(&format!("node-{id}"), &client_ca));
-    }
     // A new cluster elects once every node is up: start it honest, then swap node 3's cert.
-    let mut cluster = Cluster::start("tls-identity", spec);
-    let client = tls_client(&cluster, &cluster_ca, &client_ca);
+    let TlsCluster { certs: _certs, cluster_ca, client_ca: _, mut cluster, client } =
+        TlsCluster::start("tls-identity", 1);
     cluster.wait_leader(&client, PartitionId(0));
     let ack = client.produce(PartitionId(0), Acks::Quorum, &[b"one"]).expect("produce");
     assert_eq!(ack.base_offset, Offset(0));
