@@ -611,8 +611,17 @@ pub fn chain_crc(batches: &[Bytes]) -> u32 {
     batches.last().map_or(0, |b| header_crc(b))
 }
 
-/// `count` consecutive free TCP ports on 127.0.0.1 (none in `taken`); returns the first.
+/// Every port this test process has handed out: clusters started concurrently by tests of
+/// one binary must never get the same port (the probe below releases a port before a node
+/// binds it, and nodes bind with SO_REUSEPORT, so two nodes on one port would both bind and
+/// the second would refuse to start, seeing another listener).
+static HANDED_OUT: std::sync::Mutex<Option<HashSet<u16>>> = std::sync::Mutex::new(None);
+
+/// `count` consecutive free TCP ports on 127.0.0.1 (none in `taken`, none handed out before
+/// in this process); returns the first.
 pub fn free_port_range(count: u16, taken: &HashSet<u16>) -> SocketAddr {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for _ in 0..1000 {
         let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
         let base = probe.local_addr().unwrap().port();
@@ -621,9 +630,13 @@ pub fn free_port_range(count: u16, taken: &HashSet<u16>) -> SocketAddr {
             continue;
         }
         let all_free = (0..count).all(|s| {
-            !taken.contains(&(base + s)) && TcpListener::bind(("127.0.0.1", base + s)).is_ok()
+            let port = base + s;
+            !taken.contains(&port)
+                && !handed_out.contains(&port)
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
         });
         if all_free {
+            handed_out.extend(base..base + count);
             return SocketAddr::from(([127, 0, 0, 1], base));
         }
     }
