@@ -130,6 +130,23 @@ impl DirectFile {
         &self.path
     }
 
+    /// The O_DIRECT descriptor, for the flush ring (`flush_ring.rs`), which keeps this file
+    /// alive while its IO is in flight.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+    /// Whether the next write should fail (consumes one armed write failure).
+    pub(crate) fn write_fault(faults: &FaultInjector) -> bool {
+        FaultInjector::take(&faults.writes_to_fail)
+    }
+
+    /// Whether the next fdatasync should fail (consumes one armed fdatasync failure).
+    pub(crate) fn sync_fault(faults: &FaultInjector) -> bool {
+        FaultInjector::take(&faults.syncs_to_fail)
+    }
+
     /// A page-aligned buffer of `len` bytes (a multiple of `BLOCK_SIZE`), zero-filled.
     pub(crate) fn alloc(&self, len: usize) -> DmaBuffer {
         let mut buf = self.alloc_for_overwrite(len);

@@ -33,6 +33,7 @@
 
 pub mod batch;
 pub mod error;
+mod flush_ring;
 mod group_commit;
 pub mod hard_state;
 pub mod host;

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use glommio::task::JoinHandle;
 
+use crate::flush_ring::FlushRing;
+
 use crate::batch::{
     check_records, decode_batch, stamp_header_with_payload_crc, BatchHeader, BatchStamp, Records,
     BATCH_HEADER_SIZE, CONTROL_MEMBERSHIP, FLAGS_KNOWN,
@@ -146,6 +148,8 @@ pub(crate) struct Inner {
     /// Admits up to `flushes_in_flight_max` flushes, or one of truncate/reset/retention with
     /// no flush in flight: those never interleave with a flush.
     pub io_gate: IoGate,
+    /// The executor's ring that every flush's linked write + fdatasync goes to.
+    pub flush_ring: Rc<FlushRing>,
     pub tasks: RefCell<Vec<JoinHandle<()>>>,
     _lock: DirLock,
 }
@@ -339,6 +343,13 @@ impl Log {
             .collect();
         state.check();
         let io_gate = IoGate::new(config.flushes_in_flight_max);
+        let flush_ring = FlushRing::current().map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("creating the flush io_uring (io_uring_setup) failed: {source}"),
+            ),
+        })?;
         let inner = Rc::new(Inner {
             config,
             dir: data_dir,
@@ -348,6 +359,7 @@ impl Log {
             spare_notify: Notify::default(),
             durable_notify: Notify::default(),
             io_gate,
+            flush_ring,
             tasks: RefCell::new(Vec::new()),
             _lock: lock,
         });
