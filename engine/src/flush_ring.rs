@@ -23,7 +23,7 @@
 //!
 //! This module is the engine's only `unsafe` besides `host_uring.rs`. The rule: a submitted
 //! entry names a buffer and a file descriptor that the ring's in-flight table owns (`Rc`
-//! clones of the flush's `DmaBuffer` and `DirectFile`) until both the write's and the
+//! clones of the flush's `FlushBuf` and `DirectFile`) until both the write's and the
 //! fdatasync's completions were reaped; the table is only emptied by reaping, and dropping
 //! the ring first waits (blocking) for every pair in flight. So the kernel never reads freed
 //! memory nor a reused descriptor. The notification's byte is a `'static`.
@@ -40,10 +40,11 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use glommio::io::DmaBuffer;
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::io::DirectFile;
+use crate::limits::BLOCK_SIZE;
 
 /// Most flush pairs in flight on one executor's ring, all logs together; a flush beyond it
 /// waits for a slot (`FlushRing::admit`).
@@ -59,6 +60,54 @@ const SUBMIT_ATTEMPTS: u32 = 16;
 /// The notification byte every pair sends when done.
 static NOTIFICATION: [u8; 1] = [1];
 
+/// The bytes of one flush: one region, block-aligned in memory and in length, kept alive by
+/// the `Bytes` that view it (the batches and padding of an arena run, or one copied buffer).
+#[derive(Debug)]
+pub(crate) struct FlushBuf {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl FlushBuf {
+    /// `parts` as one region if they are adjacent in memory, start block-aligned and sum to a
+    /// block multiple; otherwise gives them back.
+    pub(crate) fn region(parts: Vec<Bytes>) -> Result<FlushBuf, Vec<Bytes>> {
+        let mut parts = parts;
+        parts.retain(|p| !p.is_empty());
+        let adjacent =
+            parts.windows(2).all(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize);
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let aligned = parts.first().is_some_and(|p| p.as_ptr() as usize % BLOCK_SIZE == 0);
+        if adjacent && aligned && len % BLOCK_SIZE == 0 {
+            Ok(FlushBuf { parts, len })
+        } else {
+            Err(parts)
+        }
+    }
+
+    /// One copied buffer (`bytes`, block-aligned and a block multiple long).
+    pub(crate) fn copied(bytes: Bytes) -> FlushBuf {
+        match FlushBuf::region(vec![bytes]) {
+            Ok(buf) => buf,
+            Err(_) => panic!("a copied flush buffer is allocated aligned and padded"),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        self.parts[0].as_ptr()
+    }
+
+    /// The region's bytes, in order (tests and the fault-free read-back).
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        self.parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+}
+
 /// What a flush's IO came to: the write's result, then the fdatasync's (`None`: not asked).
 #[derive(Debug)]
 pub(crate) struct PairOutcome {
@@ -68,7 +117,7 @@ pub(crate) struct PairOutcome {
 
 /// One pair in flight: what the kernel reads (owned until reaped), and what came back.
 struct InFlight {
-    _buf: Rc<DmaBuffer>,
+    _buf: Rc<FlushBuf>,
     _file: Rc<DirectFile>,
     len: usize,
     with_sync: bool,
@@ -162,7 +211,7 @@ impl FlushRing {
     pub(crate) async fn write_and_sync(
         self: &Rc<Self>,
         file: &Rc<DirectFile>,
-        buf: &Rc<DmaBuffer>,
+        buf: &Rc<FlushBuf>,
         position: u64,
         with_sync: bool,
     ) -> PairOutcome {
@@ -191,7 +240,7 @@ impl FlushRing {
         &self,
         id: u64,
         file: &Rc<DirectFile>,
-        buf: &Rc<DmaBuffer>,
+        buf: &Rc<FlushBuf>,
         position: u64,
         with_sync: bool,
     ) -> io::Result<()> {
@@ -480,10 +529,27 @@ mod tests {
         Rc::new(DirectFile::open(&dir.join("f")).await.expect("open"))
     }
 
-    fn block(file: &DirectFile, fill: u8) -> Rc<DmaBuffer> {
-        let mut buf = file.alloc_for_overwrite(BLOCK_SIZE);
-        buf.as_bytes_mut().fill(fill);
-        Rc::new(buf)
+    fn block(_file: &DirectFile, fill: u8) -> Rc<FlushBuf> {
+        use bytes::BufMut;
+        let mut chunk = crate::append_arena::aligned_chunk(BLOCK_SIZE);
+        chunk.put_bytes(fill, BLOCK_SIZE);
+        Rc::new(FlushBuf::copied(chunk.freeze()))
+    }
+
+    #[test]
+    fn a_region_must_be_adjacent_aligned_and_whole_blocks() {
+        use bytes::BufMut;
+        let mut chunk = crate::append_arena::aligned_chunk(3 * BLOCK_SIZE);
+        chunk.put_bytes(1, 3 * BLOCK_SIZE);
+        let all = chunk.freeze();
+        let (a, b, c) = (all.slice(0..100), all.slice(100..BLOCK_SIZE), all.slice(BLOCK_SIZE..));
+        let region = FlushBuf::region(vec![a.clone(), b.clone(), Bytes::new(), c.clone()]).unwrap();
+        assert_eq!(region.len(), 3 * BLOCK_SIZE);
+        assert_eq!(region.to_vec(), all.to_vec());
+        assert!(FlushBuf::region(vec![a.clone(), c.clone()]).is_err(), "not adjacent");
+        assert!(FlushBuf::region(vec![b.clone(), c]).is_err(), "not aligned");
+        assert!(FlushBuf::region(vec![a, b.slice(..100)]).is_err(), "not whole blocks");
+        assert!(FlushBuf::region(Vec::new()).is_err(), "empty");
     }
 
     #[test]

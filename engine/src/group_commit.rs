@@ -27,12 +27,13 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use bytes::Bytes;
-use glommio::io::DmaBuffer;
+use bytes::{BufMut, Bytes};
 use glommio::task::JoinHandle;
 
+use crate::append_arena::aligned_chunk;
 use crate::batch::{padding_len, write_padding, BatchHeader};
 use crate::error::LogError;
+use crate::flush_ring::FlushBuf;
 use crate::io::DirectFile;
 use crate::limits::{LogConfig, BLOCK_SIZE, FLUSHES_IN_FLIGHT_LIMIT};
 use crate::log::{Inner, State};
@@ -154,6 +155,10 @@ pub struct FlushStats {
     pub batches_flushed: u64,
     /// Bytes written by flushes, padding and segment headers included.
     pub bytes_written: u64,
+    /// Flushes written from the append arena where the batches were stamped (no copy); the
+    /// others were copied into a buffer of their own (`append_arena.rs`: a segment's first
+    /// flush, a run split by a segment end or a truncation).
+    pub flushes_in_place: u64,
     /// Segments rolled (spare renamed into place).
     pub segments_rolled: u64,
     /// Spare segments zero-filled by the preallocator.
@@ -178,6 +183,7 @@ impl Default for FlushStats {
             fdatasyncs: 0,
             batches_flushed: 0,
             bytes_written: 0,
+            flushes_in_place: 0,
             segments_rolled: 0,
             spares_filled: 0,
             spares_recycled: 0,
@@ -319,19 +325,42 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     Ok(())
 }
 
-/// One flush: its batches copied into one aligned buffer (segment header block, batches,
-/// padding marker), to be written at `start` of the active segment and fdatasynced.
+/// One flush: the bytes of its batches (segment header block if first in the segment,
+/// batches, padding marker) as one aligned region, to be written at `start` of the active
+/// segment and fdatasynced.
 struct Flush {
     file: Rc<DirectFile>,
     start: u64,
     wrote_header: bool,
-    buf: Rc<DmaBuffer>,
+    buf: Rc<FlushBuf>,
     batches: Vec<Pending>,
     /// File position of each batch.
     positions: Vec<u64>,
+    /// Written from the append arena (no copy).
+    in_place: bool,
 }
 
 impl Flush {
+    /// A flush of a whole sealed arena run (`run_pad` is its padding): written from where the
+    /// batches were stamped if they and the padding form one aligned region, else copied.
+    fn from_run(
+        file: Rc<DirectFile>,
+        start: u64,
+        batches: Vec<Pending>,
+        run_pad: Option<Bytes>,
+    ) -> Flush {
+        let mut parts: Vec<Bytes> = batches.iter().map(|p| p.bytes.clone()).collect();
+        parts.extend(run_pad);
+        match FlushBuf::region(parts) {
+            Ok(buf) => {
+                let positions = positions(start, 0, &batches);
+                let buf = Rc::new(buf);
+                Flush { file, start, wrote_header: false, buf, batches, positions, in_place: true }
+            }
+            Err(_) => Flush::build(file, start, None, batches),
+        }
+    }
+
     /// Copies `header_block` (if any), `batches` and the padding after them into one buffer.
     fn build(
         file: Rc<DirectFile>,
@@ -343,25 +372,22 @@ impl Flush {
         let total: usize = batches.iter().map(|p| p.bytes.len()).sum();
         let pad = padding_len(start + (header_len + total) as u64, BLOCK_SIZE);
         let len = header_len + total + pad;
-        // Every byte is written below (header block, batches, padding), so no zero-fill.
-        let mut buf = file.alloc_for_overwrite(len);
-        let bytes = buf.as_bytes_mut();
+        let mut out = aligned_chunk(len);
         if let Some(block) = header_block {
-            bytes[..header_len].copy_from_slice(block);
+            out.extend_from_slice(block);
         }
-        let mut at = header_len;
-        let mut positions = Vec::with_capacity(batches.len());
         for pending in &batches {
-            positions.push(start + at as u64);
-            bytes[at..at + pending.bytes.len()].copy_from_slice(&pending.bytes);
-            at += pending.bytes.len();
+            out.extend_from_slice(&pending.bytes);
         }
         if pad > 0 {
-            write_padding(&mut bytes[at..at + pad]);
+            out.put_bytes(0, pad);
+            write_padding(&mut out[header_len + total..]);
         }
-        debug_assert_eq!(at + pad, len, "the flush buffer is written whole");
+        debug_assert_eq!(out.len(), len, "the flush buffer is written whole");
+        let positions = positions(start, header_len, &batches);
         let wrote_header = header_block.is_some();
-        Flush { file, start, wrote_header, buf: Rc::new(buf), batches, positions }
+        let buf = Rc::new(FlushBuf::copied(out.freeze()));
+        Flush { file, start, wrote_header, buf, batches, positions, in_place: false }
     }
 
     fn len(&self) -> u64 {
@@ -374,6 +400,19 @@ impl Flush {
             pending.slot.resolve(Err(LogError::Failed { reason: reason.to_string() }));
         }
     }
+}
+
+/// File position of each of `batches` written back to back from `start + header_len`.
+fn positions(start: u64, header_len: usize, batches: &[Pending]) -> Vec<u64> {
+    let mut at = start + header_len as u64;
+    batches
+        .iter()
+        .map(|pending| {
+            let position = at;
+            at += pending.bytes.len() as u64;
+            position
+        })
+        .collect()
 }
 
 /// Takes whole queued batches, from the front, that fit one flush starting at `base` (where
@@ -433,9 +472,22 @@ async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), Stri
         };
         let capacity = st.segments.last().expect("cursor found it").capacity;
         let base = cursor.position + header_block.as_ref().map_or(0, |b| b.len() as u64);
-        let batches = take_batches(&mut st, &inner.config, base, capacity);
-        assert!(!batches.is_empty(), "the cursor guarantees the first batch fits");
-        Flush::build(cursor.file, cursor.position, header_block.as_deref(), batches)
+        if let Some(count) = whole_run_fits(&st, base, capacity, header_block.is_some()) {
+            // The front run whole: sealed now if still open, written from the arena.
+            if st.arena.front().is_some_and(|run| run.open) {
+                st.arena.seal_open();
+            }
+            let run = st.arena.take_front();
+            debug_assert_eq!(run.batches, count);
+            let batches: Vec<Pending> = st.queue.drain(..count).collect();
+            Flush::from_run(cursor.file, cursor.position, batches, run.pad)
+        } else {
+            let batches = take_batches(&mut st, &inner.config, base, capacity);
+            assert!(!batches.is_empty(), "the cursor guarantees the first batch fits");
+            let bytes = batches.iter().map(|p| p.bytes.len()).sum();
+            st.arena.took_prefix(batches.len(), bytes);
+            Flush::build(cursor.file, cursor.position, header_block.as_deref(), batches)
+        }
     };
     let io = FlushIo { file: flush.file.clone(), buf: flush.buf.clone(), start: flush.start };
     let (seq, in_flight) = inner.io_gate.submit(slot, flush);
@@ -448,10 +500,22 @@ async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), Stri
     Ok(())
 }
 
+/// The number of batches of the front arena run if the next flush can be exactly that run,
+/// written in place: no segment header block to write first, the run not broken, and the run
+/// with its padding fitting the segment from `base`.
+fn whole_run_fits(st: &State, base: u64, capacity: u64, header: bool) -> Option<usize> {
+    let run = st.arena.front()?;
+    if header || run.broken {
+        return None;
+    }
+    let end = base + run.bytes as u64;
+    (end + padding_len(end, BLOCK_SIZE) as u64 <= capacity).then_some(run.batches)
+}
+
 /// What one flush's IO task needs: the buffer and where it goes.
 struct FlushIo {
     file: Rc<DirectFile>,
-    buf: Rc<DmaBuffer>,
+    buf: Rc<FlushBuf>,
     start: u64,
 }
 
@@ -551,6 +615,7 @@ fn commit(inner: &Inner, flush: &Flush) {
     st.stats.fdatasyncs += 1;
     st.stats.batches_flushed += batches.len() as u64;
     st.stats.bytes_written += flush.len();
+    st.stats.flushes_in_place += u64::from(flush.in_place);
     st.check();
     drop(st);
     for pending in batches {

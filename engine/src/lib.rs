@@ -31,6 +31,7 @@
 //! [`decode_batch`] validates raw batch bytes and iterates records. Limits live in
 //! [`LogConfig`] and [`limits`]. Formats: `docs/format.md`; design: `ARCHITECTURE.md#engine`.
 
+mod append_arena;
 pub mod batch;
 pub mod error;
 mod flush_ring;

@@ -19,9 +19,10 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use glommio::task::JoinHandle;
 
+use crate::append_arena::AppendArena;
 use crate::flush_ring::FlushRing;
 
 use crate::batch::{
@@ -47,11 +48,6 @@ use crate::segment_reader::{Item, SegmentReader};
 use crate::spare::{spawn_preallocator, take_usable_spare, RecycleCandidate, RECYCLED_SPARES_MAX};
 use crate::tail_cache::{CachedBatch, TailCache};
 use crate::types::{LogIndex, Offset, Term};
-
-/// Size of the arena `append` stamps batches into. A batch keeps its whole arena allocated
-/// while anyone holds it (tail cache, a follower's send queue, a reader): at most this much
-/// memory per batch held, and one allocation per this many bytes of small batches.
-pub const APPEND_ARENA_BYTES: usize = 64 << 10;
 
 /// A batch to append: the log stamps term, index, offsets and checksums.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,9 +179,9 @@ pub(crate) struct State {
     /// Retention victims kept for recycling (at most `RECYCLED_SPARES_MAX`).
     pub recycle_candidates: Vec<RecycleCandidate>,
     pub stats: FlushStats,
-    /// Where `append` stamps batches: one allocation shared by up to `APPEND_ARENA_BYTES` of
-    /// consecutive batches (split off it), instead of one allocation and free per batch.
-    pub arena: BytesMut,
+    /// Where `append` stamps (and `append_stamped` copies) batches, in runs that flushes
+    /// write without a copy (`append_arena.rs`); its runs describe `queue`.
+    pub arena: AppendArena,
 }
 
 impl State {
@@ -224,6 +220,7 @@ impl State {
         while self.queue.back().is_some_and(|p| p.header.index() >= from) {
             let pending = self.queue.pop_back().expect("checked");
             self.queued_bytes -= pending.bytes.len();
+            self.arena.dropped_back(pending.bytes.len());
             pending.slot.resolve(Err(LogError::Truncated { index: pending.header.index() }));
         }
     }
@@ -257,6 +254,7 @@ impl Inner {
         for pending in st.queue.drain(..) {
             pending.slot.resolve(Err(error.clone()));
         }
+        st.arena.clear();
         drop(st);
         self.flush_notify.notify_all();
         self.spare_notify.notify_all();
@@ -412,14 +410,13 @@ impl Log {
         // and the header stamped before `split` (whose atomic refcount increment waits for
         // the copy's stores into the arena to drain).
         let payload_crc = crc32fast::hash(&request.records);
-        if st.arena.capacity() < size {
-            st.arena = BytesMut::with_capacity(APPEND_ARENA_BYTES.max(size));
-        }
-        debug_assert!(st.arena.is_empty(), "the arena holds no unsplit batch");
-        st.arena.put_bytes(0, BATCH_HEADER_SIZE);
-        st.arena.extend_from_slice(&request.records);
-        stamp_header_with_payload_crc(&mut st.arena, &stamp, payload_crc);
-        let batch = st.arena.split().freeze();
+        let chunk = st.arena.room_for(size, config.flush_bytes_max);
+        debug_assert!(chunk.is_empty(), "the arena holds no unsplit batch");
+        chunk.put_bytes(0, BATCH_HEADER_SIZE);
+        chunk.extend_from_slice(&request.records);
+        stamp_header_with_payload_crc(chunk, &stamp, payload_crc);
+        let batch = chunk.split().freeze();
+        st.arena.batch_added(size);
         let header = *crate::batch::header_of(&batch);
         Ok(self.enqueue(&mut st, batch, header))
     }
@@ -462,6 +459,13 @@ impl Log {
             });
         }
         check_backpressure(&st, batch.len(), config)?;
+        // Into the arena, so that its flush is written from there (one copy, here, instead
+        // of one into the flush's buffer).
+        let size = batch.len();
+        let chunk = st.arena.room_for(size, config.flush_bytes_max);
+        chunk.extend_from_slice(&batch);
+        let batch = chunk.split().freeze();
+        st.arena.batch_added(size);
         Ok(self.enqueue(&mut st, batch, header))
     }
 
@@ -1249,6 +1253,6 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
         spare_recycled: None,
         recycle_candidates: Vec::new(),
         stats: FlushStats::default(),
-        arena: BytesMut::new(),
+        arena: AppendArena::default(),
     }
 }
