@@ -644,6 +644,14 @@ mode = "plaintext"
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
+    /// A scratch directory on the repository's disk (`target/`, created if a custom
+    /// CARGO_TARGET_DIR left it missing).
+    fn scratch() -> PathBuf {
+        let dir = base().join("target");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn load(text: &str) -> Result<Loaded, ConfigError> {
         NodeConfig::from_toml_str(text, Path::new("node.toml"), &base())
     }
@@ -964,7 +972,7 @@ json = true
 
     #[test]
     fn data_dir_that_is_a_file_or_below_a_file_is_rejected() {
-        let file = tempfile::NamedTempFile::new_in(base().join("target")).unwrap();
+        let file = tempfile::NamedTempFile::new_in(scratch()).unwrap();
         let path = file.path().display().to_string();
         let text = MINIMAL.replace("data_dir = \".\"", &format!("data_dir = \"{path}\""));
         assert_eq!(
@@ -979,7 +987,7 @@ json = true
 
     #[test]
     fn missing_data_dir_under_an_existing_directory_is_accepted() {
-        let dir = tempfile::tempdir_in(base().join("target")).unwrap();
+        let dir = tempfile::tempdir_in(scratch()).unwrap();
         let path = dir.path().join("not/yet").display().to_string();
         let text = MINIMAL.replace("data_dir = \".\"", &format!("data_dir = \"{path}\""));
         assert_eq!(load(&text).unwrap().config.data_dir, PathBuf::from(path));

@@ -47,14 +47,15 @@ pub struct BenchArgs {
     pub rounds: Option<u32>,
     /// Appends kept outstanding by the engine scenarios' closed loop: enough that more than
     /// `flushes_in_flight_max` flushes' worth waits, so the engine's pipeline can stay full
-    /// (with 256, every outstanding 1 KiB append fits one flush).
+    /// (256 × 16 records of 1 KiB ≈ 4 flushes; with --records-per-append 1 use 2048).
     #[arg(long, default_value_t = crate::engine_append::APPENDERS_DEFAULT)]
     pub appenders: usize,
     /// Record value size in bytes (every scenario).
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
-    /// Records per append call in the engine scenarios (one batch each).
-    #[arg(long, default_value_t = 1)]
+    /// Records per append call in the engine scenarios (one batch each; 16, as the cluster
+    /// scenarios' --records-per-batch; 1 measures the per-append CPU).
+    #[arg(long, default_value_t = crate::engine_append::RECORDS_PER_APPEND_DEFAULT)]
     pub records_per_append: usize,
     /// Engine LogConfig.segment_size_bytes (default 256 MiB, or 8 MiB with --quick).
     #[arg(long)]

@@ -55,9 +55,16 @@ use crate::workdir::StopFlag;
 
 /// Longest wait for one append's completion before the run is declared stuck.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default appends outstanding: 2048 × ~1.1 KB ≈ 2.2 MB waiting, about three 752 KB flushes,
-/// so the default two flushes in flight both stay busy (design: saturate the log).
-pub const APPENDERS_DEFAULT: usize = 2048;
+/// Default appends outstanding: 256 × 16 records × ~1 KiB ≈ 4.3 MB waiting, about four 1 MiB
+/// flushes, so the default two flushes in flight both stay busy (design: saturate the log)
+/// without reaching the default 16 MiB `queued_bytes_max`. With `--records-per-append 1`, raise
+/// it (`--appenders 2048`: ~2.2 MB waiting).
+pub const APPENDERS_DEFAULT: usize = 256;
+
+/// Default records per append: 16, the batch a producer sends — the same as the cluster
+/// scenarios' `--records-per-batch` default, so every row measures the same workload. One
+/// record per append measures the engine's per-append CPU instead (bench/README.md).
+pub const RECORDS_PER_APPEND_DEFAULT: usize = 16;
 
 /// How often the retention task on the shard looks for a new segment roll.
 const RETENTION_TICK: Duration = Duration::from_millis(5);
@@ -99,7 +106,7 @@ impl Default for EngineAppendOptions {
         EngineAppendOptions {
             appenders: APPENDERS_DEFAULT,
             record_size_bytes: 1024,
-            records_per_append: 1,
+            records_per_append: RECORDS_PER_APPEND_DEFAULT,
             segment_size_bytes: log.segment_size_bytes,
             flush_bytes_max: log.flush_bytes_max,
             queued_bytes_max: log.queued_bytes_max,

@@ -607,7 +607,7 @@ fn raw_result(
             "paired_with": paired_with.as_str(),
             "write_size_bytes_per_round": write_sizes,
             "file_size_bytes": options.raw_file_size_bytes,
-            "queue_depth": 1,
+            "queue_depth": options.engine.flushes_in_flight_max.clamp(1, raw_disk::QUEUE_DEPTH_MAX),
         }),
         measure,
         notes,

@@ -30,7 +30,7 @@ use crate::limits::BLOCK_SIZE;
 
 /// Smallest chunk the arena allocates. A batch keeps its whole chunk allocated while anyone
 /// holds it (tail cache, a follower's send queue, a reader); a quiet log's chunks stay this
-/// small, a busy log's grow to hold two of its recent runs (bounded by `flush_bytes_max`).
+/// small, a busy log's grow to hold its next run: twice its last one, at most `flush_bytes_max`.
 pub const APPEND_ARENA_BYTES: usize = 64 << 10;
 /// Room kept after a run's batches for its padding (`padding_len` is below two blocks).
 const PAD_ROOM: usize = 2 * BLOCK_SIZE;

@@ -3,8 +3,8 @@
 //! glommio operations.
 //!
 //! Why: glommio 0.9.0 cannot link operations, so a flush through it is a write, a return to
-//! the executor, and only then the fdatasync — measured on this project's machine at ~82% of
-//! the throughput of the same linked pairs (bench/README.md, "flush ring"). Here one
+//! the executor, and only then the fdatasync (bench/README.md, "Flush ring": the engine's
+//! ratio to raw-disk before and after this module, same machine and command). Here one
 //! submission carries three entries: the write, then (`IO_HARDLINK`) the fdatasync, then
 //! (`IO_HARDLINK`, `SKIP_SUCCESS`) a one-byte `send` on a socket pair whose other end is a
 //! glommio `UnixStream`: the executor's reactor wakes the completion task when a pair is done,
