@@ -82,7 +82,32 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Writes the configs under `dir`, starts every node and waits for their ready lines.
+    ///
+    /// A node that refuses its port because another socket listens there (found free a
+    /// moment before; seen twice on the project's machine, cause not found — the node's error
+    /// names the other listener's process) is not the cluster's fault: the start is retried
+    /// on fresh ports and data dirs, up to `START_ATTEMPTS` times, saying so on stderr.
     pub fn start(binary: &Path, dir: &Path, options: &ClusterOptions) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary, dir, options) {
+                Ok(cluster) => return Ok(cluster),
+                Err(error) if attempt < START_ATTEMPTS && is_port_conflict(&error) => {
+                    eprintln!(
+                        "  cluster start attempt {attempt} failed on a port conflict; retrying on                          other ports:\n{error:#}"
+                    );
+                    for index in 0..options.nodes {
+                        let _ =
+                            std::fs::remove_dir_all(dir.join(format!("node-{}-data", index + 1)));
+                    }
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn start_once(binary: &Path, dir: &Path, options: &ClusterOptions) -> anyhow::Result<Self> {
         if options.nodes == 0 || options.nodes > NODES_MAX {
             bail!("nodes {} outside 1..={NODES_MAX}", options.nodes);
         }
@@ -288,6 +313,14 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Cluster starts tried before giving up on port conflicts (`LocalCluster::start`).
+const START_ATTEMPTS: u32 = 3;
+
+/// Whether a cluster start failed because a node found another listener on its port.
+fn is_port_conflict(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("another socket already listens on port")
+}
+
 /// Checks a ready line names the node we started: `ringlog: ready node=<id> client=...`.
 fn check_ready_line(line: &str, id: u32) -> anyhow::Result<()> {
     let node = line
@@ -396,6 +429,17 @@ fn log_tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_port_conflict_is_retried() {
+        let conflict = anyhow::anyhow!(
+            "node 3 exited (exit status: 1) before it was ready; its log ends with:\nringlog: \
+             cannot listen on 127.0.0.1:20670: another socket already listens on port 20670"
+        );
+        assert!(is_port_conflict(&conflict));
+        assert!(is_port_conflict(&conflict.context("starting the local cluster")));
+        assert!(!is_port_conflict(&anyhow::anyhow!("node 2 printed no ready line within 30s")));
+    }
 
     fn options() -> ClusterOptions {
         ClusterOptions {

@@ -188,10 +188,19 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
     match listeners_on(addr) {
-        Ok(count) if count > 1 => Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("another socket already listens on port {} (another node?)", addr.port()),
-        )),
+        Ok(inodes) if inodes.len() > 1 => {
+            // glommio does not expose the listener's descriptor: every listener is named,
+            // ours among them ("this process").
+            let holders: Vec<String> = inodes.iter().map(|inode| describe_holder(*inode)).collect();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another socket already listens on port {} (another node?); listeners: {}",
+                    addr.port(),
+                    holders.join("; ")
+                ),
+            ))
+        }
         Ok(_) => Ok(listener),
         Err(error) => {
             tracing::warn!(%addr, %error, "cannot check for another listener on the port");
@@ -204,9 +213,12 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
 const PROC_NET_TCP_BYTES_MAX: u64 = 64 << 20;
 /// `st` of a listening socket in `/proc/net/tcp`.
 const TCP_LISTEN_STATE: &str = "0A";
+/// Most processes, and descriptors per process, looked at to name another listener's holder.
+const HOLDER_SCAN_MAX: usize = 4096;
 
-/// Listening sockets on `addr`'s port whose address is `addr`'s or the wildcard.
-fn listeners_on(addr: SocketAddr) -> std::io::Result<usize> {
+/// The socket inodes of the listening sockets on `addr`'s port whose address is `addr`'s or
+/// the wildcard.
+fn listeners_on(addr: SocketAddr) -> std::io::Result<Vec<u64>> {
     use std::io::Read;
     let path = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
     let mut text = String::new();
@@ -217,19 +229,66 @@ fn listeners_on(addr: SocketAddr) -> std::io::Result<usize> {
         SocketAddr::V4(v4) => Some(format!("{:08X}", u32::from_le_bytes(v4.ip().octets()))),
         SocketAddr::V6(_) => None,
     };
-    let count = text
+    let inodes = text
         .lines()
         .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().take(4).collect();
-            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { return false };
-            let Some((ip, local_port)) = local.split_once(':') else { return false };
-            *state == TCP_LISTEN_STATE
+        .filter_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().take(10).collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let (ip, local_port) = local.split_once(':')?;
+            let matches = *state == TCP_LISTEN_STATE
                 && local_port == port
-                && (ours.as_deref().is_none_or(|o| o == ip) || ip.bytes().all(|b| b == b'0'))
+                && (ours.as_deref().is_none_or(|o| o == ip) || ip.bytes().all(|b| b == b'0'));
+            matches.then(|| inode.parse().ok()).flatten()
         })
-        .count();
-    Ok(count)
+        .collect();
+    Ok(inodes)
+}
+
+#[cfg(test)]
+/// The inode of the socket behind `fd` (`socket:[N]` in /proc/self/fd).
+fn socket_inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    parse_socket_link(&link.to_string_lossy())
+}
+
+#[cfg(test)]
+fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// "socket inode N held by pid P (comm, command line)" for the first process found holding
+/// it (bounded scan of /proc), or "not found" (another network namespace, or gone).
+fn describe_holder(inode: u64) -> String {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return format!("socket inode {inode} (holder not found: /proc unreadable)");
+    };
+    for entry in procs.flatten().take(HOLDER_SCAN_MAX) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let held = fds
+            .flatten()
+            .take(HOLDER_SCAN_MAX)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == wanted));
+        if held {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline: String =
+                String::from_utf8_lossy(&cmdline).replace('\0', " ").chars().take(200).collect();
+            let me = if pid == std::process::id().to_string() { ", this process" } else { "" };
+            return format!(
+                "socket inode {inode} held by pid {pid}{me} ({}: {})",
+                comm.trim(),
+                cmdline.trim()
+            );
+        }
+    }
+    format!("socket inode {inode} (holder not found)")
 }
 
 /// `base` with its port moved up by `shard` (contract decision 2; validated in `start`).
@@ -417,5 +476,26 @@ impl Drop for CallbackOnce {
         if let Some(callback) = self.callback.take().filter(|_| self.armed) {
             callback(Err(NodeError::ShuttingDown));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_listener_is_found_on_its_port_and_its_holder_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inode = socket_inode(listener.as_raw_fd()).expect("a socket has an inode");
+        assert_eq!(listeners_on(addr).unwrap(), vec![inode]);
+        let holder = describe_holder(inode);
+        assert!(holder.contains(&format!("pid {}, this process", std::process::id())), "{holder}");
+        drop(listener);
+        assert!(listeners_on(addr).unwrap().is_empty());
+        assert!(describe_holder(inode).contains("holder not found"));
+        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link("pipe:[1]"), None);
     }
 }
