@@ -7,14 +7,14 @@
 //! ratio to raw-disk before and after this module, same machine and command). Here one
 //! submission carries three entries: the write, then (`IO_HARDLINK`) the fdatasync, then
 //! (`IO_HARDLINK`, `SKIP_SUCCESS`) a one-byte `send` on a socket pair whose other end is a
-//! glommio `UnixStream`: the executor's reactor wakes the completion task when a pair is done,
+//! glommio `UnixStream`: the executor's reactor wakes the reaper task when a pair is done,
 //! without a thread of ours and without polling. Hard links run the next entry even after a
 //! failure, so every submitted pair ends with exactly one notification byte; the write's and
 //! the fdatasync's own results come from this ring's completion queue.
 //!
 //! Ordering of the wake-up: the kernel queues a completion as task work on the submitting
 //! thread (this executor's) before the linked `send` runs, so once a byte arrived its pair's
-//! completions are at most one `io_uring_enter` away; the completion task enters the ring
+//! completions are at most one `io_uring_enter` away; the reaper enters the ring
 //! (`GETEVENTS`) until every notified pair has completed. A notification that never comes
 //! (the `send` failed) is caught by a periodic look at the completion queue
 //! (`SAFETY_NET_POLL`).
@@ -51,7 +51,7 @@ use crate::limits::BLOCK_SIZE;
 pub const RING_PAIRS_MAX: usize = 64;
 /// Submission queue entries: three per pair (write, fdatasync, notification).
 const RING_ENTRIES: u32 = 256;
-/// How often the completion task looks at the completion queue when no notification came
+/// How often the reaper looks at the completion queue when no notification came
 /// though pairs are in flight (a failed notification `send`; never seen).
 const SAFETY_NET_POLL: Duration = Duration::from_millis(20);
 /// Attempts at `io_uring_enter` for one submission when it fails transiently (EINTR, EAGAIN,
@@ -141,6 +141,10 @@ pub(crate) struct FlushRing {
     ring: RefCell<IoUring>,
     /// The end the kernel sends notifications to.
     notify_tx: std::os::unix::net::UnixStream,
+    /// The end the reaper reads (taken by the reaper while it runs).
+    notify_rx: RefCell<Option<glommio::net::UnixStream>>,
+    /// A reaper task runs (one at a time, only while pairs are in flight).
+    reaping: Cell<bool>,
     pairs: RefCell<HashMap<u64, InFlight>>,
     next_id: Cell<u64>,
     /// Pairs admitted (submitted or about to be), at most `RING_PAIRS_MAX`.
@@ -150,7 +154,6 @@ pub(crate) struct FlushRing {
     /// Pairs whose completions were all reaped.
     completed: Cell<u64>,
     slot_freed: crate::notify::Notify,
-    submitted: crate::notify::Notify,
 }
 
 impl std::fmt::Debug for FlushRing {
@@ -164,27 +167,26 @@ impl std::fmt::Debug for FlushRing {
 }
 
 thread_local! {
-    static RING: RefCell<Option<Rc<FlushRing>>> = const { RefCell::new(None) };
+    /// The current executor's ring while any log uses it (the logs hold it; this does not).
+    static RING: RefCell<Option<Weak<FlushRing>>> = const { RefCell::new(None) };
 }
 
 impl FlushRing {
-    /// The ring of the current glommio executor, created (with its completion task) on first
-    /// use. A thread that runs several executors one after another gets one ring each.
+    /// The ring of the current glommio executor, created on first use; it lives as long as a
+    /// log holds it. A thread that runs several executors one after another gets one ring each.
+    /// The reaper task runs only while pairs are in flight (`reap_until_idle`).
     pub(crate) fn current() -> io::Result<Rc<FlushRing>> {
         let executor_id = glommio::executor().id();
-        if let Some(ring) = RING.with(|r| r.borrow().clone()) {
-            if ring.executor_id == executor_id {
-                return Ok(ring);
-            }
+        let existing = RING.with(|r| r.borrow().as_ref().and_then(Weak::upgrade));
+        if let Some(ring) = existing.filter(|ring| ring.executor_id == executor_id) {
+            return Ok(ring);
         }
-        let (ring, rx) = FlushRing::new(executor_id)?;
-        let ring = Rc::new(ring);
-        glommio::spawn_local(complete_pairs(Rc::downgrade(&ring), rx)).detach();
-        RING.with(|r| *r.borrow_mut() = Some(ring.clone()));
+        let ring = Rc::new(FlushRing::new(executor_id)?);
+        RING.with(|r| *r.borrow_mut() = Some(Rc::downgrade(&ring)));
         Ok(ring)
     }
 
-    fn new(executor_id: usize) -> io::Result<(FlushRing, glommio::net::UnixStream)> {
+    fn new(executor_id: usize) -> io::Result<FlushRing> {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
         let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
         rx.set_nonblocking(true)?;
@@ -195,15 +197,16 @@ impl FlushRing {
             executor_id,
             ring: RefCell::new(ring),
             notify_tx: tx,
+            notify_rx: RefCell::new(Some(rx)),
+            reaping: Cell::new(false),
             pairs: RefCell::new(HashMap::with_capacity(RING_PAIRS_MAX)),
             next_id: Cell::new(0),
             admitted: Cell::new(0),
             notified: Cell::new(0),
             completed: Cell::new(0),
             slot_freed: crate::notify::Notify::default(),
-            submitted: crate::notify::Notify::default(),
         };
-        Ok((ring, rx))
+        Ok(ring)
     }
 
     /// Writes `buf` whole at `position` of `file` and, if `with_sync`, fdatasyncs `file` after
@@ -232,7 +235,9 @@ impl FlushRing {
             }
             return PairOutcome { write: Err(error), sync: None };
         }
-        self.submitted.notify_all();
+        if !self.reaping.replace(true) {
+            glommio::spawn_local(reap_until_idle(self.clone())).detach();
+        }
         PairDone { ring: self, id }.await
     }
 
@@ -440,41 +445,38 @@ impl Drop for PairDone<'_> {
     }
 }
 
-/// The completion task of a ring: waits for notification bytes, reaps completions, wakes the
-/// flushes. Ends when the ring is gone (its executor ended).
-async fn complete_pairs(ring: Weak<FlushRing>, mut rx: glommio::net::UnixStream) {
+/// The reaper: runs while pairs are in flight — waits for notification bytes, reaps
+/// completions, wakes the flushes — and ends when none is left unfinished, so that no task of
+/// the ring waits on IO while the executor is idle or shutting down (a task parked on a glommio
+/// source when its executor is dropped is leaked, with the executor's state it references).
+async fn reap_until_idle(ring: Rc<FlushRing>) {
     use futures_lite::AsyncReadExt;
+    let mut rx = ring.notify_rx.borrow_mut().take().expect("one reaper at a time");
     let mut bytes = [0u8; RING_PAIRS_MAX];
     loop {
-        let Some(current) = ring.upgrade() else { return };
-        let epoch = current.submitted.epoch();
-        let idle = current.pairs.borrow().is_empty();
-        drop(current);
-        if idle {
-            let Some(current) = ring.upgrade() else { return };
-            let wait = current.submitted.wait(epoch);
-            // Holding the ring while idle keeps it alive only as long as the executor runs.
-            wait.await;
-            continue;
+        if let Err(error) = settle(&ring) {
+            tracing::error!(%error, "flush ring enter failed");
+        }
+        let unfinished = ring.pairs.borrow().values().any(|p| p.outcome.is_none());
+        if !unfinished {
+            break;
         }
         let read = futures_lite::future::or(async { Some(rx.read(&mut bytes).await) }, async {
             glommio::timer::sleep(SAFETY_NET_POLL).await;
             None
         })
         .await;
-        let Some(current) = ring.upgrade() else { return };
         match read {
             Some(Ok(0)) | Some(Err(_)) => {
-                tracing::error!("flush ring notification socket closed; polling instead");
+                tracing::error!("flush ring notification socket failed; polling instead");
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-            Some(Ok(n)) => current.notified.set(current.notified.get() + n as u64),
+            Some(Ok(n)) => ring.notified.set(ring.notified.get() + n as u64),
             None => {}
         }
-        if let Err(error) = settle(&current) {
-            tracing::error!(%error, "flush ring enter failed");
-        }
     }
+    *ring.notify_rx.borrow_mut() = Some(rx);
+    ring.reaping.set(false);
 }
 
 /// Reaps until every notified pair's completions were reaped.
@@ -580,6 +582,14 @@ mod tests {
             }
             assert_eq!(ring.admitted.get(), 0, "every slot freed");
             assert!(ring.pairs.borrow().is_empty());
+            for _ in 0..1000 {
+                if !ring.reaping.get() {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(!ring.reaping.get(), "the reaper ends once no pair is in flight");
+            assert!(ring.notify_rx.borrow().is_some(), "and hands the socket back");
             let bytes = std::fs::read(path.join("f")).unwrap();
             for i in 0..count {
                 assert!(bytes[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].iter().all(|b| *b == i as u8));
