@@ -130,6 +130,15 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Notes the completion tagged `tag` (even: the write; odd: the fdatasync).
+    fn record(&mut self, tag: u64, result: i32) {
+        if tag & 1 == 0 {
+            self.write = Some(result);
+        } else {
+            self.sync = Some(result);
+        }
+    }
+
     fn finished(&self) -> bool {
         self.write.is_some() && (!self.with_sync || self.sync.is_some())
     }
@@ -344,11 +353,7 @@ impl FlushRing {
             let Some(pair) = pairs.get_mut(&id) else {
                 continue;
             };
-            if tag & 1 == 0 {
-                pair.write = Some(entry.result());
-            } else {
-                pair.sync = Some(entry.result());
-            }
+            pair.record(tag, entry.result());
             if !pair.finished() || pair.outcome.is_some() {
                 continue;
             }
@@ -500,11 +505,7 @@ impl Drop for FlushRing {
             for entry in ring.completion() {
                 let tag = entry.user_data();
                 if let Some(pair) = pairs.get_mut(&(tag >> 1)) {
-                    if tag & 1 == 0 {
-                        pair.write = Some(entry.result());
-                    } else {
-                        pair.sync = Some(entry.result());
-                    }
+                    pair.record(tag, entry.result());
                 }
             }
         }
@@ -531,7 +532,7 @@ mod tests {
         Rc::new(DirectFile::open(&dir.join("f")).await.expect("open"))
     }
 
-    fn block(_file: &DirectFile, fill: u8) -> Rc<FlushBuf> {
+    fn block(fill: u8) -> Rc<FlushBuf> {
         use bytes::BufMut;
         let mut chunk = crate::append_arena::aligned_chunk(BLOCK_SIZE);
         chunk.put_bytes(fill, BLOCK_SIZE);
@@ -565,7 +566,7 @@ mod tests {
             let tasks: Vec<_> = (0..count)
                 .map(|i| {
                     let (ring, file) = (ring.clone(), file.clone());
-                    let buf = block(&file, i as u8);
+                    let buf = block(i as u8);
                     glommio::spawn_local(async move {
                         let at = (i * BLOCK_SIZE) as u64;
                         ring.write_and_sync(&file, &buf, at, i % 3 != 0).await
@@ -605,13 +606,13 @@ mod tests {
             let file = open(&path).await;
             let ring = FlushRing::current().unwrap();
             // O_DIRECT refuses a position that is not block-aligned: EINVAL from the kernel.
-            let outcome = ring.write_and_sync(&file, &block(&file, 1), 100, true).await;
+            let outcome = ring.write_and_sync(&file, &block(1), 100, true).await;
             let error = outcome.write.unwrap_err();
             assert_eq!(error.raw_os_error(), Some(libc::EINVAL), "{error}");
             // The linked fdatasync ran anyway (hard link): the pair ended with its notification.
             assert!(outcome.sync.is_some());
             // The ring keeps working.
-            let outcome = ring.write_and_sync(&file, &block(&file, 2), 0, true).await;
+            let outcome = ring.write_and_sync(&file, &block(2), 0, true).await;
             outcome.write.unwrap();
             outcome.sync.unwrap().unwrap();
             assert_eq!(ring.admitted.get(), 0);
@@ -626,7 +627,7 @@ mod tests {
             let file = open(&path).await;
             let ring = FlushRing::current().unwrap();
             for round in 0..20u8 {
-                let buf = block(&file, round);
+                let buf = block(round);
                 let weak = Rc::downgrade(&buf);
                 let pending = ring.write_and_sync(&file, &buf, 0, true);
                 // Polled once (submitted), then dropped: the task that waited is gone.
@@ -637,7 +638,7 @@ mod tests {
                 drop(buf);
                 assert!(weak.upgrade().is_some(), "the ring's table holds the buffer in flight");
                 // The next pair completes and the abandoned one is freed on its own.
-                let outcome = ring.write_and_sync(&file, &block(&file, 9), 0, true).await;
+                let outcome = ring.write_and_sync(&file, &block(9), 0, true).await;
                 outcome.write.unwrap();
                 while ring.admitted.get() > 0 {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -662,8 +663,7 @@ mod tests {
                     .run(async move {
                         let file = open(&path).await;
                         let ring = FlushRing::current().unwrap();
-                        let outcome =
-                            ring.write_and_sync(&file, &block(&file, round), 0, true).await;
+                        let outcome = ring.write_and_sync(&file, &block(round), 0, true).await;
                         outcome.write.unwrap();
                         outcome.sync.unwrap().unwrap();
                         ring.executor_id

@@ -265,7 +265,7 @@ fn cursor(inner: &Inner) -> Option<Cursor> {
     };
     let header = if cursor.header_written { 0 } else { BLOCK_SIZE as u64 };
     let end = cursor.position + header + first.bytes.len() as u64;
-    (end + padding_len(end, BLOCK_SIZE) as u64 <= segment.capacity).then_some(cursor)
+    fits_segment(end, segment.capacity).then_some(cursor)
 }
 
 /// Seals the active segment (index persisted) and renames the spare into place as the new
@@ -402,6 +402,11 @@ impl Flush {
     }
 }
 
+/// Whether batches ending at `end`, with the padding after them, fit a segment of `capacity`.
+fn fits_segment(end: u64, capacity: u64) -> bool {
+    end + padding_len(end, BLOCK_SIZE) as u64 <= capacity
+}
+
 /// File position of each of `batches` written back to back from `start + header_len`.
 fn positions(start: u64, header_len: usize, batches: &[Pending]) -> Vec<u64> {
     let mut at = start + header_len as u64;
@@ -425,7 +430,7 @@ fn take_batches(st: &mut State, config: &LogConfig, base: u64, capacity: u64) ->
     for pending in st.queue.iter() {
         let len = pending.bytes.len() as u64;
         let end = base + total + len;
-        let fits_segment = end + padding_len(end, BLOCK_SIZE) as u64 <= capacity;
+        let fits_segment = fits_segment(end, capacity);
         let fits_flush = total + len <= config.flush_bytes_max as u64;
         if !(fits_segment && (fits_flush || count == 0)) {
             break;
@@ -509,7 +514,7 @@ fn whole_run_fits(st: &State, base: u64, capacity: u64, header: bool) -> Option<
         return None;
     }
     let end = base + run.bytes as u64;
-    (end + padding_len(end, BLOCK_SIZE) as u64 <= capacity).then_some(run.batches)
+    fits_segment(end, capacity).then_some(run.batches)
 }
 
 /// What one flush's IO task needs: the buffer and where it goes.

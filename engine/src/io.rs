@@ -149,18 +149,10 @@ impl DirectFile {
 
     /// A page-aligned buffer of `len` bytes (a multiple of `BLOCK_SIZE`), zero-filled.
     pub(crate) fn alloc(&self, len: usize) -> DmaBuffer {
-        let mut buf = self.alloc_for_overwrite(len);
+        assert!(len % BLOCK_SIZE == 0 && len > 0);
+        let mut buf = self.file.alloc_dma_buffer(len);
         buf.as_bytes_mut().fill(0);
         buf
-    }
-
-    /// A page-aligned buffer of `len` bytes (a multiple of `BLOCK_SIZE`) whose contents are
-    /// unspecified (stale bytes of an earlier IO): the caller must overwrite every byte before
-    /// writing it. The flush path does (header block, batches, explicit padding), which saves
-    /// zero-filling up to `flush_bytes_max` per flush.
-    pub(crate) fn alloc_for_overwrite(&self, len: usize) -> DmaBuffer {
-        assert!(len % BLOCK_SIZE == 0 && len > 0);
-        self.file.alloc_dma_buffer(len)
     }
 
     /// Writes the whole buffer at `position`; a short write is an error.
