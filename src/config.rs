@@ -209,9 +209,10 @@ pub struct StorageSection {
 #[serde(rename_all = "snake_case")]
 pub enum RecoveryModeName {
     /// Refuse to open a log with corruption in its middle.
-    #[default]
     Strict,
-    /// Truncate at the first corrupt batch; Raft repairs the range from the leader.
+    /// Truncate at the first corrupt batch; the replica is damaged (neither votes nor counts
+    /// toward a quorum) until the leader has repaired the range. The node's default.
+    #[default]
     TruncateAtCorruption,
 }
 
@@ -560,7 +561,7 @@ impl Default for StorageSection {
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT as u64,
             retention_bytes_max: None,
             retention_age_max_secs: None,
-            recovery_mode: RecoveryModeName::Strict,
+            recovery_mode: RecoveryModeName::TruncateAtCorruption,
             flushes_in_flight_max: engine.flushes_in_flight_max as u64,
             recycle_segments: engine.recycle_segments,
         }

@@ -298,9 +298,11 @@ pub static KEYS: &[KeySpec] = &[
     key(
         "storage.recovery_mode",
         "string: `strict`, `truncate_at_corruption`",
-        "Corruption in the middle of a log at start: `strict` refuses to open it (naming \
-         segment and position), `truncate_at_corruption` cuts the log there and lets Raft \
-         repair the range from the leader.",
+        "Corruption in the middle of a log at start: `truncate_at_corruption` cuts the log \
+         there; the replica is then damaged (it neither votes nor counts toward a quorum) until \
+         the leader has repaired the range. `strict` refuses to start instead (naming segment \
+         and position), for an operator who wants to look first. A torn or rotted tail always \
+         makes the replica damaged (docs/format.md#recovery-outcomes).",
     ),
     num(
         "storage.flushes_in_flight_max",

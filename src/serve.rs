@@ -19,7 +19,10 @@
 //! on its own.
 //!
 //! Exit status: [`EXIT_CLEAN`] (0) after a stop, [`EXIT_START_FAILED`] (1) when the node did
-//! not start (or did not stop cleanly), [`EXIT_FATAL_STORAGE`] (2) after a fatal storage error.
+//! not start (or did not stop cleanly), [`EXIT_FATAL_STORAGE`] (2) after a fatal storage error,
+//! [`EXIT_PANIC`] (3) after a panic in any thread (a broken invariant): the panic is printed
+//! and logged and the process ends at once, so that no half-alive node keeps its ports and its
+//! supervisor (`Restart=on-failure`) restarts it; recovery then runs as after a crash.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +44,8 @@ pub const EXIT_CLEAN: u8 = 0;
 pub const EXIT_START_FAILED: u8 = 1;
 /// Exit status after a fatal storage error stopped the node.
 pub const EXIT_FATAL_STORAGE: u8 = 2;
+/// Exit status after a panic anywhere in the process.
+pub const EXIT_PANIC: u8 = 3;
 
 /// Arguments of `ringlog serve`.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +76,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     if let Err(reason) = init_logging(&config.log) {
         return start_failed(&reason);
     }
+    exit_on_panic();
     // The node logs the plaintext warning itself at start (also when embedded).
     for warning in loaded.warnings.iter().filter(|w| **w != ConfigWarning::Plaintext) {
         tracing::warn!("config: {warning}");
@@ -135,6 +141,19 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             ExitCode::from(EXIT_FATAL_STORAGE)
         }
     }
+}
+
+/// A panic in any thread (a shard's Raft assertion, say) ends the process with
+/// [`EXIT_PANIC`] after the default hook printed it: a shard thread that died alone would
+/// leave a node that answers nothing but holds its ports, which no supervisor restarts.
+fn exit_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        tracing::error!(%thread, panic = %info, "panic: the node exits (recovery runs at the next start)");
+        std::process::exit(i32::from(EXIT_PANIC));
+    }));
 }
 
 /// Handles signals until the node stopped; returns how it ended and whether every requested

@@ -2,7 +2,10 @@
 //!
 //! `store` writes the slot not holding the newest state, with a higher generation, and
 //! fdatasyncs it before returning; `load` takes the valid slot with the highest generation.
-//! A torn write damages at most the slot being written, so the previous state survives.
+//! A torn write damages at most the slot being written, so the previous state survives —
+//! but a flipped bit in the newest slot looks the same and rolls the state back, so a damaged
+//! slot is reported (`slot_damaged_at_open`) for the caller to treat as a lost hard state.
+//! `open` fdatasyncs the file before returning, so what it loaded is durable.
 //!
 //! Invariants: the newest valid slot is the last state `store` returned Ok for (or a later
 //! one whose store was interrupted); a failed write or fdatasync latches the store.
@@ -62,6 +65,8 @@ pub struct HardStateStore {
     faults: Arc<FaultInjector>,
     generation: Cell<u64>,
     failed: RefCell<Option<String>>,
+    /// One slot was damaged when the store was opened (see `slot_damaged_at_open`).
+    slot_damaged_at_open: bool,
 }
 
 fn slot_crc(block: &[u8]) -> u32 {
@@ -164,19 +169,38 @@ impl HardStateStore {
             let data_dir = DataDir::open(dir).await.map_err(io)?;
             data_dir.sync(&faults).await.map_err(io)?;
         }
-        let store = HardStateStore {
+        let mut store = HardStateStore {
             file,
             path,
             faults,
             generation: Cell::new(0),
             failed: RefCell::new(None),
+            slot_damaged_at_open: false,
         };
-        let loaded = store.read_slots().await?;
+        let (loaded, damaged) = store.read_slots().await?;
         store.generation.set(loaded.map_or(0, |(generation, _)| generation));
+        store.slot_damaged_at_open = damaged > 0;
+        // What is loaded must be durable before anything depends on it: a store whose
+        // fdatasync failed or never ran may be readable now and gone after a power loss.
+        store
+            .file
+            .sync(&store.faults)
+            .await
+            .map_err(|source| HardStateError::Io { path: store.path.clone(), source })?;
         Ok(store)
     }
 
-    async fn read_slots(&self) -> Result<Option<(u64, HardState)>, HardStateError> {
+    /// Whether one slot was damaged (neither zero nor valid) when the store was opened. The
+    /// other slot's state was loaded, but it may be older than a state this replica already
+    /// acted on: a torn store of the newest slot (never acted on) and a flipped bit in it
+    /// (acted on: a vote was sent) look alike. A replicated log must treat this as a lost
+    /// hard state (docs/format.md#recovery-outcomes).
+    pub fn slot_damaged_at_open(&self) -> bool {
+        self.slot_damaged_at_open
+    }
+
+    /// The newest valid slot, and how many slots are damaged.
+    async fn read_slots(&self) -> Result<(Option<(u64, HardState)>, usize), HardStateError> {
         let bytes = self
             .file
             .read_at(0, SLOT_COUNT * BLOCK_SIZE)
@@ -188,17 +212,18 @@ impl HardStateStore {
         let slots = [slot(0), slot(1)];
         let damaged = slots.iter().filter(|s| s.is_err()).count();
         let chosen = choose(slots);
-        // One torn write damages one slot (a first store that tore leaves one damaged slot and
-        // one zero slot: nothing was ever durable). Two damaged slots are not a torn write.
+        // One torn write damages one slot; so does one flipped bit (`slot_damaged_at_open`
+        // tells the caller). Two damaged slots are not a torn write.
         if damaged == SLOT_COUNT {
             return Err(HardStateError::Corrupt { path: self.path.clone() });
         }
-        Ok(chosen)
+        Ok((chosen, damaged))
     }
 
-    /// The newest durable hard state (default: term 0, no vote).
+    /// The newest durable hard state (default: term 0, no vote). With a damaged slot it is
+    /// the other slot's state, which may be older than one acted on (`slot_damaged_at_open`).
     pub async fn load(&self) -> Result<HardState, HardStateError> {
-        Ok(self.read_slots().await?.map(|(_, state)| state).unwrap_or_default())
+        Ok(self.read_slots().await?.0.map(|(_, state)| state).unwrap_or_default())
     }
 
     /// Writes `(term, vote)` and fdatasyncs it; durable when this returns Ok.

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
@@ -37,6 +37,9 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 pub struct FaultInjector {
     writes_to_fail: AtomicU32,
     syncs_to_fail: AtomicU32,
+    /// fdatasyncs made through `DirectFile::sync` (recovery, hard state, index and spare files;
+    /// not the flush ring's linked ones), a count tests read.
+    file_syncs: AtomicU64,
 }
 
 impl FaultInjector {
@@ -48,6 +51,12 @@ impl FaultInjector {
     /// The next `count` fdatasyncs fail with EIO.
     pub fn fail_syncs(&self, count: u32) {
         self.syncs_to_fail.store(count, Ordering::Relaxed);
+    }
+
+    /// How many `DirectFile::sync` fdatasyncs were made (failed ones included): tests of the
+    /// rule that recovery syncs what it accepts.
+    pub fn file_syncs(&self) -> u64 {
+        self.file_syncs.load(Ordering::Relaxed)
     }
 
     fn take(counter: &AtomicU32) -> bool {
@@ -202,6 +211,7 @@ impl DirectFile {
 
     /// fdatasync.
     pub(crate) async fn sync(&self, faults: &FaultInjector) -> io::Result<()> {
+        faults.file_syncs.fetch_add(1, Ordering::Relaxed);
         if FaultInjector::take(&faults.syncs_to_fail) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -297,21 +307,39 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
 }
 
 /// Creates `path` and its missing parents, each with exactly `DATA_DIR_MODE` whatever the
-/// umask (`Log::open` then syncs the parent). Existing directories keep their mode.
+/// umask, and returns the directories it created, outermost first (the caller makes each
+/// one's name durable by syncing its parent: `Log::open`, `create_dir_all_durable`).
 /// Recursion is bounded by the number of components of `path`.
-pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_all(path: &Path) -> io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dir_all(parent)?;
-    }
+    let mut created = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => create_dir_all(parent)?,
+        None => Vec::new(),
+    };
     match std::fs::DirBuilder::new().mode(DATA_DIR_MODE).create(path) {
-        Ok(()) => set_mode(path, DATA_DIR_MODE),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Ok(()) => {
+            set_mode(path, DATA_DIR_MODE)?;
+            created.push(path.to_path_buf());
+            Ok(created)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(created),
         Err(e) => Err(e),
     }
+}
+
+/// `create_dir_all` for code outside the engine's executor (std::fs, blocking): every
+/// directory it creates has its name made durable (its parent fsynced) before it returns,
+/// so a crash cannot take back a directory anything was written into.
+pub fn create_dir_all_durable(path: &Path) -> io::Result<()> {
+    for dir in create_dir_all(path)? {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// A directory whose entries are made durable by `sync`.

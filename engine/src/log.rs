@@ -313,11 +313,11 @@ impl Log {
     ) -> Result<(Log, RecoveryReport), OpenError> {
         config.validate()?;
         let path = dir.as_ref().to_path_buf();
-        let created = !path.exists();
-        crate::io::create_dir_all(&path)
+        let created = crate::io::create_dir_all(&path)
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
-        if let (true, Some(parent)) = (created, path.parent()) {
-            // The data dir's own name must be durable before anything is acknowledged in it.
+        // Every created directory's name must be durable before anything is acknowledged in
+        // it: the parent of each one, not only the log's own parent, is synced.
+        for parent in created.iter().filter_map(|dir| dir.parent()) {
             let parent_dir = DataDir::open(parent)
                 .await
                 .map_err(|source| OpenError::Io { path: parent.to_path_buf(), source })?;

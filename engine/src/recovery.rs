@@ -3,8 +3,8 @@
 //! Sealed segments are trusted through their persisted index (rescanned only if the index is
 //! missing or damaged); only the tail segment is scanned and checksummed. The tail is cut at
 //! the first invalid item: if nothing valid lies further than one flush can reach
-//! (`LogConfig::torn_reach_bytes`), the damage is a torn last flush — never acknowledged —
-//! and is zeroed (reported as `torn_bytes_dropped`). Anything else is `Corruption`, unless the
+//! (`LogConfig::torn_reach_bytes`), the damage may be a torn last flush and is zeroed
+//! (reported as `torn_bytes_dropped` and `tail_dropped`). Anything else is `Corruption`, unless the
 //! caller asked for `RecoveryMode::TruncateAtCorruption`.
 //!
 //! Recycled segments (header flag `SEGMENT_FLAG_RECYCLED`, docs/format.md#recycled-segments)
@@ -27,15 +27,25 @@
 //!   flushes in flight may leave, which the next open's window covers again. The bytes zeroed
 //!   are reported as `recycled_bytes_zeroed`, not as `torn_bytes_dropped`.
 //!
+//! Whether recovery may have dropped acknowledged data is reported, never decided here:
+//! `RecoveryReport::lost_possibly_acknowledged` is true whenever bytes past the tail's last
+//! valid batch could have been this log's own (a torn last flush and rot in an acknowledged
+//! one look alike) or a corruption cut was made. The table of outcomes is
+//! docs/format.md#recovery-outcomes; the replicated node marks such a replica damaged.
+//!
 //! Invariants: recovery reads O(tail segment + index files) bytes; every write it makes is
-//! fdatasynced and every name change directory-synced before `Log::open` returns.
+//! fdatasynced and every name change directory-synced before `Log::open` returns; the tail
+//! segment is fdatasynced even when nothing was repaired, so that every batch the log reports
+//! durable after an open is on stable storage.
 
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use crate::batch::{padding_len, peek_header, write_padding, BatchHeader, BATCH_MAGIC};
+use crate::batch::{
+    padding_len, peek_header, write_padding, BatchHeader, BATCH_HEADER_SIZE, BATCH_MAGIC,
+};
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::io::{DataDir, DirectFile, FaultInjector, OpenFileError};
 use crate::limits::{block_ceil, block_floor, LogConfig, RecoveryMode, BLOCK_SIZE, IO_CHUNK_BYTES};
@@ -59,8 +69,13 @@ pub struct RecoveryReport {
     pub sealed_rescanned: usize,
     /// Bytes of the tail segment read and checksummed.
     pub tail_bytes_scanned: u64,
-    /// Bytes of a torn (never acknowledged) last flush that were zeroed.
+    /// Bytes past the last valid batch of the tail that were zeroed: a torn last flush, or
+    /// rot in the last flushes — one node cannot tell which (docs/format.md#recovery-outcomes).
     pub torn_bytes_dropped: u64,
+    /// Recovery dropped bytes of the tail that could have held batches of this log (a torn
+    /// or rotted last flush; stale bytes of a recycled file do not count). The log alone
+    /// cannot know whether they were ever acknowledged: see `lost_possibly_acknowledged`.
+    pub tail_dropped: bool,
     /// With `RecoveryMode::TruncateAtCorruption`: where the log was cut.
     pub truncated_at: Option<Corruption>,
     /// Bytes dropped by that cut (from the corrupt batch to the old end of the log).
@@ -71,6 +86,16 @@ pub struct RecoveryReport {
     pub spare_ready: bool,
     /// Bytes zeroed past the end of a recycled tail segment (stale or torn, see module doc).
     pub recycled_bytes_zeroed: u64,
+}
+
+impl RecoveryReport {
+    /// Whether recovery dropped anything that may have been acknowledged: a cut tail
+    /// (`tail_dropped`) or a corruption cut (`truncated_at`). A replicated log must then
+    /// treat the replica as damaged for what it dropped (docs/format.md#recovery-outcomes):
+    /// a torn write of the last flushes and rot in acknowledged data look the same here.
+    pub fn lost_possibly_acknowledged(&self) -> bool {
+        self.tail_dropped || self.truncated_at.is_some()
+    }
 }
 
 pub(crate) struct Recovered {
@@ -173,9 +198,10 @@ pub(crate) async fn recover(
                 segments.push(segment);
             }
             Scanned::Clean(segment) => segments.push(segment),
-            Scanned::Damaged { segment, damage, end, dirty_end, scanned } => {
+            Scanned::Damaged { segment, damage, end, dirty_end, scanned, own_dropped } => {
                 report.tail_bytes_scanned += scanned;
                 let torn = is_last && damage.is_none();
+                report.tail_dropped |= own_dropped;
                 if !torn && config.recovery_mode == RecoveryMode::Strict {
                     return Err(OpenError::Corruption(damage.unwrap_or_else(|| Corruption {
                         segment: dir.join(&segment.name),
@@ -226,6 +252,10 @@ pub(crate) async fn recover(
             // The active tail gets no index file until it is sealed.
             dir.remove(&index_name(&last.name)).map_err(dir_err())?;
         }
+        // What recovery accepts is durable before the log reports it durable: a write whose
+        // fdatasync failed (the process then exited) or never ran (killed in between) may
+        // sit in the device's volatile cache, readable now and gone after a power loss.
+        last.file.sync(faults).await.map_err(io_error(dir.join(&last.name)))?;
     }
     dir.sync(faults).await.map_err(dir_err())?;
     report.segments = segments.len();
@@ -401,12 +431,16 @@ enum Scanned {
     Clean(Segment),
     /// The segment stops at an invalid item or unwritten gap. `damage` is `None` when the
     /// damage is explained by a torn last flush; `dirty_end` bounds the bytes to zero.
+    /// `own_dropped`: bytes past `end` may be this log's own data (anything non-zero in a
+    /// fresh file; in a recycled one, a batch header of this segment's own index range or a
+    /// damaged segment header) — never only stale bytes of a recycled file's earlier life.
     Damaged {
         segment: Segment,
         damage: Option<Corruption>,
         end: u64,
         dirty_end: DirtyEnd,
         scanned: u64,
+        own_dropped: bool,
     },
 }
 
@@ -472,6 +506,7 @@ async fn scan(
             return Err(corrupt(0, CorruptionKind::Discontinuity { detail }).into());
         }
     }
+    let mut header_damaged = false;
     let header_ok = match decode_header(&header_block) {
         HeaderState::Valid(meta) => {
             let matches = meta.base_offset == base_offset
@@ -485,6 +520,7 @@ async fn scan(
                 segment.last_crc = meta.prev_crc;
                 segment.recycled = meta.recycled;
             }
+            header_damaged = !matches;
             matches
         }
         // Renamed into place by a roll, no flush landed: an empty recycled segment (its
@@ -495,7 +531,11 @@ async fn scan(
             }
             false
         }
-        HeaderState::Zero | HeaderState::Invalid => false,
+        HeaderState::Zero => false,
+        HeaderState::Invalid => {
+            header_damaged = true;
+            false
+        }
     };
     if !header_ok && prev.is_none() && base_index != LogIndex(1) {
         // The first segment of a log that does not start at index 1 was created by a reset,
@@ -568,10 +608,22 @@ async fn scan(
     segment.write_position = block_ceil(position);
     let end = position;
     let probe = Probe { end, capacity, base_index, recycled: segment.recycled.is_some() };
-    let (dirty_end, valid_beyond) =
-        probe_beyond(&mut reader, &probe, config).await.map_err(io_error(path.clone()))?;
+    let beyond = probe_beyond(&mut reader, &probe, config).await.map_err(io_error(path.clone()))?;
+    let Beyond { dirty_end, valid_beyond, own_in_window } = beyond;
     let scanned = capacity;
     let is_last = next_base.is_none();
+    // Could the bytes past `end` be this log's own (possibly acknowledged) data? In a fresh
+    // file anything non-zero is; in a recycled one only what is not provably stale.
+    let own_dropped = if segment.recycled.is_some() {
+        let own_at_end = header_ok && {
+            let at_end =
+                reader.bytes(end, BATCH_HEADER_SIZE).await.map_err(io_error(path.clone()))?;
+            peek_header(at_end, config.batch_size_max).is_ok_and(|h| h.index() >= base_index)
+        };
+        header_damaged || own_at_end || own_in_window || valid_beyond.is_some()
+    } else {
+        header_damaged || dirty_end.all > end || valid_beyond.is_some()
+    };
     if is_last {
         // In a recycled tail the stop item may be a stale one: the tail is clean when the torn
         // window past `end` is all zeros (then the stop item was zeros too).
@@ -587,17 +639,21 @@ async fn scan(
             });
             corrupt(end, kind)
         });
-        return Ok(Scanned::Damaged { segment, damage, end, dirty_end, scanned });
+        return Ok(Scanned::Damaged { segment, damage, end, dirty_end, scanned, own_dropped });
     }
     // A sealed segment: every flush into it completed, so any damage is corruption, and it
     // must reach the next segment's first index.
     let complete = next_base == Some(segment.next_index);
+    // A short or corrupt sealed segment always dropped acknowledged data.
+    let own_dropped = true;
     match stop {
         None if complete => Ok(Scanned::Clean(segment)),
-        None => Ok(Scanned::Damaged { segment, damage: None, end, dirty_end, scanned }),
+        None => {
+            Ok(Scanned::Damaged { segment, damage: None, end, dirty_end, scanned, own_dropped })
+        }
         Some(kind) => {
             let damage = Some(corrupt(end, kind));
-            Ok(Scanned::Damaged { segment, damage, end, dirty_end, scanned })
+            Ok(Scanned::Damaged { segment, damage, end, dirty_end, scanned, own_dropped })
         }
     }
 }
@@ -644,21 +700,31 @@ struct Probe {
     recycled: bool,
 }
 
-/// From `end` to the segment's end: where the non-zero bytes end (`DirtyEnd`), and the
-/// distance from `end`'s block to the first block-aligned valid batch header of this segment
-/// (index `>= base_index`: stale batches of a recycled file are not data) further than the
-/// flushes in flight can reach.
+/// What lies past the end of a segment's valid data.
+struct Beyond {
+    dirty_end: DirtyEnd,
+    /// Distance from `end`'s block to the first block-aligned valid batch header of this
+    /// segment further than the flushes in flight can reach (corruption, not a torn flush).
+    valid_beyond: Option<u64>,
+    /// A block-aligned valid batch header of this segment within that reach (past `end`).
+    own_in_window: bool,
+}
+
+/// From `end` to the segment's end: where the non-zero bytes end (`DirtyEnd`), and where
+/// block-aligned valid batch headers of this segment (index `>= base_index`: stale batches
+/// of a recycled file are not data) lie: within the flushes' reach, or further.
 async fn probe_beyond(
     reader: &mut SegmentReader,
     probe: &Probe,
     config: &LogConfig,
-) -> std::io::Result<(DirtyEnd, Option<u64>)> {
+) -> std::io::Result<Beyond> {
     let Probe { end, capacity, base_index, recycled } = *probe;
     let reach = block_floor(end) + config.torn_reach_bytes();
     let window_end = reach.min(capacity);
     let mut dirty_end = end;
     let mut window_dirty_end = end;
     let mut valid_beyond = None;
+    let mut own_in_window = false;
     let mut chunk_start = end;
     while chunk_start < capacity {
         let len = (IO_CHUNK_BYTES as u64).min(capacity - chunk_start) as usize;
@@ -676,7 +742,9 @@ async fn probe_beyond(
             }
         }
         if valid_beyond.is_none() {
-            let mut block = block_ceil(chunk_start).max(reach);
+            // Blocks strictly past `end` (the item at `end` itself is the scan's stop item).
+            let first = block_ceil(chunk_start.max(end + 1));
+            let mut block = if own_in_window { first.max(reach) } else { first };
             while block + 4 <= chunk_start + bytes.len() as u64 {
                 let at = (block - chunk_start) as usize;
                 let magic =
@@ -684,6 +752,11 @@ async fn probe_beyond(
                 let ours = magic == BATCH_MAGIC
                     && peek_header(&bytes[at..], config.batch_size_max)
                         .is_ok_and(|header| header.index() >= base_index);
+                if ours && block < reach {
+                    own_in_window = true;
+                    block = block.max(reach);
+                    continue;
+                }
                 if ours {
                     valid_beyond = Some(block - block_floor(end));
                     break;
@@ -695,7 +768,7 @@ async fn probe_beyond(
         chunk_start += advanced;
     }
     let torn = if recycled { window_dirty_end } else { dirty_end };
-    Ok((DirtyEnd { all: dirty_end, torn }, valid_beyond))
+    Ok(Beyond { dirty_end: DirtyEnd { all: dirty_end, torn }, valid_beyond, own_in_window })
 }
 
 /// Cuts the segment where the scan stopped (`end`, after the last valid batch or padding):

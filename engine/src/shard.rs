@@ -271,7 +271,7 @@ impl Engine {
                  process holds CAP_IPC_LOCK (an unprivileged user would be refused)"
             );
         }
-        crate::io::create_dir_all(&config.data_dir)
+        crate::io::create_dir_all_durable(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let cpus = available_cpus();
         let mut senders = Vec::with_capacity(config.shards);

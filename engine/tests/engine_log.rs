@@ -593,8 +593,32 @@ fn hard_state_survives_reopen_and_a_torn_slot() {
         std::fs::write(&file, &bytes).unwrap();
         let store = HardStateStore::open(&path).await.unwrap();
         assert_eq!(store.load().await.unwrap(), HardState { term: Term(3), vote: Some(NodeId(2)) });
+        // A torn newest slot and a flipped bit in it look alike: the caller is told.
+        assert!(store.slot_damaged_at_open(), "a damaged slot must be reported");
         store.store(Term(5), Some(NodeId(1))).await.unwrap();
         assert_eq!(store.load().await.unwrap().term, Term(5));
+        drop(store);
+        // The store rewrote the damaged slot: both slots valid again.
+        let store = HardStateStore::open(&path).await.unwrap();
+        assert!(!store.slot_damaged_at_open());
+        assert_eq!(store.load().await.unwrap(), HardState { term: Term(5), vote: Some(NodeId(1)) });
+    });
+}
+
+#[test]
+fn hard_state_open_fdatasyncs_what_it_loads() {
+    // Issue 13 item 7: a store whose fdatasync failed or never ran is readable after a
+    // restart; it must be durable before the replica acts on it.
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let store = HardStateStore::open(&path).await.unwrap();
+        store.store(Term(3), Some(NodeId(2))).await.unwrap();
+        drop(store);
+        let faults = std::sync::Arc::new(ringlog_engine::FaultInjector::default());
+        let store = HardStateStore::open_with_faults(&path, faults.clone()).await.unwrap();
+        assert_eq!(faults.file_syncs(), 1, "the loaded hard state was not fdatasynced");
+        assert_eq!(store.load().await.unwrap(), HardState { term: Term(3), vote: Some(NodeId(2)) });
     });
 }
 

@@ -47,6 +47,9 @@ async fn expect_torn(path: &Path, last: u64, dropped: u64, batches: &[Bytes]) {
     assert_eq!(log.last_index(), LogIndex(last), "{report:?}");
     assert_eq!(report.torn_bytes_dropped, dropped, "{report:?}");
     assert_eq!(report.truncated_at, None);
+    // A torn tail and rot in acknowledged batches look alike: reported as a possible loss.
+    assert_eq!(report.tail_dropped, dropped > 0, "{report:?}");
+    assert_eq!(report.lost_possibly_acknowledged(), dropped > 0, "{report:?}");
     let all = log.read_entries(LogIndex(1), LogIndex(last), 1 << 30).await.unwrap();
     assert_eq!(all.len() as u64, last);
     for (got, want) in all.iter().zip(batches) {
@@ -58,6 +61,7 @@ async fn expect_torn(path: &Path, last: u64, dropped: u64, batches: &[Bytes]) {
     log.close().await.unwrap();
     let (log, report) = Log::open(path, small_config()).await.unwrap();
     assert_eq!(report.torn_bytes_dropped, 0, "the repair is durable: {report:?}");
+    assert!(!report.lost_possibly_acknowledged(), "a clean reopen loses nothing: {report:?}");
     assert_eq!(log.last_index(), LogIndex(last + 1));
     log.close().await.unwrap();
 }
@@ -112,6 +116,47 @@ fn recovery_drops_a_last_batch_with_a_flipped_bit() {
         // cut; the padding's zeros were zeros already).
         let dropped = batches.last().unwrap().len() as u64 + 16;
         expect_torn(&path, BATCHES - 1, dropped, &batches).await;
+    });
+}
+
+#[test]
+fn recovery_reports_a_flipped_bit_half_a_flush_before_the_tail_as_a_possible_loss() {
+    // Issue 13: a flip in an acknowledged batch within the torn reach of the tail was taken
+    // for a torn write and zeroed silently; the replica then came back undamaged and short.
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        let config = small_config();
+        let flipped = BATCHES - 3;
+        assert!(4096 * 3 < config.torn_reach_bytes(), "the flip is within the torn reach");
+        flip_bit(&segment, position_of(flipped) + 200);
+        let (log, report) = Log::open(&path, config).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(flipped), "cut before the flipped batch");
+        assert!(report.tail_dropped && report.lost_possibly_acknowledged(), "{report:?}");
+        let kept = log.read_entries(LogIndex(1), LogIndex(flipped), 1 << 30).await.unwrap();
+        assert_eq!(kept[..], batches[..flipped as usize]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn recovery_fdatasyncs_the_tail_it_accepts_even_when_nothing_was_repaired() {
+    // Issue 13 item 7: a batch written but never fdatasynced (killed in between, or a failed
+    // fdatasync that ended the process) is readable after a restart; the log reports it
+    // durable only after recovery's own fdatasync.
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let _ = prepare(&path).await;
+        let faults = std::sync::Arc::new(ringlog_engine::FaultInjector::default());
+        let (log, report) =
+            Log::open_with_faults(&path, small_config(), faults.clone()).await.unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0, "{report:?}");
+        // Checked before the first await after the open: the preallocator has not run yet,
+        // so every sync counted is recovery's.
+        assert!(faults.file_syncs() >= 1, "the clean tail was not fdatasynced at open");
+        log.close().await.unwrap();
     });
 }
 
@@ -208,6 +253,7 @@ fn recovery_of_a_torn_first_flush_into_a_new_segment_keeps_the_previous_segment(
         write_at(&tail, 0, &[0x77; 100]);
         let (log, report) = Log::open(&path, small_config()).await.unwrap();
         assert!(report.torn_bytes_dropped > 0, "{report:?}");
+        assert!(report.lost_possibly_acknowledged(), "{report:?}");
         assert_eq!(log.last_index(), LogIndex(last.0 - 1), "the torn flush's batch is gone");
         log.append(request(1, 1, 10, 1)).unwrap().durable.await.unwrap();
         log.close().await.unwrap();
@@ -242,6 +288,7 @@ fn recovery_of_a_rolled_segment_that_never_got_its_first_write_keeps_working() {
         write_at(&path.join(names.last().unwrap()), 0, &vec![0u8; 1 << 20]);
         let (log, report) = Log::open(&path, small_config()).await.unwrap();
         assert_eq!(log.last_index(), LogIndex(first_in_tail.0 - 1), "{report:?}");
+        assert!(!report.lost_possibly_acknowledged(), "only zeros were there: {report:?}");
         while log.segment_count() < 3 {
             log.append(request(1, 2, 2000, 9)).unwrap().durable.await.unwrap();
         }

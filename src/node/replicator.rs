@@ -224,7 +224,7 @@ impl PartitionReplicator {
     ) -> Result<Rc<PartitionReplicator>, NodeStartError> {
         let config = shard.config.clone();
         let dir = config.data_dir.join(partition.0.to_string());
-        let fresh = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+        mark_damaged_if_empty(&dir).map_err(|e| start_error(partition, e))?;
         let log_config = config.to_log_config();
         let faults = storage_faults(&config.data_dir, partition).unwrap_or_default();
         let opened = Log::open_with_faults(&dir, log_config.clone(), faults.clone()).await;
@@ -235,8 +235,15 @@ impl PartitionReplicator {
             other => start_error(partition, other),
         })?;
         let (hard_state, loaded, hs_lost) = open_hard_state(&dir, partition, faults).await?;
-        let mut damaged = report_damage(&report) || meta::is_damaged(&dir) || hs_lost || fresh;
+        let mut damaged = report_damage(partition, &report) || meta::is_damaged(&dir) || hs_lost;
         let mut hs = HardState { term: loaded.term, vote: loaded.vote };
+        if hard_state.slot_damaged_at_open() {
+            // The newest slot may have held a vote this replica already sent (a flipped bit
+            // and a torn store look alike): never vote again in a term it may have voted in.
+            tracing::warn!(%partition, ?hs, "a hard-state slot is damaged: replica damaged");
+            damaged = true;
+            hs.vote = None;
+        }
         if hs.term < log.last_term() {
             // The hard state is older than the log: it was lost. Never vote again in a term
             // this replica may have voted in; repair from a leader.
@@ -1474,12 +1481,37 @@ fn promote_caught_up_learners(replica: &mut Replica) {
     }
 }
 
-fn report_damage(report: &RecoveryReport) -> bool {
+/// Whether recovery dropped anything this replica may have acknowledged (a torn or rotted
+/// tail, a corruption cut): the replica is then damaged (docs/format.md#recovery-outcomes).
+fn report_damage(partition: PartitionId, report: &RecoveryReport) -> bool {
     if let Some(cut) = &report.truncated_at {
-        tracing::warn!(?cut, "log corruption cut at recovery: replica damaged");
-        return true;
+        tracing::warn!(%partition, ?cut, "log corruption cut at recovery: replica damaged");
     }
-    false
+    if report.tail_dropped {
+        tracing::warn!(
+            %partition, bytes = report.torn_bytes_dropped,
+            "recovery cut the log's tail (a torn write or rot in the last flushes: it may have \
+             been acknowledged): replica damaged"
+        );
+    }
+    report.lost_possibly_acknowledged()
+}
+
+/// A partition directory that is missing or empty is a wiped disk or a first start: it gets
+/// the durable damaged mark before anything else is created in it, so that a crash, EMFILE or
+/// ENOSPC later in this start cannot leave an undamaged, empty replica at term 0 behind. Only
+/// the new-cluster proof (core.rs) or a leader's repair clears it.
+fn mark_damaged_if_empty(dir: &Path) -> std::io::Result<()> {
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e),
+    };
+    if empty {
+        ringlog_engine::io::create_dir_all_durable(dir)?;
+        meta::mark_damaged(dir)?;
+    }
+    Ok(())
 }
 
 /// Opens the hard state; a corrupt file (both slots bad) is replaced and reported lost.

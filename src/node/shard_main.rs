@@ -172,6 +172,7 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
     let server = ClientServer::start(listener, shared.clone(), queue);
     let _ = ready.send(Ok(ShardReady { client, peer: core.peer_addr() }));
     tracing::info!(shard, %client, peer = %core.peer_addr(), "shard ready");
+    inject_panic(shard, queue);
     watch_fatal(shard, &core, exit, queue);
     serve_commands(&shared, &server, &receiver, queue).await;
     tracing::info!(shard, "shard stopped");
@@ -296,6 +297,26 @@ pub(crate) fn shard_addr(base: Option<SocketAddr>, shard: usize) -> SocketAddr {
     let mut addr = base.expect("a validated config has client and peer addresses");
     addr.set_port(addr.port() + shard as u16);
     addr
+}
+
+/// Fault injection for tests of the panic rule (`ringlog serve` ends the whole process on a
+/// panic in any thread): with `RINGLOG_FAULT_PANIC_SHARD_AFTER_MS=<ms>` in the environment,
+/// shard 0 panics that long after it is ready. Unset in production; read once per start.
+pub const PANIC_INJECTION_ENV: &str = "RINGLOG_FAULT_PANIC_SHARD_AFTER_MS";
+
+fn inject_panic(shard: usize, queue: TaskQueueHandle) {
+    let Some(after_ms) = std::env::var(PANIC_INJECTION_ENV).ok().and_then(|v| v.parse().ok())
+    else {
+        return;
+    };
+    if shard != 0 {
+        return;
+    }
+    tracing::warn!(after_ms, "{PANIC_INJECTION_ENV} is set: shard 0 will panic");
+    spawn(queue, async move {
+        glommio::timer::sleep(std::time::Duration::from_millis(after_ms)).await;
+        panic!("injected panic ({PANIC_INJECTION_ENV}={after_ms})");
+    });
 }
 
 /// Reports the core's fatal error (a latched storage failure) to the node, which stops.

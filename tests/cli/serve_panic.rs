@@ -1,0 +1,77 @@
+//! A panic in any thread of `ringlog serve` ends the process (issue 13: a Raft assertion that
+//! killed only its shard thread left a node that answered nothing but held its ports, so
+//! `Restart=on-failure` never fired).
+//!
+//! The panic is injected in shard 0 through `RINGLOG_FAULT_PANIC_SHARD_AFTER_MS` (read by the
+//! node at start, unset in production). Runs on the real disk under CARGO_TARGET_TMPDIR.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for the ready line, and then for the process to end after the panic.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// `serve`'s exit status after a panic (src/serve.rs `EXIT_PANIC`).
+const EXIT_PANIC: i32 = 3;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path) -> (std::path::PathBuf, u16) {
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let text = format!(
+        "node_id = 1\ncluster_id = 42\ndata_dir = \"{}\"\nshards = 2\nio_memory = 1048576\n\
+         partitions = 2\n[listen]\nmetrics = \"127.0.0.1:{metrics}\"\n\
+         [[peers]]\nid = 1\npeer = \"127.0.0.1:{peer}\"\nclient = \"127.0.0.1:{client}\"\n\
+         [storage]\nsegment_size = 1048576\nflush_bytes_max = 262144\nbatch_size_max = 65536\n\
+         [log]\nlevel = \"warn\"\n[tls]\nmode = \"plaintext\"\n",
+        dir.join("data").display()
+    );
+    let path = dir.join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, client)
+}
+
+#[test]
+fn a_panic_in_a_shard_thread_ends_the_serve_process_and_frees_its_ports() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (config, client_port) = write_config(tmp.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RINGLOG_FAULT_PANIC_SHARD_AFTER_MS", "500")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlog serve");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("ringlog: ready"), "no ready line: {ready:?}");
+    let deadline = Instant::now() + WAIT_MAX;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node was still running {WAIT_MAX:?} after its shard 0 panicked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(EXIT_PANIC), "exit status {status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains("injected panic"), "the panic was not printed; stderr:\n{stderr}");
+    // Every listener died with the process: shard 1's client port (never panicked) too.
+    for port in [client_port, client_port + 1] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts connections after the panic"
+        );
+    }
+}
