@@ -582,3 +582,183 @@ fn a_follower_behind_the_leaders_retention_restarts_its_log_at_the_leaders_start
     assert!(tail.is_ok_and(|n| n > 0), "the restarted log serves reads from its start");
     assert_eq!(more.len(), 5);
 }
+
+// ----- protocol-aware recovery (issue 13): what a restart dropped makes the replica damaged -----
+
+impl TestNode {
+    /// `start` that returns the start error instead of panicking.
+    fn try_start(config: NodeConfig, partitions: Vec<PartitionId>) -> Result<TestNode, String> {
+        let id = config.node_id;
+        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let spec = ExecutorSpec {
+            name: format!("test-node{id}"),
+            cpu: None,
+            io_memory_bytes: 512 * 1024,
+            spin: false,
+        };
+        let config = Arc::new(config);
+        let thread = spawn_executor(spec, move || async move {
+            let ctx = ShardContext { shard: 0, shards: 1, config, partitions };
+            match ShardCore::open(ctx).await {
+                Ok(core) => {
+                    let _ = ready_tx.send(Ok(()));
+                    command_loop(core, rx).await;
+                }
+                Err(e) => drop(ready_tx.send(Err(e.to_string()))),
+            }
+        })
+        .expect("executor");
+        match ready_rx.recv().expect("ready") {
+            Ok(()) => Ok(TestNode { commands: tx, thread: Some(thread) }),
+            Err(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
+        }
+    }
+
+    fn is_damaged(&self, p: PartitionId) -> bool {
+        self.call(move |core| async move { core.partition(p).expect("partition").is_damaged() })
+    }
+}
+
+/// `(position, length)` of every batch of a segment file, in order (walks batch headers and
+/// padding markers from block 1 until neither is found).
+fn batch_positions(segment: &std::path::Path) -> Vec<(u64, u64)> {
+    let bytes = std::fs::read(segment).expect("read segment");
+    let mut at = 4096usize;
+    let mut found = Vec::new();
+    while at < bytes.len() {
+        if let Ok(header) = ringlog_engine::batch::peek_header(&bytes[at..], 1 << 20) {
+            let len = header.length.get() as usize;
+            found.push((at as u64, len as u64));
+            at += len;
+        } else if let Ok(len) = ringlog_engine::batch::peek_padding(&bytes[at..], 1 << 20) {
+            at += len;
+        } else {
+            break;
+        }
+    }
+    found
+}
+
+/// The last segment file of partition 0 in a node's data dir.
+fn tail_segment(data_dir: &std::path::Path) -> PathBuf {
+    let dir = data_dir.join("0");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|n| n.ends_with(".seg") && !n.starts_with("spare") && !n.starts_with("reset"))
+        .collect();
+    names.sort();
+    dir.join(names.last().expect("a segment"))
+}
+
+fn flip_byte(path: &std::path::Path, position: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position).expect("read byte");
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, position).expect("write byte");
+    file.sync_all().expect("sync");
+}
+
+#[test]
+fn a_follower_whose_acknowledged_tail_batch_rotted_restarts_damaged_and_loses_nothing() {
+    // Issue 13 item 3: a flip in an acknowledged batch near a follower's tail was taken for a
+    // torn write; the follower came back undamaged and short, and with the old leader down
+    // its vote could elect a leader without those records.
+    let mut cluster = Cluster::start(3, 1);
+    let first = cluster.append_acked(P0, "rot", 40);
+    cluster.wait_identical(P0);
+    let leader = leader_of(&cluster.nodes, P0);
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    cluster.kill(leader);
+    let segment = tail_segment(&cluster.dirs[victim]);
+    let batches = batch_positions(&segment);
+    assert!(batches.len() >= 5, "the tail holds batches: {batches:?}");
+    let (at, len) = batches[batches.len() - 3];
+    flip_byte(&segment, at + len - 2);
+    cluster.restart(victim);
+    assert!(cluster.node(victim).is_damaged(P0), "a rotted acknowledged tail is damage");
+    cluster.restart(leader);
+    let second = cluster.append_acked(P0, "after", 10);
+    wait_until("the rotted follower is repaired", || !cluster.node(victim).is_damaged(P0));
+    cluster.wait_identical(P0);
+    for i in 0..3 {
+        let read = cluster.node(i).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+        assert_eq!(read, [first.clone(), second.clone()].concat(), "node {}", i + 1);
+    }
+}
+
+#[test]
+fn a_flipped_newest_hard_state_slot_makes_the_replica_damaged_until_repaired() {
+    // Issue 13 item 2: with one bad slot the older (term, vote) was loaded undamaged, and the
+    // replica could vote twice in one term.
+    let mut cluster = Cluster::start(3, 1);
+    let first = cluster.append_acked(P0, "hs", 10);
+    cluster.wait_identical(P0);
+    let leader = leader_of(&cluster.nodes, P0);
+    let victim = (leader + 2) % 3;
+    cluster.kill(victim);
+    let path = cluster.dirs[victim].join("0").join("hard_state");
+    let bytes = std::fs::read(&path).expect("hard state");
+    // docs/format.md#hard-state: two 4 KiB slots, generation u64 LE at byte 16 of each.
+    let generation = |slot: usize| {
+        u64::from_le_bytes(bytes[slot * 4096 + 16..slot * 4096 + 24].try_into().unwrap())
+    };
+    let newest = if generation(0) > generation(1) { 0 } else { 1 };
+    flip_byte(&path, newest as u64 * 4096 + 24);
+    cluster.restart(victim);
+    assert!(cluster.node(victim).is_damaged(P0), "a damaged hard-state slot is damage");
+    let second = cluster.append_acked(P0, "hs2", 10);
+    wait_until("the follower is repaired", || !cluster.node(victim).is_damaged(P0));
+    cluster.wait_identical(P0);
+    let read = cluster.node(victim).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first, second].concat());
+}
+
+#[test]
+fn a_wiped_follower_whose_first_start_failed_midway_comes_back_damaged() {
+    // Issue 13 item 4: `fresh` was decided from an empty directory and `DAMAGED` written only
+    // after the log and hard state existed; a first start that died in between (crash, EMFILE,
+    // ENOSPC: here a failed fdatasync) left an undamaged, empty replica at term 0.
+    let mut cluster = Cluster::start(3, 1);
+    let first = cluster.append_acked(P0, "wipe", 20);
+    cluster.wait_identical(P0);
+    let leader = leader_of(&cluster.nodes, P0);
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    // Wipe the partition's files (the directory itself stays, as after `rm -rf dir/*`).
+    let partition_dir = cluster.dirs[victim].join("0");
+    std::fs::remove_dir_all(&partition_dir).expect("wipe");
+    std::fs::create_dir(&partition_dir).expect("empty partition dir");
+    let mut faults = crate::node::StorageFaults::default();
+    faults.add(P0).fail_syncs(1);
+    crate::node::replicator::install_storage_faults(&cluster.dirs[victim], Some(faults));
+    let config = node_config(
+        victim as u32 + 1,
+        &cluster.ports,
+        cluster.members,
+        &cluster.dirs[victim],
+        cluster.partitions,
+        &cluster.storage_extra,
+    );
+    let failed = TestNode::try_start(config, vec![P0]);
+    crate::node::replicator::install_storage_faults(&cluster.dirs[victim], None);
+    assert!(failed.is_err(), "the first start must fail on the injected fdatasync");
+    assert!(
+        std::fs::read_dir(&partition_dir).expect("dir").next().is_some(),
+        "the failed start left files behind"
+    );
+    cluster.restart(victim);
+    assert!(cluster.node(victim).is_damaged(P0), "a half-created partition dir is damage");
+    let second = cluster.append_acked(P0, "wipe2", 10);
+    wait_until("the follower is repaired", || !cluster.node(victim).is_damaged(P0));
+    cluster.wait_identical(P0);
+    let read = cluster.node(victim).read_all(P0, Consistency::ReplicaCommitted).expect("read");
+    assert_eq!(read, [first, second].concat());
+}
