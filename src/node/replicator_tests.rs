@@ -696,8 +696,11 @@ fn a_follower_whose_acknowledged_tail_batch_rotted_restarts_damaged_and_loses_no
 
 #[test]
 fn a_flipped_newest_hard_state_slot_makes_the_replica_damaged_until_repaired() {
-    // Issue 13 item 2: with one bad slot the older (term, vote) was loaded undamaged, and the
-    // replica could vote twice in one term.
+    // Issue 13 item 2: a replica that voted in a term newer than its log (for a candidate
+    // that did not win) has that vote only in its newest hard-state slot. With that slot
+    // flipped, the older (term, vote) was loaded undamaged — at the log's last term, so no
+    // other check noticed — and the replica could vote twice in that newer term.
+    use ringlog_engine::hard_state::{decode_slot, encode_slot};
     let mut cluster = Cluster::start(3, 1);
     let first = cluster.append_acked(P0, "hs", 10);
     cluster.wait_identical(P0);
@@ -705,13 +708,24 @@ fn a_flipped_newest_hard_state_slot_makes_the_replica_damaged_until_repaired() {
     let victim = (leader + 2) % 3;
     cluster.kill(victim);
     let path = cluster.dirs[victim].join("0").join("hard_state");
-    let bytes = std::fs::read(&path).expect("hard state");
-    // docs/format.md#hard-state: two 4 KiB slots, generation u64 LE at byte 16 of each.
-    let generation = |slot: usize| {
-        u64::from_le_bytes(bytes[slot * 4096 + 16..slot * 4096 + 24].try_into().unwrap())
+    let mut bytes = std::fs::read(&path).expect("hard state");
+    let slots: Vec<_> = (0..2).map(|i| decode_slot(&bytes[i * 4096..(i + 1) * 4096])).collect();
+    let (newest, (generation, state)) = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.ok().flatten().map(|v| (i, v)))
+        .max_by_key(|(_, (g, _))| *g)
+        .expect("a valid slot");
+    // The vote this replica cast in term + 1, stored durably in the other slot...
+    let voted = ringlog_engine::HardState {
+        term: ringlog_engine::Term(state.term.0 + 1),
+        vote: Some(ringlog_engine::NodeId(leader as u32 + 1)),
     };
-    let newest = if generation(0) > generation(1) { 0 } else { 1 };
-    flip_byte(&path, newest as u64 * 4096 + 24);
+    let other = 1 - newest;
+    encode_slot(&voted, generation + 1, &mut bytes[other * 4096..(other + 1) * 4096]);
+    std::fs::write(&path, &bytes).expect("write hard state");
+    // ... then one bit of it rots.
+    flip_byte(&path, other as u64 * 4096 + 24);
     cluster.restart(victim);
     assert!(cluster.node(victim).is_damaged(P0), "a damaged hard-state slot is damage");
     let second = cluster.append_acked(P0, "hs2", 10);
