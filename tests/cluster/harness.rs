@@ -968,15 +968,22 @@ pub fn newest_hard_state(path: &Path) -> Option<HardStateSlot> {
     read_hard_state(path).into_iter().max_by_key(|s| s.generation)
 }
 
-/// Every `(term, node)` a node's log says became leader ("role changed ... role=Leader"),
-/// from the node logs of every node (all lives: the logs are appended across restarts).
-pub fn leaders_by_term(cluster: &Cluster) -> BTreeMap<u64, std::collections::BTreeSet<u32>> {
+/// Every `(term, node)` of `partition` a node's log says became leader ("role changed
+/// partition=pN role=Leader term=tT"), from the node logs of every node (all lives: the logs are appended across restarts).
+pub fn leaders_by_term(
+    cluster: &Cluster,
+    partition: PartitionId,
+) -> BTreeMap<u64, std::collections::BTreeSet<u32>> {
     let mut out: BTreeMap<u64, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    let of_partition = format!("partition=p{} ", partition.0);
     for node in cluster.nodes.values() {
         let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
         for line in text.lines() {
             let line = strip_ansi(line);
-            if !(line.contains("role changed") && line.contains("role=Leader")) {
+            if !(line.contains("role changed")
+                && line.contains("role=Leader")
+                && line.contains(&of_partition))
+            {
                 continue;
             }
             let Some(at) = line.find("term=t") else { continue };
@@ -1140,9 +1147,10 @@ impl Ledger {
                 None => {
                     audit.lost += 1;
                     if audit.examples.len() < 3 {
+                        let shown = &value[..value.len().min(24)];
                         audit.examples.push(format!(
-                            "{} acked at {offset:?} is missing",
-                            String::from_utf8_lossy(value)
+                            "{}.. acked at {offset:?} is missing",
+                            String::from_utf8_lossy(shown)
                         ));
                     }
                 }
