@@ -241,15 +241,6 @@ fn try_read_all(client: &Client, addr: SocketAddr) -> Result<Vec<Bytes>, String>
 /// every running replica's committed log against the ledger. Appends to `problems`, then
 /// asserts there are none, then checks byte identity across replicas with the harness.
 fn verdict(cluster: &mut Cluster, client: &Client, ledger: &Ledger, mut problems: Vec<String>) {
-    let ids: Vec<u32> = cluster.nodes.keys().copied().collect();
-    for id in &ids {
-        if let Some(status) = cluster.exited(*id) {
-            problems.push(format!("node {id} exited with {status}"));
-        }
-    }
-    for line in harness::panics(cluster) {
-        problems.push(format!("panic: {line}"));
-    }
     for (term, leaders) in leaders_by_term(cluster, P) {
         if leaders.len() > 1 {
             problems.push(format!("two leaders in term {term}: nodes {leaders:?}"));
@@ -263,6 +254,15 @@ fn verdict(cluster: &mut Cluster, client: &Client, ledger: &Ledger, mut problems
     let bound = if problems.is_empty() { REPAIR_BOUND } else { Duration::from_secs(5) };
     if let Err(e) = wait_repaired(cluster, client, bound) {
         problems.push(e);
+    }
+    let ids: Vec<u32> = cluster.nodes.keys().copied().collect();
+    for id in &ids {
+        if let Some(status) = cluster.exited(*id) {
+            problems.push(format!("node {id} exited with {status}"));
+        }
+    }
+    for line in harness::panics(cluster) {
+        problems.push(format!("panic: {line}"));
     }
     for id in running(cluster) {
         let addr = cluster.nodes[&id].client;
