@@ -953,12 +953,7 @@ pub fn read_hard_state(path: &Path) -> Vec<HardStateSlot> {
             continue;
         }
         let vote = (le_u32(b, 36) == 1).then(|| le_u32(b, 32));
-        out.push(HardStateSlot {
-            slot,
-            generation: le_u64(b, 16),
-            term: le_u64(b, 24),
-            vote,
-        });
+        out.push(HardStateSlot { slot, generation: le_u64(b, 16), term: le_u64(b, 24), vote });
     }
     out
 }
@@ -987,8 +982,7 @@ pub fn leaders_by_term(
                 continue;
             }
             let Some(at) = line.find("term=t") else { continue };
-            let digits: String =
-                line[at + 6..].chars().take_while(char::is_ascii_digit).collect();
+            let digits: String = line[at + 6..].chars().take_while(char::is_ascii_digit).collect();
             if let Ok(term) = digits.parse::<u64>() {
                 out.entry(term).or_default().insert(node.id);
             }
