@@ -492,8 +492,35 @@ fn e_a_follower_whose_last_acknowledged_batch_was_torn_is_repaired_and_shown_beh
         problems.push(format!("status lies about the lag: {lie}"));
     }
     eprintln!("F repaired after {repaired:?}");
+    if let Some(lie) = cli_status_hides_lag(&cluster, leader, f) {
+        problems.push(lie);
+    }
     produce(&client, &mut ledger, "after", 10, 8, 100);
     verdict(&mut cluster, &client, &ledger, problems);
+}
+
+/// What `ringlog status --json` shows now: `Some(problem)` if its leader row gives follower
+/// `f` a lag of 0 while `f`'s own row holds fewer entries than the leader's.
+fn cli_status_hides_lag(cluster: &Cluster, leader: u32, f: u32) -> Option<String> {
+    let bootstrap: Vec<String> = cluster.nodes.values().map(|n| n.client.to_string()).collect();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["status", "--bootstrap", &bootstrap.join(","), "--partition", "0", "--json"])
+        .output()
+        .expect("run ringlog status");
+    assert!(output.status.success(), "ringlog status: {output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status --json");
+    let rows = json["statuses"].as_array().expect("statuses");
+    let row = |node: u32| rows.iter().find(|r| r["node"] == node).cloned();
+    let (leader_row, f_row) = (row(leader)?, row(f)?);
+    let shown = leader_row["followers"].as_array()?.iter().find(|x| x["node"] == f)?.clone();
+    let (leader_last, f_last) = (leader_row["last_index"].as_u64()?, f_row["last_index"].as_u64()?);
+    (shown["lag"] == 0 && f_last < leader_last).then(|| {
+        format!(
+            "`ringlog status` shows node {f}'s lag as 0 (durable {}) while it holds {f_last} < \
+             {leader_last} entries",
+            shown["durable"]
+        )
+    })
 }
 
 // --------------------------------------------------------------------------------------
@@ -807,4 +834,52 @@ fn d_a_corrupt_sealed_segment_of_a_follower_is_repaired_and_never_blocks_a_wiped
             repaired (item 8)"]
 fn d_a_corrupt_sealed_segment_of_the_leader_is_repaired_and_never_blocks_a_wiped_node() {
     sealed_segment_corruption_then_a_wiped_follower("sealed-flip-leader", true);
+}
+
+// --------------------------------------------------------------------------------------
+// Control: the helpers read a real node's files right, and the verdict passes without faults.
+// --------------------------------------------------------------------------------------
+
+/// Keeps the reproductions honest: on a healthy cluster (a follower killed and restarted, no
+/// damage) the batch scanner finds every entry, dense, the hard-state reader finds the term,
+/// no election happens without a majority, and `verdict` finds no problem.
+#[test]
+fn storage_fault_helpers_read_real_files_and_the_verdict_passes_without_faults() {
+    let mut cluster = Cluster::start("storage-faults-control", spec());
+    let client = cluster.client();
+    let mut ledger = Ledger::default();
+    produce(&client, &mut ledger, "fill", 40, 64, 1000);
+    cluster.wait_converged(&client, P);
+    let (leader, term) = cluster.wait_leader(&client, P);
+    let (f, _) = followers(&cluster, leader);
+    let leader_last = cluster.status_of(&client, leader, P).expect("leader").last_index.0;
+    cluster.kill(f);
+
+    let segments = scan_partition(&cluster.partition_dir(f, P));
+    let sealed = segment_files(&cluster.partition_dir(f, P))
+        .into_iter()
+        .filter(|p| harness::is_sealed(p))
+        .count();
+    assert!(sealed >= 1, "2.5 MiB in 1 MiB segments seals some: {segments:?}");
+    let batches: Vec<&BatchLocation> = segments.iter().flat_map(|s| &s.batches).collect();
+    assert_eq!(batches.first().map(|b| b.index), Some(1));
+    for pair in batches.windows(2) {
+        assert_eq!(pair[1].index, pair[0].index + 1, "dense indices: {pair:?}");
+        assert_eq!(
+            pair[1].base_offset,
+            pair[0].base_offset + u64::from(pair[0].record_count),
+            "dense offsets: {pair:?}"
+        );
+    }
+    assert_eq!(batches.last().map(|b| b.index), Some(leader_last));
+    let data: u64 = batches.iter().map(|b| u64::from(b.record_count)).sum();
+    assert_eq!(data, ledger.acked.len() as u64, "every acknowledged record is in F's batches");
+    let hs = newest_hard_state(&cluster.hard_state_path(f, P)).expect("F's hard state");
+    assert_eq!(hs.term, term, "F's newest slot holds the current term: {hs:?}");
+    let slots = read_hard_state(&cluster.hard_state_path(f, P));
+    assert!(slots.iter().all(|s| s.generation <= hs.generation && s.term <= term), "{slots:?}");
+
+    cluster.restart(f);
+    produce(&client, &mut ledger, "after", 10, 8, 100);
+    verdict(&mut cluster, &client, &ledger, Vec::new());
 }
