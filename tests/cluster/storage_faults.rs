@@ -10,8 +10,24 @@
 //! Segments are 1 MiB so sealed segments exist quickly. The damage positions are drawn from
 //! a seed printed by each test; replay with `RINGLOG_STORAGE_FAULTS_SEED=<seed>`.
 //!
-//! Tests that fail on today's code are `#[ignore]`d with the issue item they need; run them
-//! with `cargo test --test cluster_storage_faults -- --ignored <name>`.
+//! The tests of this file run one at a time (`SERIAL`). Those that fail on today's code are
+//! `#[ignore]`d with the issue item they need; run them with
+//! `cargo test --test cluster_storage_faults -- --ignored <name>`.
+//!
+//! What each schedule does to the cluster (3 nodes, leader L, followers F and G):
+//! - a / e (vote): G down; L and F acknowledge more; F stopped; a bit flipped ~0.5 MiB before
+//!   F's tail (a) or in its last batch (e); L killed; F and G restarted: no leader may be
+//!   elected without L (F may have acknowledged what it dropped); then L returns.
+//! - b: N (leader) hands over to C while D is down; N's vote for C is on disk, N is killed
+//!   before any entry of the new term reaches it, C leads; C killed; N's newest hard-state
+//!   slot flipped; N and D restarted: N must not vote again in that term.
+//! - c: G down; L and F acknowledge more; F wiped and killed during its first start; L killed;
+//!   F and G restarted: F must be damaged (no election without L). Several kill points.
+//! - d: a bit flipped in a sealed segment of a follower (or of the leader), that node made
+//!   leader, another node wiped: it must be repaired (from a healthy copy) within a bound,
+//!   and no read may return the flipped batch.
+//! - e (stuck): F's last acknowledged batch zeroed while stopped: F must be repaired under the
+//!   same leader, and neither the status call nor `ringlog status` may show its lag as 0.
 
 #[path = "harness.rs"]
 mod harness;
@@ -39,6 +55,14 @@ const KIB: u64 = 1024;
 const WINDOW: Duration = Duration::from_secs(3);
 /// Bound on a repair (a wiped or damaged replica catching up a few MiB on loopback).
 const REPAIR_BOUND: Duration = Duration::from_secs(20);
+
+/// One test of this file at a time: their schedules race elections against kills, and 2
+/// shared cores running three clusters at once would blur the timing they rely on.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn spec() -> Spec {
     Spec { segment_size: SEGMENT_BYTES, ..Spec::new(3).shards(1).partitions(2) }
@@ -412,6 +436,7 @@ fn damaged_follower_tail_then_old_leader_lost(name: &str, damage: TailDamage) {
 #[ignore = "issue 13: a - fails until recovery makes a replica that dropped possibly-acked \
             entries damaged (items 3, 5)"]
 fn a_flipped_bit_half_a_mib_before_a_stopped_followers_tail_loses_no_acknowledged_record() {
+    let _serial = serial();
     damaged_follower_tail_then_old_leader_lost("flip-near-tail", TailDamage::FlipHalfMibBeforeTail);
 }
 
@@ -420,6 +445,7 @@ fn a_flipped_bit_half_a_mib_before_a_stopped_followers_tail_loses_no_acknowledge
 #[ignore = "issue 13: e - fails until a flip in the last acknowledged batch makes the \
             replica damaged (item 3)"]
 fn e_a_flipped_last_acknowledged_batch_does_not_let_the_follower_vote_it_away() {
+    let _serial = serial();
     damaged_follower_tail_then_old_leader_lost("flip-last-batch", TailDamage::FlipLastBatch);
 }
 
@@ -433,6 +459,7 @@ fn e_a_flipped_last_acknowledged_batch_does_not_let_the_follower_vote_it_away() 
 #[ignore = "issue 13: e - fails until a torn acknowledged tail is repaired and status \
             reports the real lag (items 3, 11)"]
 fn e_a_follower_whose_last_acknowledged_batch_was_torn_is_repaired_and_shown_behind() {
+    let _serial = serial();
     let mut cluster = Cluster::start("torn-acked-tail", spec());
     let client = cluster.client();
     let mut ledger = Ledger::default();
@@ -593,6 +620,7 @@ fn voted_in_a_term_newer_than_its_log(
 #[ignore = "issue 13: b - fails until one bad hard-state slot makes the replica damaged \
             (item 2)"]
 fn b_a_flipped_newest_hard_state_slot_never_lets_a_node_vote_twice_in_a_term() {
+    let _serial = serial();
     let mut rng = Rng::new(harness::seed("RINGLOG_STORAGE_FAULTS_SEED"));
     let mut cluster = Cluster::start("flip-hard-state", spec());
     let client = cluster.client();
@@ -687,6 +715,7 @@ fn kill_during_first_start(cluster: &mut Cluster, id: u32, at: KillAt) -> Vec<St
 #[ignore = "issue 13: c - fails until a wiped directory is detected even if the first start \
             was killed (item 4)"]
 fn c_a_wiped_follower_killed_during_its_first_start_comes_back_damaged() {
+    let _serial = serial();
     let mut cluster = Cluster::start("wipe-killed-start", spec());
     let client = cluster.client();
     let mut ledger = Ledger::default();
@@ -825,6 +854,7 @@ fn sealed_segment_corruption_then_a_wiped_follower(name: &str, corrupt_the_leade
 #[ignore = "issue 13: d - fails until run-time corruption latches the replica damaged and is \
             repaired (item 8)"]
 fn d_a_corrupt_sealed_segment_of_a_follower_is_repaired_and_never_blocks_a_wiped_node() {
+    let _serial = serial();
     sealed_segment_corruption_then_a_wiped_follower("sealed-flip-follower", false);
 }
 
@@ -833,6 +863,7 @@ fn d_a_corrupt_sealed_segment_of_a_follower_is_repaired_and_never_blocks_a_wiped
 #[ignore = "issue 13: d - fails until run-time corruption latches the replica damaged and is \
             repaired (item 8)"]
 fn d_a_corrupt_sealed_segment_of_the_leader_is_repaired_and_never_blocks_a_wiped_node() {
+    let _serial = serial();
     sealed_segment_corruption_then_a_wiped_follower("sealed-flip-leader", true);
 }
 
@@ -845,6 +876,7 @@ fn d_a_corrupt_sealed_segment_of_the_leader_is_repaired_and_never_blocks_a_wiped
 /// no election happens without a majority, and `verdict` finds no problem.
 #[test]
 fn storage_fault_helpers_read_real_files_and_the_verdict_passes_without_faults() {
+    let _serial = serial();
     let mut cluster = Cluster::start("storage-faults-control", spec());
     let client = cluster.client();
     let mut ledger = Ledger::default();
