@@ -816,7 +816,9 @@ fn sealed_segment_corruption_then_a_wiped_follower(name: &str, corrupt_the_leade
     }
     cluster.wipe(y);
     cluster.restart(y);
-    produce(&client, &mut ledger, "after-wipe", 10, 8, 100);
+    let impatient = impatient_client(&cluster);
+    let acked = produce_for(&impatient, &mut ledger, "after-wipe", Duration::from_secs(3));
+    eprintln!("{acked} batches acknowledged after the wipe");
 
     let mut problems = Vec::new();
     if let Err(e) = wait_repaired(&cluster, &client, REPAIR_BOUND) {
