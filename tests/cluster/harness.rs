@@ -8,6 +8,10 @@
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
 //! test panicked, the tail of every node's log is printed and the directory is kept.
 //!
+//! Storage-fault helpers (end of file, issue #13) find batches and hard-state slots in a
+//! stopped node's files by their documented layout (docs/format.md) and damage them: flip a
+//! bit, zero a range; `leaders_by_term` and `panics` read the node logs.
+//!
 //! Test configs: small segments, 20 ms Raft ticks (elections after 200–400 ms), 1 MiB of IO
 //! memory per ring, `pinning = "never"` (the machine is shared). The data dirs live under
 //! `CARGO_TARGET_TMPDIR` (on disk: the engine refuses tmpfs).
@@ -1055,7 +1059,8 @@ impl Cluster {
         rustix::process::Pid::from_raw(pid as i32).expect("a valid pid")
     }
 
-    /// Whether node `id`'s process is still alive (reaps it if it exited; returns its status).
+    /// Node `id`'s exit status if its process has exited (then it is reaped and marked not
+    /// running); `None` while it runs or when it was never started or already reaped.
     pub fn exited(&mut self, id: u32) -> Option<std::process::ExitStatus> {
         let node = self.nodes.get_mut(&id).expect("known node");
         let child = node.child.as_mut()?;
