@@ -8,6 +8,10 @@
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
 //! test panicked, the tail of every node's log is printed and the directory is kept.
 //!
+//! Storage-fault helpers (end of file, issue #13) find batches and hard-state slots in a
+//! stopped node's files by their documented layout (docs/format.md) and damage them: flip a
+//! bit, zero a range; `leaders_by_term` and `panics` read the node logs.
+//!
 //! Test configs: small segments, 20 ms Raft ticks (elections after 200–400 ms), 1 MiB of IO
 //! memory per ring, `pinning = "never"` (the machine is shared). The data dirs live under
 //! `CARGO_TARGET_TMPDIR` (on disk: the engine refuses tmpfs).
@@ -741,4 +745,423 @@ impl Ledger {
 /// Node id helpers.
 pub fn node(id: u32) -> NodeId {
     NodeId(id)
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage fault helpers (issue #13): locate batches and hard-state slots in a stopped node's
+// files and damage them the way a disk does (a flipped bit, zeroed bytes, a wiped dir).
+// Layouts: docs/format.md#segment, #batch, #padding, #hard-state. The decoding here is
+// deliberately independent of the engine's code: the tests must not trust what they test.
+// ---------------------------------------------------------------------------------------
+
+/// Size of a segment's header block (batches start after it).
+pub const SEGMENT_HEADER_BYTES: u64 = 4096;
+/// Size of a batch header.
+pub const BATCH_HEADER_BYTES: u64 = 72;
+const BATCH_MAGIC: &[u8; 4] = b"RLGB";
+const PADDING_MAGIC: &[u8; 4] = b"RLGP";
+/// One hard-state slot.
+pub const HARD_STATE_SLOT_BYTES: u64 = 4096;
+
+/// A batch found in a segment file (header fields as written; checksums not verified).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchLocation {
+    pub segment: PathBuf,
+    /// File position of the batch header.
+    pub position: u64,
+    pub length: u64,
+    pub flags: u16,
+    pub record_count: u32,
+    pub term: u64,
+    pub index: u64,
+    pub base_offset: u64,
+}
+
+impl BatchLocation {
+    pub fn is_data(&self) -> bool {
+        self.flags == 0 && self.record_count > 0
+    }
+
+    pub fn end(&self) -> u64 {
+        self.position + self.length
+    }
+}
+
+/// The batches of one segment file, in file order, up to the first item that is neither a
+/// batch nor a padding marker (zeros: the end of the data).
+#[derive(Clone, Debug)]
+pub struct SegmentScan {
+    pub path: PathBuf,
+    pub batches: Vec<BatchLocation>,
+    /// Position after the last batch or padding marker.
+    pub data_end: u64,
+}
+
+impl SegmentScan {
+    pub fn last_batch(&self) -> Option<&BatchLocation> {
+        self.batches.last()
+    }
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Reads `path` (a `.seg` file) and lists its batches. A scan of a running node's file may
+/// end early at a write in progress; scan stopped nodes for exact answers.
+pub fn scan_segment(path: &Path) -> SegmentScan {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut batches = Vec::new();
+    let mut position = SEGMENT_HEADER_BYTES as usize;
+    // Bound: every item is at least 16 bytes long.
+    while position + 16 <= bytes.len() {
+        let head = &bytes[position..];
+        if &head[0..4] == BATCH_MAGIC && head.len() >= BATCH_HEADER_BYTES as usize {
+            let length = u64::from(le_u32(head, 16));
+            if length < BATCH_HEADER_BYTES || position as u64 + length > bytes.len() as u64 {
+                break;
+            }
+            batches.push(BatchLocation {
+                segment: path.to_path_buf(),
+                position: position as u64,
+                length,
+                flags: le_u16(head, 6),
+                record_count: le_u32(head, 20),
+                term: le_u64(head, 24),
+                index: le_u64(head, 32),
+                base_offset: le_u64(head, 40),
+            });
+            position += length as usize;
+        } else if &head[0..4] == PADDING_MAGIC {
+            let length = le_u32(head, 8) as usize;
+            if length < 16 {
+                break;
+            }
+            position += length;
+        } else {
+            break;
+        }
+    }
+    SegmentScan { path: path.to_path_buf(), batches, data_end: position as u64 }
+}
+
+/// The `.seg` files of a partition directory, oldest first (names sort by base offset).
+pub fn segment_files(partition_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(partition_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(char::is_numeric))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Whether segment `path` is sealed (its index file exists).
+pub fn is_sealed(path: &Path) -> bool {
+    path.with_extension("idx").exists()
+}
+
+/// Every batch of a partition directory, oldest first.
+pub fn scan_partition(partition_dir: &Path) -> Vec<SegmentScan> {
+    segment_files(partition_dir).iter().map(|p| scan_segment(p)).collect()
+}
+
+/// The last batch of a partition directory (the newest segment with any batch).
+pub fn last_batch(partition_dir: &Path) -> Option<BatchLocation> {
+    scan_partition(partition_dir).iter().rev().find_map(|s| s.last_batch().cloned())
+}
+
+/// Flips bit `bit` (0..8) of the byte at `position` of `path`, durably.
+pub fn flip_bit(path: &Path, position: u64, bit: u8) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position).expect("read the byte to flip");
+    let before = byte[0];
+    byte[0] ^= 1 << (bit % 8);
+    file.write_all_at(&byte, position).expect("write the flipped byte");
+    file.sync_all().expect("sync the flipped byte");
+    eprintln!(
+        "flipped bit {} of byte {position} of {}: {before:#04x} -> {:#04x}",
+        bit % 8,
+        path.display(),
+        byte[0]
+    );
+}
+
+/// Overwrites `length` bytes of `path` from `position` with zeros, durably.
+pub fn zero_range(path: &Path, position: u64, length: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.write_all_at(&vec![0u8; length as usize], position).expect("zero a range");
+    file.sync_all().expect("sync the zeroed range");
+    eprintln!("zeroed bytes {position}..{} of {}", position + length, path.display());
+}
+
+/// Reads `length` bytes of `path` at `position`.
+pub fn read_range(path: &Path, position: u64, length: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut out = vec![0u8; length as usize];
+    file.read_exact_at(&mut out, position).expect("read a range");
+    out
+}
+
+/// One decoded hard-state slot (docs/format.md#hard-state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardStateSlot {
+    /// 0 or 1: which 4 KiB half of the file.
+    pub slot: u64,
+    pub generation: u64,
+    pub term: u64,
+    pub vote: Option<u32>,
+}
+
+/// The valid slots of a `hard_state` file (magic and CRC checked). A file being written
+/// may show a slot as invalid for a moment.
+pub fn read_hard_state(path: &Path) -> Vec<HardStateSlot> {
+    let Ok(bytes) = std::fs::read(path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for slot in 0..2u64 {
+        let start = (slot * HARD_STATE_SLOT_BYTES) as usize;
+        let Some(b) = bytes.get(start..start + HARD_STATE_SLOT_BYTES as usize) else { continue };
+        if &b[0..4] != b"RLGH" {
+            continue;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&b[0..8]);
+        hasher.update(&b[12..]);
+        if hasher.finalize() != le_u32(b, 8) {
+            continue;
+        }
+        let vote = (le_u32(b, 36) == 1).then(|| le_u32(b, 32));
+        out.push(HardStateSlot { slot, generation: le_u64(b, 16), term: le_u64(b, 24), vote });
+    }
+    out
+}
+
+/// The valid slot with the highest generation.
+pub fn newest_hard_state(path: &Path) -> Option<HardStateSlot> {
+    read_hard_state(path).into_iter().max_by_key(|s| s.generation)
+}
+
+/// Every `(term, node)` of `partition` a node's log says became leader ("role changed
+/// partition=pN role=Leader term=tT"), from the node logs of every node (all lives: the logs are appended across restarts).
+pub fn leaders_by_term(
+    cluster: &Cluster,
+    partition: PartitionId,
+) -> BTreeMap<u64, std::collections::BTreeSet<u32>> {
+    let mut out: BTreeMap<u64, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    let of_partition = format!("partition=p{} ", partition.0);
+    for node in cluster.nodes.values() {
+        let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+        for line in text.lines() {
+            let line = strip_ansi(line);
+            if !(line.contains("role changed")
+                && line.contains("role=Leader")
+                && line.contains(&of_partition))
+            {
+                continue;
+            }
+            let Some(at) = line.find("term=t") else { continue };
+            let digits: String = line[at + 6..].chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(term) = digits.parse::<u64>() {
+                out.entry(term).or_default().insert(node.id);
+            }
+        }
+    }
+    out
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... m`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Panic lines ("panicked at") of every node log, as "node N: <line and the next one>".
+pub fn panics(cluster: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in cluster.nodes.values() {
+        let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains("panicked at") {
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                out.push(format!("node {}: {} {}", node.id, strip_ansi(line), strip_ansi(next)));
+            }
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// Node `id`'s directory of `partition` (the engine names it by the partition number).
+    pub fn partition_dir(&self, id: u32, partition: PartitionId) -> PathBuf {
+        self.nodes[&id].data_dir.join(partition.0.to_string())
+    }
+
+    /// Node `id`'s hard-state file of `partition`.
+    pub fn hard_state_path(&self, id: u32, partition: PartitionId) -> PathBuf {
+        self.partition_dir(id, partition).join("hard_state")
+    }
+
+    /// Sends `signal` to node `id` at once (no `kill` process in between: for races).
+    pub fn signal_now(&mut self, id: u32, signal: rustix::process::Signal) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let pid = node.pid().expect("node is running");
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a valid pid");
+        rustix::process::kill_process(pid, signal).expect("signal a node");
+        if signal == rustix::process::Signal::STOP {
+            node.stopped = true;
+        } else if signal == rustix::process::Signal::CONT {
+            node.stopped = false;
+        }
+    }
+
+    /// A pid handle for node `id` usable from another thread (for timed kills).
+    pub fn pid_of(&self, id: u32) -> rustix::process::Pid {
+        let pid = self.nodes[&id].pid().expect("node is running");
+        rustix::process::Pid::from_raw(pid as i32).expect("a valid pid")
+    }
+
+    /// Node `id`'s exit status if its process has exited (then it is reaped and marked not
+    /// running); `None` while it runs or when it was never started or already reaped.
+    pub fn exited(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let child = node.child.as_mut()?;
+        let status = child.try_wait().expect("try_wait")?;
+        node.child = None;
+        Some(status)
+    }
+
+    /// Keeps the cluster directory after the test (for a post-mortem of an expected failure).
+    pub fn keep(&mut self) {
+        self.keep_dir = true;
+    }
+}
+
+/// What a ledger check found, counted (instead of stopping at the first problem).
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub committed: usize,
+    pub acked: usize,
+    /// Acked values not found anywhere in the log.
+    pub lost: usize,
+    /// Acked values found, but at another offset (or more than once).
+    pub moved: usize,
+    /// Acked offsets that now hold another value.
+    pub overwritten: usize,
+    pub never_sent: usize,
+    pub duplicated: usize,
+    /// A few examples, for the failure message.
+    pub examples: Vec<String>,
+}
+
+impl Audit {
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0
+            && self.moved == 0
+            && self.overwritten == 0
+            && self.never_sent == 0
+            && self.duplicated == 0
+    }
+}
+
+impl std::fmt::Display for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} committed, {} acked: {} acked lost, {} acked at another offset, {} acked offsets \
+             overwritten, {} never sent, {} duplicated; e.g. {:?}",
+            self.committed,
+            self.acked,
+            self.lost,
+            self.moved,
+            self.overwritten,
+            self.never_sent,
+            self.duplicated,
+            self.examples
+        )
+    }
+}
+
+impl Ledger {
+    /// Counts every way `records` (a committed log) disagrees with the ledger.
+    pub fn audit(&self, records: &[FetchedRecord]) -> Audit {
+        let mut audit =
+            Audit { committed: records.len(), acked: self.acked.len(), ..Audit::default() };
+        let mut where_: HashMap<&[u8], Vec<Offset>> = HashMap::new();
+        let mut at: HashMap<Offset, &[u8]> = HashMap::new();
+        for record in records {
+            where_.entry(&record.value[..]).or_default().push(record.offset);
+            at.insert(record.offset, &record.value[..]);
+        }
+        for (value, offsets) in &where_ {
+            if !self.sent.contains(*value) {
+                audit.never_sent += 1;
+            }
+            if offsets.len() > 1 {
+                audit.duplicated += 1;
+            }
+        }
+        let mut acked: Vec<(&Vec<u8>, &Offset)> = self.acked.iter().collect();
+        acked.sort_by_key(|(_, o)| **o);
+        for (value, offset) in acked {
+            match where_.get(&value[..]) {
+                None => {
+                    audit.lost += 1;
+                    if audit.examples.len() < 3 {
+                        let shown = &value[..value.len().min(24)];
+                        audit.examples.push(format!(
+                            "{}.. acked at {offset:?} is missing",
+                            String::from_utf8_lossy(shown)
+                        ));
+                    }
+                }
+                Some(offsets) if offsets != &vec![*offset] => audit.moved += 1,
+                Some(_) => {}
+            }
+            if let Some(now) = at.get(offset) {
+                if *now != &value[..] {
+                    audit.overwritten += 1;
+                }
+            }
+        }
+        audit
+    }
 }
