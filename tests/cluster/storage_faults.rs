@@ -433,8 +433,6 @@ fn damaged_follower_tail_then_old_leader_lost(name: &str, damage: TailDamage) {
 /// elect F, the acknowledged records after the flip are lost or overwritten, and the old
 /// leader panics on return (`committed entry would be truncated`).
 #[test]
-#[ignore = "issue 13: a - fails until recovery makes a replica that dropped possibly-acked \
-            entries damaged (items 3, 5)"]
 fn a_flipped_bit_half_a_mib_before_a_stopped_followers_tail_loses_no_acknowledged_record() {
     let _serial = serial();
     damaged_follower_tail_then_old_leader_lost("flip-near-tail", TailDamage::FlipHalfMibBeforeTail);
@@ -442,8 +440,6 @@ fn a_flipped_bit_half_a_mib_before_a_stopped_followers_tail_loses_no_acknowledge
 
 /// e (vote). Today: as (a), with only the last batch lost.
 #[test]
-#[ignore = "issue 13: e - fails until a flip in the last acknowledged batch makes the \
-            replica damaged (item 3)"]
 fn e_a_flipped_last_acknowledged_batch_does_not_let_the_follower_vote_it_away() {
     let _serial = serial();
     damaged_follower_tail_then_old_leader_lost("flip-last-batch", TailDamage::FlipLastBatch);
@@ -456,8 +452,6 @@ fn e_a_flipped_last_acknowledged_batch_does_not_let_the_follower_vote_it_away() 
 /// Today: the follower comes back undamaged one entry short and is never repaired under
 /// the same leader, whose status reports its lag as 0.
 #[test]
-#[ignore = "issue 13: e - fails until a torn acknowledged tail is repaired and status \
-            reports the real lag (items 3, 11)"]
 fn e_a_follower_whose_last_acknowledged_batch_was_torn_is_repaired_and_shown_behind() {
     let _serial = serial();
     let mut cluster = Cluster::start("torn-acked-tail", spec());
@@ -617,8 +611,6 @@ fn voted_in_a_term_newer_than_its_log(
 /// Today: N restarts with the older slot (no vote in T), votes again in T, and N or D
 /// leads T as C did: two leaders in one term.
 #[test]
-#[ignore = "issue 13: b - fails until one bad hard-state slot makes the replica damaged \
-            (item 2)"]
 fn b_a_flipped_newest_hard_state_slot_never_lets_a_node_vote_twice_in_a_term() {
     let _serial = serial();
     let mut rng = Rng::new(harness::seed("RINGLOG_STORAGE_FAULTS_SEED"));
@@ -712,8 +704,6 @@ fn kill_during_first_start(cluster: &mut Cluster, id: u32, at: KillAt) -> Vec<St
 /// voter; with the old leader down it elects the stale follower and acknowledged records
 /// are lost.
 #[test]
-#[ignore = "issue 13: c - fails until a wiped directory is detected even if the first start \
-            was killed (item 4)"]
 fn c_a_wiped_follower_killed_during_its_first_start_comes_back_damaged() {
     let _serial = serial();
     let mut cluster = Cluster::start("wipe-killed-start", spec());
