@@ -161,6 +161,9 @@ struct State {
     replica: Replica,
     failed: Option<String>,
     closing: bool,
+    /// A checksum failure was found at run time: the replica is being restarted damaged with
+    /// its log cut from this index (`restart_damaged`); inputs wait until it is done.
+    corrupt_cut: Option<LogIndex>,
     /// Started from an empty data dir: damaged until every other configured voter reports
     /// a pristine shard (a new cluster), or repaired by a leader (a wiped disk).
     unproven: bool,
@@ -276,6 +279,7 @@ impl PartitionReplicator {
             replica,
             failed: None,
             closing: false,
+            corrupt_cut: None,
             unproven,
             log_ops: VecDeque::new(),
             log_busy: false,
@@ -347,7 +351,7 @@ impl PartitionReplicator {
     // ----- inputs ---------------------------------------------------------------------
 
     pub(crate) fn handle_message(&self, from: NodeId, message: Message) {
-        if self.st.borrow().failed.is_some() {
+        if self.st.borrow().failed.is_some() || self.st.borrow().corrupt_cut.is_some() {
             return;
         }
         self.st.borrow_mut().replica.handle_message(from, message);
@@ -358,7 +362,7 @@ impl PartitionReplicator {
     pub(crate) fn tick(&self, down: &[NodeId]) {
         {
             let mut st = self.st.borrow_mut();
-            if st.failed.is_some() || st.closing {
+            if st.failed.is_some() || st.closing || st.corrupt_cut.is_some() {
                 return;
             }
             for &peer in down {
@@ -427,7 +431,9 @@ impl PartitionReplicator {
             loop {
                 let action = {
                     let mut st = self.st.borrow_mut();
-                    if st.failed.is_some() {
+                    // A replica being restarted after corruption acts no more (its
+                    // replacement starts from what the log holds).
+                    if st.failed.is_some() || st.corrupt_cut.is_some() {
                         return;
                     }
                     st.replica.poll_action()
@@ -696,7 +702,11 @@ impl PartitionReplicator {
         if through < self.log.start_index() {
             return;
         }
-        let Ok(batches) = self.log.read_entries(through, through, 1).await else { return };
+        let batches = match self.log.read_entries(through, through, 1).await {
+            Ok(batches) => batches,
+            Err(FetchError::Corruption(corruption)) => return self.on_corruption(&corruption),
+            Err(_) => return,
+        };
         let Some(header) = batches.first().and_then(|b| peek_header(b, self.batch_size_max).ok())
         else {
             return;
@@ -869,11 +879,14 @@ impl PartitionReplicator {
             return Ok(Vec::new());
         }
         let max_bytes = self.shard.config.raft.append_bytes_max as usize + self.batch_size_max;
-        let batches = self
-            .log
-            .read_entries(job.from, job.through, max_bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batches = match self.log.read_entries(job.from, job.through, max_bytes).await {
+            Ok(batches) => batches,
+            Err(FetchError::Corruption(corruption)) => {
+                self.on_corruption(&corruption);
+                return Err(format!("corrupt batch refused: {corruption}"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let mut entries = Vec::with_capacity(batches.len());
         let mut expected = job.from;
         for batch in batches {
@@ -929,7 +942,7 @@ impl PartitionReplicator {
         let Some(term) = self.log.term_at(durable) else { return };
         {
             let mut st = self.st.borrow_mut();
-            if st.pending_reset.is_some() {
+            if st.pending_reset.is_some() || st.corrupt_cut.is_some() {
                 return;
             }
             st.replica.handle_durable(durable, term);
@@ -970,6 +983,119 @@ impl PartitionReplicator {
             Ok(_) => {}
             Err(e) => self.fail(format!("retention: {e}")),
         }
+    }
+
+    // ----- run-time corruption ------------------------------------------------------------
+
+    /// A read found a batch whose checksum fails (rot in a sealed segment, which recovery
+    /// trusts through its index). The replica may have acknowledged that batch and can no
+    /// longer serve or send it: it restarts itself *damaged* with its log cut at the start of
+    /// the segment holding the bad batch — neither voting nor counting toward a quorum, as a
+    /// leader stepping down — and the leader repairs the range (docs/format.md#recovery-outcomes).
+    fn on_corruption(&self, corruption: &ringlog_engine::Corruption) {
+        let name = corruption.segment.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let segment_base = ringlog_engine::segment::parse_segment_name(name).map(|(_, i)| i);
+        let cut =
+            segment_base.unwrap_or_else(|| self.log.start_index()).max(self.log.start_index());
+        let first = {
+            let mut st = self.st.borrow_mut();
+            if st.failed.is_some() || st.closing {
+                return;
+            }
+            let first = st.corrupt_cut.is_none();
+            st.corrupt_cut = Some(st.corrupt_cut.map_or(cut, |c| c.min(cut)));
+            first
+        };
+        tracing::error!(
+            partition = %self.partition, %corruption, %cut,
+            "corrupt batch found at run time: the replica restarts damaged, its log cut at {cut}, \
+             and is repaired from the leader"
+        );
+        if first {
+            let me = self.rc();
+            self.shard.spawn_latency(async move { me.restart_damaged().await });
+        }
+    }
+
+    /// Restarts the replica damaged after `on_corruption`: answers every waiter, lets the
+    /// replicator's tasks finish, marks the partition damaged durably, cuts the log durably,
+    /// and rebuilds the Raft core from what is left (as recovery at start would).
+    async fn restart_damaged(self: Rc<Self>) {
+        {
+            let mut st = self.st.borrow_mut();
+            let error = self.not_leader_in(&st);
+            for (_, p) in std::mem::take(&mut st.producers) {
+                p.slot.fill(Err(error.clone()));
+            }
+            for (_, slot) in std::mem::take(&mut st.reads) {
+                slot.fill(Err(error.clone()));
+            }
+            st.log_ops.clear();
+            st.fast_sends.clear();
+            st.slow_sends.clear();
+        }
+        self.commit_notify.notify_all();
+        let deadline = Instant::now() + CLOSE_WAIT_MAX;
+        loop {
+            let busy = {
+                let st = self.st.borrow();
+                st.log_busy || st.hs_busy || st.fast_busy || st.slow_busy
+            };
+            if !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                return self
+                    .fail("run-time corruption: the replicator's tasks did not stop".into());
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if let Err(e) = meta::mark_damaged(&self.dir) {
+            return self.fail(format!("damaged mark: {e}"));
+        }
+        let cut = self.st.borrow().corrupt_cut.expect("set by on_corruption");
+        if cut <= self.log.last_index() {
+            if let Err(e) = self.log.truncate_suffix(cut).await {
+                return self.fail(format!("cut at {cut} after corruption: {e}"));
+            }
+        }
+        let loaded = match self.hard_state.load().await {
+            Ok(loaded) => loaded,
+            Err(e) => return self.fail(format!("hard state after corruption: {e}")),
+        };
+        let hs = HardState { term: loaded.term.max(self.log.last_term()), vote: loaded.vote };
+        let recovered = recover(
+            &self.shard,
+            self.partition,
+            &self.log,
+            &self.dir,
+            (hs, true),
+            self.batch_size_max,
+        )
+        .await;
+        let replica = recovered.map_err(|e| e.to_string()).and_then(|recovered| {
+            let config = self.shard.config.to_raft_config(self.seed ^ 0xc0_22_u64);
+            Replica::new(config, recovered).map_err(|e| e.to_string())
+        });
+        let replica = match replica {
+            Ok(replica) => replica,
+            Err(e) => return self.fail(format!("rebuilding the replica after corruption: {e}")),
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            st.replica = replica;
+            st.offsets.clear();
+            st.pending_reset = None;
+            st.leader = None;
+            st.corrupt_cut = None;
+        }
+        tracing::warn!(
+            partition = %self.partition, %cut, last = %self.log.last_index(),
+            "replica restarted damaged after run-time corruption"
+        );
+        self.log_notify.notify_all();
+        self.commit_notify.notify_all();
+        self.drain();
     }
 
     // ----- failure and shutdown -----------------------------------------------------------
@@ -1056,6 +1182,9 @@ impl PartitionReplicator {
         }
         if st.closing {
             return Err(NodeError::ShuttingDown);
+        }
+        if st.corrupt_cut.is_some() {
+            return Err(self.not_leader_in(&st));
         }
         Ok(())
     }
@@ -1272,6 +1401,13 @@ impl PartitionReplicator {
                     log_start: Offset(start.0),
                     log_end: Offset(next.0),
                 })
+            }
+            Err(FetchError::Corruption(corruption)) => {
+                self.on_corruption(&corruption);
+                return Err(NodeError::Internal(format!(
+                    "fetch refused a corrupt batch ({corruption}); the replica is restarting \
+                     damaged to repair it from the leader"
+                )));
             }
             Err(e) => {
                 if let Some(reason) = self.log.failure() {
