@@ -1023,10 +1023,13 @@ impl PartitionReplicator {
     async fn restart_damaged(self: Rc<Self>) {
         {
             let mut st = self.st.borrow_mut();
-            let error = self.not_leader_in(&st);
+            // A producer's batch may already be on other replicas and commit there: its
+            // outcome is unknown (`Timeout` says so), never `NotLeader` (which promises it
+            // will not commit, so a client would retry and append it twice).
             for (_, p) in std::mem::take(&mut st.producers) {
-                p.slot.fill(Err(error.clone()));
+                p.slot.fill(Err(NodeError::Timeout));
             }
+            let error = self.not_leader_in(&st);
             for (_, slot) in std::mem::take(&mut st.reads) {
                 slot.fill(Err(error.clone()));
             }

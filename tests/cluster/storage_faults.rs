@@ -758,9 +758,13 @@ fn c_a_wiped_follower_killed_during_its_first_start_comes_back_damaged() {
 // d. Corruption in a sealed segment; a wiped follower needs that range.
 // --------------------------------------------------------------------------------------
 
+/// Five nodes: a corrupt replica and a wiped one are two impaired replicas, fewer than a
+/// majority (the fault model). With three nodes the same two faults impair a majority:
+/// the corrupt replica restarts damaged (its log cut at the bad segment), the wiped one is
+/// damaged, and the one healthy node cannot be elected alone (ARCHITECTURE.md#node).
 fn sealed_segment_corruption_then_a_wiped_follower(name: &str, corrupt_the_leader: bool) {
     let mut rng = Rng::new(harness::seed("RINGLOG_STORAGE_FAULTS_SEED"));
-    let mut cluster = Cluster::start(name, spec());
+    let mut cluster = Cluster::start(name, Spec { nodes: 5, ..spec() });
     let client = cluster.client();
     let mut ledger = Ledger::default();
     // ~3.9 MiB: three or more sealed 1 MiB segments.
@@ -843,8 +847,6 @@ fn sealed_segment_corruption_then_a_wiped_follower(name: &str, corrupt_the_leade
 /// Today: the follower with the bad sealed batch becomes leader, cannot send that range,
 /// and the wiped follower is stuck for good (`cannot build append` in a loop).
 #[test]
-#[ignore = "issue 13: d - fails until run-time corruption latches the replica damaged and is \
-            repaired (item 8)"]
 fn d_a_corrupt_sealed_segment_of_a_follower_is_repaired_and_never_blocks_a_wiped_node() {
     let _serial = serial();
     sealed_segment_corruption_then_a_wiped_follower("sealed-flip-follower", false);
@@ -852,8 +854,6 @@ fn d_a_corrupt_sealed_segment_of_a_follower_is_repaired_and_never_blocks_a_wiped
 
 /// Today: as the follower case, with the corruption in the old leader's copy.
 #[test]
-#[ignore = "issue 13: d - fails until run-time corruption latches the replica damaged and is \
-            repaired (item 8)"]
 fn d_a_corrupt_sealed_segment_of_the_leader_is_repaired_and_never_blocks_a_wiped_node() {
     let _serial = serial();
     sealed_segment_corruption_then_a_wiped_follower("sealed-flip-leader", true);
