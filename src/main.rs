@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use ringlog_bench::cli::BenchArgs;
 use ringlog_bench::workdir::StopFlag;
 
+mod clear_damage;
 mod cli_client;
 mod config_cli;
 mod doctor;
@@ -50,6 +51,9 @@ enum Command {
     AddNode(cli_client::AddNodeArgs),
     /// Remove a node from partitions' groups.
     RemoveNode(cli_client::RemoveNodeArgs),
+    /// On a stopped node: let a damaged replica vote again (the way out when a majority of a
+    /// group is damaged at once; may lose acknowledged records: see its --help).
+    ClearDamage(clear_damage::ClearDamageArgs),
 }
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::TransferLeader(args) => cli_client::run_transfer_leader(&args),
         Command::AddNode(args) => cli_client::run_add_node(&args),
         Command::RemoveNode(args) => cli_client::run_remove_node(&args),
+        Command::ClearDamage(args) => clear_damage::run(&args),
     };
     match result {
         Ok(code) => code,

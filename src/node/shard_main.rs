@@ -243,8 +243,11 @@ fn listeners_on(addr: SocketAddr) -> std::io::Result<Vec<u64>> {
                 && (ours.as_deref().is_none_or(|o| o == ip) || ip.bytes().all(|b| b == b'0'));
             matches.then(|| inode.parse().ok()).flatten()
         })
-        .collect();
-    Ok(inodes)
+        .collect::<std::collections::BTreeSet<u64>>();
+    // One socket can be listed twice: /proc/net/tcp is read in chunks while the kernel's
+    // listening hash changes, and a socket seen in two chunks is printed twice (seen here:
+    // a node refused its own port, naming itself twice). Count sockets, not lines.
+    Ok(inodes.into_iter().collect())
 }
 
 #[cfg(test)]

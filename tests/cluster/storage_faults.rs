@@ -907,3 +907,56 @@ fn storage_fault_helpers_read_real_files_and_the_verdict_passes_without_faults()
     produce(&client, &mut ledger, "after", 10, 8, 100);
     verdict(&mut cluster, &client, &ledger, Vec::new());
 }
+
+// --------------------------------------------------------------------------------------
+// f. A majority damaged at once (outside the fault model): the group waits; the operator's
+// `ringlog clear-damage` is the documented way out.
+// --------------------------------------------------------------------------------------
+
+fn clear_damage(cluster: &Cluster, id: u32, accept: bool) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"));
+    command.arg("clear-damage").arg("--config").arg(&cluster.nodes[&id].config_path);
+    command.args(["--partition", &P.0.to_string()]);
+    if accept {
+        command.arg("--accept-data-loss");
+    }
+    command.output().expect("run ringlog clear-damage")
+}
+
+#[test]
+fn f_a_majority_torn_at_once_waits_for_the_operator_and_clear_damage_loses_nothing() {
+    let _serial = serial();
+    let mut cluster = Cluster::start("majority-torn", spec());
+    let client = cluster.client();
+    let mut ledger = Ledger::default();
+    let (leader, _) = cluster.wait_leader(&client, P);
+    let (f, g) = followers(&cluster, leader);
+    produce(&client, &mut ledger, "before", 30, 8, 100);
+    cluster.wait_converged(&client, P);
+    for id in [leader, f, g] {
+        cluster.kill(id);
+    }
+    // A power loss tore the last flush of two of the three replicas.
+    for id in [f, g] {
+        let last = last_batch(&cluster.partition_dir(id, P)).expect("batches");
+        zero_range(&last.segment, last.position + last.length / 2, last.length - last.length / 2);
+    }
+    for id in [leader, f, g] {
+        cluster.restart(id);
+    }
+    let elected = leader_within(&cluster, &client, &[leader, f, g], Duration::from_secs(3));
+    assert!(elected.is_none(), "two damaged replicas must not vote: {elected:?}");
+    cluster.kill(f);
+    let refused = clear_damage(&cluster, f, false);
+    assert!(!refused.status.success(), "clear-damage needs --accept-data-loss: {refused:?}");
+    let cleared = clear_damage(&cluster, f, true);
+    assert!(cleared.status.success(), "clear-damage: {cleared:?}");
+    let again = clear_damage(&cluster, f, true);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && said.contains("nothing to do"), "{again:?}");
+    cluster.restart(f);
+    // The undamaged replica holds the longest log: the cleared one votes for it, and the
+    // other damaged replica is repaired from it.
+    produce(&client, &mut ledger, "after", 5, 8, 100);
+    verdict(&mut cluster, &client, &ledger, Vec::new());
+}
