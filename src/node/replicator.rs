@@ -905,15 +905,19 @@ impl PartitionReplicator {
 
     /// Reports the log's durable index to the core whenever it moves.
     async fn run_durability(self: Rc<Self>) {
-        let mut reported: Option<LogIndex> = None;
+        // (index, term): a truncation followed by appends can bring the durable index back
+        // to the same number with another entry (of a newer term) there, which must be
+        // reported again.
+        let mut reported: Option<(LogIndex, Option<Term>)> = None;
         loop {
             if self.st.borrow().closing || self.st.borrow().failed.is_some() {
                 return;
             }
             let epoch = self.log_notify.epoch();
             let durable = self.log.durable_index();
-            if reported != Some(durable) {
-                reported = Some(durable);
+            let now = (durable, self.log.term_at(durable));
+            if reported != Some(now) {
+                reported = Some(now);
                 self.report_durable(durable);
             }
             // `wait_durable` answers at once for an index not appended yet: wait for an
