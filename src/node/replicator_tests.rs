@@ -899,7 +899,16 @@ fn a_new_leader_does_not_send_batches_its_held_truncation_will_remove() {
         3 => Term(2),
         _ => term,
     };
-    // Node 3 answers heartbeats, so that node 1 keeps leading (CheckQuorum).
+    // Node 2 refuses the first probe (it lacks entry 3 of term 2): node 1 backs off to send
+    // from 3, where its engine still holds old3 and old4 (term 1), which pass the wire
+    // checks (terms do not regress). Node 3 answers heartbeats, so that node 1 keeps
+    // leading (CheckQuorum).
+    let refused = ringlog_raft::AppendResult::Rejected {
+        rejected: LogIndex(3),
+        hint_index: LogIndex(2),
+        hint_term: Term(1),
+    };
+    s.deliver(2, Message::AppendResponse { term, result: refused });
     let heard = Message::HeartbeatResponse { term, ctx: 0 };
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(800);
@@ -909,10 +918,10 @@ fn a_new_leader_does_not_send_batches_its_held_truncation_will_remove() {
         std::thread::sleep(Duration::from_millis(20));
     }
     stall.release();
-    wait_until("node 1 sends its noop", || {
+    wait_until("node 1 sends entries 3 and 4", || {
         capture.appended(&mut seen);
         s.deliver(3, heard.clone());
-        seen.iter().any(|&(index, _)| index == LogIndex(4))
+        [3, 4].iter().all(|&i| seen.iter().any(|&(index, _)| index == LogIndex(i)))
     });
     assert_eq!(s.status().role, Role::Leader, "node 1 led throughout");
     for &(index, entry_term) in &seen {
