@@ -90,6 +90,9 @@ pub(crate) const MEMBERSHIP_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Hint given with `Backpressure`.
 const RETRY_AFTER_MS: u32 = 50;
+/// A follower that is behind and whose acknowledged index has not moved for this many
+/// election timeouts is shown `stuck` (status, metrics).
+pub(crate) const FOLLOWER_STUCK_AFTER_ELECTIONS: u32 = 10;
 
 type AppendReply = Result<AppendOutcome, NodeError>;
 
@@ -234,6 +237,9 @@ struct State {
     unreachable: Vec<NodeId>,
     leader: Option<NodeId>,
     counters: Counters,
+    /// Leader: per follower, its acknowledged index and since when it has not moved (for
+    /// `stuck`); the term of the leadership it was observed in.
+    follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
 }
 
 impl State {
@@ -387,6 +393,7 @@ impl PartitionReplicator {
             unreachable: Vec::new(),
             leader: None,
             counters: Counters::default(),
+            follower_watch: (Term(0), BTreeMap::new()),
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
             partition,
@@ -478,6 +485,7 @@ impl PartitionReplicator {
             }
             st.replica.handle_tick();
             promote_caught_up_learners(&mut st.replica);
+            watch_followers(&mut st, Instant::now());
         }
         self.drain();
     }
@@ -1491,6 +1499,7 @@ impl PartitionReplicator {
             durable: r.durable(),
             last_index: r.last_index(),
             commit_offset: st.commit_offset,
+            damaged: r.is_damaged(),
             followers: self
                 .followers(&st)
                 .into_iter()
@@ -1499,6 +1508,8 @@ impl PartitionReplicator {
                     durable: f.durable,
                     lag: f.lag,
                     learner: f.learner,
+                    damaged: f.damaged,
+                    stuck: f.stuck,
                 })
                 .collect(),
         }
@@ -1510,17 +1521,27 @@ impl PartitionReplicator {
             return Vec::new();
         }
         let m = r.membership();
+        let now = Instant::now();
+        let stuck_after = self.election_timeout() * FOLLOWER_STUCK_AFTER_ELECTIONS;
+        let (watch_term, watch) = &st.follower_watch;
         m.voters
             .iter()
             .chain(&m.learners)
             .filter(|&&n| n != r.id())
             .filter_map(|&n| {
                 let p = r.progress(n)?;
+                let lag = r.last_index().0.saturating_sub(p.match_index.0);
+                let unmoved = watch
+                    .get(&n)
+                    .filter(|(seen, _)| *watch_term == r.term() && *seen == p.match_index)
+                    .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= stuck_after);
                 Some(FollowerSnapshot {
                     node: n,
                     durable: p.match_index,
-                    lag: r.last_index().0.saturating_sub(p.match_index.0),
+                    lag,
                     learner: m.learners.contains(&n),
+                    damaged: p.damaged,
+                    stuck: lag > 0 && unmoved,
                     inflight_msgs: p.inflight_msgs as u64,
                     inflight_bytes: p.inflight_bytes,
                 })
@@ -1608,6 +1629,7 @@ impl PartitionReplicator {
             commit: r.commit(),
             durable: r.durable(),
             last_index: r.last_index(),
+            damaged: r.is_damaged(),
             commit_offset: st.commit_offset,
             log_start_offset: Offset(self.log.start_offset().0),
             elections_started: c.elections_started,
@@ -1644,6 +1666,33 @@ impl PartitionReplicator {
     pub(crate) fn failure(&self) -> Option<String> {
         self.st.borrow().failed.clone()
     }
+}
+
+/// Leader: notes when each follower's acknowledged index last moved (or it caught up), for
+/// `stuck` in status and metrics; forgets everything outside a leadership.
+fn watch_followers(st: &mut State, now: Instant) {
+    let r = &st.replica;
+    if r.role() != Role::Leader {
+        st.follower_watch.1.clear();
+        return;
+    }
+    let (term, last) = (r.term(), r.last_index());
+    let previous = std::mem::take(&mut st.follower_watch.1);
+    let same_term = st.follower_watch.0 == term;
+    let mut watch = BTreeMap::new();
+    for (&node, &(seen, since)) in previous.iter().filter(|_| same_term) {
+        if let Some(p) = r.progress(node) {
+            let since = if p.match_index == seen && seen < last { since } else { now };
+            watch.insert(node, (p.match_index, since));
+        }
+    }
+    let m = r.membership();
+    for &node in m.voters.iter().chain(&m.learners).filter(|&&n| n != r.id()) {
+        if let Some(p) = r.progress(node) {
+            watch.entry(node).or_insert((p.match_index, now));
+        }
+    }
+    st.follower_watch = (term, watch);
 }
 
 /// Whether `replica` is the leader of `term` (a send job of an older leadership is stale).

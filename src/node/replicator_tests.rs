@@ -981,3 +981,47 @@ fn a_follower_with_a_deferred_reset_does_not_take_leadership_and_resets_from_the
     });
     assert_eq!(s.failure(), None);
 }
+
+/// Issue #13 item 11: the leader's status and metrics show a follower that reported itself
+/// damaged, and one that stays behind without its acknowledged index moving, as such; the
+/// `stuck` mark clears once the follower acks again.
+#[test]
+fn status_shows_a_damaged_follower_and_a_stuck_one_as_the_leader_sees_them() {
+    let s = Scripted::start();
+    let (branch2, _) = s.two_branches(&["a1", "a2"], &[], &[]);
+    s.follow_leader_2(&branch2, 2);
+    let term = grant_election(&s, 3);
+    wait_until("node 1 leads", || s.status().role == Role::Leader);
+    let last = s.status().last_index;
+    let accepted = |durable: LogIndex, damaged: bool| Message::AppendResponse {
+        term,
+        result: ringlog_raft::AppendResult::Accepted { durable, damaged },
+    };
+    // Node 2 acks everything, then (restarted after losing its disk) acks damaged.
+    s.deliver(2, accepted(last, false));
+    s.deliver(2, accepted(LogIndex(1), true));
+    let follower = |node: u32| {
+        let status = s.status();
+        let found = status.followers.iter().find(|f| f.node == NodeId(node)).copied();
+        found.expect("the leader lists its follower")
+    };
+    assert!(follower(2).damaged, "node 2 reported itself damaged: {:?}", s.status());
+    let snapshot = s.node.call(|core| async move { core.partition(P0).expect("p0").snapshot() });
+    let f2 = snapshot.followers.iter().find(|f| f.node == NodeId(2)).expect("node 2");
+    assert!(f2.damaged && !snapshot.damaged, "{snapshot:?}");
+    // Node 3 answers heartbeats (node 1 keeps leading) but never acks an entry.
+    let heard = Message::HeartbeatResponse { term, ctx: 0 };
+    assert!(!follower(3).stuck, "not stuck at once");
+    let started = Instant::now();
+    wait_within("node 3 shown stuck", Duration::from_secs(30), || {
+        s.deliver(3, heard.clone());
+        follower(3).stuck
+    });
+    let election_timeout = Duration::from_millis(20 * 2 * 10);
+    let stuck_after = election_timeout * crate::node::replicator::FOLLOWER_STUCK_AFTER_ELECTIONS;
+    assert!(started.elapsed() >= stuck_after / 2, "stuck too early: {:?}", started.elapsed());
+    assert!(follower(3).lag > 0);
+    s.deliver(3, accepted(last, false));
+    let f3 = follower(3);
+    assert!(!f3.stuck && f3.lag == 0 && f3.durable == last, "node 3 caught up: {f3:?}");
+}
