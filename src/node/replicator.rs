@@ -24,6 +24,27 @@
 //! Durability is reported by a watcher task: `handle_durable(d, term_at(d))` whenever the
 //! log's durable index moves (and `handle_durable(start - 1, prev_term)` after a reset).
 //!
+//! Engine state the core has moved past: the core truncates, appends and commits in one
+//! input, but the engine's truncation (and a reset) runs later on the log worker, so for a
+//! while the engine still holds batches the core has dropped. An index is *pending* while a
+//! truncation at or below it is queued or running (`log_ops`, `log_running`), and every
+//! index is pending while a reset is queued, running or deferred (`pending_reset`); see
+//! `State::engine_pending_from`. Rules:
+//! - a read (`read_loop`) returns only batches through `min(commit, first pending - 1)` and
+//!   otherwise waits (a long poll) until the log worker has applied the pending state (it
+//!   wakes readers when it has); a linearizable read waits until its ReadIndex is settled;
+//! - the commit offset is read from the engine (`lookup_commit_offset`) only where nothing
+//!   is pending and the batch's term is the core's; entries still queued settle it when they
+//!   land (`append_now`), so a commit that arrived while they waited is never lost;
+//! - a sender (`read_for_send`) waits until its first index is settled, reads no further
+//!   than the first pending index, drops a job of a leadership that ended, and never sends
+//!   a batch whose term differs from the core's at that index (`LogShape::term_at`);
+//! - a replica with a pending reset never becomes leader (`refuses_leadership`: granted
+//!   (pre-)vote responses and `TimeoutNow` are dropped, a lost message to the core): its own
+//!   entry at the reset's start would need the offset there, which only the leader's batch
+//!   at `start` carries. A voter that could elect it holds the committed entry `start - 1`
+//!   and can lead instead.
+//!
 //! Invariants: the log's last index equals the core's last index once the log worker is idle
 //! and no reset is pending (asserted on every append: the index the log stamps is the
 //! entry's); nothing is reported durable before the log says so; a failed write or fdatasync
