@@ -715,6 +715,24 @@ impl Scripted {
         })
     }
 
+    /// Leader 3's log after its retention: it starts at 10 (offset 9: entries 1..=9 held one
+    /// record each), entry 9 being of `prev_term`; then `values`, one entry each, of term 2.
+    fn log_from_10(&self, prev_term: Term, values: &[&str]) -> Vec<Entry> {
+        let dir = self.root.path().join("scripted").join("leader3-from-10");
+        let (config, max, values) = (self.log_config.clone(), self.batch_size_max, strings(values));
+        self.node.call(move |_| async move {
+            let (three, _) = Log::open(dir, config).await.expect("open");
+            three.reset(LogIndex(10), ringlog_engine::Offset(9), prev_term).await.expect("reset");
+            let mut entries = Vec::new();
+            for value in &values {
+                let appended = three.append(data_request(Term(2), value)).expect("append");
+                entries.push(entry_of_batch(appended.batch, max).expect("entry"));
+            }
+            three.close().await.expect("close");
+            entries
+        })
+    }
+
     /// Leader 2 (term 1) replicates `branch2` with commit `commit`; waits until node 1
     /// holds all of it and committed `commit`.
     fn follow_leader_2(&self, branch2: &[Entry], commit: u64) {
@@ -962,19 +980,7 @@ fn a_follower_with_a_deferred_reset_does_not_take_leadership_and_resets_from_the
         std::thread::sleep(Duration::from_millis(20));
     }
     // Leader 3 (term 2) holds the log from 10 on (entries 1..=9 held one record each).
-    let dir = s.root.path().join("scripted").join("leader3-reset");
-    let (config, max) = (s.log_config.clone(), s.batch_size_max);
-    let entries = s.node.call(move |_| async move {
-        let (three, _) = Log::open(dir, config).await.expect("open");
-        three.reset(LogIndex(10), ringlog_engine::Offset(9), Term(1)).await.expect("reset");
-        let mut entries = Vec::new();
-        for value in ["b10", "b11"] {
-            let appended = three.append(data_request(Term(2), value)).expect("append");
-            entries.push(entry_of_batch(appended.batch, max).expect("entry"));
-        }
-        three.close().await.expect("close");
-        entries
-    });
+    let entries = s.log_from_10(Term(1), &["b10", "b11"]);
     s.deliver(3, append_message(2, (9, 1), 11, &entries));
     wait_until("node 1 serves leader 3's entries", || {
         s.read_from(9).is_ok_and(|got| got == values_of(&["b10", "b11"]))
@@ -1024,4 +1030,44 @@ fn status_shows_a_damaged_follower_and_a_stuck_one_as_the_leader_sees_them() {
     s.deliver(3, accepted(last, false));
     let f3 = follower(3);
     assert!(!f3.stuck && f3.lag == 0 && f3.durable == last, "node 3 caught up: {f3:?}");
+}
+
+/// Issue #13 item 1, the reset window: leader 3 (term 2) tells node 1, which holds two
+/// never-committed entries of term 1, to restart its log at 10; the core commits through 9
+/// at once while the log worker is held before the reset. No read may return the old log.
+#[test]
+fn a_read_during_a_held_log_reset_returns_nothing_of_the_old_log() {
+    let s = Scripted::start();
+    let (branch2, _) = s.two_branches(&["a1", "a2"], &["old3", "old4"], &[]);
+    s.follow_leader_2(&branch2, 2);
+    let stall = stall::arm(&s.partition_dir);
+    let membership = ringlog_raft::Membership {
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: Vec::new(),
+    };
+    let install = Message::InstallLogStart {
+        term: Term(2),
+        start: LogIndex(10),
+        prev_term: Term(2),
+        commit: LogIndex(9),
+        membership,
+    };
+    s.deliver(3, install);
+    wait_until("the log worker holds the reset", || stall.held() == 1);
+    assert_eq!(s.status().commit, LogIndex(9), "the core committed through the new start");
+    for offset in [0, 2] {
+        let got = s.read_from(offset);
+        assert!(
+            !got.as_ref().is_ok_and(|records| !records.is_empty()),
+            "a read from {offset} during the held reset: {got:?}"
+        );
+    }
+    stall.release();
+    let entries = s.log_from_10(Term(2), &["b10", "b11"]);
+    s.deliver(3, append_message(2, (9, 2), 11, &entries));
+    wait_until("node 1 serves leader 3's entries", || {
+        s.read_from(9).is_ok_and(|got| got == values_of(&["b10", "b11"]))
+    });
+    let old = s.read_from(2);
+    assert!(old.is_err(), "the old log is gone: {old:?}");
 }
