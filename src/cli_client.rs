@@ -393,7 +393,7 @@ fn status_table(rows: &[StatusRow]) -> String {
         "DURABLE",
         "LAST",
         "COMMIT_OFFSET",
-        "FOLLOWERS (node:durable/lag)"
+        "FOLLOWERS (node:durable/lag [learner] [damaged] [stuck])"
     )];
     for row in rows {
         let line = match &row.status {
@@ -403,7 +403,9 @@ fn status_table(rows: &[StatusRow]) -> String {
                     .iter()
                     .map(|f| {
                         let learner = if f.learner { " learner" } else { "" };
-                        format!("{}:{}/{}{learner}", f.node.0, f.durable.0, f.lag)
+                        let damaged = if f.damaged { " damaged" } else { "" };
+                        let stuck = if f.stuck { " stuck" } else { "" };
+                        format!("{}:{}/{}{learner}{damaged}{stuck}", f.node.0, f.durable.0, f.lag)
                     })
                     .collect();
                 format!(
@@ -411,7 +413,7 @@ fn status_table(rows: &[StatusRow]) -> String {
                     row.partition.0,
                     row.address,
                     s.node.0,
-                    role_name(s.role),
+                    role_label(s),
                     s.term.0,
                     s.leader.map_or("-".to_string(), |l| l.0.to_string()),
                     s.commit.0,
@@ -430,6 +432,14 @@ fn status_table(rows: &[StatusRow]) -> String {
     lines.join("\n") + "\n"
 }
 
+/// The role, marked when the replica is damaged (it neither votes nor counts toward a quorum).
+fn role_label(s: &GroupStatus) -> String {
+    match s.damaged {
+        true => format!("{}*damaged", role_name(s.role)),
+        false => role_name(s.role).to_string(),
+    }
+}
+
 fn status_json(cluster: u64, shards: u16, rows: &[StatusRow]) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = rows
         .iter()
@@ -445,11 +455,14 @@ fn status_json(cluster: u64, shards: u16, rows: &[StatusRow]) -> serde_json::Val
                 "durable": s.durable.0,
                 "last_index": s.last_index.0,
                 "commit_offset": s.commit_offset.0,
+                "damaged": s.damaged,
                 "followers": s.followers.iter().map(|f| serde_json::json!({
                     "node": f.node.0,
                     "durable": f.durable.0,
                     "lag": f.lag,
                     "learner": f.learner,
+                    "damaged": f.damaged,
+                    "stuck": f.stuck,
                 })).collect::<Vec<_>>(),
             }),
             Err(error) => serde_json::json!({

@@ -142,6 +142,9 @@ fn batch_sizes(p: &PartitionSnapshot) -> (Buckets<'_>, u64) {
 
 use Source::{FollowerGauge, PartitionCounter, PartitionGauge, ShardGauge};
 
+// `ringlog_follower_stuck`'s help and docs/metrics.md name the bound.
+const _: () = assert!(crate::node::replicator::FOLLOWER_STUCK_AFTER_ELECTIONS == 10);
+
 /// Every series the node exposes, in the order they are written (docs/metrics.md lists them).
 pub const SERIES: &[Series] = &[
     series(
@@ -191,6 +194,13 @@ pub const SERIES: &[Series] = &[
         PARTITION_ROLE,
         "1 for the partition's current Raft role on this node, 0 for the other roles.",
         Source::PartitionRole,
+    ),
+    series(
+        "ringlog_partition_damaged",
+        PARTITION,
+        "1 while this replica is damaged: it neither votes nor counts toward a quorum until a \
+         leader repairs it.",
+        PartitionGauge(|p| u64::from(p.damaged)),
     ),
     series(
         "ringlog_partition_term",
@@ -353,6 +363,20 @@ pub const SERIES: &[Series] = &[
         FOLLOWER,
         "Bytes in flight to the follower: use of the pipelining window (leader only).",
         FollowerGauge(|f| f.inflight_bytes),
+    ),
+    series(
+        "ringlog_follower_damaged",
+        FOLLOWER,
+        "1 when the follower reported itself damaged: it counts toward no quorum until \
+         repaired (leader only).",
+        FollowerGauge(|f| u64::from(f.damaged)),
+    ),
+    series(
+        "ringlog_follower_stuck",
+        FOLLOWER,
+        "1 when the follower is behind and its durable index has not moved for 10 election \
+         timeouts (leader only).",
+        FollowerGauge(|f| u64::from(f.stuck)),
     ),
 ];
 
@@ -554,6 +578,7 @@ mod tests {
             commit: LogIndex(40),
             durable: LogIndex(41),
             last_index: LogIndex(42),
+            damaged: false,
             commit_offset: Offset(400),
             log_start_offset: Offset(0),
             elections_started: 2,
@@ -579,10 +604,18 @@ mod tests {
                     durable: LogIndex(41),
                     lag: 1,
                     learner: false,
+                    damaged: false,
+                    stuck: false,
                     inflight_msgs: 2,
                     inflight_bytes: 2048,
                 },
-                FollowerSnapshot { node: NodeId(3), lag: 42, learner: true, ..Default::default() },
+                FollowerSnapshot {
+                    node: NodeId(3),
+                    lag: 42,
+                    learner: true,
+                    stuck: true,
+                    ..Default::default()
+                },
             ],
         }
     }
@@ -593,6 +626,7 @@ mod tests {
             role: Some(Role::Follower),
             term: Term(7),
             leader: Some(NodeId(2)),
+            damaged: true,
             ..Default::default()
         }
     }
@@ -811,9 +845,18 @@ mod tests {
         assert_eq!(value_of(&text, &format!("ringlog_follower_inflight_bytes{f2}")), "2048");
         assert_eq!(value_of(&text, &format!("ringlog_follower_lag_entries{f3}")), "42");
         assert_eq!(value_of(&text, &format!("ringlog_follower_learner{f3}")), "1");
+        assert_eq!(value_of(&text, &format!("ringlog_follower_stuck{f2}")), "0");
+        assert_eq!(value_of(&text, &format!("ringlog_follower_stuck{f3}")), "1");
+        assert_eq!(value_of(&text, &format!("ringlog_follower_damaged{f3}")), "0");
+        let p0 = "{node=\"1\",partition=\"0\"}";
+        let p2 = "{node=\"1\",partition=\"2\"}";
+        assert_eq!(value_of(&text, &format!("ringlog_partition_damaged{p0}")), "0");
+        assert_eq!(value_of(&text, &format!("ringlog_partition_damaged{p2}")), "1");
         let follower_samples =
             samples(&text).into_iter().filter(|(s, _)| s.starts_with("ringlog_follower_")).count();
-        assert_eq!(follower_samples, 5 * 2);
+        let follower_series =
+            SERIES.iter().filter(|s| s.name.starts_with("ringlog_follower_")).count();
+        assert_eq!(follower_samples, follower_series * 2);
     }
 
     #[test]

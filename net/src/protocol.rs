@@ -138,6 +138,10 @@ pub struct FollowerStatus {
     /// Entries the follower is behind the leader's last index.
     pub lag: u64,
     pub learner: bool,
+    /// The follower reported itself damaged (it counts toward no quorum until repaired).
+    pub damaged: bool,
+    /// Behind, and its durable index has not moved for a long time (the node's bound).
+    pub stuck: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +157,9 @@ pub struct GroupStatus {
     pub last_index: LogIndex,
     /// First offset not yet committed.
     pub commit_offset: Offset,
+    /// The answering replica is damaged (neither votes nor counts toward a quorum until a
+    /// leader repairs it).
+    pub damaged: bool,
     /// Filled in by a leader only.
     pub followers: Vec<FollowerStatus>,
 }
@@ -654,12 +661,15 @@ fn encode_status(w: &mut BodyWriter, s: &GroupStatus) {
     w.put_u64(s.durable.0);
     w.put_u64(s.last_index.0);
     w.put_u64(s.commit_offset.0);
+    w.put_bool(s.damaged);
     w.put_count(s.followers.len());
     for f in &s.followers {
         w.put_u32(f.node.0);
         w.put_u64(f.durable.0);
         w.put_u64(f.lag);
         w.put_bool(f.learner);
+        w.put_bool(f.damaged);
+        w.put_bool(f.stuck);
     }
 }
 
@@ -673,7 +683,8 @@ fn decode_status(r: &mut Reader) -> Result<GroupStatus, ProtocolError> {
     let durable = r.index("status durable")?;
     let last_index = r.index("status last index")?;
     let commit_offset = Offset(r.u64("status commit offset")?);
-    let count = r.count("status followers", STATUS_FOLLOWERS_MAX, 21)?;
+    let damaged = r.bool("status damaged")?;
+    let count = r.count("status followers", STATUS_FOLLOWERS_MAX, 23)?;
     let mut followers = Vec::with_capacity(count);
     for _ in 0..count {
         followers.push(FollowerStatus {
@@ -681,6 +692,8 @@ fn decode_status(r: &mut Reader) -> Result<GroupStatus, ProtocolError> {
             durable: r.index("follower durable")?,
             lag: r.u64("follower lag")?,
             learner: r.bool("follower learner")?,
+            damaged: r.bool("follower damaged")?,
+            stuck: r.bool("follower stuck")?,
         });
     }
     Ok(GroupStatus {
@@ -693,6 +706,7 @@ fn decode_status(r: &mut Reader) -> Result<GroupStatus, ProtocolError> {
         durable,
         last_index,
         commit_offset,
+        damaged,
         followers,
     })
 }

@@ -193,6 +193,9 @@ pub struct PartitionSnapshot {
     pub commit: LogIndex,
     pub durable: LogIndex,
     pub last_index: LogIndex,
+    /// This replica is damaged: it lost (or may have lost) entries it had acknowledged and
+    /// neither votes nor counts toward a quorum until a leader repairs it.
+    pub damaged: bool,
     /// First offset not yet committed.
     pub commit_offset: Offset,
     pub log_start_offset: Offset,
@@ -227,10 +230,17 @@ pub struct PartitionSnapshot {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FollowerSnapshot {
     pub node: NodeId,
+    /// Highest index the follower acknowledged durable and matching (the leader's progress
+    /// after its acks: what the follower holds now).
     pub durable: LogIndex,
-    /// Entries behind the leader's last index.
+    /// Entries behind the leader's last index (from `durable`).
     pub lag: u64,
     pub learner: bool,
+    /// The follower reported itself damaged (it counts toward no quorum until repaired).
+    pub damaged: bool,
+    /// Behind, and its acknowledged index has not moved for `FOLLOWER_STUCK_AFTER_ELECTIONS`
+    /// election timeouts.
+    pub stuck: bool,
     /// Messages and bytes in flight to it (pipelining window use).
     pub inflight_msgs: u64,
     pub inflight_bytes: u64,

@@ -24,6 +24,27 @@
 //! Durability is reported by a watcher task: `handle_durable(d, term_at(d))` whenever the
 //! log's durable index moves (and `handle_durable(start - 1, prev_term)` after a reset).
 //!
+//! Engine state the core has moved past: the core truncates, appends and commits in one
+//! input, but the engine's truncation (and a reset) runs later on the log worker, so for a
+//! while the engine still holds batches the core has dropped. An index is *pending* while a
+//! truncation at or below it is queued or running (`log_ops`, `log_running`), and every
+//! index is pending while a reset is queued, running or deferred (`pending_reset`); see
+//! `State::engine_pending_from`. Rules:
+//! - a read (`read_loop`) returns only batches through `min(commit, first pending - 1)` and
+//!   otherwise waits (a long poll) until the log worker has applied the pending state (it
+//!   wakes readers when it has); a linearizable read waits until its ReadIndex is settled;
+//! - the commit offset is read from the engine (`lookup_commit_offset`) only where nothing
+//!   is pending and the batch's term is the core's; entries still queued settle it when they
+//!   land (`append_now`), so a commit that arrived while they waited is never lost;
+//! - a sender (`read_for_send`) waits until its first index is settled, reads no further
+//!   than the first pending index, drops a job of a leadership that ended, and never sends
+//!   a batch whose term differs from the core's at that index (`LogShape::term_at`);
+//! - a replica with a pending reset never becomes leader (`refuses_leadership`: granted
+//!   (pre-)vote responses and `TimeoutNow` are dropped, a lost message to the core): its own
+//!   entry at the reset's start would need the offset there, which only the leader's batch
+//!   at `start` carries. A voter that could elect it holds the committed entry `start - 1`
+//!   and can lead instead.
+//!
 //! Invariants: the log's last index equals the core's last index once the log worker is idle
 //! and no reset is pending (asserted on every append: the index the log stamps is the
 //! entry's); nothing is reported durable before the log says so; a failed write or fdatasync
@@ -90,6 +111,9 @@ pub(crate) const MEMBERSHIP_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Hint given with `Backpressure`.
 const RETRY_AFTER_MS: u32 = 50;
+/// A follower that is behind and whose acknowledged index has not moved for this many
+/// election timeouts is shown `stuck` (status, metrics).
+pub(crate) const FOLLOWER_STUCK_AFTER_ELECTIONS: u32 = 10;
 
 type AppendReply = Result<AppendOutcome, NodeError>;
 
@@ -114,6 +138,53 @@ pub(crate) fn install_storage_faults(data_dir: &Path, faults: Option<StorageFaul
 fn storage_faults(data_dir: &Path, partition: PartitionId) -> Option<Arc<FaultInjector>> {
     let registry = STORAGE_FAULTS.lock().unwrap_or_else(PoisonError::into_inner);
     registry.get(data_dir).and_then(|faults| faults.injector(partition))
+}
+
+/// Tests only: an IO stall of the log worker. Armed for a partition dir, it holds the worker
+/// before it applies a truncation or a reset (the op taken, its engine state pending) until
+/// released, as a slow disk would.
+#[cfg(test)]
+pub(crate) mod stall {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Stall {
+        armed: AtomicBool,
+        held: AtomicU32,
+    }
+
+    impl Stall {
+        pub(crate) fn release(&self) {
+            self.armed.store(false, Ordering::SeqCst);
+        }
+        /// Truncations and resets held so far.
+        pub(crate) fn held(&self) -> u32 {
+            self.held.load(Ordering::SeqCst)
+        }
+    }
+
+    static STALLS: Mutex<BTreeMap<PathBuf, Arc<Stall>>> = Mutex::new(BTreeMap::new());
+
+    /// Arms a stall for the partition dir `dir` (held until `release`).
+    pub(crate) fn arm(dir: &Path) -> Arc<Stall> {
+        let stall = Arc::new(Stall { armed: AtomicBool::new(true), held: AtomicU32::new(0) });
+        let mut stalls = STALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        stalls.insert(dir.to_path_buf(), stall.clone());
+        stall
+    }
+
+    pub(super) async fn hold(dir: &Path) {
+        let stall = STALLS.lock().unwrap_or_else(PoisonError::into_inner).get(dir).cloned();
+        let Some(stall) = stall.filter(|s| s.armed.load(Ordering::SeqCst)) else { return };
+        stall.held.fetch_add(1, Ordering::SeqCst);
+        while stall.armed.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -169,6 +240,9 @@ struct State {
     unproven: bool,
     log_ops: VecDeque<LogOp>,
     log_busy: bool,
+    /// The truncation (`Some(from)`) or reset (`Some(LogIndex(0))`) the log worker took from
+    /// `log_ops` and has not finished: its engine state is pending too.
+    log_running: Option<LogIndex>,
     pending_reset: Option<(LogIndex, Term)>,
     hs_wanted: Option<HardState>,
     hs_busy: bool,
@@ -187,6 +261,56 @@ struct State {
     unreachable: Vec<NodeId>,
     leader: Option<NodeId>,
     counters: Counters,
+    /// Leader: per follower, its acknowledged index and since when it has not moved (for
+    /// `stuck`); the term of the leadership it was observed in.
+    follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
+}
+
+impl State {
+    /// Whether a log reset is queued, running, or deferred until its first entry arrives.
+    fn reset_pending(&self) -> bool {
+        self.pending_reset.is_some()
+            || self.log_running == Some(LogIndex(0))
+            || self.log_ops.iter().any(|op| matches!(op, LogOp::Reset { .. }))
+    }
+
+    /// The lowest index whose engine state is pending (module docs, "Engine state the core
+    /// has moved past"): `LogIndex(0)` while a reset is pending (the whole engine log is to
+    /// be replaced), else the lowest queued or running truncation. Below it the engine log
+    /// holds the core's entries exactly (or fewer: appends may still be queued).
+    fn engine_pending_from(&self) -> Option<LogIndex> {
+        if self.reset_pending() {
+            return Some(LogIndex(0));
+        }
+        let queued = self.log_ops.iter().filter_map(|op| match op {
+            LogOp::Truncate(from) => Some(*from),
+            _ => None,
+        });
+        queued.chain(self.log_running).min()
+    }
+
+    /// The highest index through which the engine may be read now, at most `through`;
+    /// `None`: nothing may be read (a reset is pending).
+    fn engine_settled_through(&self, through: LogIndex) -> Option<LogIndex> {
+        match self.engine_pending_from() {
+            None => Some(through),
+            Some(LogIndex(0)) => None,
+            Some(from) => Some(through.min(from.prev())),
+        }
+    }
+
+    /// Moves the commit offset to the offset after the highest appended entry at or below
+    /// the commit index (entries appended after their commit arrived settle it here).
+    fn settle_commit_offset(&mut self) {
+        let commit = self.replica.commit();
+        let mut found = None;
+        while self.offsets.front().is_some_and(|(i, _)| *i <= commit) {
+            found = self.offsets.pop_front();
+        }
+        if let Some((_, next)) = found {
+            self.commit_offset = self.commit_offset.max(next);
+        }
+    }
 }
 
 /// One partition's replication (see the module docs).
@@ -283,6 +407,7 @@ impl PartitionReplicator {
             unproven,
             log_ops: VecDeque::new(),
             log_busy: false,
+            log_running: None,
             pending_reset: None,
             hs_wanted: None,
             hs_busy: false,
@@ -300,6 +425,7 @@ impl PartitionReplicator {
             unreachable: Vec::new(),
             leader: None,
             counters: Counters::default(),
+            follower_watch: (Term(0), BTreeMap::new()),
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
             partition,
@@ -354,8 +480,27 @@ impl PartitionReplicator {
         if self.st.borrow().failed.is_some() || self.st.borrow().corrupt_cut.is_some() {
             return;
         }
+        if self.refuses_leadership(&message) {
+            tracing::debug!(partition = %self.partition, %from, ?message, "log reset pending: not taking leadership");
+            return;
+        }
         self.st.borrow_mut().replica.handle_message(from, message);
         self.drain();
+    }
+
+    /// While a log reset is pending this replica must not lead: a leader's own entry at the
+    /// reset's start would need the offset there, which only the leader's entry at `start`
+    /// carries. Granted (pre-)vote responses and `TimeoutNow` are dropped then (a lost
+    /// message to the core). Any voter that could elect this replica holds the entry at
+    /// `start - 1` and can lead instead.
+    fn refuses_leadership(&self, message: &Message) -> bool {
+        let leadership = matches!(
+            message,
+            Message::PreVoteResponse { granted: true, .. }
+                | Message::VoteResponse { granted: true, .. }
+                | Message::TimeoutNow { .. }
+        );
+        leadership && self.st.borrow().reset_pending()
     }
 
     /// One Raft tick; `down`: peers whose link broke (probe them again).
@@ -372,6 +517,7 @@ impl PartitionReplicator {
             }
             st.replica.handle_tick();
             promote_caught_up_learners(&mut st.replica);
+            watch_followers(&mut st, Instant::now());
         }
         self.drain();
     }
@@ -609,6 +755,7 @@ impl PartitionReplicator {
             let next = Offset(appended.base_offset.0 + u64::from(appended.record_count));
             let mut st = self.st.borrow_mut();
             st.offsets.push_back((entry.index, next));
+            st.settle_commit_offset();
             let base = Offset(appended.base_offset.0);
             if let Some(p) = st.producers.get_mut(&entry.index) {
                 if p.term == entry.term {
@@ -684,12 +831,19 @@ impl PartitionReplicator {
         while st.offsets.front().is_some_and(|(i, _)| *i <= through) {
             found = st.offsets.pop_front();
         }
-        match found {
-            Some((index, next)) if index == through => st.commit_offset = next,
-            _ => {
-                let me = self.rc();
-                self.shard.spawn_bulk(async move { me.lookup_commit_offset(through).await });
-            }
+        if let Some((_, next)) = found {
+            st.commit_offset = st.commit_offset.max(next);
+        }
+        // Not among the entries appended since start: an entry recovered from disk is read
+        // back; one still to be appended (queued behind a truncation, a reset or a busy
+        // log) settles the offset when it lands (`append_now`). The engine is never read
+        // where its state is pending: it may still hold batches the core truncated.
+        let exact = found.is_some_and(|(index, _)| index == through);
+        let readable =
+            st.engine_settled_through(through) == Some(through) && through <= self.log.last_index();
+        if !exact && readable {
+            let me = self.rc();
+            self.shard.spawn_bulk(async move { me.lookup_commit_offset(through).await });
         }
         self.answer_producers(&mut st, through, Acks::Quorum);
         drop(st);
@@ -697,9 +851,14 @@ impl PartitionReplicator {
     }
 
     /// The offset after the committed entry `through`, read from the log (entries recovered
-    /// from disk are not in `offsets`).
+    /// from disk are not in `offsets`). Skipped when the engine's state at `through` became
+    /// pending meanwhile, or the batch read is not the core's entry (its term differs):
+    /// the append that replaces it settles the offset.
     async fn lookup_commit_offset(self: Rc<Self>, through: LogIndex) {
         if through < self.log.start_index() {
+            return;
+        }
+        if self.st.borrow().engine_settled_through(through) != Some(through) {
             return;
         }
         let batches = match self.log.read_entries(through, through, 1).await {
@@ -716,6 +875,11 @@ impl PartitionReplicator {
         }
         let next = Offset(header.next_offset().0);
         let mut st = self.st.borrow_mut();
+        let current = st.engine_settled_through(through) == Some(through)
+            && st.replica.term_at(through) == Some(header.term());
+        if !current {
+            return;
+        }
         if next > st.commit_offset {
             st.commit_offset = next;
         }
@@ -772,18 +936,27 @@ impl PartitionReplicator {
                     if self.st.borrow().pending_reset.is_some() {
                         continue;
                     }
+                    self.st.borrow_mut().log_running = Some(from);
+                    #[cfg(test)]
+                    stall::hold(&self.dir).await;
                     if let Err(e) = self.log.truncate_suffix(from).await {
                         return self.fail(format!("truncate from {from}: {e}"));
                     }
-                    self.log_notify.notify_all();
+                    self.st.borrow_mut().log_running = None;
+                    self.engine_settled();
                 }
                 LogOp::Reset { start, prev_term, membership } => {
+                    self.st.borrow_mut().log_running = Some(LogIndex(0));
+                    #[cfg(test)]
+                    stall::hold(&self.dir).await;
                     let addresses = self.shard.peers.book().entries_for(&membership);
                     let record = MembershipRecord { membership, addresses };
                     if let Err(e) = meta::store_membership_base(&self.dir, &record) {
                         return self.fail(format!("membership base: {e}"));
                     }
-                    self.st.borrow_mut().pending_reset = Some((start, prev_term));
+                    let mut st = self.st.borrow_mut();
+                    st.pending_reset = Some((start, prev_term));
+                    st.log_running = None;
                 }
                 LogOp::Append(entries) => {
                     if !self.apply_pending_reset(&entries).await {
@@ -809,6 +982,9 @@ impl PartitionReplicator {
         let Some((start, prev_term)) = self.st.borrow().pending_reset else { return true };
         let Some(first) = entries.first() else { return true };
         assert_eq!(first.index, start, "the first entry after a log reset is at its start");
+        // A leader's own entry has no header to take the offset from; `handle_message`
+        // keeps a replica with a pending reset from being elected (module docs).
+        assert!(!first.payload.is_empty(), "a leader's own entry {start} met a pending log reset");
         let offset = match peek_header(&first.payload, self.batch_size_max) {
             Ok(header) => header.base_offset(),
             Err(e) => {
@@ -826,9 +1002,16 @@ impl PartitionReplicator {
             st.commit_offset = st.commit_offset.max(Offset(offset.0));
             st.replica.handle_durable(start.prev(), prev_term);
         }
-        self.log_notify.notify_all();
+        self.engine_settled();
         self.drain();
         true
+    }
+
+    /// A truncation or reset reached the engine: the durability watcher re-reads the durable
+    /// index, and readers and senders waiting for the engine state re-check.
+    fn engine_settled(&self) {
+        self.log_notify.notify_all();
+        self.commit_notify.notify_all();
     }
 
     async fn run_sender(self: Rc<Self>, slow: bool) {
@@ -852,7 +1035,8 @@ impl PartitionReplicator {
                 continue;
             }
             let entries = match self.read_for_send(&job).await {
-                Ok(entries) => entries,
+                Ok(Some(entries)) => entries,
+                Ok(None) => continue,
                 Err(reason) => {
                     tracing::debug!(partition = %self.partition, to = %job.to, %reason, "cannot build append");
                     self.st.borrow_mut().unreachable.push(job.to);
@@ -874,12 +1058,17 @@ impl PartitionReplicator {
         }
     }
 
-    async fn read_for_send(&self, job: &SendJob) -> Result<Vec<Entry>, String> {
+    /// The entries of `job`, read from the engine only where its state is settled (waits for
+    /// a pending truncation or reset at or below `job.from`; stops below one above it) and
+    /// checked against the core's log: a batch whose term is not the core's at its index is
+    /// never sent. `Ok(None)`: the job is stale (no longer the leader of its term).
+    async fn read_for_send(&self, job: &SendJob) -> Result<Option<Vec<Entry>>, String> {
         if job.from > job.through {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
+        let Some(through) = self.settled_for_send(job).await else { return Ok(None) };
         let max_bytes = self.shard.config.raft.append_bytes_max as usize + self.batch_size_max;
-        let batches = match self.log.read_entries(job.from, job.through, max_bytes).await {
+        let batches = match self.log.read_entries(job.from, through, max_bytes).await {
             Ok(batches) => batches,
             Err(FetchError::Corruption(corruption)) => {
                 self.on_corruption(&corruption);
@@ -900,7 +1089,39 @@ impl PartitionReplicator {
         if entries.is_empty() {
             return Err(format!("entries {}..={} not in the log", job.from, job.through));
         }
-        Ok(entries)
+        let st = self.st.borrow();
+        if !leads_in(&st.replica, job.term) {
+            return Ok(None);
+        }
+        for entry in &entries {
+            let core = st.replica.term_at(entry.index);
+            if core != Some(entry.term) {
+                return Err(format!(
+                    "the log holds entry {} of term {} where the core has {core:?}",
+                    entry.index, entry.term
+                ));
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// Waits until the engine's state is settled at `job.from`; returns the highest index of
+    /// the job that may be read then (`None`: the job is stale, or the partition stops).
+    async fn settled_for_send(&self, job: &SendJob) -> Option<LogIndex> {
+        loop {
+            let epoch = self.commit_notify.epoch();
+            {
+                let st = self.st.borrow();
+                if st.failed.is_some() || st.closing || !leads_in(&st.replica, job.term) {
+                    return None;
+                }
+                match st.engine_settled_through(job.through) {
+                    Some(through) if through >= job.from => return Some(through),
+                    _ => {}
+                }
+            }
+            self.commit_notify.wait(epoch).await;
+        }
     }
 
     /// Reports the log's durable index to the core whenever it moves.
@@ -1093,6 +1314,8 @@ impl PartitionReplicator {
             st.replica = replica;
             st.offsets.clear();
             st.pending_reset = None;
+            st.log_running = None;
+            st.follower_watch = (Term(0), BTreeMap::new());
             st.leader = None;
             st.corrupt_cut = None;
         }
@@ -1356,13 +1579,15 @@ impl PartitionReplicator {
         loop {
             self.usable()?;
             let epoch = self.commit_notify.epoch();
-            let (commit, reset_pending) = {
+            // Committed, and not where the engine's state is pending (a truncation or reset
+            // the core already made): the engine may still hold the old batches there.
+            let readable = {
                 let st = self.st.borrow();
-                (st.replica.commit(), st.pending_reset.is_some())
+                st.engine_settled_through(st.replica.commit())
             };
-            if commit >= floor && !reset_pending {
-                let out = self.fetch_committed(offset, max_bytes, commit).await?;
-                if self.has_news(&out, commit) || Instant::now() >= deadline {
+            if let Some(through) = readable.filter(|&through| through >= floor) {
+                let out = self.fetch_committed(offset, max_bytes, through).await?;
+                if self.has_news(&out, through) || Instant::now() >= deadline {
                     return Ok(out);
                 }
             } else if Instant::now() >= deadline {
@@ -1450,6 +1675,7 @@ impl PartitionReplicator {
             durable: r.durable(),
             last_index: r.last_index(),
             commit_offset: st.commit_offset,
+            damaged: r.is_damaged(),
             followers: self
                 .followers(&st)
                 .into_iter()
@@ -1458,6 +1684,8 @@ impl PartitionReplicator {
                     durable: f.durable,
                     lag: f.lag,
                     learner: f.learner,
+                    damaged: f.damaged,
+                    stuck: f.stuck,
                 })
                 .collect(),
         }
@@ -1469,17 +1697,27 @@ impl PartitionReplicator {
             return Vec::new();
         }
         let m = r.membership();
+        let now = Instant::now();
+        let stuck_after = self.election_timeout() * FOLLOWER_STUCK_AFTER_ELECTIONS;
+        let (watch_term, watch) = &st.follower_watch;
         m.voters
             .iter()
             .chain(&m.learners)
             .filter(|&&n| n != r.id())
             .filter_map(|&n| {
                 let p = r.progress(n)?;
+                let lag = r.last_index().0.saturating_sub(p.match_index.0);
+                let unmoved = watch
+                    .get(&n)
+                    .filter(|(seen, _)| *watch_term == r.term() && *seen == p.match_index)
+                    .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= stuck_after);
                 Some(FollowerSnapshot {
                     node: n,
                     durable: p.match_index,
-                    lag: r.last_index().0.saturating_sub(p.match_index.0),
+                    lag,
                     learner: m.learners.contains(&n),
+                    damaged: p.damaged,
+                    stuck: lag > 0 && unmoved,
                     inflight_msgs: p.inflight_msgs as u64,
                     inflight_bytes: p.inflight_bytes,
                 })
@@ -1567,6 +1805,7 @@ impl PartitionReplicator {
             commit: r.commit(),
             durable: r.durable(),
             last_index: r.last_index(),
+            damaged: r.is_damaged(),
             commit_offset: st.commit_offset,
             log_start_offset: Offset(self.log.start_offset().0),
             elections_started: c.elections_started,
@@ -1603,6 +1842,38 @@ impl PartitionReplicator {
     pub(crate) fn failure(&self) -> Option<String> {
         self.st.borrow().failed.clone()
     }
+}
+
+/// Leader: notes when each follower's acknowledged index last moved (or it caught up), for
+/// `stuck` in status and metrics; forgets everything outside a leadership.
+fn watch_followers(st: &mut State, now: Instant) {
+    let r = &st.replica;
+    if r.role() != Role::Leader {
+        st.follower_watch.1.clear();
+        return;
+    }
+    let (term, last) = (r.term(), r.last_index());
+    let previous = std::mem::take(&mut st.follower_watch.1);
+    let same_term = st.follower_watch.0 == term;
+    let mut watch = BTreeMap::new();
+    for (&node, &(seen, since)) in previous.iter().filter(|_| same_term) {
+        if let Some(p) = r.progress(node) {
+            let since = if p.match_index == seen && seen < last { since } else { now };
+            watch.insert(node, (p.match_index, since));
+        }
+    }
+    let m = r.membership();
+    for &node in m.voters.iter().chain(&m.learners).filter(|&&n| n != r.id()) {
+        if let Some(p) = r.progress(node) {
+            watch.entry(node).or_insert((p.match_index, now));
+        }
+    }
+    st.follower_watch = (term, watch);
+}
+
+/// Whether `replica` is the leader of `term` (a send job of an older leadership is stale).
+fn leads_in(replica: &Replica, term: Term) -> bool {
+    replica.role() == Role::Leader && replica.term() == term
 }
 
 /// Leader: proposes the promotion of a learner whose durable, matching log reached the

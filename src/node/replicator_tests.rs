@@ -17,14 +17,17 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use ringlog_engine::batch::{encode_batch, BatchStamp};
 use ringlog_engine::runtime::{spawn_executor, ExecutorSpec};
+use ringlog_engine::Log;
 use ringlog_engine::RecordsBuilder;
 use ringlog_net::protocol::{Acks, Consistency};
 use ringlog_net::{Offset, PartitionId};
-use ringlog_raft::{LogIndex, NodeId, Role, Term};
+use ringlog_raft::{Entry, LogIndex, Message, NodeId, Role, Term};
 
 use super::{ShardContext, ShardCore};
 use crate::config::NodeConfig;
 use crate::node::api::{NodeError, ShutdownMode};
+use crate::node::replicator::stall::{self, Stall};
+use crate::node::replicator_codec::entry_of_batch;
 
 /// Deadline of every wait for the cluster to reach a state.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -246,8 +249,12 @@ fn client_batch(records: &[Vec<u8>]) -> Bytes {
     encode_batch(&stamp, &built.bytes)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT_MAX;
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_within(what, WAIT_MAX, done);
+}
+
+fn wait_within(what: &str, max: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + max;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -581,6 +588,488 @@ fn a_follower_behind_the_leaders_retention_restarts_its_log_at_the_leaders_start
     });
     assert!(tail.is_ok_and(|n| n > 0), "the restarted log serves reads from its start");
     assert_eq!(more.len(), 5);
+}
+
+// ----- scripted peers: engine state the core has moved past (issue #13, items 1, 6, 9) -----
+
+/// Node 1 of a 3-voter group, started alone; nodes 2 and 3 are scripted. The test delivers
+/// their Raft messages to node 1's replicator (what node 1's peer listener does after the
+/// same batch checks) and stamps their batches with real engine logs of their own. An
+/// armed `stall` holds node 1's log worker before a truncation or reset (a slow disk).
+struct Scripted {
+    root: tempfile::TempDir,
+    ports: Ports,
+    /// Node 1's partition dir (the stall's key).
+    partition_dir: PathBuf,
+    log_config: ringlog_engine::LogConfig,
+    batch_size_max: usize,
+    node: TestNode,
+}
+
+/// One record `value` as a data batch of `term`, for a scripted leader's log to stamp.
+fn data_request(term: Term, value: &str) -> ringlog_engine::AppendRequest {
+    let mut records = RecordsBuilder::new(1 << 20);
+    records.push(value.as_bytes()).expect("record fits");
+    ringlog_engine::AppendRequest::data(term, records.finish(), 1)
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+fn append_message(term: u64, prev: (u64, u64), commit: u64, entries: &[Entry]) -> Message {
+    Message::Append {
+        term: Term(term),
+        prev_index: LogIndex(prev.0),
+        prev_term: Term(prev.1),
+        commit: LogIndex(commit),
+        entries: entries.to_vec(),
+    }
+}
+
+impl Scripted {
+    fn start() -> Scripted {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ports = ports(3);
+        let dir = root.path().join("n1");
+        let config = node_config(1, &ports, 3, &dir, 1, "");
+        let log_config = config.to_log_config();
+        let batch_size_max = log_config.batch_size_max;
+        let node = TestNode::start(config, vec![P0]);
+        // Started from an empty dir: what the peers' pristine handshakes would prove.
+        node.call(|core| async move { core.partition(P0).expect("p0").prove_pristine() });
+        Scripted { partition_dir: dir.join("0"), root, ports, log_config, batch_size_max, node }
+    }
+
+    fn deliver(&self, from: u32, message: Message) {
+        self.node.call(move |core| async move {
+            core.partition(P0).expect("p0").handle_message(NodeId(from), message)
+        });
+    }
+
+    fn status(&self) -> ringlog_net::protocol::GroupStatus {
+        self.node.call(|core| async move { core.partition(P0).expect("p0").status() })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.node.call(|core| async move { core.partition(P0).expect("p0").failure() })
+    }
+
+    /// Zero-wait read of node 1 from `offset`: the records returned.
+    fn read_from(&self, offset: u64) -> Result<Vec<Vec<u8>>, NodeError> {
+        self.node.call(move |core| async move {
+            let r = core.partition(P0).expect("p0");
+            let got =
+                r.read(Offset(offset), 1 << 20, Consistency::ReplicaCommitted, Duration::ZERO);
+            got.await.map(|out| records_of(&out.batches))
+        })
+    }
+
+    /// Starts a long-poll read of node 1 from `offset` (up to `wait`); its records arrive
+    /// on the returned channel.
+    fn long_poll(&self, offset: u64, wait: Duration) -> Receiver<Result<Vec<Vec<u8>>, NodeError>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.node.call(move |core| async move {
+            let r = core.partition(P0).expect("p0");
+            glommio::spawn_local(async move {
+                let got = r.read(Offset(offset), 1 << 20, Consistency::ReplicaCommitted, wait);
+                let _ = tx.send(got.await.map(|out| records_of(&out.batches)));
+            })
+            .detach();
+        });
+        rx
+    }
+
+    /// Stamps two leaders' logs with real engine logs: both hold `shared` (term 1, stamped
+    /// by leader 2); leader 2 then appends `old` (term 1), leader 3 `new` (term 2).
+    /// Returns (leader 2's entries, leader 3's entries).
+    fn two_branches(
+        &self,
+        shared: &[&str],
+        old: &[&str],
+        new: &[&str],
+    ) -> (Vec<Entry>, Vec<Entry>) {
+        let (shared, old, new) = (strings(shared), strings(old), strings(new));
+        let dir = self.root.path().join("scripted");
+        let (config, max) = (self.log_config.clone(), self.batch_size_max);
+        self.node.call(move |_| async move {
+            let (two, _) = Log::open(dir.join("leader2"), config.clone()).await.expect("open");
+            let mut branch2 = Vec::new();
+            for value in shared.iter().chain(&old) {
+                let appended = two.append(data_request(Term(1), value)).expect("append");
+                branch2.push(entry_of_batch(appended.batch, max).expect("entry"));
+            }
+            let (three, _) = Log::open(dir.join("leader3"), config).await.expect("open");
+            let mut branch3 = Vec::new();
+            for entry in &branch2[..shared.len()] {
+                three.append_stamped(entry.payload.clone()).expect("append stamped");
+                branch3.push(entry.clone());
+            }
+            for value in &new {
+                let appended = three.append(data_request(Term(2), value)).expect("append");
+                branch3.push(entry_of_batch(appended.batch, max).expect("entry"));
+            }
+            two.close().await.expect("close");
+            three.close().await.expect("close");
+            (branch2, branch3)
+        })
+    }
+
+    /// Leader 3's log after its retention: it starts at 10 (offset 9: entries 1..=9 held one
+    /// record each), entry 9 being of `prev_term`; then `values`, one entry each, of term 2.
+    fn log_from_10(&self, prev_term: Term, values: &[&str]) -> Vec<Entry> {
+        let dir = self.root.path().join("scripted").join("leader3-from-10");
+        let (config, max, values) = (self.log_config.clone(), self.batch_size_max, strings(values));
+        self.node.call(move |_| async move {
+            let (three, _) = Log::open(dir, config).await.expect("open");
+            three.reset(LogIndex(10), ringlog_engine::Offset(9), prev_term).await.expect("reset");
+            let mut entries = Vec::new();
+            for value in &values {
+                let appended = three.append(data_request(Term(2), value)).expect("append");
+                entries.push(entry_of_batch(appended.batch, max).expect("entry"));
+            }
+            three.close().await.expect("close");
+            entries
+        })
+    }
+
+    /// Leader 2 (term 1) replicates `branch2` with commit `commit`; waits until node 1
+    /// holds all of it and committed `commit`.
+    fn follow_leader_2(&self, branch2: &[Entry], commit: u64) {
+        let last = branch2.last().expect("entries").index;
+        self.deliver(2, append_message(1, (0, 0), commit, branch2));
+        wait_until("node 1 holds leader 2's entries", || {
+            let st = self.status();
+            st.last_index == last && st.commit == LogIndex(commit) && st.durable == last
+        });
+    }
+
+    /// Arms the stall, then leader 3 (term 2) sends `entries` after `prev` (of term 1) with
+    /// commit `commit`: node 1's core truncates, appends and commits in that one input,
+    /// while its log worker is held before the engine's truncation.
+    fn leader_3_overrides(&self, prev: u64, entries: &[Entry], commit: u64) -> Arc<Stall> {
+        let stall = stall::arm(&self.partition_dir);
+        self.deliver(3, append_message(2, (prev, 1), commit, entries));
+        wait_until("the log worker holds the truncation", || stall.held() == 1);
+        assert_eq!(self.status().commit, LogIndex(commit), "the core committed at once");
+        stall
+    }
+}
+
+fn records_of(batches: &[Bytes]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let view = ringlog_engine::decode_batch(batch, 1 << 20).expect("valid batch");
+        out.extend(view.records().map(|r| r.to_vec()));
+    }
+    out
+}
+
+fn values_of(values: &[&str]) -> Vec<Vec<u8>> {
+    values.iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+
+/// Issue #13 item 1: a deposed leader's long-poll reader, woken by a commit that arrives in
+/// the same input as the truncation of its never-committed entries, must not read them
+/// from the engine while the log worker has not yet applied the truncation.
+#[test]
+fn a_long_poll_reader_waits_for_a_held_truncation_when_the_commit_passes_it() {
+    let s = Scripted::start();
+    let shared = ["a1", "a2"];
+    let new = ["new3", "new4", "new5"];
+    let (branch2, branch3) = s.two_branches(&shared, &["old3", "old4"], &new);
+    s.follow_leader_2(&branch2, 2);
+    // A reader waits at the end of what is committed (offset 2: one record per entry).
+    let reader = s.long_poll(2, Duration::from_secs(20));
+    let stall = s.leader_3_overrides(2, &branch3[2..], 5);
+    // The engine still holds old3 and old4 at offsets 2 and 3.
+    let now = s.read_from(2).expect("zero-wait read");
+    assert!(values_of(&new).starts_with(&now), "a read during the held truncation: {now:?}");
+    let early = reader.recv_timeout(Duration::from_millis(300));
+    assert!(early.is_err(), "the long-poll reader returned before the truncation: {early:?}");
+    stall.release();
+    let got = reader.recv_timeout(WAIT_MAX).expect("reader answered").expect("read");
+    assert!(!got.is_empty() && values_of(&new).starts_with(&got), "read {got:?}");
+    wait_until("node 1 serves the committed log", || {
+        s.read_from(0).is_ok_and(|all| all == values_of(&["a1", "a2", "new3", "new4", "new5"]))
+    });
+}
+
+/// Issue #13 (commit offset): a commit that arrives while the appends it covers wait
+/// behind a truncation is settled when they land, not left at the old offset.
+#[test]
+fn the_commit_offset_catches_up_when_appends_held_behind_a_truncation_land() {
+    let s = Scripted::start();
+    let new = ["new3", "new4", "new5"];
+    let (branch2, branch3) = s.two_branches(&["a1", "a2"], &["old3"], &new);
+    s.follow_leader_2(&branch2, 2);
+    let stall = s.leader_3_overrides(2, &branch3[2..], 5);
+    stall.release();
+    wait_until("node 1 appended leader 3's entries", || {
+        s.node.log_state(P0).1 == LogIndex(5) && s.status().durable == LogIndex(5)
+    });
+    // Every entry holds one record: the offset after entry 5 is 5.
+    let expected = Offset(branch3.len() as u64);
+    let settled = Duration::from_secs(10);
+    wait_within("the commit offset reaches the commit index", settled, || {
+        s.status().commit_offset == expected
+    });
+}
+
+/// A real peer listener bound to node 2's peer address in its own executor: it accepts node
+/// 1's link (handshake, frame and batch checks as a node would) and hands every Raft message
+/// of P0 to the test. It answers nothing.
+struct Capture {
+    messages: Receiver<Message>,
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(s: &Scripted) -> Capture {
+        let config = node_config(2, &s.ports, 3, &s.root.path().join("n2"), 1, "");
+        let (tx, messages) = crossbeam_channel::unbounded();
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let spec = ExecutorSpec {
+            name: "test-capture2".into(),
+            cpu: None,
+            io_memory_bytes: 512 * 1024,
+            spin: false,
+        };
+        let thread = spawn_executor(spec, move || async move {
+            let mut peer = config.to_peer_config(ringlog_net::ShardId(0));
+            peer.layout = ringlog_net::peer::ShardLayout { shards: 1, partitions: 1 };
+            let addr = config.peer_listen().expect("peer address");
+            let (inbox, inbound) = glommio::channels::local_channel::new_bounded(1024);
+            let max = config.storage.batch_size_max as usize;
+            let check =
+                Rc::new(crate::node::replicator_codec::EngineBatchCheck { batch_size_max: max });
+            let listener = ringlog_net::transport::PeerListener::bind(addr, peer, check, inbox);
+            let _listener = listener.expect("bind node 2's peer address");
+            let _ = ready_tx.send(());
+            while stopped.try_recv().is_err() {
+                let next = glommio::timer::timeout(Duration::from_millis(5), async {
+                    Ok(inbound.recv().await)
+                });
+                if let Ok(Some(inbound)) = next.await {
+                    for (partition, message) in inbound.message.into_raft_messages() {
+                        if partition == P0 {
+                            let _ = tx.send(message);
+                        }
+                    }
+                }
+            }
+        })
+        .expect("executor");
+        ready_rx.recv_timeout(WAIT_MAX).expect("capture listener bound");
+        Capture { messages, stop, thread: Some(thread) }
+    }
+
+    /// Every `Append` entry received so far, as (index, term).
+    fn appended(&self, seen: &mut Vec<(LogIndex, Term)>) {
+        while let Ok(message) = self.messages.try_recv() {
+            if let Message::Append { entries, .. } = message {
+                seen.extend(entries.iter().map(|e| (e.index, e.term)));
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Makes node 1 leader of the next term: waits for it to pre-campaign, then delivers
+/// node `voter`'s granted pre-vote and vote. Returns the term it campaigned for.
+fn grant_election(s: &Scripted, voter: u32) -> Term {
+    wait_until("node 1 pre-campaigns", || s.status().role == Role::PreCandidate);
+    let term = Term(s.status().term.0 + 1);
+    s.deliver(voter, Message::PreVoteResponse { term, granted: true });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.status().role != Role::Candidate && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.deliver(voter, Message::VoteResponse { term, granted: true });
+    term
+}
+
+/// Issue #13 item 6: a new leader whose engine still holds a follower-era truncation's
+/// victims (the log worker held) must not send them: every entry it sends has the term its
+/// core holds at that index.
+#[test]
+fn a_new_leader_does_not_send_batches_its_held_truncation_will_remove() {
+    let s = Scripted::start();
+    let capture = Capture::start(&s);
+    let (branch2, branch3) = s.two_branches(&["a1", "a2"], &["old3", "old4"], &["new3"]);
+    s.follow_leader_2(&branch2, 2);
+    let stall = s.leader_3_overrides(2, &branch3[2..], 2);
+    let term = grant_election(&s, 3);
+    wait_until("node 1 leads", || s.status().role == Role::Leader);
+    // Node 1's core: 1, 2 of term 1 (leader 2), 3 of term 2 (leader 3), its noop 4.
+    let core_term = |index: LogIndex| match index.0 {
+        1 | 2 => Term(1),
+        3 => Term(2),
+        _ => term,
+    };
+    // Node 2 refuses the first probe (it lacks entry 3 of term 2): node 1 backs off to send
+    // from 3, where its engine still holds old3 and old4 (term 1), which pass the wire
+    // checks (terms do not regress). Node 3 answers heartbeats, so that node 1 keeps
+    // leading (CheckQuorum).
+    let refused = ringlog_raft::AppendResult::Rejected {
+        rejected: LogIndex(3),
+        hint_index: LogIndex(2),
+        hint_term: Term(1),
+    };
+    s.deliver(2, Message::AppendResponse { term, result: refused });
+    let heard = Message::HeartbeatResponse { term, ctx: 0 };
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < deadline {
+        capture.appended(&mut seen);
+        s.deliver(3, heard.clone());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stall.release();
+    wait_until("node 1 sends entries 3 and 4", || {
+        capture.appended(&mut seen);
+        s.deliver(3, heard.clone());
+        [3, 4].iter().all(|&i| seen.iter().any(|&(index, _)| index == LogIndex(i)))
+    });
+    assert_eq!(s.status().role, Role::Leader, "node 1 led throughout");
+    for &(index, entry_term) in &seen {
+        assert_eq!(entry_term, core_term(index), "node 1 sent entry {index}: {seen:?}");
+    }
+}
+
+/// Issue #13 item 9: a follower whose log reset is deferred (waiting for the leader's entry
+/// at the new start, which carries the offset) is offered an election it could win; it must
+/// not lead (its own noop has no offset) and must not exit; the next leader's entries then
+/// apply the reset and it serves them.
+#[test]
+fn a_follower_with_a_deferred_reset_does_not_take_leadership_and_resets_from_the_next_leader() {
+    let s = Scripted::start();
+    let (branch2, _) = s.two_branches(&["a1", "a2", "a3"], &[], &[]);
+    s.follow_leader_2(&branch2, 2);
+    // Leader 2's retention moved its log start to 10: node 1 restarts its log there.
+    let membership = ringlog_raft::Membership {
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: Vec::new(),
+    };
+    s.deliver(
+        2,
+        Message::InstallLogStart {
+            term: Term(1),
+            start: LogIndex(10),
+            prev_term: Term(1),
+            commit: LogIndex(9),
+            membership,
+        },
+    );
+    wait_until("node 1 took the new log start", || s.status().commit == LogIndex(9));
+    grant_election(&s, 2);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert_eq!(s.failure(), None, "node 1 failed");
+        assert_ne!(s.status().role, Role::Leader, "node 1 leads with a pending reset");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Leader 3 (term 2) holds the log from 10 on (entries 1..=9 held one record each).
+    let entries = s.log_from_10(Term(1), &["b10", "b11"]);
+    s.deliver(3, append_message(2, (9, 1), 11, &entries));
+    wait_until("node 1 serves leader 3's entries", || {
+        s.read_from(9).is_ok_and(|got| got == values_of(&["b10", "b11"]))
+    });
+    assert_eq!(s.failure(), None);
+}
+
+/// Issue #13 item 11: the leader's status and metrics show a follower that reported itself
+/// damaged, and one that stays behind without its acknowledged index moving, as such; the
+/// `stuck` mark clears once the follower acks again.
+#[test]
+fn status_shows_a_damaged_follower_and_a_stuck_one_as_the_leader_sees_them() {
+    let s = Scripted::start();
+    let (branch2, _) = s.two_branches(&["a1", "a2"], &[], &[]);
+    s.follow_leader_2(&branch2, 2);
+    let term = grant_election(&s, 3);
+    wait_until("node 1 leads", || s.status().role == Role::Leader);
+    let last = s.status().last_index;
+    let accepted = |durable: LogIndex, damaged: bool| Message::AppendResponse {
+        term,
+        result: ringlog_raft::AppendResult::Accepted { durable, damaged },
+    };
+    // Node 2 acks everything, then (restarted after losing its disk) acks damaged.
+    s.deliver(2, accepted(last, false));
+    s.deliver(2, accepted(LogIndex(1), true));
+    let follower = |node: u32| {
+        let status = s.status();
+        let found = status.followers.iter().find(|f| f.node == NodeId(node)).copied();
+        found.expect("the leader lists its follower")
+    };
+    assert!(follower(2).damaged, "node 2 reported itself damaged: {:?}", s.status());
+    let snapshot = s.node.call(|core| async move { core.partition(P0).expect("p0").snapshot() });
+    let f2 = snapshot.followers.iter().find(|f| f.node == NodeId(2)).expect("node 2");
+    assert!(f2.damaged && !snapshot.damaged, "{snapshot:?}");
+    // Node 3 answers heartbeats (node 1 keeps leading) but never acks an entry.
+    let heard = Message::HeartbeatResponse { term, ctx: 0 };
+    assert!(!follower(3).stuck, "not stuck at once");
+    let started = Instant::now();
+    wait_within("node 3 shown stuck", Duration::from_secs(30), || {
+        s.deliver(3, heard.clone());
+        follower(3).stuck
+    });
+    let election_timeout = Duration::from_millis(20 * 2 * 10);
+    let stuck_after = election_timeout * crate::node::replicator::FOLLOWER_STUCK_AFTER_ELECTIONS;
+    assert!(started.elapsed() >= stuck_after / 2, "stuck too early: {:?}", started.elapsed());
+    assert!(follower(3).lag > 0);
+    s.deliver(3, accepted(last, false));
+    let f3 = follower(3);
+    assert!(!f3.stuck && f3.lag == 0 && f3.durable == last, "node 3 caught up: {f3:?}");
+}
+
+/// Issue #13 item 1, the reset window: leader 3 (term 2) tells node 1, which holds two
+/// never-committed entries of term 1, to restart its log at 10; the core commits through 9
+/// at once while the log worker is held before the reset. No read may return the old log.
+#[test]
+fn a_read_during_a_held_log_reset_returns_nothing_of_the_old_log() {
+    let s = Scripted::start();
+    let (branch2, _) = s.two_branches(&["a1", "a2"], &["old3", "old4"], &[]);
+    s.follow_leader_2(&branch2, 2);
+    let stall = stall::arm(&s.partition_dir);
+    let membership = ringlog_raft::Membership {
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: Vec::new(),
+    };
+    let install = Message::InstallLogStart {
+        term: Term(2),
+        start: LogIndex(10),
+        prev_term: Term(2),
+        commit: LogIndex(9),
+        membership,
+    };
+    s.deliver(3, install);
+    wait_until("the log worker holds the reset", || stall.held() == 1);
+    assert_eq!(s.status().commit, LogIndex(9), "the core committed through the new start");
+    for offset in [0, 2] {
+        let got = s.read_from(offset);
+        assert!(
+            !got.as_ref().is_ok_and(|records| !records.is_empty()),
+            "a read from {offset} during the held reset: {got:?}"
+        );
+    }
+    stall.release();
+    let entries = s.log_from_10(Term(2), &["b10", "b11"]);
+    s.deliver(3, append_message(2, (9, 2), 11, &entries));
+    wait_until("node 1 serves leader 3's entries", || {
+        s.read_from(9).is_ok_and(|got| got == values_of(&["b10", "b11"]))
+    });
+    let old = s.read_from(2);
+    assert!(old.is_err(), "the old log is gone: {old:?}");
 }
 
 // ----- protocol-aware recovery (issue 13): what a restart dropped makes the replica damaged -----
