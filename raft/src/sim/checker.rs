@@ -53,6 +53,8 @@ pub struct CheckerStats {
     pub highest_term: u64,
     pub committed_len: u64,
     pub acked: u64,
+    /// Entries returned by reads (and removed by retention) compared with the committed log.
+    pub read_entries_checked: u64,
 }
 
 /// The safety checker of one run.
@@ -254,6 +256,39 @@ impl Checker {
             ),
             _ => Ok(()),
         }
+    }
+
+    /// `node` returned `entry` to a reader as committed at `index` (or removed it by
+    /// retention as committed): it must be the committed entry there, byte for byte. An index
+    /// the record has not reached yet (a replica that reset its log past a gap) is not
+    /// compared.
+    pub fn on_read(
+        &mut self,
+        step: u64,
+        node: NodeId,
+        index: LogIndex,
+        entry: &Entry,
+    ) -> CheckResult {
+        let Some(committed) = self.committed.get((index.0 - 1) as usize) else {
+            return Ok(());
+        };
+        self.stats.read_entries_checked += 1;
+        if committed != entry {
+            return violation(
+                step,
+                format!(
+                    "{node} returns {index} of term {} ({:?} {:?}) as committed, but {index} of \
+                     term {} ({:?} {:?}) is",
+                    entry.term,
+                    entry.kind,
+                    entry.payload,
+                    committed.term,
+                    committed.kind,
+                    committed.payload
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The client was told that `payload` is committed at `index`.

@@ -30,8 +30,12 @@ use crate::action::Action;
 use crate::config::{Config, Recovered};
 use crate::errors::ProposeError;
 use crate::message::{EntryKind, Membership, MembershipChange, Message};
+use crate::quorum::quorum_size;
 use crate::replica::Replica;
 use crate::types::{LogIndex, NodeId, Role, Term};
+
+/// Entries a read returns (the last ones through the index it is served at).
+const READ_ENTRIES_MAX: u64 = 8;
 
 /// Per-node driver state (what the replicator of that node knows).
 #[derive(Debug)]
@@ -54,6 +58,12 @@ struct SimNode {
     membership: Membership,
     /// Learners the leader reported caught up, to promote once the current drain ends.
     promotions: Vec<NodeId>,
+    /// `TermQuery` answers the driver fabricates (the `RepairFromLowerTerm` mutation).
+    fake_term_answers: Vec<(NodeId, Term)>,
+    /// Highest index this node's retention removed after checking every removed entry
+    /// against the committed log (such entries count as held at the end-of-run check:
+    /// retention may remove acknowledged records).
+    compacted_checked_through: LogIndex,
 }
 
 /// The simulation of one seed.
@@ -108,6 +118,8 @@ impl Simulation {
                 early_reports: Vec::new(),
                 membership: bootstrap.clone(),
                 promotions: Vec::new(),
+                fake_term_answers: Vec::new(),
+                compacted_checked_through: LogIndex(0),
             })
             .collect();
         Simulation {
@@ -158,6 +170,7 @@ impl Simulation {
         let acked: Vec<(LogIndex, Bytes)> =
             self.client.acked().iter().map(|a| (a.index, a.payload.clone())).collect();
         self.checker.check_acked(self.now, &acked)?;
+        self.check_acked_durable(&acked)?;
         Ok(RunSummary {
             seed: self.opts.seed,
             steps: self.now,
@@ -264,13 +277,8 @@ impl Simulation {
         match fault {
             Fault::Crash { node, tear } => {
                 let i = self.slot(node);
-                let tear = if !tear {
-                    Tear::None
-                } else if self.damage_allowed_for(i) {
-                    Tear::Any
-                } else {
-                    Tear::AppendsOnly
-                };
+                // A torn write is disk damage (the recovery rule): within the budget only.
+                let tear = if tear && self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
                 self.crash(i, tear);
             }
             Fault::Restart { node } => self.start_node(self.slot(node))?,
@@ -381,6 +389,14 @@ impl Simulation {
         }
         let start = LogIndex(self.disk_rng.gen_range(lowest.0..=highest.0));
         self.trace.line(self.now, node.id, || format!("retention: log start moves to {start}"));
+        let mut index = node.disk.written_log_start();
+        while index < start {
+            let entry = node.disk.written_entry(index).expect("below the written last index");
+            self.checker.on_read(self.now, node.id, index, entry)?;
+            index = index.next();
+        }
+        let node = &mut self.nodes[i];
+        node.compacted_checked_through = node.compacted_checked_through.max(start.prev());
         self.write(i, DiskOp::AdvanceStart { start })?;
         self.request_sync(i, false);
         self.nodes[i].replica.as_mut().expect("up").handle_log_start(start);
@@ -431,7 +447,7 @@ impl Simulation {
         if node.replica.is_some() {
             return Ok(());
         }
-        let image = node.disk.recover();
+        let image = node.disk.recover(self.opts.mutation);
         let recovered = self.recovered_from(i, &image)?;
         let node = &mut self.nodes[i];
         let id = node.id;
@@ -525,7 +541,8 @@ impl Simulation {
             }
             let promotions = std::mem::take(&mut self.nodes[i].promotions);
             let reports = std::mem::take(&mut self.nodes[i].early_reports);
-            if promotions.is_empty() && reports.is_empty() {
+            let answers = std::mem::take(&mut self.nodes[i].fake_term_answers);
+            if promotions.is_empty() && reports.is_empty() && answers.is_empty() {
                 return Ok(());
             }
             let id = self.nodes[i].id;
@@ -540,6 +557,9 @@ impl Simulation {
             }
             for (through, term) in reports {
                 replica.handle_durable(through, term);
+            }
+            for (from, term) in answers {
+                replica.handle_message(from, Message::TermQueryResponse { term });
             }
         }
     }
@@ -602,6 +622,13 @@ impl Simulation {
                 self.write(i, DiskOp::Reset { start, prev_term, membership })?;
                 self.request_sync(i, false);
             }
+            Action::Send { to, message: Message::TermQuery { term } }
+                if self.opts.mutation == Mutation::RepairFromLowerTerm =>
+            {
+                // MUTATION: the damaged replica's question never leaves; every voter "answers"
+                // with the replica's own term, so it learns nothing it did not know.
+                self.nodes[i].fake_term_answers.push((to, term));
+            }
             Action::Send { to, message } => {
                 self.net.send(now, id, to, message);
             }
@@ -627,6 +654,8 @@ impl Simulation {
                 self.client
                     .on_read_ready(id, ctx, index)
                     .map_err(|what| Violation { step: now, what })?;
+                // Serve it: the bytes returned must be the committed ones.
+                self.serve_read(i, index)?;
             }
             Action::ReadFailed { ctx } => self.client.on_read_failed(ctx),
             Action::RoleChanged { role, term, leader } => {
@@ -709,8 +738,7 @@ impl Simulation {
             let ops = match outcome {
                 SyncOutcome::Failed => {
                     // fsyncgate: fatal for the log, never retried. The node stops.
-                    let tear =
-                        if self.damage_allowed_for(i) { Tear::Any } else { Tear::AppendsOnly };
+                    let tear = if self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
                     self.trace.line(self.now, self.nodes[i].id, || "FSYNC FAILED".to_string());
                     self.crash(i, tear);
                     return Ok(());
@@ -759,6 +787,9 @@ impl Simulation {
         if self.client_rng.gen_bool(self.opts.read_probability) {
             self.read()?;
         }
+        if self.client_rng.gen_bool(self.opts.read_probability) {
+            self.local_read()?;
+        }
         Ok(())
     }
 
@@ -800,6 +831,80 @@ impl Simulation {
             Err(_) => self.client.on_refused(Some(id)),
         }
         self.drain(i)
+    }
+
+    /// A read served by node `i` of what it knows committed through `through`: it returns
+    /// the bytes of its log's last `READ_ENTRIES_MAX` entries through `through` (those it
+    /// still holds), each of which must be the committed entry at that index.
+    fn serve_read(&mut self, i: usize, through: LogIndex) -> CheckResult {
+        let node = &self.nodes[i];
+        let first = node
+            .disk
+            .written_log_start()
+            .max(LogIndex(through.0.saturating_sub(READ_ENTRIES_MAX - 1).max(1)));
+        let mut index = first;
+        while index <= through {
+            let Some(entry) = node.disk.written_entry(index) else {
+                return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "{}: serves a read through {through} but its log holds {}..={}",
+                        node.id,
+                        node.disk.written_log_start(),
+                        node.disk.written_last().0
+                    ),
+                });
+            };
+            self.checker.on_read(self.now, node.id, index, entry)?;
+            index = index.next();
+        }
+        Ok(())
+    }
+
+    /// A read from any running replica of what it knows committed (no leader round trip).
+    fn local_read(&mut self) -> CheckResult {
+        let up: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let i = up[self.client_rng.gen_range(0..up.len())];
+        let commit = self.nodes[i].commit;
+        self.serve_read(i, commit)
+    }
+
+    /// End of run: every acknowledged (index, payload) is in the *durable* log of a majority
+    /// of the final voters (or was removed from it by retention after it was checked
+    /// committed): design.md §2, an acknowledged record survives.
+    fn check_acked_durable(&self, acked: &[(LogIndex, Bytes)]) -> CheckResult {
+        let voters = match self.leader_slot() {
+            Some(l) => self.nodes[l].membership.voters.clone(),
+            None => self.bootstrap.voters.clone(),
+        };
+        let needed = quorum_size(voters.len());
+        for (index, payload) in acked {
+            let holders = voters
+                .iter()
+                .filter(|v| {
+                    let node = &self.nodes[self.slot(**v)];
+                    if *index < node.disk.durable_log_start() {
+                        return *index <= node.compacted_checked_through;
+                    }
+                    node.disk
+                        .durable_entry(*index)
+                        .is_some_and(|e| e.kind == EntryKind::Normal && e.payload == *payload)
+                })
+                .count();
+            if holders < needed {
+                return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "acked {payload:?} at {index} is durable on only {holders} of the final                          voters {voters:?} (a majority is {needed})"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn read(&mut self) -> CheckResult {
