@@ -660,6 +660,10 @@ impl Replica {
         self.match_bound = self.commit;
         self.ack_sent = LogIndex(0);
         self.leader_commit = LogIndex(0);
+        // Report the step-down before any action this input produces after it (a truncation
+        // of the old leader's entries, a commit of the new leader's): a driver answers
+        // producers on `CommitAdvanced` as the leader it last heard of.
+        self.report_role();
     }
 
     fn become_pre_candidate(&mut self) {
@@ -1616,6 +1620,12 @@ impl Replica {
         if self.damaged {
             self.maybe_repair();
         }
+        self.report_role();
+        self.check_invariants();
+    }
+
+    /// Emits `RoleChanged` if the role, term or known leader changed since the last one.
+    fn report_role(&mut self) {
         let now = (self.role, self.term, self.leader);
         if now != self.reported {
             self.reported = now;
@@ -1625,7 +1635,6 @@ impl Replica {
                 leader: self.leader,
             });
         }
-        self.check_invariants();
     }
 
     fn check_invariants(&mut self) {

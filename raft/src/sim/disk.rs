@@ -47,6 +47,9 @@ use super::Mutation;
 use crate::message::{Entry, EntryKind, Membership};
 use crate::types::{HardState, LogIndex, NodeId, Term};
 
+/// Records at the end of the durable log that half of the record flips strike.
+pub const FLIP_TAIL_RECORDS: usize = 4;
+
 /// Bound on operations written and not yet synced on one disk.
 pub const UNSYNCED_OPS_MAX: usize = 100_000;
 
@@ -258,7 +261,9 @@ impl SimDisk {
 
     /// Flips a bit of a durable record (any, the last one included) or of a hard-state slot.
     /// Only for a stopped node (at rest). The file is picked first (the log or the hard state,
-    /// even odds when both hold something), then a record or slot in it. Returns what was hit.
+    /// even odds when both hold something), then a record or slot in it: half the record
+    /// flips strike one of the last `FLIP_TAIL_RECORDS` records (the last flushes, the
+    /// acknowledged data a torn-write rule is tempted to drop). Returns what was hit.
     pub fn flip_bit_at_rest(&mut self, rng: &mut SmallRng) -> Option<String> {
         assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
         let record_choices = self.durable.records.len();
@@ -269,7 +274,13 @@ impl SimDisk {
         let hit_log = slot_choices == 0 || (record_choices > 0 && rng.gen_bool(0.5));
         let bit = 1u32 << rng.gen_range(0..32);
         let hit = if hit_log {
-            let record = &mut self.durable.records[rng.gen_range(0..record_choices)];
+            let tail = record_choices.min(FLIP_TAIL_RECORDS);
+            let pick = if rng.gen_bool(0.5) {
+                record_choices - 1 - rng.gen_range(0..tail)
+            } else {
+                rng.gen_range(0..record_choices)
+            };
+            let record = &mut self.durable.records[pick];
             record.checksum ^= bit;
             format!("record {}", record.entry.index)
         } else {

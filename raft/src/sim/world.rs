@@ -61,8 +61,8 @@ struct SimNode {
     /// `TermQuery` answers the driver fabricates (the `RepairFromLowerTerm` mutation).
     fake_term_answers: Vec<(NodeId, Term)>,
     /// Highest index this node's retention removed after checking every removed entry
-    /// against the committed log (such entries count as held at the end-of-run check:
-    /// retention may remove acknowledged records).
+    /// against the committed log (retention may remove acknowledged records: see
+    /// `check_acked_durable`).
     compacted_checked_through: LogIndex,
 }
 
@@ -471,7 +471,9 @@ impl Simulation {
             .membership_entries
             .last()
             .map_or_else(|| recovered.membership.clone(), |(_, m)| m.clone());
-        let config = Config::new(id, seed);
+        let mut config = Config::new(id, seed);
+        config.check_quorum = self.opts.check_quorum;
+        config.pre_vote = self.opts.check_quorum;
         let replica = Replica::new(config, recovered).map_err(|e| Violation {
             step: now,
             what: format!("{id}: Replica::new refused the recovered state: {e}"),
@@ -874,21 +876,25 @@ impl Simulation {
     }
 
     /// End of run: every acknowledged (index, payload) is in the *durable* log of a majority
-    /// of the final voters (or was removed from it by retention after it was checked
-    /// committed): design.md §2, an acknowledged record survives.
+    /// of the final voters: design.md §2, an acknowledged record survives (until retention
+    /// removes it). A voter whose durable log starts above the index counts only if retention
+    /// removed that index somewhere after checking it committed: a log start moves only by
+    /// retention or by a reset to a leader's log start, itself moved by retention.
     fn check_acked_durable(&self, acked: &[(LogIndex, Bytes)]) -> CheckResult {
         let voters = match self.leader_slot() {
             Some(l) => self.nodes[l].membership.voters.clone(),
             None => self.bootstrap.voters.clone(),
         };
         let needed = quorum_size(voters.len());
+        let compacted =
+            self.nodes.iter().map(|n| n.compacted_checked_through).max().unwrap_or_default();
         for (index, payload) in acked {
             let holders = voters
                 .iter()
                 .filter(|v| {
                     let node = &self.nodes[self.slot(**v)];
                     if *index < node.disk.durable_log_start() {
-                        return *index <= node.compacted_checked_through;
+                        return *index <= compacted;
                     }
                     node.disk
                         .durable_entry(*index)
