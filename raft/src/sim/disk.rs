@@ -48,7 +48,7 @@ use crate::message::{Entry, EntryKind, Membership};
 use crate::types::{HardState, LogIndex, NodeId, Term};
 
 /// Records at the end of the durable log that half of the record flips strike.
-pub const FLIP_TAIL_RECORDS: usize = 4;
+pub const FLIP_TAIL_RECORDS: usize = 2;
 
 /// Bound on operations written and not yet synced on one disk.
 pub const UNSYNCED_OPS_MAX: usize = 100_000;
@@ -263,7 +263,8 @@ impl SimDisk {
     /// Only for a stopped node (at rest). The file is picked first (the log or the hard state,
     /// even odds when both hold something), then a record or slot in it: half the record
     /// flips strike one of the last `FLIP_TAIL_RECORDS` records (the last flushes, the
-    /// acknowledged data a torn-write rule is tempted to drop). Returns what was hit.
+    /// acknowledged data a torn-write rule is tempted to drop), three slot flips in four the
+    /// newest slot. Returns what was hit.
     pub fn flip_bit_at_rest(&mut self, rng: &mut SmallRng) -> Option<String> {
         assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
         let record_choices = self.durable.records.len();
@@ -284,8 +285,17 @@ impl SimDisk {
             record.checksum ^= bit;
             format!("record {}", record.entry.index)
         } else {
-            let nth = rng.gen_range(0..slot_choices);
-            let slot = self.durable.slots.iter_mut().flatten().nth(nth).expect("counted");
+            // The newest slot is the one whose loss matters (it may hold a vote the node
+            // already sent): three flips in four strike it when both slots are written.
+            let newest = self.durable.slots.iter().flatten().map(|s| s.seq).max();
+            let pick_newest = slot_choices == 1 || rng.gen_bool(0.75);
+            let slot = self
+                .durable
+                .slots
+                .iter_mut()
+                .flatten()
+                .find(|s| (Some(s.seq) == newest) == pick_newest)
+                .expect("counted");
             slot.checksum ^= bit;
             format!("hard-state slot seq {}", slot.seq)
         };

@@ -107,9 +107,22 @@ impl FaultConfig {
 /// One fault, as the world applies it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
+    /// Kill -9 or power loss. `tear`: the last write that landed may be torn; `rot`: the
+    /// disk also comes back with a flipped bit at rest (log or hard state); `bounce`: a
+    /// supervisor restarts the node in the same step. Torn writes and rot are disk damage:
+    /// the world applies them only within the damage budget.
     Crash {
         node: NodeId,
         tear: bool,
+        rot: bool,
+        bounce: bool,
+    },
+    /// Two nodes lose power at once (a rack): each crash as `Crash` (tears within the damage
+    /// budget); with `rot`, the first of them comes back with a flipped bit at rest.
+    PowerLoss {
+        nodes: [NodeId; 2],
+        tears: [bool; 2],
+        rot: bool,
     },
     Restart {
         node: NodeId,
@@ -169,6 +182,7 @@ pub struct FaultView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Crash,
+    PowerLoss,
     FsyncFailure,
     SlowFsyncs,
     BitFlip,
@@ -224,6 +238,9 @@ impl FaultScheduler {
         if c.crashes && down.len() < majority && !up.is_empty() {
             kinds.push(Kind::Crash);
         }
+        if c.crashes && down.len() + 2 <= majority && up.len() >= 2 {
+            kinds.push(Kind::PowerLoss);
+        }
         if c.fsync_failures && !up.is_empty() {
             kinds.push(Kind::FsyncFailure);
         }
@@ -268,7 +285,24 @@ impl FaultScheduler {
         Some(match kind {
             Kind::Crash => {
                 let node = up[self.rng.gen_range(0..up.len())];
-                Fault::Crash { node, tear: c.torn_writes && self.rng.gen_bool(0.5) }
+                Fault::Crash {
+                    node,
+                    tear: c.torn_writes && self.rng.gen_bool(0.25),
+                    rot: c.bit_flips && self.rng.gen_bool(0.5),
+                    bounce: self.rng.gen_bool(0.5),
+                }
+            }
+            Kind::PowerLoss => {
+                let first = self.rng.gen_range(0..up.len());
+                let second = (first + self.rng.gen_range(1..up.len())) % up.len();
+                Fault::PowerLoss {
+                    nodes: [up[first], up[second]],
+                    tears: [
+                        c.torn_writes && self.rng.gen_bool(0.25),
+                        c.torn_writes && self.rng.gen_bool(0.25),
+                    ],
+                    rot: c.bit_flips && self.rng.gen_bool(0.5),
+                }
             }
             Kind::FsyncFailure => {
                 Fault::FailNextFsync { node: up[self.rng.gen_range(0..up.len())] }

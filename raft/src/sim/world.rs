@@ -275,11 +275,16 @@ impl Simulation {
         let now = self.now;
         self.trace.line(now, NodeId(0), || format!("FAULT {fault:?}"));
         match fault {
-            Fault::Crash { node, tear } => {
+            Fault::Crash { node, tear, rot, bounce } => {
                 let i = self.slot(node);
-                // A torn write is disk damage (the recovery rule): within the budget only.
-                let tear = if tear && self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
-                self.crash(i, tear);
+                self.crash_with_damage(i, tear, rot);
+                if bounce {
+                    self.start_node(i)?;
+                }
+            }
+            Fault::PowerLoss { nodes, tears, rot } => {
+                self.crash_with_damage(self.slot(nodes[0]), tears[0], rot);
+                self.crash_with_damage(self.slot(nodes[1]), tears[1], false);
             }
             Fault::Restart { node } => self.start_node(self.slot(node))?,
             Fault::FailNextFsync { node } => {
@@ -406,6 +411,18 @@ impl Simulation {
     /// Whether node `i` may be damaged now (it may already be impaired itself).
     fn damage_allowed_for(&self, i: usize) -> bool {
         self.impaired_count(Some(i)) < self.damage_budget()
+    }
+
+    /// Crashes node `i`; a torn write and rot at rest are disk damage (the recovery rule),
+    /// applied only within the damage budget.
+    fn crash_with_damage(&mut self, i: usize, tear: bool, rot: bool) {
+        let tear = if tear && self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
+        self.crash(i, tear);
+        if rot && self.nodes[i].replica.is_none() && self.damage_allowed_for(i) {
+            let hit = self.nodes[i].disk.flip_bit_at_rest(&mut self.disk_rng);
+            let id = self.nodes[i].id;
+            self.trace.line(self.now, id, || format!("bit flip at rest: {hit:?}"));
+        }
     }
 
     fn crash(&mut self, i: usize, tear: Tear) {
@@ -739,8 +756,10 @@ impl Simulation {
             };
             let ops = match outcome {
                 SyncOutcome::Failed => {
-                    // fsyncgate: fatal for the log, never retried. The node stops.
-                    let tear = if self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
+                    // fsyncgate: fatal for the log, never retried. The node stops; its last
+                    // writes may be torn (within the damage budget).
+                    let tear = self.disk_rng.gen_bool(0.25) && self.damage_allowed_for(i);
+                    let tear = if tear { Tear::Any } else { Tear::None };
                     self.trace.line(self.now, self.nodes[i].id, || "FSYNC FAILED".to_string());
                     self.crash(i, tear);
                     return Ok(());
