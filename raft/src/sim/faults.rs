@@ -115,6 +115,8 @@ pub enum Fault {
         node: NodeId,
         tear: bool,
         rot: bool,
+        /// The disk is wiped (a replaced drive), within the damage budget.
+        wipe: bool,
         bounce: bool,
     },
     /// Two nodes lose power at once (a rack): each crash as `Crash` (tears within the damage
@@ -228,6 +230,24 @@ impl FaultScheduler {
         out
     }
 
+    /// Whether `node`, which just granted a vote, crashes now (one time in four, if crashes
+    /// are on), and how: rot at rest one time in two, a wiped disk one time in four, an
+    /// immediate restart one time in two.
+    pub fn crash_after_vote(&mut self, node: NodeId) -> Option<Fault> {
+        let c = self.config;
+        if !c.crashes || !self.rng.gen_bool(0.25) {
+            return None;
+        }
+        let damage = self.rng.gen_range(0..4);
+        Some(Fault::Crash {
+            node,
+            tear: false,
+            rot: c.bit_flips && damage < 2,
+            wipe: c.wipes && damage == 2,
+            bounce: self.rng.gen_bool(0.5),
+        })
+    }
+
     fn pick(&mut self, view: &FaultView) -> Option<Fault> {
         let c = self.config;
         let n = view.up.len();
@@ -289,6 +309,7 @@ impl FaultScheduler {
                     node,
                     tear: c.torn_writes && self.rng.gen_bool(0.25),
                     rot: c.bit_flips && self.rng.gen_bool(0.5),
+                    wipe: false,
                     bounce: self.rng.gen_bool(0.5),
                 }
             }

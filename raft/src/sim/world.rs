@@ -81,6 +81,8 @@ pub struct Simulation {
     config_rng: SmallRng,
     trace: Trace,
     quiet_since: Option<u64>,
+    /// Nodes that granted a vote in this step (candidates for a crash right after voting).
+    voted: Vec<usize>,
     crashes: u64,
     restarts: u64,
     faults_injected: u64,
@@ -136,6 +138,7 @@ impl Simulation {
             config_rng,
             trace,
             quiet_since: None,
+            voted: Vec::new(),
             crashes: 0,
             restarts: 0,
             faults_injected: 0,
@@ -220,6 +223,7 @@ impl Simulation {
         for i in 0..self.nodes.len() {
             self.complete_syncs(i)?;
         }
+        self.crash_voters()?;
         if self.now % self.opts.steps_per_tick == 0 {
             for i in 0..self.nodes.len() {
                 if let Some(replica) = self.nodes[i].replica.as_mut() {
@@ -232,6 +236,36 @@ impl Simulation {
     }
 
     // ---- faults ------------------------------------------------------------------------
+
+    /// The nemesis of election bugs: sometimes a node crashes right after its vote left
+    /// (and, within the damage budget, comes back with rot), often restarting at once, while
+    /// the election it voted in is still running.
+    fn crash_voters(&mut self) -> CheckResult {
+        for i in std::mem::take(&mut self.voted) {
+            if self.quiet_since.is_some() || self.nodes[i].replica.is_none() {
+                continue;
+            }
+            let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+            if down + 1 > self.nodes.len() / 2 {
+                continue;
+            }
+            let Some(Fault::Crash { node, tear, rot, wipe, bounce }) =
+                self.faults.crash_after_vote(self.nodes[i].id)
+            else {
+                continue;
+            };
+            self.faults_injected += 1;
+            self.trace.line(self.now, node, || {
+                format!("FAULT crash after voting (rot {rot}, wipe {wipe}, bounce {bounce})")
+            });
+            self.crash_with_damage(i, tear, rot);
+            self.wipe_within_budget(i, wipe);
+            if bounce {
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
 
     /// Whether node `j` is impaired: damaged (or would recover damaged), or not a voter as far
     /// as any replica knows. Disk damage and membership removals share one budget, so that a
@@ -275,9 +309,10 @@ impl Simulation {
         let now = self.now;
         self.trace.line(now, NodeId(0), || format!("FAULT {fault:?}"));
         match fault {
-            Fault::Crash { node, tear, rot, bounce } => {
+            Fault::Crash { node, tear, rot, wipe, bounce } => {
                 let i = self.slot(node);
                 self.crash_with_damage(i, tear, rot);
+                self.wipe_within_budget(i, wipe);
                 if bounce {
                     self.start_node(i)?;
                 }
@@ -422,6 +457,15 @@ impl Simulation {
             let hit = self.nodes[i].disk.flip_bit_at_rest(&mut self.disk_rng);
             let id = self.nodes[i].id;
             self.trace.line(self.now, id, || format!("bit flip at rest: {hit:?}"));
+        }
+    }
+
+    /// Wipes stopped node `i`'s disk if `wipe` and the damage budget allows.
+    fn wipe_within_budget(&mut self, i: usize, wipe: bool) {
+        if wipe && self.nodes[i].replica.is_none() && self.damage_allowed_for(i) {
+            self.nodes[i].disk.wipe();
+            let id = self.nodes[i].id;
+            self.trace.line(self.now, id, || "disk wiped".to_string());
         }
     }
 
@@ -649,6 +693,9 @@ impl Simulation {
                 self.nodes[i].fake_term_answers.push((to, term));
             }
             Action::Send { to, message } => {
+                if matches!(message, Message::VoteResponse { granted: true, .. }) {
+                    self.voted.push(i);
+                }
                 self.net.send(now, id, to, message);
             }
             Action::SendEntries { to, term, prev_index, prev_term, commit, from, through } => {
