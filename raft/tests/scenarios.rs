@@ -974,3 +974,40 @@ fn a_probe_rejected_at_the_recorded_match_counts_the_follower_for_nothing_it_los
     c.tick_all();
     assert_eq!(c.node(1).commit, index);
 }
+
+#[test]
+fn a_deposed_leader_reports_its_step_down_before_committing_the_new_leaders_entries() {
+    // Raft §5.3: a leader that learns a newer term steps down, truncates its uncommitted
+    // entries and takes the new leader's. A driver answers producers on `CommitAdvanced` as
+    // the leader it last heard of, so the step-down must come first in the actions, else it
+    // acknowledges a proposal that was just truncated (simulator seed 195, 5 nodes, without
+    // CheckQuorum).
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    let index = c.propose(1, "doomed").unwrap();
+    c.run();
+    assert!(c.node(1).commit < index);
+    let before = c.node(1).events.len();
+    let prev_term = c.node(1).term_at(index.prev()).unwrap();
+    let append = Message::Append {
+        term: Term(2),
+        prev_index: index.prev(),
+        prev_term,
+        commit: index,
+        entries: vec![entry(index.0, 2)],
+    };
+    c.node_mut(1).replica.handle_message(n(2), append);
+    c.drain(n(1));
+    c.sync(n(1));
+    let events = &c.node(1).events[before..];
+    let stepped_down = events
+        .iter()
+        .position(|e| matches!(e, Action::RoleChanged { role: Role::Follower, term: Term(2), .. }));
+    let committed = events
+        .iter()
+        .position(|e| matches!(e, Action::CommitAdvanced { through } if *through >= index));
+    assert!(stepped_down.is_some() && committed.is_some(), "{events:?}");
+    assert!(stepped_down < committed, "step-down reported after the commit: {events:?}");
+    assert_eq!(c.node(1).entry(index).term, Term(2));
+}

@@ -390,6 +390,16 @@ mod tests {
     }
 
     #[test]
+    fn a_read_returning_other_bytes_than_the_committed_ones_is_a_violation() {
+        let mut c = Checker::new();
+        c.on_commit(1, NodeId(1), LogIndex(1), Some(&entry(1, 1, "a"))).unwrap();
+        c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 1, "a")).unwrap();
+        assert!(c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 1, "b")).is_err());
+        assert!(c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 2, "a")).is_err());
+        assert_eq!(c.stats.read_entries_checked, 3);
+    }
+
+    #[test]
     fn truncating_at_or_below_commit_is_a_violation() {
         let mut c = Checker::new();
         assert!(c.on_truncate(1, NodeId(1), LogIndex(3), LogIndex(3)).is_err());
