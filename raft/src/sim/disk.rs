@@ -32,6 +32,7 @@
 //!   back damaged too; [`SimDisk::new`] stands for a directory created and proven pristine at
 //!   the cluster's bootstrap;
 //! - a clean end (the unsynced writes that landed did so whole): clean.
+//!
 //! The damaged mark stays durable until a repair is made durable (`DiskOp::ClearDamaged`).
 //!
 //! Invariants: records are contiguous from `log_start`; the durable image is always a state

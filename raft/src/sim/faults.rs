@@ -3,9 +3,12 @@
 //! At most one fault per step (with probability `fault_probability`), picked uniformly among
 //! the kinds that are enabled and possible right now; stopped nodes also come back on their
 //! own (`restart_probability` per step). The scheduler keeps the run inside the fault model of
-//! design.md §2: disk damage (bit flips, wipes, torn hard-state slots, all of which leave a
-//! replica `damaged` until repaired) is only injected while fewer than a minority of replicas
-//! are damaged, since the simultaneous loss of a majority's disks is not covered.
+//! design.md §2: disk damage (bit flips, wipes and torn writes, each of which leaves a replica
+//! `damaged` until repaired under the recovery rule, docs/format.md "Recovery outcomes") is
+//! only injected while fewer than a minority of replicas are impaired, since the simultaneous
+//! loss of a majority's disks is not covered; past that budget a crash loses whole unsynced
+//! writes. Besides the faults drawn per step, `crash_after_vote` may crash a node right after
+//! its vote left (the world asks it for every granted vote).
 //!
 //! Invariants: every choice comes from the scheduler's own RNG (seeded from the run's seed).
 
