@@ -258,6 +258,8 @@ pub mod samples {
                 commit: i,
                 membership: membership(),
             },
+            Message::TermQuery { term: Term(3) },
+            Message::TermQueryResponse { term: t },
         ]
     }
 

@@ -295,6 +295,8 @@ const TAG_HEARTBEAT: u8 = 7;
 const TAG_HEARTBEAT_RESPONSE: u8 = 8;
 const TAG_TIMEOUT_NOW: u8 = 9;
 const TAG_INSTALL_LOG_START: u8 = 10;
+const TAG_TERM_QUERY: u8 = 11;
+const TAG_TERM_QUERY_RESPONSE: u8 = 12;
 
 const ENTRY_NORMAL: u8 = 0;
 const ENTRY_NOOP: u8 = 1;
@@ -457,6 +459,14 @@ fn encode_raft(w: &mut BodyWriter, message: &Message) {
             w.put_u64(commit.0);
             encode_membership(w, membership);
         }
+        Message::TermQuery { term } => {
+            w.put_u8(TAG_TERM_QUERY);
+            w.put_u64(term.0);
+        }
+        Message::TermQueryResponse { term } => {
+            w.put_u8(TAG_TERM_QUERY_RESPONSE);
+            w.put_u64(term.0);
+        }
     }
 }
 
@@ -543,6 +553,8 @@ fn decode_raft(r: &mut Reader, check: &dyn BatchCheck) -> Result<Message, Protoc
             commit: r.index("log start commit")?,
             membership: decode_membership(r)?,
         },
+        TAG_TERM_QUERY => Message::TermQuery { term },
+        TAG_TERM_QUERY_RESPONSE => Message::TermQueryResponse { term },
         value => {
             return Err(ProtocolError::BadValue { what: "raft message tag", value: value.into() })
         }

@@ -58,6 +58,26 @@ fn every_peer_message_and_raft_variant_round_trips() {
 }
 
 #[test]
+fn term_query_and_its_response_have_the_documented_wire_layout() {
+    // docs/format.md, Raft message: `partition u32`, `tag u8`, `term u64`; tags 11 and 12
+    // carry nothing after the term.
+    for (message, tag) in [
+        (Message::TermQuery { term: Term(7) }, 11u8),
+        (Message::TermQueryResponse { term: Term(9) }, 12),
+    ] {
+        let term = message.term();
+        let peer = PeerMessage::Raft { partition: ringlog_net::PartitionId(3), message };
+        let frame = receive(&peer.encode());
+        assert_eq!(frame.kind, FrameKind::PeerRaft);
+        let mut expected = 3u32.to_le_bytes().to_vec();
+        expected.push(tag);
+        expected.extend_from_slice(&term.0.to_le_bytes());
+        assert_eq!(&frame.body[..], &expected[..]);
+        assert_eq!(PeerMessage::decode(&frame, &FrameChecksumOnly).unwrap(), peer);
+    }
+}
+
+#[test]
 fn entry_payloads_and_fetched_batches_are_slices_of_the_received_frame() {
     let append = samples::peer_messages().into_iter().find(|m| {
         matches!(m, PeerMessage::Raft { message: Message::Append { entries, .. }, .. } if !entries.is_empty())

@@ -115,6 +115,18 @@ pub enum Message {
         commit: LogIndex,
         membership: Membership,
     },
+    /// Protocol-aware recovery: a damaged replica (its log or hard state was lost or cut, so
+    /// it may have forgotten a term in which it voted or acked) asks the other voters for
+    /// their current term before it may be repaired. `term` is the sender's term; the
+    /// receiver's state does not change.
+    TermQuery {
+        term: Term,
+    },
+    /// The answer to `TermQuery`: `term` is the responder's current term. A replica that is
+    /// itself damaged and has not yet learned its own term does not answer.
+    TermQueryResponse {
+        term: Term,
+    },
 }
 
 /// The outcome of an `Append`, carried by `Message::AppendResponse`.
@@ -153,7 +165,9 @@ impl Message {
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResponse { term, .. }
             | Message::TimeoutNow { term }
-            | Message::InstallLogStart { term, .. } => *term,
+            | Message::InstallLogStart { term, .. }
+            | Message::TermQuery { term }
+            | Message::TermQueryResponse { term } => *term,
         }
     }
 

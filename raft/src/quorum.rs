@@ -10,6 +10,15 @@ pub fn quorum_size(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Answers a damaged replica needs from the *other* voters (of `voters`, itself included if
+/// it is one) before it knows the highest term in which any leader was elected: a leader of a
+/// term was voted in by `quorum_size(voters)` voters, so at least `quorum_size - 1` of the
+/// others know that term; asking `voters - quorum_size + 1` of them meets at least one
+/// (N = 3: both others; N = 5: 3 of the 4 others; in general floor((N - 1) / 2) + 1).
+pub fn term_query_answers_needed(voters: usize) -> usize {
+    voters - quorum_size(voters) + 1
+}
+
 /// The largest index reached by a quorum of `indexes` (one per voter); sorts `indexes` in
 /// place. `LogIndex(0)` for no voters.
 pub fn quorum_index(indexes: &mut [LogIndex]) -> LogIndex {
@@ -61,5 +70,17 @@ mod tests {
         assert_eq!(vote_outcome(3, 1, 2), VoteOutcome::Lost);
         assert_eq!(vote_outcome(4, 2, 2), VoteOutcome::Lost);
         assert_eq!(vote_outcome(1, 1, 0), VoteOutcome::Won);
+    }
+
+    #[test]
+    fn a_damaged_replica_asks_enough_others_to_meet_every_electing_quorum() {
+        assert_eq!(term_query_answers_needed(3), 2);
+        assert_eq!(term_query_answers_needed(5), 3);
+        assert_eq!(term_query_answers_needed(4), 2);
+        for n in 1..=9 {
+            assert_eq!(term_query_answers_needed(n), (n - 1) / 2 + 1);
+            // The others that voted in any electing quorum, plus those asked, exceed the others.
+            assert!(quorum_size(n) - 1 + term_query_answers_needed(n) > n - 1);
+        }
     }
 }

@@ -33,7 +33,9 @@ use crate::errors::{MembershipError, ProposeError, ReadIndexError, TransferError
 use crate::log::LogShape;
 use crate::message::{AppendResult, Entry, EntryKind, Membership, MembershipChange, Message};
 use crate::progress::{Progress, ProgressState, ProgressView};
-use crate::quorum::{quorum_index, quorum_size, vote_outcome, VoteOutcome};
+use crate::quorum::{
+    quorum_index, quorum_size, term_query_answers_needed, vote_outcome, VoteOutcome,
+};
 use crate::types::{HardState, LogIndex, NodeId, ReadCtx, Role, Term};
 
 /// A leadership transfer in progress (thesis §3.10).
@@ -78,6 +80,12 @@ pub struct Replica {
     peers: Vec<NodeId>,
 
     damaged: bool,
+    /// Damaged replica: the other voters that answered its `TermQuery` (ascending, no
+    /// duplicates, only voters). Once `term_query_answers_needed` of them answered, its term
+    /// is at least every term any leader was elected in before, and it may be repaired.
+    term_answers: Vec<NodeId>,
+    /// Ticks since the last round of `TermQuery` messages.
+    term_query_elapsed: u32,
 
     election_elapsed: u32,
     election_timeout: u32,
@@ -155,6 +163,9 @@ impl Replica {
             membership_entries: recovered.membership_entries,
             peers: Vec::new(),
             damaged: recovered.damaged,
+            term_answers: Vec::new(),
+            // The first tick asks at once.
+            term_query_elapsed: config.heartbeat_ticks,
             election_elapsed: 0,
             election_timeout: config.election_ticks,
             heartbeat_elapsed: 0,
@@ -491,6 +502,15 @@ impl Replica {
     // ----- message dispatch -----
 
     fn step(&mut self, from: NodeId, message: Message) {
+        // Term queries are answered (and counted) whatever the terms: they change nobody's
+        // state but the damaged asker's.
+        match message {
+            Message::TermQuery { .. } => return self.handle_term_query(from),
+            Message::TermQueryResponse { term } => {
+                return self.handle_term_query_response(from, term)
+            }
+            _ => {}
+        }
         let msg_term = message.term();
         if msg_term > self.term {
             match &message {
@@ -565,6 +585,9 @@ impl Replica {
                 self.follow(from);
                 self.handle_install_log_start(start, prev_term, commit, membership);
             }
+            Message::TermQuery { .. } | Message::TermQueryResponse { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 
@@ -588,6 +611,13 @@ impl Replica {
     // ----- elections -----
 
     fn tick_election(&mut self) {
+        if self.damaged && !self.term_learned() {
+            self.term_query_elapsed = self.term_query_elapsed.saturating_add(1);
+            if self.term_query_elapsed >= self.config.heartbeat_ticks {
+                self.term_query_elapsed = 0;
+                self.send_term_queries();
+            }
+        }
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.election_timeout && self.can_campaign() {
             if self.config.pre_vote {
@@ -630,6 +660,10 @@ impl Replica {
         self.match_bound = self.commit;
         self.ack_sent = LogIndex(0);
         self.leader_commit = LogIndex(0);
+        // Report the step-down before any action this input produces after it (a truncation
+        // of the old leader's entries, a commit of the new leader's): a driver answers
+        // producers on `CommitAdvanced` as the leader it last heard of.
+        self.report_role();
     }
 
     fn become_pre_candidate(&mut self) {
@@ -949,8 +983,11 @@ impl Replica {
                 if !pr.damaged {
                     pr.recent_active = true;
                 }
+                // In Replicate every Append sent has `prev >= match`: a rejection below the
+                // match is a stale answer; one *at* the match says the follower lost entries
+                // (below).
                 let stale = match pr.state {
-                    ProgressState::Replicate => rejected <= pr.match_index,
+                    ProgressState::Replicate => rejected < pr.match_index,
                     ProgressState::Probe => rejected != pr.next_index.prev(),
                     ProgressState::InstallLogStart => true,
                 };
@@ -961,6 +998,16 @@ impl Replica {
                 // follower's conflicting term at once.
                 let probe = self.log.find_conflict_by_term(hint_index.min(last), hint_term);
                 let pr = self.progress.get_mut(&from).expect("checked");
+                if rejected <= pr.match_index {
+                    // A rejection of `prev == match` (in Probe, `rejected == next - 1 ==
+                    // match`): the follower no longer holds a matching entry at its recorded
+                    // match, so it lost entries it acked (a restart that dropped them).
+                    // What it acked before means nothing now: its match restarts from
+                    // nothing (it counts toward no quorum for entries it does not hold, and
+                    // its lag is what it holds now) and is rebuilt from its next ack.
+                    // Keeping the old match would probe `match` forever.
+                    pr.match_index = LogIndex(0);
+                }
                 pr.become_probe();
                 let next = rejected.min(probe.next()).max(pr.match_index.next());
                 pr.next_index = next;
@@ -1419,9 +1466,16 @@ impl Replica {
     /// completeness, Raft §5.4), it holds the log through that index durably and matching
     /// (no log reset pending), and its hard state of that term is durable. Entries the leader
     /// commits later are counted without this replica until it reports itself repaired.
+    ///
+    /// And first of all it has learned its term (`term_learned`): it may have voted or acked
+    /// in a term it no longer remembers, so a leader of a lower term (a stale one, which the
+    /// replica's forgotten vote may already have deposed) must not repair it and then count
+    /// it. Its term is at least every term a majority of the other voters reported, so the
+    /// leader it follows is at or above every term in which a leader was elected before.
     fn maybe_repair(&mut self) {
         let target = self.leader_commit;
         let repaired = self.damaged
+            && self.term_learned()
             && self.leader.is_some()
             && self.role != Role::Leader
             && self.reset_pending.is_none()
@@ -1432,6 +1486,51 @@ impl Replica {
             self.damaged = false;
             self.send_action(Action::Repaired);
             self.maybe_ack(true);
+        }
+    }
+
+    // ----- damaged: learning the term -----
+
+    /// Whether enough other voters answered this replica's `TermQuery` (see
+    /// `term_query_answers_needed`).
+    fn term_learned(&self) -> bool {
+        let voters = &self.membership().voters;
+        let answered = self.term_answers.iter().filter(|n| voters.contains(n)).count();
+        answered >= term_query_answers_needed(voters.len())
+    }
+
+    /// Asks every other voter that has not answered yet for its term (at most one message per
+    /// voter per heartbeat interval).
+    fn send_term_queries(&mut self) {
+        for i in 0..self.membership().voters.len() {
+            let to = self.membership().voters[i];
+            if to != self.id && self.term_answers.binary_search(&to).is_err() {
+                self.send(to, Message::TermQuery { term: self.term });
+            }
+        }
+    }
+
+    fn handle_term_query(&mut self, from: NodeId) {
+        // A damaged replica that has not learned its term may report one below a term it
+        // voted in and forgot: it does not answer.
+        if self.damaged && !self.term_learned() {
+            return;
+        }
+        self.send(from, Message::TermQueryResponse { term: self.term });
+    }
+
+    fn handle_term_query_response(&mut self, from: NodeId, term: Term) {
+        if !self.damaged || from == self.id {
+            return;
+        }
+        if term > self.term {
+            // Adopt it: from now on only a leader at or above it is followed (and may repair).
+            self.become_follower(term, None);
+        }
+        if self.membership().voters.contains(&from) {
+            if let Err(pos) = self.term_answers.binary_search(&from) {
+                self.term_answers.insert(pos, from);
+            }
         }
     }
 
@@ -1521,6 +1620,12 @@ impl Replica {
         if self.damaged {
             self.maybe_repair();
         }
+        self.report_role();
+        self.check_invariants();
+    }
+
+    /// Emits `RoleChanged` if the role, term or known leader changed since the last one.
+    fn report_role(&mut self) {
         let now = (self.role, self.term, self.leader);
         if now != self.reported {
             self.reported = now;
@@ -1530,7 +1635,6 @@ impl Replica {
                 leader: self.leader,
             });
         }
-        self.check_invariants();
     }
 
     fn check_invariants(&mut self) {
@@ -1740,6 +1844,8 @@ mod tests {
         for _ in 0..100 {
             r.handle_tick();
         }
+        let ticked = drain(&mut r);
+        assert!(sends(&ticked).iter().all(|m| matches!(m, Message::TermQuery { .. })));
         assert_eq!(r.role(), Role::Follower);
         assert_eq!(r.term(), Term(0));
         r.handle_message(
@@ -1763,6 +1869,13 @@ mod tests {
     fn a_damaged_follower_is_repaired_only_by_a_commit_of_the_leaders_term() {
         let recovered = Recovered { damaged: true, ..Recovered::bootstrap(members(&[1, 2, 3])) };
         let mut r = Replica::new(Config::new(NodeId(2), 1), recovered).unwrap();
+        // It learns the term from both other voters first.
+        for from in [1, 3] {
+            r.handle_message(NodeId(from), Message::TermQueryResponse { term: Term(2) });
+        }
+        let learned = drain(&mut r);
+        persist_all(&mut r, &learned);
+        assert_eq!(r.term(), Term(2));
         // A leader of term 2 that does not yet know its commit (0) must not repair us.
         r.handle_message(NodeId(1), append(2, (0, 0), 0, vec![entry(1, 1), entry(2, 2)]));
         let actions = drain(&mut r);

@@ -643,6 +643,26 @@ fn settle(r: &mut Replica) -> Vec<Action> {
     all
 }
 
+/// A damaged replica asks the other voters for their term (on its first tick) and gets
+/// `answers` as (voter, its term).
+fn learn_term(r: &mut Replica, answers: &[(u32, u64)]) {
+    r.handle_tick();
+    settle(r);
+    for &(from, term) in answers {
+        feed(r, from, Message::TermQueryResponse { term: Term(term) });
+    }
+}
+
+fn term_queries(actions: &[Action]) -> Vec<(u32, Term)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message: Message::TermQuery { term } } => Some((to.0, *term)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn acks(actions: &[Action]) -> Vec<LogIndex> {
     actions
         .iter()
@@ -718,6 +738,7 @@ fn a_damaged_follower_takes_no_commit_from_a_heartbeat() {
     // committed entries (soak seeds 11506, 15070, 11357; Raft §5.4 leader completeness).
     // n3 held 1..=6 (term 2 from index 3), acked 6, and lost 4..=6 to damage.
     let mut r = lone_follower(3, &[1, 1, 2], 2, true);
+    learn_term(&mut r, &[(1, 2), (2, 2)]);
     let actions =
         feed(&mut r, 1, Message::Heartbeat { term: Term(2), commit: LogIndex(6), ctx: 0 });
     assert!(r.is_damaged());
@@ -740,6 +761,7 @@ fn a_damaged_follower_is_repaired_only_through_the_leaders_own_commit_index() {
     // (not the part of it that one Append happened to carry), whose entry is of the
     // leader's term (Raft §5.4).
     let mut r = lone_follower(3, &[1, 1, 2], 2, true);
+    learn_term(&mut r, &[(1, 2), (2, 2)]);
     feed(&mut r, 1, appends(2, (3, 2), 6, &[(4, 2)]));
     r.handle_durable(LogIndex(4), Term(2));
     let actions = settle(&mut r);
@@ -780,4 +802,212 @@ fn a_damaged_follower_is_repaired_with_no_new_entry_to_send() {
     assert!(!c.replica(3).is_damaged());
     assert!(c.node(3).events.contains(&Action::Repaired));
     c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn a_replica_that_voted_then_lost_its_state_is_not_repaired_by_a_stale_leader() {
+    // Issue #13 item 5 (protocol-aware recovery, Alagappan et al. FAST 2018). Schedule: n3
+    // votes for n2 in term 2; its hard state is lost (damaged, term back to 1); n1, a leader
+    // of term 1 that never heard of term 2, tries to repair it. Repaired, n3's acks would
+    // count for n1's term-1 entries although its forgotten vote elected n2 in term 2, whose
+    // log lacks them (Raft §5.4 leader completeness breaks: two different committed entries
+    // at one index). n3 must first learn the highest term from both other voters.
+    let mut r = lone_follower(3, &[1, 1], 1, false);
+    let vote = Message::Vote {
+        term: Term(2),
+        last_index: LogIndex(2),
+        last_term: Term(1),
+        transfer: true,
+    };
+    let actions = feed(&mut r, 2, vote);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Send { message: Message::VoteResponse { granted: true, .. }, .. }
+    )));
+    assert_eq!(r.hard_state(), HardState { term: Term(2), vote: Some(n(2)) });
+    // The vote's slot rots: the replica restarts damaged at its log's last term, 1.
+    let mut r = lone_follower(3, &[1, 1], 1, true);
+    r.handle_tick();
+    let asked = term_queries(&settle(&mut r));
+    assert_eq!(asked, vec![(1, Term(1)), (2, Term(1))], "it asks both other voters");
+    // The stale leader of term 1 (commit 2, of its own term) sends entry 3.
+    let actions = feed(&mut r, 1, appends(1, (2, 1), 2, &[(3, 1)]));
+    r.handle_durable(LogIndex(3), Term(1));
+    let actions = [actions, settle(&mut r)].concat();
+    assert!(!actions.contains(&Action::Repaired), "repaired by a stale leader: {actions:?}");
+    assert!(r.is_damaged());
+    // n1 answers (term 1): one answer of the two needed, still not repaired.
+    let actions = feed(&mut r, 1, Message::TermQueryResponse { term: Term(1) });
+    let actions = [actions, feed(&mut r, 1, appends(1, (3, 1), 2, &[]))].concat();
+    assert!(!actions.contains(&Action::Repaired));
+    assert!(r.is_damaged());
+    // n2 answers term 2: n3 adopts it and the stale leader's messages are refused.
+    feed(&mut r, 2, Message::TermQueryResponse { term: Term(2) });
+    assert_eq!(r.term(), Term(2));
+    let actions = feed(&mut r, 1, appends(1, (3, 1), 2, &[]));
+    assert!(!actions.contains(&Action::Repaired));
+    assert!(r.is_damaged());
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::Send { message, .. } if message.term() < Term(2))),
+        "n1 is told term 2: {actions:?}"
+    );
+    // The leader of term 2 (n2: its noop at 3, commit 3) repairs it.
+    feed(&mut r, 2, appends(2, (2, 1), 3, &[(3, 2)]));
+    r.handle_durable(LogIndex(3), Term(2));
+    let actions = settle(&mut r);
+    assert!(actions.contains(&Action::Repaired));
+    assert!(!r.is_damaged());
+    assert_eq!(r.term_at(LogIndex(3)), Some(Term(2)));
+}
+
+#[test]
+fn a_damaged_replica_of_five_voters_needs_the_term_of_three_of_the_four_others() {
+    // N = 5: any electing quorum holds 3 voters, so 2 of the 4 others know its term; 3
+    // answers meet at least one of them.
+    let recovered = Recovered {
+        hard_state: HardState { term: Term(1), vote: None },
+        last_index: LogIndex(1),
+        term_runs: vec![(LogIndex(1), Term(1))],
+        damaged: true,
+        ..Recovered::bootstrap(membership(&[1, 2, 3, 4, 5]))
+    };
+    let mut r = Replica::new(config(5), recovered).unwrap();
+    r.handle_tick();
+    assert_eq!(term_queries(&settle(&mut r)).len(), 4);
+    for from in [1, 2] {
+        feed(&mut r, from, Message::TermQueryResponse { term: Term(1) });
+    }
+    feed(&mut r, 1, appends(1, (1, 1), 2, &[(2, 1)]));
+    r.handle_durable(LogIndex(2), Term(1));
+    assert!(!settle(&mut r).contains(&Action::Repaired), "two answers are not enough");
+    // The same answer twice counts once.
+    feed(&mut r, 2, Message::TermQueryResponse { term: Term(1) });
+    assert!(r.is_damaged());
+    // Unanswered voters are asked again on a later heartbeat interval; answered ones not.
+    for _ in 0..config(5).heartbeat_ticks {
+        r.handle_tick();
+    }
+    let again: Vec<u32> = term_queries(&settle(&mut r)).iter().map(|q| q.0).collect();
+    assert_eq!(again, vec![3, 4]);
+    let actions = feed(&mut r, 3, Message::TermQueryResponse { term: Term(1) });
+    let actions = [actions, feed(&mut r, 1, appends(1, (2, 1), 2, &[]))].concat();
+    assert!(actions.contains(&Action::Repaired), "{actions:?}");
+}
+
+#[test]
+fn a_damaged_replica_that_has_not_learned_its_term_answers_no_term_query() {
+    let mut r = lone_follower(3, &[1, 1, 2], 2, true);
+    let actions = feed(&mut r, 1, Message::TermQuery { term: Term(1) });
+    assert!(actions.iter().all(|a| !matches!(a, Action::Send { .. })));
+    let mut healthy = lone_follower(2, &[1, 1, 2], 2, false);
+    let actions = feed(&mut healthy, 3, Message::TermQuery { term: Term(5) });
+    let answer = Action::Send { to: n(3), message: Message::TermQueryResponse { term: Term(2) } };
+    assert_eq!(actions, vec![answer], "answered with its own term, its own term unchanged");
+    assert_eq!(healthy.term(), Term(2));
+}
+
+#[test]
+fn the_leader_follows_a_follower_whose_restart_lost_entries_it_had_acked() {
+    // Issue #13 item 3 / 11: a follower comes back undamaged but shorter than the match the
+    // leader recorded (a flip taken for a torn tail). The leader must not probe its old match
+    // forever: the rejection of that probe restarts the follower's progress from what it
+    // holds now (its lag shows it), and it catches up.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.run();
+    c.tick_all();
+    let last = c.replica(1).last_index();
+    assert_eq!(c.replica(1).progress(n(3)).unwrap().match_index, last);
+    c.crash(3);
+    let node = c.node_mut(3);
+    node.log.truncate(3);
+    node.durable_through = LogIndex(3);
+    c.restart(3, false);
+    assert_eq!(c.replica(3).last_index(), LogIndex(3));
+    let index = c.propose(1, "after").unwrap();
+    c.run();
+    let mut caught_up = false;
+    for _ in 0..30 {
+        c.tick_all();
+        if c.replica(3).last_index() == index && c.node(3).durable_through == index {
+            caught_up = true;
+            break;
+        }
+    }
+    assert!(caught_up, "n3 holds {} of {index}", c.replica(3).last_index());
+    assert_eq!(c.replica(1).progress(n(3)).unwrap().match_index, index);
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
+fn a_probe_rejected_at_the_recorded_match_counts_the_follower_for_nothing_it_lost() {
+    // The same schedule with n2 cut off: until n3 acks again, the leader's match for n3 is
+    // not the one it recorded before n3 lost entries, so nothing new commits on its word.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.run();
+    c.tick_all();
+    c.crash(3);
+    let node = c.node_mut(3);
+    node.log.truncate(3);
+    node.durable_through = LogIndex(3);
+    c.restart(3, false);
+    c.node_mut(3).auto_sync = false;
+    c.partition(1, 2);
+    let index = c.propose(1, "after").unwrap();
+    for _ in 0..30 {
+        c.tick_all();
+        let m = c.replica(1).progress(n(3)).unwrap().match_index;
+        assert!(m <= c.node(3).durable_through, "match {m} beyond what n3 holds durably");
+    }
+    assert!(c.node(1).commit < index, "nothing n3 has not made durable commits");
+    c.sync(n(3));
+    c.tick_all();
+    c.tick_all();
+    assert_eq!(c.node(1).commit, index);
+}
+
+#[test]
+fn a_deposed_leader_reports_its_step_down_before_committing_the_new_leaders_entries() {
+    // Raft §5.3: a leader that learns a newer term steps down, truncates its uncommitted
+    // entries and takes the new leader's. A driver answers producers on `CommitAdvanced` as
+    // the leader it last heard of, so the step-down must come first in the actions, else it
+    // acknowledges a proposal that was just truncated (simulator seed 195, 5 nodes, without
+    // CheckQuorum).
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    let index = c.propose(1, "doomed").unwrap();
+    c.run();
+    assert!(c.node(1).commit < index);
+    let before = c.node(1).events.len();
+    let prev_term = c.node(1).term_at(index.prev()).unwrap();
+    let append = Message::Append {
+        term: Term(2),
+        prev_index: index.prev(),
+        prev_term,
+        commit: index,
+        entries: vec![entry(index.0, 2)],
+    };
+    c.node_mut(1).replica.handle_message(n(2), append);
+    c.drain(n(1));
+    c.sync(n(1));
+    let events = &c.node(1).events[before..];
+    let stepped_down = events
+        .iter()
+        .position(|e| matches!(e, Action::RoleChanged { role: Role::Follower, term: Term(2), .. }));
+    let committed = events
+        .iter()
+        .position(|e| matches!(e, Action::CommitAdvanced { through } if *through >= index));
+    assert!(stepped_down.is_some() && committed.is_some(), "{events:?}");
+    assert!(stepped_down < committed, "step-down reported after the commit: {events:?}");
+    assert_eq!(c.node(1).entry(index).term, Term(2));
 }

@@ -42,7 +42,8 @@ struct Args {
 fn usage() -> &'static str {
     "usage: ringlog-sim (--seed N | --seeds A..B) [--nodes 3|5|both] [--steps N] [--trace] \
      [--threads N] [--failures-max N] [--faults all|none] \
-     [--mutation ack-before-durable|forget-vote-on-restart]"
+     [--mutation <name>] (ack-before-durable, forget-vote-on-restart, repair-from-lower-term,
+     torn-tail-as-clean, single-slot-rollback)"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -93,10 +94,10 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--mutation" => {
-                args.mutation = match value()?.as_str() {
-                    "ack-before-durable" => Mutation::AckBeforeDurable,
-                    "forget-vote-on-restart" => Mutation::ForgetVoteOnRestart,
-                    v => return Err(format!("--mutation {v}: unknown")),
+                let v = value()?;
+                args.mutation = match Mutation::from_name(&v) {
+                    Some(m) => m,
+                    None => return Err(format!("--mutation {v}: unknown")),
                 }
             }
             "-h" | "--help" => return Err(String::new()),

@@ -53,6 +53,8 @@ pub struct CheckerStats {
     pub highest_term: u64,
     pub committed_len: u64,
     pub acked: u64,
+    /// Entries returned by reads (and removed by retention) compared with the committed log.
+    pub read_entries_checked: u64,
 }
 
 /// The safety checker of one run.
@@ -256,6 +258,39 @@ impl Checker {
         }
     }
 
+    /// `node` returned `entry` to a reader as committed at `index` (or removed it by
+    /// retention as committed): it must be the committed entry there, byte for byte. An index
+    /// the record has not reached yet (a replica that reset its log past a gap) is not
+    /// compared.
+    pub fn on_read(
+        &mut self,
+        step: u64,
+        node: NodeId,
+        index: LogIndex,
+        entry: &Entry,
+    ) -> CheckResult {
+        let Some(committed) = self.committed.get((index.0 - 1) as usize) else {
+            return Ok(());
+        };
+        self.stats.read_entries_checked += 1;
+        if committed != entry {
+            return violation(
+                step,
+                format!(
+                    "{node} returns {index} of term {} ({:?} {:?}) as committed, but {index} of \
+                     term {} ({:?} {:?}) is",
+                    entry.term,
+                    entry.kind,
+                    entry.payload,
+                    committed.term,
+                    committed.kind,
+                    committed.payload
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The client was told that `payload` is committed at `index`.
     pub fn on_ack(&mut self, step: u64, index: LogIndex, payload: &Bytes) -> CheckResult {
         self.stats.acked += 1;
@@ -352,6 +387,16 @@ mod tests {
         c.on_ack(1, LogIndex(1), &Bytes::from_static(b"a")).unwrap();
         assert!(c.on_ack(1, LogIndex(1), &Bytes::from_static(b"b")).is_err());
         assert!(c.on_ack(1, LogIndex(2), &Bytes::from_static(b"a")).is_err());
+    }
+
+    #[test]
+    fn a_read_returning_other_bytes_than_the_committed_ones_is_a_violation() {
+        let mut c = Checker::new();
+        c.on_commit(1, NodeId(1), LogIndex(1), Some(&entry(1, 1, "a"))).unwrap();
+        c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 1, "a")).unwrap();
+        assert!(c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 1, "b")).is_err());
+        assert!(c.on_read(2, NodeId(2), LogIndex(1), &entry(1, 2, "a")).is_err());
+        assert_eq!(c.stats.read_entries_checked, 3);
     }
 
     #[test]

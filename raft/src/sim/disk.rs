@@ -9,33 +9,47 @@
 //! Faults:
 //! - **crash**: the written image is lost; a random prefix of the unsynced operations may
 //!   still have reached the platter, and the last of them may be torn (the records written
-//!   by a torn append keep a bad checksum; a torn hard-state slot too);
+//!   by a torn append keep a bad checksum; a torn hard-state slot too) when the caller allows
+//!   it ([`Tear::Any`]: a torn write is disk damage, within the fault scheduler's budget);
 //! - **failed sync**: fatal for the log (fsyncgate): the node stops at once, which is a crash;
 //!   the driver never retries;
-//! - **bit flip at rest** in a durable record or hard-state slot of a stopped node;
+//! - **bit flip at rest** in any durable record (the last one included) or hard-state slot of
+//!   a stopped node;
 //! - **wipe**: everything is gone.
 //!
-//! Recovery ([`SimDisk::recover`]) reads the durable image only and checks every checksum, as
-//! the engine's recovery does: a bad record with nothing valid after it is a torn tail
-//! (dropped: it was never synced, so never acknowledged); a bad record followed by valid ones
-//! is damage in the middle of the log: the log is cut before it and the node is `damaged`;
-//! a bad hard-state slot is damage too (a torn slot write and a flipped newest slot cannot be
-//! told apart, so recovery assumes the worst); a wiped disk is damaged.
+//! Recovery ([`SimDisk::recover`]) reads the durable image only and checks every checksum,
+//! following THE RECOVERY RULE, one table for the engine and the simulator:
+//! docs/format.md, "Recovery outcomes". A replica restarts *damaged* whenever recovery dropped
+//! bytes that could hold entries it may have acknowledged, since one node cannot tell a torn
+//! write of its last flushes from rot in data it already acknowledged:
+//! - a bad record anywhere, the last one included (a torn tail or a flip): the log is cut
+//!   before it, damaged;
+//! - a bad hard-state slot, even with the other one valid (a torn slot write and a flipped
+//!   newest slot look alike): damaged, and the hard state is (max(valid slot term, log last
+//!   term), no vote);
+//! - a wiped disk: damaged, with the bootstrap membership. The mark is durable before the
+//!   node runs (recovery writes it), so a crash during the first start after a wipe comes
+//!   back damaged too; [`SimDisk::new`] stands for a directory created and proven pristine at
+//!   the cluster's bootstrap;
+//! - a clean end (the unsynced writes that landed did so whole): clean.
 //!
-//! Model limit: a bit flip in the very last durable record cannot be told apart from a torn
-//! tail by any checksum, so the fault scheduler does not inject it (`flip_bit_at_rest` skips
-//! the last record).
+//! The damaged mark stays durable until a repair is made durable (`DiskOp::ClearDamaged`).
 //!
 //! Invariants: records are contiguous from `log_start`; the durable image is always a state
-//! the written image went through (a prefix of the operation history).
+//! the written image went through (a prefix of the operation history), apart from torn
+//! writes and flips.
 
 use std::collections::VecDeque;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
 
+use super::Mutation;
 use crate::message::{Entry, EntryKind, Membership};
 use crate::types::{HardState, LogIndex, NodeId, Term};
+
+/// Records at the end of the durable log that half of the record flips strike.
+pub const FLIP_TAIL_RECORDS: usize = 2;
 
 /// Bound on operations written and not yet synced on one disk.
 pub const UNSYNCED_OPS_MAX: usize = 100_000;
@@ -65,11 +79,10 @@ pub enum DiskOp {
 /// How a crash may tear the last write that reached the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tear {
-    /// Writes land whole or not at all.
+    /// Writes land whole or not at all (a prefix of the unsynced writes lands, none torn).
     None,
-    /// Only a log append may be torn (a torn tail is dropped by recovery: no damage).
-    AppendsOnly,
-    /// Any write may be torn, a hard-state slot included (which recovery reports as damage).
+    /// The last write that landed may be torn, a log append or a hard-state slot: recovery
+    /// reports either as damage, so the fault scheduler allows it only within its budget.
     Any,
 }
 
@@ -234,12 +247,7 @@ impl SimDisk {
         for i in 0..survivors {
             let op = self.unsynced[i].1.clone();
             let last = i + 1 == survivors;
-            let tearable = match (&op, tear) {
-                (_, Tear::None) => false,
-                (DiskOp::Append(_), _) => true,
-                (_, Tear::AppendsOnly) => false,
-                (_, Tear::Any) => true,
-            };
+            let tearable = tear == Tear::Any;
             if last && tearable {
                 self.durable.apply_torn(&op, rng);
                 self.stats.torn_writes += 1;
@@ -252,24 +260,43 @@ impl SimDisk {
         self.written = self.durable.clone();
     }
 
-    /// Flips a bit of a durable record (never the last one: see the module doc) or of a
-    /// hard-state slot. Only for a stopped node (at rest). Returns what was hit.
+    /// Flips a bit of a durable record (any, the last one included) or of a hard-state slot.
+    /// Only for a stopped node (at rest). The file is picked first (the log or the hard state,
+    /// even odds when both hold something), then a record or slot in it: half the record
+    /// flips strike one of the last `FLIP_TAIL_RECORDS` records (the last flushes, the
+    /// acknowledged data a torn-write rule is tempted to drop), three slot flips in four the
+    /// newest slot. Returns what was hit.
     pub fn flip_bit_at_rest(&mut self, rng: &mut SmallRng) -> Option<String> {
         assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
-        let record_choices = self.durable.records.len().saturating_sub(1);
+        let record_choices = self.durable.records.len();
         let slot_choices = self.durable.slots.iter().filter(|s| s.is_some()).count();
         if record_choices + slot_choices == 0 {
             return None;
         }
-        let pick = rng.gen_range(0..record_choices + slot_choices);
+        let hit_log = slot_choices == 0 || (record_choices > 0 && rng.gen_bool(0.5));
         let bit = 1u32 << rng.gen_range(0..32);
-        let hit = if pick < record_choices {
+        let hit = if hit_log {
+            let tail = record_choices.min(FLIP_TAIL_RECORDS);
+            let pick = if rng.gen_bool(0.5) {
+                record_choices - 1 - rng.gen_range(0..tail)
+            } else {
+                rng.gen_range(0..record_choices)
+            };
             let record = &mut self.durable.records[pick];
             record.checksum ^= bit;
             format!("record {}", record.entry.index)
         } else {
-            let nth = pick - record_choices;
-            let slot = self.durable.slots.iter_mut().flatten().nth(nth).expect("counted");
+            // The newest slot is the one whose loss matters (it may hold a vote the node
+            // already sent): three flips in four strike it when both slots are written.
+            let newest = self.durable.slots.iter().flatten().map(|s| s.seq).max();
+            let pick_newest = slot_choices == 1 || rng.gen_bool(0.75);
+            let slot = self
+                .durable
+                .slots
+                .iter_mut()
+                .flatten()
+                .find(|s| (Some(s.seq) == newest) == pick_newest)
+                .expect("counted");
             slot.checksum ^= bit;
             format!("hard-state slot seq {}", slot.seq)
         };
@@ -290,11 +317,8 @@ impl SimDisk {
             .iter()
             .flatten()
             .any(|s| s.checksum != hard_state_checksum(s.seq, &s.state));
-        let bad = image.records.iter().position(|r| r.checksum != entry_checksum(&r.entry));
-        image.damaged_mark
-            || image.wiped
-            || slot_bad
-            || bad.is_some_and(|b| b + 1 < image.records.len())
+        let bad = image.records.iter().any(|r| r.checksum != entry_checksum(&r.entry));
+        image.damaged_mark || image.wiped || slot_bad || bad
     }
 
     /// Everything on the disk is lost (a replaced or reformatted drive).
@@ -305,38 +329,48 @@ impl SimDisk {
     }
 
     /// Recovery after a restart: reads the durable image only (the node must be stopped: no
-    /// unsynced writes). Also rewrites the disk to what was recovered (torn tail and damaged
-    /// range removed), as the engine's recovery does.
-    pub fn recover(&mut self) -> RecoveredImage {
+    /// unsynced writes), following the recovery rule (module doc; docs/format.md "Recovery
+    /// outcomes"). Also rewrites the disk to what was recovered (bad records cut, hard state
+    /// rewritten, damaged mark set), durably before the node runs, as the engine's recovery
+    /// does. `mutation` may plant a known recovery bug (the mutation check).
+    pub fn recover(&mut self, mutation: Mutation) -> RecoveredImage {
         assert!(self.unsynced.is_empty() && self.syncs.is_empty(), "recover a stopped disk");
         let image = &mut self.durable;
         let wiped = image.wiped;
         let mut damaged = image.wiped || image.damaged_mark;
         image.wiped = false;
-        let mut hard_state = HardState::default();
-        let mut best_seq = None;
+        let mut best: Option<HardStateSlot> = None;
+        let mut bad_slots = 0;
         for slot in image.slots.iter().flatten() {
             if slot.checksum != hard_state_checksum(slot.seq, &slot.state) {
-                damaged = true;
-            } else if best_seq.is_none_or(|s| slot.seq > s) {
-                best_seq = Some(slot.seq);
-                hard_state = slot.state;
+                bad_slots += 1;
+            } else if best.is_none_or(|b| slot.seq > b.seq) {
+                best = Some(*slot);
             }
         }
-        let bad = image.records.iter().position(|r| r.checksum != entry_checksum(&r.entry));
-        if let Some(bad) = bad {
-            if bad + 1 < image.records.len() {
-                damaged = true;
-            }
+        let mut hard_state = best.map_or(HardState::default(), |b| b.state);
+        let rollback = mutation == Mutation::SingleSlotRollback && best.is_some();
+        let slot_damage = bad_slots > 0 && !rollback;
+        if let Some(bad) = image.records.iter().position(|r| r.checksum != entry_checksum(&r.entry))
+        {
+            let torn_tail_as_clean =
+                mutation == Mutation::TornTailTakenAsClean && bad + 1 == image.records.len();
+            // MUTATION (TornTailTakenAsClean): a bad last record is taken for a torn write of
+            // an unacknowledged flush and dropped without damage.
+            damaged |= !torn_tail_as_clean;
             image.records.truncate(bad);
         }
-        if damaged {
-            // The hard state may be lost: restart at the log's last term without a vote (the
-            // replica votes for nobody until repaired anyway), so that it never trails the log.
-            let last_term = image.records.last().map_or(image.start_prev_term, |r| r.entry.term);
-            if hard_state.term < last_term {
-                hard_state = HardState { term: last_term, vote: None };
-            }
+        let last_term = image.records.last().map_or(image.start_prev_term, |r| r.entry.term);
+        if slot_damage {
+            // Any bad slot: the newest state may be the lost one (a vote included). Restart
+            // at the highest term known, voting for nobody (a damaged replica never votes).
+            damaged = true;
+            hard_state = HardState { term: hard_state.term.max(last_term), vote: None };
+        } else if hard_state.term < last_term && (damaged || rollback) {
+            // MUTATION (SingleSlotRollback) lands here when the older slot trails the log:
+            // the engine's replicator calls a hard state below the log's last term damage.
+            damaged = true;
+            hard_state = HardState { term: last_term, vote: None };
         }
         // The damage is remembered durably until a repair is durable; the hard state is
         // rewritten cleanly so that the same damage is not found again next time.
@@ -383,6 +417,11 @@ impl SimDisk {
     /// Last index of the durable log and its term.
     pub fn durable_last(&self) -> (LogIndex, Term) {
         self.durable.last()
+    }
+
+    /// First index of the durable log.
+    pub fn durable_log_start(&self) -> LogIndex {
+        self.durable.log_start
     }
 
     /// The durable hard state (newest valid slot), without recovery's side effects.
@@ -575,27 +614,137 @@ mod tests {
         assert!(matches!(disk.poll_sync(5), Some(SyncOutcome::Completed(ops)) if ops.len() == 1));
         assert_eq!(disk.durable_last().0, LogIndex(2));
         disk.crash(&mut rng, Tear::None);
-        let recovered = disk.recover();
+        let recovered = disk.recover(Mutation::None);
         assert!(!recovered.damaged);
         assert!(recovered.entries.len() >= 2);
         assert_eq!(recovered.entries[..2], [entry(1, 1), entry(2, 1)]);
     }
 
     #[test]
-    fn torn_tail_is_dropped_without_damage() {
+    fn torn_tail_is_dropped_and_is_damage() {
+        // Recovery outcomes: non-zero bytes past the last valid batch -> cut AND damaged (the
+        // torn write cannot be told from a flip in an acknowledged last flush).
         let mut rng = SmallRng::seed_from_u64(1);
+        let mut torn = 0;
         for _ in 0..50 {
             let mut disk = SimDisk::new();
             disk.write(DiskOp::Append(vec![entry(1, 1)])).unwrap();
             disk.request_sync(0, false);
             disk.poll_sync(0);
             disk.write(DiskOp::Append(vec![entry(2, 1), entry(3, 1)])).unwrap();
+            let before = disk.stats.torn_writes;
             disk.crash(&mut rng, Tear::Any);
-            let recovered = disk.recover();
-            assert!(!recovered.damaged);
+            let tore = disk.stats.torn_writes > before;
+            torn += usize::from(tore);
+            let recovered = disk.recover(Mutation::None);
+            assert_eq!(recovered.damaged, tore, "damaged exactly when a write was torn");
             assert_eq!(recovered.entries[0], entry(1, 1));
             assert!(recovered.entries.len() <= 2, "the torn record is gone");
         }
+        assert!(torn > 0, "some crashes tore the append");
+    }
+
+    #[test]
+    fn a_crash_that_may_not_tear_lands_whole_writes_and_is_clean() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        for _ in 0..50 {
+            let mut disk = SimDisk::new();
+            disk.write(DiskOp::HardState(HardState { term: Term(1), vote: None })).unwrap();
+            disk.write(DiskOp::Append(vec![entry(1, 1), entry(2, 1)])).unwrap();
+            disk.crash(&mut rng, Tear::None);
+            let recovered = disk.recover(Mutation::None);
+            assert!(!recovered.damaged);
+            assert!(recovered.entries.is_empty() || recovered.entries.len() == 2);
+        }
+    }
+
+    #[test]
+    fn bit_flip_in_the_last_durable_record_is_damage() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut last_hit = false;
+        for _ in 0..200 {
+            let mut disk = SimDisk::new();
+            disk.write(DiskOp::Append((1..=2).map(|i| entry(i, 1)).collect())).unwrap();
+            disk.request_sync(0, false);
+            disk.poll_sync(0);
+            if disk.flip_bit_at_rest(&mut rng).as_deref() != Some("record i2") {
+                continue;
+            }
+            last_hit = true;
+            let recovered = disk.recover(Mutation::None);
+            assert!(recovered.damaged, "a flipped last record may have been acknowledged");
+            assert_eq!(recovered.entries, vec![entry(1, 1)]);
+        }
+        assert!(last_hit, "flips strike the last durable record too");
+    }
+
+    #[test]
+    fn torn_tail_taken_as_clean_mutation_drops_the_last_record_undamaged() {
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::Append((1..=2).map(|i| entry(i, 1)).collect())).unwrap();
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        disk.durable.records[1].checksum ^= 4;
+        let recovered = disk.recover(Mutation::TornTailTakenAsClean);
+        assert!(!recovered.damaged);
+        assert_eq!(recovered.entries, vec![entry(1, 1)]);
+    }
+
+    #[test]
+    fn one_bad_hard_state_slot_is_damage_without_a_vote_at_the_highest_term() {
+        let image = || {
+            let mut disk = SimDisk::new();
+            disk.write(DiskOp::HardState(HardState { term: Term(2), vote: None })).unwrap();
+            disk.write(DiskOp::Append(vec![entry(1, 2)])).unwrap();
+            let voted = HardState { term: Term(3), vote: Some(NodeId(1)) };
+            disk.write(DiskOp::HardState(voted)).unwrap();
+            disk.request_sync(0, false);
+            disk.poll_sync(0);
+            // The newest slot (term 3, voted for n1) rots; the older one (term 2) is valid.
+            let newest = disk.durable.hard_state_seq;
+            disk.durable.slots[(newest % 2) as usize].as_mut().unwrap().checksum ^= 1;
+            disk
+        };
+        let recovered = image().recover(Mutation::None);
+        assert!(recovered.damaged);
+        assert_eq!(recovered.hard_state, HardState { term: Term(2), vote: None });
+        assert_eq!(recovered.entries, vec![entry(1, 2)]);
+        // The planted bug (the engine's old `read_slots`): the older slot, undamaged.
+        let planted = image().recover(Mutation::SingleSlotRollback);
+        assert!(!planted.damaged);
+        assert_eq!(planted.hard_state, HardState { term: Term(2), vote: None });
+    }
+
+    #[test]
+    fn a_bad_slot_restarts_at_the_log_last_term_when_the_valid_slot_trails_it() {
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::HardState(HardState { term: Term(1), vote: None })).unwrap();
+        disk.write(DiskOp::HardState(HardState { term: Term(4), vote: Some(NodeId(2)) })).unwrap();
+        disk.write(DiskOp::Append(vec![entry(1, 4)])).unwrap();
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        let newest = disk.durable.hard_state_seq;
+        disk.durable.slots[(newest % 2) as usize].as_mut().unwrap().checksum ^= 1;
+        let recovered = disk.recover(Mutation::None);
+        assert!(recovered.damaged);
+        assert_eq!(recovered.hard_state, HardState { term: Term(4), vote: None });
+    }
+
+    #[test]
+    fn a_wiped_disk_that_crashes_during_its_first_start_is_damaged_again() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::Append(vec![entry(1, 1)])).unwrap();
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        disk.wipe();
+        assert!(disk.recover(Mutation::None).damaged);
+        // The first start writes its hard state and crashes before any sync completes.
+        disk.write(DiskOp::HardState(HardState { term: Term(2), vote: None })).unwrap();
+        disk.crash(&mut rng, Tear::Any);
+        let again = disk.recover(Mutation::None);
+        assert!(again.damaged, "the damaged mark was durable before the first start ran");
+        assert!(again.entries.is_empty());
     }
 
     #[test]
@@ -606,14 +755,14 @@ mod tests {
         disk.request_sync(0, false);
         disk.poll_sync(0);
         disk.crash(&mut rng, Tear::None);
-        let hit = disk.flip_bit_at_rest(&mut rng).unwrap();
-        assert!(hit.starts_with("record"), "no hard state written yet: {hit}");
-        let recovered = disk.recover();
+        // Rot in record 2 of 3.
+        disk.durable.records[1].checksum ^= 1 << 7;
+        let recovered = disk.recover(Mutation::None);
         assert!(recovered.damaged);
-        assert!(recovered.entries.len() < 2);
+        assert_eq!(recovered.entries, vec![entry(1, 1)]);
         // Recovery cut the log durably and marked it damaged: the next restart is still
         // damaged (until a repair is durable) but loses nothing more.
-        let again = disk.recover();
+        let again = disk.recover(Mutation::None);
         assert!(again.damaged);
         assert_eq!(again.entries, recovered.entries);
     }
@@ -625,7 +774,7 @@ mod tests {
         disk.request_sync(0, false);
         disk.poll_sync(0);
         disk.wipe();
-        let recovered = disk.recover();
+        let recovered = disk.recover(Mutation::None);
         assert!(recovered.damaged);
         assert_eq!(recovered.hard_state, HardState::default());
         assert!(recovered.entries.is_empty());
@@ -641,7 +790,7 @@ mod tests {
         disk.request_sync(0, false);
         disk.poll_sync(0);
         disk.crash(&mut rng, Tear::None);
-        let recovered = disk.recover();
+        let recovered = disk.recover(Mutation::None);
         assert_eq!(recovered.hard_state.term, Term(3));
         assert!(!recovered.damaged);
     }
@@ -651,18 +800,18 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(5);
         let mut disk = SimDisk::new();
         disk.wipe();
-        assert!(disk.recover().damaged);
+        assert!(disk.recover(Mutation::None).damaged);
         disk.crash(&mut rng, Tear::None);
-        assert!(disk.recover().damaged, "still damaged: no repair written");
+        assert!(disk.recover(Mutation::None).damaged, "still damaged: no repair written");
         disk.write(DiskOp::ClearDamaged).unwrap();
         disk.crash(&mut rng, Tear::None);
         // The unsynced repair may or may not have landed; once synced it must have.
-        disk.recover();
+        disk.recover(Mutation::None);
         disk.write(DiskOp::ClearDamaged).unwrap();
         disk.request_sync(0, false);
         disk.poll_sync(0);
         disk.crash(&mut rng, Tear::None);
-        assert!(!disk.recover().damaged);
+        assert!(!disk.recover(Mutation::None).damaged);
     }
 
     #[test]
@@ -676,7 +825,7 @@ mod tests {
         assert!(disk.write(DiskOp::AdvanceStart { start: LogIndex(3) }).is_err());
         disk.request_sync(0, false);
         disk.poll_sync(0);
-        let recovered = disk.recover();
+        let recovered = disk.recover(Mutation::None);
         assert_eq!(recovered.log_start, LogIndex(3));
         assert_eq!(recovered.start_prev_term, Term(1));
         assert_eq!(recovered.entries, vec![entry(3, 2)]);

@@ -3,9 +3,12 @@
 //! At most one fault per step (with probability `fault_probability`), picked uniformly among
 //! the kinds that are enabled and possible right now; stopped nodes also come back on their
 //! own (`restart_probability` per step). The scheduler keeps the run inside the fault model of
-//! design.md §2: disk damage (bit flips, wipes, torn hard-state slots, all of which leave a
-//! replica `damaged` until repaired) is only injected while fewer than a minority of replicas
-//! are damaged, since the simultaneous loss of a majority's disks is not covered.
+//! design.md §2: disk damage (bit flips, wipes and torn writes, each of which leaves a replica
+//! `damaged` until repaired under the recovery rule, docs/format.md "Recovery outcomes") is
+//! only injected while fewer than a minority of replicas are impaired, since the simultaneous
+//! loss of a majority's disks is not covered; past that budget a crash loses whole unsynced
+//! writes. Besides the faults drawn per step, `crash_after_vote` may crash a node right after
+//! its vote left (the world asks it for every granted vote).
 //!
 //! Invariants: every choice comes from the scheduler's own RNG (seeded from the run's seed).
 
@@ -107,9 +110,24 @@ impl FaultConfig {
 /// One fault, as the world applies it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
+    /// Kill -9 or power loss. `tear`: the last write that landed may be torn; `rot`: the
+    /// disk also comes back with a flipped bit at rest (log or hard state); `bounce`: a
+    /// supervisor restarts the node in the same step. Torn writes and rot are disk damage:
+    /// the world applies them only within the damage budget.
     Crash {
         node: NodeId,
         tear: bool,
+        rot: bool,
+        /// The disk is wiped (a replaced drive), within the damage budget.
+        wipe: bool,
+        bounce: bool,
+    },
+    /// Two nodes lose power at once (a rack): each crash as `Crash` (tears within the damage
+    /// budget); with `rot`, the first of them comes back with a flipped bit at rest.
+    PowerLoss {
+        nodes: [NodeId; 2],
+        tears: [bool; 2],
+        rot: bool,
     },
     Restart {
         node: NodeId,
@@ -169,6 +187,7 @@ pub struct FaultView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Crash,
+    PowerLoss,
     FsyncFailure,
     SlowFsyncs,
     BitFlip,
@@ -214,6 +233,24 @@ impl FaultScheduler {
         out
     }
 
+    /// Whether `node`, which just granted a vote, crashes now (one time in four, if crashes
+    /// are on), and how: rot at rest one time in two, a wiped disk one time in four, an
+    /// immediate restart one time in two.
+    pub fn crash_after_vote(&mut self, node: NodeId) -> Option<Fault> {
+        let c = self.config;
+        if !c.crashes || !self.rng.gen_bool(0.25) {
+            return None;
+        }
+        let damage = self.rng.gen_range(0..4);
+        Some(Fault::Crash {
+            node,
+            tear: false,
+            rot: c.bit_flips && damage < 2,
+            wipe: c.wipes && damage == 2,
+            bounce: self.rng.gen_bool(0.5),
+        })
+    }
+
     fn pick(&mut self, view: &FaultView) -> Option<Fault> {
         let c = self.config;
         let n = view.up.len();
@@ -223,6 +260,9 @@ impl FaultScheduler {
         let mut kinds = Vec::new();
         if c.crashes && down.len() < majority && !up.is_empty() {
             kinds.push(Kind::Crash);
+        }
+        if c.crashes && down.len() + 2 <= majority && up.len() >= 2 {
+            kinds.push(Kind::PowerLoss);
         }
         if c.fsync_failures && !up.is_empty() {
             kinds.push(Kind::FsyncFailure);
@@ -268,7 +308,25 @@ impl FaultScheduler {
         Some(match kind {
             Kind::Crash => {
                 let node = up[self.rng.gen_range(0..up.len())];
-                Fault::Crash { node, tear: c.torn_writes && self.rng.gen_bool(0.5) }
+                Fault::Crash {
+                    node,
+                    tear: c.torn_writes && self.rng.gen_bool(0.25),
+                    rot: c.bit_flips && self.rng.gen_bool(0.5),
+                    wipe: false,
+                    bounce: self.rng.gen_bool(0.5),
+                }
+            }
+            Kind::PowerLoss => {
+                let first = self.rng.gen_range(0..up.len());
+                let second = (first + self.rng.gen_range(1..up.len())) % up.len();
+                Fault::PowerLoss {
+                    nodes: [up[first], up[second]],
+                    tears: [
+                        c.torn_writes && self.rng.gen_bool(0.25),
+                        c.torn_writes && self.rng.gen_bool(0.25),
+                    ],
+                    rot: c.bit_flips && self.rng.gen_bool(0.5),
+                }
             }
             Kind::FsyncFailure => {
                 Fault::FailNextFsync { node: up[self.rng.gen_range(0..up.len())] }

@@ -55,6 +55,36 @@ pub enum Mutation {
     /// The vote in the hard state is forgotten at every restart, and the replica is not told
     /// it is damaged.
     ForgetVoteOnRestart,
+    /// A damaged replica is repaired by a leader of a lower term than one it voted in: the
+    /// driver answers the replica's `TermQuery` itself with the replica's own term, so that it
+    /// learns nothing (issue #13 item 5).
+    RepairFromLowerTerm,
+    /// Recovery takes a bad last record for a torn, never acknowledged write: dropped, no
+    /// damage (issue #13 item 3).
+    TornTailTakenAsClean,
+    /// Recovery with one bad hard-state slot loads the other one, undamaged (issue #13 item 2).
+    SingleSlotRollback,
+}
+
+impl Mutation {
+    /// Every planted bug, with its command-line name.
+    pub const ALL: [(Mutation, &'static str); 5] = [
+        (Mutation::AckBeforeDurable, "ack-before-durable"),
+        (Mutation::ForgetVoteOnRestart, "forget-vote-on-restart"),
+        (Mutation::RepairFromLowerTerm, "repair-from-lower-term"),
+        (Mutation::TornTailTakenAsClean, "torn-tail-as-clean"),
+        (Mutation::SingleSlotRollback, "single-slot-rollback"),
+    ];
+
+    /// The mutation called `name` on the command line.
+    pub fn from_name(name: &str) -> Option<Mutation> {
+        Mutation::ALL.iter().find(|(_, n)| *n == name).map(|(m, _)| *m)
+    }
+
+    /// The command-line name (`None` for no mutation).
+    pub fn name(self) -> Option<&'static str> {
+        Mutation::ALL.iter().find(|(m, _)| *m == self).map(|(_, n)| *n)
+    }
 }
 
 /// Everything a run depends on.
@@ -75,6 +105,10 @@ pub struct SimOptions {
     /// Bound on the quiet phase (liveness).
     pub liveness_steps_max: u64,
     pub mutation: Mutation,
+    /// The replicas run CheckQuorum and PreVote (`Config::check_quorum`, `Config::pre_vote`).
+    /// Without them a partitioned leader keeps its term for as long as it is cut off, so
+    /// schedules with a stale leader (and a replica that forgot a newer term) are reached.
+    pub check_quorum: bool,
 }
 
 impl SimOptions {
@@ -90,6 +124,8 @@ impl SimOptions {
             read_probability: 0.02,
             liveness_steps_max: LIVENESS_STEPS_MAX_DEFAULT,
             mutation: Mutation::None,
+            // One seed in four runs without CheckQuorum and PreVote (both are tunables).
+            check_quorum: seed % 4 != 3,
         }
     }
 }
@@ -174,10 +210,8 @@ pub fn replay_command(opts: &SimOptions) -> String {
         "cargo run -p ringlog-raft --bin ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
         opts.seed, opts.nodes, opts.steps
     );
-    match opts.mutation {
-        Mutation::None => {}
-        Mutation::AckBeforeDurable => cmd += " --mutation ack-before-durable",
-        Mutation::ForgetVoteOnRestart => cmd += " --mutation forget-vote-on-restart",
+    if let Some(name) = opts.mutation.name() {
+        cmd += &format!(" --mutation {name}");
     }
     cmd
 }

@@ -30,8 +30,12 @@ use crate::action::Action;
 use crate::config::{Config, Recovered};
 use crate::errors::ProposeError;
 use crate::message::{EntryKind, Membership, MembershipChange, Message};
+use crate::quorum::quorum_size;
 use crate::replica::Replica;
 use crate::types::{LogIndex, NodeId, Role, Term};
+
+/// Entries a read returns (the last ones through the index it is served at).
+const READ_ENTRIES_MAX: u64 = 8;
 
 /// Per-node driver state (what the replicator of that node knows).
 #[derive(Debug)]
@@ -54,6 +58,12 @@ struct SimNode {
     membership: Membership,
     /// Learners the leader reported caught up, to promote once the current drain ends.
     promotions: Vec<NodeId>,
+    /// `TermQuery` answers the driver fabricates (the `RepairFromLowerTerm` mutation).
+    fake_term_answers: Vec<(NodeId, Term)>,
+    /// Highest index this node's retention removed after checking every removed entry
+    /// against the committed log (retention may remove acknowledged records: see
+    /// `check_acked_durable`).
+    compacted_checked_through: LogIndex,
 }
 
 /// The simulation of one seed.
@@ -71,6 +81,8 @@ pub struct Simulation {
     config_rng: SmallRng,
     trace: Trace,
     quiet_since: Option<u64>,
+    /// Nodes that granted a vote in this step (candidates for a crash right after voting).
+    voted: Vec<usize>,
     crashes: u64,
     restarts: u64,
     faults_injected: u64,
@@ -108,6 +120,8 @@ impl Simulation {
                 early_reports: Vec::new(),
                 membership: bootstrap.clone(),
                 promotions: Vec::new(),
+                fake_term_answers: Vec::new(),
+                compacted_checked_through: LogIndex(0),
             })
             .collect();
         Simulation {
@@ -124,6 +138,7 @@ impl Simulation {
             config_rng,
             trace,
             quiet_since: None,
+            voted: Vec::new(),
             crashes: 0,
             restarts: 0,
             faults_injected: 0,
@@ -158,6 +173,7 @@ impl Simulation {
         let acked: Vec<(LogIndex, Bytes)> =
             self.client.acked().iter().map(|a| (a.index, a.payload.clone())).collect();
         self.checker.check_acked(self.now, &acked)?;
+        self.check_acked_durable(&acked)?;
         Ok(RunSummary {
             seed: self.opts.seed,
             steps: self.now,
@@ -207,6 +223,7 @@ impl Simulation {
         for i in 0..self.nodes.len() {
             self.complete_syncs(i)?;
         }
+        self.crash_voters()?;
         if self.now % self.opts.steps_per_tick == 0 {
             for i in 0..self.nodes.len() {
                 if let Some(replica) = self.nodes[i].replica.as_mut() {
@@ -219,6 +236,36 @@ impl Simulation {
     }
 
     // ---- faults ------------------------------------------------------------------------
+
+    /// The nemesis of election bugs: sometimes a node crashes right after its vote left
+    /// (and, within the damage budget, comes back with rot), often restarting at once, while
+    /// the election it voted in is still running.
+    fn crash_voters(&mut self) -> CheckResult {
+        for i in std::mem::take(&mut self.voted) {
+            if self.quiet_since.is_some() || self.nodes[i].replica.is_none() {
+                continue;
+            }
+            let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+            if down + 1 > self.nodes.len() / 2 {
+                continue;
+            }
+            let Some(Fault::Crash { node, tear, rot, wipe, bounce }) =
+                self.faults.crash_after_vote(self.nodes[i].id)
+            else {
+                continue;
+            };
+            self.faults_injected += 1;
+            self.trace.line(self.now, node, || {
+                format!("FAULT crash after voting (rot {rot}, wipe {wipe}, bounce {bounce})")
+            });
+            self.crash_with_damage(i, tear, rot);
+            self.wipe_within_budget(i, wipe);
+            if bounce {
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
 
     /// Whether node `j` is impaired: damaged (or would recover damaged), or not a voter as far
     /// as any replica knows. Disk damage and membership removals share one budget, so that a
@@ -262,16 +309,17 @@ impl Simulation {
         let now = self.now;
         self.trace.line(now, NodeId(0), || format!("FAULT {fault:?}"));
         match fault {
-            Fault::Crash { node, tear } => {
+            Fault::Crash { node, tear, rot, wipe, bounce } => {
                 let i = self.slot(node);
-                let tear = if !tear {
-                    Tear::None
-                } else if self.damage_allowed_for(i) {
-                    Tear::Any
-                } else {
-                    Tear::AppendsOnly
-                };
-                self.crash(i, tear);
+                self.crash_with_damage(i, tear, rot);
+                self.wipe_within_budget(i, wipe);
+                if bounce {
+                    self.start_node(i)?;
+                }
+            }
+            Fault::PowerLoss { nodes, tears, rot } => {
+                self.crash_with_damage(self.slot(nodes[0]), tears[0], rot);
+                self.crash_with_damage(self.slot(nodes[1]), tears[1], false);
             }
             Fault::Restart { node } => self.start_node(self.slot(node))?,
             Fault::FailNextFsync { node } => {
@@ -381,6 +429,14 @@ impl Simulation {
         }
         let start = LogIndex(self.disk_rng.gen_range(lowest.0..=highest.0));
         self.trace.line(self.now, node.id, || format!("retention: log start moves to {start}"));
+        let mut index = node.disk.written_log_start();
+        while index < start {
+            let entry = node.disk.written_entry(index).expect("below the written last index");
+            self.checker.on_read(self.now, node.id, index, entry)?;
+            index = index.next();
+        }
+        let node = &mut self.nodes[i];
+        node.compacted_checked_through = node.compacted_checked_through.max(start.prev());
         self.write(i, DiskOp::AdvanceStart { start })?;
         self.request_sync(i, false);
         self.nodes[i].replica.as_mut().expect("up").handle_log_start(start);
@@ -390,6 +446,27 @@ impl Simulation {
     /// Whether node `i` may be damaged now (it may already be impaired itself).
     fn damage_allowed_for(&self, i: usize) -> bool {
         self.impaired_count(Some(i)) < self.damage_budget()
+    }
+
+    /// Crashes node `i`; a torn write and rot at rest are disk damage (the recovery rule),
+    /// applied only within the damage budget.
+    fn crash_with_damage(&mut self, i: usize, tear: bool, rot: bool) {
+        let tear = if tear && self.damage_allowed_for(i) { Tear::Any } else { Tear::None };
+        self.crash(i, tear);
+        if rot && self.nodes[i].replica.is_none() && self.damage_allowed_for(i) {
+            let hit = self.nodes[i].disk.flip_bit_at_rest(&mut self.disk_rng);
+            let id = self.nodes[i].id;
+            self.trace.line(self.now, id, || format!("bit flip at rest: {hit:?}"));
+        }
+    }
+
+    /// Wipes stopped node `i`'s disk if `wipe` and the damage budget allows.
+    fn wipe_within_budget(&mut self, i: usize, wipe: bool) {
+        if wipe && self.nodes[i].replica.is_none() && self.damage_allowed_for(i) {
+            self.nodes[i].disk.wipe();
+            let id = self.nodes[i].id;
+            self.trace.line(self.now, id, || "disk wiped".to_string());
+        }
     }
 
     fn crash(&mut self, i: usize, tear: Tear) {
@@ -431,7 +508,7 @@ impl Simulation {
         if node.replica.is_some() {
             return Ok(());
         }
-        let image = node.disk.recover();
+        let image = node.disk.recover(self.opts.mutation);
         let recovered = self.recovered_from(i, &image)?;
         let node = &mut self.nodes[i];
         let id = node.id;
@@ -455,7 +532,9 @@ impl Simulation {
             .membership_entries
             .last()
             .map_or_else(|| recovered.membership.clone(), |(_, m)| m.clone());
-        let config = Config::new(id, seed);
+        let mut config = Config::new(id, seed);
+        config.check_quorum = self.opts.check_quorum;
+        config.pre_vote = self.opts.check_quorum;
         let replica = Replica::new(config, recovered).map_err(|e| Violation {
             step: now,
             what: format!("{id}: Replica::new refused the recovered state: {e}"),
@@ -525,7 +604,8 @@ impl Simulation {
             }
             let promotions = std::mem::take(&mut self.nodes[i].promotions);
             let reports = std::mem::take(&mut self.nodes[i].early_reports);
-            if promotions.is_empty() && reports.is_empty() {
+            let answers = std::mem::take(&mut self.nodes[i].fake_term_answers);
+            if promotions.is_empty() && reports.is_empty() && answers.is_empty() {
                 return Ok(());
             }
             let id = self.nodes[i].id;
@@ -540,6 +620,9 @@ impl Simulation {
             }
             for (through, term) in reports {
                 replica.handle_durable(through, term);
+            }
+            for (from, term) in answers {
+                replica.handle_message(from, Message::TermQueryResponse { term });
             }
         }
     }
@@ -602,7 +685,17 @@ impl Simulation {
                 self.write(i, DiskOp::Reset { start, prev_term, membership })?;
                 self.request_sync(i, false);
             }
+            Action::Send { to, message: Message::TermQuery { term } }
+                if self.opts.mutation == Mutation::RepairFromLowerTerm =>
+            {
+                // MUTATION: the damaged replica's question never leaves; every voter "answers"
+                // with the replica's own term, so it learns nothing it did not know.
+                self.nodes[i].fake_term_answers.push((to, term));
+            }
             Action::Send { to, message } => {
+                if matches!(message, Message::VoteResponse { granted: true, .. }) {
+                    self.voted.push(i);
+                }
                 self.net.send(now, id, to, message);
             }
             Action::SendEntries { to, term, prev_index, prev_term, commit, from, through } => {
@@ -627,6 +720,8 @@ impl Simulation {
                 self.client
                     .on_read_ready(id, ctx, index)
                     .map_err(|what| Violation { step: now, what })?;
+                // Serve it: the bytes returned must be the committed ones.
+                self.serve_read(i, index)?;
             }
             Action::ReadFailed { ctx } => self.client.on_read_failed(ctx),
             Action::RoleChanged { role, term, leader } => {
@@ -708,9 +803,10 @@ impl Simulation {
             };
             let ops = match outcome {
                 SyncOutcome::Failed => {
-                    // fsyncgate: fatal for the log, never retried. The node stops.
-                    let tear =
-                        if self.damage_allowed_for(i) { Tear::Any } else { Tear::AppendsOnly };
+                    // fsyncgate: fatal for the log, never retried. The node stops; its last
+                    // writes may be torn (within the damage budget).
+                    let tear = self.disk_rng.gen_bool(0.25) && self.damage_allowed_for(i);
+                    let tear = if tear { Tear::Any } else { Tear::None };
                     self.trace.line(self.now, self.nodes[i].id, || "FSYNC FAILED".to_string());
                     self.crash(i, tear);
                     return Ok(());
@@ -759,6 +855,9 @@ impl Simulation {
         if self.client_rng.gen_bool(self.opts.read_probability) {
             self.read()?;
         }
+        if self.client_rng.gen_bool(self.opts.read_probability) {
+            self.local_read()?;
+        }
         Ok(())
     }
 
@@ -800,6 +899,84 @@ impl Simulation {
             Err(_) => self.client.on_refused(Some(id)),
         }
         self.drain(i)
+    }
+
+    /// A read served by node `i` of what it knows committed through `through`: it returns
+    /// the bytes of its log's last `READ_ENTRIES_MAX` entries through `through` (those it
+    /// still holds), each of which must be the committed entry at that index.
+    fn serve_read(&mut self, i: usize, through: LogIndex) -> CheckResult {
+        let node = &self.nodes[i];
+        let first = node
+            .disk
+            .written_log_start()
+            .max(LogIndex(through.0.saturating_sub(READ_ENTRIES_MAX - 1).max(1)));
+        let mut index = first;
+        while index <= through {
+            let Some(entry) = node.disk.written_entry(index) else {
+                return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "{}: serves a read through {through} but its log holds {}..={}",
+                        node.id,
+                        node.disk.written_log_start(),
+                        node.disk.written_last().0
+                    ),
+                });
+            };
+            self.checker.on_read(self.now, node.id, index, entry)?;
+            index = index.next();
+        }
+        Ok(())
+    }
+
+    /// A read from any running replica of what it knows committed (no leader round trip).
+    fn local_read(&mut self) -> CheckResult {
+        let up: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let i = up[self.client_rng.gen_range(0..up.len())];
+        let commit = self.nodes[i].commit;
+        self.serve_read(i, commit)
+    }
+
+    /// End of run: every acknowledged (index, payload) is in the *durable* log of a majority
+    /// of the final voters: design.md §2, an acknowledged record survives (until retention
+    /// removes it). A voter whose durable log starts above the index counts only if retention
+    /// removed that index somewhere after checking it committed: a log start moves only by
+    /// retention or by a reset to a leader's log start, itself moved by retention.
+    fn check_acked_durable(&self, acked: &[(LogIndex, Bytes)]) -> CheckResult {
+        let voters = match self.leader_slot() {
+            Some(l) => self.nodes[l].membership.voters.clone(),
+            None => self.bootstrap.voters.clone(),
+        };
+        let needed = quorum_size(voters.len());
+        let compacted =
+            self.nodes.iter().map(|n| n.compacted_checked_through).max().unwrap_or_default();
+        for (index, payload) in acked {
+            let holders = voters
+                .iter()
+                .filter(|v| {
+                    let node = &self.nodes[self.slot(**v)];
+                    if *index < node.disk.durable_log_start() {
+                        return *index <= compacted;
+                    }
+                    node.disk
+                        .durable_entry(*index)
+                        .is_some_and(|e| e.kind == EntryKind::Normal && e.payload == *payload)
+                })
+                .count();
+            if holders < needed {
+                return Err(Violation {
+                    step: self.now,
+                    what: format!(
+                        "acked {payload:?} at {index} is durable on only {holders} of the final                          voters {voters:?} (a majority is {needed})"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn read(&mut self) -> CheckResult {
