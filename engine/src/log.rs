@@ -876,6 +876,11 @@ impl Log {
             let mut st = inner.state.borrow_mut();
             st.segments.truncate(segment_at);
         } else {
+            let (file, old_end, capacity) = {
+                let st = inner.state.borrow();
+                let segment = &st.segments[segment_at];
+                (segment.file.clone(), segment.data_end, segment.capacity)
+            };
             let sealed = {
                 let mut st = inner.state.borrow_mut();
                 let term_before = st.term_at(LogIndex(from.0 - 1)).expect("from > start_index");
@@ -896,6 +901,9 @@ impl Log {
                 .await
                 .map_err(|e| err("persist index", e))?;
             inner.state.borrow_mut().segments[segment_at].sealed = true;
+            erase_cut(&file, faults, (position, old_end), capacity)
+                .await
+                .map_err(|e| err("erase the cut batches", e))?;
         }
         let mut st = inner.state.borrow_mut();
         // Appends made while this truncation awaited IO continued the old log: drop them too.
@@ -1255,4 +1263,43 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
         stats: FlushStats::default(),
         arena: AppendArena::default(),
     }
+}
+
+/// Erases the batches a truncation cut off inside a segment, so that the file records the
+/// cut as well as the index does: a rescan after a lost or damaged index file must not take
+/// them back as the log's own (they continue its chain). The block holding `position` is
+/// rewritten with its bytes below `position` and a padding marker (as recovery's tail repair
+/// does: a torn rewrite there is found as damage and repaired by the cluster), every later
+/// block up to the old end is zeroed (the far part first), then the file is fdatasynced.
+async fn erase_cut(
+    file: &crate::io::DirectFile,
+    faults: &FaultInjector,
+    (position, old_end): (u64, u64),
+    capacity: u64,
+) -> std::io::Result<()> {
+    let start = crate::limits::block_floor(position);
+    let pad = crate::batch::padding_len(position, BLOCK_SIZE) as u64;
+    // A padding marker needs 16 bytes; within 16 bytes of the segment's end zeros stand in.
+    let padded = position + pad <= capacity;
+    let head_end = if padded { block_ceil(position + pad) } else { capacity };
+    let region_end = block_ceil(old_end).max(head_end).min(capacity);
+    let mut chunk_end = region_end;
+    while chunk_end > head_end {
+        let chunk_start = chunk_end.saturating_sub(IO_CHUNK_BYTES as u64).max(head_end);
+        let buf = file.alloc((chunk_end - chunk_start) as usize);
+        file.write_at(faults, buf, chunk_start).await?;
+        chunk_end = chunk_start;
+    }
+    if head_end > start {
+        let kept = file.read_at(start, (position - start) as usize).await?.to_vec();
+        let mut buf = file.alloc((head_end - start) as usize);
+        let bytes = buf.as_bytes_mut();
+        bytes[..kept.len()].copy_from_slice(&kept);
+        if padded && pad > 0 {
+            let at = (position - start) as usize;
+            crate::batch::write_padding(&mut bytes[at..at + pad as usize]);
+        }
+        file.write_at(faults, buf, start).await?;
+    }
+    file.sync(faults).await
 }

@@ -435,3 +435,30 @@ fn a_partly_filled_spare_larger_than_a_segment_is_refilled_from_scratch() {
         append_across_a_roll_and_reopen(&path).await;
     });
 }
+
+#[test]
+fn a_truncation_survives_the_loss_of_the_cut_segments_index_file() {
+    // Issue 13 item 12: a truncation inside a segment was recorded only in its index file;
+    // with that file lost or damaged, the rescan took the cut batches (which continue the
+    // chain) back as the log's own.
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (segment, batches) = prepare(&path).await;
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        log.truncate_suffix(LogIndex(30)).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(29));
+        log.close().await.unwrap();
+        let index = segment.with_extension("idx");
+        assert!(index.exists(), "the cut segment's index records the cut");
+        std::fs::remove_file(&index).unwrap();
+        let (log, report) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.last_index(), LogIndex(29), "cut batches came back: {report:?}");
+        let kept = log.read_entries(LogIndex(1), LogIndex(29), 1 << 30).await.unwrap();
+        assert_eq!(kept[..], batches[..29]);
+        let appended = log.append(request(1, 1, 10, 0xee)).unwrap();
+        assert_eq!(appended.index, LogIndex(30));
+        appended.durable.await.unwrap();
+        log.close().await.unwrap();
+    });
+}
