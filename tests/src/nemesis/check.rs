@@ -57,7 +57,10 @@ fn check_partition(
     }
     acks.sort_unstable();
     for pair in acks.windows(2).filter(|w| w[0].0 == w[1].0) {
-        report.anomaly_detail(format!("{partition}: offset {} acknowledged twice: {pair:?}", pair[0].0));
+        report.anomaly_detail(format!(
+            "{partition}: offset {} acknowledged twice: {pair:?}",
+            pair[0].0
+        ));
     }
     let mut lost: BTreeSet<usize> = BTreeSet::new();
     let mut never_sent: BTreeSet<u64> = BTreeSet::new();
@@ -74,7 +77,8 @@ fn check_partition(
                 continue;
             }
         };
-        let mut seen: Vec<Vec<bool>> = logs.iter().map(|l| vec![false; l.next_seq as usize]).collect();
+        let mut seen: Vec<Vec<bool>> =
+            logs.iter().map(|l| vec![false; l.next_seq as usize]).collect();
         for (offset, record) in replica.records.iter().enumerate() {
             let offset = offset as u64;
             let sent = record.filter(|r| {
@@ -82,13 +86,18 @@ fn check_partition(
             });
             let Some(r) = sent else {
                 if never_sent.insert(offset) {
-                    report.anomaly_detail(format!("{partition}: node {id} offset {offset}: a value never sent ({record:?})"));
+                    report.anomaly_detail(format!(
+                        "{partition}: node {id} offset {offset}: a value never sent ({record:?})"
+                    ));
                 }
                 continue;
             };
             let flag = &mut seen[r.writer as usize][r.seq as usize];
             if *flag && duplicated.insert((r.writer, r.seq)) {
-                report.anomaly_detail(format!("{partition}: node {id}: writer {} seq {} appears twice (again at {offset})", r.writer, r.seq));
+                report.anomaly_detail(format!(
+                    "{partition}: node {id}: writer {} seq {} appears twice (again at {offset})",
+                    r.writer, r.seq
+                ));
             }
             *flag = true;
         }
@@ -106,14 +115,17 @@ fn check_partition(
             }
         }
         if missing_here > 0 {
-            report.anomaly_detail(format!("{partition}: node {id} misses {missing_here} acknowledged records"));
+            report.anomaly_detail(format!(
+                "{partition}: node {id} misses {missing_here} acknowledged records"
+            ));
         }
         match &reference {
             None => reference = Some((id, replica.batches)),
             Some((rid, batches)) => {
                 if let Some(why) = compare(batches, &replica.batches) {
                     divergent = true;
-                    report.anomaly_detail(format!("{partition}: nodes {rid} and {id} differ: {why}"));
+                    report
+                        .anomaly_detail(format!("{partition}: nodes {rid} and {id} differ: {why}"));
                 }
             }
         }
@@ -157,12 +169,19 @@ fn read_replica(
     let mut last_index = 0u64;
     for _ in 0..FETCH_ROUNDS_MAX {
         let response = fetch_retrying(FETCH_ATTEMPTS, || {
-            view.fetch(partition, offset, FETCH_BYTES, Duration::ZERO, Consistency::ReplicaCommitted)
+            view.fetch(
+                partition,
+                offset,
+                FETCH_BYTES,
+                Duration::ZERO,
+                Consistency::ReplicaCommitted,
+            )
         })?;
         if response.batches.is_empty() {
             return Ok(log);
         }
-        let next = next_offset(&response.batches).ok_or("a fetch returned an invalid last batch")?;
+        let next =
+            next_offset(&response.batches).ok_or("a fetch returned an invalid last batch")?;
         for batch in &response.batches {
             let view = match decode_batch(batch, BATCH_SIZE_MAX) {
                 Ok(view) => view,

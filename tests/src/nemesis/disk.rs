@@ -30,12 +30,14 @@ pub struct LoopDisk {
 }
 
 impl LoopDisk {
-    /// Creates a sparse `size_mib` image, formats it ext4 and mounts it at `mount`.
+    /// Creates a sparse `size_mib` image, formats it ext4 (no reserved blocks) and mounts it
+    /// at `mount`.
     pub fn create(image: &Path, mount: &Path, size_mib: u64) -> Result<LoopDisk, String> {
         let file = File::create(image).map_err(|e| format!("create {}: {e}", image.display()))?;
         file.set_len(size_mib << 20).map_err(|e| format!("size {}: {e}", image.display()))?;
         drop(file);
-        run(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(image))?;
+        // No blocks reserved for root: the nodes may run as root, and a full disk must be full.
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(image))?;
         fs::create_dir_all(mount).map_err(|e| format!("mkdir {}: {e}", mount.display()))?;
         if let Err(e) = run(Command::new("mount").arg("-o").arg("loop").arg(image).arg(mount)) {
             let _ = fs::remove_file(image);
@@ -75,7 +77,8 @@ impl LoopDisk {
 
     /// Removes the filler files.
     pub fn unfill(&self) -> Result<(), String> {
-        let entries = fs::read_dir(&self.mount).map_err(|e| format!("read {}: {e}", self.mount.display()))?;
+        let entries =
+            fs::read_dir(&self.mount).map_err(|e| format!("read {}: {e}", self.mount.display()))?;
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with("filler-") {
                 fs::remove_file(entry.path()).map_err(|e| format!("rm filler: {e}"))?;
@@ -86,7 +89,7 @@ impl LoopDisk {
 
     fn available_bytes(&self) -> Result<u64, String> {
         let output = Command::new("stat")
-            .args(["-f", "-c", "%a %S"])
+            .args(["-f", "-c", "%f %S"])
             .arg(&self.mount)
             .output()
             .map_err(|e| format!("stat -f: {e}"))?;
@@ -137,7 +140,8 @@ pub fn loop_mounts_supported() -> Result<(), String> {
 pub fn wipe(dir: &Path) -> Result<(), String> {
     for entry in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
         let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
-        let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let removed =
+            if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     Ok(())
@@ -187,7 +191,11 @@ pub fn flip_sealed(partition_dir: &Path, rng: &mut SmallRng) -> Result<String, S
 /// probability 3/4, else the other.
 pub fn flip_hard_state(partition_dir: &Path, rng: &mut SmallRng) -> Result<String, String> {
     let path = partition_dir.join("hard_state");
-    let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
     let generation = |slot: u64| -> u64 {
         let mut buf = [0u8; 8];
         match file.read_exact_at(&mut buf, slot * HARD_STATE_SLOT_SIZE + 16) {
@@ -210,7 +218,11 @@ pub fn flip_hard_state(partition_dir: &Path, rng: &mut SmallRng) -> Result<Strin
 }
 
 fn flip_in(segment: &Path, batch: BatchAt, rng: &mut SmallRng) -> Result<String, String> {
-    let file = OpenOptions::new().read(true).write(true).open(segment).map_err(|e| format!("open {}: {e}", segment.display()))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment)
+        .map_err(|e| format!("open {}: {e}", segment.display()))?;
     let bit = rng.gen_range(0..batch.length * 8);
     flip_bit(&file, batch.position + bit / 8, (bit % 8) as u8)?;
     Ok(format!(
@@ -238,7 +250,9 @@ fn segments(partition_dir: &Path) -> Result<Vec<PathBuf>, String> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().as_bytes()[0].is_ascii_digit()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().as_bytes()[0].is_ascii_digit())
+        })
         .collect();
     out.sort();
     Ok(out)

@@ -116,7 +116,8 @@ fn execute(
             let follower = follower_of(rig, partition, rng)?;
             rig.kill(follower);
             disk::wipe(&rig.cluster.nodes[&follower].data_dir)?;
-            let mut what = format!("wiped the data dir of node {follower} (follower of {partition})");
+            let mut what =
+                format!("wiped the data dir of node {follower} (follower of {partition})");
             if kind == EventKind::WipeCrash {
                 let after = millis(rng, 20..150);
                 rig.spawn(follower);
@@ -206,7 +207,9 @@ fn graceful_stop(rig: &mut Rig, id: u32, report: &mut Report) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    report.unexpected_exit(format!("graceful stop of node {id}: still running after {GRACEFUL_STOP_MAX:?}"));
+    report.unexpected_exit(format!(
+        "graceful stop of node {id}: still running after {GRACEFUL_STOP_MAX:?}"
+    ));
     rig.kill(id);
     format!("did not exit within {GRACEFUL_STOP_MAX:?} (killed)")
 }

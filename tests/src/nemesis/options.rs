@@ -142,7 +142,8 @@ impl Options {
                 continue;
             }
             let value = args.get(i + 1).ok_or_else(|| format!("{flag} needs a value"))?;
-            let number = || value.parse::<u64>().map_err(|_| format!("{flag}: not a number: {value}"));
+            let number =
+                || value.parse::<u64>().map_err(|_| format!("{flag}: not a number: {value}"));
             match flag {
                 "--seed" => options.seed = number()?,
                 "--duration-secs" => options.duration = Duration::from_secs(number()?),

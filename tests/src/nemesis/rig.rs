@@ -87,7 +87,9 @@ impl Rig {
             let data_dir = mount.join("data");
             std::fs::create_dir_all(&data_dir).map_err(|e| format!("mkdir data: {e}"))?;
             self.disks.insert(id, disk);
-            self.cluster.nodes.get_mut(&id).unwrap().data_dir = data_dir;
+            let node = self.cluster.nodes.get_mut(&id).unwrap();
+            let _ = std::fs::remove_dir(&node.data_dir); // the harness's, empty and unused
+            node.data_dir = data_dir;
             self.cluster.write_config(id, &peers);
         }
         eprintln!("nemesis: data dirs on loop-mounted ext4 of {size_mib} MiB each");
@@ -137,7 +139,11 @@ impl Rig {
 
     pub fn wait_started(&mut self, id: u32, report: &mut Report) {
         if let Err(problem) = self.cluster.try_wait_ready(id) {
-            report.unexpected_exit(format!("during {}: {}", self.context, first_lines(&problem, 12)));
+            report.unexpected_exit(format!(
+                "during {}: {}",
+                self.context,
+                first_lines(&problem, 12)
+            ));
             self.next_restart.insert(id, Instant::now() + RESTART_BACKOFF);
         }
     }
@@ -208,14 +214,20 @@ impl Rig {
     /// Waits (bounded) until every desired node runs and, for every partition, one leader is
     /// agreed by all three nodes and each node holds and knows committed what the leader had
     /// committed when the wait began (sampled per partition). Then nothing is impaired.
-    pub fn wait_healthy(&mut self, bound: Duration, report: &mut Report) -> Result<Duration, String> {
+    pub fn wait_healthy(
+        &mut self,
+        bound: Duration,
+        report: &mut Report,
+    ) -> Result<Duration, String> {
         let start = Instant::now();
         let mut targets: BTreeMap<PartitionId, u64> = BTreeMap::new();
         let mut last = String::new();
         while start.elapsed() < bound {
             self.supervise(report);
             let all_up = self.ids().iter().all(|id| self.is_up(*id));
-            if all_up && self.partitions().into_iter().all(|p| self.healthy(p, &mut targets, &mut last)) {
+            if all_up
+                && self.partitions().into_iter().all(|p| self.healthy(p, &mut targets, &mut last))
+            {
                 self.impaired.lock().unwrap().clear();
                 return Ok(start.elapsed());
             }
@@ -234,9 +246,14 @@ impl Rig {
         last: &mut String,
     ) -> bool {
         let statuses = self.statuses(partition);
-        let leaders: Vec<&GroupStatus> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
+        let leaders: Vec<&GroupStatus> =
+            statuses.iter().filter(|s| s.role == Role::Leader).collect();
         let (&[leader], 3) = (&leaders[..], statuses.len()) else {
-            *last = format!("{partition}: {} answers, {} leaders: {statuses:?}", statuses.len(), leaders.len());
+            *last = format!(
+                "{partition}: {} answers, {} leaders: {statuses:?}",
+                statuses.len(),
+                leaders.len()
+            );
             return false;
         };
         let target = *targets.entry(partition).or_insert(leader.commit.0);
@@ -278,7 +295,10 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        pending.into_iter().map(|(p, s)| format!("{p} not converged after {bound:?}: {s}")).collect()
+        pending
+            .into_iter()
+            .map(|(p, s)| format!("{p} not converged after {bound:?}: {s}"))
+            .collect()
     }
 }
 

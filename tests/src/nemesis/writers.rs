@@ -151,7 +151,11 @@ fn write_loop(
                 if ack.last_offset.0.checked_sub(ack.base_offset.0) != Some(count - 1) {
                     log.bad_acks.push(format!("writer {} seq {first_seq}: {ack:?}", log.writer));
                 }
-                log.acks.push(Ack { base_offset: ack.base_offset.0, first_seq, count: count as u32 });
+                log.acks.push(Ack {
+                    base_offset: ack.base_offset.0,
+                    first_seq,
+                    count: count as u32,
+                });
                 progress.acked_records.fetch_add(count, Ordering::Relaxed);
                 progress.last_ack_ms[log.partition as usize]
                     .fetch_max(progress.now_ms(), Ordering::Relaxed);
