@@ -7,7 +7,7 @@
 //! nemesis did not cause. The driver is tests/src/nemesis/ (long runs: `ringlog-nemesis`,
 //! tests/README.md).
 //!
-//! Seed: `RINGLOG_SOAK_SEED`; fault phase length: `RINGLOG_SOAK_SECS` (default 45).
+//! Seed: `RINGLOG_SOAK_SEED`; fault phase length: `RINGLOG_SOAK_SECS` (default 60).
 
 #[path = "harness.rs"]
 mod harness;

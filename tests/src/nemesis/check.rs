@@ -235,3 +235,17 @@ fn fetch_retrying<T, E: std::fmt::Display>(
     }
     Err(format!("fetch failed {attempts} times: {last}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::compare;
+
+    #[test]
+    fn replicas_compare_equal_only_with_the_same_batches() {
+        let a = [(1, 10), (2, 20), (3, 30)];
+        assert_eq!(compare(&a, &a), None);
+        assert!(compare(&a, &a[..2]).is_some(), "a shorter committed log differs");
+        let b = [(1, 10), (2, 21), (3, 30)];
+        assert!(compare(&a, &b).unwrap().contains("batch #1"));
+    }
+}

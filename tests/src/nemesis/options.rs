@@ -115,11 +115,11 @@ pub struct Options {
 pub const RATE_DEFAULT: u32 = 1500;
 
 impl Options {
-    /// The CI run: 45 s of the safe events on 3 partitions.
+    /// The CI run: 60 s of the safe events on 3 partitions.
     pub fn ci(seed: u64) -> Options {
         Options {
             seed,
-            duration: Duration::from_secs(45),
+            duration: Duration::from_secs(60),
             events: EventKind::SAFE.into_iter().collect(),
             partitions: 3,
             writers: 6,

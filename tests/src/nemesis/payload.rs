@@ -2,7 +2,7 @@
 //! byte by byte, so the final check needs no copy of what was sent.
 //!
 //! Layout: magic `NMS1`, partition u32, writer u32, seq u64, length u32 (whole value), then
-//! filler bytes from a splitmix64 stream seeded by (seed, writer, seq). Lengths 32..=511.
+//! filler bytes from a splitmix64 stream seeded by (seed, writer, seq). Lengths 32..=519.
 
 /// Header bytes before the filler.
 pub const HEADER_SIZE: usize = 24;
@@ -63,4 +63,32 @@ fn splitmix(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_made_value_parses_back_to_its_id_and_any_flipped_bit_is_refused() {
+        let id = RecordId { partition: 2, writer: 5, seq: 77 };
+        let value = make(42, id);
+        assert!((HEADER_SIZE + 8..HEADER_SIZE + 8 + FILLER_MAX as usize).contains(&value.len()));
+        assert_eq!(parse(42, &value), Some(id));
+        assert_eq!(parse(43, &value), None, "another seed's value is not ours");
+        for bit in 0..value.len() * 8 {
+            let mut flipped = value.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(parse(42, &flipped), None, "bit {bit}");
+        }
+        assert_eq!(parse(42, &value[..value.len() - 1]), None);
+    }
+
+    #[test]
+    fn values_of_different_ids_differ() {
+        let a = make(1, RecordId { partition: 0, writer: 0, seq: 1 });
+        let b = make(1, RecordId { partition: 0, writer: 0, seq: 2 });
+        let c = make(1, RecordId { partition: 0, writer: 1, seq: 1 });
+        assert!(a != b && a != c && b != c);
+    }
 }
