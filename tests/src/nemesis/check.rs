@@ -1,7 +1,8 @@
 //! The final check, after every node was restarted and every partition converged: read each
 //! partition's committed log from every replica (`ReplicaCommitted`, from offset 0) and check
 //! that every acknowledged record is at its acknowledged offset, byte-identical, on every
-//! replica; no value appears twice; every value is one a writer sent (byte for byte: corrupt
+//! replica (`lost`: on none that could be read; `missing`: on some but not all); no value
+//! appears twice; every value is one a writer sent (byte for byte: corrupt
 //! bytes count as never sent); and the replicas' committed logs are identical (same batches:
 //! Raft index and header crc, which chains over every earlier batch).
 
@@ -62,7 +63,9 @@ fn check_partition(
             pair[0].0
         ));
     }
-    let mut lost: BTreeSet<usize> = BTreeSet::new();
+    // Per acknowledged record: on how many readable replicas it is where it was acked.
+    let mut present: Vec<u8> = vec![0; acks.len()];
+    let mut readable = 0u8;
     let mut never_sent: BTreeSet<u64> = BTreeSet::new();
     let mut duplicated: BTreeSet<(u32, u64)> = BTreeSet::new();
     let mut reference: Option<(u32, Vec<(u64, u32)>)> = None;
@@ -101,17 +104,20 @@ fn check_partition(
             }
             *flag = true;
         }
+        readable += 1;
         let mut missing_here = 0u64;
         for (i, (offset, writer, seq)) in acks.iter().enumerate() {
             let found = replica.records.get(*offset as usize).copied().flatten();
             let expected = RecordId { partition: p, writer: *writer, seq: *seq };
-            if found != Some(expected) {
-                missing_here += 1;
-                if lost.insert(i) && lost.len() <= 5 {
-                    report.anomaly_detail(format!(
-                        "{partition}: node {id}: acknowledged writer {writer} seq {seq} at offset {offset} not there (found {found:?})"
-                    ));
-                }
+            if found == Some(expected) {
+                present[i] += 1;
+                continue;
+            }
+            missing_here += 1;
+            if missing_here <= 3 {
+                report.anomaly_detail(format!(
+                    "{partition}: node {id}: acknowledged writer {writer} seq {seq} at offset {offset} not there (found {found:?})"
+                ));
             }
         }
         if missing_here > 0 {
@@ -130,18 +136,21 @@ fn check_partition(
             }
         }
     }
+    let lost = present.iter().filter(|n| **n == 0).count();
+    let missing = present.iter().filter(|n| **n > 0 && **n < readable).count();
     let a = &mut report.anomalies;
-    a.lost += lost.len() as u64;
+    a.lost += lost as u64;
+    a.missing += missing as u64;
     a.never_sent += never_sent.len() as u64;
     a.duplicated += duplicated.len() as u64;
     a.divergent += u64::from(divergent);
     eprintln!(
-        "nemesis check {partition}: {} acknowledged records, {} batches on node {:?}; lost {}, \
-         never sent {}, duplicated {}, divergent {divergent}",
+        "nemesis check {partition}: {} acknowledged records, {} batches on node {:?}, {readable} \
+         replicas read; lost {lost}, missing on some replica {missing}, never sent {}, \
+         duplicated {}, divergent {divergent}",
         acks.len(),
         reference.as_ref().map_or(0, |r| r.1.len()),
         reference.as_ref().map(|r| r.0),
-        lost.len(),
         never_sent.len(),
         duplicated.len()
     );

@@ -43,9 +43,11 @@ const DETAILS_MAX: usize = 40;
 /// Counts of what must never happen (all zero in a clean run).
 #[derive(Debug, Default)]
 pub struct Anomalies {
-    /// Acknowledged records not at their acknowledged offset, byte-identical, on every
+    /// Acknowledged records at their acknowledged offset, byte-identical, on no readable
     /// replica (each counted once).
     pub lost: u64,
+    /// Acknowledged records there on some readable replicas but not on all.
+    pub missing: u64,
     /// Values present twice in a partition's committed log.
     pub duplicated: u64,
     /// Offsets holding a value no writer sent (or corrupt bytes).
@@ -72,6 +74,7 @@ pub struct Anomalies {
 impl Anomalies {
     pub fn total(&self) -> u64 {
         self.lost
+            + self.missing
             + self.duplicated
             + self.never_sent
             + self.divergent
@@ -127,7 +130,8 @@ impl Report {
         let a = &self.anomalies;
         format!(
             "nemesis summary: seed={} elapsed={:.0?} events: {} (skipped: {}) | records acked={} \
-             produce failures={} | anomalies={}: lost={} duplicated={} never-sent={} \
+             produce failures={} | anomalies={}: lost={} missing-on-a-replica={} duplicated={} \
+             never-sent={} \
              divergent={} corrupt-returned={} unreadable={} unconverged={} \
              unavailable-windows>5s={} unexpected-exits={} stuck={} bad-acks={}",
             self.seed,
@@ -138,6 +142,7 @@ impl Report {
             self.produce_failures,
             a.total(),
             a.lost,
+            a.missing,
             a.duplicated,
             a.never_sent,
             a.divergent,
