@@ -187,8 +187,8 @@ pub fn flip_sealed(partition_dir: &Path, rng: &mut SmallRng) -> Result<String, S
     flip_in(segment, batch, rng)
 }
 
-/// Flips one bit in the fields of a hard-state slot: the newest (highest generation) with
-/// probability 3/4, else the other.
+/// Flips one bit in the fields of a hard-state slot: the newest valid one (highest
+/// generation among the slots whose magic and crc check) with probability 3/4, else the other.
 pub fn flip_hard_state(partition_dir: &Path, rng: &mut SmallRng) -> Result<String, String> {
     let path = partition_dir.join("hard_state");
     let file = OpenOptions::new()
@@ -196,12 +196,14 @@ pub fn flip_hard_state(partition_dir: &Path, rng: &mut SmallRng) -> Result<Strin
         .write(true)
         .open(&path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let generation = |slot: u64| -> u64 {
-        let mut buf = [0u8; 8];
-        match file.read_exact_at(&mut buf, slot * HARD_STATE_SLOT_SIZE + 16) {
-            Ok(()) => u64::from_le_bytes(buf),
-            Err(_) => 0,
-        }
+    let generation = |slot: u64| -> Option<u64> {
+        let mut buf = vec![0u8; HARD_STATE_SLOT_SIZE as usize];
+        file.read_exact_at(&mut buf, slot * HARD_STATE_SLOT_SIZE).ok()?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&buf[0..8]);
+        hasher.update(&buf[12..]);
+        let valid = buf[0..4] == *b"RLGH" && buf[8..12] == hasher.finalize().to_le_bytes();
+        valid.then(|| u64::from_le_bytes(buf[16..24].try_into().unwrap()))
     };
     let (g0, g1) = (generation(0), generation(1));
     let newest = u64::from(g1 > g0);
@@ -209,7 +211,7 @@ pub fn flip_hard_state(partition_dir: &Path, rng: &mut SmallRng) -> Result<Strin
     let bit = rng.gen_range(0..HARD_STATE_FIELDS_SIZE * 8);
     flip_bit(&file, slot * HARD_STATE_SLOT_SIZE + bit / 8, (bit % 8) as u8)?;
     Ok(format!(
-        "{} slot {slot} ({}; generations {g0}/{g1}) byte {} bit {}",
+        "{} slot {slot} ({}; valid generations {g0:?}/{g1:?}) byte {} bit {}",
         path.display(),
         if slot == newest { "newest" } else { "older" },
         bit / 8,

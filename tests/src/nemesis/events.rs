@@ -20,8 +20,8 @@ pub const HEAL_BOUND: Duration = Duration::from_secs(60);
 /// Bound on a graceful stop (the node drains for up to 5 s and hands off leadership).
 const GRACEFUL_STOP_MAX: Duration = Duration::from_secs(30);
 
-/// Runs events until `options.duration` has passed or `interrupt` is set. Stops early (with
-/// a `stuck` anomaly) if the cluster does not heal within `HEAL_BOUND`.
+/// Runs events until `options.duration` has passed or `interrupt` is set. Stops early if the
+/// cluster does not heal (see `heal`).
 pub fn run(rig: &mut Rig, options: &Options, interrupt: &AtomicBool, report: &mut Report) {
     let mut rng = SmallRng::seed_from_u64(options.seed ^ 0x4E45_4D45_5349_5321);
     let kinds: Vec<EventKind> = options.events.iter().copied().collect();
@@ -45,16 +45,48 @@ pub fn run(rig: &mut Rig, options: &Options, interrupt: &AtomicBool, report: &mu
                 eprintln!("nemesis [{at:7.1}s] #{number} {} skipped: {why}", kind.name());
             }
         }
-        match rig.wait_healthy(HEAL_BOUND, report) {
-            Ok(took) => eprintln!("nemesis           healthy again after {took:.1?}"),
-            Err(last) => {
-                report.anomalies.stuck.push(format!(
-                    "after {}: not healed within {HEAL_BOUND:?}: {last}",
-                    rig.context
-                ));
-                eprintln!("nemesis: cluster did not heal within {HEAL_BOUND:?}; ending faults");
-                return;
-            }
+        if !heal(rig, report) {
+            eprintln!("nemesis: the cluster did not heal; ending the fault phase");
+            return;
+        }
+    }
+}
+
+/// Waits for the cluster to heal. A node still behind after `HEAL_BOUND` is a `stuck`
+/// anomaly; it is then restarted (kill -9) once, as an operator would, and the fault phase
+/// goes on only if that heals it.
+fn heal(rig: &mut Rig, report: &mut Report) -> bool {
+    let (last, behind) = match rig.wait_healthy(HEAL_BOUND, report) {
+        Ok(took) => {
+            eprintln!("nemesis           healthy again after {took:.1?}");
+            return true;
+        }
+        Err(stuck) => stuck,
+    };
+    report
+        .anomalies
+        .stuck
+        .push(format!("after {}: not healed within {HEAL_BOUND:?}: {last}", rig.context));
+    if behind.is_empty() || behind.len() == rig.ids().len() {
+        return false;
+    }
+    eprintln!("nemesis: not healed within {HEAL_BOUND:?}; restarting nodes {behind:?}");
+    rig.context = format!("{} (restart of stuck nodes {behind:?})", rig.context);
+    for id in behind {
+        rig.kill(id);
+        rig.start_node(id, report);
+    }
+    match rig.wait_healthy(HEAL_BOUND, report) {
+        Ok(took) => {
+            eprintln!("nemesis           healthy again after the restart, {took:.1?}");
+            true
+        }
+        Err((last, _)) => {
+            report
+                .anomalies
+                .stuck
+                .push(format!("after {}: not healed within {HEAL_BOUND:?}: {last}", rig.context));
+            false
         }
     }
 }
@@ -196,6 +228,9 @@ fn follower_of(rig: &Rig, partition: PartitionId, rng: &mut SmallRng) -> Result<
 fn graceful_stop(rig: &mut Rig, id: u32, report: &mut Report) -> String {
     rig.impair(id);
     rig.mark_stopping(id);
+    if !rig.cluster.nodes[&id].is_running() {
+        return "was not running".to_string();
+    }
     rig.signal(id, "TERM");
     let start = Instant::now();
     while start.elapsed() < GRACEFUL_STOP_MAX {

@@ -65,7 +65,8 @@ pub struct Anomalies {
     /// Node exits the nemesis did not cause (panics, fatal storage errors, failed starts, a
     /// graceful stop that did not exit 0).
     pub unexpected_exits: Vec<String>,
-    /// Recoveries that did not finish within the bound (the fault phase ended there).
+    /// Recoveries that did not finish within the bound (the stuck nodes are restarted once;
+    /// the fault phase ends if that does not heal them).
     pub stuck: Vec<String>,
     /// Acknowledgements whose offsets did not match their batch.
     pub bad_acks: u64,
@@ -203,7 +204,7 @@ pub fn run(options: &Options, interrupt: &AtomicBool) -> Report {
         rig.cluster.dir.display(),
         report.replay_args
     );
-    if let Err(last) = rig.wait_healthy(events::HEAL_BOUND, &mut report) {
+    if let Err((last, _)) = rig.wait_healthy(events::HEAL_BOUND, &mut report) {
         report.anomalies.stuck.push(format!("the new cluster did not elect leaders: {last}"));
     }
     let writers = Writers::start(&options, rig.bootstrap());

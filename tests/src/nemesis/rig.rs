@@ -214,20 +214,25 @@ impl Rig {
     /// Waits (bounded) until every desired node runs and, for every partition, one leader is
     /// agreed by all three nodes and each node holds and knows committed what the leader had
     /// committed when the wait began (sampled per partition). Then nothing is impaired.
+    /// `Err`: the last state seen, and the nodes that were behind in it.
     pub fn wait_healthy(
         &mut self,
         bound: Duration,
         report: &mut Report,
-    ) -> Result<Duration, String> {
+    ) -> Result<Duration, (String, BTreeSet<u32>)> {
         let start = Instant::now();
         let mut targets: BTreeMap<PartitionId, u64> = BTreeMap::new();
         let mut last = String::new();
+        let mut behind = BTreeSet::new();
         while start.elapsed() < bound {
             self.supervise(report);
+            behind.clear();
             let all_up = self.ids().iter().all(|id| self.is_up(*id));
-            if all_up
-                && self.partitions().into_iter().all(|p| self.healthy(p, &mut targets, &mut last))
-            {
+            let mut healthy = all_up;
+            for partition in self.partitions() {
+                healthy &= self.healthy(partition, &mut targets, &mut last, &mut behind);
+            }
+            if healthy {
                 self.impaired.lock().unwrap().clear();
                 return Ok(start.elapsed());
             }
@@ -236,7 +241,7 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(last)
+        Err((last, behind))
     }
 
     fn healthy(
@@ -244,6 +249,7 @@ impl Rig {
         partition: PartitionId,
         targets: &mut BTreeMap<PartitionId, u64>,
         last: &mut String,
+        behind: &mut BTreeSet<u32>,
     ) -> bool {
         let statuses = self.statuses(partition);
         let leaders: Vec<&GroupStatus> =
@@ -257,13 +263,19 @@ impl Rig {
             return false;
         };
         let target = *targets.entry(partition).or_insert(leader.commit.0);
-        let ok = statuses.iter().all(|s| {
-            s.leader == Some(leader.node) && s.durable.0 >= target && s.commit.0 >= target
-        });
-        if !ok {
-            *last = format!("{partition}: not caught up to commit {target}: {statuses:?}");
+        let lagging: Vec<u32> = statuses
+            .iter()
+            .filter(|s| {
+                s.leader != Some(leader.node) || s.durable.0 < target || s.commit.0 < target
+            })
+            .map(|s| s.node.0)
+            .collect();
+        if lagging.is_empty() {
+            return true;
         }
-        ok
+        *last = format!("{partition}: not caught up to commit {target}: {statuses:?}");
+        behind.extend(lagging);
+        false
     }
 
     /// Final convergence: every partition has one agreed leader and every node reports the
