@@ -67,8 +67,13 @@ impl Rig {
                 options.events.remove(&EventKind::FillDisk);
             }
         }
-        rig.cluster.launch();
-        rig.desired = rig.ids().into_iter().collect();
+        // Not `Cluster::launch`: a node that fails to start is reported and restarted.
+        for id in rig.ids() {
+            rig.spawn(id);
+        }
+        for id in rig.ids() {
+            rig.wait_started(id, report);
+        }
         rig
     }
 
