@@ -53,7 +53,8 @@ pub fn run(rig: &mut Rig, options: &Options, interrupt: &AtomicBool, report: &mu
 }
 
 /// Waits for the cluster to heal. A node still behind after `HEAL_BOUND` is a `stuck`
-/// anomaly; it is then restarted (kill -9) once, as an operator would, and the fault phase
+/// anomaly; then the whole cluster is restarted once (kill -9 of all three, as an operator
+/// might; restarting only the stuck follower does not unstick it today), and the fault phase
 /// goes on only if that heals it.
 fn heal(rig: &mut Rig, report: &mut Report) -> bool {
     let (last, behind) = match rig.wait_healthy(HEAL_BOUND, report) {
@@ -63,31 +64,38 @@ fn heal(rig: &mut Rig, report: &mut Report) -> bool {
         }
         Err(stuck) => stuck,
     };
-    report
-        .anomalies
-        .stuck
-        .push(format!("after {}: not healed within {HEAL_BOUND:?}: {last}", rig.context));
-    if behind.is_empty() || behind.len() == rig.ids().len() {
-        return false;
-    }
-    eprintln!("nemesis: not healed within {HEAL_BOUND:?}; restarting nodes {behind:?}");
-    rig.context = format!("{} (restart of stuck nodes {behind:?})", rig.context);
-    for id in behind {
-        rig.kill(id);
-        rig.start_node(id, report);
-    }
+    report.anomalies.stuck.push(format!(
+        "after {}: nodes {behind:?} not healed within {HEAL_BOUND:?}: {last}",
+        rig.context
+    ));
+    eprintln!("nemesis: nodes {behind:?} not healed within {HEAL_BOUND:?}; restarting all");
+    rig.context = format!("{} (restart after it got stuck)", rig.context);
+    restart_all(rig, report);
     match rig.wait_healthy(HEAL_BOUND, report) {
         Ok(took) => {
             eprintln!("nemesis           healthy again after the restart, {took:.1?}");
             true
         }
-        Err((last, _)) => {
-            report
-                .anomalies
-                .stuck
-                .push(format!("after {}: not healed within {HEAL_BOUND:?}: {last}", rig.context));
+        Err((last, behind)) => {
+            report.anomalies.stuck.push(format!(
+                "after {}: nodes {behind:?} not healed within {HEAL_BOUND:?}: {last}",
+                rig.context
+            ));
             false
         }
+    }
+}
+
+/// kill -9 every node, then start them all.
+pub fn restart_all(rig: &mut Rig, report: &mut Report) {
+    for id in rig.ids() {
+        rig.kill(id);
+    }
+    for id in rig.ids() {
+        rig.spawn(id);
+    }
+    for id in rig.ids() {
+        rig.wait_started(id, report);
     }
 }
 

@@ -65,8 +65,8 @@ pub struct Anomalies {
     /// Node exits the nemesis did not cause (panics, fatal storage errors, failed starts, a
     /// graceful stop that did not exit 0).
     pub unexpected_exits: Vec<String>,
-    /// Recoveries that did not finish within the bound (the stuck nodes are restarted once;
-    /// the fault phase ends if that does not heal them).
+    /// Recoveries that did not finish within the bound (the cluster is restarted once; the
+    /// fault phase ends if that does not heal it).
     pub stuck: Vec<String>,
     /// Acknowledgements whose offsets did not match their batch.
     pub bad_acks: u64,
@@ -254,13 +254,5 @@ fn heal_and_restart(rig: &mut Rig, report: &mut Report) {
             report.notes.push(format!("emptying node {id}'s disk: {why}"));
         }
     }
-    for id in rig.ids() {
-        rig.kill(id);
-    }
-    for id in rig.ids() {
-        rig.spawn(id);
-    }
-    for id in rig.ids() {
-        rig.wait_started(id, report);
-    }
+    events::restart_all(rig, report);
 }
