@@ -178,15 +178,16 @@ impl Options {
         )
     }
 
-    /// The loop disk size: the configured one, or room for twice the run's payload plus
-    /// segment preallocation, at least 256 MiB.
+    /// The loop disk size: the configured one, or room for the run's writes, at least 256 MiB.
+    /// At this rate each produce (4.5 records on average) is about one flush, and a flush is
+    /// padded to 4 KiB: ~4 KiB per produce, with half again as margin (repairs, spares).
     pub fn disk_size_mib(&self) -> u64 {
         if self.disk_mib > 0 {
             return self.disk_mib;
         }
-        let payload = self.duration.as_secs() * u64::from(self.rate_records_per_sec) * 300;
+        let produces = self.duration.as_secs() * u64::from(self.rate_records_per_sec) / 4;
         let spares = u64::from(self.partitions) * 4 * self.segment_size;
-        ((2 * payload + spares) >> 20).clamp(256, 16 * 1024)
+        ((produces * 6 * 1024 + spares) >> 20).clamp(256, 16 * 1024)
     }
 }
 
