@@ -1,7 +1,8 @@
 //! The final check, after every node was restarted and every partition converged: read each
 //! partition's committed log from every replica (`ReplicaCommitted`, from offset 0) and check
 //! that every acknowledged record is at its acknowledged offset, byte-identical, on every
-//! replica (`lost`: on none that could be read; `missing`: on some but not all); no value
+//! replica (`lost`: on none of at least two replicas read; `unverified`: on none of the one
+//! replica that could be read; `missing`: on some but not all); no value
 //! appears twice; every value is one a writer sent (byte for byte: corrupt
 //! bytes count as never sent); and the replicas' committed logs are identical (same batches:
 //! Raft index and header crc, which chains over every earlier batch).
@@ -136,17 +137,22 @@ fn check_partition(
             }
         }
     }
-    let lost = present.iter().filter(|n| **n == 0).count();
+    // On none of a majority (2 of 3) of replicas: lost. With fewer replicas readable, an
+    // absent record may sit on an unreadable one: unverified.
+    let absent = present.iter().filter(|n| **n == 0).count();
+    let (lost, unverified) = if readable >= 2 { (absent, 0) } else { (0, absent) };
     let missing = present.iter().filter(|n| **n > 0 && **n < readable).count();
     let a = &mut report.anomalies;
     a.lost += lost as u64;
+    a.unverified += unverified as u64;
     a.missing += missing as u64;
     a.never_sent += never_sent.len() as u64;
     a.duplicated += duplicated.len() as u64;
     a.divergent += u64::from(divergent);
     eprintln!(
         "nemesis check {partition}: {} acknowledged records, {} batches on node {:?}, {readable} \
-         replicas read; lost {lost}, missing on some replica {missing}, never sent {}, \
+         replicas read; lost {lost}, unverified {unverified}, missing on some replica {missing}, \
+         never sent {}, \
          duplicated {}, divergent {divergent}",
         acks.len(),
         reference.as_ref().map_or(0, |r| r.1.len()),

@@ -43,9 +43,11 @@ const DETAILS_MAX: usize = 40;
 /// Counts of what must never happen (all zero in a clean run).
 #[derive(Debug, Default)]
 pub struct Anomalies {
-    /// Acknowledged records at their acknowledged offset, byte-identical, on no readable
-    /// replica (each counted once).
+    /// Acknowledged records at their acknowledged offset, byte-identical, on none of the
+    /// replicas read (at least two: a majority; each counted once).
     pub lost: u64,
+    /// Acknowledged records not on the one replica that could be read (the others were not).
+    pub unverified: u64,
     /// Acknowledged records there on some readable replicas but not on all.
     pub missing: u64,
     /// Values present twice in a partition's committed log.
@@ -75,6 +77,7 @@ pub struct Anomalies {
 impl Anomalies {
     pub fn total(&self) -> u64 {
         self.lost
+            + self.unverified
             + self.missing
             + self.duplicated
             + self.never_sent
@@ -131,7 +134,8 @@ impl Report {
         let a = &self.anomalies;
         format!(
             "nemesis summary: seed={} elapsed={:.0?} events: {} (skipped: {}) | records acked={} \
-             produce failures={} | anomalies={}: lost={} missing-on-a-replica={} duplicated={} \
+             produce failures={} | anomalies={}: lost={} unverified={} missing-on-a-replica={} \
+             duplicated={} \
              never-sent={} \
              divergent={} corrupt-returned={} unreadable={} unconverged={} \
              unavailable-windows>5s={} unexpected-exits={} stuck={} bad-acks={}",
@@ -143,6 +147,7 @@ impl Report {
             self.produce_failures,
             a.total(),
             a.lost,
+            a.unverified,
             a.missing,
             a.duplicated,
             a.never_sent,
