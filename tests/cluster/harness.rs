@@ -3,14 +3,15 @@
 //! [`Cluster::start`] picks free port ranges (shard `s` of a node listens on its client and
 //! peer ports + `s`, so each node reserves `shards` consecutive ports of each), writes one
 //! node TOML per node (built from `ringlog::config::NodeConfig` and validated with the same
-//! code `serve` uses), spawns `ringlog serve --config <file>` from
-//! `env!("CARGO_BIN_EXE_ringlog")`, and waits for each node's ready line on stdout. Logs
+//! code `serve` uses), spawns `ringlog serve --config <file>` from [`ringlog_bin`] (cargo's
+//! `CARGO_BIN_EXE_ringlog` in tests), and waits for each node's ready line on stdout. Logs
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
 //! test panicked, the tail of every node's log is printed and the directory is kept.
 //!
 //! Test configs: small segments, 20 ms Raft ticks (elections after 200–400 ms), 1 MiB of IO
 //! memory per ring, `pinning = "never"` (the machine is shared). The data dirs live under
-//! `CARGO_TARGET_TMPDIR` (on disk: the engine refuses tmpfs).
+//! [`target_tmpdir`] (`CARGO_TARGET_TMPDIR` in tests; on disk: the engine refuses tmpfs).
+//! Also included by the nemesis soak (`tests/src/nemesis/`, `ringlog-nemesis`).
 
 #![allow(dead_code)]
 
