@@ -3,8 +3,8 @@
 //! [`Cluster::start`] picks free port ranges (shard `s` of a node listens on its client and
 //! peer ports + `s`, so each node reserves `shards` consecutive ports of each), writes one
 //! node TOML per node (built from `ringlog::config::NodeConfig` and validated with the same
-//! code `serve` uses), spawns `ringlog serve --config <file>` from
-//! `env!("CARGO_BIN_EXE_ringlog")`, and waits for each node's ready line on stdout. Logs
+//! code `serve` uses), spawns `ringlog serve --config <file>` from [`ringlog_bin`] (cargo's
+//! `CARGO_BIN_EXE_ringlog` in tests), and waits for each node's ready line on stdout. Logs
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
 //! test panicked, the tail of every node's log is printed and the directory is kept.
 //!
@@ -14,7 +14,8 @@
 //!
 //! Test configs: small segments, 20 ms Raft ticks (elections after 200–400 ms), 1 MiB of IO
 //! memory per ring, `pinning = "never"` (the machine is shared). The data dirs live under
-//! `CARGO_TARGET_TMPDIR` (on disk: the engine refuses tmpfs).
+//! [`target_tmpdir`] (`CARGO_TARGET_TMPDIR` in tests; on disk: the engine refuses tmpfs).
+//! Also included by the nemesis soak (`tests/src/nemesis/`, `ringlog-nemesis`).
 
 #![allow(dead_code)]
 
@@ -105,6 +106,11 @@ impl NodeProc {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// Whether the process is SIGSTOPped.
+    pub fn is_paused(&self) -> bool {
+        self.stopped
+    }
 }
 
 /// A running test cluster; dropping it kills every node.
@@ -122,8 +128,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `spec.nodes` nodes (ids 1..=n) and waits until each printed its ready line.
     pub fn start(name: &str, spec: Spec) -> Cluster {
+        let mut cluster = Cluster::configure(name, spec);
+        cluster.launch();
+        cluster
+    }
+
+    /// Picks ports, creates the directory and writes every node's config; starts nothing.
+    pub fn configure(name: &str, spec: Spec) -> Cluster {
         let cluster_id = seed_from_time();
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster");
+        let base = target_tmpdir().join("cluster");
         std::fs::create_dir_all(&base).expect("create the cluster tests' directory");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
@@ -151,14 +164,23 @@ impl Cluster {
             cluster.dir.display(),
             cluster.describe()
         );
-        let ids: Vec<u32> = cluster.nodes.keys().copied().collect();
-        for id in &ids {
-            cluster.spawn(*id);
-        }
-        for id in &ids {
-            cluster.wait_ready(*id);
-        }
         cluster
+    }
+
+    /// Spawns every configured node and waits until each printed its ready line.
+    pub fn launch(&mut self) {
+        let ids: Vec<u32> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.spawn(*id);
+        }
+        for id in &ids {
+            self.wait_ready(*id);
+        }
+    }
+
+    /// Keeps the cluster directory when the cluster is dropped (for a failure's evidence).
+    pub fn keep_dir(&mut self) {
+        self.keep_dir = true;
     }
 
     /// "id client=.. peer=.." for every node, for replay and logs.
@@ -259,7 +281,7 @@ impl Cluster {
             .append(true)
             .open(&node.log_path)
             .expect("open a node log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        let child = Command::new(ringlog_bin())
             .arg("serve")
             .arg("--config")
             .arg(&node.config_path)
@@ -274,6 +296,15 @@ impl Cluster {
 
     /// Waits for node `id`'s ready line; panics (with its log) if it exits or times out.
     pub fn wait_ready(&mut self, id: u32) {
+        if let Err(problem) = self.try_wait_ready(id) {
+            self.keep_dir = true;
+            panic!("{problem}");
+        }
+    }
+
+    /// Waits for node `id`'s ready line; an exit (reaped) or a timeout is an `Err` that
+    /// describes it, with the tail of the node's log.
+    pub fn try_wait_ready(&mut self, id: u32) -> Result<(), String> {
         let node = self.nodes.get_mut(&id).expect("known node");
         let child = node.child.as_mut().expect("node was spawned");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -296,7 +327,7 @@ impl Cluster {
                 Ok(line) => {
                     let expected = format!("node={id} ");
                     assert!(line.contains(&expected), "node {id} ready line: {line}");
-                    return;
+                    return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
@@ -304,21 +335,28 @@ impl Cluster {
             let node = self.nodes.get_mut(&id).unwrap();
             if let Some(status) = node.child.as_mut().unwrap().try_wait().expect("try_wait") {
                 node.child = None;
-                self.keep_dir = true;
-                panic!(
+                return Err(format!(
                     "node {id} exited with {status} before it was ready; log {}:\n{}",
                     node.log_path.display(),
                     tail(&node.log_path, 40)
-                );
+                ));
             }
             if Instant::now() > deadline {
-                self.keep_dir = true;
-                panic!(
+                return Err(format!(
                     "node {id} not ready after {READY_TIMEOUT:?}; log:\n{}",
                     tail(&self.nodes[&id].log_path, 40)
-                );
+                ));
             }
         }
+    }
+
+    /// If node `id` was running and has exited, reaps it and returns how it ended.
+    pub fn poll_exit(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let status = node.child.as_mut()?.try_wait().expect("try_wait")?;
+        node.child = None;
+        node.stopped = false;
+        Some(status)
     }
 
     /// SIGKILLs node `id` and reaps it.
@@ -548,6 +586,30 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The `ringlog` binary: cargo's for the tests of the `ringlog` package; elsewhere (the
+/// `ringlog-nemesis` binary) `RINGLOG_BIN`, else `ringlog` beside the running executable.
+pub fn ringlog_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_ringlog") {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = std::env::var_os("RINGLOG_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the running executable's path");
+    exe.with_file_name("ringlog")
+}
+
+/// Where test clusters live: cargo's per-package temp dir for tests, else `target/tmp` beside
+/// the running executable's profile directory (on disk: the engine refuses tmpfs).
+pub fn target_tmpdir() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_TARGET_TMPDIR") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let profile_dir = exe.parent().expect("the executable's directory");
+    profile_dir.parent().unwrap_or(profile_dir).join("tmp")
 }
 
 /// Client settings for tests: generous total retry time (an election may be in progress).
