@@ -211,49 +211,42 @@ fn a_reset_on_a_full_disk_changes_nothing_and_succeeds_once_space_is_back() {
     let dir = tempdir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let faults = Arc::new(FaultInjector::default());
-        let (log, _) = Log::open_with_faults(&path, small_config(), faults.clone()).await.unwrap();
-        // Two rolls: the spare made at open is used, and the disk fills before the next.
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
         for i in 0..40u32 {
             log.append(request(1, 1, 30_000, fill_of(i))).unwrap().durable.await.unwrap();
         }
-        wait_spare_filled(&log, 2).await;
-        log.append(request(1, 1, 30_000, 0)).unwrap().durable.await.unwrap();
+        log.close().await.unwrap();
+        // As if a roll had just taken the spare when the disk filled: none is left.
+        let _ = std::fs::remove_file(path.join("spare.seg.ready"));
+        let faults = Arc::new(FaultInjector::default());
         faults.fill_disk();
-        // Roll into the ready spare (its old segment's index meets ENOSPC, or the next spare).
-        let mut waiting = Vec::new();
-        while log.storage_full().is_none() {
-            match log.append(request(1, 1, 30_000, 0)) {
-                Ok(a) => waiting.push(a),
-                Err(AppendError::Backpressure { .. }) => wait_storage_full(&log).await,
-                Err(e) => panic!("{e}"),
-            }
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-        // Whether or not a spare is ready, a reset on a full disk either succeeds or changes
-        // nothing; with no spare it must refuse.
+        let (log, _) = Log::open_with_faults(&path, small_config(), faults.clone()).await.unwrap();
+        wait_storage_full(&log).await;
         let before = (log.last_index(), log.durable_index(), log.start_index());
-        if log.stats().spares_filled + log.stats().spares_recycled == log.stats().segments_rolled
-        {
-            match log.reset(LogIndex(1000), Offset(5000), Term(3)).await {
-                Err(ResetError::StorageFull { .. }) => {}
-                other => panic!("expected StorageFull, got {other:?}"),
-            }
-            assert_eq!((log.last_index(), log.durable_index(), log.start_index()), before);
-            faults.free_disk();
-            wait_space(&log).await;
-            log.reset(LogIndex(1000), Offset(5000), Term(3)).await.unwrap();
-            assert_eq!(log.start_index(), LogIndex(1000));
-            for a in waiting {
-                // Queued before the reset: the reset threw them away, never durable.
-                assert!(matches!(a.durable.await, Err(LogError::Truncated { .. })));
-            }
-            let a = log.append(request(3, 1, 100, 7)).unwrap();
-            assert_eq!(a.index, LogIndex(1000));
-            a.durable.await.unwrap();
-        } else {
-            faults.free_disk();
+        let values_before = all_values(&log).await;
+        assert_eq!(values_before.len(), 40);
+        // The reset's new first segment is a spare: refused whole, nothing changed.
+        match log.reset(LogIndex(1000), Offset(5000), Term(3)).await {
+            Err(ResetError::StorageFull { .. }) => {}
+            other => panic!("expected StorageFull, got {other:?}"),
         }
+        match log.truncate_suffix(LogIndex(1)).await {
+            Err(TruncateError::StorageFull { .. }) => {}
+            other => panic!("expected StorageFull, got {other:?}"),
+        }
+        assert_eq!((log.last_index(), log.durable_index(), log.start_index()), before);
+        assert_eq!(all_values(&log).await, values_before);
+        assert!(log.failure().is_none());
+        faults.free_disk();
+        wait_space(&log).await;
+        log.reset(LogIndex(1000), Offset(5000), Term(3)).await.unwrap();
+        let a = log.append(request(3, 1, 100, 7)).unwrap();
+        assert_eq!((a.index, a.base_offset), (LogIndex(1000), Offset(5000)));
+        a.durable.await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.start_index(), LogIndex(1000));
+        assert_eq!(all_values(&log).await, vec![vec![7u8; 100]]);
         log.close().await.unwrap();
     });
 }
