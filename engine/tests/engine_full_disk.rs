@@ -351,6 +351,24 @@ fn write_ballast(path: &Path, bytes: usize) {
     f.sync_all().unwrap();
 }
 
+/// Writes 4 KiB blocks into `path` until the disk refuses one (ENOSPC); returns the bytes
+/// written.
+fn top_up(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = [0x5au8; 4096];
+    let mut written = 0u64;
+    // Bound: the disk is 64 MiB.
+    for _ in 0..(64 << 20) / 4096 {
+        match f.write_all(&block).and_then(|()| f.sync_data()) {
+            Ok(()) => written += 4096,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return written,
+            Err(e) => panic!("topping up the disk: {e}"),
+        }
+    }
+    panic!("a 64 MiB disk took more than 64 MiB");
+}
+
 #[test]
 fn a_real_full_disk_answers_storage_full_serves_reads_reopens_and_recovers_when_space_is_freed() {
     let disk = match LoopDisk::mount(64) {
@@ -426,6 +444,9 @@ fn a_real_full_disk_answers_storage_full_serves_reads_reopens_and_recovers_when_
             }
         }
         drop(hard_state);
+        // Take the last free blocks too (a spare's 1 MiB write may leave some): not one
+        // block is left for the open's O_DIRECT probe file.
+        let topped = top_up(&mount.join("top-up"));
 
         // The log reopens on the full disk (its files exist) and serves reads.
         let (log, report) = Log::open(&path, config.clone()).await.expect("open on a full disk");
@@ -444,6 +465,7 @@ fn a_real_full_disk_answers_storage_full_serves_reads_reopens_and_recovers_when_
         ));
         // Space comes back (the operator removed a file): the log resumes by itself.
         std::fs::remove_file(mount.join("ballast")).unwrap();
+        std::fs::remove_file(mount.join("top-up")).unwrap();
         wait_space(&log).await;
         for _ in 0..40 {
             log.append(request(1, 1, 30_000, fill_of(next))).unwrap().durable.await.unwrap();
@@ -458,8 +480,8 @@ fn a_real_full_disk_answers_storage_full_serves_reads_reopens_and_recovers_when_
         }
         log.close().await.unwrap();
         format!(
-            "full after {full_at} batches ({acked} acked), reopened with {} records \
-             (recovery: {report:?}), {next} records at the end",
+            "full after {full_at} batches ({acked} acked), {topped} bytes topped up, reopened \
+             with {} records (recovery: {report:?}), {next} records at the end",
             reopened.len()
         )
     });
