@@ -20,9 +20,9 @@ use ringlog::node::{
 };
 use ringlog_engine::FaultInjector;
 
-/// Bytes of one record: with two per batch, ~26 batches fill a 4 MiB test segment, so a
+/// Bytes of one record: with two per batch, ~34 batches fill a 4 MiB test segment, so a
 /// roll comes quickly.
-const RECORD_BYTES: usize = 80 * 1024;
+const RECORD_BYTES: usize = 60 * 1024;
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
