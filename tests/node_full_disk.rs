@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{cluster_configs, read_records, retry, wait_leader, WAIT_MAX};
 use ringlog::node::{
-    Acks, Consistency, Node, NodeError, NodeHandle, PartitionId, Role, ShutdownMode,
-    StartOptions, StorageFaults,
+    Acks, Consistency, Node, NodeError, NodeHandle, PartitionId, Role, ShutdownMode, StartOptions,
+    StorageFaults,
 };
 use ringlog_engine::FaultInjector;
 
@@ -102,8 +102,9 @@ fn a_follower_whose_disk_fills_keeps_serving_acks_nothing_undurable_and_catches_
         "the follower made everything durable on a full disk: {status:?}"
     );
     // It still serves reads of what it holds.
-    let read = nodes[follower].read(p, ringlog::node::Offset(0), 1 << 20,
-        Consistency::ReplicaCommitted, Duration::ZERO).expect("reads on a full disk");
+    let read = nodes[follower]
+        .read(p, ringlog::node::Offset(0), 1 << 20, Consistency::ReplicaCommitted, Duration::ZERO)
+        .expect("reads on a full disk");
     assert!(!read.batches.is_empty());
     // Space comes back: the follower catches up by itself.
     injectors[follower].free_disk();

@@ -280,7 +280,6 @@ impl Inner {
         self.spare_notify.notify_all();
         self.durable_notify.notify_all();
     }
-
 }
 
 fn closed_or_failed<E: From<Latched>>(st: &State, closed: E) -> Result<(), E> {
@@ -1040,7 +1039,9 @@ impl Log {
         // (the IO gate is held, so no roll takes the spare before `reset_disk` does).
         match take_usable_spare(inner, next_index).await {
             Ok(_) => {}
-            Err(LogError::StorageFull { reason }) => return Err(ResetError::StorageFull { reason }),
+            Err(LogError::StorageFull { reason }) => {
+                return Err(ResetError::StorageFull { reason })
+            }
             Err(LogError::Failed { reason }) => return Err(ResetError::Failed { reason }),
             Err(_) => return Err(ResetError::Closed),
         }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{request, run, small_config, tempdir, values};
 use ringlog_engine::{
-    AppendError, Appended, FaultInjector, HardStateError, HardStateStore, Log, LogConfig,
-    LogError, LogIndex, NodeId, Offset, ReadBound, ResetError, Term, TruncateError,
+    AppendError, Appended, FaultInjector, HardStateError, HardStateStore, Log, LogConfig, LogError,
+    LogIndex, NodeId, Offset, ReadBound, ResetError, Term, TruncateError,
 };
 
 /// Longest wait for the log to notice a full disk, or space coming back (the retry backoff

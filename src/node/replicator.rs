@@ -55,11 +55,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog_engine::batch::peek_header;
+use ringlog_engine::limits::{SPACE_RETRY_BACKOFF_INITIAL, SPACE_RETRY_BACKOFF_MAX};
 use ringlog_engine::{
     AppendError, FaultInjector, FetchError, HardStateError, HardStateStore, Log, LogError,
     OpenError, ReadBound, RecoveryReport, ResetError, TruncateError,
 };
-use ringlog_engine::limits::{SPACE_RETRY_BACKOFF_INITIAL, SPACE_RETRY_BACKOFF_MAX};
 use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{
