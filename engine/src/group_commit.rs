@@ -224,6 +224,10 @@ async fn run_flusher(inner: Rc<Inner>) {
             break;
         }
         if idle {
+            if blocked {
+                forget_blocked_roll(&inner);
+                backoff = SpaceBackoff::default();
+            }
             inner.flush_notify.wait(epoch).await;
             continue;
         }
@@ -272,6 +276,20 @@ fn give_up_for_space(inner: &Inner) {
     drop(st);
     inner.spare_notify.notify_all();
     inner.durable_notify.notify_all();
+}
+
+/// The batches a blocked roll was for are gone (a truncation or reset dropped them): nothing
+/// waits for a roll any more. With a spare ready the full-disk mark was the roll's own (its
+/// index file), so it goes too and the next append tries again; without one it is the
+/// preallocator's, which clears it when it makes a spare.
+fn forget_blocked_roll(inner: &Inner) {
+    let mut st = inner.state.borrow_mut();
+    st.roll_blocked = false;
+    if st.spare_ready {
+        st.no_space = None;
+    }
+    drop(st);
+    inner.spare_notify.notify_all();
 }
 
 /// What `submit_flush` did.

@@ -320,6 +320,8 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             Err(OpenFileError::DirectIoUnsupported(e))
         }
+        // A full disk may have no block for one more directory entry: nothing was created.
+        Err(e) if is_no_space(&e) => return probe_read_existing(dir, e).await,
         Err(e) => Err(OpenFileError::Io(e)),
         Ok(_) => {
             let written =
@@ -368,11 +370,12 @@ pub fn is_no_space(error: &io::Error) -> bool {
 /// segments, their index files, spares, the hard state and the lock).
 const PROBE_ENTRIES_MAX: usize = 4096;
 
-/// The probe on a full disk, where its block cannot be written: the O_DIRECT open already
-/// succeeded, so what is left is glommio's poll probe, which must see data. It reads block 0
-/// of an existing file of the directory holding at least a block (a segment, the hard state,
-/// a spare) through glommio instead. Without one (a new log on a full disk) the probe fails
-/// with `no_space`.
+/// The probe on a full disk, where its file cannot be created (no block for one more
+/// directory entry) or its block cannot be written. It opens an existing file of the
+/// directory holding at least a block (a segment, the hard state, a spare) with O_DIRECT
+/// through glommio instead — the O_DIRECT check (EINVAL) and glommio's poll probe, which must
+/// see data, both happen on it. Without one (a new log on a full disk) the probe fails with
+/// `no_space`.
 async fn probe_read_existing(dir: &Path, no_space: io::Error) -> Result<(), OpenFileError> {
     let mut candidate = None;
     for entry in std::fs::read_dir(dir).map_err(OpenFileError::Io)?.take(PROBE_ENTRIES_MAX) {
@@ -391,6 +394,10 @@ async fn probe_read_existing(dir: &Path, no_space: io::Error) -> Result<(), Open
     let file = match DirectFile::open_existing(&path).await {
         Ok(Some(file)) => file,
         Ok(None) => return Err(OpenFileError::Io(no_space)),
+        // The O_DIRECT open of an existing file checks what the probe's own open would have.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return Err(OpenFileError::DirectIoUnsupported(e))
+        }
         Err(e) => return Err(OpenFileError::Io(e)),
     };
     let read = file.read_at(0, BLOCK_SIZE).await.map(|r| r.len());

@@ -188,6 +188,43 @@ fn a_full_disk_at_a_roll_answers_storage_full_serves_reads_and_loses_nothing() {
 }
 
 #[test]
+fn a_roll_blocked_by_a_full_disk_whose_batches_are_truncated_does_not_stay_full() {
+    // The roll's index file met ENOSPC (a spare is ready); then a truncation dropped the
+    // batches the roll was for. Once space is back the log must take appends again although
+    // no batch is left to retry the roll with.
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let faults = Arc::new(FaultInjector::default());
+        let (log, _) = Log::open_with_faults(&path, small_config(), faults.clone()).await.unwrap();
+        let first = log.append(request(1, 1, 1000, fill_of(0))).unwrap();
+        first.durable.await.unwrap();
+        // The first flush rolled into the spare made at open; the next spare is ready too.
+        wait_spare_filled(&log, 2).await;
+        let rolled = log.stats().segments_rolled;
+        faults.fill_disk();
+        let mut accepted = Vec::new();
+        while log.storage_full().is_none() {
+            match log.append(request(1, 1, 30_000, 1)) {
+                Ok(a) => accepted.push(a),
+                Err(AppendError::Backpressure { .. }) => wait_storage_full(&log).await,
+                Err(e) => panic!("{e}"),
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(log.stats().segments_rolled, rolled, "the roll is what the full disk blocks");
+        let durable = log.durable_index();
+        log.truncate_suffix(durable.next()).await.unwrap();
+        assert_eq!(log.last_index(), durable, "the undurable batches are gone");
+        faults.free_disk();
+        wait_space(&log).await;
+        let a = log.append(request(1, 1, 100, 9)).unwrap();
+        a.durable.await.unwrap();
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_data_write_failing_with_enospc_latches_the_log() {
     // Segments are preallocated: an O_DIRECT write into one should never meet ENOSPC. If it
     // does, it is a failed write of data (fsyncgate: never retried), not a full disk.
