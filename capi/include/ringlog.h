@@ -205,6 +205,12 @@ typedef enum ringlog_status {
    * An internal error (see the message).
    */
   RINGLOG_ERR_INTERNAL = 26,
+  /**
+   * The disk is full: the append was not taken (or, from `ringlog_log_sync`/close, batches
+   * wait for space and are not durable). Not fatal: reads go on, and appends are taken
+   * again by themselves once space is freed (retention, the operator). Retry later.
+   */
+  RINGLOG_ERR_STORAGE_FULL = 27,
 } ringlog_status;
 
 /**
@@ -376,6 +382,7 @@ enum ringlog_status ringlog_log_open(const char *dir,
  *
  * Errors: `RINGLOG_ERR_EMPTY_APPEND` (count 0), `RINGLOG_ERR_OVERSIZE`,
  * `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_BACKPRESSURE`, `RINGLOG_ERR_STORAGE_FAILED`,
+ * `RINGLOG_ERR_STORAGE_FULL` (the disk is full: not taken; retry once space is freed),
  * `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_TIMEOUT`, `RINGLOG_ERR_WOULD_DEADLOCK` (called from a
  * completion callback), and the handle errors.
  *
@@ -499,7 +506,8 @@ enum ringlog_status ringlog_node_start(const char *config_path,
  * known: send the append there), `RINGLOG_ERR_EMPTY_APPEND`, `RINGLOG_ERR_OVERSIZE`,
  * `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_BACKPRESSURE`, `RINGLOG_ERR_TIMEOUT` (acks
  * not reached in time: the batch may still commit), `RINGLOG_ERR_STORAGE_FAILED`,
- * `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks), the handle errors.
+ * `RINGLOG_ERR_STORAGE_FULL` (the leader's disk is full: not taken; reads go on, retry once
+ * space is freed), `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks), the handle errors.
  *
  * # Safety
  * `records` must point to `count` records, each `data` to `len` readable bytes; the out

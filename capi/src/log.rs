@@ -214,6 +214,7 @@ pub unsafe extern "C" fn ringlog_log_open(
 ///
 /// Errors: `RINGLOG_ERR_EMPTY_APPEND` (count 0), `RINGLOG_ERR_OVERSIZE`,
 /// `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_BACKPRESSURE`, `RINGLOG_ERR_STORAGE_FAILED`,
+/// `RINGLOG_ERR_STORAGE_FULL` (the disk is full: not taken; retry once space is freed),
 /// `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_TIMEOUT`, `RINGLOG_ERR_WOULD_DEADLOCK` (called from a
 /// completion callback), and the handle errors.
 ///
@@ -428,6 +429,7 @@ fn engine_error(error: EngineError) -> Error {
         EngineError::FetchTooLarge { .. } => RINGLOG_ERR_INVALID_ARGUMENT,
         EngineError::Append(append) => match append {
             AppendError::Failed { .. } => RINGLOG_ERR_STORAGE_FAILED,
+            AppendError::StorageFull { .. } => RINGLOG_ERR_STORAGE_FULL,
             AppendError::Closed => RINGLOG_ERR_CLOSED,
             AppendError::Backpressure { .. } => RINGLOG_ERR_BACKPRESSURE,
             AppendError::BatchTooLarge { .. } => RINGLOG_ERR_OVERSIZE,
@@ -435,6 +437,7 @@ fn engine_error(error: EngineError) -> Error {
         },
         EngineError::Durability(durability) => match durability {
             LogError::Failed { .. } => RINGLOG_ERR_STORAGE_FAILED,
+            LogError::StorageFull { .. } => RINGLOG_ERR_STORAGE_FULL,
             LogError::Closed => RINGLOG_ERR_CLOSED,
             _ => RINGLOG_ERR_INTERNAL,
         },
@@ -465,6 +468,7 @@ fn start_error(error: StartError) -> Error {
             OpenError::Locked { .. } => RINGLOG_ERR_LOCKED,
             OpenError::DirectIoUnsupported { .. } => RINGLOG_ERR_HOST_UNSUPPORTED,
             OpenError::Io { .. } => RINGLOG_ERR_IO,
+            OpenError::StorageFull { .. } => RINGLOG_ERR_STORAGE_FULL,
             OpenError::Corruption(_) => RINGLOG_ERR_CORRUPTION,
             _ => RINGLOG_ERR_INTERNAL,
         },

@@ -155,7 +155,8 @@ pub unsafe extern "C" fn ringlog_node_start(
 /// known: send the append there), `RINGLOG_ERR_EMPTY_APPEND`, `RINGLOG_ERR_OVERSIZE`,
 /// `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_BACKPRESSURE`, `RINGLOG_ERR_TIMEOUT` (acks
 /// not reached in time: the batch may still commit), `RINGLOG_ERR_STORAGE_FAILED`,
-/// `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks), the handle errors.
+/// `RINGLOG_ERR_STORAGE_FULL` (the leader's disk is full: not taken; reads go on, retry once
+/// space is freed), `RINGLOG_ERR_CLOSED`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks), the handle errors.
 ///
 /// # Safety
 /// `records` must point to `count` records, each `data` to `len` readable bytes; the out
@@ -406,6 +407,7 @@ fn node_error(error: NodeError) -> Error {
         NodeError::Timeout => RINGLOG_ERR_TIMEOUT,
         NodeError::ShuttingDown | NodeError::Stopped => RINGLOG_ERR_CLOSED,
         NodeError::StorageFailed { .. } => RINGLOG_ERR_STORAGE_FAILED,
+        NodeError::StorageFull { .. } => RINGLOG_ERR_STORAGE_FULL,
         NodeError::Rejected(_) => RINGLOG_ERR_REJECTED,
         _ => RINGLOG_ERR_INTERNAL,
     };

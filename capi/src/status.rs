@@ -79,6 +79,10 @@ pub enum ringlog_status {
     RINGLOG_ERR_ADDRESS_IN_USE = 25,
     /// An internal error (see the message).
     RINGLOG_ERR_INTERNAL = 26,
+    /// The disk is full: the append was not taken (or, from `ringlog_log_sync`/close, batches
+    /// wait for space and are not durable). Not fatal: reads go on, and appends are taken
+    /// again by themselves once space is freed (retention, the operator). Retry later.
+    RINGLOG_ERR_STORAGE_FULL = 27,
 }
 
 use ringlog_status::*;
@@ -115,6 +119,7 @@ pub extern "C" fn ringlog_status_str(status: c_int) -> *const c_char {
         24 => c"blocking call from inside a completion callback",
         25 => c"address in use or cannot be bound",
         26 => c"internal error",
+        27 => c"disk full: not taken now; appends resume once space is freed",
         _ => c"unknown status",
     };
     text.as_ptr()
@@ -183,13 +188,13 @@ mod tests {
     #[test]
     fn every_status_has_its_own_description() {
         let mut seen = std::collections::HashSet::new();
-        for code in 0..=RINGLOG_ERR_INTERNAL as c_int {
+        for code in 0..=RINGLOG_ERR_STORAGE_FULL as c_int {
             // SAFETY: ringlog_status_str returns a static NUL-terminated string.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_ne!(text.to_str().unwrap(), "unknown status", "code {code}");
             assert!(seen.insert(text.to_owned()), "code {code} shares its text");
         }
-        for code in [-1, RINGLOG_ERR_INTERNAL as c_int + 1, c_int::MAX] {
+        for code in [-1, RINGLOG_ERR_STORAGE_FULL as c_int + 1, c_int::MAX] {
             // SAFETY: as above.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_eq!(text.to_str().unwrap(), "unknown status");

@@ -2,6 +2,9 @@
 //!
 //! An IO failure during a write or fdatasync latches the log: every later call answers
 //! `Failed { reason }` until the log is reopened (fsync is never retried: design.md §11).
+//! A full disk (ENOSPC, EDQUOT) is not a failure: appends answer `StorageFull` while the log
+//! cannot make room for its next segment, and it resumes by itself once space is back
+//! (spare.rs). Only a failed write or fdatasync of segment data latches, whatever its errno.
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +56,10 @@ pub enum OpenError {
     DirectIoUnsupported { path: PathBuf, source: io::Error },
     #[error("IO error on {path:?} while opening the log: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A new log (or a file it must create) needs space the disk does not have. A log whose
+    /// files exist opens on a full disk.
+    #[error("no space on the disk of {path:?} for a file the log must create: {source}")]
+    StorageFull { path: PathBuf, source: io::Error },
     #[error(
         "log is corrupt: {0} (open with RecoveryMode::TruncateAtCorruption to truncate there)"
     )]
@@ -65,6 +72,11 @@ pub enum OpenError {
 pub enum AppendError {
     #[error("log failed after an IO error and must be reopened: {reason}")]
     Failed { reason: String },
+    /// The disk is full: the log cannot make room for its next segment. Nothing is lost;
+    /// the log retries by itself (`Log::wait_space`) and takes appends again once space is
+    /// back (retention or the operator freed some).
+    #[error("the disk is full; appends resume once space is freed: {reason}")]
+    StorageFull { reason: String },
     #[error("log is closed")]
     Closed,
     #[error("{queued_bytes} bytes already wait for fdatasync (queued_bytes_max {limit}); wait for durability and retry")]
@@ -94,6 +106,10 @@ pub enum AppendError {
 pub enum LogError {
     #[error("log failed after an IO error and must be reopened: {reason}")]
     Failed { reason: String },
+    /// The disk is full and batches wait for a segment the log cannot create yet (`sync`,
+    /// `close`: those batches are not durable; see `AppendError::StorageFull`).
+    #[error("the disk is full; appended batches wait for space: {reason}")]
+    StorageFull { reason: String },
     #[error("log is closed")]
     Closed,
     #[error("index {index} was truncated before it became durable")]
@@ -124,6 +140,10 @@ pub enum FetchError {
 pub enum TruncateError {
     #[error("cannot truncate from {index}: the log starts at {start}")]
     BelowStart { index: LogIndex, start: LogIndex },
+    /// Truncating the whole log is a reset, which needs a spare segment the full disk cannot
+    /// hold: nothing was changed; retry once `Log::wait_space` returns.
+    #[error("the disk is full; nothing was truncated: {reason}")]
+    StorageFull { reason: String },
     #[error("log failed after an IO error and must be reopened: {reason}")]
     Failed { reason: String },
     #[error("log is closed")]
@@ -136,6 +156,10 @@ pub enum TruncateError {
 pub enum ResetError {
     #[error("cannot reset to index 0: the first index of a log is 1")]
     ZeroIndex,
+    /// The new first segment needs a spare the full disk cannot hold: nothing was changed;
+    /// retry once `Log::wait_space` returns.
+    #[error("the disk is full; the log was not reset: {reason}")]
+    StorageFull { reason: String },
     #[error("log failed after an IO error and must be reopened: {reason}")]
     Failed { reason: String },
     #[error("log is closed")]
@@ -160,6 +184,10 @@ pub enum HardStateError {
     Io { path: PathBuf, source: io::Error },
     #[error("hard state file {path:?} does not support O_DIRECT ({source})")]
     DirectIoUnsupported { path: PathBuf, source: io::Error },
+    /// Creating the hard state file needs space the disk does not have (an existing file is
+    /// written in place and needs none).
+    #[error("no space on the disk to create hard state file {path:?}: {source}")]
+    StorageFull { path: PathBuf, source: io::Error },
     #[error("both slots of hard state file {path:?} are corrupt")]
     Corrupt { path: PathBuf },
     #[error("hard state store failed after an IO error and must be reopened: {reason}")]

@@ -20,6 +20,13 @@
 //! are never rewritten); a failed write or fdatasync latches the log at once, is never retried,
 //! and fails its flush and every later one even if their own IO succeeded; after it no write or
 //! fdatasync is issued; the preallocator's zero-fill never runs on the append path.
+//!
+//! A full disk: a roll that finds no spare while the preallocator is short of space, or whose
+//! index file meets ENOSPC, changes nothing, releases its flush slot (so retention, truncation
+//! and reset can take the IO gate and free space) and is retried after a bounded, doubling
+//! wait (`spare::SpaceBackoff`); meanwhile the log answers appends `StorageFull` and its queued
+//! batches stay queued, not durable. Closing a log whose roll waits for space resolves those
+//! batches `StorageFull` (never durable, so never acknowledged).
 
 #![forbid(unsafe_code)]
 
@@ -34,14 +41,14 @@ use crate::append_arena::aligned_chunk;
 use crate::batch::{padding_len, write_padding, BatchHeader};
 use crate::error::LogError;
 use crate::flush_ring::FlushBuf;
-use crate::io::DirectFile;
+use crate::io::{is_no_space, DirectFile};
 use crate::limits::{LogConfig, BLOCK_SIZE, FLUSHES_IN_FLIGHT_LIMIT};
 use crate::log::{Inner, State};
 use crate::notify::{DurableSlot, Notify};
 use crate::recovery::{open_segment_file, persist_index, sealed_index};
 use crate::segment::{encode_header, segment_name, Segment, SPARE_READY};
 use crate::segment_index::SegmentIndex;
-use crate::spare::take_usable_spare;
+use crate::spare::{take_usable_spare, SpaceBackoff};
 use crate::types::LogIndex;
 
 /// A stamped batch waiting for its flush.
@@ -170,6 +177,9 @@ pub struct FlushStats {
     /// Flushes resolved `Failed`: the one whose write or fdatasync failed and every flush
     /// after it that was in flight (their own IO may have succeeded).
     pub flushes_failed: u64,
+    /// Times the log ran out of disk space (ENOSPC or EDQUOT while preparing a spare or
+    /// rolling) and began answering appends `StorageFull`.
+    pub no_space_events: u64,
     /// Latency of each flush's fdatasync, in µs (`FDATASYNC_LATENCY_BOUNDS_US`).
     pub fdatasync_latency_us: FixedHistogram,
     /// Size of each appended batch in bytes, header included (`BATCH_SIZE_BOUNDS_BYTES`).
@@ -189,6 +199,7 @@ impl Default for FlushStats {
             spares_recycled: 0,
             flushes_in_flight_peak: 0,
             flushes_failed: 0,
+            no_space_events: 0,
             fdatasync_latency_us: FixedHistogram::new(&FDATASYNC_LATENCY_BOUNDS_US),
             batch_size_bytes: FixedHistogram::new(&BATCH_SIZE_BOUNDS_BYTES),
         }
@@ -198,30 +209,100 @@ impl Default for FlushStats {
 /// Runs until the log closes (and its queue is drained) or fails, then waits until no flush
 /// is in flight (so that `Log::close` returns with the disk quiet).
 async fn run_flusher(inner: Rc<Inner>) {
+    let mut backoff = SpaceBackoff::default();
     loop {
         let epoch = inner.flush_notify.epoch();
-        let (failed, idle, closed) = {
+        let (failed, idle, closed, blocked) = {
             let st = inner.state.borrow();
-            (st.failed.is_some(), st.queue.is_empty(), st.closed)
+            (st.failed.is_some(), st.queue.is_empty(), st.closed, st.roll_blocked)
         };
         if failed || (idle && closed) {
             break;
         }
+        if closed && blocked {
+            give_up_for_space(&inner);
+            break;
+        }
         if idle {
+            if blocked {
+                forget_blocked_roll(&inner);
+                backoff = SpaceBackoff::default();
+            }
             inner.flush_notify.wait(epoch).await;
             continue;
         }
         let slot = inner.io_gate.reserve_flush().await;
-        if let Err(reason) = submit_flush(&inner, slot).await {
-            inner.latch(reason);
-            break;
+        match submit_flush(&inner, slot).await {
+            Ok(Submitted::Flush) => {
+                if inner.state.borrow().roll_blocked {
+                    inner.state.borrow_mut().roll_blocked = false;
+                    backoff = SpaceBackoff::default();
+                }
+            }
+            Ok(Submitted::NoSpace(reason)) => {
+                // The slot is released: retention may run and free space meanwhile.
+                inner.enter_no_space(reason);
+                inner.state.borrow_mut().roll_blocked = true;
+                inner.durable_notify.notify_all();
+                let epoch = inner.spare_notify.epoch();
+                if !inner.state.borrow().closed {
+                    backoff.wait(&inner, epoch).await;
+                }
+                continue;
+            }
+            Err(reason) => {
+                inner.latch(reason);
+                break;
+            }
         }
         glommio::yield_if_needed().await;
     }
     inner.io_gate.drained().await;
 }
 
-/// Waits for the preallocator's spare segment.
+/// A closed log whose roll waits for space: its queued batches can never be written, so they
+/// resolve `StorageFull` (never durable, so never acknowledged; the tail cache and the
+/// counters go with the log).
+fn give_up_for_space(inner: &Inner) {
+    let mut st = inner.state.borrow_mut();
+    let reason = st.no_space.clone().unwrap_or_else(|| "the disk is full".to_string());
+    tracing::warn!(dir = ?inner.dir.path(), batches = st.queue.len(), %reason, "closing a full log: queued batches were not written");
+    let error = LogError::StorageFull { reason };
+    for pending in st.queue.drain(..) {
+        pending.slot.resolve(Err(error.clone()));
+    }
+    st.queued_bytes = 0;
+    st.arena.clear();
+    drop(st);
+    inner.spare_notify.notify_all();
+    inner.durable_notify.notify_all();
+}
+
+/// The batches a blocked roll was for are gone (a truncation or reset dropped them): nothing
+/// waits for a roll any more. With a spare ready the full-disk mark was the roll's own (its
+/// index file), so it goes too and the next append tries again; without one it is the
+/// preallocator's, which clears it when it makes a spare.
+fn forget_blocked_roll(inner: &Inner) {
+    let mut st = inner.state.borrow_mut();
+    st.roll_blocked = false;
+    if st.spare_ready {
+        st.no_space = None;
+    }
+    drop(st);
+    inner.spare_notify.notify_all();
+}
+
+/// What `submit_flush` did.
+enum Submitted {
+    /// A flush is in flight, or there was nothing to flush.
+    Flush,
+    /// The active segment is full and the disk has no room for the next one (no spare, or
+    /// no room for the old segment's index file): nothing changed, retry later.
+    NoSpace(String),
+}
+
+/// Waits for the preallocator's spare segment; `StorageFull` at once while there is none
+/// and the disk is full (a waiter holding the IO gate must let go of it).
 pub(crate) async fn wait_spare(inner: &Inner) -> Result<(), LogError> {
     loop {
         let epoch = inner.spare_notify.epoch();
@@ -232,6 +313,9 @@ pub(crate) async fn wait_spare(inner: &Inner) -> Result<(), LogError> {
             }
             if st.spare_ready {
                 return Ok(());
+            }
+            if let Some(reason) = &st.no_space {
+                return Err(LogError::StorageFull { reason: reason.clone() });
             }
             if st.closed && st.queue.is_empty() {
                 return Err(LogError::Closed);
@@ -271,11 +355,16 @@ fn cursor(inner: &Inner) -> Option<Cursor> {
 /// Seals the active segment (index persisted) and renames the spare into place as the new
 /// active segment starting at the first queued batch. Directory synced before any batch
 /// lands in the new segment.
-async fn roll(inner: &Inner) -> Result<(), String> {
+///
+/// A full disk (no spare while the preallocator is short of space, ENOSPC on the index
+/// file) is `RollError::NoSpace`, before anything is renamed: the roll can be retried.
+async fn roll(inner: &Inner) -> Result<(), RollError> {
     let base = inner.state.borrow().queue.front().expect("non-empty queue").header.index();
-    let recycled = take_usable_spare(inner, base)
-        .await
-        .map_err(|e| format!("waiting for a spare segment: {e}"))?;
+    let recycled = match take_usable_spare(inner, base).await {
+        Ok(recycled) => recycled,
+        Err(LogError::StorageFull { reason }) => return Err(RollError::NoSpace(reason)),
+        Err(e) => return Err(RollError::Failed(format!("waiting for a spare segment: {e}"))),
+    };
     let (first, prev_term, seal) = {
         let st = inner.state.borrow();
         let first = st.queue.front().expect("non-empty queue").header;
@@ -287,19 +376,31 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     let dir = &inner.dir;
     let faults = &inner.faults;
     if let Some((name, sealed)) = seal {
-        persist_index(dir, faults, &name, &sealed)
-            .await
-            .map_err(|e| format!("persisting the index of {name}: {e}"))?;
+        persist_index(dir, faults, &name, &sealed).await.map_err(|e| {
+            let reason = format!("persisting the index of {name}: {e}");
+            if is_no_space(&e) {
+                RollError::NoSpace(reason)
+            } else {
+                RollError::Failed(reason)
+            }
+        })?;
         if let Some(last) = inner.state.borrow_mut().segments.last_mut() {
             last.sealed = true;
         }
     }
     let name = segment_name(first.base_offset(), first.index());
-    dir.rename(SPARE_READY, &name).map_err(|e| format!("renaming the spare to {name}: {e}"))?;
-    inner.state.borrow_mut().spare_ready = false;
+    let failed = RollError::Failed;
+    dir.rename(SPARE_READY, &name)
+        .map_err(|e| failed(format!("renaming the spare to {name}: {e}")))?;
+    {
+        let mut st = inner.state.borrow_mut();
+        st.spare_ready = false;
+        // A roll done: whatever a full disk refused before is done too.
+        st.no_space = None;
+    }
     inner.spare_notify.notify_all();
-    dir.sync(faults).await.map_err(|e| format!("directory sync after roll: {e}"))?;
-    let file = open_segment_file(dir, &name).await.map_err(|e| e.to_string())?;
+    dir.sync(faults).await.map_err(|e| failed(format!("directory sync after roll: {e}")))?;
+    let file = open_segment_file(dir, &name).await.map_err(|e| failed(e.to_string()))?;
     let mut st = inner.state.borrow_mut();
     st.segments.push(Segment {
         name,
@@ -323,6 +424,14 @@ async fn roll(inner: &Inner) -> Result<(), String> {
     });
     st.stats.segments_rolled += 1;
     Ok(())
+}
+
+/// Why a roll did not happen.
+enum RollError {
+    /// The disk is full: nothing changed; retried after a wait.
+    NoSpace(String),
+    /// Latches the log.
+    Failed(String),
 }
 
 /// One flush: the bytes of its batches (segment header block if first in the segment,
@@ -443,15 +552,16 @@ fn take_batches(st: &mut State, config: &LogConfig, base: u64, capacity: u64) ->
 
 /// Prepares the next flush in the reserved `slot` (rolling first if the active segment is
 /// full, once every flush into it has committed) and starts its IO. Returns early, without a
-/// flush, if the log failed or the queue emptied while it waited.
-async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), String> {
+/// flush, if the log failed or the queue emptied while it waited, or with `NoSpace` (the slot
+/// released) if the roll needs space the disk does not have.
+async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<Submitted, String> {
     // Bound: after one roll the active segment is empty and takes any batch (`validate`).
     let mut rolls = 0;
     let cursor = loop {
         {
             let st = inner.state.borrow();
             if st.failed.is_some() || st.queue.is_empty() {
-                return Ok(());
+                return Ok(Submitted::Flush);
             }
         }
         if let Some(cursor) = cursor(inner) {
@@ -461,9 +571,13 @@ async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), Stri
         // The old segment is sealed from complete metadata: every flush into it committed.
         inner.io_gate.drained().await;
         if inner.state.borrow().failed.is_some() {
-            return Ok(());
+            return Ok(Submitted::Flush);
         }
-        roll(inner).await?;
+        match roll(inner).await {
+            Ok(()) => {}
+            Err(RollError::NoSpace(reason)) => return Ok(Submitted::NoSpace(reason)),
+            Err(RollError::Failed(reason)) => return Err(reason),
+        }
         rolls += 1;
     };
     let flush = {
@@ -502,7 +616,7 @@ async fn submit_flush(inner: &Rc<Inner>, slot: FlushSlot<'_>) -> Result<(), Stri
         *peak = (*peak).max(in_flight as u64);
     }
     glommio::spawn_local(run_flush_io(inner.clone(), seq, io)).detach();
-    Ok(())
+    Ok(Submitted::Flush)
 }
 
 /// The number of batches of the front arena run if the next flush can be exactly that run,
@@ -550,8 +664,8 @@ async fn write_and_sync(inner: &Inner, io: &FlushIo) -> std::io::Result<()> {
     if inner.state.borrow().failed.is_some() {
         return Err(std::io::Error::other("not written: the log failed"));
     }
-    if DirectFile::write_fault(&inner.faults) {
-        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    if let Some(e) = DirectFile::write_fault(&inner.faults) {
+        return Err(e);
     }
     // An armed fdatasync failure: the write still happens, its fdatasync is not issued.
     let sync_fault = DirectFile::sync_fault(&inner.faults);

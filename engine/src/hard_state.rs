@@ -144,6 +144,9 @@ impl HardStateStore {
             Err(OpenFileError::DirectIoUnsupported(source)) => {
                 return Err(HardStateError::DirectIoUnsupported { path, source })
             }
+            Err(OpenFileError::Io(source)) if crate::io::is_no_space(&source) => {
+                return Err(HardStateError::StorageFull { path, source })
+            }
             Err(OpenFileError::Io(source)) => return Err(io(source)),
         }
         let existed = path.exists();
@@ -164,7 +167,17 @@ impl HardStateStore {
                 }
             }
             let buf = file.alloc(SLOT_COUNT * BLOCK_SIZE);
-            file.write_at(&faults, buf, 0).await.map_err(io)?;
+            if let Err(source) = file.write_allocating_at(&faults, buf, 0).await {
+                if crate::io::is_no_space(&source) {
+                    // Nothing was stored: the next open creates the file again.
+                    let _ = file.close().await;
+                    if !existed || size == 0 {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    return Err(HardStateError::StorageFull { path, source });
+                }
+                return Err(io(source));
+            }
             file.sync(&faults).await.map_err(io)?;
             let data_dir = DataDir::open(dir).await.map_err(io)?;
             data_dir.sync(&faults).await.map_err(io)?;

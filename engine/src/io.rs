@@ -12,7 +12,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
@@ -32,20 +32,58 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// Makes the next writes or fdatasyncs of a log fail with EIO, on command (tests only).
+/// Makes the next writes or fdatasyncs of a log fail with EIO (or ENOSPC), or makes the disk
+/// look full, on command (tests only).
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     writes_to_fail: AtomicU32,
+    /// errno of the armed write failures (0: EIO).
+    write_errno: AtomicI32,
     syncs_to_fail: AtomicU32,
     /// fdatasyncs made through `DirectFile::sync` (recovery, hard state, index and spare files;
     /// not the flush ring's linked ones), a count tests read.
     file_syncs: AtomicU64,
+    /// While set, every write that allocates disk space (`DirectFile::write_allocating_at`:
+    /// spare zero-fill, index and hard-state file creation) fails with ENOSPC.
+    disk_full: AtomicBool,
 }
 
 impl FaultInjector {
     /// The next `count` writes fail with EIO.
     pub fn fail_writes(&self, count: u32) {
+        self.write_errno.store(libc::EIO, Ordering::Relaxed);
         self.writes_to_fail.store(count, Ordering::Relaxed);
+    }
+
+    /// The next `count` writes fail with ENOSPC, as an O_DIRECT write into a preallocated
+    /// file should never do: such a write is a failed write (it latches the log).
+    pub fn fail_writes_no_space(&self, count: u32) {
+        self.write_errno.store(libc::ENOSPC, Ordering::Relaxed);
+        self.writes_to_fail.store(count, Ordering::Relaxed);
+    }
+
+    /// The disk is full from now on: every write that allocates space fails with ENOSPC
+    /// until `free_disk`. Writes into allocated space (segments, the hard-state slots) and
+    /// fdatasyncs are unaffected, as on a real full disk.
+    pub fn fill_disk(&self) {
+        self.disk_full.store(true, Ordering::Relaxed);
+    }
+
+    /// Space is back (see `fill_disk`).
+    pub fn free_disk(&self) {
+        self.disk_full.store(false, Ordering::Relaxed);
+    }
+
+    /// The error of an armed write failure (consumes one), if any.
+    fn write_error(&self) -> Option<io::Error> {
+        if !FaultInjector::take(&self.writes_to_fail) {
+            return None;
+        }
+        let errno = match self.write_errno.load(Ordering::Relaxed) {
+            0 => libc::EIO,
+            errno => errno,
+        };
+        Some(io::Error::from_raw_os_error(errno))
     }
 
     /// The next `count` fdatasyncs fail with EIO.
@@ -146,9 +184,9 @@ impl DirectFile {
         self.file.as_raw_fd()
     }
 
-    /// Whether the next write should fail (consumes one armed write failure).
-    pub(crate) fn write_fault(faults: &FaultInjector) -> bool {
-        FaultInjector::take(&faults.writes_to_fail)
+    /// The error the next write should fail with (consumes one armed write failure).
+    pub(crate) fn write_fault(faults: &FaultInjector) -> Option<io::Error> {
+        faults.write_error()
     }
 
     /// Whether the next fdatasync should fail (consumes one armed fdatasync failure).
@@ -173,8 +211,8 @@ impl DirectFile {
     ) -> io::Result<()> {
         let len = buf.len();
         assert!(len % BLOCK_SIZE == 0 && position % BLOCK_SIZE as u64 == 0);
-        if FaultInjector::take(&faults.writes_to_fail) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+        if let Some(e) = faults.write_error() {
+            return Err(e);
         }
         let written = self.file.write_at(buf, position).await.map_err(to_io)?;
         if written != len {
@@ -186,8 +224,23 @@ impl DirectFile {
         Ok(())
     }
 
-    /// Writes a shared buffer whole at `position` (the same buffer can be written again, e.g.
-    /// the zero chunk of a spare's fill); a short write is an error.
+    /// `write_at` for a write that allocates disk space (a file being created or grown: index
+    /// and hard-state files): fails with ENOSPC while the injector's disk is full.
+    pub(crate) async fn write_allocating_at(
+        &self,
+        faults: &FaultInjector,
+        buf: DmaBuffer,
+        position: u64,
+    ) -> io::Result<()> {
+        if faults.disk_full.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.write_at(faults, buf, position).await
+    }
+
+    /// Writes a shared buffer whole at `position` (the same buffer can be written again: the
+    /// zero chunk of a spare's fill, which grows its file, so it allocates: ENOSPC while the
+    /// injector's disk is full); a short write is an error.
     pub(crate) async fn write_shared_at(
         &self,
         faults: &FaultInjector,
@@ -196,8 +249,11 @@ impl DirectFile {
     ) -> io::Result<()> {
         let len = buf.len();
         assert!(len % BLOCK_SIZE == 0 && position % BLOCK_SIZE as u64 == 0);
-        if FaultInjector::take(&faults.writes_to_fail) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+        if faults.disk_full.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if let Some(e) = faults.write_error() {
+            return Err(e);
         }
         let written = self.file.write_rc_at(buf, position).await.map_err(to_io)?;
         if written != len {
@@ -274,6 +330,8 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             Err(OpenFileError::DirectIoUnsupported(e))
         }
+        // A full disk may have no block for one more directory entry: nothing was created.
+        Err(e) if is_no_space(&e) => return probe_read_existing(dir, e).await,
         Err(e) => Err(OpenFileError::Io(e)),
         Ok(_) => {
             let written =
@@ -284,6 +342,11 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
                     },
                 );
             match written {
+                // A full disk: the log's own files serve as glommio's first read instead.
+                Err(e) if is_no_space(&e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return probe_read_existing(dir, e).await;
+                }
                 Err(e) => Err(OpenFileError::Io(e)),
                 Ok(()) => match DirectFile::open(&path).await {
                     Ok(file) => {
@@ -304,6 +367,58 @@ pub(crate) async fn probe_direct_io(dir: &Path) -> Result<(), OpenFileError> {
     };
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// Whether `error` says the disk (or the owner's quota) is full: ENOSPC or EDQUOT. An
+/// operating condition, not a failure: the log answers `StorageFull` and retries (spare.rs),
+/// except for a write or fdatasync of segment data, which latches like any failed write.
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Most directory entries `probe_read_existing` looks at (a partition directory holds a few
+/// segments, their index files, spares, the hard state and the lock).
+const PROBE_ENTRIES_MAX: usize = 4096;
+
+/// The probe on a full disk, where its file cannot be created (no block for one more
+/// directory entry) or its block cannot be written. It opens an existing file of the
+/// directory holding at least a block (a segment, the hard state, a spare) with O_DIRECT
+/// through glommio instead — the O_DIRECT check (EINVAL) and glommio's poll probe, which must
+/// see data, both happen on it. Without one (a new log on a full disk) the probe fails with
+/// `no_space`.
+async fn probe_read_existing(dir: &Path, no_space: io::Error) -> Result<(), OpenFileError> {
+    let mut candidate = None;
+    for entry in std::fs::read_dir(dir).map_err(OpenFileError::Io)?.take(PROBE_ENTRIES_MAX) {
+        let entry = entry.map_err(OpenFileError::Io)?;
+        if entry.file_name().to_string_lossy().starts_with(DIRECT_IO_PROBE) {
+            continue;
+        }
+        let big_enough =
+            entry.metadata().is_ok_and(|m| m.is_file() && m.len() >= BLOCK_SIZE as u64);
+        if big_enough {
+            candidate = Some(entry.path());
+            break;
+        }
+    }
+    let Some(path) = candidate else { return Err(OpenFileError::Io(no_space)) };
+    let file = match DirectFile::open_existing(&path).await {
+        Ok(Some(file)) => file,
+        Ok(None) => return Err(OpenFileError::Io(no_space)),
+        // The O_DIRECT open of an existing file checks what the probe's own open would have.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return Err(OpenFileError::DirectIoUnsupported(e))
+        }
+        Err(e) => return Err(OpenFileError::Io(e)),
+    };
+    let read = file.read_at(0, BLOCK_SIZE).await.map(|r| r.len());
+    let _ = file.close().await;
+    match read {
+        Ok(BLOCK_SIZE) => Ok(()),
+        Ok(n) => Err(OpenFileError::Io(io::Error::other(format!(
+            "O_DIRECT probe read {n} of {BLOCK_SIZE} bytes of {path:?}"
+        )))),
+        Err(e) => Err(OpenFileError::Io(e)),
+    }
 }
 
 /// Creates `path` and its missing parents, each with exactly `DATA_DIR_MODE` whatever the

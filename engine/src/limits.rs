@@ -45,6 +45,17 @@ pub const FLUSHES_IN_FLIGHT_DEFAULT: usize = 2;
 /// Largest accepted `flushes_in_flight_max` (recovery's torn-tail reach grows with it).
 pub const FLUSHES_IN_FLIGHT_LIMIT: usize = 8;
 
+/// First wait before the log retries what a full disk refused (a spare's zero-fill, a roll's
+/// index file); it doubles up to `SPACE_RETRY_BACKOFF_MAX`. Retention wakes it at once.
+pub const SPACE_RETRY_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest wait between two retries on a full disk: how late, at most, a log notices space
+/// freed by someone else (an operator deleting files).
+pub const SPACE_RETRY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+const _: () = assert!(
+    SPACE_RETRY_BACKOFF_INITIAL.as_millis() > 0
+        && SPACE_RETRY_BACKOFF_INITIAL.as_millis() <= SPACE_RETRY_BACKOFF_MAX.as_millis()
+);
 const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE as u64 == 0);
 const _: () = assert!(SEGMENT_SIZE_MAX <= u32::MAX as u64 + 1);

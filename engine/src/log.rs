@@ -172,6 +172,12 @@ pub(crate) struct State {
     pub queued_bytes: usize,
     pub cache: TailCache,
     pub failed: Option<String>,
+    /// Why the log takes no appends now: the disk is full (spare.rs); cleared by the next
+    /// spare made or the next roll done. Not a failure: nothing is latched.
+    pub no_space: Option<String>,
+    /// The flusher waits for space to roll: queued batches stay queued (not durable) until
+    /// then; `sync` and `close` answer `StorageFull` instead of waiting.
+    pub roll_blocked: bool,
     pub closed: bool,
     pub spare_ready: bool,
     /// The ready spare's stale bound if it is recycled (`spare.rs`).
@@ -261,8 +267,18 @@ impl Inner {
         self.durable_notify.notify_all();
     }
 
-    fn latched(&self) -> Option<Latched> {
-        self.state.borrow().failed.clone().map(Latched)
+    /// Marks the log short of space (appends answer `StorageFull`) and wakes whoever waits
+    /// for a spare or for durability, so that nothing waits on a spare that cannot come.
+    pub(crate) fn enter_no_space(&self, reason: String) {
+        let mut st = self.state.borrow_mut();
+        if st.no_space.is_none() {
+            tracing::warn!(dir = ?self.dir.path(), %reason, "disk full: appends answer StorageFull until space is back");
+            st.stats.no_space_events += 1;
+        }
+        st.no_space = Some(reason);
+        drop(st);
+        self.spare_notify.notify_all();
+        self.durable_notify.notify_all();
     }
 }
 
@@ -306,13 +322,31 @@ impl Log {
     }
 
     /// `open` with a fault injector armed by tests (the code path is otherwise the same).
+    ///
+    /// On a full disk a log whose files exist opens (recovery writes only into allocated
+    /// space; an index file it cannot persist is rebuilt again next time) and answers appends
+    /// `StorageFull` until space is back; a file it must create without room for it is
+    /// `OpenError::StorageFull`.
     pub async fn open_with_faults(
         dir: impl AsRef<Path>,
         config: LogConfig,
         faults: Arc<FaultInjector>,
     ) -> Result<(Log, RecoveryReport), OpenError> {
+        match Self::open_inner(dir.as_ref(), config, faults).await {
+            Err(OpenError::Io { path, source }) if crate::io::is_no_space(&source) => {
+                Err(OpenError::StorageFull { path, source })
+            }
+            other => other,
+        }
+    }
+
+    async fn open_inner(
+        dir: &Path,
+        config: LogConfig,
+        faults: Arc<FaultInjector>,
+    ) -> Result<(Log, RecoveryReport), OpenError> {
         config.validate()?;
-        let path = dir.as_ref().to_path_buf();
+        let path = dir.to_path_buf();
         let created = crate::io::create_dir_all(&path)
             .map_err(|source| OpenError::Io { path: path.clone(), source })?;
         // Every created directory's name must be durable before anything is acknowledged in
@@ -371,6 +405,7 @@ impl Log {
     pub fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
         let mut st = self.inner.state.borrow_mut();
         closed_or_failed(&st, AppendError::Closed)?;
+        check_space(&st)?;
         let config = &self.inner.config;
         let size = BATCH_HEADER_SIZE + request.records.len();
         if size > config.batch_size_max {
@@ -427,6 +462,7 @@ impl Log {
     pub fn append_stamped(&self, batch: Bytes) -> Result<Appended, AppendError> {
         let mut st = self.inner.state.borrow_mut();
         closed_or_failed(&st, AppendError::Closed)?;
+        check_space(&st)?;
         let config = &self.inner.config;
         if batch.len() > config.batch_size_max {
             return Err(AppendError::BatchTooLarge {
@@ -525,16 +561,55 @@ impl Log {
         }
     }
 
-    /// Waits until everything appended so far is durable.
+    /// Waits until everything appended so far is durable; `StorageFull` if batches wait for
+    /// a segment the full disk cannot hold yet (they stay queued: not an error of theirs).
     pub async fn sync(&self) -> Result<(), LogError> {
         let last = self.last_index();
-        if let Some(latched) = self.inner.latched() {
-            return Err(latched.into());
+        loop {
+            let epoch = self.inner.durable_notify.epoch();
+            {
+                let st = self.inner.state.borrow();
+                if let Some(reason) = &st.failed {
+                    return Err(LogError::Failed { reason: reason.clone() });
+                }
+                if last <= st.durable_index {
+                    return Ok(());
+                }
+                if last >= st.next_index {
+                    return Err(LogError::Truncated { index: last });
+                }
+                if st.roll_blocked {
+                    let reason = st.no_space.clone().unwrap_or_default();
+                    return Err(LogError::StorageFull { reason });
+                }
+                if st.closed && st.queue.is_empty() {
+                    return Err(LogError::Closed);
+                }
+            }
+            self.inner.durable_notify.wait(epoch).await;
         }
-        if last <= self.durable_index() {
-            return Ok(());
+    }
+
+    /// Why the log answers appends `StorageFull` (the disk is full), if it does.
+    pub fn storage_full(&self) -> Option<String> {
+        self.inner.state.borrow().no_space.clone()
+    }
+
+    /// Resolves once the log takes appends again after a full disk (at once if it does):
+    /// when a spare segment could be made or a roll could be done. `Failed` / `Closed` if
+    /// the log fails or closes meanwhile.
+    pub async fn wait_space(&self) -> Result<(), LogError> {
+        loop {
+            let epoch = self.inner.spare_notify.epoch();
+            {
+                let st = self.inner.state.borrow();
+                closed_or_failed(&st, LogError::Closed)?;
+                if st.no_space.is_none() {
+                    return Ok(());
+                }
+            }
+            self.inner.spare_notify.wait(epoch).await;
         }
-        self.wait_durable(last).await
     }
 
     /// Flushes everything appended, stops the background tasks and releases the data dir.
@@ -827,6 +902,7 @@ impl Log {
                 |e| match e {
                     ResetError::Closed => TruncateError::Closed,
                     ResetError::Failed { reason } => TruncateError::Failed { reason },
+                    ResetError::StorageFull { reason } => TruncateError::StorageFull { reason },
                     other => TruncateError::Failed { reason: other.to_string() },
                 },
             );
@@ -967,6 +1043,16 @@ impl Log {
     ) -> Result<(), ResetError> {
         let inner = &self.inner;
         closed_or_failed(&inner.state.borrow(), ResetError::Closed)?;
+        // The new first segment is the spare: on a full disk, refuse before changing anything
+        // (the IO gate is held, so no roll takes the spare before `reset_disk` does).
+        match take_usable_spare(inner, next_index).await {
+            Ok(_) => {}
+            Err(LogError::StorageFull { reason }) => {
+                return Err(ResetError::StorageFull { reason })
+            }
+            Err(LogError::Failed { reason }) => return Err(ResetError::Failed { reason }),
+            Err(_) => return Err(ResetError::Closed),
+        }
         inner.state.borrow_mut().drop_queue_from(LogIndex(0));
         let result = self.reset_disk(next_index, next_offset, prev_term).await;
         match result {
@@ -1202,6 +1288,14 @@ impl Drop for Log {
     }
 }
 
+/// `StorageFull` while the disk is full (`State::no_space`).
+fn check_space(st: &State) -> Result<(), AppendError> {
+    match &st.no_space {
+        Some(reason) => Err(AppendError::StorageFull { reason: reason.clone() }),
+        None => Ok(()),
+    }
+}
+
 fn check_backpressure(st: &State, size: usize, config: &LogConfig) -> Result<(), AppendError> {
     if st.queued_bytes + size > config.queued_bytes_max {
         return Err(AppendError::Backpressure {
@@ -1256,6 +1350,8 @@ fn build_state(config: &LogConfig, segments: Vec<Segment>, spare_ready: bool) ->
         queued_bytes: 0,
         cache: TailCache::new(config.tail_cache_bytes_max),
         failed: None,
+        no_space: None,
+        roll_blocked: false,
         closed: false,
         spare_ready,
         spare_recycled: None,

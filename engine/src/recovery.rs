@@ -192,9 +192,18 @@ pub(crate) async fn recover(
                 // What lies past a rescanned segment's data is unknown (a truncation may have
                 // cut it): never recycle it.
                 let segment = Segment { sealed: true, cut: true, ..segment };
-                persist_index(ctx.dir, ctx.faults, &segment.name, &sealed_index(&segment))
+                match persist_index(ctx.dir, ctx.faults, &segment.name, &sealed_index(&segment))
                     .await
-                    .map_err(io_error(dir.join(&index_name(&segment.name))))?;
+                {
+                    Ok(()) => {}
+                    // A full disk: the index stays in memory, the next open rescans the
+                    // segment (what an absent index file means anyway).
+                    Err(e) if crate::io::is_no_space(&e) => {
+                        tracing::warn!(segment = %segment.name, error = %e, "disk full: index of a rescanned segment not persisted");
+                        let _ = dir.remove(&format!("{}.tmp", index_name(&segment.name)));
+                    }
+                    Err(e) => return Err(io_error(dir.join(&index_name(&segment.name)))(e)),
+                }
                 segments.push(segment);
             }
             Scanned::Clean(segment) => segments.push(segment),
@@ -419,7 +428,12 @@ pub(crate) async fn persist_index(
     };
     let mut buf = file.alloc(bytes.len());
     buf.as_bytes_mut().copy_from_slice(&bytes);
-    file.write_at(faults, buf, 0).await?;
+    if let Err(e) = file.write_allocating_at(faults, buf, 0).await {
+        // The temp file is never renamed: remove it, so that it holds no space.
+        let _ = file.close().await;
+        let _ = dir.remove(&tmp_name);
+        return Err(e);
+    }
     file.sync(faults).await?;
     file.close().await?;
     dir.rename(&tmp_name, &final_name)?;

@@ -8,9 +8,17 @@
 //! `RECYCLED | SPARE`, the stale bound), fdatasync, rename to `SPARE_READY`, directory sync —
 //! one block written instead of a whole segment. Zero-fill stays the fallback.
 //!
+//! A full disk (ENOSPC or EDQUOT from a zero-fill write) is not a failure: the preallocator
+//! marks the log short of space (`State::no_space`: appends answer `StorageFull`), keeps the
+//! half-filled file (it only ever holds zeros, so the fill resumes where it stopped), and
+//! retries after a doubling wait (`SPACE_RETRY_BACKOFF_INITIAL` ..= `SPACE_RETRY_BACKOFF_MAX`),
+//! at once when retention deleted or kept segments. The first spare it publishes clears the
+//! mark: appends resume by themselves.
+//!
 //! Invariants: the spare's preparation never runs on the append path; a spare is published
-//! (`SPARE_READY`) only after its bytes and the directory are durable; a failure latches the
-//! log. **Stale bound:** every batch left in a recycled file has an index below its
+//! (`SPARE_READY`) only after its bytes and the directory are durable; any failure other
+//! than a full disk's ENOSPC on a write that grows the spare (an fdatasync, a rename, a
+//! directory sync, EIO) latches the log. **Stale bound:** every batch left in a recycled file has an index below its
 //! `stale_index_end`, and a recycled spare becomes only a segment whose base index is `>=`
 //! that bound: retention makes candidates only of segments wholly below the new log start that
 //! were never cut (`Segment::cut`), so their bound is `<= start_index`; a reset to a lower
@@ -28,8 +36,10 @@ use glommio::{Latency, Shares, TaskQueueHandle};
 
 use crate::error::LogError;
 use crate::group_commit::wait_spare;
-use crate::io::DirectFile;
-use crate::limits::{BLOCK_SIZE, IO_CHUNK_BYTES};
+use crate::io::{is_no_space, DirectFile};
+use crate::limits::{
+    BLOCK_SIZE, IO_CHUNK_BYTES, SPACE_RETRY_BACKOFF_INITIAL, SPACE_RETRY_BACKOFF_MAX,
+};
 use crate::log::Inner;
 use crate::segment::{
     encode_spare_header, recycle_candidate_name, RecycledSpare, SPARE_FILLING, SPARE_READY,
@@ -98,6 +108,7 @@ enum Prepared {
 /// Keeps one spare segment ready (recycled if a candidate is usable, else zero-filled), off
 /// the append path.
 async fn run_preallocator(inner: Rc<Inner>) {
+    let mut backoff = SpaceBackoff::default();
     loop {
         let epoch = inner.spare_notify.epoch();
         let (stop, ready) = {
@@ -114,13 +125,18 @@ async fn run_preallocator(inner: Rc<Inner>) {
         }
         let prepared = match take_candidate(&inner) {
             Ok(Some(bound)) => recycle_spare(&inner, bound).await,
-            Ok(None) => fill_spare(&inner).await.map(|filled| {
-                if filled {
-                    Prepared::ZeroFilled
-                } else {
-                    Prepared::Closed
+            Ok(None) => match fill_spare(&inner).await {
+                Ok(true) => Ok(Prepared::ZeroFilled),
+                Ok(false) => Ok(Prepared::Closed),
+                Err(FillError::NoSpace(e)) => {
+                    inner.enter_no_space(format!("zero-filling the spare segment: {e}"));
+                    // After the mark's own wake-up: only a later event cuts the wait short.
+                    let epoch = inner.spare_notify.epoch();
+                    backoff.wait(&inner, epoch).await;
+                    continue;
                 }
-            }),
+                Err(FillError::Failed(e)) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let recycled = match prepared {
@@ -133,7 +149,11 @@ async fn run_preallocator(inner: Rc<Inner>) {
                 return;
             }
         };
+        backoff = SpaceBackoff::default();
         let mut st = inner.state.borrow_mut();
+        if let Some(reason) = st.no_space.take() {
+            tracing::info!(dir = ?inner.dir.path(), %reason, "space is back: the log takes appends again");
+        }
         st.spare_ready = true;
         st.spare_recycled = recycled;
         if recycled.is_some() {
@@ -154,7 +174,10 @@ async fn run_preallocator(inner: Rc<Inner>) {
 /// or at worst a block the filesystem allocated but never wrote, which reads as zeros too).
 /// The final fdatasync makes the whole file durable before the rename publishes the spare.
 /// A file larger than the segment size (the configuration changed) is restarted.
-async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
+///
+/// `FillError::NoSpace`: creating or growing the file met a full disk (ENOSPC, EDQUOT); the
+/// file is kept and the fill resumes at the next attempt. Anything else is `Failed`.
+async fn fill_spare(inner: &Inner) -> Result<bool, FillError> {
     let dir = &inner.dir;
     let faults = &inner.faults;
     let capacity = inner.config.segment_size_bytes;
@@ -164,8 +187,8 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     }
     let file = match DirectFile::open(&path).await {
         Ok(file) => file,
-        Err(crate::io::OpenFileError::DirectIoUnsupported(e))
-        | Err(crate::io::OpenFileError::Io(e)) => return Err(e),
+        Err(crate::io::OpenFileError::DirectIoUnsupported(e)) => return Err(FillError::Failed(e)),
+        Err(crate::io::OpenFileError::Io(e)) => return Err(FillError::growing(e)),
     };
     let mut position = file.file_size().await?;
     position -= position % BLOCK_SIZE as u64;
@@ -183,10 +206,15 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
             return Ok(false);
         }
         let len = (IO_CHUNK_BYTES as u64).min(capacity - position) as usize;
-        if len == IO_CHUNK_BYTES {
-            file.write_shared_at(faults, zeros.clone(), position).await?;
+        let written = if len == IO_CHUNK_BYTES {
+            file.write_shared_at(faults, zeros.clone(), position).await
         } else {
-            file.write_at(faults, file.alloc(len), position).await?;
+            file.write_allocating_at(faults, file.alloc(len), position).await
+        };
+        if let Err(e) = written {
+            // Kept as it is: every byte below its size reads as zero.
+            let _ = file.close().await;
+            return Err(FillError::growing(e));
         }
         position += len as u64;
     }
@@ -195,6 +223,56 @@ async fn fill_spare(inner: &Inner) -> std::io::Result<bool> {
     dir.rename(SPARE_FILLING, SPARE_READY)?;
     dir.sync(faults).await?;
     Ok(true)
+}
+
+/// Why a zero-fill stopped.
+#[derive(Debug)]
+enum FillError {
+    /// The disk is full: retried later, not a failure.
+    NoSpace(std::io::Error),
+    /// Latches the log.
+    Failed(std::io::Error),
+}
+
+impl FillError {
+    /// The error of creating or growing the file: `NoSpace` for ENOSPC/EDQUOT.
+    fn growing(e: std::io::Error) -> FillError {
+        if is_no_space(&e) {
+            FillError::NoSpace(e)
+        } else {
+            FillError::Failed(e)
+        }
+    }
+}
+
+impl From<std::io::Error> for FillError {
+    fn from(e: std::io::Error) -> FillError {
+        FillError::Failed(e)
+    }
+}
+
+/// Doubling waits between retries on a full disk, from `SPACE_RETRY_BACKOFF_INITIAL` to
+/// `SPACE_RETRY_BACKOFF_MAX`.
+#[derive(Debug)]
+pub(crate) struct SpaceBackoff {
+    next: std::time::Duration,
+}
+
+impl Default for SpaceBackoff {
+    fn default() -> Self {
+        SpaceBackoff { next: SPACE_RETRY_BACKOFF_INITIAL }
+    }
+}
+
+impl SpaceBackoff {
+    /// Waits the current delay, or less if `spare_notify` fires after `epoch` (a spare was
+    /// made or taken, retention ran, the log closed or failed); then doubles the delay.
+    pub(crate) async fn wait(&mut self, inner: &Inner, epoch: u64) {
+        let delay = self.next;
+        self.next = (self.next * 2).min(SPACE_RETRY_BACKOFF_MAX);
+        futures_lite::future::or(glommio::timer::sleep(delay), inner.spare_notify.wait(epoch))
+            .await;
+    }
 }
 
 /// Takes a recycling candidate that is ready to be prepared. Candidates whose stale bound is

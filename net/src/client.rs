@@ -22,6 +22,11 @@
 //! - the node answered `NotLeader` (it refuses before accepting anything);
 //! - the node answered `Backpressure` (refused, nothing queued), after the hinted delay.
 //!
+//! `StorageFull` (the leader's disk is full) is also a refusal before anything was accepted,
+//! but it is returned at once as [`ClientError::Server`], not retried: space comes back on
+//! the operator's (or retention's) time scale, not the client's; retrying the produce later
+//! is safe.
+//!
 //! It never retries a produce after the request may have reached a leader: a lost or reset
 //! connection after the write, a read timeout, or the replies `Timeout` ("the acks were not
 //! reached in time; the batch may still commit"), `ShuttingDown`, `StorageFailed` or

@@ -394,6 +394,7 @@ pub mod samples {
             ErrorReply::Timeout,
             ErrorReply::ShuttingDown,
             ErrorReply::StorageFailed { reason: "fdatasync failed: EIO".into() },
+            ErrorReply::StorageFull { partition: p, reason: "No space left on device".into() },
             ErrorReply::Rejected { reason: "a membership change is in progress ✓".into() },
             ErrorReply::Internal { reason: String::new() },
         ]

@@ -182,6 +182,7 @@ pub enum ErrorCode {
     StorageFailed = 11,
     Rejected = 12,
     Internal = 13,
+    StorageFull = 14,
 }
 
 /// A typed error reply to a request (or to a malformed frame, just before the connection is
@@ -234,6 +235,12 @@ pub enum ErrorReply {
         reason: String,
     },
     Internal {
+        reason: String,
+    },
+    /// The partition leader's disk is full: the append was not taken. Not fatal: reads go
+    /// on and appends resume once space is freed; retry later.
+    StorageFull {
+        partition: PartitionId,
         reason: String,
     },
 }
@@ -473,6 +480,7 @@ impl ErrorReply {
             ErrorReply::StorageFailed { .. } => ErrorCode::StorageFailed,
             ErrorReply::Rejected { .. } => ErrorCode::Rejected,
             ErrorReply::Internal { .. } => ErrorCode::Internal,
+            ErrorReply::StorageFull { .. } => ErrorCode::StorageFull,
         }
     }
 
@@ -525,6 +533,10 @@ impl ErrorReply {
             | ErrorReply::StorageFailed { reason }
             | ErrorReply::Rejected { reason }
             | ErrorReply::Internal { reason } => w.put_string(reason),
+            ErrorReply::StorageFull { partition, reason } => {
+                w.put_u32(partition.0);
+                w.put_string(reason);
+            }
         }
     }
 
@@ -556,6 +568,10 @@ impl ErrorReply {
             11 => ErrorReply::StorageFailed { reason: r.string("error reason")? },
             12 => ErrorReply::Rejected { reason: r.string("error reason")? },
             13 => ErrorReply::Internal { reason: r.string("error reason")? },
+            14 => ErrorReply::StorageFull {
+                partition: PartitionId(r.u32("error partition")?),
+                reason: r.string("error reason")?,
+            },
             value => {
                 return Err(ProtocolError::BadValue { what: "error code", value: value.into() })
             }

@@ -101,6 +101,11 @@ pub enum NodeError {
     Stopped,
     #[error("the log of partition {partition} failed (fatal, never retried): {reason}")]
     StorageFailed { partition: PartitionId, reason: String },
+    /// The leader's disk is full: the append was not taken (nothing was proposed). Reads and
+    /// Raft go on; appends resume by themselves once space is back (retention, the
+    /// operator). Retry later, or at another leader.
+    #[error("the disk of partition {partition}'s leader is full; appends resume once space is freed: {reason}")]
+    StorageFull { partition: PartitionId, reason: String },
     #[error("rejected: {0}")]
     Rejected(String),
     #[error("internal error: {0}")]
@@ -134,6 +139,9 @@ impl NodeError {
             NodeError::ShuttingDown | NodeError::Stopped => ErrorReply::ShuttingDown,
             NodeError::StorageFailed { reason, .. } => {
                 ErrorReply::StorageFailed { reason: reason.clone() }
+            }
+            NodeError::StorageFull { partition, reason } => {
+                ErrorReply::StorageFull { partition: *partition, reason: reason.clone() }
             }
             NodeError::Rejected(reason) => ErrorReply::Rejected { reason: reason.clone() },
             NodeError::Internal(reason) => ErrorReply::Internal { reason: reason.clone() },

@@ -49,7 +49,13 @@
 //! and no reset is pending (asserted on every append: the index the log stamps is the
 //! entry's); nothing is reported durable before the log says so; a failed write or fdatasync
 //! latches the partition (`failed`): every later call answers `StorageFailed`, nothing is
-//! retried, and the shard's fatal signal fires. Every queue has a named bound
+//! retried, and the shard's fatal signal fires. A full disk is not a failure: the leader
+//! answers new appends `StorageFull` (before proposing, so the core and the log stay in
+//! step); entries the core already holds (a follower's, a leader's no-op or membership
+//! change) wait in the log worker for `Log::wait_space` and are appended, in order, once
+//! space is back — a follower acks nothing it has not made durable, so the leader keeps
+//! them and retransmits as Raft does; a truncation or reset refused for space, and a
+//! `membership_base` write meeting ENOSPC, are retried the same way. Every queue has a named bound
 //! (`PRODUCERS_PENDING_MAX`, `READS_WAITING_MAX`, the engine's `queued_bytes_max`, the
 //! core's windows, the links' queues).
 //!
@@ -70,9 +76,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog_engine::batch::peek_header;
+use ringlog_engine::limits::{SPACE_RETRY_BACKOFF_INITIAL, SPACE_RETRY_BACKOFF_MAX};
 use ringlog_engine::{
     AppendError, FaultInjector, FetchError, HardStateError, HardStateStore, Log, LogError,
-    OpenError, ReadBound, RecoveryReport,
+    OpenError, ReadBound, RecoveryReport, ResetError, TruncateError,
 };
 use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
@@ -724,8 +731,9 @@ impl PartitionReplicator {
         }
     }
 
-    /// Appends entries to the log now. `Err(rest)`: the log pushed back (its queue is full);
-    /// the caller retries `rest` once a flush completed.
+    /// Appends entries to the log now. `Err(rest)`: the log pushed back (its queue is full,
+    /// or the disk is: `Log::storage_full`); the caller retries `rest` once a flush completed
+    /// or space is back (`wait_to_append`).
     fn append_now(&self, entries: Vec<Entry>) -> Result<(), Vec<Entry>> {
         let mut entries = VecDeque::from(entries);
         while let Some(entry) = entries.pop_front() {
@@ -745,7 +753,7 @@ impl PartitionReplicator {
             };
             let appended = match appended {
                 Ok(appended) => appended,
-                Err(AppendError::Backpressure { .. }) => {
+                Err(AppendError::Backpressure { .. } | AppendError::StorageFull { .. }) => {
                     entries.push_front(entry);
                     return Err(entries.into());
                 }
@@ -939,8 +947,17 @@ impl PartitionReplicator {
                     self.st.borrow_mut().log_running = Some(from);
                     #[cfg(test)]
                     stall::hold(&self.dir).await;
-                    if let Err(e) = self.log.truncate_suffix(from).await {
-                        return self.fail(format!("truncate from {from}: {e}"));
+                    // Bound: each refusal for space waits until the log has space again.
+                    loop {
+                        match self.log.truncate_suffix(from).await {
+                            Ok(()) => break,
+                            Err(TruncateError::StorageFull { .. }) => {
+                                if !self.wait_space().await {
+                                    return;
+                                }
+                            }
+                            Err(e) => return self.fail(format!("truncate from {from}: {e}")),
+                        }
                     }
                     self.st.borrow_mut().log_running = None;
                     self.engine_settled();
@@ -951,8 +968,20 @@ impl PartitionReplicator {
                     stall::hold(&self.dir).await;
                     let addresses = self.shard.peers.book().entries_for(&membership);
                     let record = MembershipRecord { membership, addresses };
-                    if let Err(e) = meta::store_membership_base(&self.dir, &record) {
-                        return self.fail(format!("membership base: {e}"));
+                    let mut backoff = SPACE_RETRY_BACKOFF_INITIAL;
+                    loop {
+                        match meta::store_membership_base(&self.dir, &record) {
+                            Ok(()) => break,
+                            Err(e) if ringlog_engine::io::is_no_space(&e) => {
+                                tracing::warn!(partition = %self.partition, error = %e, "disk full: membership base not written, retrying");
+                                glommio::timer::sleep(backoff).await;
+                                backoff = (backoff * 2).min(SPACE_RETRY_BACKOFF_MAX);
+                                if self.st.borrow().failed.is_some() || self.st.borrow().closing {
+                                    return self.stop_log_worker();
+                                }
+                            }
+                            Err(e) => return self.fail(format!("membership base: {e}")),
+                        }
                     }
                     let mut st = self.st.borrow_mut();
                     st.pending_reset = Some((start, prev_term));
@@ -964,16 +993,52 @@ impl PartitionReplicator {
                     }
                     let mut entries = entries;
                     while let Err(rest) = self.append_now(entries) {
-                        let last = self.log.last_index();
-                        if let Err(LogError::Failed { reason }) = self.log.wait_durable(last).await
-                        {
-                            return self.fail(reason);
+                        if !self.wait_to_append().await {
+                            return;
                         }
                         entries = rest;
                     }
                 }
             }
         }
+    }
+
+    /// Waits until the log may take an append it refused: space back after a full disk
+    /// (`Log::wait_space`), else a flush completed (its queue was full). False if the
+    /// partition failed or the log closed (the worker then stops).
+    async fn wait_to_append(&self) -> bool {
+        if self.log.storage_full().is_some() {
+            return self.wait_space().await;
+        }
+        let last = self.log.last_index();
+        match self.log.wait_durable(last).await {
+            Err(LogError::Failed { reason }) => {
+                self.fail(reason);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// `Log::wait_space` for the log worker: false if the partition failed or the log closed
+    /// meanwhile (the worker is then stopped).
+    async fn wait_space(&self) -> bool {
+        match self.log.wait_space().await {
+            Ok(()) => true,
+            Err(LogError::Failed { reason }) => {
+                self.fail(reason);
+                false
+            }
+            Err(_) => {
+                self.stop_log_worker();
+                false
+            }
+        }
+    }
+
+    /// Marks the log worker stopped (the log closed under it).
+    fn stop_log_worker(&self) {
+        self.st.borrow_mut().log_busy = false;
     }
 
     /// Applies a pending reset before the first entry at its start (see the module docs).
@@ -992,9 +1057,20 @@ impl PartitionReplicator {
                 return false;
             }
         };
-        if let Err(e) = self.log.reset(start, offset, prev_term).await {
-            self.fail(format!("log reset to {start}: {e}"));
-            return false;
+        // Bound: each refusal for space waits until the log has space again.
+        loop {
+            match self.log.reset(start, offset, prev_term).await {
+                Ok(()) => break,
+                Err(ResetError::StorageFull { .. }) => {
+                    if !self.wait_space().await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(format!("log reset to {start}: {e}"));
+                    return false;
+                }
+            }
         }
         {
             let mut st = self.st.borrow_mut();
@@ -1466,6 +1542,13 @@ impl PartitionReplicator {
             {
                 return Err(NodeError::Backpressure { retry_after_ms: RETRY_AFTER_MS });
             }
+            // A full disk: refused before the core holds the entry (a follower answers
+            // NotLeader as usual, below).
+            if st.replica.role() == Role::Leader {
+                if let Some(reason) = self.log.storage_full() {
+                    return Err(NodeError::StorageFull { partition: self.partition, reason });
+                }
+            }
             let index = st.replica.propose(batch).map_err(|e| match e {
                 ProposeError::NotLeader { .. } => self.not_leader_in(&st),
                 ProposeError::TooLarge { size, max } => NodeError::Oversize { len: size, max },
@@ -1758,6 +1841,11 @@ impl PartitionReplicator {
         }
         let (index, term) = {
             let mut st = self.st.borrow_mut();
+            if st.replica.role() == Role::Leader {
+                if let Some(reason) = self.log.storage_full() {
+                    return Err(NodeError::StorageFull { partition: self.partition, reason });
+                }
+            }
             let index = st.replica.propose_membership(change).map_err(|e| match e {
                 MembershipError::NotLeader { .. } => self.not_leader_in(&st),
                 MembershipError::Backpressure => {
