@@ -202,7 +202,14 @@ pub struct StorageSection {
     pub flushes_in_flight_max: u64,
     /// Reuse segments deleted by retention instead of zero-filling new ones.
     pub recycle_segments: bool,
+    /// Background scrub: committed bytes read (and checksummed) per second per partition, so
+    /// that rot in sealed segments is found and repaired while the group is healthy; 0: off.
+    pub scrub_bytes_per_sec: u64,
 }
+
+/// Default `storage.scrub_bytes_per_sec`: a full pass over 1 GiB of log every ~2 minutes,
+/// a small share of any NVMe device's read bandwidth.
+pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 8 << 20;
 
 /// `storage.recovery_mode` (maps to `ringlog_engine::RecoveryMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -564,6 +571,7 @@ impl Default for StorageSection {
             recovery_mode: RecoveryModeName::TruncateAtCorruption,
             flushes_in_flight_max: engine.flushes_in_flight_max as u64,
             recycle_segments: engine.recycle_segments,
+            scrub_bytes_per_sec: SCRUB_BYTES_PER_SEC_DEFAULT,
         }
     }
 }

@@ -321,6 +321,16 @@ pub static KEYS: &[KeySpec] = &[
          retention limit).",
     ),
     num(
+        "storage.scrub_bytes_per_sec",
+        BYTES,
+        (0, BYTES_LIMIT_MAX),
+        |c| Some(c.storage.scrub_bytes_per_sec),
+        "Background scrub rate per partition: committed batches are read back and their \
+         checksums verified at this many bytes per second, one pass after another, so that rot \
+         in sealed segments (which recovery trusts through their index) is found and repaired \
+         from the leader while the rest of the group is healthy. 0 turns it off.",
+    ),
+    num(
         "raft.tick_interval_ms",
         MILLIS,
         (1, 10_000),

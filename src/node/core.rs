@@ -58,6 +58,8 @@ pub(crate) use crate::node::replicator::PartitionReplicator;
 const INBOX_CAPACITY: usize = ringlog_net::limits::INBOX_CAPACITY;
 /// How often retention runs when it is configured.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause between two scrub passes over a shard's partitions.
+const SCRUB_PASS_PAUSE: Duration = Duration::from_secs(1);
 /// Graceful shutdown: longest wait for led partitions to hand leadership over.
 const TRANSFER_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Graceful shutdown: longest wait for links to write what they hold.
@@ -212,6 +214,14 @@ impl ShardCore {
                     .expect("queue"),
             );
         }
+        let scrub_rate = config.storage.scrub_bytes_per_sec;
+        if scrub_rate > 0 {
+            let me = core.clone();
+            tasks.push(
+                glommio::spawn_local_into(async move { me.run_scrub(scrub_rate).await }, bulk)
+                    .expect("queue"),
+            );
+        }
         *core.tasks.borrow_mut() = tasks;
         tracing::info!(%node, shard = ctx.shard, %peer_addr, partitions = core.list().len(), "shard core ready");
         Ok(core)
@@ -361,6 +371,20 @@ impl ShardCore {
                         tracing::debug!(%partition, from = %inbound.from, "message for a partition this shard does not own")
                     }
                 }
+            }
+        }
+    }
+
+    /// Scrub passes over every partition of the shard, one after another, at `bytes_per_sec`
+    /// each (`PartitionReplicator::scrub_pass`).
+    async fn run_scrub(self: Rc<Self>, bytes_per_sec: u64) {
+        loop {
+            within(SCRUB_PASS_PAUSE, std::future::pending::<()>()).await;
+            if self.closed.get() {
+                return;
+            }
+            for r in self.list() {
+                r.scrub_pass(bytes_per_sec).await;
             }
         }
     }

@@ -116,6 +116,8 @@ pub(crate) const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const MEMBERSHIP_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shutdown: longest wait for the replicator's tasks to let go of the log.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Bytes one scrub read asks for (the pass paces itself between reads).
+const SCRUB_READ_BYTES: usize = 1 << 20;
 /// Hint given with `Backpressure`.
 const RETRY_AFTER_MS: u32 = 50;
 /// A follower that is behind and whose acknowledged index has not moved for this many
@@ -1283,6 +1285,49 @@ impl PartitionReplicator {
             }
             Ok(_) => {}
             Err(e) => self.fail(format!("retention: {e}")),
+        }
+    }
+
+    // ----- scrub ------------------------------------------------------------------------------
+
+    /// One scrub pass: reads the committed log from its start (`Log::read_entries` verifies
+    /// every checksum) at most `bytes_per_sec`, so that rot in a sealed segment — which
+    /// recovery trusts through its index and nothing else may read for a long time — is
+    /// found and repaired (`on_corruption`) while the rest of the group is healthy, not when a
+    /// second fault (a wiped follower that needs the range) meets it. Reads only what the
+    /// engine holds settled (never a pending truncation or reset); ends at the commit index,
+    /// or early when the partition fails, closes or restarts.
+    pub(crate) async fn scrub_pass(&self, bytes_per_sec: u64) {
+        let mut at = self.log.start_index();
+        loop {
+            let through = {
+                let st = self.st.borrow();
+                if st.failed.is_some() || st.closing || st.corrupt_cut.is_some() {
+                    return;
+                }
+                match st.engine_settled_through(st.replica.commit()) {
+                    Some(through) => through,
+                    None => return,
+                }
+            };
+            at = at.max(self.log.start_index());
+            if at > through {
+                return;
+            }
+            let started = Instant::now();
+            match self.log.read_entries(at, through, SCRUB_READ_BYTES).await {
+                Ok(batches) if batches.is_empty() => return,
+                Ok(batches) => {
+                    let bytes: usize = batches.iter().map(Bytes::len).sum();
+                    at = LogIndex(at.0 + batches.len() as u64);
+                    let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec.max(1) as f64);
+                    if let Some(rest) = due.checked_sub(started.elapsed()) {
+                        glommio::timer::sleep(rest).await;
+                    }
+                }
+                Err(FetchError::Corruption(corruption)) => return self.on_corruption(&corruption),
+                Err(_) => return,
+            }
         }
     }
 
