@@ -303,10 +303,28 @@ pub(super) fn o_direct_check(dir: &DataDir) -> Check {
         )
         .fix("point --data-dir at an ext4 or XFS filesystem on a local disk"),
         Ok(()) => check(Status::Ok, "write, fdatasync and read-back of 4 KiB worked".to_string()),
+        // A full filesystem is an operating condition, not a host that cannot do O_DIRECT:
+        // a node on it starts, serves reads and answers appends `StorageFull` until space is
+        // back (its logs' own probe falls back to an existing file). Refusing to start here
+        // would turn a full disk into a crash loop.
+        Err(error) if error.contains(NO_SPACE_MARK) => {
+            check(Status::Warn, format!("not probed: the filesystem is full ({error})"))
+                .fix("free space on the data dir's filesystem (retention, or remove other files)")
+        }
         Err(error) => check(Status::Fail, error).fix(
             "use a filesystem that supports O_DIRECT (ext4, XFS) on a device with a logical \
              block size <= 4096",
         ),
+    }
+}
+
+/// Marks a probe error caused by a full filesystem (ENOSPC or EDQUOT).
+const NO_SPACE_MARK: &str = "[no space]";
+
+fn describe(what: &str, error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => format!("{what}: {error} {NO_SPACE_MARK}"),
+        _ => format!("{what}: {error}"),
     }
 }
 
@@ -324,7 +342,7 @@ fn o_direct_probe(dir: &Path) -> Result<(), String> {
         .open(&path)
         .map_err(|error| match error.raw_os_error() {
             Some(libc::EINVAL) => format!("open with O_DIRECT refused (EINVAL): {error}"),
-            _ => format!("cannot create {}: {error}", path.display()),
+            _ => describe(&format!("cannot create {}", path.display()), &error),
         })?;
     let result = write_sync_read(&file);
     drop(file);
@@ -342,11 +360,11 @@ fn write_sync_read(file: &std::fs::File) -> Result<(), String> {
     }
     let count = file
         .write_at(block, 0)
-        .map_err(|error| format!("aligned 4 KiB O_DIRECT write failed: {error}"))?;
+        .map_err(|error| describe("aligned 4 KiB O_DIRECT write failed", &error))?;
     if count != O_DIRECT_PROBE_BYTES {
         return Err(format!("short O_DIRECT write: {count} of {O_DIRECT_PROBE_BYTES} bytes"));
     }
-    file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))?;
+    file.sync_data().map_err(|error| describe("fdatasync failed", &error))?;
     let back = aligned_block(&mut read);
     let count = file
         .read_at(back, 0)

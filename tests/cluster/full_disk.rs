@@ -186,6 +186,21 @@ fn a_follower_whose_disk_fills_stays_up_serves_and_catches_up_when_space_is_free
         .expect("a read from the full follower");
     assert!(!read.batches.is_empty());
     eprintln!("follower {victim} full: durable {last_durable}, {} bytes free", free_bytes(&data));
+    // Restarted on the still-full disk (as its supervisor would after a crash), it starts,
+    // keeps running and serves: the host checks and recovery need no free space.
+    cluster.kill(victim);
+    cluster.restart(victim);
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = cluster.nodes[&victim].pid().expect("spawned");
+    assert!(alive(pid), "the follower restarted on a full disk exited");
+    let read = client.node(victim_addr).fetch(
+        PARTITION,
+        Offset(0),
+        1 << 20,
+        Duration::ZERO,
+        Consistency::ReplicaCommitted,
+    );
+    assert!(read.is_ok_and(|r| !r.batches.is_empty()), "the restarted full follower serves");
 
     // Space is back: it catches up by itself.
     std::fs::remove_file(&ballast).unwrap();
