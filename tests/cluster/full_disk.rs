@@ -189,6 +189,16 @@ fn a_follower_whose_disk_fills_stays_up_serves_and_catches_up_when_space_is_free
     // Restarted on the still-full disk (as its supervisor would after a crash), it starts,
     // keeps running and serves: the host checks and recovery need no free space.
     cluster.kill(victim);
+    // Every last block, root's reserve included (the node runs as root here).
+    let ballast_last = data.join("ballast-last");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast_last).unwrap();
+        let chunk = vec![0x5au8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    assert!(free_bytes(&data) < 4096, "the disk is full to the last block");
     cluster.restart(victim);
     std::thread::sleep(Duration::from_secs(2));
     let pid = cluster.nodes[&victim].pid().expect("spawned");
@@ -204,6 +214,7 @@ fn a_follower_whose_disk_fills_stays_up_serves_and_catches_up_when_space_is_free
 
     // Space is back: it catches up by itself.
     std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(&ballast_last).unwrap();
     let deadline = Instant::now() + LIVENESS_TIMEOUT * 2;
     loop {
         let status = cluster.status_of(&client, victim, PARTITION);
