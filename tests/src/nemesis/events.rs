@@ -188,6 +188,10 @@ fn execute(
     }
 }
 
+/// How long the nemesis waits after flipping a bit in a sealed segment, for the nodes' scrub
+/// (its default rate, a few MiB of log per partition here) to find it.
+const SCRUB_PASS_HOLD: Duration = Duration::from_secs(5);
+
 /// kill -9 a follower, flip a bit in its files of `partition`, restart it; then, half of the
 /// time, kill -9 the partition's leader while the flipped node may still be short (a crash of
 /// a second node is in the fault model, a second damaged disk is not).
@@ -207,6 +211,11 @@ fn flip_event(
         _ => disk::flip_hard_state(&dir, rng),
     };
     rig.start_node(follower, report);
+    if kind == EventKind::FlipSealed {
+        // Rot in a sealed segment stays latent until a read, a send or the scrub meets it;
+        // give the scrub a pass before anything else may impair another replica.
+        rig.hold(SCRUB_PASS_HOLD, report);
+    }
     let mut what = format!("node {follower} (follower of {partition}): {}", flipped?);
     if rng.gen_bool(0.5) {
         rig.hold(millis(rng, 300..1500), report);

@@ -271,7 +271,12 @@ impl Rig {
         let lagging: Vec<u32> = statuses
             .iter()
             .filter(|s| {
-                s.leader != Some(leader.node) || s.durable.0 < target || s.commit.0 < target
+                // A damaged replica (repair not done yet) is impaired too: the next disk
+                // event must wait for it, or two replicas of three would be impaired at once.
+                s.leader != Some(leader.node)
+                    || s.durable.0 < target
+                    || s.commit.0 < target
+                    || s.damaged
             })
             .map(|s| s.node.0)
             .collect();
