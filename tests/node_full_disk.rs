@@ -152,9 +152,25 @@ fn a_leader_whose_disk_fills_answers_storage_full_and_resumes_when_space_is_back
         }
         other => panic!("expected StorageFull, got {other:?}"),
     }
-    // Still up and leading, still serving reads.
-    assert_eq!(nodes[leader].status(p).unwrap().role, Role::Leader);
+    // Still up and serving reads; it hands the leadership to a follower, so the partition
+    // takes appends again while its disk is still full.
     assert_all_present(&nodes[leader], &acked);
+    let deadline = Instant::now() + WAIT_MAX;
+    let other = loop {
+        assert!(Instant::now() < deadline, "the full leader kept the leadership");
+        let now = wait_leader(&all, p);
+        if now != leader {
+            break now;
+        }
+        // Each refused append may prompt the hand-off (at most once per election timeout).
+        let _ = nodes[leader].append(p, Acks::Quorum, &[b"prompt".as_slice()]);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(nodes[leader].status(p).unwrap().role, Role::Leader);
+    let while_full = record("while-full", 0, 0);
+    let outcome = retry(|| nodes[other].append(p, Acks::Quorum, &[&while_full]));
+    acked.push((outcome.base_offset.0, while_full));
+    assert_all_present(&nodes[other], &acked);
     injectors[leader].free_disk();
     // Appends are taken again once the leader's log notices (backoff at most 2 s).
     let deadline = Instant::now() + WAIT_MAX;

@@ -339,6 +339,8 @@ pub(crate) struct PartitionReplicator {
     /// The log was truncated or reset: the durability watcher re-reads the durable index.
     log_notify: Notify,
     durability_started: Cell<bool>,
+    /// When this replica, leading on a full disk, last asked a follower to take over.
+    space_handoff_at: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PartitionReplicator {
@@ -450,6 +452,7 @@ impl PartitionReplicator {
             commit_notify: Notify::default(),
             log_notify: Notify::default(),
             durability_started: Cell::new(false),
+            space_handoff_at: Cell::new(None),
         }))
     }
 
@@ -1510,6 +1513,40 @@ impl PartitionReplicator {
     }
 
     /// The voter with the highest match index, to hand leadership to.
+    /// A leader whose disk is full cannot append (not even its own no-op after a new
+    /// election): it hands the leadership to the most up-to-date undamaged follower, at most
+    /// once per election timeout, so that the partition stays writable while this node waits
+    /// for space. A target that is full too hands it on in turn; with every replica full the
+    /// partition answers `StorageFull` until space is back.
+    fn hand_off_for_space(&self) {
+        let now = Instant::now();
+        if self.space_handoff_at.get().is_some_and(|at| now - at < self.election_timeout()) {
+            return;
+        }
+        self.space_handoff_at.set(Some(now));
+        let target = {
+            let st = self.st.borrow();
+            let r = &st.replica;
+            r.membership()
+                .voters
+                .iter()
+                .filter(|&&n| n != r.id())
+                .filter_map(|&n| r.progress(n).filter(|p| !p.damaged).map(|p| (p.match_index, n)))
+                .max()
+                .map(|(_, n)| n)
+        };
+        let Some(to) = target else { return };
+        match self.transfer_leadership(to) {
+            Ok(()) => tracing::warn!(
+                partition = %self.partition, %to,
+                "disk full: handing the leadership to an up-to-date follower"
+            ),
+            Err(e) => {
+                tracing::debug!(partition = %self.partition, %to, %e, "disk full: no hand-off")
+            }
+        }
+    }
+
     pub(crate) fn best_follower(&self) -> Option<NodeId> {
         let st = self.st.borrow();
         let r = &st.replica;
@@ -1591,6 +1628,8 @@ impl PartitionReplicator {
             // NotLeader as usual, below).
             if st.replica.role() == Role::Leader {
                 if let Some(reason) = self.log.storage_full() {
+                    drop(st);
+                    self.hand_off_for_space();
                     return Err(NodeError::StorageFull { partition: self.partition, reason });
                 }
             }
