@@ -311,6 +311,9 @@ impl Want {
     }
 }
 
+/// Longest `close` waits for detached IO tasks to let go of the log (and its lock).
+const CLOSE_RELEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Log {
     /// Opens (creating if needed) the log in `dir`: locks it, recovers it, and starts its
     /// flusher and preallocator tasks on the current executor.
@@ -622,6 +625,13 @@ impl Log {
         let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();
         for task in tasks {
             task.await;
+        }
+        // Detached flush IO tasks hold the log until their completions are reaped: wait
+        // (bounded) until they let go, so that the directory lock is released when `close`
+        // returns and the log can be reopened at once.
+        let deadline = std::time::Instant::now() + CLOSE_RELEASE_WAIT_MAX;
+        while Rc::strong_count(&self.inner) > 1 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         synced
     }
