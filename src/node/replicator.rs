@@ -1524,17 +1524,7 @@ impl PartitionReplicator {
             return;
         }
         self.space_handoff_at.set(Some(now));
-        let target = {
-            let st = self.st.borrow();
-            let r = &st.replica;
-            r.membership()
-                .voters
-                .iter()
-                .filter(|&&n| n != r.id())
-                .filter_map(|&n| r.progress(n).filter(|p| !p.damaged).map(|p| (p.match_index, n)))
-                .max()
-                .map(|(_, n)| n)
-        };
+        let target = self.most_up_to_date_follower(true);
         let Some(to) = target else { return };
         match self.transfer_leadership(to) {
             Ok(()) => tracing::warn!(
@@ -1548,14 +1538,21 @@ impl PartitionReplicator {
     }
 
     pub(crate) fn best_follower(&self) -> Option<NodeId> {
+        self.most_up_to_date_follower(false)
+    }
+
+    /// The voter (not this replica) with the highest match index, damaged ones skipped when
+    /// `undamaged_only`.
+    fn most_up_to_date_follower(&self, undamaged_only: bool) -> Option<NodeId> {
         let st = self.st.borrow();
         let r = &st.replica;
         r.membership()
             .voters
             .iter()
             .filter(|&&n| n != r.id())
-            .filter_map(|&n| r.progress(n).map(|p| (p.match_index, n)))
-            .filter(|(_, _)| true)
+            .filter_map(|&n| r.progress(n).map(|p| (p, n)))
+            .filter(|(p, _)| !undamaged_only || !p.damaged)
+            .map(|(p, n)| (p.match_index, n))
             .max()
             .map(|(_, n)| n)
     }
