@@ -947,6 +947,12 @@ impl Replica {
                     // The follower lost state (wiped disk, corrupt log): what it acked before
                     // means nothing now. Restart from what it holds today; it counts toward
                     // no quorum until it reports itself repaired.
+                    if durable > pr.match_index {
+                        // Its repair advances: the pipeline is not stalled (without this, a
+                        // damaged follower catching up was probed again every election
+                        // timeout, and the re-sends piled up behind the first ones).
+                        pr.stalled_ticks = 0;
+                    }
                     pr.match_index = durable;
                     if pr.next_index <= durable {
                         pr.next_index = durable.next();

@@ -7,8 +7,16 @@
 //!   durability watchers (acks), the hard-state writer, the log worker (appends,
 //!   truncations) and the senders of fresh entries. None of them waits on anything but its
 //!   own IO, so a stalled disk never delays a heartbeat.
-//! - `bulk` (`Latency::NotImportant`, low shares): catch-up streaming (entries already
-//!   committed), commit-offset lookups and retention.
+//! - `catch_up` (`Latency::NotImportant`, the same shares as the latency queue and the client
+//!   commands): catch-up streaming (entries already committed, to a follower behind or being
+//!   repaired). Its shares are its guaranteed part of the shard under any load: with every
+//!   queue busy it runs at least `CATCH_UP_SHARES` / (sum of the shares) of the time, and
+//!   sending a committed entry costs the leader far less than taking a produce, so a follower
+//!   catches up faster than writers append (`g_a_wiped_follower_is_repaired_within_the_bound_
+//!   while_writers_keep_the_leader_busy` in tests/cluster/storage_faults.rs). It was on the
+//!   bulk queue (100 shares): under writers it got ~5% of the shard and a wiped follower's
+//!   repair never finished.
+//! - `bulk` (`Latency::NotImportant`, low shares): commit-offset lookups, retention, scrub.
 //! - The engine's flushers and preallocators run where `Log::open` put them (the default
 //!   queue of the shard).
 //!
@@ -55,6 +63,13 @@ pub(crate) use crate::node::replicator::PartitionReplicator;
 
 /// Inbound peer messages waiting for the dispatcher; a full inbox stops reading the
 /// connections (TCP backpressure).
+/// Shares of the latency queue (Raft ticks, peer IO, log worker, fresh sends).
+const LATENCY_SHARES: usize = 1000;
+/// Shares of the catch-up queue: the same as the latency queue and the client commands
+/// (glommio's default, 1000), its guaranteed part of a busy shard (module docs).
+const CATCH_UP_SHARES: usize = 1000;
+/// Shares of the bulk queue (lookups, retention, scrub): what is left when the shard is busy.
+const BULK_SHARES: usize = 100;
 const INBOX_CAPACITY: usize = ringlog_net::limits::INBOX_CAPACITY;
 /// How often retention runs when it is configured.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,6 +96,7 @@ pub(crate) struct ShardShared {
     pub config: Arc<NodeConfig>,
     pub peers: Peers,
     latency: TaskQueueHandle,
+    catch_up: TaskQueueHandle,
     bulk: TaskQueueHandle,
     fatal: RefCell<Option<NodeError>>,
     fatal_notify: Notify,
@@ -89,6 +105,10 @@ pub(crate) struct ShardShared {
 impl ShardShared {
     pub(crate) fn spawn_latency(&self, future: impl std::future::Future<Output = ()> + 'static) {
         glommio::spawn_local_into(future, self.latency).expect("latency queue exists").detach();
+    }
+
+    pub(crate) fn spawn_catch_up(&self, future: impl std::future::Future<Output = ()> + 'static) {
+        glommio::spawn_local_into(future, self.catch_up).expect("catch-up queue exists").detach();
     }
 
     pub(crate) fn spawn_bulk(&self, future: impl std::future::Future<Output = ()> + 'static) {
@@ -133,12 +153,20 @@ impl ShardCore {
         let node = NodeId(config.node_id);
         let executor = glommio::executor();
         let latency = executor.create_task_queue(
-            Shares::Static(1000),
+            Shares::Static(LATENCY_SHARES),
             Latency::Matters(Duration::from_millis(1)),
             "ringlog-raft",
         );
-        let bulk =
-            executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "ringlog-bulk");
+        let catch_up = executor.create_task_queue(
+            Shares::Static(CATCH_UP_SHARES),
+            Latency::NotImportant,
+            "ringlog-catch-up",
+        );
+        let bulk = executor.create_task_queue(
+            Shares::Static(BULK_SHARES),
+            Latency::NotImportant,
+            "ringlog-bulk",
+        );
         let mut peer_config = config.to_peer_config(ShardId(ctx.shard as u16));
         peer_config.layout =
             ShardLayout { shards: ctx.shards as u16, partitions: config.partitions as u32 };
@@ -159,6 +187,7 @@ impl ShardCore {
             config: config.clone(),
             peers,
             latency,
+            catch_up,
             bulk,
             fatal: RefCell::new(None),
             fatal_notify: Notify::default(),

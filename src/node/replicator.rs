@@ -15,7 +15,7 @@
 //!   the offset); until then the old log stays, which is what a crash would bring back.
 //! - `Send` -> the shard's links (heartbeats coalesced); `SendEntries` -> a sender task that
 //!   reads the raw batches (`Log::read_entries`) and queues one `Append` frame; fresh entries
-//!   on the latency queue, catch-up (entries already committed) on the bulk queue.
+//!   on the latency queue, catch-up (entries already committed) on the catch-up queue.
 //! - `CommitAdvanced` -> producers with acks=quorum answered, long-poll readers woken.
 //! - `ReadReady` / `ReadFailed` -> linearizable readers; `RoleChanged` -> counters;
 //!   `MembershipChanged` -> links; `LearnerCaughtUp` -> promotion; `Repaired` -> the durable
@@ -120,6 +120,10 @@ const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 const SCRUB_READ_BYTES: usize = 1 << 20;
 /// Hint given with `Backpressure`.
 const RETRY_AFTER_MS: u32 = 50;
+/// Most send jobs queued per sender (fresh, catch-up) of a partition. Past it the oldest is
+/// dropped, which the core sees as a lost message (it probes again after an election
+/// timeout). In steady state a queue holds at most `inflight_msgs_max` jobs per follower.
+const SEND_JOBS_MAX: usize = 1024;
 /// A follower that is behind and whose acknowledged index has not moved for this many
 /// election timeouts is shown `stuck` (status, metrics).
 pub(crate) const FOLLOWER_STUCK_AFTER_ELECTIONS: u32 = 10;
@@ -719,11 +723,22 @@ impl PartitionReplicator {
     fn queue_send(&self, job: SendJob) {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
+        // A job to `to` starting at or below a queued job's start supersedes it: the core
+        // restarted its pipeline to `to` there (a probe after a stall or a rejection, a new
+        // term), and what the queued job holds follows from the new start anyway. Sending both
+        // doubled the catch-up work with each stall, until a follower being repaired under
+        // load never caught up (`g_a_wiped_follower_is_repaired_within_the_bound_...`).
+        let superseded = |queued: &SendJob| queued.to == job.to && queued.from >= job.from;
+        st.fast_sends.retain(|queued| !superseded(queued));
+        st.slow_sends.retain(|queued| !superseded(queued));
         let slow = job.from <= st.replica.commit();
         let (queue, busy) = match slow {
             false => (&mut st.fast_sends, &mut st.fast_busy),
             true => (&mut st.slow_sends, &mut st.slow_busy),
         };
+        if queue.len() >= SEND_JOBS_MAX {
+            queue.pop_front();
+        }
         queue.push_back(job);
         if !*busy {
             *busy = true;
@@ -731,7 +746,7 @@ impl PartitionReplicator {
             let task = async move { me.run_sender(slow).await };
             match slow {
                 false => self.shard.spawn_latency(task),
-                true => self.shard.spawn_bulk(task),
+                true => self.shard.spawn_catch_up(task),
             }
         }
     }

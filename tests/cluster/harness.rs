@@ -262,7 +262,12 @@ impl Cluster {
                 reconnect_backoff_max_ms: 200,
                 ..NetSection::default()
             },
-            log: LogSection { level: "info".to_string(), json: false },
+            // `RINGLOG_TEST_LOG`: the nodes' log filter (`log.level`), e.g.
+            // `info,ringlog::node::replicator=debug` to see why a catch-up stalls.
+            log: LogSection {
+                level: std::env::var("RINGLOG_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
+                json: false,
+            },
             tls: node.tls.clone(),
         };
         if let Err(problems) = config.validate() {

@@ -960,3 +960,145 @@ fn f_a_majority_torn_at_once_waits_for_the_operator_and_clear_damage_loses_nothi
     produce(&client, &mut ledger, "after", 5, 8, 100);
     verdict(&mut cluster, &client, &ledger, Vec::new());
 }
+
+// --------------------------------------------------------------------------------------
+// g. Repair under load: a wiped follower catches up within a bound while writers keep the
+// leader busy (catch-up has a guaranteed share of the shard: ARCHITECTURE.md "Task queues").
+// --------------------------------------------------------------------------------------
+
+/// Writer threads of `g`: each its own connection, one produce in flight, as fast as the
+/// cluster acknowledges (no rate limit: the leader's shard is as busy as writers make it).
+const LOAD_WRITERS: u32 = 8;
+/// Records per produce and bytes per record of the load.
+const LOAD_RECORDS: usize = 16;
+const LOAD_VALUE_BYTES: usize = 256;
+/// The stated bound: from the restart of a wiped follower under full write load until it is
+/// repaired and holds everything committed when it restarted (ARCHITECTURE.md "Repair").
+const REPAIR_UNDER_LOAD_BOUND: Duration = Duration::from_secs(30);
+/// Once repaired it keeps up: it holds what the leader had committed this long ago.
+const KEEP_UP_BOUND: Duration = Duration::from_secs(10);
+
+/// Starts `LOAD_WRITERS` writers on `P`; they run until `stop` is set and return their
+/// ledgers.
+fn start_load(
+    cluster: &Cluster,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Ledger>> {
+    (0..LOAD_WRITERS)
+        .map(|w| {
+            let client = impatient_client(cluster);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut ledger = Ledger::default();
+                let mut b = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let values = values(&format!("load{w}"), b, LOAD_RECORDS, LOAD_VALUE_BYTES);
+                    b += 1;
+                    ledger.sent.extend(values.iter().cloned());
+                    let slices: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+                    match client.produce(P, Acks::Quorum, &slices) {
+                        Ok(ack) => {
+                            for (i, value) in values.into_iter().enumerate() {
+                                let offset = Offset(ack.base_offset.0 + i as u64);
+                                assert!(ledger.acked.insert(value.clone(), offset).is_none());
+                                ledger.acked_order.entry(w).or_default().push(value);
+                            }
+                        }
+                        Err(_) => {
+                            ledger.failures += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+                ledger
+            })
+        })
+        .collect()
+}
+
+fn stop_load(
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<std::thread::JoinHandle<Ledger>>,
+) -> Ledger {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Ledger::default();
+    for writer in writers {
+        let ledger = writer.join().expect("a writer panicked");
+        all.sent.extend(ledger.sent);
+        all.acked.extend(ledger.acked);
+        all.acked_order.extend(ledger.acked_order);
+        all.failures += ledger.failures;
+    }
+    all
+}
+
+/// Waits until node `id` reports itself undamaged and durable through `index`; returns how
+/// long that took, or what it last reported.
+fn wait_holds(
+    cluster: &Cluster,
+    client: &Client,
+    id: u32,
+    index: u64,
+    bound: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = String::from("no status");
+    while started.elapsed() < bound {
+        if let Some(s) = cluster.status_of(client, id, P) {
+            if !s.damaged && s.durable.0 >= index {
+                return Ok(started.elapsed());
+            }
+            last = format!(
+                "damaged {} durable {} last {} commit {} (needs {index})",
+                s.damaged, s.durable.0, s.last_index.0, s.commit.0
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(last)
+}
+
+/// Issue #13: "one partition's catch-up of a wiped follower dropped to ~20 entries/s while its
+/// leader appended ~1,000/s ... writers starve them". Under full write load a wiped follower
+/// must be repaired within `REPAIR_UNDER_LOAD_BOUND` and keep up afterwards.
+#[test]
+fn g_a_wiped_follower_is_repaired_within_the_bound_while_writers_keep_the_leader_busy() {
+    let _serial = serial();
+    let mut cluster = Cluster::start("repair-under-load", spec());
+    let client = cluster.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_load(&cluster, &stop);
+    // Some MiB in sealed segments for the wiped follower to fetch.
+    std::thread::sleep(Duration::from_secs(6));
+    let (leader, _) = cluster.wait_leader(&client, P);
+    let (f, _) = followers(&cluster, leader);
+    cluster.kill(f);
+    cluster.wipe(f);
+    let target = cluster.status_of(&client, leader, P).map_or(0, |s| s.commit.0);
+    cluster.restart(f);
+    let mut problems = Vec::new();
+    match wait_holds(&cluster, &client, f, target, REPAIR_UNDER_LOAD_BOUND) {
+        Ok(took) => {
+            eprintln!("wiped node {f} repaired through index {target} in {took:.1?} under load");
+            let now = cluster.status_of(&client, leader, P).map_or(0, |s| s.commit.0);
+            match wait_holds(&cluster, &client, f, now, KEEP_UP_BOUND) {
+                Ok(took) => eprintln!("node {f} reached the commit {now} in {took:.1?}"),
+                Err(last) => problems.push(format!(
+                    "node {f} does not keep up under load: commit {now} not held within \
+                     {KEEP_UP_BOUND:?}: {last}"
+                )),
+            }
+        }
+        Err(last) => problems.push(format!(
+            "wiped node {f} not repaired through {target} within {REPAIR_UNDER_LOAD_BOUND:?} \
+             under load: {last}"
+        )),
+    }
+    let ledger = stop_load(&stop, writers);
+    let acked = ledger.acked.len();
+    eprintln!("{acked} records acknowledged, {} produce failures", ledger.failures);
+    if acked == 0 {
+        problems.push("the writers had no acknowledgement".to_string());
+    }
+    verdict(&mut cluster, &client, &ledger, problems);
+}
