@@ -52,6 +52,14 @@ pub(crate) struct Progress {
     pub inflight_bytes: u64,
     pub recent_active: bool,
     pub damaged: bool,
+    /// While `damaged`: the commit index the leader tells this follower (in Appends) instead
+    /// of its moving commit, fixed at the leader's commit (of its own term) when it learned of
+    /// the damage. The follower is repaired once it holds through it; a target that moved
+    /// with every Append could never be reached by a follower catching up under load (the
+    /// faster follower drives the commit). Every entry committed with an ack the follower
+    /// gave before it lost state was counted before its first damaged ack reached the leader,
+    /// so it is at or below this index.
+    pub repair_target: Option<LogIndex>,
     /// Ticks since `match_index` last advanced while messages were in flight.
     pub stalled_ticks: u32,
     /// `Action::LearnerCaughtUp` was emitted for this learner in this leadership.
@@ -69,6 +77,7 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             damaged: false,
+            repair_target: None,
             stalled_ticks: 0,
             caught_up_reported: false,
         }

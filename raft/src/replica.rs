@@ -900,7 +900,7 @@ impl Replica {
                 term: self.term,
                 prev_index,
                 prev_term,
-                commit: self.commit,
+                commit: self.commit_for(to),
                 entries: Vec::new(),
             };
             self.send(to, message);
@@ -918,17 +918,27 @@ impl Replica {
                 false
             }
         };
+        let commit = self.commit_for(to);
         let action = Action::SendEntries {
             to,
             term: self.term,
             prev_index,
             prev_term,
-            commit: self.commit,
+            commit,
             from: next,
             through,
         };
         self.send_action(action);
         more
+    }
+
+    /// The commit index an Append to `to` carries: the leader's, or for a damaged follower
+    /// its fixed repair target (`Progress::repair_target`). Both are committed indices.
+    fn commit_for(&self, to: NodeId) -> LogIndex {
+        match self.progress.get(&to) {
+            Some(pr) if pr.damaged => pr.repair_target.unwrap_or(self.commit),
+            _ => self.commit,
+        }
     }
 
     fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
@@ -937,11 +947,21 @@ impl Replica {
         }
         let last = self.log.last();
         let start = self.log.start();
+        let own_commit = (self.log.term_at(self.commit) == Some(self.term)).then_some(self.commit);
         let Some(pr) = self.progress.get_mut(&from) else { return };
         match result {
             AppendResult::Accepted { durable, damaged } => {
                 if durable > last {
                     return; // Not an answer about this leader's log.
+                }
+                if !damaged || !pr.damaged {
+                    // Repaired, or a new damage: a target is fixed again below.
+                    pr.repair_target = None;
+                }
+                if damaged && pr.repair_target.is_none() {
+                    // Fixed once the commit is of this term (`maybe_repair` needs that of the
+                    // follower's target); until then the follower is told the commit as is.
+                    pr.repair_target = own_commit;
                 }
                 if damaged {
                     // The follower lost state (wiped disk, corrupt log): what it acked before
@@ -1200,7 +1220,7 @@ impl Replica {
                     term: self.term,
                     prev_index,
                     prev_term,
-                    commit: self.commit,
+                    commit: pr.repair_target.unwrap_or(self.commit),
                     entries: Vec::new(),
                 };
                 self.send(peer, message);
@@ -1467,8 +1487,9 @@ impl Replica {
     }
 
     /// A damaged replica is repaired once the current leader has told it a commit index (in
-    /// an `Append` or `InstallLogStart`, not a heartbeat's match-capped one) whose entry is of
-    /// the leader's term (so every entry committed in earlier terms is at or below it: leader
+    /// an `Append` or `InstallLogStart`, not a heartbeat's match-capped one; for a damaged
+    /// follower the leader's Appends carry a fixed target, `Progress::repair_target`, so that
+    /// a follower catching up under load reaches it) whose entry is of the leader's term (so every entry committed in earlier terms is at or below it: leader
     /// completeness, Raft §5.4), it holds the log through that index durably and matching
     /// (no log reset pending), and its hard state of that term is durable. Entries the leader
     /// commits later are counted without this replica until it reports itself repaired.

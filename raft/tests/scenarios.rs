@@ -783,6 +783,50 @@ fn a_damaged_follower_is_repaired_only_through_the_leaders_own_commit_index() {
 }
 
 #[test]
+fn a_damaged_follower_that_always_lags_the_commit_under_load_is_repaired_at_a_fixed_target() {
+    // Issue #13 (repair under load). The leader commits with its faster follower, so every
+    // Append a damaged follower catching up receives carries a commit past what it holds
+    // durably: a repair target that moved with each Append was never reached, and a wiped
+    // follower under steady writers stayed damaged for good (seen with real processes). The
+    // leader fixes the target (its commit of its own term) when it learns of the damage.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..3 {
+        c.propose(1, &format!("a{i}")).unwrap();
+    }
+    c.run();
+    c.tick_all();
+    c.crash(3);
+    c.wipe_and_restart(3, membership(&[1, 2, 3]));
+    c.node_mut(3).auto_sync = false;
+    assert!(c.replica(3).is_damaged());
+    // Each round the leader appends and commits with n2; n3 makes durable all it holds but
+    // its last two entries, so it always lags the commit its newest Append carried.
+    let mut repaired_in = None;
+    for round in 0..30 {
+        c.propose(1, &format!("b{round}")).unwrap();
+        c.tick_all();
+        let lagging = LogIndex(c.node(3).last_index().0.saturating_sub(2));
+        c.sync_through(ringlog_raft::NodeId(3), lagging);
+        c.run();
+        if !c.replica(3).is_damaged() {
+            repaired_in = Some(round);
+            break;
+        }
+        assert!(
+            c.node(3).durable_through < c.replica(1).commit(),
+            "the schedule keeps n3 behind the leader's commit"
+        );
+    }
+    assert!(repaired_in.is_some(), "n3 is never repaired while it lags the moving commit");
+    assert!(c.node(3).events.contains(&Action::Repaired));
+    c.node_mut(3).auto_sync = true;
+    c.run();
+    c.tick_all();
+    c.assert_committed_prefixes_agree();
+}
+
+#[test]
 fn a_damaged_follower_is_repaired_with_no_new_entry_to_send() {
     // Liveness of repair: once the leader knows what a damaged follower holds, its heartbeat
     // to it is an empty Append carrying the full commit index.
