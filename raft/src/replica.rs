@@ -954,8 +954,12 @@ impl Replica {
                 if durable > last {
                     return; // Not an answer about this leader's log.
                 }
-                if !damaged || !pr.damaged {
-                    // Repaired, or a new damage: a target is fixed again below.
+                let reached = pr.repair_target.is_some_and(|target| durable >= target);
+                if !damaged || !pr.damaged || reached {
+                    // Repaired, a new damage, or a target reached without a repair (the
+                    // follower had not learned its term yet, its log starts above the target,
+                    // its hard state was not durable...): a target is fixed again below, so
+                    // it moves only once reached and a follower catching up still reaches it.
                     pr.repair_target = None;
                 }
                 if damaged && pr.repair_target.is_none() {
