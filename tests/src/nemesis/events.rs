@@ -188,9 +188,42 @@ fn execute(
     }
 }
 
-/// How long the nemesis waits after flipping a bit in a sealed segment, for the nodes' scrub
-/// (its default rate, a few MiB of log per partition here) to find it.
-const SCRUB_PASS_HOLD: Duration = Duration::from_secs(5);
+/// Bound on the flipped node finding a bit flipped in one of its sealed segments (its scrub
+/// reads the committed log at 8 MiB/s per partition from its restart; a 30-minute run's
+/// partitions hold some 100 MiB): until then no other disk event may strike, since latent rot
+/// on one replica plus a wiped other is two damaged disks, outside the fault model.
+const SCRUB_FIND_BOUND: Duration = Duration::from_secs(120);
+/// What a node logs when a read, a send or its scrub meets a corrupt batch.
+const CORRUPTION_FOUND: &str = "corrupt batch found at run time";
+
+/// Lines of node `id`'s log that report run-time corruption in `partition`.
+fn corruption_reports(rig: &Rig, id: u32, partition: PartitionId) -> usize {
+    let Ok(bytes) = std::fs::read(&rig.cluster.nodes[&id].log_path) else { return 0 };
+    let text = String::from_utf8_lossy(&bytes);
+    let field = format!("partition={partition}");
+    text.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(CORRUPTION_FOUND) && l.contains(&field))
+        .count()
+}
+
+/// The line without its terminal colour sequences (ESC `[` ... `m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// kill -9 a follower, flip a bit in its files of `partition`, restart it; then, half of the
 /// time, kill -9 the partition's leader while the flipped node may still be short (a crash of
@@ -203,6 +236,7 @@ fn flip_event(
     report: &mut Report,
 ) -> Result<String, String> {
     let follower = follower_of(rig, partition, rng)?;
+    let reported = corruption_reports(rig, follower, partition);
     rig.kill(follower);
     let dir = rig.cluster.nodes[&follower].data_dir.join(partition.0.to_string());
     let flipped = match kind {
@@ -211,10 +245,24 @@ fn flip_event(
         _ => disk::flip_hard_state(&dir, rng),
     };
     rig.start_node(follower, report);
-    if kind == EventKind::FlipSealed {
+    if kind == EventKind::FlipSealed && flipped.is_ok() {
         // Rot in a sealed segment stays latent until a read, a send or the scrub meets it;
-        // give the scrub a pass before anything else may impair another replica.
-        rig.hold(SCRUB_PASS_HOLD, report);
+        // wait until the node has found it before anything else may impair another replica.
+        let started = Instant::now();
+        while corruption_reports(rig, follower, partition) <= reported {
+            if started.elapsed() > SCRUB_FIND_BOUND {
+                report.anomalies.stuck.push(format!(
+                    "node {follower} did not find the bit flipped in a sealed segment of \
+                     {partition} within {SCRUB_FIND_BOUND:?} (scrub)"
+                ));
+                break;
+            }
+            rig.hold(Duration::from_millis(200), report);
+        }
+        eprintln!(
+            "nemesis           node {follower} found the flip after {:.1?}",
+            started.elapsed()
+        );
     }
     let mut what = format!("node {follower} (follower of {partition}): {}", flipped?);
     if rng.gen_bool(0.5) {
