@@ -252,6 +252,15 @@ impl Replica {
     pub fn membership(&self) -> &Membership {
         self.membership_entries.last().map_or(&self.membership_base, |(_, m)| m)
     }
+    /// The membership in effect at `index`: that of the latest membership entry at or below
+    /// it (the committed membership at `commit()`).
+    pub fn membership_at(&self, index: LogIndex) -> &Membership {
+        self.membership_entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.membership_base, |(_, m)| m)
+    }
     /// True while the replica is damaged (refuses votes, counts toward no quorum).
     pub fn is_damaged(&self) -> bool {
         self.damaged

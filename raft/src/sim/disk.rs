@@ -439,6 +439,20 @@ impl SimDisk {
     pub fn durable_entry(&self, index: LogIndex) -> Option<&Entry> {
         self.durable.entry(index)
     }
+
+    /// The membership a restart from the durable image would start with: that of its last
+    /// membership entry, else its base (`None`: the bootstrap one).
+    pub fn durable_membership(&self) -> Option<&Membership> {
+        self.durable
+            .records
+            .iter()
+            .rev()
+            .find_map(|r| match &r.entry.kind {
+                EntryKind::Membership(m) => Some(m),
+                _ => None,
+            })
+            .or(self.durable.base_membership.as_ref())
+    }
 }
 
 impl DiskImage {

@@ -268,9 +268,13 @@ impl Simulation {
     }
 
     /// Whether node `j` is impaired: damaged (or would recover damaged), or not a voter as far
-    /// as any replica knows. Disk damage and membership removals share one budget, so that a
+    /// as any replica knows — in its latest membership, or in its committed one, which an
+    /// uncommitted change (a node being added back) may still fall back to when the entry is
+    /// lost or truncated; a stopped node, in the membership it would restart with. Disk damage and membership removals share one budget, so that a
     /// majority of the nodes always stays undamaged voters (design.md §2: the loss of a
-    /// majority's disks is not covered).
+    /// majority's disks is not covered). Without the committed membership, a node added back
+    /// counted as a voter while the change could still revert: seed 12906 (3 nodes) damaged
+    /// one of the two voters the group fell back to, and no leader could be elected again.
     fn impaired(&self, j: usize) -> bool {
         let n = &self.nodes[j];
         // A running node stays impaired until its repair is durable: a crash before that
@@ -279,7 +283,16 @@ impl Simulation {
             Some(_) => n.damaged || n.disk.damaged_mark_durable(),
             None => n.disk.damaged_on_recovery(),
         };
-        damaged || self.nodes.iter().any(|m| !m.membership.voters.contains(&n.id))
+        let excluded = |m: &Membership| !m.voters.contains(&n.id);
+        damaged
+            || self.nodes.iter().any(|m| {
+                excluded(&m.membership)
+                    || match &m.replica {
+                        Some(r) => excluded(r.membership_at(r.commit())),
+                        // A stopped node restarts with its durable membership.
+                        None => excluded(m.disk.durable_membership().unwrap_or(&self.bootstrap)),
+                    }
+            })
     }
 
     /// Impaired nodes, `except` one.
@@ -518,20 +531,21 @@ impl Simulation {
         node.role = Role::Follower;
         node.commit = LogIndex(image.log_start.0 - 1).max(recovered.commit);
         self.restarts += u64::from(node.incarnation > 1);
-        self.trace.line(now, id, || {
-            format!(
-                "START #{} hard state {:?}, log {}..={}, damaged {}",
-                self.nodes[i].incarnation,
-                recovered.hard_state,
-                recovered.log_start,
-                recovered.last_index,
-                recovered.damaged
-            )
-        });
         let membership = recovered
             .membership_entries
             .last()
             .map_or_else(|| recovered.membership.clone(), |(_, m)| m.clone());
+        self.trace.line(now, id, || {
+            format!(
+                "START #{} hard state {:?}, log {}..={}, damaged {}, voters {:?}",
+                self.nodes[i].incarnation,
+                recovered.hard_state,
+                recovered.log_start,
+                recovered.last_index,
+                recovered.damaged,
+                membership.voters
+            )
+        });
         let mut config = Config::new(id, seed);
         config.check_quorum = self.opts.check_quorum;
         config.pre_vote = self.opts.check_quorum;
