@@ -77,10 +77,10 @@ fn mutation_torn_tail_taken_as_clean_is_caught_within_the_ci_seed_budget() {
     assert!(what.is_some(), "dropping a bad last record without damage must lose an acked entry");
 }
 
+/// The schedule needs a stale leader and a wiped voter that meets it first: the fault
+/// scheduler's `StaleLeader` program builds it (sim/faults.rs); the scripted scenario
+/// `a_replica_that_voted_then_lost_its_state_is_not_repaired_by_a_stale_leader` replays one.
 #[test]
-#[ignore = "not caught by the random simulator within 4,000 seeds yet: the schedule needs a \
-            stale leader and a wiped voter meeting it first; the scripted scenario \
-            a_replica_that_voted_then_lost_its_state_is_not_repaired_by_a_stale_leader covers it"]
 fn mutation_repair_from_a_lower_term_is_caught_within_the_ci_seed_budget() {
     let what = first_failure(Mutation::RepairFromLowerTerm, loses_committed_entries, true);
     assert!(what.is_some(), "repair by a stale leader must let it commit over a newer term");

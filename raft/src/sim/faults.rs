@@ -160,6 +160,17 @@ pub enum Fault {
     TransferLeadership {
         to: NodeId,
     },
+    /// A stale leader meets a wiped voter (Alagappan et al., FAST 2018): the leader hands the
+    /// leadership to `to` while every link into it is cut, so it never hears the new term
+    /// and, once the hand-off times out, leads on in its old term; the next voter that grants
+    /// `to` its vote crashes and comes back wiped (within the damage budget), having forgotten
+    /// the term it voted in, with its link to the stale leader restored and `to`'s link to it
+    /// cut. The stale leader is the first leader it meets; the rule that it learns the highest
+    /// term from a majority of the other voters before any repair keeps the stale leader from
+    /// counting it.
+    StaleLeader {
+        to: NodeId,
+    },
     Retention {
         node: NodeId,
     },
@@ -200,6 +211,7 @@ enum Kind {
     Retention,
     Unreachable,
     Membership,
+    StaleLeader,
 }
 
 /// The fault scheduler of one run.
@@ -291,6 +303,15 @@ impl FaultScheduler {
         if c.leadership_transfers {
             kinds.push(Kind::Transfer);
         }
+        if c.leadership_transfers
+            && c.one_way_partitions
+            && c.wipes
+            && c.crashes
+            && view.damage_allowed
+            && down.is_empty()
+        {
+            kinds.push(Kind::StaleLeader);
+        }
         if c.retention && !up.is_empty() {
             kinds.push(Kind::Retention);
         }
@@ -357,6 +378,7 @@ impl FaultScheduler {
             Kind::Heal => Fault::Heal,
             Kind::Weather => Fault::Weather(self.weather()),
             Kind::Transfer => Fault::TransferLeadership { to: any(&mut self.rng) },
+            Kind::StaleLeader => Fault::StaleLeader { to: any(&mut self.rng) },
             Kind::Retention => Fault::Retention { node: up[self.rng.gen_range(0..up.len())] },
             Kind::Membership => Fault::ChangeMembership { victim: any(&mut self.rng) },
             Kind::Unreachable => {

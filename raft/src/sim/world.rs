@@ -36,6 +36,9 @@ use crate::types::{LogIndex, NodeId, Role, Term};
 
 /// Entries a read returns (the last ones through the index it is served at).
 const READ_ENTRIES_MAX: u64 = 8;
+/// `Fault::StaleLeader`: how long the wipe of the next voter for the transfer's target stays
+/// armed (a few election timeouts of the simulated config).
+const STALE_LEADER_ARM_STEPS: u64 = 100;
 
 /// Per-node driver state (what the replicator of that node knows).
 #[derive(Debug)]
@@ -82,7 +85,11 @@ pub struct Simulation {
     trace: Trace,
     quiet_since: Option<u64>,
     /// Nodes that granted a vote in this step (candidates for a crash right after voting).
-    voted: Vec<usize>,
+    /// Nodes that granted a vote in this step, and to whom.
+    voted: Vec<(usize, NodeId)>,
+    /// `Fault::StaleLeader`: the next voter to grant this candidate its vote (until the step)
+    /// crashes and comes back wiped; the stale leader is the second field.
+    wipe_next_voter_for: Option<(NodeId, NodeId, u64)>,
     crashes: u64,
     restarts: u64,
     faults_injected: u64,
@@ -139,6 +146,7 @@ impl Simulation {
             trace,
             quiet_since: None,
             voted: Vec::new(),
+            wipe_next_voter_for: None,
             crashes: 0,
             restarts: 0,
             faults_injected: 0,
@@ -241,7 +249,7 @@ impl Simulation {
     /// (and, within the damage budget, comes back with rot), often restarting at once, while
     /// the election it voted in is still running.
     fn crash_voters(&mut self) -> CheckResult {
-        for i in std::mem::take(&mut self.voted) {
+        for (i, candidate) in std::mem::take(&mut self.voted) {
             if self.quiet_since.is_some() || self.nodes[i].replica.is_none() {
                 continue;
             }
@@ -249,9 +257,21 @@ impl Simulation {
             if down + 1 > self.nodes.len() / 2 {
                 continue;
             }
-            let Some(Fault::Crash { node, tear, rot, wipe, bounce }) =
+            let armed = self
+                .wipe_next_voter_for
+                .filter(|&(armed, _, until)| armed == candidate && self.now <= until);
+            let fault = if let Some((_, stale, _)) = armed {
+                self.wipe_next_voter_for = None;
+                let node = self.nodes[i].id;
+                // The wiped voter comes back heard by the stale leader and deaf to the
+                // candidate it voted for, so the stale leader is the first leader it meets.
+                self.net.set_cut(node, stale, false);
+                self.net.set_cut(candidate, node, true);
+                Some(Fault::Crash { node, tear: false, rot: false, wipe: true, bounce: true })
+            } else {
                 self.faults.crash_after_vote(self.nodes[i].id)
-            else {
+            };
+            let Some(Fault::Crash { node, tear, rot, wipe, bounce }) = fault else {
                 continue;
             };
             self.faults_injected += 1;
@@ -380,6 +400,26 @@ impl Simulation {
                 let i = self.slot(node);
                 if let Some(replica) = self.nodes[i].replica.as_mut() {
                     replica.handle_unreachable(peer);
+                    self.drain(i)?;
+                }
+            }
+            Fault::StaleLeader { to } => {
+                if let Some(i) = self.leader_slot().filter(|&i| self.nodes[i].id != to) {
+                    let leader = self.nodes[i].id;
+                    // Nothing tells the leader of the new term: neither the target nor (until
+                    // its wipe) a voter.
+                    for j in 0..self.nodes.len() {
+                        let from = self.nodes[j].id;
+                        if from != leader {
+                            self.net.set_cut(from, leader, true);
+                        }
+                    }
+                    self.wipe_next_voter_for = Some((to, leader, now + STALE_LEADER_ARM_STEPS));
+                    let result =
+                        self.nodes[i].replica.as_mut().expect("up").transfer_leadership(to);
+                    self.trace.line(now, leader, || {
+                        format!("stale-leader transfer to {to} ({to} -> {leader} cut): {result:?}")
+                    });
                     self.drain(i)?;
                 }
             }
@@ -708,7 +748,7 @@ impl Simulation {
             }
             Action::Send { to, message } => {
                 if matches!(message, Message::VoteResponse { granted: true, .. }) {
-                    self.voted.push(i);
+                    self.voted.push((i, to));
                 }
                 self.net.send(now, id, to, message);
             }
