@@ -990,7 +990,7 @@ impl PartitionReplicator {
                     let record = MembershipRecord { membership, addresses };
                     let mut backoff = SPACE_RETRY_BACKOFF_INITIAL;
                     loop {
-                        match meta::store_membership_base(&self.dir, &record) {
+                        match meta::store_membership_base(&self.dir, start.0, &record) {
                             Ok(()) => break,
                             Err(e) if ringlog_engine::io::is_no_space(&e) => {
                                 tracing::warn!(partition = %self.partition, error = %e, "disk full: membership base not written, retrying");
@@ -1091,6 +1091,10 @@ impl PartitionReplicator {
                     return false;
                 }
             }
+        }
+        if let Err(e) = meta::prune_membership_bases(&self.dir, start.0) {
+            // Harmless: recovery picks the base of the log's start among any leftovers.
+            tracing::warn!(partition = %self.partition, error = %e, "old membership bases not removed");
         }
         {
             let mut st = self.st.borrow_mut();
@@ -2164,7 +2168,8 @@ async fn recover(
         }
         at = LogIndex(lo + 1);
     }
-    let base_record = if start > LogIndex(1) { meta::load_membership_base(dir) } else { None };
+    let base_record =
+        if start > LogIndex(1) { meta::load_membership_base(dir, start.0) } else { None };
     let mut membership = shard.config.bootstrap_membership();
     if let Some(record) = base_record {
         for (node, addresses) in &record.addresses {
