@@ -2,8 +2,9 @@
 //! writers with acks=quorum, and a seeded nemesis (tests/src/nemesis/); at the end every
 //! acknowledged record is read back byte-identical at its offset from every replica, none
 //! twice, none never sent, the replicas' committed logs identical, no unavailable window over
-//! 5 s, no node exit the nemesis did not cause, every recovery within its bound. Long runs and
-//! the disk faults: `ringlog-nemesis` (tests/README.md).
+//! 5 s, no node exit the nemesis did not cause, every recovery within its bound. Three runs:
+//! the process faults, the process faults plus wiped followers, and every disk fault. Long
+//! runs: `ringlog-nemesis` (tests/README.md).
 //!
 //! Seed: `RINGLOG_SOAK_SEED`; fault phase length: `RINGLOG_SOAK_SECS` (default 60).
 
@@ -41,4 +42,20 @@ fn nemesis_soak_with_wiped_followers_loses_no_acknowledged_record() {
     let mut events = EventKind::CRASH.to_vec();
     events.push(EventKind::Wipe);
     soak(&events);
+}
+
+/// Every disk fault of the nemesis (wipes, a kill during the first start, flipped bits near
+/// the tail, in sealed segments and in hard state, a full disk on a loop-mounted ext4 where
+/// the machine allows it, else dropped with a note), mixed with leader kills.
+#[test]
+fn nemesis_soak_with_every_disk_fault_loses_no_acknowledged_record() {
+    soak(&[
+        EventKind::KillLeader,
+        EventKind::Wipe,
+        EventKind::WipeCrash,
+        EventKind::FlipTail,
+        EventKind::FlipSealed,
+        EventKind::FlipHardState,
+        EventKind::FillDisk,
+    ]);
 }
