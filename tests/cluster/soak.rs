@@ -18,7 +18,12 @@ use std::time::Duration;
 
 use nemesis::{EventKind, Options};
 
+/// One soak at a time: each runs 3 nodes and 6 writers, and its availability check (no
+/// window over 5 s without an acknowledgement) assumes it does not share 2 cores with another.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn soak(events: &[EventKind]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut options = Options::ci(harness::seed("RINGLOG_SOAK_SEED"), events);
     if let Some(secs) = std::env::var("RINGLOG_SOAK_SECS").ok().and_then(|s| s.parse().ok()) {
         options.duration = Duration::from_secs(secs);
