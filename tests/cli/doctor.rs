@@ -81,7 +81,10 @@ impl Report {
 }
 
 fn doctor(prefix: &[&str], data_dir: &Path, extra: &[&str]) -> Report {
-    let binary = ringlog_binary();
+    doctor_with(ringlog_binary(), prefix, data_dir, extra)
+}
+
+fn doctor_with(binary: &Path, prefix: &[&str], data_dir: &Path, extra: &[&str]) -> Report {
     let mut command = match prefix.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
@@ -96,6 +99,25 @@ fn doctor(prefix: &[&str], data_dir: &Path, extra: &[&str]) -> Report {
 
 fn disk_data_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Whether every directory from `/` to `path` lets others search it (mode `o+x`).
+fn reachable_by_everyone(path: &Path) -> bool {
+    path.ancestors().all(|dir| {
+        std::fs::metadata(dir).is_ok_and(|m| !m.is_dir() || m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+/// A scratch directory everyone can reach, on a disk (not tmpfs, where O_DIRECT fails):
+/// under /var/tmp, mode 0777.
+fn everyone_scratch_dir() -> Option<tempfile::TempDir> {
+    let base = Path::new("/var/tmp");
+    if !reachable_by_everyone(base) {
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("ringlog-doctor-").tempdir_in(base).ok()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).ok()?;
+    Some(dir)
 }
 
 fn has_program(name: &str) -> bool {
@@ -212,10 +234,31 @@ fn doctor_as_an_unprivileged_user_fails_a_memlock_limit_below_the_shards_need() 
             "--inh-caps=-all",
         ]);
     }
-    let data_dir = disk_data_dir();
+    // The unprivileged child must reach both the binary and the data dir: a checkout inside a
+    // 0700 home directory (root's, say) hides the target directory from it. Then both go to
+    // a scratch directory on a real disk that everyone can reach.
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (scratch, binary) = if !is_root || reachable_by_everyone(target_tmp) {
+        (disk_data_dir(), ringlog_binary().to_path_buf())
+    } else {
+        let Some(scratch) = everyone_scratch_dir() else {
+            eprintln!(
+                "skipped: {} is not reachable by an unprivileged user and no scratch directory \
+                 on a disk is (/var/tmp)",
+                target_tmp.display()
+            );
+            return;
+        };
+        let binary = scratch.path().join("ringlog");
+        std::fs::copy(ringlog_binary(), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (scratch, binary)
+    };
+    let data_dir = tempfile::tempdir_in(scratch.path()).unwrap();
     std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     // 1 shard × 3 rings × 1 MiB = 3 MiB > 2 MiB.
-    let report = doctor(&prefix, data_dir.path(), &["--shards", "1", "--io-memory", "1048576"]);
+    let extra = ["--shards", "1", "--io-memory", "1048576"];
+    let report = doctor_with(&binary, &prefix, data_dir.path(), &extra);
     assert_eq!(report.code, Some(1), "{}", report.stdout);
     let (status, line) = report.line("memlock");
     assert_eq!(status, "FAIL", "{line}");
