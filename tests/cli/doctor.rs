@@ -235,17 +235,16 @@ fn doctor_as_an_unprivileged_user_fails_a_memlock_limit_below_the_shards_need() 
         ]);
     }
     // The unprivileged child must reach both the binary and the data dir: a checkout inside a
-    // 0700 home directory (root's, say) hides the target directory from it. Then both go to
-    // a scratch directory on a real disk that everyone can reach.
-    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let (scratch, binary) = if !is_root || reachable_by_everyone(target_tmp) {
+    // 0700 home directory (root's, say) hides the target directory from it. So both always go
+    // to a scratch directory on a real disk that everyone can reach (the same run wherever
+    // the checkout is).
+    let (scratch, binary) = if !is_root {
         (disk_data_dir(), ringlog_binary().to_path_buf())
     } else {
         let Some(scratch) = everyone_scratch_dir() else {
             eprintln!(
-                "skipped: {} is not reachable by an unprivileged user and no scratch directory \
-                 on a disk is (/var/tmp)",
-                target_tmp.display()
+                "skipped: no scratch directory on a disk that an unprivileged user can reach \
+                 (/var/tmp)"
             );
             return;
         };
