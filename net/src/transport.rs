@@ -1231,7 +1231,15 @@ mod tests {
                 addr_tx.send(listener.local_addr()).unwrap();
                 let start = Instant::now();
                 let mut received = Vec::new();
-                while start.elapsed() < DEADLINE && stop_rx.try_recv().is_err() {
+                // Once the sender is done (its link dropped), keep serving until the listener
+                // has seen every accepted connection close: on a busy machine the close of a
+                // refused connection reaches it a while after the sender gave up.
+                let mut stopping = false;
+                while start.elapsed() < DEADLINE {
+                    stopping = stopping || stop_rx.try_recv().is_ok();
+                    if stopping && listener.stats().open == 0 {
+                        break;
+                    }
                     let next = futures_lite::future::or(async { rx.recv().await }, async {
                         glommio::timer::sleep(Duration::from_millis(10)).await;
                         None
