@@ -5,12 +5,15 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::{Cluster, Ledger, Spec};
 use ringlog_net::client::decode_records;
 use ringlog_net::protocol::{Acks, Consistency};
 use ringlog_net::{Offset, PartitionId};
+
+/// Bound on a linearizable read being answered (asked again after each failure).
+const LINEARIZABLE_READ_BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn three_nodes_elect_a_leader_commit_quorum_produces_and_serve_reads_from_every_node() {
@@ -46,10 +49,29 @@ fn three_nodes_elect_a_leader_commit_quorum_produces_and_serve_reads_from_every_
 
     for p in 0..4u32 {
         let partition = PartitionId(p);
-        // A linearizable read through the leader sees every acknowledged record.
-        let response = client
-            .fetch(partition, Offset(0), 1 << 20, Duration::ZERO, Consistency::LeaderLinearizable)
-            .expect("linearizable fetch");
+        // A linearizable read through the leader sees every acknowledged record. A read is
+        // safe to retry: on a busy machine its ReadIndex round may time out (`Timeout`), so
+        // it is asked again until it answers, within a generous bound.
+        let deadline = Instant::now() + LINEARIZABLE_READ_BOUND;
+        let response = loop {
+            let fetched = client.fetch(
+                partition,
+                Offset(0),
+                1 << 20,
+                Duration::ZERO,
+                Consistency::LeaderLinearizable,
+            );
+            match fetched {
+                Ok(response) => break response,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{partition}: linearizable fetch: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!(
+                    "{partition}: no linearizable read within {LINEARIZABLE_READ_BOUND:?}: {e}"
+                ),
+            }
+        };
         let leader_records =
             decode_records(cluster.nodes[&1].client, &response.batches, Offset(0)).expect("decode");
         assert_eq!(leader_records.len(), 100, "{partition}: linearizable read sees all 100");
