@@ -475,8 +475,16 @@ impl Simulation {
             return Ok(());
         };
         let lowest = node.disk.written_log_start().next();
-        let highest =
-            replica.commit().min(node.disk.written_last().0).min(node.disk.durable_last().0).next();
+        // As the node's `apply_retention`: within what the core counts durable too, which a
+        // truncation queued behind the core's commit lowers before the disk holds the new
+        // entries (seed 41430: the written log still held the old term's entries under a
+        // commit the core had already advanced past them).
+        let highest = replica
+            .commit()
+            .min(replica.durable())
+            .min(node.disk.written_last().0)
+            .min(node.disk.durable_last().0)
+            .next();
         if lowest > highest {
             return Ok(());
         }
