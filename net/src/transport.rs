@@ -539,12 +539,16 @@ struct Connections {
 }
 
 /// A shard's peer accept loop (see the module docs). Dropping it stops accepting and closes
-/// every connection it accepted.
+/// every connection it accepted; [`PeerListener::stop_accepting`] closes only the listening
+/// socket (a stopping node keeps the connections it serves until it closes).
 #[derive(Debug)]
 pub struct PeerListener {
     local_addr: SocketAddr,
     shared: Rc<ListenerShared>,
-    _accept: Task<()>,
+    accept: RefCell<Option<Task<()>>>,
+    /// Held here (not only by the accept loop), so `stop_accepting` keeps the connections;
+    /// declared after `accept`, so the accept loop is gone before its connections.
+    _connections: Rc<RefCell<Connections>>,
 }
 
 impl PeerListener {
@@ -564,9 +568,18 @@ impl PeerListener {
             inbox,
             stats: Cell::new(ListenerStats::default()),
         });
-        let accept = shared.config.spawn(accept_loop(listener, shared.clone()));
+        let connections = Rc::new(RefCell::new(Connections::default()));
+        let accept =
+            shared.config.spawn(accept_loop(listener, shared.clone(), connections.clone()));
         info!(%local_addr, node = %shared.config.node, shard = %shared.config.shard, "peer listener bound");
-        Ok(PeerListener { local_addr, shared, _accept: accept })
+        let accept = RefCell::new(Some(accept));
+        Ok(PeerListener { local_addr, shared, accept, _connections: connections })
+    }
+
+    /// Closes the listening socket: a new connection is refused by the kernel instead of
+    /// being accepted and dropped; the connections already served stay. Idempotent.
+    pub fn stop_accepting(&self) {
+        drop(self.accept.borrow_mut().take());
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -578,8 +591,11 @@ impl PeerListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Rc<ListenerShared>) {
-    let connections = Rc::new(RefCell::new(Connections::default()));
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Rc<ListenerShared>,
+    connections: Rc<RefCell<Connections>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,

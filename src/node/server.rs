@@ -405,6 +405,10 @@ impl Connection {
                 ReadEnd::Drain => {
                     self.wait_inflight().await;
                     let _ = out_tx.send(Outgoing::Close).await;
+                    // What the client sent after the last request read is never started;
+                    // read and dropped (bounded) so the close is a FIN, not a RST that
+                    // could destroy the answers just written.
+                    linger(&mut reader).await;
                 }
                 ReadEnd::Reject => {
                     let _ = out_tx.send(Outgoing::Close).await;
@@ -416,57 +420,139 @@ impl Connection {
         futures_lite::future::zip(read, write).await;
     }
 
-    /// Reads and dispatches requests until the stream ends, goes idle, the server stops
-    /// reading, the writer fails, or the input is bad.
+    /// Reads and dispatches requests until the stream ends, goes idle, the writer fails, or
+    /// the input is bad; after a graceful stop began, see [`Connection::read_while_stopping`].
     async fn read_loop(
         &self,
         reader: &mut ReadHalf<NetStream>,
         out: &Rc<LocalSender<Outgoing>>,
     ) -> ReadEnd {
-        let mut decoder = FrameDecoder::new(self.shared.limits.frame_body_size_max);
-        let mut buffer = BytesMut::new();
-        let mut chunk = vec![0u8; READ_CHUNK_SIZE];
+        let mut input = Input {
+            decoder: FrameDecoder::new(self.shared.limits.frame_body_size_max),
+            buffer: BytesMut::new(),
+            chunk: vec![0u8; READ_CHUNK_SIZE],
+        };
         loop {
             // Bounded: the decoder holds at most one frame's body plus one chunk.
             loop {
-                let frame = match decoder.decode(&mut buffer) {
-                    Ok(Some(frame)) => frame,
+                match self.next_request(&mut input, out).await {
+                    Ok(Some((request_id, request))) => {
+                        if !self.dispatch(request_id, request, out).await {
+                            return ReadEnd::Broken;
+                        }
+                    }
                     Ok(None) => break,
-                    Err(error) => {
-                        let reason = format!("bad frame: {error}");
-                        let reply = ErrorReply::for_frame_error(&error);
-                        return self
-                            .reject(REJECT_CLIENT_FRAME, RequestId(0), reply, &reason, out)
-                            .await;
-                    }
-                };
-                let request_id = frame.request_id;
-                let request = match Request::decode(&frame) {
-                    Ok(request) => request,
-                    Err(error) => {
-                        let reason = format!("bad {:?} request: {error}", frame.kind);
-                        let reply = ErrorReply::Malformed { reason: reason.clone() };
-                        return self
-                            .reject(REJECT_CLIENT_BODY, request_id, reply, &reason, out)
-                            .await;
-                    }
-                };
-                if !self.dispatch(request_id, request, out).await {
-                    return ReadEnd::Broken;
+                    Err(end) => return end,
                 }
             }
-            match self.read_some(reader, &mut chunk).await {
-                ReadEvent::Data(count) => buffer.extend_from_slice(&chunk[..count]),
+            match self.read_some(reader, &mut input.chunk).await {
+                ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
                 ReadEvent::Eof => {
-                    if let Err(error) = decoder.finish(&buffer) {
-                        let reason = format!("stream ended inside a frame: {error}");
-                        self.shared.reject(REJECT_CLIENT_FRAME, self.peer, &reason);
+                    self.check_finished(&input);
+                    return ReadEnd::Drain;
+                }
+                ReadEvent::Idle => return ReadEnd::Drain,
+                ReadEvent::Stop => return self.read_while_stopping(reader, &mut input, out).await,
+                ReadEvent::Broken => return ReadEnd::Broken,
+            }
+        }
+    }
+
+    /// A graceful stop: requests already running go on (the leadership hand-off runs
+    /// meanwhile, so a produce gets its true outcome); a request read from now on is answered
+    /// at once and never started (`NotLeader` naming the new leader once the leadership
+    /// moved, else `ShuttingDown`). The reader ends as soon as nothing is in flight, so the
+    /// drain takes as long as the slowest running request, not `GRACEFUL_DRAIN_MAX`.
+    async fn read_while_stopping(
+        &self,
+        reader: &mut ReadHalf<NetStream>,
+        input: &mut Input,
+        out: &Rc<LocalSender<Outgoing>>,
+    ) -> ReadEnd {
+        let all = PIPELINE_REQUESTS_MAX as u64;
+        loop {
+            loop {
+                match self.next_request(input, out).await {
+                    Ok(Some((request_id, request))) => {
+                        let reply = stopping_reply(&self.shared, &request);
+                        let frame = Response::Error(reply).encode(request_id);
+                        if out.send(Outgoing::Frame(frame)).await.is_err() {
+                            return ReadEnd::Broken;
+                        }
                     }
+                    Ok(None) => break,
+                    Err(end) => return end,
+                }
+            }
+            // Nothing in flight is checked first: a client that keeps sending cannot hold
+            // the connection open.
+            let event = futures_lite::future::or(
+                async {
+                    // A permit (released when dropped), not `acquire`, which keeps the units.
+                    drop(self.inflight.acquire_permit(all).await);
+                    ReadEvent::Idle
+                },
+                futures_lite::future::or(
+                    async {
+                        match reader.read(&mut input.chunk).await {
+                            Ok(0) => ReadEvent::Eof,
+                            Ok(count) => ReadEvent::Data(count),
+                            Err(_) => ReadEvent::Broken,
+                        }
+                    },
+                    async {
+                        self.abort.wait().await;
+                        ReadEvent::Broken
+                    },
+                ),
+            )
+            .await;
+            match event {
+                ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
+                ReadEvent::Eof => {
+                    self.check_finished(input);
                     return ReadEnd::Drain;
                 }
                 ReadEvent::Idle | ReadEvent::Stop => return ReadEnd::Drain,
                 ReadEvent::Broken => return ReadEnd::Broken,
             }
+        }
+    }
+
+    /// The next whole request in `input`, `None` when more bytes are needed, or how the
+    /// connection ends after bad input (the error reply is queued).
+    async fn next_request(
+        &self,
+        input: &mut Input,
+        out: &Rc<LocalSender<Outgoing>>,
+    ) -> Result<Option<(RequestId, Request)>, ReadEnd> {
+        let frame = match input.decoder.decode(&mut input.buffer) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                let reason = format!("bad frame: {error}");
+                let reply = ErrorReply::for_frame_error(&error);
+                return Err(self
+                    .reject(REJECT_CLIENT_FRAME, RequestId(0), reply, &reason, out)
+                    .await);
+            }
+        };
+        let request_id = frame.request_id;
+        match Request::decode(&frame) {
+            Ok(request) => Ok(Some((request_id, request))),
+            Err(error) => {
+                let reason = format!("bad {:?} request: {error}", frame.kind);
+                let reply = ErrorReply::Malformed { reason: reason.clone() };
+                Err(self.reject(REJECT_CLIENT_BODY, request_id, reply, &reason, out).await)
+            }
+        }
+    }
+
+    /// At the end of the stream: a partial frame left over is a rejected input.
+    fn check_finished(&self, input: &Input) {
+        if let Err(error) = input.decoder.finish(&input.buffer) {
+            let reason = format!("stream ended inside a frame: {error}");
+            self.shared.reject(REJECT_CLIENT_FRAME, self.peer, &reason);
         }
     }
 
@@ -571,6 +657,30 @@ impl Connection {
         )
         .await;
     }
+}
+
+/// A connection's input: the frame decoder, the bytes not decoded yet, the read buffer.
+struct Input {
+    decoder: FrameDecoder,
+    buffer: BytesMut,
+    chunk: Vec<u8>,
+}
+
+/// The answer to a request read after a graceful stop began: `NotLeader` naming the leader
+/// when another node leads the partition (the leadership was handed over), else
+/// `ShuttingDown`. Never started, so the client may send it elsewhere.
+fn stopping_reply(shared: &ServerShared, request: &Request) -> ErrorReply {
+    let owned = request
+        .partition()
+        .filter(|p| p.0 < shared.partitions && p.0 as usize % shared.shards == shared.shard)
+        .and_then(|p| shared.core.partition(p).map(|replica| (p, replica)));
+    if let Some((partition, replica)) = owned {
+        let (leader, address) = replica.leader_hint();
+        if leader.is_some_and(|leader| leader != shared.node) {
+            return ErrorReply::NotLeader { partition, leader, address };
+        }
+    }
+    ErrorReply::ShuttingDown
 }
 
 /// One read's outcome.

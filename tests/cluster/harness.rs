@@ -55,6 +55,8 @@ pub struct Spec {
     pub segment_size: u64,
     /// `[tls]` per node id (absent: `mode = "plaintext"`, written explicitly).
     pub tls: BTreeMap<u32, TlsSection>,
+    /// `[net]` of every node (the harness's reconnect backoffs unless a test sets its own).
+    pub net: NetSection,
 }
 
 impl Spec {
@@ -65,7 +67,18 @@ impl Spec {
             partitions: 2,
             segment_size: 2 * 1024 * 1024,
             tls: BTreeMap::new(),
+            net: NetSection {
+                reconnect_backoff_initial_ms: 10,
+                reconnect_backoff_max_ms: 200,
+                ..NetSection::default()
+            },
         }
+    }
+
+    /// Adjusts every node's `[net]` section.
+    pub fn net(mut self, adjust: impl FnOnce(&mut NetSection)) -> Spec {
+        adjust(&mut self.net);
+        self
     }
 
     pub fn shards(mut self, shards: u16) -> Spec {
@@ -257,11 +270,7 @@ impl Cluster {
                 heartbeat_ticks: 2,
                 ..RaftSection::default()
             },
-            net: NetSection {
-                reconnect_backoff_initial_ms: 10,
-                reconnect_backoff_max_ms: 200,
-                ..NetSection::default()
-            },
+            net: self.spec.net.clone(),
             log: LogSection { level: "info".to_string(), json: false },
             tls: node.tls.clone(),
         };
