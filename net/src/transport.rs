@@ -70,7 +70,7 @@ use crate::limits::{
     FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE, HANDSHAKE_TIMEOUT, HEARTBEATS_PER_FRAME_MAX,
     LINK_KEEPALIVE_INTERVAL, LINK_QUEUE_BYTES_MAX, LINK_QUEUE_FRAMES_MAX, LINK_WRITE_TIMEOUT,
     PEER_CONNECTIONS_MAX, PEER_IDLE_TIMEOUT, READ_CHUNK_SIZE, RECONNECT_BACKOFF_INITIAL,
-    RECONNECT_BACKOFF_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
+    RECONNECT_BACKOFF_MAX, REFUSALS_IN_FLIGHT_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
 };
 use crate::peer::{
     BatchCheck, Handshake, HandshakeReply, PartitionHeartbeat, PartitionHeartbeatResponse,
@@ -536,6 +536,8 @@ struct Connections {
     tasks: HashMap<u64, Task<()>>,
     finished: Vec<u64>,
     next_id: u64,
+    /// Tasks refusing a connection over the limit (at most `REFUSALS_IN_FLIGHT_MAX`).
+    refusing: usize,
 }
 
 /// A shard's peer accept loop (see the module docs). Dropping it stops accepting and closes
@@ -609,9 +611,17 @@ async fn accept_loop(
         for id in std::mem::take(&mut conns.finished) {
             conns.tasks.remove(&id);
         }
+        let over_limit = conns.tasks.len() >= shared.config.connections_max;
+        if over_limit && conns.refusing >= REFUSALS_IN_FLIGHT_MAX {
+            // Closed now, without a reason: refusals hold sockets too, so a flood of
+            // connections that never handshake cannot grow past the limit.
+            drop(stream);
+            shared.count(|s| s.refused += 1);
+            continue;
+        }
+        conns.refusing += usize::from(over_limit);
         let id = conns.next_id;
         conns.next_id += 1;
-        let over_limit = conns.tasks.len() >= shared.config.connections_max;
         let task = shared.config.spawn(serve_connection(
             stream,
             shared.clone(),
@@ -646,6 +656,7 @@ async fn serve_connection(
     }
     if let Some(connections) = connections.upgrade() {
         let mut conns = connections.borrow_mut();
+        conns.refusing -= usize::from(over_limit);
         conns.finished.push(id);
         let open = conns.tasks.len().saturating_sub(conns.finished.len());
         shared.count(|s| s.open = open as u64);

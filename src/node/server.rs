@@ -55,7 +55,9 @@ use glommio::sync::Semaphore;
 use glommio::{Task, TaskQueueHandle};
 use ringlog_engine::runtime_mailbox::{mailbox, SendFailure};
 use ringlog_net::frame::FrameDecoder;
-use ringlog_net::limits::{READ_CHUNK_SIZE, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN};
+use ringlog_net::limits::{
+    READ_CHUNK_SIZE, REFUSALS_IN_FLIGHT_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
+};
 use ringlog_net::protocol::{
     ErrorReply, FetchResponse, MetadataResponse, PartitionMetadata, ProduceResponse, Request,
     Response,
@@ -88,6 +90,8 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 pub const REJECT_CLIENT_FRAME: &str = "client_frame";
 pub const REJECT_CLIENT_BODY: &str = "client_body";
 pub const REJECT_CLIENT_CONNECTION_LIMIT: &str = "client_connection_limit";
+/// A request that did not arrive whole within `net.request_timeout_ms` of its first byte.
+pub const REJECT_CLIENT_SLOW_REQUEST: &str = "client_slow_request";
 /// A client connection whose TLS handshake failed.
 pub const REJECT_CLIENT_TLS: &str = "client_tls";
 
@@ -137,6 +141,8 @@ struct ServerLimits {
     idle_timeout: Duration,
     write_timeout: Duration,
     handshake_timeout: Duration,
+    /// `net.request_timeout_ms`: a request must arrive whole this long after its first byte.
+    request_timeout: Duration,
 }
 
 /// What the server and the shard's command loop share on one shard.
@@ -151,6 +157,9 @@ pub(crate) struct ServerShared {
     mailboxes: Arc<Mailboxes>,
     limits: ServerLimits,
     connections: Cell<u64>,
+    /// Connections over the limit being refused with a reason (at most
+    /// `REFUSALS_IN_FLIGHT_MAX`, each for at most `net.handshake_timeout_ms`).
+    refusing: Cell<usize>,
     rejected: RefCell<BTreeMap<&'static str, u64>>,
     reject_log: RejectLog,
     /// `[tls]`: the client TLS configuration (`None`: plaintext).
@@ -189,10 +198,12 @@ impl ServerShared {
                 idle_timeout: Duration::from_millis(config.net.idle_timeout_ms),
                 write_timeout: Duration::from_millis(config.net.write_timeout_ms),
                 handshake_timeout: Duration::from_millis(config.net.handshake_timeout_ms),
+                request_timeout: Duration::from_millis(config.net.request_timeout_ms),
             },
             tls: core.tls(),
             core,
             connections: Cell::new(0),
+            refusing: Cell::new(0),
             rejected: RefCell::new(BTreeMap::new()),
             reject_log: RejectLog {
                 window_start: Cell::new(Instant::now()),
@@ -310,8 +321,19 @@ async fn accept_loop(
                 shared.limits.connections_max
             );
             shared.reject(REJECT_CLIENT_CONNECTION_LIMIT, peer, &reason);
+            if shared.refusing.get() >= REFUSALS_IN_FLIGHT_MAX {
+                // Closed now, without a reason: refusals hold sockets too.
+                drop(stream);
+                continue;
+            }
+            shared.refusing.set(shared.refusing.get() + 1);
             let reply = ErrorReply::Rejected { reason };
-            spawn(queue, refuse_connection(stream, shared.clone(), reply));
+            let (refused, bound) = (shared.clone(), shared.limits.handshake_timeout);
+            spawn(queue, async move {
+                let refuse = refuse_connection(stream, refused.clone(), reply);
+                futures_lite::future::or(refuse, glommio::timer::sleep(bound)).await;
+                refused.refusing.set(refused.refusing.get() - 1);
+            });
             continue;
         }
         shared.connections.set(shared.connections.get() + 1);
@@ -432,11 +454,15 @@ impl Connection {
             buffer: BytesMut::new(),
             chunk: vec![0u8; READ_CHUNK_SIZE],
         };
+        // When the request being received must be whole (`net.request_timeout_ms` after its
+        // first byte); `None` between requests.
+        let mut request_deadline: Option<Instant> = None;
         loop {
             // Bounded: the decoder holds at most one frame's body plus one chunk.
             loop {
                 match self.next_request(&mut input, out).await {
                     Ok(Some((request_id, request))) => {
+                        request_deadline = None;
                         if !self.dispatch(request_id, request, out).await {
                             return ReadEnd::Broken;
                         }
@@ -445,8 +471,22 @@ impl Connection {
                     Err(end) => return end,
                 }
             }
-            match self.read_some(reader, &mut input.chunk).await {
+            if !input.decoder.is_mid_frame(&input.buffer) {
+                request_deadline = None;
+            } else if request_deadline.is_none() {
+                request_deadline = Some(Instant::now() + self.shared.limits.request_timeout);
+            }
+            match self.read_some(reader, &mut input.chunk, request_deadline).await {
                 ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
+                ReadEvent::Slow => {
+                    let timeout = self.shared.limits.request_timeout;
+                    let reason = format!(
+                        "request not received whole within {timeout:?} of its first byte \
+                         (net.request_timeout_ms)"
+                    );
+                    let (kind, reply) = (REJECT_CLIENT_SLOW_REQUEST, ErrorReply::Timeout);
+                    return self.reject(kind, RequestId(0), reply, &reason, out).await;
+                }
                 ReadEvent::Eof => {
                     self.check_finished(&input);
                     return ReadEnd::Drain;
@@ -513,7 +553,7 @@ impl Connection {
                     self.check_finished(input);
                     return ReadEnd::Drain;
                 }
-                ReadEvent::Idle | ReadEvent::Stop => return ReadEnd::Drain,
+                ReadEvent::Idle | ReadEvent::Stop | ReadEvent::Slow => return ReadEnd::Drain,
                 ReadEvent::Broken => return ReadEnd::Broken,
             }
         }
@@ -598,8 +638,24 @@ impl Connection {
         }
     }
 
-    async fn read_some(&self, reader: &mut ReadHalf<NetStream>, chunk: &mut [u8]) -> ReadEvent {
+    /// Reads once; `request_deadline` (a request partly received) ends the wait with
+    /// `Slow`, busy or not.
+    async fn read_some(
+        &self,
+        reader: &mut ReadHalf<NetStream>,
+        chunk: &mut [u8],
+        request_deadline: Option<Instant>,
+    ) -> ReadEvent {
         let idle_timeout = self.shared.limits.idle_timeout;
+        let slow = async {
+            match request_deadline {
+                Some(deadline) => {
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        futures_lite::pin!(slow);
         loop {
             let event = futures_lite::future::or(
                 async {
@@ -622,10 +678,16 @@ impl Connection {
                             self.stop_reading.wait().await;
                             ReadEvent::Stop
                         },
-                        async {
-                            self.abort.wait().await;
-                            ReadEvent::Broken
-                        },
+                        futures_lite::future::or(
+                            async {
+                                self.abort.wait().await;
+                                ReadEvent::Broken
+                            },
+                            async {
+                                (&mut slow).await;
+                                ReadEvent::Slow
+                            },
+                        ),
                     ),
                 ),
             )
@@ -690,6 +752,8 @@ enum ReadEvent {
     Idle,
     Stop,
     Broken,
+    /// A request partly received for longer than `net.request_timeout_ms`.
+    Slow,
 }
 
 /// Writes queued frames in order until `Close` (then shuts the write side) or a failure

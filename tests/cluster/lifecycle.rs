@@ -234,3 +234,116 @@ fn graceful_stop_of_a_leader_under_produce_load_answers_in_flight_produces_at_on
         );
     }
 }
+
+/// A connection the node closed (EOF or reset; an error reply before it is read and
+/// dropped) rather than one still open.
+fn is_closed_by_node(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut chunk = [0u8; 4096];
+    let mut reader = stream;
+    let closed = loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Sends one produce on a fresh connection and returns the node's answer.
+fn produce_once(addr: SocketAddr, value: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(LIVENESS_TIMEOUT)).unwrap();
+    stream.write_all(&produce_frame(value, 1)).expect("send a produce");
+    let mut decoder = FrameDecoder::new(FRAME_BODY_SIZE_MAX);
+    let mut buffer = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = decoder.decode(&mut buffer).expect("a well-formed answer") {
+            return Response::decode(&frame).expect("a decodable answer");
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("the node closed the connection without an answer"),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("no answer to a produce: {e}"),
+        }
+    }
+}
+
+/// Slowloris: as many connections as `client_connections_max`, each sending a byte of a
+/// request every 300 ms (never idle, never a whole request). Each is closed once its request
+/// is `request_timeout_ms` old, so a new client is served while they keep trickling; today
+/// they held every slot for as long as they lasted.
+#[test]
+fn slow_clients_trickling_a_request_are_closed_and_free_their_slots() {
+    const SLOTS: u64 = 32;
+    let spec = Spec::new(1).partitions(1).net(|net| {
+        net.client_connections_max = SLOTS;
+        net.request_timeout_ms = 1000;
+        net.idle_timeout_ms = 3000;
+    });
+    let cluster = Cluster::start("slow-clients", spec);
+    let client = cluster.client();
+    cluster.wait_leader(&client, BUSY);
+    let addr = cluster.nodes[&1].client;
+    // The harness's own connections (status, metadata) are closed by now or idle: wait for
+    // the node to count none before filling every slot.
+    thread::sleep(Duration::from_millis(200));
+    let frame = produce_frame(b"slow", 7);
+    let mut slow: Vec<TcpStream> = (0..SLOTS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut served_at = None;
+    while started.elapsed() < Duration::from_secs(6) {
+        for stream in &mut slow {
+            // A write to a connection the node closed fails: that is the point.
+            let _ = stream.write_all(&frame[sent % frame.len()..sent % frame.len() + 1]);
+        }
+        sent += 1;
+        thread::sleep(Duration::from_millis(300));
+        if served_at.is_none() && started.elapsed() >= Duration::from_millis(2500) {
+            match produce_once(addr, b"fresh") {
+                Response::Produce(_) => served_at = Some(started.elapsed()),
+                other => panic!(
+                    "a new client is refused while {SLOTS} slow ones trickle bytes ({:?} in): \
+                     {other:?}",
+                    started.elapsed()
+                ),
+            }
+        }
+    }
+    let closed = slow.iter().filter(|s| is_closed_by_node(s)).count();
+    eprintln!("new client served after {served_at:?}; {closed} of {SLOTS} slow clients closed");
+    assert!(served_at.is_some());
+    assert_eq!(closed as u64, SLOTS, "every slow client is closed");
+}
+
+/// Peer connections that never send their handshake: beyond `peer_connections_max` they are
+/// refused at once (at most `REFUSALS_IN_FLIGHT_MAX` wait to be told why), so the listener
+/// never holds more than the limit plus those; today every one stayed open until the
+/// handshake timeout.
+#[test]
+fn peer_connections_that_never_handshake_cannot_pass_the_limit() {
+    const LIMIT: u64 = 16;
+    const OPENED: usize = 150;
+    let spec = Spec::new(1).partitions(1).net(|net| {
+        net.peer_connections_max = LIMIT;
+        net.handshake_timeout_ms = 3000;
+    });
+    let cluster = Cluster::start("silent-peers", spec);
+    let peer = cluster.nodes[&1].peer;
+    let silent: Vec<TcpStream> =
+        (0..OPENED).map(|_| TcpStream::connect(peer).expect("connect")).collect();
+    thread::sleep(Duration::from_millis(1000));
+    let open = silent.iter().filter(|s| !is_closed_by_node(s)).count();
+    let bound = LIMIT as usize + ringlog_net::limits::REFUSALS_IN_FLIGHT_MAX;
+    eprintln!("{open} of {OPENED} silent peer connections open after 1 s (bound {bound})");
+    assert!(open <= bound, "{open} silent peer connections open, over {bound}");
+    // The handshake timeout closes the rest.
+    thread::sleep(Duration::from_millis(3000));
+    let open = silent.iter().filter(|s| !is_closed_by_node(s)).count();
+    assert_eq!(open, 0, "silent peer connections outlive the handshake timeout");
+}
