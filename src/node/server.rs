@@ -72,6 +72,7 @@ use super::core::{PartitionReplicator, ShardCore};
 use super::shard_main::{spawn, Command, BACKPRESSURE_RETRY_MS};
 use super::{Mailboxes, NUDGE_AFTER, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
 use crate::config::NodeConfig;
+use crate::memory::{MemoryTrim, TRIM_INTERVAL};
 
 /// Requests in flight on one connection; past it the reader waits (TCP backpressure).
 pub const PIPELINE_REQUESTS_MAX: usize = 64;
@@ -157,6 +158,8 @@ pub(crate) struct ServerShared {
     mailboxes: Arc<Mailboxes>,
     limits: ServerLimits,
     connections: Cell<u64>,
+    /// Buffer bytes released by closed connections, for the memory trim.
+    memory: MemoryTrim,
     /// Connections over the limit being refused with a reason (at most
     /// `REFUSALS_IN_FLIGHT_MAX`, each for at most `net.handshake_timeout_ms`).
     refusing: Cell<usize>,
@@ -203,6 +206,7 @@ impl ServerShared {
             tls: core.tls(),
             core,
             connections: Cell::new(0),
+            memory: MemoryTrim::default(),
             refusing: Cell::new(0),
             rejected: RefCell::new(BTreeMap::new()),
             reject_log: RejectLog {
@@ -252,6 +256,8 @@ impl ServerShared {
 pub(crate) struct ClientServer {
     shared: Rc<ServerShared>,
     accept: RefCell<Option<Task<()>>>,
+    /// Gives memory back after bursts of closed connections (`crate::memory`).
+    _trim: Option<Task<()>>,
     /// Graceful stop: connections stop reading new requests.
     stop_reading: Rc<Event>,
     /// Immediate stop: connections end now.
@@ -276,7 +282,21 @@ impl ClientServer {
                 None
             }
         };
-        Rc::new(ClientServer { shared, accept: RefCell::new(accept), stop_reading, kill })
+        let memory = shared.clone();
+        let trim = async move {
+            loop {
+                glommio::timer::sleep(TRIM_INTERVAL).await;
+                memory.memory.trim_if_worth_it();
+            }
+        };
+        let trim = glommio::spawn_local_into(trim, queue).ok();
+        Rc::new(ClientServer {
+            shared,
+            accept: RefCell::new(accept),
+            _trim: trim,
+            stop_reading,
+            kill,
+        })
     }
 
     /// Stops the server; see the module docs. Idempotent; an immediate stop cuts a graceful
@@ -421,8 +441,18 @@ impl Connection {
         let out_tx = Rc::new(out_tx);
         let write =
             write_loop(writer, out_rx, self.shared.limits.write_timeout, self.abort.clone());
+        let mut input = Input {
+            decoder: FrameDecoder::new(self.shared.limits.frame_body_size_max),
+            buffer: BytesMut::new(),
+            chunk: vec![0u8; READ_CHUNK_SIZE],
+        };
         let read = async {
-            let end = self.read_loop(&mut reader, &out_tx).await;
+            let end = self.read_loop(&mut reader, &mut input, &out_tx).await;
+            // Given back to the allocator now; counted so that a burst is trimmed.
+            let held = input.buffer.capacity() + input.chunk.capacity();
+            self.shared.memory.released(held as u64);
+            input.buffer = BytesMut::new();
+            input.chunk = Vec::new();
             match end {
                 ReadEnd::Drain => {
                     self.wait_inflight().await;
@@ -447,20 +477,16 @@ impl Connection {
     async fn read_loop(
         &self,
         reader: &mut ReadHalf<NetStream>,
+        input: &mut Input,
         out: &Rc<LocalSender<Outgoing>>,
     ) -> ReadEnd {
-        let mut input = Input {
-            decoder: FrameDecoder::new(self.shared.limits.frame_body_size_max),
-            buffer: BytesMut::new(),
-            chunk: vec![0u8; READ_CHUNK_SIZE],
-        };
         // When the request being received must be whole (`net.request_timeout_ms` after its
         // first byte); `None` between requests.
         let mut request_deadline: Option<Instant> = None;
         loop {
             // Bounded: the decoder holds at most one frame's body plus one chunk.
             loop {
-                match self.next_request(&mut input, out).await {
+                match self.next_request(input, out).await {
                     Ok(Some((request_id, request))) => {
                         request_deadline = None;
                         if !self.dispatch(request_id, request, out).await {
@@ -488,11 +514,11 @@ impl Connection {
                     return self.reject(kind, RequestId(0), reply, &reason, out).await;
                 }
                 ReadEvent::Eof => {
-                    self.check_finished(&input);
+                    self.check_finished(input);
                     return ReadEnd::Drain;
                 }
                 ReadEvent::Idle => return ReadEnd::Drain,
-                ReadEvent::Stop => return self.read_while_stopping(reader, &mut input, out).await,
+                ReadEvent::Stop => return self.read_while_stopping(reader, input, out).await,
                 ReadEvent::Broken => return ReadEnd::Broken,
             }
         }

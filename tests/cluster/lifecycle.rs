@@ -347,3 +347,88 @@ fn peer_connections_that_never_handshake_cannot_pass_the_limit() {
     let open = silent.iter().filter(|s| !is_closed_by_node(s)).count();
     assert_eq!(open, 0, "silent peer connections outlive the handshake timeout");
 }
+
+/// Resident memory of process `pid` (VmRSS), in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS");
+    kib * 1024
+}
+
+/// A produce frame's header announcing `body_len` bytes, followed by `sent` of them.
+fn partial_produce(body_len: usize, sent: usize) -> Vec<u8> {
+    let batch = build_batch(&[&vec![0x5a; body_len]]).unwrap();
+    let frame = Request::Produce(ProduceRequest { partition: BUSY, acks: Acks::Quorum, batch })
+        .encode(RequestId(1))
+        .to_bytes();
+    frame[..sent.min(frame.len())].to_vec()
+}
+
+/// Memory after abuse: floods of connections that each hold part of a large request, and of
+/// bad input, then every connection closed: the node's RSS comes back near where it started
+/// (it stayed 234 MB higher before).
+#[test]
+fn memory_held_by_a_connection_flood_is_returned_once_the_connections_close() {
+    const CONNECTIONS: usize = 400;
+    const ROUNDS: usize = 3;
+    let spec = Spec::new(1).partitions(1).net(|net| {
+        net.request_timeout_ms = 60_000;
+        net.idle_timeout_ms = 60_000;
+    });
+    let cluster = Cluster::start("memory-flood", spec);
+    let client = cluster.client();
+    cluster.wait_leader(&client, BUSY);
+    let addr = cluster.nodes[&1].client;
+    let pid = cluster.nodes[&1].pid().expect("running");
+    for i in 0..50u32 {
+        assert!(matches!(produce_once(addr, format!("warm-{i}").as_bytes()), Response::Produce(_)));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let before = rss_bytes(pid);
+    let mut peak = before;
+    // Each connection holds ~200 KiB of a 1 MiB produce body (under `batch_size_max`).
+    let partial = partial_produce(200 * 1024, 200 * 1024);
+    for round in 0..ROUNDS {
+        let held: Vec<TcpStream> = (0..CONNECTIONS)
+            .map(|_| {
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                stream.write_all(&partial).expect("send part of a request");
+                stream
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(700));
+        peak = peak.max(rss_bytes(pid));
+        // Bad input on top: random bytes and oversize lengths, each answered and closed.
+        for i in 0..200u32 {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            let garbage: Vec<u8> = (0..4096u32).map(|b| (b.wrapping_mul(31) ^ i) as u8).collect();
+            let _ = stream.write_all(&garbage);
+        }
+        drop(held);
+        eprintln!("round {round}: peak RSS {} MiB", peak >> 20);
+    }
+    // The node notices every close; then it must give the memory back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bound = before + 48 * 1024 * 1024;
+    let mut after = rss_bytes(pid);
+    while after > bound && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+        after = rss_bytes(pid);
+    }
+    eprintln!(
+        "RSS before {} MiB, peak {} MiB, after {} MiB (bound {} MiB)",
+        before >> 20,
+        peak >> 20,
+        after >> 20,
+        bound >> 20
+    );
+    assert!(peak > before + 64 * 1024 * 1024, "the flood did not take memory: no test");
+    assert!(matches!(produce_once(addr, b"after"), Response::Produce(_)));
+    assert!(
+        after <= bound,
+        "RSS stayed at {} MiB after the flood (before: {} MiB)",
+        after >> 20,
+        before >> 20
+    );
+}
