@@ -4,11 +4,12 @@
 //! arena, and once a large buffer was freed the mmap threshold rises to its size, so later
 //! buffers of that size come from the arena too. A node that served a flood of connections
 //! each holding part of a large request kept their buffers' pages after every one of them
-//! closed (RSS 75 → 309 MB, and it stayed there). The client server counts the buffer bytes
-//! its closed connections released ([`MemoryTrim::released`]); past
-//! [`TRIM_RELEASED_BYTES_MIN`] a trim runs, at most every [`TRIM_INTERVAL`]: `malloc_trim(0)`
-//! gives back the free top of every arena and the free whole pages inside them. Steady
-//! serving does not trigger it (a connection's buffers are released when it closes).
+//! closed (RSS 75 → 309 MB, and it stayed there). Each shard counts the buffer bytes its
+//! closed client connections released ([`MemoryTrim::released`]) and the client and peer
+//! connections that closed ([`MemoryTrim::closed`]); past [`TRIM_RELEASED_BYTES_MIN`] or
+//! [`TRIM_CLOSED_CONNECTIONS_MIN`] a trim runs, at most every [`TRIM_INTERVAL`]:
+//! `malloc_trim(0)` gives back the free top of every arena and the free whole pages inside
+//! them. Steady serving (long-lived connections) does not trigger it.
 //!
 //! The only `unsafe` of this crate: the `malloc_trim` call (glibc only; elsewhere `trim`
 //! does nothing).
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 /// Buffer bytes released by closed connections before a trim is worth its cost.
 pub const TRIM_RELEASED_BYTES_MIN: u64 = 16 * 1024 * 1024;
+/// Connections closed before a trim is worth its cost (a flood of small ones).
+pub const TRIM_CLOSED_CONNECTIONS_MIN: u64 = 64;
 /// How often released bytes are checked (so at most one trim per interval and shard).
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -25,6 +28,7 @@ pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct MemoryTrim {
     released: Cell<u64>,
+    closed: Cell<u64>,
 }
 
 impl MemoryTrim {
@@ -33,12 +37,20 @@ impl MemoryTrim {
         self.released.set(self.released.get().saturating_add(bytes));
     }
 
+    /// `count` more connections closed.
+    pub fn closed(&self, count: u64) {
+        self.closed.set(self.closed.get().saturating_add(count));
+    }
+
     /// Trims when enough was released since the last trim; true if it trimmed.
     pub fn trim_if_worth_it(&self) -> bool {
-        if self.released.get() < TRIM_RELEASED_BYTES_MIN {
+        if self.released.get() < TRIM_RELEASED_BYTES_MIN
+            && self.closed.get() < TRIM_CLOSED_CONNECTIONS_MIN
+        {
             return false;
         }
         self.released.set(0);
+        self.closed.set(0);
         trim();
         true
     }
@@ -66,5 +78,9 @@ mod tests {
         trim.released(1);
         assert!(trim.trim_if_worth_it());
         assert!(!trim.trim_if_worth_it(), "the count starts over after a trim");
+        trim.closed(TRIM_CLOSED_CONNECTIONS_MIN - 1);
+        assert!(!trim.trim_if_worth_it());
+        trim.closed(1);
+        assert!(trim.trim_if_worth_it());
     }
 }

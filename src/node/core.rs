@@ -272,6 +272,12 @@ impl ShardCore {
         }
     }
 
+    /// Peer connections this shard accepted that have closed since it started.
+    pub fn peer_connections_closed(&self) -> u64 {
+        let listener = self.listener.borrow().as_ref().map(|l| l.stats()).unwrap_or_default();
+        listener.accepted.saturating_sub(listener.open)
+    }
+
     /// The first step of a stop: no new peer connection is accepted (those served stay).
     /// Graceful: hand the leadership of led partitions to an up-to-date follower and wait
     /// (bounded by `TRANSFER_WAIT_MAX`) until this node stepped down, then (bounded by

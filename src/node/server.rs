@@ -284,8 +284,12 @@ impl ClientServer {
         };
         let memory = shared.clone();
         let trim = async move {
+            let mut peer_closed = memory.core.peer_connections_closed();
             loop {
                 glommio::timer::sleep(TRIM_INTERVAL).await;
+                let now = memory.core.peer_connections_closed();
+                memory.memory.closed(now.saturating_sub(peer_closed));
+                peer_closed = now;
                 memory.memory.trim_if_worth_it();
             }
         };
@@ -451,6 +455,7 @@ impl Connection {
             // Given back to the allocator now; counted so that a burst is trimmed.
             let held = input.buffer.capacity() + input.chunk.capacity();
             self.shared.memory.released(held as u64);
+            self.shared.memory.closed(1);
             input.buffer = BytesMut::new();
             input.chunk = Vec::new();
             match end {
