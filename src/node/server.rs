@@ -19,12 +19,22 @@
 //! `tracing::warn!` with the reason, a count in `ShardSnapshot::rejected_inputs`, and the close
 //! of that connection only (write side shut after the reply, then a bounded drain so the close
 //! does not destroy the reply with a RST). Connections over `net.client_connections_max` are
-//! refused the same way. A connection with no request in flight that sends nothing for
-//! `net.idle_timeout_ms` is closed; a write that takes longer than `net.write_timeout_ms`
-//! breaks the connection.
+//! refused the same way, at most `REFUSALS_IN_FLIGHT_MAX` at once (each within
+//! `net.handshake_timeout_ms`); more are closed on accept without a reply, so the server holds
+//! at most the limit plus that many sockets. Time bounds: a request must arrive whole within
+//! `net.request_timeout_ms` of its first byte (else a `Timeout` reply, a count of kind
+//! `client_slow_request`, and the close: a client trickling bytes cannot hold a slot); a
+//! connection with no request in flight that sends nothing for `net.idle_timeout_ms` is
+//! closed; a write that takes longer than `net.write_timeout_ms` breaks the connection. A
+//! closed connection's buffers are counted for the allocator trim (`crate::memory`).
 //!
-//! Stopping: graceful — stop accepting, stop reading new requests, let in-flight requests
-//! finish (at most [`GRACEFUL_DRAIN_MAX`]), close; immediate — drop every connection now.
+//! Stopping: graceful — stop accepting; requests already running go on while the shard hands
+//! its leaderships over (`ShardCore::hand_off`), so a produce gets its true outcome (committed
+//! under the new leader, or `NotLeader` if truncated); a request read from then on is
+//! answered at once, never started (`NotLeader` naming the new leader, else `ShuttingDown`);
+//! a connection closes (FIN, then a bounded linger) as soon as nothing is in flight, so the
+//! drain lasts as long as the slowest running request (at most [`GRACEFUL_DRAIN_MAX`]);
+//! immediate — drop every connection now.
 //!
 //! TLS (`[tls] mode = "tls"`): every accepted connection first completes a TLS handshake
 //! (bounded by `net.handshake_timeout_ms`; client certificates are required iff
