@@ -31,7 +31,7 @@
 //! Stopping: graceful — stop accepting; requests already running go on while the shard hands
 //! its leaderships over (`ShardCore::hand_off`), so a produce gets its true outcome (committed
 //! under the new leader, or `NotLeader` if truncated); a request read from then on is
-//! answered at once, never started (`NotLeader` naming the new leader, else `ShuttingDown`);
+//! answered at once, never started (`NotLeader`, naming the new leader once it is known);
 //! a connection closes (FIN, then a bounded linger) as soon as nothing is in flight, so the
 //! drain lasts as long as the slowest running request (at most [`GRACEFUL_DRAIN_MAX`]);
 //! immediate — drop every connection now.
@@ -94,6 +94,10 @@ const LINGER_TIMEOUT: Duration = Duration::from_millis(200);
 /// Rejected-input log lines per `REJECT_LOG_WINDOW`; more are counted, not logged.
 const REJECT_LOGS_PER_WINDOW: u32 = 10;
 const REJECT_LOG_WINDOW: Duration = Duration::from_secs(1);
+/// A stopping connection with nothing in flight still answers (`NotLeader`, never started)
+/// the requests that arrive this long before it closes, so those the client sent while the
+/// last answers were on their way are answered rather than cut by the close.
+const STOP_LAST_READ: Duration = Duration::from_millis(20);
 /// How often a stopping server checks whether its connections are gone.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -551,6 +555,8 @@ impl Connection {
         out: &Rc<LocalSender<Outgoing>>,
     ) -> ReadEnd {
         let all = PIPELINE_REQUESTS_MAX as u64;
+        // Set once nothing is in flight: until then, requests still arriving are answered.
+        let mut last_read_until: Option<Instant> = None;
         loop {
             loop {
                 match self.next_request(input, out).await {
@@ -565,34 +571,39 @@ impl Connection {
                     Err(end) => return end,
                 }
             }
-            // Nothing in flight is checked first: a client that keeps sending cannot hold
-            // the connection open.
-            let event = futures_lite::future::or(
-                async {
+            // Nothing in flight is checked first, and then only `STOP_LAST_READ` more is
+            // read: a client that keeps sending cannot hold the connection open.
+            let reading = async {
+                match reader.read(&mut input.chunk).await {
+                    Ok(0) => ReadEvent::Eof,
+                    Ok(count) => ReadEvent::Data(count),
+                    Err(_) => ReadEvent::Broken,
+                }
+            };
+            let aborted = async {
+                self.abort.wait().await;
+                ReadEvent::Broken
+            };
+            let done = async {
+                match last_read_until {
                     // A permit (released when dropped), not `acquire`, which keeps the units.
-                    drop(self.inflight.acquire_permit(all).await);
-                    ReadEvent::Idle
-                },
-                futures_lite::future::or(
-                    async {
-                        match reader.read(&mut input.chunk).await {
-                            Ok(0) => ReadEvent::Eof,
-                            Ok(count) => ReadEvent::Data(count),
-                            Err(_) => ReadEvent::Broken,
-                        }
-                    },
-                    async {
-                        self.abort.wait().await;
-                        ReadEvent::Broken
-                    },
-                ),
-            )
-            .await;
+                    None => drop(self.inflight.acquire_permit(all).await),
+                    Some(until) => {
+                        glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await
+                    }
+                }
+                ReadEvent::Idle
+            };
+            let event =
+                futures_lite::future::or(done, futures_lite::future::or(reading, aborted)).await;
             match event {
                 ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
                 ReadEvent::Eof => {
                     self.check_finished(input);
                     return ReadEnd::Drain;
+                }
+                ReadEvent::Idle if last_read_until.is_none() => {
+                    last_read_until = Some(Instant::now() + STOP_LAST_READ);
                 }
                 ReadEvent::Idle | ReadEvent::Stop | ReadEvent::Slow => return ReadEnd::Drain,
                 ReadEvent::Broken => return ReadEnd::Broken,
@@ -769,21 +780,24 @@ struct Input {
     chunk: Vec<u8>,
 }
 
-/// The answer to a request read after a graceful stop began: `NotLeader` naming the leader
-/// when another node leads the partition (the leadership was handed over), else
-/// `ShuttingDown`. Never started, so the client may send it elsewhere.
+/// The answer to a request read after a graceful stop began: never started, so it is
+/// definitely not carried out and the client may send it elsewhere. A request for a
+/// partition answers `NotLeader` naming the new leader once the leadership moved (no leader
+/// while the hand-off is under way: this node takes nothing new); any other `ShuttingDown`.
 fn stopping_reply(shared: &ServerShared, request: &Request) -> ErrorReply {
-    let owned = request
-        .partition()
-        .filter(|p| p.0 < shared.partitions && p.0 as usize % shared.shards == shared.shard)
-        .and_then(|p| shared.core.partition(p).map(|replica| (p, replica)));
-    if let Some((partition, replica)) = owned {
-        let (leader, address) = replica.leader_hint();
-        if leader.is_some_and(|leader| leader != shared.node) {
-            return ErrorReply::NotLeader { partition, leader, address };
+    let Some(partition) = request.partition() else { return ErrorReply::ShuttingDown };
+    let owned =
+        partition.0 < shared.partitions && partition.0 as usize % shared.shards == shared.shard;
+    let (leader, address) = match shared.core.partition(partition).filter(|_| owned) {
+        Some(replica) => replica.leader_hint(),
+        None => (None, None),
+    };
+    match leader {
+        Some(leader) if leader != shared.node => {
+            ErrorReply::NotLeader { partition, leader: Some(leader), address }
         }
+        _ => ErrorReply::NotLeader { partition, leader: None, address: None },
     }
-    ErrorReply::ShuttingDown
 }
 
 /// One read's outcome.
