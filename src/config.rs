@@ -255,6 +255,7 @@ pub struct NetSection {
     pub keepalive_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub write_timeout_ms: u64,
+    pub request_timeout_ms: u64,
     pub reconnect_backoff_initial_ms: u64,
     pub reconnect_backoff_max_ms: u64,
 }
@@ -609,6 +610,7 @@ impl Default for NetSection {
             keepalive_interval_ms: ms(net_limits::LINK_KEEPALIVE_INTERVAL),
             idle_timeout_ms: ms(net_limits::PEER_IDLE_TIMEOUT),
             write_timeout_ms: ms(net_limits::LINK_WRITE_TIMEOUT),
+            request_timeout_ms: ms(net_limits::REQUEST_TIMEOUT),
             reconnect_backoff_initial_ms: ms(net_limits::RECONNECT_BACKOFF_INITIAL),
             reconnect_backoff_max_ms: ms(net_limits::RECONNECT_BACKOFF_MAX),
         }
@@ -760,6 +762,7 @@ handshake_timeout_ms = 1500
 keepalive_interval_ms = 300
 idle_timeout_ms = 2000
 write_timeout_ms = 2500
+request_timeout_ms = 3500
 reconnect_backoff_initial_ms = 5
 reconnect_backoff_max_ms = 700
 
@@ -821,6 +824,7 @@ json = true
         assert_eq!(peer.backoff_initial, Duration::from_millis(5));
         assert_eq!(peer.backoff_max, Duration::from_millis(700));
         assert_eq!(config.net.client_connections_max, 31);
+        assert_eq!(config.net.request_timeout_ms, 3500);
         assert_eq!(config.log, LogSection { level: "warn,ringlog_net=debug".into(), json: true });
     }
 

@@ -492,6 +492,14 @@ pub static KEYS: &[KeySpec] = &[
         "A write to a peer that takes longer breaks the connection (it reconnects).",
     ),
     num(
+        "net.request_timeout_ms",
+        MILLIS,
+        (1, MILLIS_MAX),
+        |c| Some(c.net.request_timeout_ms),
+        "Time a client has to send a whole request once its first byte arrived; a slower \
+         request gets a Timeout reply and its connection is closed.",
+    ),
+    num(
         "net.reconnect_backoff_initial_ms",
         MILLIS,
         (1, MILLIS_MAX),

@@ -6,5 +6,6 @@
 pub mod config;
 pub mod config_check;
 pub mod config_keys;
+pub mod memory;
 pub mod metrics;
 pub mod node;

@@ -332,6 +332,12 @@ impl FrameDecoder {
         result
     }
 
+    /// Whether part of a frame was received (in `buf` or as a decoded header) and the rest
+    /// is still to come.
+    pub fn is_mid_frame(&self, buf: &BytesMut) -> bool {
+        !buf.is_empty() || self.pending.is_some()
+    }
+
     /// How many more bytes must arrive before `decode` can make progress (at least 1). Bounded
     /// by `FRAME_HEADER_SIZE + body_size_max`: a reader may reserve this much.
     pub fn bytes_needed(&self, buf: &BytesMut) -> usize {

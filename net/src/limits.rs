@@ -75,6 +75,15 @@ pub const PEER_CONNECTIONS_MAX: usize = 1024;
 /// How long a new connection has to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections over a limit (`peer_connections_max`, `client_connections_max`) being refused
+/// with a reason at once; more are closed on accept without one. So a listener holds at most
+/// its limit plus this many sockets, each refusal bounded by the handshake timeout.
+pub const REFUSALS_IN_FLIGHT_MAX: usize = 16;
+
+/// How long a client has to send a whole request once its first byte arrived; a slower
+/// request closes the connection (a slowloris client cannot hold a connection slot).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A peer link with nothing to send writes a keepalive frame after this long, so that
 /// the acceptor can tell an idle link from a dead one.
 pub const LINK_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);

@@ -70,7 +70,7 @@ use crate::limits::{
     FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE, HANDSHAKE_TIMEOUT, HEARTBEATS_PER_FRAME_MAX,
     LINK_KEEPALIVE_INTERVAL, LINK_QUEUE_BYTES_MAX, LINK_QUEUE_FRAMES_MAX, LINK_WRITE_TIMEOUT,
     PEER_CONNECTIONS_MAX, PEER_IDLE_TIMEOUT, READ_CHUNK_SIZE, RECONNECT_BACKOFF_INITIAL,
-    RECONNECT_BACKOFF_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
+    RECONNECT_BACKOFF_MAX, REFUSALS_IN_FLIGHT_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
 };
 use crate::peer::{
     BatchCheck, Handshake, HandshakeReply, PartitionHeartbeat, PartitionHeartbeatResponse,
@@ -536,15 +536,21 @@ struct Connections {
     tasks: HashMap<u64, Task<()>>,
     finished: Vec<u64>,
     next_id: u64,
+    /// Tasks refusing a connection over the limit (at most `REFUSALS_IN_FLIGHT_MAX`).
+    refusing: usize,
 }
 
 /// A shard's peer accept loop (see the module docs). Dropping it stops accepting and closes
-/// every connection it accepted.
+/// every connection it accepted; [`PeerListener::stop_accepting`] closes only the listening
+/// socket (a stopping node keeps the connections it serves until it closes).
 #[derive(Debug)]
 pub struct PeerListener {
     local_addr: SocketAddr,
     shared: Rc<ListenerShared>,
-    _accept: Task<()>,
+    accept: RefCell<Option<Task<()>>>,
+    /// Held here (not only by the accept loop), so `stop_accepting` keeps the connections;
+    /// declared after `accept`, so the accept loop is gone before its connections.
+    _connections: Rc<RefCell<Connections>>,
 }
 
 impl PeerListener {
@@ -564,9 +570,18 @@ impl PeerListener {
             inbox,
             stats: Cell::new(ListenerStats::default()),
         });
-        let accept = shared.config.spawn(accept_loop(listener, shared.clone()));
+        let connections = Rc::new(RefCell::new(Connections::default()));
+        let accept =
+            shared.config.spawn(accept_loop(listener, shared.clone(), connections.clone()));
         info!(%local_addr, node = %shared.config.node, shard = %shared.config.shard, "peer listener bound");
-        Ok(PeerListener { local_addr, shared, _accept: accept })
+        let accept = RefCell::new(Some(accept));
+        Ok(PeerListener { local_addr, shared, accept, _connections: connections })
+    }
+
+    /// Closes the listening socket: a new connection is refused by the kernel instead of
+    /// being accepted and dropped; the connections already served stay. Idempotent.
+    pub fn stop_accepting(&self) {
+        drop(self.accept.borrow_mut().take());
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -578,8 +593,11 @@ impl PeerListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Rc<ListenerShared>) {
-    let connections = Rc::new(RefCell::new(Connections::default()));
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Rc<ListenerShared>,
+    connections: Rc<RefCell<Connections>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -593,9 +611,17 @@ async fn accept_loop(listener: TcpListener, shared: Rc<ListenerShared>) {
         for id in std::mem::take(&mut conns.finished) {
             conns.tasks.remove(&id);
         }
+        let over_limit = conns.tasks.len() >= shared.config.connections_max;
+        if over_limit && conns.refusing >= REFUSALS_IN_FLIGHT_MAX {
+            // Closed now, without a reason: refusals hold sockets too, so a flood of
+            // connections that never handshake cannot grow past the limit.
+            drop(stream);
+            shared.count(|s| s.refused += 1);
+            continue;
+        }
+        conns.refusing += usize::from(over_limit);
         let id = conns.next_id;
         conns.next_id += 1;
-        let over_limit = conns.tasks.len() >= shared.config.connections_max;
         let task = shared.config.spawn(serve_connection(
             stream,
             shared.clone(),
@@ -630,6 +656,7 @@ async fn serve_connection(
     }
     if let Some(connections) = connections.upgrade() {
         let mut conns = connections.borrow_mut();
+        conns.refusing -= usize::from(over_limit);
         conns.finished.push(id);
         let open = conns.tasks.len().saturating_sub(conns.finished.len());
         shared.count(|s| s.open = open as u64);

@@ -134,6 +134,13 @@ pub(crate) struct ShardCore {
     pristine: Arc<std::sync::atomic::AtomicBool>,
     listener: RefCell<Option<PeerListener>>,
     tasks: RefCell<Vec<Task<()>>>,
+    /// A stop began (`hand_off` or `shutdown`); `shutdown` runs once.
+    stopping: Cell<bool>,
+    /// An immediate stop cut a graceful hand-off short.
+    cut_short: Cell<bool>,
+    /// The logs are being closed: the tick, inbound, scrub and retention tasks end. Set only
+    /// after a graceful hand-off, so the replicas keep hearing their peers (acknowledgements,
+    /// the new leader's term) while they hand leadership over.
     closed: Cell<bool>,
     /// `[tls]`, built once at open: the peer transport's and the client server's.
     tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
@@ -218,6 +225,8 @@ impl ShardCore {
             pristine,
             listener: RefCell::new(Some(listener)),
             tasks: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            cut_short: Cell::new(false),
             closed: Cell::new(false),
             tls: tls.clone(),
         });
@@ -292,34 +301,63 @@ impl ShardCore {
         }
     }
 
-    /// Graceful: hand leadership of led partitions to an up-to-date follower (bounded wait),
-    /// flush, close. Immediate: close now. Idempotent.
-    pub async fn shutdown(&self, mode: ShutdownMode) {
-        if self.closed.replace(true) {
+    /// Peer connections this shard accepted that have closed since it started.
+    pub fn peer_connections_closed(&self) -> u64 {
+        let listener = self.listener.borrow().as_ref().map(|l| l.stats()).unwrap_or_default();
+        listener.accepted.saturating_sub(listener.open)
+    }
+
+    /// The first step of a stop: no new peer connection is accepted (those served stay).
+    /// Graceful: hand the leadership of led partitions to an up-to-date follower and wait
+    /// (bounded by `TRANSFER_WAIT_MAX`) until this node stepped down, then (bounded by
+    /// `LINK_DRAIN_WAIT_MAX`) until the links wrote what they hold. The replicas keep running
+    /// meanwhile, so producers waiting here get their true outcome (committed under the new
+    /// leader, or `NotLeader` when truncated). Immediate: cuts a hand-off in progress short.
+    pub async fn hand_off(&self, mode: ShutdownMode) {
+        if let Some(listener) = self.listener.borrow().as_ref() {
+            listener.stop_accepting();
+        }
+        if mode == ShutdownMode::Immediate {
+            self.cut_short.set(true);
             return;
         }
-        if mode == ShutdownMode::Graceful {
-            let mut handing_over = Vec::new();
-            for r in self.list() {
-                if let (true, Some(to)) = (r.is_leader(), r.best_follower()) {
-                    let result = r.transfer_leadership(to);
-                    tracing::info!(partition = %r.partition_id(), %to, ?result, "handing leadership over");
-                    if result.is_ok() {
-                        handing_over.push(r);
-                    }
+        if self.stopping.get() {
+            return;
+        }
+        let mut handing_over = Vec::new();
+        for r in self.list() {
+            if let (true, Some(to)) = (r.is_leader(), r.best_follower()) {
+                let result = r.transfer_leadership(to);
+                tracing::info!(partition = %r.partition_id(), %to, ?result, "handing leadership over");
+                if result.is_ok() {
+                    handing_over.push(r);
                 }
             }
-            let deadline = Instant::now() + TRANSFER_WAIT_MAX;
-            while handing_over.iter().any(|r| r.is_leader() && r.failure().is_none())
-                && Instant::now() < deadline
-            {
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-            let deadline = Instant::now() + LINK_DRAIN_WAIT_MAX;
-            while !self.shared.peers.idle() && Instant::now() < deadline {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
         }
+        let deadline = Instant::now() + TRANSFER_WAIT_MAX;
+        while handing_over.iter().any(|r| r.is_leader() && r.failure().is_none())
+            && Instant::now() < deadline
+            && !self.cut_short.get()
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let deadline = Instant::now() + LINK_DRAIN_WAIT_MAX;
+        while !self.shared.peers.idle() && Instant::now() < deadline && !self.cut_short.get() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Closes the shard: waiters answered `ShuttingDown`, tasks stopped, the peer listener
+    /// and links closed, the logs flushed and closed. Runs after `hand_off` (graceful) or
+    /// at once (immediate). Idempotent.
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        if self.stopping.replace(true) {
+            if mode == ShutdownMode::Immediate {
+                self.cut_short.set(true);
+            }
+            return;
+        }
+        self.closed.set(true);
         for r in self.list() {
             r.close();
         }

@@ -216,6 +216,7 @@ async fn command_loop(core: Rc<ShardCore>, rx: Receiver<Command>) {
                 glommio::spawn_local(job(core.clone())).detach();
             }
             Ok(Command::Stop(mode)) => {
+                core.hand_off(mode).await;
                 core.shutdown(mode).await;
                 return;
             }

@@ -19,12 +19,22 @@
 //! `tracing::warn!` with the reason, a count in `ShardSnapshot::rejected_inputs`, and the close
 //! of that connection only (write side shut after the reply, then a bounded drain so the close
 //! does not destroy the reply with a RST). Connections over `net.client_connections_max` are
-//! refused the same way. A connection with no request in flight that sends nothing for
-//! `net.idle_timeout_ms` is closed; a write that takes longer than `net.write_timeout_ms`
-//! breaks the connection.
+//! refused the same way, at most `REFUSALS_IN_FLIGHT_MAX` at once (each within
+//! `net.handshake_timeout_ms`); more are closed on accept without a reply, so the server holds
+//! at most the limit plus that many sockets. Time bounds: a request must arrive whole within
+//! `net.request_timeout_ms` of its first byte (else a `Timeout` reply, a count of kind
+//! `client_slow_request`, and the close: a client trickling bytes cannot hold a slot); a
+//! connection with no request in flight that sends nothing for `net.idle_timeout_ms` is
+//! closed; a write that takes longer than `net.write_timeout_ms` breaks the connection. A
+//! closed connection's buffers are counted for the allocator trim (`crate::memory`).
 //!
-//! Stopping: graceful — stop accepting, stop reading new requests, let in-flight requests
-//! finish (at most [`GRACEFUL_DRAIN_MAX`]), close; immediate — drop every connection now.
+//! Stopping: graceful — stop accepting; requests already running go on while the shard hands
+//! its leaderships over (`ShardCore::hand_off`), so a produce gets its true outcome (committed
+//! under the new leader, or `NotLeader` if truncated); a request read from then on is
+//! answered at once, never started (`NotLeader`, naming the new leader once it is known);
+//! a connection closes (FIN, then a bounded linger) as soon as nothing is in flight, so the
+//! drain lasts as long as the slowest running request (at most [`GRACEFUL_DRAIN_MAX`]);
+//! immediate — drop every connection now.
 //!
 //! TLS (`[tls] mode = "tls"`): every accepted connection first completes a TLS handshake
 //! (bounded by `net.handshake_timeout_ms`; client certificates are required iff
@@ -55,7 +65,9 @@ use glommio::sync::Semaphore;
 use glommio::{Task, TaskQueueHandle};
 use ringlog_engine::runtime_mailbox::{mailbox, SendFailure};
 use ringlog_net::frame::FrameDecoder;
-use ringlog_net::limits::{READ_CHUNK_SIZE, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN};
+use ringlog_net::limits::{
+    READ_CHUNK_SIZE, REFUSALS_IN_FLIGHT_MAX, WRITE_GATHER_BYTES_MAX, ZERO_COPY_PAYLOAD_MIN,
+};
 use ringlog_net::protocol::{
     ErrorReply, FetchResponse, MetadataResponse, PartitionMetadata, ProduceResponse, Request,
     Response,
@@ -70,6 +82,7 @@ use super::core::{PartitionReplicator, ShardCore};
 use super::shard_main::{spawn, Command, BACKPRESSURE_RETRY_MS};
 use super::{Mailboxes, NUDGE_AFTER, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
 use crate::config::NodeConfig;
+use crate::memory::{MemoryTrim, TRIM_INTERVAL};
 
 /// Requests in flight on one connection; past it the reader waits (TCP backpressure).
 pub const PIPELINE_REQUESTS_MAX: usize = 64;
@@ -81,6 +94,10 @@ const LINGER_TIMEOUT: Duration = Duration::from_millis(200);
 /// Rejected-input log lines per `REJECT_LOG_WINDOW`; more are counted, not logged.
 const REJECT_LOGS_PER_WINDOW: u32 = 10;
 const REJECT_LOG_WINDOW: Duration = Duration::from_secs(1);
+/// A stopping connection with nothing in flight still answers (`NotLeader`, never started)
+/// the requests that arrive this long before it closes, so those the client sent while the
+/// last answers were on their way are answered rather than cut by the close.
+const STOP_LAST_READ: Duration = Duration::from_millis(20);
 /// How often a stopping server checks whether its connections are gone.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -88,6 +105,8 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 pub const REJECT_CLIENT_FRAME: &str = "client_frame";
 pub const REJECT_CLIENT_BODY: &str = "client_body";
 pub const REJECT_CLIENT_CONNECTION_LIMIT: &str = "client_connection_limit";
+/// A request that did not arrive whole within `net.request_timeout_ms` of its first byte.
+pub const REJECT_CLIENT_SLOW_REQUEST: &str = "client_slow_request";
 /// A client connection whose TLS handshake failed.
 pub const REJECT_CLIENT_TLS: &str = "client_tls";
 
@@ -137,6 +156,8 @@ struct ServerLimits {
     idle_timeout: Duration,
     write_timeout: Duration,
     handshake_timeout: Duration,
+    /// `net.request_timeout_ms`: a request must arrive whole this long after its first byte.
+    request_timeout: Duration,
 }
 
 /// What the server and the shard's command loop share on one shard.
@@ -151,6 +172,11 @@ pub(crate) struct ServerShared {
     mailboxes: Arc<Mailboxes>,
     limits: ServerLimits,
     connections: Cell<u64>,
+    /// Buffer bytes released by closed connections, for the memory trim.
+    memory: MemoryTrim,
+    /// Connections over the limit being refused with a reason (at most
+    /// `REFUSALS_IN_FLIGHT_MAX`, each for at most `net.handshake_timeout_ms`).
+    refusing: Cell<usize>,
     rejected: RefCell<BTreeMap<&'static str, u64>>,
     reject_log: RejectLog,
     /// `[tls]`: the client TLS configuration (`None`: plaintext).
@@ -189,10 +215,13 @@ impl ServerShared {
                 idle_timeout: Duration::from_millis(config.net.idle_timeout_ms),
                 write_timeout: Duration::from_millis(config.net.write_timeout_ms),
                 handshake_timeout: Duration::from_millis(config.net.handshake_timeout_ms),
+                request_timeout: Duration::from_millis(config.net.request_timeout_ms),
             },
             tls: core.tls(),
             core,
             connections: Cell::new(0),
+            memory: MemoryTrim::default(),
+            refusing: Cell::new(0),
             rejected: RefCell::new(BTreeMap::new()),
             reject_log: RejectLog {
                 window_start: Cell::new(Instant::now()),
@@ -241,6 +270,8 @@ impl ServerShared {
 pub(crate) struct ClientServer {
     shared: Rc<ServerShared>,
     accept: RefCell<Option<Task<()>>>,
+    /// Gives memory back after bursts of closed connections (`crate::memory`).
+    _trim: Option<Task<()>>,
     /// Graceful stop: connections stop reading new requests.
     stop_reading: Rc<Event>,
     /// Immediate stop: connections end now.
@@ -265,7 +296,25 @@ impl ClientServer {
                 None
             }
         };
-        Rc::new(ClientServer { shared, accept: RefCell::new(accept), stop_reading, kill })
+        let memory = shared.clone();
+        let trim = async move {
+            let mut peer_closed = memory.core.peer_connections_closed();
+            loop {
+                glommio::timer::sleep(TRIM_INTERVAL).await;
+                let now = memory.core.peer_connections_closed();
+                memory.memory.closed(now.saturating_sub(peer_closed));
+                peer_closed = now;
+                memory.memory.trim_if_worth_it();
+            }
+        };
+        let trim = glommio::spawn_local_into(trim, queue).ok();
+        Rc::new(ClientServer {
+            shared,
+            accept: RefCell::new(accept),
+            _trim: trim,
+            stop_reading,
+            kill,
+        })
     }
 
     /// Stops the server; see the module docs. Idempotent; an immediate stop cuts a graceful
@@ -310,8 +359,19 @@ async fn accept_loop(
                 shared.limits.connections_max
             );
             shared.reject(REJECT_CLIENT_CONNECTION_LIMIT, peer, &reason);
+            if shared.refusing.get() >= REFUSALS_IN_FLIGHT_MAX {
+                // Closed now, without a reason: refusals hold sockets too.
+                drop(stream);
+                continue;
+            }
+            shared.refusing.set(shared.refusing.get() + 1);
             let reply = ErrorReply::Rejected { reason };
-            spawn(queue, refuse_connection(stream, shared.clone(), reply));
+            let (refused, bound) = (shared.clone(), shared.limits.handshake_timeout);
+            spawn(queue, async move {
+                let refuse = refuse_connection(stream, refused.clone(), reply);
+                futures_lite::future::or(refuse, glommio::timer::sleep(bound)).await;
+                refused.refusing.set(refused.refusing.get() - 1);
+            });
             continue;
         }
         shared.connections.set(shared.connections.get() + 1);
@@ -399,12 +459,27 @@ impl Connection {
         let out_tx = Rc::new(out_tx);
         let write =
             write_loop(writer, out_rx, self.shared.limits.write_timeout, self.abort.clone());
+        let mut input = Input {
+            decoder: FrameDecoder::new(self.shared.limits.frame_body_size_max),
+            buffer: BytesMut::new(),
+            chunk: vec![0u8; READ_CHUNK_SIZE],
+        };
         let read = async {
-            let end = self.read_loop(&mut reader, &out_tx).await;
+            let end = self.read_loop(&mut reader, &mut input, &out_tx).await;
+            // Given back to the allocator now; counted so that a burst is trimmed.
+            let held = input.buffer.capacity() + input.chunk.capacity();
+            self.shared.memory.released(held as u64);
+            self.shared.memory.closed(1);
+            input.buffer = BytesMut::new();
+            input.chunk = Vec::new();
             match end {
                 ReadEnd::Drain => {
                     self.wait_inflight().await;
                     let _ = out_tx.send(Outgoing::Close).await;
+                    // What the client sent after the last request read is never started;
+                    // read and dropped (bounded) so the close is a FIN, not a RST that
+                    // could destroy the answers just written.
+                    linger(&mut reader).await;
                 }
                 ReadEnd::Reject => {
                     let _ = out_tx.send(Outgoing::Close).await;
@@ -416,57 +491,160 @@ impl Connection {
         futures_lite::future::zip(read, write).await;
     }
 
-    /// Reads and dispatches requests until the stream ends, goes idle, the server stops
-    /// reading, the writer fails, or the input is bad.
+    /// Reads and dispatches requests until the stream ends, goes idle, the writer fails, or
+    /// the input is bad; after a graceful stop began, see [`Connection::read_while_stopping`].
     async fn read_loop(
         &self,
         reader: &mut ReadHalf<NetStream>,
+        input: &mut Input,
         out: &Rc<LocalSender<Outgoing>>,
     ) -> ReadEnd {
-        let mut decoder = FrameDecoder::new(self.shared.limits.frame_body_size_max);
-        let mut buffer = BytesMut::new();
-        let mut chunk = vec![0u8; READ_CHUNK_SIZE];
+        // When the request being received must be whole (`net.request_timeout_ms` after its
+        // first byte); `None` between requests.
+        let mut request_deadline: Option<Instant> = None;
         loop {
             // Bounded: the decoder holds at most one frame's body plus one chunk.
             loop {
-                let frame = match decoder.decode(&mut buffer) {
-                    Ok(Some(frame)) => frame,
+                match self.next_request(input, out).await {
+                    Ok(Some((request_id, request))) => {
+                        request_deadline = None;
+                        if !self.dispatch(request_id, request, out).await {
+                            return ReadEnd::Broken;
+                        }
+                    }
                     Ok(None) => break,
-                    Err(error) => {
-                        let reason = format!("bad frame: {error}");
-                        let reply = ErrorReply::for_frame_error(&error);
-                        return self
-                            .reject(REJECT_CLIENT_FRAME, RequestId(0), reply, &reason, out)
-                            .await;
-                    }
-                };
-                let request_id = frame.request_id;
-                let request = match Request::decode(&frame) {
-                    Ok(request) => request,
-                    Err(error) => {
-                        let reason = format!("bad {:?} request: {error}", frame.kind);
-                        let reply = ErrorReply::Malformed { reason: reason.clone() };
-                        return self
-                            .reject(REJECT_CLIENT_BODY, request_id, reply, &reason, out)
-                            .await;
-                    }
-                };
-                if !self.dispatch(request_id, request, out).await {
-                    return ReadEnd::Broken;
+                    Err(end) => return end,
                 }
             }
-            match self.read_some(reader, &mut chunk).await {
-                ReadEvent::Data(count) => buffer.extend_from_slice(&chunk[..count]),
+            if !input.decoder.is_mid_frame(&input.buffer) {
+                request_deadline = None;
+            } else if request_deadline.is_none() {
+                request_deadline = Some(Instant::now() + self.shared.limits.request_timeout);
+            }
+            match self.read_some(reader, &mut input.chunk, request_deadline).await {
+                ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
+                ReadEvent::Slow => {
+                    let timeout = self.shared.limits.request_timeout;
+                    let reason = format!(
+                        "request not received whole within {timeout:?} of its first byte \
+                         (net.request_timeout_ms)"
+                    );
+                    let (kind, reply) = (REJECT_CLIENT_SLOW_REQUEST, ErrorReply::Timeout);
+                    return self.reject(kind, RequestId(0), reply, &reason, out).await;
+                }
                 ReadEvent::Eof => {
-                    if let Err(error) = decoder.finish(&buffer) {
-                        let reason = format!("stream ended inside a frame: {error}");
-                        self.shared.reject(REJECT_CLIENT_FRAME, self.peer, &reason);
-                    }
+                    self.check_finished(input);
                     return ReadEnd::Drain;
                 }
-                ReadEvent::Idle | ReadEvent::Stop => return ReadEnd::Drain,
+                ReadEvent::Idle => return ReadEnd::Drain,
+                ReadEvent::Stop => return self.read_while_stopping(reader, input, out).await,
                 ReadEvent::Broken => return ReadEnd::Broken,
             }
+        }
+    }
+
+    /// A graceful stop: requests already running go on (the leadership hand-off runs
+    /// meanwhile, so a produce gets its true outcome); a request read from now on is answered
+    /// at once and never started (`NotLeader` naming the new leader once the leadership
+    /// moved, else `ShuttingDown`). The reader ends as soon as nothing is in flight, so the
+    /// drain takes as long as the slowest running request, not `GRACEFUL_DRAIN_MAX`.
+    async fn read_while_stopping(
+        &self,
+        reader: &mut ReadHalf<NetStream>,
+        input: &mut Input,
+        out: &Rc<LocalSender<Outgoing>>,
+    ) -> ReadEnd {
+        let all = PIPELINE_REQUESTS_MAX as u64;
+        // Set once nothing is in flight: until then, requests still arriving are answered.
+        let mut last_read_until: Option<Instant> = None;
+        loop {
+            loop {
+                match self.next_request(input, out).await {
+                    Ok(Some((request_id, request))) => {
+                        let reply = stopping_reply(&self.shared, &request);
+                        let frame = Response::Error(reply).encode(request_id);
+                        if out.send(Outgoing::Frame(frame)).await.is_err() {
+                            return ReadEnd::Broken;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(end) => return end,
+                }
+            }
+            // Nothing in flight is checked first, and then only `STOP_LAST_READ` more is
+            // read: a client that keeps sending cannot hold the connection open.
+            let reading = async {
+                match reader.read(&mut input.chunk).await {
+                    Ok(0) => ReadEvent::Eof,
+                    Ok(count) => ReadEvent::Data(count),
+                    Err(_) => ReadEvent::Broken,
+                }
+            };
+            let aborted = async {
+                self.abort.wait().await;
+                ReadEvent::Broken
+            };
+            let done = async {
+                match last_read_until {
+                    // A permit (released when dropped), not `acquire`, which keeps the units.
+                    None => drop(self.inflight.acquire_permit(all).await),
+                    Some(until) => {
+                        glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await
+                    }
+                }
+                ReadEvent::Idle
+            };
+            let event =
+                futures_lite::future::or(done, futures_lite::future::or(reading, aborted)).await;
+            match event {
+                ReadEvent::Data(count) => input.buffer.extend_from_slice(&input.chunk[..count]),
+                ReadEvent::Eof => {
+                    self.check_finished(input);
+                    return ReadEnd::Drain;
+                }
+                ReadEvent::Idle if last_read_until.is_none() => {
+                    last_read_until = Some(Instant::now() + STOP_LAST_READ);
+                }
+                ReadEvent::Idle | ReadEvent::Stop | ReadEvent::Slow => return ReadEnd::Drain,
+                ReadEvent::Broken => return ReadEnd::Broken,
+            }
+        }
+    }
+
+    /// The next whole request in `input`, `None` when more bytes are needed, or how the
+    /// connection ends after bad input (the error reply is queued).
+    async fn next_request(
+        &self,
+        input: &mut Input,
+        out: &Rc<LocalSender<Outgoing>>,
+    ) -> Result<Option<(RequestId, Request)>, ReadEnd> {
+        let frame = match input.decoder.decode(&mut input.buffer) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                let reason = format!("bad frame: {error}");
+                let reply = ErrorReply::for_frame_error(&error);
+                return Err(self
+                    .reject(REJECT_CLIENT_FRAME, RequestId(0), reply, &reason, out)
+                    .await);
+            }
+        };
+        let request_id = frame.request_id;
+        match Request::decode(&frame) {
+            Ok(request) => Ok(Some((request_id, request))),
+            Err(error) => {
+                let reason = format!("bad {:?} request: {error}", frame.kind);
+                let reply = ErrorReply::Malformed { reason: reason.clone() };
+                Err(self.reject(REJECT_CLIENT_BODY, request_id, reply, &reason, out).await)
+            }
+        }
+    }
+
+    /// At the end of the stream: a partial frame left over is a rejected input.
+    fn check_finished(&self, input: &Input) {
+        if let Err(error) = input.decoder.finish(&input.buffer) {
+            let reason = format!("stream ended inside a frame: {error}");
+            self.shared.reject(REJECT_CLIENT_FRAME, self.peer, &reason);
         }
     }
 
@@ -512,8 +690,24 @@ impl Connection {
         }
     }
 
-    async fn read_some(&self, reader: &mut ReadHalf<NetStream>, chunk: &mut [u8]) -> ReadEvent {
+    /// Reads once; `request_deadline` (a request partly received) ends the wait with
+    /// `Slow`, busy or not.
+    async fn read_some(
+        &self,
+        reader: &mut ReadHalf<NetStream>,
+        chunk: &mut [u8],
+        request_deadline: Option<Instant>,
+    ) -> ReadEvent {
         let idle_timeout = self.shared.limits.idle_timeout;
+        let slow = async {
+            match request_deadline {
+                Some(deadline) => {
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        futures_lite::pin!(slow);
         loop {
             let event = futures_lite::future::or(
                 async {
@@ -536,10 +730,16 @@ impl Connection {
                             self.stop_reading.wait().await;
                             ReadEvent::Stop
                         },
-                        async {
-                            self.abort.wait().await;
-                            ReadEvent::Broken
-                        },
+                        futures_lite::future::or(
+                            async {
+                                self.abort.wait().await;
+                                ReadEvent::Broken
+                            },
+                            async {
+                                (&mut slow).await;
+                                ReadEvent::Slow
+                            },
+                        ),
                     ),
                 ),
             )
@@ -573,6 +773,33 @@ impl Connection {
     }
 }
 
+/// A connection's input: the frame decoder, the bytes not decoded yet, the read buffer.
+struct Input {
+    decoder: FrameDecoder,
+    buffer: BytesMut,
+    chunk: Vec<u8>,
+}
+
+/// The answer to a request read after a graceful stop began: never started, so it is
+/// definitely not carried out and the client may send it elsewhere. A request for a
+/// partition answers `NotLeader` naming the new leader once the leadership moved (no leader
+/// while the hand-off is under way: this node takes nothing new); any other `ShuttingDown`.
+fn stopping_reply(shared: &ServerShared, request: &Request) -> ErrorReply {
+    let Some(partition) = request.partition() else { return ErrorReply::ShuttingDown };
+    let owned =
+        partition.0 < shared.partitions && partition.0 as usize % shared.shards == shared.shard;
+    let (leader, address) = match shared.core.partition(partition).filter(|_| owned) {
+        Some(replica) => replica.leader_hint(),
+        None => (None, None),
+    };
+    match leader {
+        Some(leader) if leader != shared.node => {
+            ErrorReply::NotLeader { partition, leader: Some(leader), address }
+        }
+        _ => ErrorReply::NotLeader { partition, leader: None, address: None },
+    }
+}
+
 /// One read's outcome.
 enum ReadEvent {
     Data(usize),
@@ -580,6 +807,8 @@ enum ReadEvent {
     Idle,
     Stop,
     Broken,
+    /// A request partly received for longer than `net.request_timeout_ms`.
+    Slow,
 }
 
 /// Writes queued frames in order until `Close` (then shuts the write side) or a failure

@@ -7,8 +7,9 @@
 //! order, so a slow append or long-poll read never holds up the next command.
 //!
 //! Shutdown: the first `Shutdown { mode }` starts the stop sequence as a task — the client
-//! server stops (graceful: stop accepting, drain in-flight requests, bounded), then
-//! `ShardCore::shutdown(mode)` (graceful: leadership hand-off, flush, close) — while the loop
+//! server stops (graceful: stop accepting, answer in-flight requests, bounded) while
+//! `ShardCore::hand_off(mode)` stops accepting peers and hands led partitions over, then
+//! `ShardCore::shutdown(mode)` (flush, close) — while the loop
 //! keeps taking commands, so that a later `Shutdown { Immediate }` can cut a graceful stop
 //! short. Every `Shutdown` is answered once the sequence ended; then the loop ends.
 //!
@@ -360,15 +361,21 @@ async fn serve_commands(
                     let (server, core, stopped) =
                         (server.clone(), shared.core.clone(), stopped.clone());
                     spawn(queue, async move {
-                        server.stop(mode).await;
+                        // Both stop accepting first; the leadership hand-off runs while
+                        // the server drains, so in-flight produces learn their outcome.
+                        futures_lite::future::zip(server.stop(mode), core.hand_off(mode)).await;
                         core.shutdown(mode).await;
                         stopped.fire();
                     });
                 } else if mode == ShutdownMode::Immediate {
+                    // Cuts the graceful drain and hand-off short; the first task closes.
                     let (server, core) = (server.clone(), shared.core.clone());
                     spawn(queue, async move {
-                        server.stop(ShutdownMode::Immediate).await;
-                        core.shutdown(ShutdownMode::Immediate).await;
+                        futures_lite::future::zip(
+                            server.stop(ShutdownMode::Immediate),
+                            core.hand_off(ShutdownMode::Immediate),
+                        )
+                        .await;
                     });
                 }
             }
