@@ -357,7 +357,8 @@ fn cursor(inner: &Inner) -> Option<Cursor> {
 /// lands in the new segment.
 ///
 /// A full disk (no spare while the preallocator is short of space, ENOSPC on the index
-/// file) is `RollError::NoSpace`, before anything is renamed: the roll can be retried.
+/// file or on the rename) is `RollError::NoSpace`, before the spare is renamed: the roll can
+/// be retried.
 async fn roll(inner: &Inner) -> Result<(), RollError> {
     let base = inner.state.borrow().queue.front().expect("non-empty queue").header.index();
     let recycled = match take_usable_spare(inner, base).await {
@@ -390,8 +391,17 @@ async fn roll(inner: &Inner) -> Result<(), RollError> {
     }
     let name = segment_name(first.base_offset(), first.index());
     let failed = RollError::Failed;
-    dir.rename(SPARE_READY, &name)
-        .map_err(|e| failed(format!("renaming the spare to {name}: {e}")))?;
+    // A rename may need a new directory block: ENOSPC leaves both names as they were (the
+    // spare stays ready, the sealed segment sealed), so the roll is retried once space is
+    // back. The nemesis soak met it on a filled disk: the node exited 2 at every restart.
+    dir.rename_segment(faults, SPARE_READY, &name).map_err(|e| {
+        let reason = format!("renaming the spare to {name}: {e}");
+        if is_no_space(&e) {
+            RollError::NoSpace(reason)
+        } else {
+            failed(reason)
+        }
+    })?;
     {
         let mut st = inner.state.borrow_mut();
         st.spare_ready = false;

@@ -46,6 +46,9 @@ pub struct FaultInjector {
     /// While set, every write that allocates disk space (`DirectFile::write_allocating_at`:
     /// spare zero-fill, index and hard-state file creation) fails with ENOSPC.
     disk_full: AtomicBool,
+    /// The next renames of a segment into place (a roll, a reset) fail with ENOSPC, as a
+    /// rename that needs a new directory block does on a full disk.
+    renames_to_fail_no_space: AtomicU32,
 }
 
 impl FaultInjector {
@@ -67,6 +70,12 @@ impl FaultInjector {
     /// fdatasyncs are unaffected, as on a real full disk.
     pub fn fill_disk(&self) {
         self.disk_full.store(true, Ordering::Relaxed);
+    }
+
+    /// The next `count` renames of a segment into place fail with ENOSPC (see
+    /// `Dir::rename_segment`).
+    pub fn fail_renames_no_space(&self, count: u32) {
+        self.renames_to_fail_no_space.store(count, Ordering::Relaxed);
     }
 
     /// Space is back (see `fill_disk`).
@@ -489,6 +498,20 @@ impl DataDir {
     /// Renames `from` to `to` inside this directory (durable after `sync`).
     pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         std::fs::rename(self.join(from), self.join(to))
+    }
+
+    /// Renames a spare into place as a segment; an armed fault fails it with ENOSPC
+    /// (`FaultInjector::fail_renames_no_space`).
+    pub(crate) fn rename_segment(
+        &self,
+        faults: &FaultInjector,
+        from: &str,
+        to: &str,
+    ) -> io::Result<()> {
+        if FaultInjector::take(&faults.renames_to_fail_no_space) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.rename(from, to)
     }
 
     /// Removes `name` if it exists (durable after `sync`).

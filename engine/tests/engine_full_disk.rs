@@ -311,6 +311,51 @@ fn creating_hard_state_on_a_full_disk_is_storage_full_not_a_failure() {
 }
 
 /// Waits until the preallocator made `count` zero-filled spares.
+/// The nemesis soak (issue #13) filled a follower's disk just as a segment rolled: the
+/// spare's rename into place met ENOSPC (a rename may need a directory block), the log
+/// latched and the node exited 2 at every restart. The roll must be retried like any full
+/// disk, with nothing lost.
+#[test]
+fn a_rename_into_place_refused_for_space_at_a_roll_is_retried_and_loses_nothing() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let faults = Arc::new(FaultInjector::default());
+        let (log, _) = Log::open_with_faults(&path, small_config(), faults.clone()).await.unwrap();
+        log.append(request(1, 1, 1000, fill_of(0))).unwrap().durable.await.unwrap();
+        wait_spare_filled(&log, 1).await;
+        faults.fail_renames_no_space(1);
+        // 1 MiB segments of 30 KB batches: a roll after ~34 of them, its rename refused once.
+        let mut accepted: Vec<Appended> = Vec::new();
+        let mut appended = 1u32;
+        while log.stats().segments_rolled < 1 || appended < 60 {
+            match log.append(request(1, 1, 30_000, fill_of(appended))) {
+                Ok(a) => {
+                    accepted.push(a);
+                    appended += 1;
+                }
+                Err(AppendError::StorageFull { .. }) | Err(AppendError::Backpressure { .. }) => {
+                    wait_space(&log).await;
+                }
+                Err(e) => panic!("append {appended}: {e}"),
+            }
+            assert!(appended < 2_000, "no roll happened");
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(log.failure().is_none(), "a rename refused for space latches nothing");
+        assert!(log.stats().no_space_events >= 1, "the refused rename was a full disk");
+        for a in accepted {
+            a.durable.await.expect("every accepted append becomes durable");
+        }
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let expected: Vec<Vec<u8>> =
+            (0..appended).map(|i| vec![fill_of(i); if i == 0 { 1000 } else { 30_000 }]).collect();
+        assert_eq!(all_values(&log).await, expected);
+        log.close().await.unwrap();
+    });
+}
+
 async fn wait_spare_filled(log: &Log, count: u64) {
     let deadline = Instant::now() + NOTICE_WAIT_MAX;
     while log.stats().spares_filled < count {
