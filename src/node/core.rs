@@ -269,6 +269,8 @@ impl ShardCore {
         if self.closed.replace(true) {
             return;
         }
+        // Whoever waits for a fatal error (`fatal`) ends now.
+        self.shared.fatal_notify.notify_all();
         if mode == ShutdownMode::Graceful {
             let mut handing_over = Vec::new();
             for r in self.list() {
@@ -306,12 +308,17 @@ impl ShardCore {
         }
     }
 
-    /// Resolves when the shard hit a fatal storage error (latched).
-    pub async fn fatal(&self) -> NodeError {
+    /// Resolves with the fatal storage error (latched) once the shard hit one, or with `None`
+    /// once the core is shut down without one (so that a task waiting here ends with the
+    /// shard instead of outliving its executor).
+    pub async fn fatal(&self) -> Option<NodeError> {
         loop {
             let epoch = self.shared.fatal_notify.epoch();
             if let Some(error) = self.shared.fatal.borrow().clone() {
-                return error;
+                return Some(error);
+            }
+            if self.closed.get() {
+                return None;
             }
             self.shared.fatal_notify.wait(epoch).await;
         }
