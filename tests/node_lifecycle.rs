@@ -108,8 +108,8 @@ fn floor(samples: &[u64]) -> u64 {
             reactor holds when the executor ends are queued on its notifier: a cycle); see \
             capi/README.md, Known leaks"]
 fn node_start_stop_cycles_leave_open_files_and_rss_where_they_started() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     one_heap_arena();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = temp();
     let config = cluster_configs(dir.path(), 1, 1, 2).remove(0);
     let threads = thread_count();

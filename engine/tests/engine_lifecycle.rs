@@ -145,10 +145,10 @@ fn engine_cycle(data: &std::path::Path) {
 
 #[test]
 fn engine_start_shutdown_cycles_leave_open_files_and_rss_where_they_started() {
+    one_heap_arena();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = dir.path().join("data");
-    one_heap_arena();
     let threads = thread_count();
     let mut rss = RssFloor::default();
     for _ in 0..WARM_UP_CYCLES {
@@ -177,10 +177,10 @@ fn log_config() -> LogConfig {
 
 #[test]
 fn log_close_releases_every_file_when_it_returns_on_a_running_executor() {
+    one_heap_arena();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
-    one_heap_arena();
     let rss = common::run(move || async move {
         let cycle = |path: std::path::PathBuf| async move {
             let (log, _report) = Log::open(&path, log_config()).await.unwrap();
@@ -209,4 +209,50 @@ fn log_close_releases_every_file_when_it_returns_on_a_running_executor() {
         rss_after <= rss_before + RSS_GROWTH_MAX_BYTES,
         "RSS grew from {rss_before} to {rss_after} bytes over {LOG_CYCLES} cycles"
     );
+}
+
+/// Appends in flight when shutdown starts: shutdown flushes them, so each is answered with its
+/// true outcome — `Ok` with its offsets — and every one answered `Ok` is there after a
+/// restart. (Each once got "the engine is shut down" although it was durable: a caller that
+/// retried duplicated it.)
+#[test]
+fn appends_in_flight_at_shutdown_are_answered_ok_once_the_shutdown_flush_made_them_durable() {
+    one_heap_arena();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    const APPENDS: u64 = 200;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let config = || {
+        let mut config = EngineConfig::new(dir.path().join("data"));
+        config.io_memory_bytes = 256 << 10;
+        config.log.segment_size_bytes = 4 << 20;
+        config
+    };
+    let engine = Engine::start(config()).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in 0..APPENDS {
+        let mut builder = RecordsBuilder::new(1 << 20);
+        builder.push(format!("record {i}").as_bytes()).unwrap();
+        let tx = tx.clone();
+        engine
+            .append_with_callback(PartitionId(0), builder.finish(), Durability::Durable, move |r| {
+                let _ = tx.send(r);
+            })
+            .unwrap();
+    }
+    engine.shutdown().unwrap();
+    drop(tx);
+    let outcomes: Vec<_> = rx.iter().collect();
+    assert_eq!(outcomes.len() as u64, APPENDS, "every accepted append is answered once");
+    let mut offsets: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(ack) => ack.base_offset.0,
+            Err(error) => panic!("an append flushed by shutdown was answered {error}"),
+        })
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..APPENDS).collect::<Vec<_>>());
+    let engine = Engine::start(config()).unwrap();
+    assert_eq!(engine.durable_offset(PartitionId(0)).unwrap().0, APPENDS);
+    engine.shutdown().unwrap();
 }
