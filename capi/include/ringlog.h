@@ -211,6 +211,12 @@ typedef enum ringlog_status {
    * again by themselves once space is freed (retention, the operator). Retry later.
    */
   RINGLOG_ERR_STORAGE_FULL = 27,
+  /**
+   * The handle was opened by another process: this is a child forked after the open. A
+   * child cannot use (nor close) its parent's logs and nodes — their threads did not
+   * survive the fork; it may open its own.
+   */
+  RINGLOG_ERR_FORKED = 28,
 } ringlog_status;
 
 /**
