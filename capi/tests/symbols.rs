@@ -37,7 +37,11 @@ fn the_shared_library_exports_only_ringlog_symbols() {
     let symbols = defined_globals(&library_dir().join("libringlog.so"), true);
     assert!(symbols.iter().any(|name| name == "ringlog_log_open"), "{symbols:?}");
     let foreign = foreign(&symbols);
-    assert!(foreign.is_empty(), "libringlog.so exports {} other symbols: {foreign:?}", foreign.len());
+    assert!(
+        foreign.is_empty(),
+        "libringlog.so exports {} other symbols: {foreign:?}",
+        foreign.len()
+    );
 }
 
 #[test]
@@ -56,7 +60,11 @@ fn the_packaged_static_library_exports_only_ringlog_symbols_and_links() {
     let symbols = defined_globals(&packaged, false);
     assert!(symbols.iter().any(|name| name == "ringlog_log_open"), "{symbols:?}");
     let foreign = foreign(&symbols);
-    assert!(foreign.is_empty(), "the packaged .a exports {} other symbols: {foreign:?}", foreign.len());
+    assert!(
+        foreign.is_empty(),
+        "the packaged .a exports {} other symbols: {foreign:?}",
+        foreign.len()
+    );
     // It still links and runs: the embedded-log example against the packaged archive.
     let program = dir.path().join("local_log");
     let compiled = Command::new(&cc)
@@ -83,12 +91,27 @@ fn the_header_compiles_as_c99_and_cpp11_with_pedantic_errors() {
     let Some(cc) = compiler() else { return };
     let dir = scratch();
     let source = dir.path().join("include_only.c");
-    std::fs::write(&source, "#include \"ringlog.h\"\nint main(void) { return ringlog_version() == 0; }\n")
-        .unwrap();
+    std::fs::write(
+        &source,
+        "#include \"ringlog.h\"\nint main(void) { return ringlog_version() == 0; }\n",
+    )
+    .unwrap();
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    for (compiler, standard, language) in [(cc.as_str(), "-std=c99", "c"), (cxx.as_str(), "-std=c++11", "c++")] {
+    for (compiler, standard, language) in
+        [(cc.as_str(), "-std=c99", "c"), (cxx.as_str(), "-std=c++11", "c++")]
+    {
         let output = Command::new(compiler)
-            .args([standard, "-pedantic-errors", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", language, "-I"])
+            .args([
+                standard,
+                "-pedantic-errors",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-fsyntax-only",
+                "-x",
+                language,
+                "-I",
+            ])
             .arg(crate_dir().join("include"))
             .arg(&source)
             .output();
