@@ -23,7 +23,7 @@ const RSS_WINDOW: usize = 10;
 /// How long threads that outlive a stop by design (glommio's blocking-pool threads, the
 /// watchdog) may take to end, and with them what they hold.
 const THREAD_END_WAIT_MAX: Duration = Duration::from_secs(5);
-/// Failed-start-then-retry rounds (the lock leak showed in 3 of 5).
+/// Failed-start-then-retry rounds.
 const RETRY_ROUNDS: usize = 5;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -159,6 +159,32 @@ fn a_start_refused_for_a_taken_client_port_releases_the_data_dir_for_a_retry() {
         holder.shutdown(ShutdownMode::Immediate).unwrap();
         // The port is free now: the same start must succeed, not find its own dir locked.
         let node = match Node::start(config) {
+            Ok(node) => node,
+            Err(error) => panic!("round {round}: the retry after the port freed failed: {error}"),
+        };
+        node.shutdown(ShutdownMode::Immediate).unwrap();
+    }
+}
+
+/// A start refused because the peer port is taken (by any socket) fails after the shard opened
+/// its partitions: it must close them, so that the retry once the port is free does not find
+/// its own data dir locked. (The logs were dropped, not closed, and the executor ended before
+/// their tasks released the lock: every retry answered `Locked`.)
+#[test]
+fn a_start_refused_for_a_taken_peer_port_closes_its_logs_so_the_retry_starts() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = temp();
+    let config = cluster_configs(dir.path(), 1, 1, 2).remove(0);
+    let peer = config.peer_listen().expect("a peer address");
+    for round in 0..RETRY_ROUNDS {
+        let holder = std::net::TcpListener::bind(peer).unwrap();
+        match Node::start(config.clone()) {
+            Err(NodeStartError::Listen { addr, .. }) => assert_eq!(addr, peer),
+            Err(other) => panic!("round {round}: expected a listen error, got {other}"),
+            Ok(_) => panic!("round {round}: started on a taken peer port"),
+        }
+        drop(holder);
+        let node = match Node::start(config.clone()) {
             Ok(node) => node,
             Err(error) => panic!("round {round}: the retry after the port freed failed: {error}"),
         };

@@ -235,7 +235,13 @@ fn lifecycle_node_test(build: Build, cycles: &str) {
     let program = dir.path().join("lifecycle_test");
     compile(&cc, &["tests/c/lifecycle_test.c"], &program, build);
     let configs = single_node_configs(dir.path());
-    let args: Vec<&Path> = vec![Path::new("node"), dir.path(), &configs[0], Path::new(cycles)];
+    // The same node (same ports) on another data dir: its start is refused while the first
+    // node holds the ports, then retried once they are free.
+    let second = dir.path().join("second.toml");
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(&second, text.replace("node-data", "node-data-second")).unwrap();
+    let args: Vec<&Path> =
+        vec![Path::new("node"), dir.path(), &configs[0], &second, Path::new(cycles)];
     let output = run(&program, &args, build, &[NODE_ASAN_OPTIONS]);
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(out.contains("lifecycle_test node: PASS"), "{out}");

@@ -125,6 +125,23 @@ impl std::fmt::Debug for ShardCore {
     }
 }
 
+/// A failed open closes the partitions it opened (their logs release their data dir locks)
+/// before reporting `error`. Dropping them instead left each log's background tasks to
+/// release it later, which an executor ending at once never let them do: the retried start
+/// found its own data dir `Locked`, for good.
+async fn close_opened(
+    partitions: Vec<Rc<PartitionReplicator>>,
+    error: NodeStartError,
+) -> NodeStartError {
+    for opened in partitions {
+        let partition = opened.partition_id();
+        if let Err(close) = PartitionReplicator::close_log(opened, ShutdownMode::Immediate).await {
+            tracing::warn!(%partition, %close, "closing a log after a failed start");
+        }
+    }
+    error
+}
+
 impl ShardCore {
     /// Opens logs + hard state (recovery), builds replicas, binds the shard's peer listener,
     /// spawns the tick / peer / durability tasks in their task queues. Returns once ready.
@@ -165,19 +182,28 @@ impl ShardCore {
         });
         let mut partitions = Vec::with_capacity(ctx.partitions.len());
         for &partition in &ctx.partitions {
-            partitions.push(PartitionReplicator::open(shared.clone(), partition).await?);
+            match PartitionReplicator::open(shared.clone(), partition).await {
+                Ok(opened) => partitions.push(opened),
+                Err(error) => return Err(close_opened(partitions, error).await),
+            }
         }
         partitions.sort_by_key(|r| r.partition_id());
         pristine.store(partitions.iter().all(|r| r.pristine()), Ordering::Relaxed);
-        let listen = config
-            .peer_listen()
-            .ok_or_else(|| NodeStartError::Config("no peer address for this node".into()))?;
+        let Some(listen) = config.peer_listen() else {
+            let error = NodeStartError::Config("no peer address for this node".into());
+            return Err(close_opened(partitions, error).await);
+        };
         let listen = shard_addr(listen, ctx.shard);
         let (inbox_tx, inbox_rx) = glommio::channels::local_channel::new_bounded(INBOX_CAPACITY);
         let check =
             Rc::new(EngineBatchCheck { batch_size_max: config.storage.batch_size_max as usize });
-        let listener = PeerListener::bind(listen, peer_config, check, inbox_tx)
-            .map_err(|e| NodeStartError::Listen { addr: listen, reason: e.to_string() })?;
+        let listener = match PeerListener::bind(listen, peer_config, check, inbox_tx) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let error = NodeStartError::Listen { addr: listen, reason: e.to_string() };
+                return Err(close_opened(partitions, error).await);
+            }
+        };
         let peer_addr = listener.local_addr();
         let mut peers_wanted: Vec<NodeId> = config.peers.iter().map(|p| NodeId(p.id)).collect();
         peers_wanted.retain(|&n| n != node);
