@@ -296,8 +296,8 @@ static void node_cycle(const char *config) {
     EXPECT_OK(ringlog_node_stop(node, RINGLOG_STOP_IMMEDIATE));
 }
 
-/* Runs `cycle(arg)` `cycles` times after a warm-up; checks that the descriptor count ends
- * where it started (exactly) and the RSS floor within RSS_GROWTH_MAX_BYTES. */
+/* Runs `cycle(arg)` `cycles` times after a warm-up; checks that the descriptor count does not
+ * grow and the RSS floor stays within RSS_GROWTH_MAX_BYTES. */
 static void cycles_leave_fds_and_rss_where_they_started(const char *what,
                                                         void (*cycle)(const char *),
                                                         const char *arg, int cycles) {
@@ -317,7 +317,9 @@ static void cycles_leave_fds_and_rss_where_they_started(const char *what,
     long rss_after = floor_of(samples, cycles < RSS_WINDOW ? cycles : RSS_WINDOW);
     printf("%s: %d cycles: fds %d -> %d, RSS floor %ld -> %ld bytes\n", what, cycles, fds,
            fds_after, rss_before, rss_after);
-    CHECK(fds_after == fds);
+    /* No cycle may leave a descriptor behind (the baseline may still hold one of the last
+     * warm-up cycle's, closing as its blocking-pool thread ends). */
+    CHECK(fds_after <= fds);
 #ifndef UNDER_ASAN
     /* Under ASan freed memory sits in its quarantine (RSS grows by design); LeakSanitizer
      * checks for leaks at exit instead. */
