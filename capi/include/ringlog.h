@@ -30,6 +30,11 @@
 #define RINGLOG_HANDLES_MAX 4096
 
 /**
+ * `level` of a log callback: something failed (a panic was caught).
+ */
+#define RINGLOG_LOG_ERROR 1
+
+/**
  * `acks`: answered once the leader accepted the batch in memory.
  */
 #define RINGLOG_ACKS_NONE 0
@@ -300,6 +305,15 @@ typedef void (*ringlog_append_callback)(void *user_data,
                                         const char *message);
 
 /**
+ * The embedder's log callback: `callback(user_data, level, message)` with `level` one of
+ * `RINGLOG_LOG_*` and `message` a NUL-terminated string valid only during the call. It may
+ * run on any thread, ringlog's included: keep it short, do not call into ringlog from it.
+ */
+typedef void (*ringlog_log_callback)(void *user_data,
+                                     uint32_t level,
+                                     const char *message);
+
+/**
  * One partition's Raft state on this node. Set `size = sizeof(ringlog_partition_status)`
  * before the call; only `size` bytes are written (the struct grows at its end).
  */
@@ -492,6 +506,18 @@ enum ringlog_status ringlog_log_sync(struct ringlog_log *log);
  * None beyond passing the value received from `ringlog_log_open`.
  */
 enum ringlog_status ringlog_log_close(struct ringlog_log *log);
+
+/**
+ * Sets (or, with NULL, removes) the callback that receives libringlog's diagnostics instead
+ * of the process's stderr: today, the message of every panic caught inside libringlog (each
+ * also returned as `RINGLOG_ERR_PANIC`). Without a callback such panics are printed to stderr
+ * by Rust's default hook. Always returns `RINGLOG_OK`.
+ *
+ * # Safety
+ * `callback` must be safe to call from any thread with `user_data` until it is replaced.
+ */
+enum ringlog_status ringlog_set_log_callback(ringlog_log_callback callback,
+                                             void *user_data);
 
 /**
  * Starts a node from the TOML configuration file at `config_path` (the format of
