@@ -12,6 +12,8 @@
  *  - Handles may be used from any thread concurrently.
  *  - No call unwinds into C or exits the process; an internal panic returns
  *    RINGLOG_ERR_PANIC and poisons the handle.
+ *  - A forked child cannot use its parent's handles: RINGLOG_ERR_FORKED.
+ *  - This header needs C99 or later, or C++11 or later.
  */
 
 #ifndef RINGLOG_H
@@ -26,6 +28,11 @@
  * Most handles of one kind (logs, nodes) open at once.
  */
 #define RINGLOG_HANDLES_MAX 4096
+
+/**
+ * `level` of a log callback: something failed (a panic was caught).
+ */
+#define RINGLOG_LOG_ERROR 1
 
 /**
  * `acks`: answered once the leader accepted the batch in memory.
@@ -211,6 +218,12 @@ typedef enum ringlog_status {
    * again by themselves once space is freed (retention, the operator). Retry later.
    */
   RINGLOG_ERR_STORAGE_FULL = 27,
+  /**
+   * The handle was opened by another process: this is a child forked after the open. A
+   * child cannot use (nor close) its parent's logs and nodes — their threads did not
+   * survive the fork; it may open its own.
+   */
+  RINGLOG_ERR_FORKED = 28,
 } ringlog_status;
 
 /**
@@ -290,6 +303,15 @@ typedef void (*ringlog_append_callback)(void *user_data,
                                         uint64_t first_offset,
                                         uint32_t record_count,
                                         const char *message);
+
+/**
+ * The embedder's log callback: `callback(user_data, level, message)` with `level` one of
+ * `RINGLOG_LOG_*` and `message` a NUL-terminated string valid only during the call. It may
+ * run on any thread, ringlog's included: keep it short, do not call into ringlog from it.
+ */
+typedef void (*ringlog_log_callback)(void *user_data,
+                                     uint32_t level,
+                                     const char *message);
 
 /**
  * One partition's Raft state on this node. Set `size = sizeof(ringlog_partition_status)`
@@ -433,7 +455,10 @@ enum ringlog_status ringlog_log_append_async(struct ringlog_log *log,
  * its end), `RINGLOG_ERR_BUFFER_TOO_SMALL` (the first record does not fit; `*out_len` is set
  * to the bytes it needs — `buf` may be NULL with `cap` 0 to ask), `RINGLOG_ERR_UNKNOWN_PARTITION`,
  * `RINGLOG_ERR_CORRUPTION` (a batch failed its checksum: never returned), `RINGLOG_ERR_IO`,
- * and the handle errors.
+ * `RINGLOG_ERR_INVALID_ARGUMENT` (`cap` above `PTRDIFF_MAX`), `RINGLOG_ERR_BACKPRESSURE`
+ * (the shard's command queue is full, e.g. while a close drains many appends: retry),
+ * `RINGLOG_ERR_CLOSED` (the log is closing), `RINGLOG_ERR_TIMEOUT`,
+ * `RINGLOG_ERR_WOULD_DEADLOCK` (from a callback), and the handle errors.
  *
  * # Safety
  * `buf` must point to `cap` writable bytes (or be NULL with `cap` 0); `out_len` and
@@ -462,16 +487,37 @@ enum ringlog_status ringlog_log_sync(struct ringlog_log *log);
 
 /**
  * Flushes and closes every partition, stops the shard threads and invalidates the handle
- * (later calls with it, including a second close, return `RINGLOG_ERR_BAD_HANDLE`). Every
+ * (later calls with it, including a second close, return `RINGLOG_ERR_BAD_HANDLE`).
+ *
+ * Appends in flight tell the truth: every append the log took before the close (async or
+ * blocking, from any thread) is flushed and answered with its true outcome — `RINGLOG_OK`
+ * with its offsets once durable, or the reason it is not (`RINGLOG_ERR_STORAGE_FAILED`,
+ * `RINGLOG_ERR_STORAGE_FULL`). An append the log had not taken yet when the close began is
+ * refused with `RINGLOG_ERR_CLOSED` (nothing written: safe to retry elsewhere). Every
  * accepted async append's callback has run when this returns (except for appends racing
- * with the close on other threads: theirs run with `RINGLOG_ERR_CLOSED` before those calls
- * return). A poisoned handle can be closed. The handle is invalid afterwards even when this
- * returns an error (a flush failure: `RINGLOG_ERR_STORAGE_FAILED`, ...).
+ * with the close on other threads: theirs run before those calls return). When this
+ * returns, every file descriptor and thread of the log is released (glommio's blocking-pool
+ * thread ends a moment later). A poisoned handle can be closed. The handle is invalid
+ * afterwards even when this returns an error (a flush failure: `RINGLOG_ERR_STORAGE_FAILED`,
+ * ...). Other errors: `RINGLOG_ERR_WOULD_DEADLOCK` (from a callback), `RINGLOG_ERR_FORKED`,
+ * `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_BAD_HANDLE`.
  *
  * # Safety
  * None beyond passing the value received from `ringlog_log_open`.
  */
 enum ringlog_status ringlog_log_close(struct ringlog_log *log);
+
+/**
+ * Sets (or, with NULL, removes) the callback that receives libringlog's diagnostics instead
+ * of the process's stderr: today, the message of every panic caught inside libringlog (each
+ * also returned as `RINGLOG_ERR_PANIC`). Without a callback such panics are printed to stderr
+ * by Rust's default hook. Always returns `RINGLOG_OK`.
+ *
+ * # Safety
+ * `callback` must be safe to call from any thread with `user_data` until it is replaced.
+ */
+enum ringlog_status ringlog_set_log_callback(ringlog_log_callback callback,
+                                             void *user_data);
 
 /**
  * Starts a node from the TOML configuration file at `config_path` (the format of

@@ -38,6 +38,7 @@ impl Poison {
 
 /// Runs an export's body: a panic becomes `RINGLOG_ERR_PANIC`, an error sets the last error.
 pub(crate) fn ffi(body: impl FnOnce() -> Result<(), Error>) -> ringlog_status {
+    let _inside = crate::log_callback::InRinglog::enter();
     let outcome = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(outcome) => outcome,
         Err(panic) => Err(panic_error(&panic)),

@@ -13,6 +13,11 @@
 //! several threads while one closes it stays alive until each in-flight call returns; the
 //! close itself stops the engine, which fails those calls with `RINGLOG_ERR_CLOSED`.
 //!
+//! A handle belongs to the process that opened it: after `fork` the child inherits the table
+//! but not the engine threads behind it, and a call there would wait for a thread that does
+//! not exist. Each slot keeps its opener's pid and a lookup from another process is
+//! `RINGLOG_ERR_FORKED`.
+//!
 //! Invariants: a slot's generation only grows; a slot whose generation would overflow
 //! [`GENERATION_MAX`] is retired, never reused; at most [`HANDLES_MAX`] slots per kind exist;
 //! an encoded handle is never 0 (NULL).
@@ -50,6 +55,8 @@ struct Slots<T> {
 struct Slot<T> {
     generation: u32,
     value: Option<Arc<T>>,
+    /// The process that stored `value`.
+    pid: u32,
 }
 
 impl<T> Registry<T> {
@@ -64,7 +71,7 @@ impl<T> Registry<T> {
         let index = match slots.free.pop() {
             Some(index) => index as usize,
             None if slots.entries.len() < HANDLES_MAX => {
-                slots.entries.push(Slot { generation: 0, value: None });
+                slots.entries.push(Slot { generation: 0, value: None, pid: 0 });
                 slots.entries.len() - 1
             }
             None => {
@@ -77,6 +84,7 @@ impl<T> Registry<T> {
         let slot = &mut slots.entries[index];
         slot.generation += 1;
         slot.value = Some(value);
+        slot.pid = std::process::id();
         Ok(self.encode(index, slot.generation))
     }
 
@@ -85,7 +93,8 @@ impl<T> Registry<T> {
         let (index, generation) = self.decode(handle)?;
         let slots = self.read();
         match slots.entries.get(index) {
-            Some(Slot { generation: g, value: Some(value) }) if *g == generation => {
+            Some(Slot { generation: g, value: Some(value), pid }) if *g == generation => {
+                check_process(*pid)?;
                 Ok(value.clone())
             }
             _ => Err(stale(handle)),
@@ -100,6 +109,7 @@ impl<T> Registry<T> {
             Some(slot) if slot.generation == generation && slot.value.is_some() => slot,
             _ => return Err(stale(handle)),
         };
+        check_process(slot.pid)?;
         let value = slot.value.take().ok_or_else(|| stale(handle))?;
         if slot.generation < GENERATION_MAX {
             slots.free.push(index as u32);
@@ -144,6 +154,21 @@ impl<T> Registry<T> {
     fn write(&self) -> RwLockWriteGuard<'_, Slots<T>> {
         self.slots.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// `RINGLOG_ERR_FORKED` unless this is the process `pid` that stored the handle.
+fn check_process(pid: u32) -> Result<(), Error> {
+    let current = std::process::id();
+    if current == pid {
+        return Ok(());
+    }
+    Err(Error::new(
+        RINGLOG_ERR_FORKED,
+        format!(
+            "this handle was opened by process {pid}; this is process {current}, forked from \
+             it: a forked child cannot use or close its parent's handles (open its own)"
+        ),
+    ))
 }
 
 fn stale(handle: usize) -> Error {

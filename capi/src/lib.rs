@@ -23,12 +23,14 @@
 mod guard;
 mod handles;
 pub mod log;
+pub mod log_callback;
 pub mod node;
 pub mod records;
 mod sized;
 pub mod status;
 
 pub use log::*;
+pub use log_callback::*;
 pub use node::*;
 pub use records::*;
 pub use status::*;

@@ -316,7 +316,10 @@ pub unsafe extern "C" fn ringlog_log_append_async(
 /// its end), `RINGLOG_ERR_BUFFER_TOO_SMALL` (the first record does not fit; `*out_len` is set
 /// to the bytes it needs — `buf` may be NULL with `cap` 0 to ask), `RINGLOG_ERR_UNKNOWN_PARTITION`,
 /// `RINGLOG_ERR_CORRUPTION` (a batch failed its checksum: never returned), `RINGLOG_ERR_IO`,
-/// and the handle errors.
+/// `RINGLOG_ERR_INVALID_ARGUMENT` (`cap` above `PTRDIFF_MAX`), `RINGLOG_ERR_BACKPRESSURE`
+/// (the shard's command queue is full, e.g. while a close drains many appends: retry),
+/// `RINGLOG_ERR_CLOSED` (the log is closing), `RINGLOG_ERR_TIMEOUT`,
+/// `RINGLOG_ERR_WOULD_DEADLOCK` (from a callback), and the handle errors.
 ///
 /// # Safety
 /// `buf` must point to `cap` writable bytes (or be NULL with `cap` 0); `out_len` and
@@ -387,11 +390,20 @@ pub unsafe extern "C" fn ringlog_log_sync(log: *mut ringlog_log) -> ringlog_stat
 }
 
 /// Flushes and closes every partition, stops the shard threads and invalidates the handle
-/// (later calls with it, including a second close, return `RINGLOG_ERR_BAD_HANDLE`). Every
+/// (later calls with it, including a second close, return `RINGLOG_ERR_BAD_HANDLE`).
+///
+/// Appends in flight tell the truth: every append the log took before the close (async or
+/// blocking, from any thread) is flushed and answered with its true outcome — `RINGLOG_OK`
+/// with its offsets once durable, or the reason it is not (`RINGLOG_ERR_STORAGE_FAILED`,
+/// `RINGLOG_ERR_STORAGE_FULL`). An append the log had not taken yet when the close began is
+/// refused with `RINGLOG_ERR_CLOSED` (nothing written: safe to retry elsewhere). Every
 /// accepted async append's callback has run when this returns (except for appends racing
-/// with the close on other threads: theirs run with `RINGLOG_ERR_CLOSED` before those calls
-/// return). A poisoned handle can be closed. The handle is invalid afterwards even when this
-/// returns an error (a flush failure: `RINGLOG_ERR_STORAGE_FAILED`, ...).
+/// with the close on other threads: theirs run before those calls return). When this
+/// returns, every file descriptor and thread of the log is released (glommio's blocking-pool
+/// thread ends a moment later). A poisoned handle can be closed. The handle is invalid
+/// afterwards even when this returns an error (a flush failure: `RINGLOG_ERR_STORAGE_FAILED`,
+/// ...). Other errors: `RINGLOG_ERR_WOULD_DEADLOCK` (from a callback), `RINGLOG_ERR_FORKED`,
+/// `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_BAD_HANDLE`.
 ///
 /// # Safety
 /// None beyond passing the value received from `ringlog_log_open`.

@@ -368,6 +368,9 @@ pub unsafe extern "C" fn ringlog_node_transfer_leadership(
 #[no_mangle]
 pub unsafe extern "C" fn ringlog_node_stop(node: *mut ringlog_node, mode: u32) -> ringlog_status {
     ffi(|| {
+        if node.is_null() {
+            return Err(Error::null("node"));
+        }
         refuse_in_callback("ringlog_node_stop")?;
         let mode = match mode {
             RINGLOG_STOP_GRACEFUL => ShutdownMode::Graceful,

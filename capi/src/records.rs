@@ -67,18 +67,25 @@ pub(crate) unsafe fn slices_from_c<'a>(
     // SAFETY: the caller guarantees `count` readable records at `records` (non-NULL checked
     // above), and `count` is bounded by `batch_size_max / 4`, so the slice length is sane.
     let records = unsafe { std::slice::from_raw_parts(records, count) };
-    let mut total = BATCH_HEADER_SIZE as u64;
+    // Every sum is checked: a `len` near SIZE_MAX must not wrap into a small total.
+    let mut total = BATCH_HEADER_SIZE;
     for (i, record) in records.iter().enumerate() {
         if record.data.is_null() && record.len != 0 {
             return Err(Error::null(&format!("records[{i}].data (len {})", record.len)));
         }
-        total = total.saturating_add(RECORD_PREFIX_SIZE as u64 + record.len as u64);
-    }
-    if total > batch_size_max as u64 {
-        return Err(Error::new(
-            RINGLOG_ERR_OVERSIZE,
-            format!("batch of {total} bytes exceeds batch_size_max {batch_size_max}"),
-        ));
+        total = RECORD_PREFIX_SIZE
+            .checked_add(record.len)
+            .and_then(|size| total.checked_add(size))
+            .filter(|total| *total <= batch_size_max)
+            .ok_or_else(|| {
+                Error::new(
+                    RINGLOG_ERR_OVERSIZE,
+                    format!(
+                        "records[{i}] ({} bytes) takes the batch past batch_size_max                          {batch_size_max}",
+                        record.len
+                    ),
+                )
+            })?;
     }
     Ok(records
         .iter()
@@ -271,6 +278,27 @@ mod tests {
         let (error, needed) = copy_records(&batches, 0, 1 << 20, &mut tiny).unwrap_err();
         assert_eq!(error.status, RINGLOG_ERR_BUFFER_TOO_SMALL);
         assert_eq!(needed, 9);
+    }
+
+    #[test]
+    fn record_lengths_near_size_max_are_oversize_never_a_wrapped_total() {
+        for k in 0..8 {
+            let huge = ringlog_record { data: std::ptr::dangling(), len: usize::MAX - k };
+            // SAFETY: the record's data is never read: the size check refuses it first.
+            let error = unsafe { records_from_c(&huge, 1, 1 << 20) }.unwrap_err();
+            assert_eq!(error.status, RINGLOG_ERR_OVERSIZE, "len SIZE_MAX - {k}");
+            // A small record first, then the huge one: the running total must not wrap.
+            let pair = [ringlog_record { data: std::ptr::dangling(), len: 1 }, huge];
+            // SAFETY: as above (the small record is not read either: the check comes first).
+            let error = unsafe { records_from_c(pair.as_ptr(), 2, 1 << 20) }.unwrap_err();
+            assert_eq!(error.status, RINGLOG_ERR_OVERSIZE, "len 1 + SIZE_MAX - {k}");
+        }
+        // Two halves whose sum wraps exactly past zero.
+        let half = ringlog_record { data: std::ptr::dangling(), len: usize::MAX / 2 + 1 };
+        let pair = [half, half];
+        // SAFETY: as above.
+        let error = unsafe { records_from_c(pair.as_ptr(), 2, 1 << 20) }.unwrap_err();
+        assert_eq!(error.status, RINGLOG_ERR_OVERSIZE);
     }
 
     #[test]

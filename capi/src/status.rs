@@ -83,6 +83,10 @@ pub enum ringlog_status {
     /// wait for space and are not durable). Not fatal: reads go on, and appends are taken
     /// again by themselves once space is freed (retention, the operator). Retry later.
     RINGLOG_ERR_STORAGE_FULL = 27,
+    /// The handle was opened by another process: this is a child forked after the open. A
+    /// child cannot use (nor close) its parent's logs and nodes — their threads did not
+    /// survive the fork; it may open its own.
+    RINGLOG_ERR_FORKED = 28,
 }
 
 use ringlog_status::*;
@@ -120,6 +124,7 @@ pub extern "C" fn ringlog_status_str(status: c_int) -> *const c_char {
         25 => c"address in use or cannot be bound",
         26 => c"internal error",
         27 => c"disk full: not taken now; appends resume once space is freed",
+        28 => c"handle opened by the parent of this forked process; unusable here",
         _ => c"unknown status",
     };
     text.as_ptr()
@@ -188,13 +193,13 @@ mod tests {
     #[test]
     fn every_status_has_its_own_description() {
         let mut seen = std::collections::HashSet::new();
-        for code in 0..=RINGLOG_ERR_STORAGE_FULL as c_int {
+        for code in 0..=RINGLOG_ERR_FORKED as c_int {
             // SAFETY: ringlog_status_str returns a static NUL-terminated string.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_ne!(text.to_str().unwrap(), "unknown status", "code {code}");
             assert!(seen.insert(text.to_owned()), "code {code} shares its text");
         }
-        for code in [-1, RINGLOG_ERR_STORAGE_FULL as c_int + 1, c_int::MAX] {
+        for code in [-1, RINGLOG_ERR_FORKED as c_int + 1, c_int::MAX] {
             // SAFETY: as above.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_eq!(text.to_str().unwrap(), "unknown status");

@@ -197,3 +197,70 @@ fn the_node_api_handles_every_function_and_misuse_from_c() {
 fn the_node_api_is_clean_under_address_and_undefined_behavior_sanitizers() {
     node_test(Build::Sanitized);
 }
+
+/// Log open/close cycles of the plain lifecycle run: the descriptor count must end exactly
+/// where it started and the RSS floor within 4 MiB.
+const LOG_CYCLES: &str = "2000";
+/// Under the sanitizers (slower) fewer cycles: LeakSanitizer checks every cycle's memory at
+/// exit, and the descriptor count is checked exactly.
+const LOG_CYCLES_SANITIZED: &str = "300";
+
+fn lifecycle_log_test(build: Build, cycles: &str) {
+    let Some(cc) = compiler() else { return };
+    let dir = scratch();
+    let program = dir.path().join("lifecycle_test");
+    compile(&cc, &["tests/c/lifecycle_test.c"], &program, build);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let args: Vec<&Path> = vec![Path::new("log"), &data, Path::new(cycles)];
+    let output = run(&program, &args, build, &[]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("lifecycle_test log: PASS"), "{out}");
+    eprintln!("{out}");
+}
+
+#[test]
+fn log_close_tells_the_truth_refuses_size_max_answers_a_forked_child_and_leaks_nothing() {
+    lifecycle_log_test(Build::Shared, LOG_CYCLES);
+}
+
+#[test]
+fn log_lifecycle_is_clean_under_address_leak_and_undefined_behavior_sanitizers() {
+    lifecycle_log_test(Build::Sanitized, LOG_CYCLES_SANITIZED);
+}
+
+fn lifecycle_node_test(build: Build, cycles: &str) {
+    let Some(cc) = compiler() else { return };
+    let dir = scratch();
+    let program = dir.path().join("lifecycle_test");
+    compile(&cc, &["tests/c/lifecycle_test.c"], &program, build);
+    let configs = single_node_configs(dir.path());
+    // The same node (same ports) on another data dir: its start is refused while the first
+    // node holds the ports, then retried once they are free.
+    let second = dir.path().join("second.toml");
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(&second, text.replace("node-data", "node-data-second")).unwrap();
+    let args: Vec<&Path> =
+        vec![Path::new("node"), dir.path(), &configs[0], &second, Path::new(cycles)];
+    let output = run(&program, &args, build, &[NODE_ASAN_OPTIONS]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("lifecycle_test node: PASS"), "{out}");
+    eprintln!("{out}");
+}
+
+#[test]
+fn node_refuses_size_max_answers_a_forked_child_and_checks_null_first() {
+    lifecycle_node_test(Build::Shared, "0");
+}
+
+#[test]
+fn node_lifecycle_edges_are_clean_under_address_and_undefined_behavior_sanitizers() {
+    lifecycle_node_test(Build::Sanitized, "0");
+}
+
+#[test]
+#[ignore = "fails: each node stop still leaks one eventfd (and ~5 glommio tasks); see \
+            capi/README.md, Known leaks"]
+fn node_start_stop_cycles_leave_fds_and_rss_where_they_started() {
+    lifecycle_node_test(Build::Shared, "200");
+}

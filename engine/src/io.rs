@@ -297,6 +297,23 @@ impl DirectFile {
     }
 }
 
+/// Makes this executor's ring submit the closes that glommio files dropped so far queued.
+///
+/// A glommio file dropped without `close().await` only queues its close on the executor's
+/// main ring (glommio-0.9.0 `GlommioFile::drop` → `Reactor::async_close`), submitted with the
+/// ring's next operation. Opening and closing `dir` through the same ring is such an
+/// operation (queued behind them, so submitted after them); when it has completed, every
+/// close queued before it was handed to the kernel. If `dir` cannot be opened, one reactor
+/// cycle does the same.
+pub(crate) async fn submit_dropped_closes(dir: &Path) {
+    match Directory::open(dir).await {
+        Ok(directory) => {
+            let _ = directory.close().await;
+        }
+        Err(_) => crate::runtime::settle_dropped_files().await,
+    }
+}
+
 /// `f_type` of ramfs (statfs(2); not exported by libc).
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 

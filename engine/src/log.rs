@@ -633,6 +633,12 @@ impl Log {
         while Rc::strong_count(&self.inner) > 1 && std::time::Instant::now() < deadline {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
+        // Dropping the last reference drops the log's files (segments, index, directory),
+        // which only queues their closes on the ring: have it submit them, so that every fd
+        // is released when `close` returns even if the executor ends right after.
+        let dir = self.dir().to_path_buf();
+        drop(self);
+        crate::io::submit_dropped_closes(&dir).await;
         synced
     }
 

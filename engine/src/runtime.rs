@@ -240,7 +240,10 @@ where
                 }
             };
             let _ = started_tx.send(Ok(()));
-            executor.run(main());
+            executor.run(async move {
+                main().await;
+                settle_dropped_files().await;
+            });
         })
         .map_err(|source| ExecutorStart::Thread { name: thread_name.clone(), source })?;
     match started_rx.recv() {
@@ -257,6 +260,23 @@ where
             Err(ExecutorStart::Executor { name: thread_name, reason })
         }
     }
+}
+
+/// How long an executor keeps its reactor running after its main future ended.
+pub const SETTLE_BEFORE_EXIT: Duration = Duration::from_millis(1);
+
+/// Lets the reactor submit the closes of files dropped by the main future's end.
+///
+/// A glommio file dropped without an explicit `close().await` (every engine file shared
+/// through `Rc`: segments, the partition directory, the hard-state file, ...) only queues an
+/// asynchronous close on its executor's ring (glommio-0.9.0 `GlommioFile::drop` →
+/// `Reactor::async_close`); the ring submits it on its next cycle. The main future drops the
+/// last of them as it ends, and an executor that stops right then never submits them: each
+/// `Engine` start/shutdown leaked the partition directory's and every open segment's fd (and
+/// pinned deleted segments' space). One timer sleep makes the reactor cycle once more, which
+/// submits every queued close; by then nothing is left to drop them again.
+pub(crate) async fn settle_dropped_files() {
+    glommio::timer::sleep(SETTLE_BEFORE_EXIT).await;
 }
 
 fn build_executor(spec: &ExecutorSpec) -> Result<LocalExecutor, String> {

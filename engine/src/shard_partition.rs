@@ -10,7 +10,8 @@
 //!
 //! Invariants: the log is only touched on its shard's thread; waiting appends are kept in
 //! index order and each is answered exactly once; `close` runs once, after every fetch and the
-//! waiter have released the log (bounded by `CLOSE_WAIT_MAX`).
+//! waiter have released the log (bounded by `CLOSE_WAIT_MAX`), flushes it and answers every
+//! append still waiting: `Ok` if the flush made it durable, else the reason it is not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -175,12 +176,11 @@ impl Partition {
                 self.waiter_running.set(false);
                 return;
             };
-            let log = match self.log() {
-                Ok(log) => log,
-                Err(error) => {
-                    self.fail_waiting(&error.to_string());
-                    continue;
-                }
+            let Ok(log) = self.log() else {
+                // `close` took the log: it flushes it and answers every waiting append with
+                // its true outcome (they may well be durable).
+                self.waiter_running.set(false);
+                return;
             };
             let waited = log.wait_durable(next).await;
             let durable_index = log.durable_index();
@@ -293,7 +293,22 @@ impl Partition {
                 }
             }
         };
-        log.close().await.map_err(|error: LogError| EngineError::Durability(error))
+        // Flush what is queued, then answer every waiting append with its true outcome: a
+        // batch the flush made durable is acknowledged, whatever close reports after.
+        let synced = log.sync().await;
+        let durable_index = log.durable_index();
+        let closed = log.close().await;
+        let reason = synced.clone().err().or_else(|| closed.clone().err());
+        let waiting: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
+        for (ack, completion) in waiting {
+            let result = if ack.index <= durable_index {
+                Ok(AppendAck { durable: true, ..ack })
+            } else {
+                Err(EngineError::Durability(reason.clone().unwrap_or(LogError::Closed)))
+            };
+            completion.complete(result);
+        }
+        closed.map_err(|error: LogError| EngineError::Durability(error))
     }
 }
 

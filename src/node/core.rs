@@ -152,6 +152,23 @@ impl std::fmt::Debug for ShardCore {
     }
 }
 
+/// A failed open closes the partitions it opened (their logs release their data dir locks)
+/// before reporting `error`. Dropping them instead left each log's background tasks to
+/// release it later, which an executor ending at once never let them do: the retried start
+/// found its own data dir `Locked`, for good.
+async fn close_opened(
+    partitions: Vec<Rc<PartitionReplicator>>,
+    error: NodeStartError,
+) -> NodeStartError {
+    for opened in partitions {
+        let partition = opened.partition_id();
+        if let Err(close) = PartitionReplicator::close_log(opened, ShutdownMode::Immediate).await {
+            tracing::warn!(%partition, %close, "closing a log after a failed start");
+        }
+    }
+    error
+}
+
 impl ShardCore {
     /// Opens logs + hard state (recovery), builds replicas, binds the shard's peer listener,
     /// spawns the tick / peer / durability tasks in their task queues. Returns once ready.
@@ -201,19 +218,28 @@ impl ShardCore {
         });
         let mut partitions = Vec::with_capacity(ctx.partitions.len());
         for &partition in &ctx.partitions {
-            partitions.push(PartitionReplicator::open(shared.clone(), partition).await?);
+            match PartitionReplicator::open(shared.clone(), partition).await {
+                Ok(opened) => partitions.push(opened),
+                Err(error) => return Err(close_opened(partitions, error).await),
+            }
         }
         partitions.sort_by_key(|r| r.partition_id());
         pristine.store(partitions.iter().all(|r| r.pristine()), Ordering::Relaxed);
-        let listen = config
-            .peer_listen()
-            .ok_or_else(|| NodeStartError::Config("no peer address for this node".into()))?;
+        let Some(listen) = config.peer_listen() else {
+            let error = NodeStartError::Config("no peer address for this node".into());
+            return Err(close_opened(partitions, error).await);
+        };
         let listen = shard_addr(listen, ctx.shard);
         let (inbox_tx, inbox_rx) = glommio::channels::local_channel::new_bounded(INBOX_CAPACITY);
         let check =
             Rc::new(EngineBatchCheck { batch_size_max: config.storage.batch_size_max as usize });
-        let listener = PeerListener::bind(listen, peer_config, check, inbox_tx)
-            .map_err(|e| NodeStartError::Listen { addr: listen, reason: e.to_string() })?;
+        let listener = match PeerListener::bind(listen, peer_config, check, inbox_tx) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let error = NodeStartError::Listen { addr: listen, reason: e.to_string() };
+                return Err(close_opened(partitions, error).await);
+            }
+        };
         let peer_addr = listener.local_addr();
         let mut peers_wanted: Vec<NodeId> = config.peers.iter().map(|p| NodeId(p.id)).collect();
         peers_wanted.retain(|&n| n != node);
@@ -358,6 +384,8 @@ impl ShardCore {
             return;
         }
         self.closed.set(true);
+        // Whoever waits for a fatal error (`fatal`) ends now.
+        self.shared.fatal_notify.notify_all();
         for r in self.list() {
             r.close();
         }
@@ -373,12 +401,17 @@ impl ShardCore {
         }
     }
 
-    /// Resolves when the shard hit a fatal storage error (latched).
-    pub async fn fatal(&self) -> NodeError {
+    /// Resolves with the fatal storage error (latched) once the shard hit one, or with `None`
+    /// once the core is shut down without one (so that a task waiting here ends with the
+    /// shard instead of outliving its executor).
+    pub async fn fatal(&self) -> Option<NodeError> {
         loop {
             let epoch = self.shared.fatal_notify.epoch();
             if let Some(error) = self.shared.fatal.borrow().clone() {
-                return error;
+                return Some(error);
+            }
+            if self.closed.get() {
+                return None;
             }
             self.shared.fatal_notify.wait(epoch).await;
         }

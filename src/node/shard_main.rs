@@ -328,8 +328,9 @@ fn watch_fatal(shard: usize, core: &Rc<ShardCore>, exit: Arc<ExitState>, queue: 
     let core = Rc::downgrade(core);
     spawn(queue, async move {
         let Some(core) = core.upgrade() else { return };
-        let error = core.fatal().await;
-        exit.report_fatal(shard, &error);
+        if let Some(error) = core.fatal().await {
+            exit.report_fatal(shard, &error);
+        }
     });
 }
 
