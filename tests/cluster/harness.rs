@@ -356,11 +356,30 @@ impl Cluster {
                 ));
             }
             if Instant::now() > deadline {
+                let stacks = self.dump_stacks(id);
                 return Err(format!(
-                    "node {id} not ready after {READY_TIMEOUT:?}; log:\n{}",
+                    "node {id} not ready after {READY_TIMEOUT:?} ({stacks}); log:\n{}",
                     tail(&self.nodes[&id].log_path, 40)
                 ));
             }
+        }
+    }
+
+    /// Writes every thread's stack of running node `id` (gdb, at most 60 s) beside its log,
+    /// for a node that hangs; says where, or why not.
+    pub fn dump_stacks(&self, id: u32) -> String {
+        let Some(pid) = self.nodes[&id].pid() else { return "not running".to_string() };
+        let path = self.dir.join(format!("node-{id}-stacks-{}.txt", seed_from_time()));
+        let output = Command::new("timeout")
+            .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+            .stdin(Stdio::null())
+            .output();
+        match output {
+            Ok(out) => match std::fs::write(&path, [out.stdout, out.stderr].concat()) {
+                Ok(()) => format!("thread stacks in {}", path.display()),
+                Err(e) => format!("stacks not written: {e}"),
+            },
+            Err(e) => format!("no stacks (gdb: {e})"),
         }
     }
 
