@@ -54,13 +54,9 @@ fn nemesis_soak_with_wiped_followers_loses_no_acknowledged_record() {
 /// the machine allows it, else dropped with a note), mixed with leader kills.
 #[test]
 fn nemesis_soak_with_every_disk_fault_loses_no_acknowledged_record() {
-    soak(&[
-        EventKind::KillLeader,
-        EventKind::Wipe,
-        EventKind::WipeCrash,
-        EventKind::FlipTail,
-        EventKind::FlipSealed,
-        EventKind::FlipHardState,
-        EventKind::FillDisk,
-    ]);
+    // The `disk` preset of `ringlog-nemesis`, plus leader kills.
+    let mut events: Vec<EventKind> =
+        EventKind::ALL.into_iter().filter(|k| k.is_disk_event()).collect();
+    events.push(EventKind::KillLeader);
+    soak(&events);
 }
