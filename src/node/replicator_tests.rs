@@ -50,17 +50,35 @@ struct TestNode {
 struct Ports {
     peer: Vec<u16>,
     client: Vec<u16>,
+    /// Unique to this cluster (process id and a counter): a node of another test (of this
+    /// binary or of another test process on the machine) that dials a port reused from here
+    /// is refused at the handshake instead of joining the wrong cluster.
+    cluster_id: u64,
 }
 
+/// A loopback port free now and not handed out before by this process (a port released by
+/// one test's probe is not given to a second cluster of the same run).
 fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
+    static HANDED_OUT: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(Default::default);
+    loop {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 fn ports(nodes: usize) -> Ports {
+    static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let serial = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ports {
         peer: (0..nodes).map(|_| free_port()).collect(),
         client: (0..nodes).map(|_| free_port()).collect(),
+        cluster_id: (u64::from(std::process::id()) << 24) | serial,
     }
 }
 
@@ -74,8 +92,9 @@ fn node_config(
     storage_extra: &str,
 ) -> NodeConfig {
     let mut text = format!(
-        "node_id = {id}\ncluster_id = 77\ndata_dir = \"{}\"\nshards = 1\npartitions = {partitions}\n\
+        "node_id = {id}\ncluster_id = {}\ndata_dir = \"{}\"\nshards = 1\npartitions = {partitions}\n\
          io_memory = 524288\n",
+        ports.cluster_id,
         data_dir.display()
     );
     for (i, (peer, client)) in ports.peer.iter().zip(&ports.client).enumerate().take(peers) {
@@ -124,7 +143,10 @@ impl TestNode {
             command_loop(core, rx).await;
         })
         .expect("executor");
-        ready_rx.recv().expect("ready").expect("shard core opened");
+        ready_rx
+            .recv_timeout(WAIT_MAX * 2)
+            .expect("node ready in time")
+            .expect("shard core opened");
         TestNode { commands: tx, thread: Some(thread) }
     }
 
@@ -148,7 +170,7 @@ impl TestNode {
     fn stop(mut self, mode: ShutdownMode) {
         let _ = self.commands.send(Command::Stop(mode));
         if let Some(thread) = self.thread.take() {
-            thread.join().expect("node thread");
+            assert!(join_within(thread, "stop"), "the node's executor did not end in time");
         }
     }
 
@@ -186,6 +208,13 @@ impl TestNode {
                     let view = ringlog_engine::decode_batch(batch, 1 << 20).expect("valid batch");
                     out.extend(view.records().map(|r| r.to_vec()));
                 }
+                // Control batches take no offset: a fetch that does not move the offset
+                // returned only the control batches that end the committed log (a new
+                // leader's no-op). Reading again would get them again, forever, and this
+                // loop runs on the node's executor: it would never yield to it.
+                if got.next_offset <= offset {
+                    return Ok(out);
+                }
                 offset = got.next_offset;
             }
         })
@@ -204,9 +233,43 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
             let _ = self.commands.send(Command::Stop(ShutdownMode::Immediate));
-            let _ = thread.join();
+            join_within(thread, "drop");
         }
     }
+}
+
+/// `RINGLOG_TEST_LOG` (a `log.level` filter such as `debug`) turns on the nodes' logs, each
+/// line named by its node's executor thread (`test-node<id>`); off when unset.
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(level) = std::env::var("RINGLOG_TEST_LOG") else { return };
+        let filter = tracing_subscriber::EnvFilter::try_new(&level).expect("RINGLOG_TEST_LOG");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_thread_names(true)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Joins a node's executor thread within `WAIT_MAX`; false (the thread left running, its
+/// name printed) when it does not end in time. A test that fails while an executor is stuck
+/// (a task that never yields, a shutdown that never ends) then reports its failure instead
+/// of hanging the whole test binary in an unbounded join.
+fn join_within(thread: JoinHandle<()>, what: &str) -> bool {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "test node executor {:?} did not end within {WAIT_MAX:?} ({what}); left running",
+                thread.thread().name()
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    thread.join().is_ok()
 }
 
 async fn command_loop(core: Rc<ShardCore>, rx: Receiver<Command>) {
@@ -302,6 +365,7 @@ impl Cluster {
     }
 
     fn start_with(size: usize, spares: usize, partitions: u32, storage_extra: &str) -> Cluster {
+        init_test_log();
         let root = tempfile::tempdir().expect("tempdir");
         let total = size + spares;
         let dirs: Vec<PathBuf> = (1..=total).map(|i| root.path().join(format!("n{i}"))).collect();
@@ -1099,10 +1163,10 @@ impl TestNode {
             }
         })
         .expect("executor");
-        match ready_rx.recv().expect("ready") {
+        match ready_rx.recv_timeout(WAIT_MAX * 2).expect("node ready in time") {
             Ok(()) => Ok(TestNode { commands: tx, thread: Some(thread) }),
             Err(e) => {
-                let _ = thread.join();
+                join_within(thread, "failed start");
                 Err(e)
             }
         }
