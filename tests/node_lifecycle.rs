@@ -191,3 +191,24 @@ fn a_start_refused_for_a_taken_peer_port_closes_its_logs_so_the_retry_starts() {
         node.shutdown(ShutdownMode::Immediate).unwrap();
     }
 }
+
+/// Issue 19 item 7: the memlock need is counted per process. A running node reserves what its
+/// executors lock, a failed start reserves nothing, and a stop releases it (so the next start,
+/// or a log opened beside it, is checked against what is really locked).
+#[test]
+fn a_node_reserves_its_locked_memory_while_it_runs_and_a_stop_or_failed_start_releases_it() {
+    use ringlog_engine::runtime::{memlock_held_bytes, memlock_required_bytes};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = temp();
+    let config = cluster_configs(dir.path(), 1, 1, 2).remove(0);
+    let need = memlock_required_bytes(config.shard_count(), config.io_memory as usize);
+    let before = memlock_held_bytes();
+    let node = Node::start(config.clone()).unwrap();
+    assert_eq!(memlock_held_bytes(), before + need, "a running node holds its reservation");
+    let mut second = config.clone();
+    second.data_dir = dir.path().join("second");
+    assert!(Node::start(second).is_err(), "the same ports: the second start fails");
+    assert_eq!(memlock_held_bytes(), before + need, "a failed start reserves nothing");
+    node.shutdown(ShutdownMode::Graceful).unwrap();
+    assert_eq!(memlock_held_bytes(), before, "a stopped node released its reservation");
+}

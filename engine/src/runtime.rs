@@ -35,16 +35,23 @@ const CAP_IPC_LOCK: u32 = 14;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MemlockError {
-    /// The limit cannot hold the IO memory every executor registers with io_uring.
+    /// The limit cannot hold the IO memory every executor registers with io_uring: this
+    /// start's executors plus those this process already runs (other logs or nodes).
     #[error(
         "RLIMIT_MEMLOCK is {limit_bytes} bytes but {shards} shard(s) × {rings} rings × \
-         io_memory {io_memory_bytes} bytes = {required_bytes} bytes must be locked; fix: raise \
-         the limit (`ulimit -l {required_kib}`, `LimitMEMLOCK={required_bytes}` in the systemd \
-         unit, or `memlock` in /etc/security/limits.conf), or lower io_memory or the shard count"
+         io_memory {io_memory_bytes} bytes = {required_bytes} bytes must be locked{}; fix: raise \
+         the limit (`ulimit -l {required_kib}`, `LimitMEMLOCK={}` in the systemd \
+         unit, or `memlock` in /etc/security/limits.conf), or lower io_memory or the shard count",
+        held_text(*.held_bytes),
+        .required_bytes + .held_bytes
     )]
     TooLow {
         limit_bytes: u64,
+        /// What this start's executors lock.
         required_bytes: u64,
+        /// What executors this process runs already lock (earlier logs or nodes not closed).
+        held_bytes: u64,
+        /// `held_bytes + required_bytes`, in KiB rounded up: the least limit that works.
         required_kib: u64,
         shards: usize,
         rings: u64,
@@ -84,9 +91,22 @@ pub fn memlock_required_bytes(shards: usize, io_memory_bytes: usize) -> u64 {
         .saturating_mul(effective_io_memory_bytes(io_memory_bytes))
 }
 
-/// Pure check of a memlock limit (`None` = unlimited) against a configuration.
+/// Pure check of a memlock limit (`None` = unlimited) against a configuration, for a process
+/// that runs no other executor.
 pub fn check_memlock(
     limit_bytes: Option<u64>,
+    shards: usize,
+    io_memory_bytes: usize,
+    has_cap_ipc_lock: bool,
+) -> Result<MemlockOutcome, MemlockError> {
+    check_memlock_held(limit_bytes, 0, shards, io_memory_bytes, has_cap_ipc_lock)
+}
+
+/// Pure check of a memlock limit against a configuration started beside executors that
+/// already lock `held_bytes` (the kernel charges them all against the same limit).
+pub fn check_memlock_held(
+    limit_bytes: Option<u64>,
+    held_bytes: u64,
     shards: usize,
     io_memory_bytes: usize,
     has_cap_ipc_lock: bool,
@@ -102,7 +122,8 @@ pub fn check_memlock(
             minimum_kib: GLOMMIO_MEMLOCK_MIN_BYTES / 1024,
         });
     }
-    if required_bytes <= limit {
+    let total = required_bytes.saturating_add(held_bytes);
+    if total <= limit {
         return Ok(MemlockOutcome::WithinLimit { required_bytes, limit_bytes: Some(limit) });
     }
     if has_cap_ipc_lock {
@@ -111,11 +132,71 @@ pub fn check_memlock(
     Err(MemlockError::TooLow {
         limit_bytes: limit,
         required_bytes,
-        required_kib: required_bytes.div_ceil(1024),
+        held_bytes,
+        required_kib: total.div_ceil(1024),
         shards,
         rings: REGISTERED_RINGS_PER_EXECUTOR,
         io_memory_bytes: effective_io_memory_bytes(io_memory_bytes),
     })
+}
+
+fn held_text(held_bytes: u64) -> String {
+    if held_bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            " beside the {held_bytes} bytes this process's running logs or nodes lock already \
+             (close them, or allow the sum)"
+        )
+    }
+}
+
+/// Locked memory the executors this process runs hold, as reserved by
+/// [`reserve_host_memlock`]: the kernel charges every executor's rings against one limit, so
+/// a check per start alone let four logs together exceed what one was refused for.
+static MEMLOCK_HELD_BYTES: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// Locked memory reserved for a start's executors; released when dropped (after the
+/// executors ended: the holder drops it once their threads are joined).
+#[derive(Debug)]
+pub struct MemlockReservation {
+    bytes: u64,
+}
+
+impl MemlockReservation {
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for MemlockReservation {
+    fn drop(&mut self) {
+        let mut held = MEMLOCK_HELD_BYTES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *held = held.saturating_sub(self.bytes);
+    }
+}
+
+/// Locked memory this process's running executors hold now (reserved and not released).
+pub fn memlock_held_bytes() -> u64 {
+    *MEMLOCK_HELD_BYTES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`check_memlock_held`] against this process's limit, capabilities and what its running
+/// executors hold; on success reserves this start's bytes until the reservation drops. The
+/// check and the reservation are one step, so two starts racing cannot both pass on the
+/// same room.
+pub fn reserve_host_memlock(
+    shards: usize,
+    io_memory_bytes: usize,
+) -> Result<(MemlockOutcome, MemlockReservation), MemlockError> {
+    let limit = current_memlock_limit()?;
+    let cap = has_cap_ipc_lock();
+    let mut held = MEMLOCK_HELD_BYTES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let outcome = check_memlock_held(limit, *held, shards, io_memory_bytes, cap)?;
+    let bytes = memlock_required_bytes(shards, io_memory_bytes);
+    *held = held.saturating_add(bytes);
+    Ok((outcome, MemlockReservation { bytes }))
 }
 
 /// The calling process's soft RLIMIT_MEMLOCK (`None` = unlimited).
@@ -156,14 +237,6 @@ pub fn has_cap_ipc_lock() -> bool {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
-}
-
-/// Runs [`check_memlock`] against this process's limit and capabilities.
-pub fn check_host_memlock(
-    shards: usize,
-    io_memory_bytes: usize,
-) -> Result<MemlockOutcome, MemlockError> {
-    check_memlock(current_memlock_limit()?, shards, io_memory_bytes, has_cap_ipc_lock())
 }
 
 /// Where the executor threads run.

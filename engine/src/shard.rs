@@ -42,8 +42,8 @@ use crate::io::FaultInjector;
 use crate::limits::{ConfigError, LogConfig};
 use crate::log::Log;
 use crate::runtime::{
-    self, available_cpus, check_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
-    MemlockOutcome, Pinning,
+    self, available_cpus, reserve_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
+    MemlockOutcome, MemlockReservation, Pinning,
 };
 use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 pub use crate::shard_partition::{Fetched, PartitionStats};
@@ -256,13 +256,16 @@ struct Inner {
     closed: AtomicBool,
     /// The memlock check's outcome (a warning when only CAP_IPC_LOCK made it pass).
     memlock: MemlockOutcome,
+    /// The executors' locked memory, released once shutdown joined them.
+    memlock_reserved: Mutex<Option<MemlockReservation>>,
 }
 
 impl Engine {
     /// Checks the host, starts the shards and opens (recovers) every partition.
     pub fn start(config: EngineConfig) -> Result<EngineHandle, StartError> {
         config.validate()?;
-        let memlock = check_host_memlock(config.shards, config.io_memory_bytes)?;
+        let (memlock, memlock_reserved) =
+            reserve_host_memlock(config.shards, config.io_memory_bytes)?;
         if let MemlockOutcome::ExceededButPrivileged { required_bytes, limit_bytes } = memlock {
             tracing::warn!(
                 required_bytes,
@@ -330,6 +333,7 @@ impl Engine {
             threads: Mutex::new(threads),
             closed: AtomicBool::new(false),
             memlock,
+            memlock_reserved: Mutex::new(Some(memlock_reserved)),
         });
         start_watchdog(&inner);
         Ok(EngineHandle { inner })
@@ -686,6 +690,11 @@ impl Inner {
                     reason: runtime::panic_message(&panic),
                 });
             }
+        }
+        // The executors ended: their rings and registered memory are gone.
+        match self.memlock_reserved.lock() {
+            Ok(mut reserved) => drop(reserved.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
         }
         first_error.map_or(Ok(()), Err)
     }

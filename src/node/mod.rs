@@ -49,7 +49,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ringlog_engine::batch::{encode_batch, BatchStamp, BATCH_HEADER_SIZE};
 use ringlog_engine::host::{check_host, HostCheckError, HostRequirements};
-use ringlog_engine::runtime::{self, check_host_memlock, ExecutorSpec, MemlockOutcome, Pinning};
+use ringlog_engine::runtime::{
+    self, reserve_host_memlock, ExecutorSpec, MemlockOutcome, MemlockReservation, Pinning,
+};
 use ringlog_engine::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 use ringlog_engine::{FaultInjector, RecordsBuilder};
 
@@ -137,6 +139,9 @@ struct Inner {
     /// Held for the whole of a shutdown; `true` once one completed.
     shutdown_done: Mutex<bool>,
     exit: Arc<ExitState>,
+    /// The executors' locked memory (RLIMIT_MEMLOCK), released once every shard thread
+    /// ended; kept when one was left behind (it still holds its rings).
+    memlock_reserved: Mutex<Option<MemlockReservation>>,
 }
 
 /// Every shard's mailbox; shards hold it too, to forward requests to each other.
@@ -212,7 +217,7 @@ impl Node {
             path: config.data_dir.clone(),
             reason: error.to_string(),
         })?;
-        probe_host(&config, shards, options)?;
+        let memlock_reserved = probe_host(&config, shards, options)?;
         replicator::install_storage_faults(&config.data_dir, faults);
         let config = Arc::new(config);
         let mut senders = Vec::with_capacity(shards);
@@ -279,6 +284,7 @@ impl Node {
             state: AtomicU8::new(STATE_RUNNING),
             shutdown_done: Mutex::new(false),
             exit,
+            memlock_reserved: Mutex::new(Some(memlock_reserved)),
         });
         start_watchdog(&inner);
         Ok(NodeHandle { inner })
@@ -313,23 +319,25 @@ fn probe_host(
     config: &NodeConfig,
     shards: usize,
     options: StartOptions,
-) -> Result<(), NodeStartError> {
+) -> Result<MemlockReservation, NodeStartError> {
     let io_memory = config.io_memory as usize;
-    match check_host_memlock(shards, io_memory) {
-        Ok(MemlockOutcome::ExceededButPrivileged { required_bytes, limit_bytes }) => {
+    let reserved = match reserve_host_memlock(shards, io_memory) {
+        Ok((MemlockOutcome::ExceededButPrivileged { required_bytes, limit_bytes }, reserved)) => {
             tracing::warn!(
                 required_bytes,
                 limit_bytes,
+                held_bytes = runtime::memlock_held_bytes(),
                 "RLIMIT_MEMLOCK is below what the executors lock; allowed only because this \
                  process holds CAP_IPC_LOCK (an unprivileged user would be refused)"
             );
+            reserved
         }
-        Ok(MemlockOutcome::WithinLimit { .. }) => {}
+        Ok((MemlockOutcome::WithinLimit { .. }, reserved)) => reserved,
         Err(error) => return Err(NodeStartError::Host(error.to_string())),
-    }
+    };
     if options.skip_host_checks {
         tracing::warn!("host checks skipped (--skip-host-checks)");
-        return Ok(());
+        return Ok(reserved);
     }
     let requirements = HostRequirements {
         data_dir: config.data_dir.clone(),
@@ -338,7 +346,7 @@ fn probe_host(
         retention_bytes: config.storage.retention_bytes_max,
     };
     match check_host(&requirements) {
-        Ok(_report) => Ok(()),
+        Ok(_report) => Ok(reserved),
         Err(HostCheckError::Failed { failures }) => {
             // The FAIL lines exactly as `ringlog doctor` prints them.
             let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -757,12 +765,14 @@ impl Inner {
             }
         }
         let threads = std::mem::take(&mut *lock(&self.threads));
+        let mut left_behind = false;
         for (shard, thread) in threads.into_iter().enumerate() {
             while !thread.is_finished() && Instant::now() < deadline {
                 self.mailboxes.senders[shard].kick();
                 std::thread::sleep(WATCHDOG_INTERVAL);
             }
             if !thread.is_finished() {
+                left_behind = true;
                 tracing::error!(shard, "shard thread did not end; left behind");
                 first_error.get_or_insert(NodeError::Internal(format!(
                     "shard {shard}'s thread did not end"
@@ -775,6 +785,9 @@ impl Inner {
                     runtime::panic_message(&panic)
                 )));
             }
+        }
+        if !left_behind {
+            drop(lock(&self.memlock_reserved).take());
         }
         first_error.map_or(Ok(()), Err)
     }
