@@ -104,9 +104,6 @@ fn floor(samples: &[u64]) -> u64 {
 }
 
 #[test]
-#[ignore = "fails: each node stop still leaks one eventfd and ~5 glommio tasks (wakers the \
-            reactor holds when the executor ends are queued on its notifier: a cycle); see \
-            capi/README.md, Known leaks"]
 fn node_start_stop_cycles_leave_open_files_and_rss_where_they_started() {
     one_heap_arena();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

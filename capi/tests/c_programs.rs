@@ -259,8 +259,6 @@ fn node_lifecycle_edges_are_clean_under_address_and_undefined_behavior_sanitizer
 }
 
 #[test]
-#[ignore = "fails: each node stop still leaks one eventfd (and ~5 glommio tasks); see \
-            capi/README.md, Known leaks"]
 fn node_start_stop_cycles_leave_fds_and_rss_where_they_started() {
     lifecycle_node_test(Build::Shared, "200");
 }

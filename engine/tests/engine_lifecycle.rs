@@ -256,3 +256,38 @@ fn appends_in_flight_at_shutdown_are_answered_ok_once_the_shutdown_flush_made_th
     assert_eq!(engine.durable_offset(PartitionId(0)).unwrap().0, APPENDS);
     engine.shutdown().unwrap();
 }
+
+/// Executor cycles in `executors_whose_idle_tasks_were_cancelled_close_their_eventfd`.
+const CANCEL_CYCLES: usize = 20;
+
+/// glommio 0.9.0 gave a task cancelled while it waited (its handle dropped while it slept on
+/// a timer or waited on a socket) one reference too many: the task was never destroyed, and
+/// its header's `Arc` of the sleep notifier kept the executor's eventfd open after the
+/// executor ended (third_party/glommio/RINGLOG_PATCHES.md, patch 3). A node stop cancels its
+/// waiting accept loops and tickers that way, so every node start/stop leaked one eventfd.
+#[test]
+fn executors_whose_waiting_tasks_were_cancelled_close_their_eventfd() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let threads = thread_count();
+    let before = open_files();
+    for cycle in 0..CANCEL_CYCLES {
+        std::thread::spawn(|| {
+            let executor =
+                glommio::LocalExecutorBuilder::default().io_memory(64 << 10).make().unwrap();
+            executor.run(async {
+                let waiting = glommio::spawn_local(async {
+                    glommio::timer::sleep(std::time::Duration::from_secs(3600)).await;
+                });
+                // Let it park on its timer, then cancel it (dropping the handle does).
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                drop(waiting);
+                // The cancelled task runs once more and drops its future.
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            });
+        })
+        .join()
+        .unwrap();
+        let leaked = settle(threads, &before);
+        assert!(leaked.is_empty(), "cycle {cycle} left files open: {leaked:?}");
+    }
+}

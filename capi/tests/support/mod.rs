@@ -104,8 +104,9 @@ pub fn compile(cc: &str, sources: &[&str], out: &Path, build: Build) {
     );
 }
 
-/// Longest a C program may run before it is killed and the test fails (a hang).
-pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a C program may run before it is killed and the test fails (a hang). Generous:
+/// the 200 node start/stop cycles take about a minute alone and far longer on a loaded host.
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `program` with `args` (and `env`); panics with its output unless it exits 0 within
 /// [`PROGRAM_TIMEOUT`].

@@ -67,11 +67,11 @@ impl<R> JoinHandle<R> {
                 (*header).state = new;
 
                 if state & (SCHEDULED | RUNNING) == 0 {
-                    // If we schedule it, need to bump the reference count, since after run() we
-                    // decrement it.
-                    let refs = (*header).references.fetch_add(1, Ordering::Relaxed);
-                    assert_ne!(refs, i16::max_value());
-
+                    // ringlog patch: `schedule` takes the reference the run gives back
+                    // (`RawTask::schedule` increments, the run's `drop_task` decrements).
+                    // 0.9.0 also bumped the count here, so every task cancelled while idle
+                    // kept one reference forever: it was never destroyed, and its header's
+                    // `Arc` of the sleep notifier kept the executor's eventfd open.
                     ((*header).vtable.schedule)(ptr);
                 }
 
@@ -131,8 +131,8 @@ impl<R> Drop for JoinHandle<R> {
                     // schedule dropping its future or destroy it.
                     if refs == 0 {
                         if state & CLOSED == 0 {
-                            let refs = (*header).references.fetch_add(1, Ordering::Relaxed);
-                            assert_ne!(refs, i16::max_value());
+                            // ringlog patch: no extra reference (see `cancel`): `schedule`
+                            // takes the one the run gives back.
                             ((*header).vtable.schedule)(ptr);
                         } else {
                             ((*header).vtable.destroy)(ptr);
