@@ -234,9 +234,10 @@ impl TlsConfig {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
                 .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
-        let ca_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
+        let ca_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
         let certified = CertifiedKey::from_der(chain, key, &provider)
             .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
         let certificate = Arc::new(NodeCertificate::new(certified));
@@ -285,18 +286,19 @@ impl TlsConfig {
     /// leaf) and one more: the leaf must chain to the cluster CA and carry
     /// [`NODE_SERVER_NAME`] now, as the other nodes will check. On any error the certificate
     /// in use is kept. Connections already made keep theirs.
-    pub fn reload_certificate(&self, cert: &Path, key: &Path) -> Result<CertificateReload, TlsError> {
+    pub fn reload_certificate(
+        &self,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<CertificateReload, TlsError> {
         let chain = read_certs("tls.cert", cert)?;
         let private_key = read_key("tls.key", key)?;
         let context = format!("tls.cert = {}, tls.key = {}", cert.display(), key.display());
         let certified = CertifiedKey::from_der(chain, private_key, &self.provider)
             .map_err(|source| TlsError::Rejected { what: context.clone(), source })?;
-        let (leaf, intermediates) =
-            certified.cert.split_first().ok_or_else(|| TlsError::Missing {
-                key: "tls.cert",
-                path: cert.into(),
-                what: "CERTIFICATE block",
-            })?;
+        let (leaf, intermediates) = certified.cert.split_first().ok_or_else(|| {
+            TlsError::Missing { key: "tls.cert", path: cert.into(), what: "CERTIFICATE block" }
+        })?;
         self.ca_verifier
             .verify_server_cert(leaf, intermediates, &self.server_name, &[], UnixTime::now())
             .map_err(|source| TlsError::Rejected {

@@ -108,7 +108,8 @@ pub fn spawn_exporter_with<F>(addr: SocketAddr, state: F) -> io::Result<MetricsS
 where
     F: FnMut() -> NodeState + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     let listener = std::net::TcpListener::bind(addr)?;
     let local_addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
@@ -135,10 +136,11 @@ where
         let Some(accepted) = accepted else { return };
         match accepted {
             Ok((stream, _)) => {
-                let served =
-                    future::or(async { Some(serve_connection(stream, &state).await) }, stopped(stop, None))
-                        .await;
-                if served.is_none() {
+                let served = async {
+                    serve_connection(stream, &state).await;
+                    true
+                };
+                if !future::or(served, stopped(stop, false)).await {
                     return;
                 }
             }
@@ -223,11 +225,7 @@ fn route(method: &Method, path: &str) -> Route {
 
 /// The answer to one request; `state` is asked only by `/metrics` and `/ready`. hyper
 /// leaves the body out of an answer to HEAD.
-fn answer(
-    method: &Method,
-    path: &str,
-    state: impl FnOnce() -> NodeState,
-) -> Response<Full<Bytes>> {
+fn answer(method: &Method, path: &str, state: impl FnOnce() -> NodeState) -> Response<Full<Bytes>> {
     match route(method, path) {
         Route::Health => text(StatusCode::OK, "ok\n".into()),
         Route::Ready => match readiness(&state()) {
@@ -389,7 +387,10 @@ mod tests {
         let server = spawn_exporter_for("127.0.0.1:0".parse().unwrap(), slot).unwrap();
         let addr = server.local_addr();
         let health = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n");
-        assert!(health.starts_with("HTTP/1.1 200 ") && health.ends_with("\r\n\r\nok\n"), "{health}");
+        assert!(
+            health.starts_with("HTTP/1.1 200 ") && health.ends_with("\r\n\r\nok\n"),
+            "{health}"
+        );
         let ready = exchange(addr, b"GET /ready HTTP/1.1\r\n\r\n");
         assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
         assert!(ready.ends_with("not ready: the node is starting (recovering its partitions)\n"));
@@ -420,11 +421,16 @@ mod tests {
         let addr = server.local_addr();
         let damaged = exchange(addr, b"GET /ready HTTP/1.1\r\n\r\n");
         assert!(damaged.starts_with("HTTP/1.1 503 "), "{damaged}");
-        assert!(damaged.ends_with("\r\n\r\nnot ready: partition 0: damaged (waiting for repair by a leader)\n"));
+        assert!(damaged.ends_with(
+            "\r\n\r\nnot ready: partition 0: damaged (waiting for repair by a leader)\n"
+        ));
         let no_leader = exchange(addr, b"HEAD /ready HTTP/1.1\r\n\r\n");
         assert!(no_leader.starts_with("HTTP/1.1 503 ") && no_leader.ends_with("\r\n\r\n"));
         let ready = exchange(addr, b"GET /ready HTTP/1.1\r\n\r\n");
-        assert!(ready.starts_with("HTTP/1.1 200 ") && ready.ends_with("\r\n\r\nready\n"), "{ready}");
+        assert!(
+            ready.starts_with("HTTP/1.1 200 ") && ready.ends_with("\r\n\r\nready\n"),
+            "{ready}"
+        );
     }
 
     #[test]
