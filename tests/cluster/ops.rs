@@ -40,12 +40,15 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// Polls `GET path` until `accept` holds; panics with the last answer past `timeout`.
+/// Polls `GET path` until `accept` holds (printing how long it took); panics with the last
+/// answer after twice [`LIVENESS_TIMEOUT`].
 fn wait_for(addr: SocketAddr, path: &str, what: &str, accept: impl Fn(u16, &str) -> bool) {
-    let deadline = Instant::now() + LIVENESS_TIMEOUT * 2;
+    let started = Instant::now();
+    let deadline = started + LIVENESS_TIMEOUT * 2;
     loop {
         let (status, body) = get(addr, path);
         if accept(status, &body) {
+            eprintln!("{path} {what} after {:?}", started.elapsed());
             return;
         }
         assert!(Instant::now() < deadline, "{path} never {what}; last: {status} {body}");
