@@ -60,10 +60,14 @@ fn log_of(cluster: &Cluster, id: u32) -> String {
     std::fs::read_to_string(&cluster.nodes[&id].log_path).unwrap_or_default()
 }
 
-/// Waits until node `id`'s log holds `needle` at least `count` times.
-fn wait_log(cluster: &Cluster, id: u32, needle: &str, count: usize) {
+/// Waits until node `id`'s log holds `needle` at least `count` times; fails at once if the
+/// node exited (a SIGHUP that killed it).
+fn wait_log(cluster: &mut Cluster, id: u32, needle: &str, count: usize) {
     let deadline = Instant::now() + SIGNAL_EFFECT_WAIT;
     while log_of(cluster, id).matches(needle).count() < count {
+        if let Some(status) = cluster.poll_exit(id) {
+            panic!("node {id} exited ({status}) before it logged {needle:?}");
+        }
         assert!(
             Instant::now() < deadline,
             "node {id} never logged {needle:?} {count} times; log:\n{}",
@@ -138,21 +142,21 @@ fn sighup_reloads_the_log_level_and_a_bad_level_keeps_the_running_one() {
     const DEBUG_LINE: &str = "peer connection lost";
     drop(TcpStream::connect(peer).unwrap());
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "log.level unchanged", 1);
+    wait_log(&mut cluster, 1, "log.level unchanged", 1);
     assert!(!log_of(&cluster, 1).contains(DEBUG_LINE), "debug logged at info");
 
     set_level(&config_path, "info,ringlog_net=debug");
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "log.level reloaded", 1);
+    wait_log(&mut cluster, 1, "log.level reloaded", 1);
     drop(TcpStream::connect(peer).unwrap());
-    wait_log(&cluster, 1, DEBUG_LINE, 1);
+    wait_log(&mut cluster, 1, DEBUG_LINE, 1);
 
     // A level that does not parse: refused, the node keeps running at the debug level.
     set_level(&config_path, "info,ringlog_net=notalevel");
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "reload refused", 1);
+    wait_log(&mut cluster, 1, "reload refused", 1);
     drop(TcpStream::connect(peer).unwrap());
-    wait_log(&cluster, 1, DEBUG_LINE, 2);
+    wait_log(&mut cluster, 1, DEBUG_LINE, 2);
     assert!(cluster.poll_exit(1).is_none(), "the node exited after SIGHUP");
 }
 
@@ -235,19 +239,19 @@ fn sighup_reloads_the_tls_certificate_for_new_connections_and_refuses_a_bad_one(
     // A new certificate of the cluster CA: new connections get it.
     let second = ca.write_leaf(&cert, &key);
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "TLS certificate reloaded", 1);
+    wait_log(&mut cluster, 1, "TLS certificate reloaded", 1);
     assert_eq!(presented_leaf(client, &ca_path), second);
 
     // A broken file: the config does not load, nothing changes.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "reload refused", 1);
+    wait_log(&mut cluster, 1, "reload refused", 1);
     assert_eq!(presented_leaf(client, &ca_path), second, "still serving the second");
 
     // A valid certificate of another CA: the other nodes would refuse it; refused here.
     Ca::new("another CA").write_leaf(&cert, &key);
     cluster.signal(1, "HUP");
-    wait_log(&cluster, 1, "TLS certificate reload refused", 1);
+    wait_log(&mut cluster, 1, "TLS certificate reload refused", 1);
     assert!(log_of(&cluster, 1).contains("not a certificate the cluster CA (tls.ca) accepts"));
     assert_eq!(presented_leaf(client, &ca_path), second, "still serving the second");
     assert!(cluster.poll_exit(1).is_none(), "the node exited after SIGHUP");
