@@ -207,8 +207,8 @@ pub static KEYS: &[KeySpec] = &[
     key(
         "listen.metrics",
         ADDRESS,
-        "Address of the Prometheus text metrics endpoint (loopback by default: expose it \
-         deliberately).",
+        "Address of the HTTP endpoint: Prometheus text on `/metrics`, `/health` and `/ready` \
+         (loopback by default: expose it deliberately).",
     ),
     key(
         "peers",

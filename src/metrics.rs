@@ -4,7 +4,8 @@
 //! (replicator, server, the engine's flush statistics) and are copied into a plain
 //! [`NodeSnapshot`] by `NodeHandle::snapshot()`; [`render`] turns one snapshot into the
 //! Prometheus text exposition format (version 0.0.4) with `prometheus-client`, and
-//! [`spawn_exporter`] serves it over HTTP on `listen.metrics` (exporter.rs). Nothing here
+//! [`spawn_exporter`] serves it over HTTP on `listen.metrics` (exporter.rs, beside `/health` and
+//! `/ready`: health.rs). Nothing here
 //! counts anything itself, so a scrape never slows the data path beyond taking the snapshot.
 //!
 //! Every series is declared once in [`SERIES`] (name, type, labels, help); docs/metrics.md
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod exporter;
+mod health;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -28,8 +30,10 @@ use crate::node::{FollowerSnapshot, NodeSnapshot, PartitionSnapshot, ShardSnapsh
 use ringlog_raft::Role;
 
 pub use exporter::{
-    spawn_exporter, spawn_exporter_with, MetricsServer, CONNECTION_DEADLINE, REQUEST_BYTES_MAX,
+    spawn_exporter, spawn_exporter_for, spawn_exporter_with, MetricsServer, CONNECTION_DEADLINE,
+    REQUEST_BYTES_MAX,
 };
+pub use health::{readiness, NodeSlot, NodeState, READY_REASONS_MAX};
 
 /// The `Content-Type` of a `/metrics` answer (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -31,21 +31,30 @@
 //! then `[tls] mode = "tls"`, `ca = "ca.pem"`, `cert = "node-1.pem"`, `key = "node-1.key"` on
 //! node 1 (and likewise for each node); keep `ca.key` off the nodes.
 //!
+//! Reload (SIGHUP): the node's certificate and key sit in one [`NodeCertificate`] shared by
+//! the three configurations (a rustls `ResolvesServerCert` and `ResolvesClientCert`), so
+//! [`TlsConfig::reload_certificate`] swaps them for every handshake that starts afterwards;
+//! connections already made keep the certificate they were made with. The CAs (`tls.ca`,
+//! `tls.client_ca`) are read at start only.
+//!
 //! Invariants: a configuration is only built from certificates and a key that parsed and that
 //! rustls accepted (a key that does not match its certificate is an error here, not at the
-//! first handshake); every error names the config key and the path it came from.
+//! first handshake); every error names the config key and the path it came from; a reload
+//! that fails any check leaves the certificate in use unchanged.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use ringlog_raft::NodeId;
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use thiserror::Error;
 
 /// The DNS name every node certificate must carry and every connector verifies.
@@ -122,6 +131,66 @@ pub struct TlsConfig {
     pub client_server: Arc<ServerConfig>,
     /// The name connectors verify ([`NODE_SERVER_NAME`]).
     pub server_name: ServerName<'static>,
+    /// This node's certificate and key, shared by the three configurations (reloadable).
+    certificate: Arc<NodeCertificate>,
+    /// Checks a reloaded certificate against the cluster CA, as the other nodes will.
+    ca_verifier: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// This node's certificate chain and key as every new handshake (as acceptor or connector)
+/// takes them; [`TlsConfig::reload_certificate`] swaps them.
+#[derive(Debug)]
+pub struct NodeCertificate {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl NodeCertificate {
+    fn new(key: CertifiedKey) -> NodeCertificate {
+        NodeCertificate { current: RwLock::new(Arc::new(key)) }
+    }
+
+    /// The certificate and key handshakes use now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in `key`; returns whether the leaf differs from the one it replaces.
+    fn replace(&self, key: CertifiedKey) -> bool {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let changed = current.cert.first() != key.cert.first();
+        *current = Arc::new(key);
+        changed
+    }
+}
+
+impl ResolvesServerCert for NodeCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for NodeCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// What [`TlsConfig::reload_certificate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateReload {
+    /// A different certificate is now presented by new connections.
+    Replaced,
+    /// The files hold the certificate already in use (swapped in all the same).
+    Unchanged,
 }
 
 impl TlsConfig {
@@ -165,14 +234,19 @@ impl TlsConfig {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
                 .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
+        let ca_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier { what: "tls.ca".into(), detail: e.to_string() })?;
+        let certified = CertifiedKey::from_der(chain, key, &provider)
+            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+        let certificate = Arc::new(NodeCertificate::new(certified));
         let peer_server = server_builder(&provider)?
             .with_client_cert_verifier(peer_verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+            .with_cert_resolver(certificate.clone());
         let peer_client = client_builder(&provider)?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain.clone(), key.clone_key())
-            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+            .with_client_cert_resolver(certificate.clone());
         let client_builder = server_builder(&provider)?;
         let client_builder = match client_ca {
             Some(client_ca) => {
@@ -187,9 +261,7 @@ impl TlsConfig {
             }
             None => client_builder.with_no_client_auth(),
         };
-        let mut client_server = client_builder
-            .with_single_cert(chain, key)
-            .map_err(|source| TlsError::Rejected { what: "tls.cert/tls.key".into(), source })?;
+        let mut client_server = client_builder.with_cert_resolver(certificate.clone());
         // No TLS 1.3 session tickets: the blocking client pools connections and treats
         // unsolicited bytes on an idle connection as "do not reuse".
         client_server.send_tls13_tickets = 0;
@@ -198,6 +270,45 @@ impl TlsConfig {
             peer_client: Arc::new(peer_client),
             client_server: Arc::new(client_server),
             server_name: node_server_name(),
+            certificate,
+            ca_verifier,
+            provider,
+        })
+    }
+
+    /// The certificate and key new handshakes use.
+    pub fn certificate(&self) -> Arc<CertifiedKey> {
+        self.certificate.current()
+    }
+
+    /// Reads `cert` (`tls.cert`) and `key` (`tls.key`) again and makes them the certificate
+    /// of every handshake from now on, after the checks of a start (PEM, the key matches the
+    /// leaf) and one more: the leaf must chain to the cluster CA and carry
+    /// [`NODE_SERVER_NAME`] now, as the other nodes will check. On any error the certificate
+    /// in use is kept. Connections already made keep theirs.
+    pub fn reload_certificate(
+        &self,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<CertificateReload, TlsError> {
+        let chain = read_certs("tls.cert", cert)?;
+        let private_key = read_key("tls.key", key)?;
+        let context = format!("tls.cert = {}, tls.key = {}", cert.display(), key.display());
+        let certified = CertifiedKey::from_der(chain, private_key, &self.provider)
+            .map_err(|source| TlsError::Rejected { what: context.clone(), source })?;
+        let (leaf, intermediates) = certified.cert.split_first().ok_or_else(|| {
+            TlsError::Missing { key: "tls.cert", path: cert.into(), what: "CERTIFICATE block" }
+        })?;
+        self.ca_verifier
+            .verify_server_cert(leaf, intermediates, &self.server_name, &[], UnixTime::now())
+            .map_err(|source| TlsError::Rejected {
+                what: format!("{context}: not a certificate the cluster CA (tls.ca) accepts"),
+                source,
+            })?;
+        Ok(if self.certificate.replace(certified) {
+            CertificateReload::Replaced
+        } else {
+            CertificateReload::Unchanged
         })
     }
 }
@@ -439,6 +550,51 @@ mod tests {
         let mismatch = TlsFiles { key: write(&dir, "other.key", &other_key), ..good };
         let error = TlsConfig::from_files(&mismatch).unwrap_err().to_string();
         assert!(error.contains("tls.cert/tls.key") && error.contains("other.key"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reload_certificate_swaps_the_certificate_of_new_handshakes_and_keeps_it_on_any_error() {
+        let dir = temp_dir("reload");
+        let ca = TestCa::new("cluster");
+        let (cert, key) = ca.node_pem("node-1");
+        let files = TlsFiles {
+            ca: write(&dir, "ca.pem", &ca.cert.pem()),
+            cert: write(&dir, "node.pem", &cert),
+            key: write(&dir, "node.key", &key),
+            client_ca: None,
+        };
+        let tls = TlsConfig::from_files(&files).unwrap();
+        let first = tls.certificate().cert[0].clone();
+        let reload = || tls.reload_certificate(&files.cert, &files.key);
+        assert_eq!(reload().unwrap(), CertificateReload::Unchanged);
+
+        let (cert, key) = ca.node_pem("node-1");
+        write(&dir, "node.pem", &cert);
+        write(&dir, "node.key", &key);
+        assert_eq!(reload().unwrap(), CertificateReload::Replaced);
+        let second = tls.certificate().cert[0].clone();
+        assert_ne!(second, first);
+
+        // Refused, the second certificate stays: garbage, a key of another certificate, a
+        // certificate of another CA (the other nodes would refuse it).
+        write(&dir, "node.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+        let error = reload().unwrap_err().to_string();
+        assert!(error.contains("tls.cert") && error.contains("node.pem"), "{error}");
+        assert_eq!(tls.certificate().cert[0], second);
+        let (_, other_key) = ca.node_pem("node-1");
+        write(&dir, "node.pem", &cert);
+        write(&dir, "node.key", &other_key);
+        assert!(reload().is_err());
+        assert_eq!(tls.certificate().cert[0], second);
+        let (foreign_cert, foreign_key) = TestCa::new("another cluster").node_pem("node-1");
+        write(&dir, "node.pem", &foreign_cert);
+        write(&dir, "node.key", &foreign_key);
+        let error = reload().unwrap_err().to_string();
+        assert!(error.contains("cluster CA"), "{error}");
+        assert_eq!(tls.certificate().cert[0], second);
+        // The three configurations resolve through the same certificate.
+        assert!(tls.peer_client.client_auth_cert_resolver.has_certs());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

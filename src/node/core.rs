@@ -87,6 +87,9 @@ pub(crate) struct ShardContext {
     pub config: Arc<NodeConfig>,
     /// The partitions this shard owns.
     pub partitions: Vec<PartitionId>,
+    /// `[tls]`, built once per node: every shard shares it, so a reloaded certificate
+    /// (`NodeHandle::tls`, SIGHUP) reaches every listener and link. `None`: plaintext.
+    pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
 }
 
 /// What every replicator of the shard shares.
@@ -196,8 +199,9 @@ impl ShardCore {
             ShardLayout { shards: ctx.shards as u16, partitions: config.partitions as u32 };
         peer_config.task_queue = Some(latency);
         // `[tls]`: mutual TLS on peer links and the peer listener (validated at load; read
-        // again here, so a file that vanished since is a start error, never plaintext).
-        let tls = config.tls_config().map_err(|error| NodeStartError::Config(error.to_string()))?;
+        // again by `Node::start`, so a file that vanished since is a start error, never
+        // plaintext).
+        let tls = ctx.tls.clone();
         peer_config.tls = tls.clone();
         if let (0, Some(warning)) = (ctx.shard, config.plaintext_warning()) {
             tracing::warn!(node = %node, "{warning}");

@@ -54,6 +54,7 @@ use ringlog_engine::runtime::{
 };
 use ringlog_engine::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 use ringlog_engine::{FaultInjector, RecordsBuilder};
+use ringlog_net::tls::TlsConfig;
 
 pub use api::{
     AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeExit, NodeSnapshot,
@@ -142,6 +143,8 @@ struct Inner {
     /// The executors' locked memory (RLIMIT_MEMLOCK), released once every shard thread
     /// ended; kept when one was left behind (it still holds its rings).
     memlock_reserved: Mutex<Option<MemlockReservation>>,
+    /// The TLS configuration every shard shares (`None`: plaintext).
+    tls: Option<Arc<TlsConfig>>,
 }
 
 /// Every shard's mailbox; shards hold it too, to forward requests to each other.
@@ -217,6 +220,9 @@ impl Node {
             path: config.data_dir.clone(),
             reason: error.to_string(),
         })?;
+        // `[tls]` once for every shard (validated at load; read again here, so a file that
+        // vanished since is a start error, never plaintext).
+        let tls = config.tls_config().map_err(|error| NodeStartError::Config(error.to_string()))?;
         let memlock_reserved = probe_host(&config, shards, options)?;
         replicator::install_storage_faults(&config.data_dir, faults);
         let config = Arc::new(config);
@@ -251,6 +257,7 @@ impl Node {
                 mailboxes: mailboxes.clone(),
                 ready: ready_tx,
                 exit: exit.clone(),
+                tls: tls.clone(),
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-node{}-shard{shard}", config.node_id),
@@ -285,6 +292,7 @@ impl Node {
             shutdown_done: Mutex::new(false),
             exit,
             memlock_reserved: Mutex::new(Some(memlock_reserved)),
+            tls,
         });
         start_watchdog(&inner);
         Ok(NodeHandle { inner })
@@ -456,6 +464,13 @@ impl NodeHandle {
     /// The configuration the node runs with.
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
+    }
+
+    /// The TLS configuration every listener and link of the node uses (`None`: plaintext).
+    /// Its certificate can be swapped at run time (`TlsConfig::reload_certificate`, which
+    /// `ringlog serve` calls on SIGHUP): new handshakes present the new one.
+    pub fn tls(&self) -> Option<Arc<TlsConfig>> {
+        self.inner.tls.clone()
     }
 
     /// The bound client address of `shard` (`client.port + shard`).

@@ -131,7 +131,7 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions };
+            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
             let core = match ShardCore::open(ctx).await {
                 Ok(core) => core,
                 Err(e) => {
@@ -1153,7 +1153,7 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions };
+            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
             match ShardCore::open(ctx).await {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));

@@ -139,17 +139,19 @@ pub(crate) struct ShardSetup {
     pub mailboxes: Arc<Mailboxes>,
     pub ready: Sender<Result<ShardReady, NodeStartError>>,
     pub exit: Arc<ExitState>,
+    pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
 }
 
 /// The future each shard executor runs: open, listen, report, serve, stop.
 pub(crate) async fn shard_main(setup: ShardSetup) {
-    let ShardSetup { shard, shards, partitions, config, receiver, mailboxes, ready, exit } = setup;
+    let ShardSetup { shard, shards, partitions, config, receiver, mailboxes, ready, exit, tls } =
+        setup;
     let queue = glommio::executor().create_task_queue(
         Shares::default(),
         Latency::Matters(COMMAND_QUEUE_LATENCY),
         "ringlog-node-commands",
     );
-    let context = ShardContext { shard, shards, config: config.clone(), partitions };
+    let context = ShardContext { shard, shards, config: config.clone(), partitions, tls };
     let core = match ShardCore::open(context).await {
         Ok(core) => core,
         Err(error) => {

@@ -88,6 +88,16 @@ fn unit_file_runs_serve_on_the_installed_config_with_limits_and_a_graceful_stop(
     assert_eq!(one(&service, "UMask"), "0077");
     assert_eq!(one(&service, "Restart"), "on-failure");
     assert_eq!(one(&service, "KillSignal"), "SIGTERM");
+    // sd_notify: READY=1 once every shard recovered and listens; the start may take as long
+    // as a node waits for its shards (START_WAIT_MAX); SIGHUP reloads.
+    assert_eq!(one(&service, "Type"), "notify");
+    assert_eq!(one(&service, "NotifyAccess"), "main");
+    let start_secs: u64 = one(&service, "TimeoutStartSec").parse().expect("TimeoutStartSec in s");
+    assert!(
+        start_secs >= ringlog::node::START_WAIT_MAX.as_secs(),
+        "TimeoutStartSec={start_secs}: shorter than a node waits for its shards to recover"
+    );
+    assert_eq!(one(&service, "ExecReload"), "/bin/kill -HUP $MAINPID");
     let stop_secs: u64 = one(&service, "TimeoutStopSec").parse().expect("TimeoutStopSec in s");
     assert!(stop_secs >= 30, "TimeoutStopSec={stop_secs}: too short for a leadership hand-off");
     let nofile = unit_limit_value(one(&service, "LimitNOFILE"));

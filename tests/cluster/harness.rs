@@ -288,6 +288,11 @@ impl Cluster {
 
     /// Spawns node `id` (not waiting for it).
     pub fn spawn(&mut self, id: u32) {
+        self.spawn_with_env(id, &[]);
+    }
+
+    /// Spawns node `id` with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn spawn_with_env(&mut self, id: u32, env: &[(&str, &std::ffi::OsStr)]) {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
@@ -302,6 +307,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn ringlog serve");
         node.child = Some(child);
