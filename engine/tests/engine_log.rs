@@ -741,3 +741,32 @@ fn segments_keep_their_size_when_the_configured_size_changes() {
         log.close().await.unwrap();
     });
 }
+
+/// Issue 13 item 12: every directory a log's open creates has its name made durable, its
+/// parent synced — the outermost new directory's parent first, not only the log's own parent
+/// (a crash could otherwise take back an outer directory and everything written below it).
+/// The first sync of the open is made to fail: it must be the outermost parent's.
+#[test]
+fn a_log_opened_below_new_directories_syncs_the_parent_of_each_outermost_first() {
+    let dir = tempdir();
+    let root = dir.path().to_path_buf();
+    let log_dir = root.join("a").join("b").join("log");
+    let failed_on = run(move || async move {
+        let faults = std::sync::Arc::new(ringlog_engine::FaultInjector::default());
+        faults.fail_syncs(1);
+        match ringlog_engine::Log::open_with_faults(&log_dir, small_config(), faults).await {
+            Err(ringlog_engine::OpenError::Io { path, source }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EIO), "{source}");
+                path
+            }
+            other => panic!("expected the injected sync failure, got {:?}", other.map(|_| ())),
+        }
+    });
+    assert_eq!(failed_on, root, "the first directory synced is the outermost new one's parent");
+    // Without the fault, the same open succeeds and creates the whole chain.
+    let log_dir = dir.path().join("a").join("b").join("log");
+    run(move || async move {
+        let (log, _) = ringlog_engine::Log::open(&log_dir, small_config()).await.unwrap();
+        log.close().await.unwrap();
+    });
+}
