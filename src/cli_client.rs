@@ -2,6 +2,11 @@
 //! `add-node` and `remove-node`. Each is a thin layer over `ringlog_net::client::Client`
 //! (routing, retries and their idempotency rules are documented there).
 //!
+//! `transfer-leader`, `add-node` and `remove-node` need an admin identity on the nodes
+//! (`[admin]`, docs/config.md): `--admin-token-file` (the token of the nodes'
+//! `admin.token_file`, same file rules) or, with TLS, a `--tls-cert` naming an admin. Without
+//! one the node refuses, and the command says so and exits 1.
+//!
 //! Output is line-oriented for scripts: `produce` prints one offset per record, `consume`
 //! prints `offset<TAB>value` (value bytes escaped as in Rust's `escape_ascii`), `status`
 //! prints a table or (`--json`) one JSON document. Any failure prints `ringlog: <reason>` on
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{
     decode_records, next_offset, parse_addresses, Client, ClientConfig, ClientError, ClientTls,
 };
@@ -55,6 +61,16 @@ pub struct ConnectArgs {
     /// Private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The admin identity of `transfer-leader`, `add-node` and `remove-node`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// File holding the admin token (the nodes' `admin.token_file`): sent before each
+    /// leadership or membership request. Must not be readable by others (chmod 600). Not
+    /// needed with a `--tls-cert` that names an admin (`admin.certificate_names`).
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The client's TLS settings from `--tls-ca` / `--tls-cert` / `--tls-key` (None: plaintext).
@@ -172,6 +188,8 @@ pub struct TransferLeaderArgs {
     /// The node that should lead.
     #[arg(long, value_parser = parse_node)]
     pub to: NodeId,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// How long to wait for the new leader, in milliseconds (0: do not wait).
     #[arg(long, value_name = "MS", default_value_t = CHANGE_WAIT_MS_DEFAULT)]
     pub wait_ms: u64,
@@ -194,6 +212,8 @@ pub struct AddNodeArgs {
     /// A partition number or `all`.
     #[arg(long, value_parser = parse_selection, default_value = "all")]
     pub partition: PartitionSelection,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// How long to wait per partition for the node to become a voter, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = CHANGE_WAIT_MS_DEFAULT)]
     pub wait_ms: u64,
@@ -210,17 +230,33 @@ pub struct RemoveNodeArgs {
     /// A partition number or `all`.
     #[arg(long, value_parser = parse_selection, default_value = "all")]
     pub partition: PartitionSelection,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// How long to wait per partition for the leader to drop the node, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = CHANGE_WAIT_MS_DEFAULT)]
     pub wait_ms: u64,
 }
 
 fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
+    client_with(args, None)
+}
+
+/// A client that presents the admin token of `admin`, if any.
+fn admin_client(args: &ConnectArgs, admin: &AdminArgs) -> anyhow::Result<Client> {
+    let token = match &admin.admin_token_file {
+        Some(path) => Some(AdminToken::from_file(path).context("--admin-token-file")?),
+        None => None,
+    };
+    client_with(args, token)
+}
+
+fn client_with(args: &ConnectArgs, admin_token: Option<AdminToken>) -> anyhow::Result<Client> {
     let bootstrap = parse_addresses(&args.bootstrap)
         .with_context(|| format!("bad --bootstrap `{}`", args.bootstrap))?;
     let timeout = Duration::from_millis(args.timeout_ms);
     Ok(Client::new(ClientConfig {
         tls: client_tls(args)?,
+        admin_token,
         request_timeout: timeout,
         retry_time_max: timeout.max(Duration::from_secs(5)),
         ..ClientConfig::new(bootstrap)
@@ -477,7 +513,7 @@ fn status_json(cluster: u64, shards: u16, rows: &[StatusRow]) -> serde_json::Val
 
 /// `ringlog transfer-leader`.
 pub fn run_transfer_leader(args: &TransferLeaderArgs) -> anyhow::Result<ExitCode> {
-    let client = client(&args.connect)?;
+    let client = admin_client(&args.connect, &args.admin)?;
     client.transfer_leader(args.partition, args.to).map_err(|e| explain(e, args.partition))?;
     if args.wait_ms == 0 {
         println!("partition {}: transfer to node {} started", args.partition.0, args.to.0);
@@ -524,7 +560,7 @@ fn selected(client: &Client, selection: PartitionSelection) -> anyhow::Result<Ve
 
 /// `ringlog add-node`.
 pub fn run_add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
-    let client = client(&args.connect)?;
+    let client = admin_client(&args.connect, &args.admin)?;
     let wait = Duration::from_millis(args.wait_ms);
     for partition in selected(&client, args.partition)? {
         let index = client
@@ -588,7 +624,7 @@ fn wait_voter(
 
 /// `ringlog remove-node`.
 pub fn run_remove_node(args: &RemoveNodeArgs) -> anyhow::Result<ExitCode> {
-    let client = client(&args.connect)?;
+    let client = admin_client(&args.connect, &args.admin)?;
     let wait = Duration::from_millis(args.wait_ms);
     for partition in selected(&client, args.partition)? {
         let index = client
@@ -651,6 +687,11 @@ fn explain(error: ClientError, partition: PartitionId) -> anyhow::Error {
         | ClientError::UnknownPartition { .. } => {
             anyhow!("partition {} does not exist: {error}", partition.0)
         }
+        ClientError::Server { addr, reply: ErrorReply::Unauthorized { reason } } => anyhow!(
+            "partition {}: not authorized: {addr} refused the request: {reason} (pass \
+             --admin-token-file, or --tls-cert/--tls-key of a certificate naming an admin)",
+            partition.0
+        ),
         _ => anyhow!("partition {}: {error}", partition.0),
     }
 }

@@ -98,6 +98,24 @@ pub struct NodeConfig {
     pub log: LogSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: who may transfer leadership and change membership through the client ports
+/// (crate::admin; docs/config.md). Nothing set: nobody may (secure by default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The admin token's file (relative: to the config file's directory); read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// DNS subjectAltNames that make a verified client certificate an admin's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificate_names: Vec<String>,
+    /// Every client is an admin (explicit only; warned about at start).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
 }
 
 /// `[tls]`: TLS for client and peer traffic (see the module docs and docs/config.md).
@@ -324,6 +342,9 @@ impl NodeConfig {
                 *file = base.join(&*file);
             }
         }
+        if let Some(file) = config.admin.token_file.as_mut().filter(|f| f.is_relative()) {
+            *file = base.join(&*file);
+        }
         match config.validate() {
             Ok(warnings) => Ok(Loaded { config, warnings }),
             Err(problems) => Err(ConfigError::Invalid { path: path.to_path_buf(), problems }),
@@ -345,7 +366,14 @@ impl NodeConfig {
 
     /// Checks every value and relation; see config_check.rs.
     pub fn validate(&self) -> Result<Vec<ConfigWarning>, Vec<Problem>> {
-        let checked = crate::config_check::validate(self);
+        let checked = match (crate::config_check::validate(self), self.admin_policy()) {
+            (checked, Ok(_)) => checked,
+            (Ok(_), Err(error)) => Err(vec![Problem::Admin { detail: error.to_string() }]),
+            (Err(mut problems), Err(error)) => {
+                problems.push(Problem::Admin { detail: error.to_string() });
+                Err(problems)
+            }
+        };
         // A missing `tls.mode` is reported by config_check (`Problem::TlsModeMissing`).
         let problem = match self.tls_config() {
             Ok(_) | Err(TlsConfigError::ModeMissing) => return checked,
@@ -388,6 +416,13 @@ impl NodeConfig {
             client_ca: tls.client_ca.clone(),
         };
         Ok(Some(Arc::new(TlsConfig::from_files(&files)?)))
+    }
+
+    /// The admin policy of `[admin]` (reads `admin.token_file`; see crate::admin).
+    pub fn admin_policy(
+        &self,
+    ) -> Result<crate::admin::AdminPolicy, crate::admin::AdminConfigError> {
+        crate::admin::AdminPolicy::from_config(self)
     }
 
     /// [`PLAINTEXT_WARNING`] when `tls.mode = "plaintext"` (the node logs it at start).
@@ -901,8 +936,11 @@ json = true
         let cpus = ringlog_engine::runtime::available_cpus();
         let warnings = load(&many).unwrap().warnings;
         if cpus < 256 {
-            let expected =
-                vec![ConfigWarning::ShardsOverCpus { shards: 256, cpus }, ConfigWarning::Plaintext];
+            let expected = vec![
+                ConfigWarning::ShardsOverCpus { shards: 256, cpus },
+                ConfigWarning::Plaintext,
+                ConfigWarning::AdminNone,
+            ];
             assert_eq!(warnings, expected);
         }
     }
@@ -929,7 +967,7 @@ json = true
     #[test]
     fn explicit_plaintext_is_accepted_with_a_warning_for_config_check_and_the_node() {
         let loaded = load(MINIMAL).unwrap();
-        assert_eq!(loaded.warnings, vec![ConfigWarning::Plaintext]);
+        assert_eq!(loaded.warnings, vec![ConfigWarning::Plaintext, ConfigWarning::AdminNone]);
         assert!(loaded.config.tls_config().unwrap().is_none());
         assert_eq!(loaded.config.plaintext_warning(), Some(PLAINTEXT_WARNING));
         let warning = ConfigWarning::Plaintext.to_string();

@@ -51,6 +51,9 @@ pub enum Problem {
     /// does not know yet).
     #[error("{component} refuses the configuration: {detail}")]
     Refused { component: &'static str, detail: String },
+    /// `[admin]` gives no admin policy (crate::admin::AdminConfigError).
+    #[error("{detail}")]
+    Admin { detail: String },
 }
 
 /// What [`Problem::TlsModeMissing`] says: the fix, both ways.
@@ -66,6 +69,11 @@ pub enum ConfigWarning {
     ShardsOverCpus { shards: usize, cpus: usize },
     /// `tls.mode = "plaintext"`: peer and client traffic is not encrypted (chosen explicitly).
     Plaintext,
+    /// `admin.open = true`: every client may transfer leadership and change membership.
+    AdminOpen,
+    /// No admin identity configured: every leadership transfer and membership change sent to
+    /// the client ports is refused.
+    AdminNone,
 }
 
 impl fmt::Display for ConfigWarning {
@@ -80,6 +88,15 @@ impl fmt::Display for ConfigWarning {
             ConfigWarning::Plaintext => f.write_str(
                 "tls.mode = \"plaintext\": peer and client traffic is not encrypted (write \
                  mode = \"tls\" with tls.ca, tls.cert and tls.key to encrypt it)",
+            ),
+            ConfigWarning::AdminOpen => f.write_str(
+                "admin.open = true: every client may transfer leadership and change membership \
+                 (set admin.token_file or admin.certificate_names instead)",
+            ),
+            ConfigWarning::AdminNone => f.write_str(
+                "no admin identity configured: leadership transfers and membership changes \
+                 sent to this node are refused (set admin.token_file or \
+                 admin.certificate_names in [admin])",
             ),
         }
     }
@@ -113,6 +130,12 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     }
     if config.tls.mode == Some(TlsMode::Plaintext) {
         warnings.push(ConfigWarning::Plaintext);
+    }
+    let admin = &config.admin;
+    if admin.open {
+        warnings.push(ConfigWarning::AdminOpen);
+    } else if admin.token_file.is_none() && admin.certificate_names.is_empty() {
+        warnings.push(ConfigWarning::AdminNone);
     }
     Ok(warnings)
 }

@@ -561,6 +561,35 @@ pub static KEYS: &[KeySpec] = &[
     )
     .note("none: client certificates are not required")
     .relation("only with tls.mode = \"tls\""),
+    key(
+        "admin.token_file",
+        "string (file path)",
+        "The admin token: a client that presents it (CLI: `--admin-token-file`) may transfer \
+         leadership and change membership. Read at start; the node refuses to start if the \
+         file is readable or writable by others (mode `o-rwx`), or its token (content with \
+         surrounding whitespace trimmed) is not 16..=512 bytes of visible ASCII. Compared in \
+         constant time. Relative paths: against the config file's directory.",
+    )
+    .note("none")
+    .relation("not with admin.open"),
+    key(
+        "admin.certificate_names",
+        "array of strings (DNS names)",
+        "A verified client certificate whose leaf carries one of these names as \
+         `subjectAltName = DNS:<name>` (the subject CN is not consulted) is an admin's. At \
+         most 64 names; wildcards are not accepted here.",
+    )
+    .note("`[]`")
+    .relation("needs tls.mode = \"tls\" and tls.client_ca; not with admin.open"),
+    key(
+        "admin.open",
+        BOOL,
+        "Every client may transfer leadership and change membership, without an identity \
+         (warned about at start). With no admin key set at all, every such request is \
+         refused: there is no insecure default.",
+    )
+    .note("`false`")
+    .relation("not with admin.token_file or admin.certificate_names"),
 ];
 
 /// The default of a `FromCode` key as it would be written in TOML.
@@ -704,6 +733,10 @@ ca = "ca.pem"
 cert = "node.pem"
 key = "node.key"
 client_ca = "clients.pem"
+[admin]
+token_file = "admin.token"
+certificate_names = ["ops-admin"]
+open = true
 "#;
         toml::from_str(text).unwrap()
     }

@@ -51,6 +51,17 @@
 //! certificate is presented when the rustls configuration has one (nodes with `tls.client_ca`
 //! require it). Build the rustls configuration with [`crate::tls::client_config`].
 //!
+//! # Admin requests
+//!
+//! `transfer_leader` and `change_membership` need an admin identity on the node
+//! (docs/format.md#authenticate): a client certificate naming an admin (TLS, nothing to do
+//! here beyond presenting it), or the admin token in [`ClientConfig::admin_token`]. With a
+//! token, every admin request first sends `Authenticate` with it on the same connection (one
+//! more round trip; admin requests are rare) — a refused token is returned at once as
+//! [`ClientError::Server`] with `ErrorReply::Unauthorized`, never retried, and the admin request
+//! is not sent. Without an identity the node answers the request itself `Unauthorized` (also
+//! returned at once). Other requests never send the token.
+//!
 //! Invariants: a connection is returned to the pool only after a complete, matching
 //! exchange; any error drops it. Requests on one connection are strictly one at a time.
 
@@ -67,12 +78,13 @@ use ringlog_raft::{LogIndex, MembershipChange, NodeId, Term};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
 
+use crate::admin::AdminToken;
 use crate::frame::{FrameDecoder, FrameError, FrameKind};
 use crate::ids::{Offset, PartitionId, RequestId};
 use crate::limits::{BATCH_SIZE_MAX, FETCH_BYTES_MAX, FRAME_BODY_SIZE_MAX, READ_CHUNK_SIZE};
 use crate::protocol::{
-    Acks, Consistency, ErrorReply, FetchRequest, FetchResponse, GroupStatus, MetadataResponse,
-    PartitionMetadata, ProduceRequest, ProduceResponse, Request, Response,
+    Acks, AdminCredential, Consistency, ErrorReply, FetchRequest, FetchResponse, GroupStatus,
+    MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse, Request, Response,
 };
 use crate::wire::ProtocolError;
 
@@ -116,6 +128,8 @@ pub struct ClientConfig {
     pub frame_body_size_max: usize,
     /// TLS to the nodes' client ports (`None`: plaintext).
     pub tls: Option<ClientTls>,
+    /// The admin token sent before each admin request (module docs, "Admin requests").
+    pub admin_token: Option<AdminToken>,
 }
 
 /// The client's TLS settings: a rustls configuration (see [`crate::tls::client_config`]) and
@@ -156,6 +170,7 @@ impl ClientConfig {
             idle_connections_per_address_max: IDLE_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             frame_body_size_max: FRAME_BODY_SIZE_MAX,
             tls: None,
+            admin_token: None,
         }
     }
 }
@@ -595,6 +610,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<Response, Failure> {
         let mut stream = self.checkout(addr)?;
+        if let Some(token) = self.config.admin_token.as_ref().filter(|_| request.is_admin()) {
+            self.authenticate(&mut stream, addr, token)?;
+        }
         let id = RequestId(self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let frame = request.encode(id);
         let write_timeout = self.config.request_timeout;
@@ -604,6 +622,37 @@ impl Client {
         let response = self.read_response(&mut stream, addr, id)?;
         self.checkin(addr, stream);
         Ok(response)
+    }
+
+    /// Presents `token` on `stream` before an admin request. A transport failure here is a
+    /// failure before the admin request was sent (safe to retry); a refusal is final.
+    fn authenticate(
+        &self,
+        stream: &mut Conn,
+        addr: SocketAddr,
+        token: &AdminToken,
+    ) -> Result<(), Failure> {
+        let id = RequestId(self.next_request_id.fetch_add(1, Ordering::Relaxed));
+        let token = Bytes::copy_from_slice(token.as_bytes());
+        let frame = Request::Authenticate { credential: AdminCredential { token } }.encode(id);
+        let timeout = self.config.request_timeout;
+        stream.tcp().set_write_timeout(Some(timeout)).map_err(Failure::not_sent)?;
+        stream.tcp().set_read_timeout(Some(timeout)).map_err(Failure::not_sent)?;
+        write_frame(stream, frame.chunks()).map_err(Failure::not_sent)?;
+        match self.read_response(stream, addr, id) {
+            Ok(Response::Authenticated) => Ok(()),
+            Ok(Response::Error(reply)) => {
+                Err(Failure::answered(ClientError::Server { addr, reply }))
+            }
+            Ok(other) => Err(Failure::answered(ClientError::UnexpectedResponse {
+                addr,
+                expected: "authenticate",
+                found: other.kind(),
+            })),
+            // The admin request itself was not sent.
+            Err(Failure { error: FailureKind::Io(source), .. }) => Err(Failure::not_sent(source)),
+            Err(failure) => Err(failure),
+        }
     }
 
     fn read_response(

@@ -68,6 +68,9 @@ pub enum FrameKind {
     GroupStatusRequest = 0x04,
     TransferLeaderRequest = 0x05,
     MembershipRequest = 0x06,
+    /// Presents an admin token for the rest of the connection (since the Authenticate
+    /// addition to version 1; docs/format.md#authenticate).
+    AuthenticateRequest = 0x07,
     /// A typed error reply to any request (or to a malformed frame, before closing).
     ErrorReply = 0x7F,
     ProduceResponse = 0x81,
@@ -76,6 +79,7 @@ pub enum FrameKind {
     GroupStatusResponse = 0x84,
     TransferLeaderResponse = 0x85,
     MembershipResponse = 0x86,
+    AuthenticateResponse = 0x87,
     PeerHandshake = 0x20,
     PeerHandshakeAccepted = 0x21,
     PeerHandshakeRefused = 0x22,
@@ -88,13 +92,14 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Every kind, for tests and docs.
-    pub const ALL: [FrameKind; 20] = [
+    pub const ALL: [FrameKind; 22] = [
         FrameKind::ProduceRequest,
         FrameKind::FetchRequest,
         FrameKind::MetadataRequest,
         FrameKind::GroupStatusRequest,
         FrameKind::TransferLeaderRequest,
         FrameKind::MembershipRequest,
+        FrameKind::AuthenticateRequest,
         FrameKind::ErrorReply,
         FrameKind::ProduceResponse,
         FrameKind::FetchResponse,
@@ -102,6 +107,7 @@ impl FrameKind {
         FrameKind::GroupStatusResponse,
         FrameKind::TransferLeaderResponse,
         FrameKind::MembershipResponse,
+        FrameKind::AuthenticateResponse,
         FrameKind::PeerHandshake,
         FrameKind::PeerHandshakeAccepted,
         FrameKind::PeerHandshakeRefused,

@@ -176,8 +176,9 @@ pub mod samples {
         RefuseReason, PEER_PROTOCOL_VERSION,
     };
     use crate::protocol::{
-        Acks, Consistency, ErrorReply, FetchRequest, FetchResponse, FollowerStatus, GroupStatus,
-        MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse, Request, Response,
+        Acks, AdminCredential, Consistency, ErrorReply, FetchRequest, FetchResponse,
+        FollowerStatus, GroupStatus, MetadataResponse, PartitionMetadata, ProduceRequest,
+        ProduceResponse, Request, Response,
     };
 
     /// `len` bytes of a recognisable pattern.
@@ -367,6 +368,10 @@ pub mod samples {
                 peer: None,
                 client: Some(v6),
             },
+            Request::Authenticate {
+                credential: AdminCredential { token: Bytes::from_static(b"0123456789abcdef") },
+            },
+            Request::Authenticate { credential: AdminCredential { token: Bytes::new() } },
         ]
     }
 
@@ -397,6 +402,7 @@ pub mod samples {
             ErrorReply::StorageFull { partition: p, reason: "No space left on device".into() },
             ErrorReply::Rejected { reason: "a membership change is in progress ✓".into() },
             ErrorReply::Internal { reason: String::new() },
+            ErrorReply::Unauthorized { reason: "no admin identity on this connection".into() },
         ]
     }
 
@@ -479,6 +485,7 @@ pub mod samples {
             }),
             Response::TransferLeader { partition: PartitionId(1), to: NodeId(3) },
             Response::ChangeMembership { partition: PartitionId(1), index: LogIndex(77) },
+            Response::Authenticated,
         ];
         responses.extend(error_replies().into_iter().map(Response::Error));
         responses

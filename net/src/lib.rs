@@ -8,6 +8,8 @@
 //! - `client` (feature `client`, on by default): the blocking std::net [`client::Client`] with
 //!   partition → shard → leader routing and bounded, idempotency-aware retries.
 //! - [`tls`]: rustls configurations for mutual TLS between nodes and TLS to clients.
+//! - [`admin`]: the admin identity (token, certificate names) that membership changes and
+//!   leadership transfers need.
 //! - [`limits`]: every bound the decoders and queues enforce.
 //!
 //! Fuzzing the frame decoder briefly (nightly toolchain; see fuzz/README.md):
@@ -17,11 +19,12 @@
 //! Architecture invariants: the codec depends on `ringlog-raft` (pure) but not on
 //! `ringlog-engine` (batch checksums are verified through [`peer::BatchCheck`]); only the
 //! `client` module uses the engine (to build and verify batches: contract decision 3); only
-//! `transport` and `client` perform IO; no decoder allocates before bounding what it allocates, and none
+//! `transport` and `client` perform socket IO (`tls` and `admin` read their PEM and token files); no decoder allocates before bounding what it allocates, and none
 //! panics on any input (fuzzed: see `fuzz/` and [`fuzzing`]).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod frame;

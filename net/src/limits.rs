@@ -8,6 +8,16 @@
 
 use std::time::Duration;
 
+/// Shortest admin token accepted (a short token is guessable): bytes after trimming.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 16;
+
+/// Longest admin token accepted, in a token file (after trimming) and on the wire.
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 512;
+
+/// Largest admin token file read (the token plus surrounding whitespace); a longer file is
+/// refused before it is read.
+pub const ADMIN_TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
 /// Size of the fixed frame header (docs/format.md#frame).
 pub const FRAME_HEADER_SIZE: usize = 32;
 
@@ -106,6 +116,9 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const READ_CHUNK_SIZE: usize = 64 * 1024;
 
 const _: () = assert!(FRAME_HEADER_SIZE % 8 == 0);
+const _: () = assert!(ADMIN_TOKEN_BYTES_MIN <= ADMIN_TOKEN_BYTES_MAX);
+const _: () = assert!(ADMIN_TOKEN_BYTES_MAX as u64 <= ADMIN_TOKEN_FILE_BYTES_MAX);
+const _: () = assert!(ADMIN_TOKEN_BYTES_MAX + 4 <= FRAME_BODY_SIZE_MAX);
 const _: () = assert!(FRAME_BODY_SIZE_MAX <= FRAME_BODY_SIZE_CEILING);
 const _: () = assert!(FRAME_BODY_SIZE_CEILING <= u32::MAX as usize);
 // A produce request (a batch plus fixed fields) and a full fetch response fit in a frame.

@@ -15,8 +15,8 @@ use ringlog_raft::{LogIndex, MembershipChange, NodeId, Role, Term};
 use crate::frame::{BodyWriter, Frame, FrameBuf, FrameKind};
 use crate::ids::{ClusterId, Offset, PartitionId, RequestId, ShardId};
 use crate::limits::{
-    BATCH_SIZE_MAX, FETCH_BATCHES_MAX, FETCH_BYTES_MAX, METADATA_PARTITIONS_MAX,
-    STATUS_FOLLOWERS_MAX,
+    ADMIN_TOKEN_BYTES_MAX, BATCH_SIZE_MAX, FETCH_BATCHES_MAX, FETCH_BYTES_MAX,
+    METADATA_PARTITIONS_MAX, STATUS_FOLLOWERS_MAX,
 };
 use crate::wire::{BodyWriterExt, ProtocolError, Reader};
 
@@ -62,6 +62,19 @@ pub struct FetchRequest {
     pub consistency: Consistency,
 }
 
+/// The secret an `Authenticate` request carries: at most `ADMIN_TOKEN_BYTES_MAX` bytes on the
+/// wire (longer is a decode error). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminCredential {
+    pub token: Bytes,
+}
+
+impl std::fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminCredential(<redacted, {} bytes>)", self.token.len())
+    }
+}
+
 /// A client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -87,6 +100,13 @@ pub enum Request {
         change: MembershipChange,
         peer: Option<SocketAddr>,
         client: Option<SocketAddr>,
+    },
+    /// Presents an admin token for the rest of the connection (docs/format.md#authenticate):
+    /// once accepted, the connection may send admin requests (`TransferLeader`,
+    /// `ChangeMembership`). A refused token is answered `Unauthorized` and the connection is
+    /// closed.
+    Authenticate {
+        credential: AdminCredential,
     },
 }
 
@@ -183,6 +203,7 @@ pub enum ErrorCode {
     Rejected = 12,
     Internal = 13,
     StorageFull = 14,
+    Unauthorized = 15,
 }
 
 /// A typed error reply to a request (or to a malformed frame, just before the connection is
@@ -243,6 +264,12 @@ pub enum ErrorReply {
         partition: PartitionId,
         reason: String,
     },
+    /// An admin request (leadership transfer, membership change) on a connection without an
+    /// admin identity, or an `Authenticate` whose token was refused (that connection is then
+    /// closed). Nothing was changed; the reason says which identity the node accepts.
+    Unauthorized {
+        reason: String,
+    },
 }
 
 /// A response to a client request.
@@ -252,6 +279,8 @@ pub enum Response {
     Fetch(FetchResponse),
     Metadata(MetadataResponse),
     GroupStatus(GroupStatus),
+    /// The connection is now an admin's (its token was accepted).
+    Authenticated,
     /// The transfer has started (the target was told to campaign).
     TransferLeader {
         partition: PartitionId,
@@ -274,7 +303,13 @@ impl Request {
             Request::GroupStatus { .. } => FrameKind::GroupStatusRequest,
             Request::TransferLeader { .. } => FrameKind::TransferLeaderRequest,
             Request::ChangeMembership { .. } => FrameKind::MembershipRequest,
+            Request::Authenticate { .. } => FrameKind::AuthenticateRequest,
         }
+    }
+
+    /// Whether the request needs an admin identity: it changes who leads or who is a member.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Request::TransferLeader { .. } | Request::ChangeMembership { .. })
     }
 
     /// The partition the request is about, if it is about one.
@@ -282,7 +317,7 @@ impl Request {
         match self {
             Request::Produce(r) => Some(r.partition),
             Request::Fetch(r) => Some(r.partition),
-            Request::Metadata { .. } => None,
+            Request::Metadata { .. } | Request::Authenticate { .. } => None,
             Request::GroupStatus { partition }
             | Request::TransferLeader { partition, .. }
             | Request::ChangeMembership { partition, .. } => Some(*partition),
@@ -327,6 +362,7 @@ impl Request {
                 w.put_opt_addr(*peer);
                 w.put_opt_addr(*client);
             }
+            Request::Authenticate { credential } => w.put_bytes(&credential.token),
         }
         w.finish(self.kind(), request_id)
     }
@@ -383,6 +419,11 @@ impl Request {
                 let client = r.opt_addr("membership client address")?;
                 Request::ChangeMembership { partition, change, peer, client }
             }
+            FrameKind::AuthenticateRequest => Request::Authenticate {
+                credential: AdminCredential {
+                    token: r.bytes("admin token", ADMIN_TOKEN_BYTES_MAX)?,
+                },
+            },
             kind => return Err(ProtocolError::WrongKind { expected: "client request", kind }),
         };
         r.finish()?;
@@ -397,6 +438,7 @@ impl Response {
             Response::Fetch(_) => FrameKind::FetchResponse,
             Response::Metadata(_) => FrameKind::MetadataResponse,
             Response::GroupStatus(_) => FrameKind::GroupStatusResponse,
+            Response::Authenticated => FrameKind::AuthenticateResponse,
             Response::TransferLeader { .. } => FrameKind::TransferLeaderResponse,
             Response::ChangeMembership { .. } => FrameKind::MembershipResponse,
             Response::Error(_) => FrameKind::ErrorReply,
@@ -423,6 +465,7 @@ impl Response {
             }
             Response::Metadata(r) => encode_metadata(&mut w, r),
             Response::GroupStatus(r) => encode_status(&mut w, r),
+            Response::Authenticated => {}
             Response::TransferLeader { partition, to } => {
                 w.put_u32(partition.0);
                 w.put_u32(to.0);
@@ -448,6 +491,7 @@ impl Response {
             FrameKind::FetchResponse => Response::Fetch(decode_fetch(&mut r)?),
             FrameKind::MetadataResponse => Response::Metadata(decode_metadata(&mut r)?),
             FrameKind::GroupStatusResponse => Response::GroupStatus(decode_status(&mut r)?),
+            FrameKind::AuthenticateResponse => Response::Authenticated,
             FrameKind::TransferLeaderResponse => Response::TransferLeader {
                 partition: PartitionId(r.u32("transfer partition")?),
                 to: r.node("transfer target")?,
@@ -481,6 +525,7 @@ impl ErrorReply {
             ErrorReply::Rejected { .. } => ErrorCode::Rejected,
             ErrorReply::Internal { .. } => ErrorCode::Internal,
             ErrorReply::StorageFull { .. } => ErrorCode::StorageFull,
+            ErrorReply::Unauthorized { .. } => ErrorCode::Unauthorized,
         }
     }
 
@@ -532,7 +577,8 @@ impl ErrorReply {
             ErrorReply::Malformed { reason }
             | ErrorReply::StorageFailed { reason }
             | ErrorReply::Rejected { reason }
-            | ErrorReply::Internal { reason } => w.put_string(reason),
+            | ErrorReply::Internal { reason }
+            | ErrorReply::Unauthorized { reason } => w.put_string(reason),
             ErrorReply::StorageFull { partition, reason } => {
                 w.put_u32(partition.0);
                 w.put_string(reason);
@@ -572,6 +618,7 @@ impl ErrorReply {
                 partition: PartitionId(r.u32("error partition")?),
                 reason: r.string("error reason")?,
             },
+            15 => ErrorReply::Unauthorized { reason: r.string("error reason")? },
             value => {
                 return Err(ProtocolError::BadValue { what: "error code", value: value.into() })
             }

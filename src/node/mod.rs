@@ -223,6 +223,10 @@ impl Node {
         // `[tls]` once for every shard (validated at load; read again here, so a file that
         // vanished since is a start error, never plaintext).
         let tls = config.tls_config().map_err(|error| NodeStartError::Config(error.to_string()))?;
+        // `[admin]` likewise: the token file is read now, once; a file made unusable since the
+        // load is a start error, never an open node.
+        let admin = config.admin_policy().map_err(|e| NodeStartError::Config(e.to_string()))?;
+        let admin = Arc::new(admin);
         let memlock_reserved = probe_host(&config, shards, options)?;
         replicator::install_storage_faults(&config.data_dir, faults);
         let config = Arc::new(config);
@@ -258,6 +262,7 @@ impl Node {
                 ready: ready_tx,
                 exit: exit.clone(),
                 tls: tls.clone(),
+                admin: admin.clone(),
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-node{}-shard{shard}", config.node_id),

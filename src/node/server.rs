@@ -42,6 +42,16 @@
 //! `ringlog_net::transport::NetStream`. A failed handshake is a rejected input of kind
 //! `client_tls` (counted and logged with the reason); nothing is answered in plaintext.
 //!
+//! Admin requests (`[admin]`, crate::admin): a connection is an admin's when its verified
+//! client certificate carries an admin name (checked once, after the TLS handshake), in open
+//! mode, or once it sent an `Authenticate` whose token matched — handled in the reader, in
+//! order, before the next request is read, so a pipelined admin request right behind it sees
+//! the identity. A refused token is answered `Unauthorized` and closes the connection (kind
+//! `client_auth`); an admin request (`TransferLeader`, `ChangeMembership`) on a connection
+//! without an identity is answered `Unauthorized` without being started, and counted (kind
+//! `client_unauthorized`); the connection goes on. Forwarded requests were checked by the
+//! shard that read them.
+//!
 //! Invariants: a connection buffers at most one frame plus one read chunk of input and
 //! [`PIPELINE_REQUESTS_MAX`] responses of output; every decoded request gets exactly one
 //! response unless its connection broke first; nothing a connection sends affects another.
@@ -81,6 +91,7 @@ use super::api::{NodeAddresses, NodeError, ShardSnapshot, ShutdownMode};
 use super::core::{PartitionReplicator, ShardCore};
 use super::shard_main::{spawn, Command, BACKPRESSURE_RETRY_MS};
 use super::{Mailboxes, NUDGE_AFTER, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
+use crate::admin::{AdminIdentity, AdminPolicy};
 use crate::config::NodeConfig;
 use crate::memory::{MemoryTrim, TRIM_INTERVAL};
 
@@ -109,6 +120,11 @@ pub const REJECT_CLIENT_CONNECTION_LIMIT: &str = "client_connection_limit";
 pub const REJECT_CLIENT_SLOW_REQUEST: &str = "client_slow_request";
 /// A client connection whose TLS handshake failed.
 pub const REJECT_CLIENT_TLS: &str = "client_tls";
+/// An `Authenticate` whose token was refused (the connection is closed).
+pub const REJECT_CLIENT_AUTH: &str = "client_auth";
+/// An admin request on a connection without an admin identity (refused; the connection goes
+/// on).
+pub const REJECT_CLIENT_UNAUTHORIZED: &str = "client_unauthorized";
 
 /// Whether a request for another shard's partition may be forwarded there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +197,8 @@ pub(crate) struct ServerShared {
     reject_log: RejectLog,
     /// `[tls]`: the client TLS configuration (`None`: plaintext).
     tls: Option<Arc<TlsConfig>>,
+    /// `[admin]`: who may send admin requests.
+    admin: Arc<AdminPolicy>,
 }
 
 /// Rate limit of rejected-input log lines.
@@ -199,6 +217,7 @@ impl ServerShared {
         client: SocketAddr,
         core: Rc<ShardCore>,
         mailboxes: Arc<Mailboxes>,
+        admin: Arc<AdminPolicy>,
     ) -> ServerShared {
         ServerShared {
             shard,
@@ -218,6 +237,7 @@ impl ServerShared {
                 request_timeout: Duration::from_millis(config.net.request_timeout_ms),
             },
             tls: core.tls(),
+            admin,
             core,
             connections: Cell::new(0),
             memory: MemoryTrim::default(),
@@ -242,8 +262,23 @@ impl ServerShared {
         snapshot
     }
 
-    /// Counts a rejected input and logs why (rate limited).
+    /// Counts a rejected input and logs why (rate limited); the connection is closed.
     fn reject(&self, kind: &'static str, peer: Option<SocketAddr>, reason: &str) {
+        self.count_rejected(kind, peer, "closing client connection", reason);
+    }
+
+    /// Counts a refused request and logs why (rate limited); the connection goes on.
+    fn refuse(&self, kind: &'static str, peer: Option<SocketAddr>, reason: &str) {
+        self.count_rejected(kind, peer, "refused a client request", reason);
+    }
+
+    fn count_rejected(
+        &self,
+        kind: &'static str,
+        peer: Option<SocketAddr>,
+        action: &str,
+        reason: &str,
+    ) {
         *self.rejected.borrow_mut().entry(kind).or_insert(0) += 1;
         let log = &self.reject_log;
         if log.window_start.get().elapsed() >= REJECT_LOG_WINDOW {
@@ -261,7 +296,7 @@ impl ServerShared {
             peer = ?peer,
             kind,
             suppressed,
-            "closing client connection: {reason}"
+            "{action}: {reason}"
         );
     }
 }
@@ -378,6 +413,7 @@ async fn accept_loop(
         let connection = Connection {
             shared: shared.clone(),
             peer,
+            identity: RefCell::new(None),
             stop_reading: stop_reading.clone(),
             abort: Rc::new(Event::default()),
             inflight: Rc::new(Semaphore::new(PIPELINE_REQUESTS_MAX as u64)),
@@ -433,6 +469,8 @@ enum Outgoing {
 struct Connection {
     shared: Rc<ServerShared>,
     peer: Option<SocketAddr>,
+    /// How this connection proved it is an admin's (`None`: it did not).
+    identity: RefCell<Option<AdminIdentity>>,
     stop_reading: Rc<Event>,
     /// The writer failed: the reader stops too.
     abort: Rc<Event>,
@@ -453,6 +491,11 @@ enum ReadEnd {
 impl Connection {
     async fn run(self, stream: TcpStream) {
         let Some(stream) = secure(stream, &self.shared).await else { return };
+        let identity = self.shared.admin.connection_identity(stream.peer_certificates());
+        if let Some(identity) = &identity {
+            tracing::debug!(shard = self.shared.shard, peer = ?self.peer, %identity, "admin client");
+        }
+        *self.identity.borrow_mut() = identity;
         let (mut reader, writer) = futures_lite::io::split(stream);
         // Room for every in-flight response plus an error reply and the close marker.
         let (out_tx, out_rx) = local_channel::new_bounded(PIPELINE_REQUESTS_MAX + 2);
@@ -508,6 +551,11 @@ impl Connection {
                 match self.next_request(input, out).await {
                     Ok(Some((request_id, request))) => {
                         request_deadline = None;
+                        let request = match self.authorize(request_id, request, out).await {
+                            Authorized::Run(request) => request,
+                            Authorized::Answered => continue,
+                            Authorized::End(end) => return end,
+                        };
                         if !self.dispatch(request_id, request, out).await {
                             return ReadEnd::Broken;
                         }
@@ -637,6 +685,50 @@ impl Connection {
                 let reply = ErrorReply::Malformed { reason: reason.clone() };
                 Err(self.reject(REJECT_CLIENT_BODY, request_id, reply, &reason, out).await)
             }
+        }
+    }
+
+    /// Applies the admin policy (module docs) before a request runs: answers `Authenticate`
+    /// here, in order, and refuses an admin request from a connection without an identity.
+    async fn authorize(
+        &self,
+        request_id: RequestId,
+        request: Request,
+        out: &Rc<LocalSender<Outgoing>>,
+    ) -> Authorized {
+        let reply = match request {
+            Request::Authenticate { credential } => {
+                match self.shared.admin.authenticate(&credential.token) {
+                    Ok(identity) => {
+                        tracing::info!(
+                            shard = self.shared.shard,
+                            peer = ?self.peer,
+                            %identity,
+                            "client connection authenticated as admin"
+                        );
+                        *self.identity.borrow_mut() = Some(identity);
+                        Response::Authenticated
+                    }
+                    Err(reason) => {
+                        let reply = ErrorReply::Unauthorized { reason: reason.clone() };
+                        let kind = REJECT_CLIENT_AUTH;
+                        return Authorized::End(
+                            self.reject(kind, request_id, reply, &reason, out).await,
+                        );
+                    }
+                }
+            }
+            request if request.is_admin() && self.identity.borrow().is_none() => {
+                let reason = self.shared.admin.refusal();
+                let what = format!("{:?} without an admin identity: {reason}", request.kind());
+                self.shared.refuse(REJECT_CLIENT_UNAUTHORIZED, self.peer, &what);
+                Response::Error(ErrorReply::Unauthorized { reason })
+            }
+            request => return Authorized::Run(request),
+        };
+        match out.send(Outgoing::Frame(reply.encode(request_id))).await {
+            Ok(()) => Authorized::Answered,
+            Err(_) => Authorized::End(ReadEnd::Broken),
         }
     }
 
@@ -771,6 +863,16 @@ impl Connection {
         )
         .await;
     }
+}
+
+/// What the admin policy makes of a request read.
+enum Authorized {
+    /// Start it.
+    Run(Request),
+    /// Already answered (an `Authenticate`, or a refused admin request).
+    Answered,
+    /// The connection ends (a refused token: the reply is queued).
+    End(ReadEnd),
 }
 
 /// A connection's input: the frame decoder, the bytes not decoded yet, the read buffer.
@@ -978,6 +1080,9 @@ async fn handle_owned(
                 .map(|index| Response::ChangeMembership { partition, index })
         }
         Request::Metadata { .. } => return internal("metadata reached a partition handler"),
+        Request::Authenticate { .. } => {
+            return internal("authenticate reached a partition handler")
+        }
     };
     result.unwrap_or_else(|error| Response::Error(error.to_reply()))
 }

@@ -140,12 +140,24 @@ pub(crate) struct ShardSetup {
     pub ready: Sender<Result<ShardReady, NodeStartError>>,
     pub exit: Arc<ExitState>,
     pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
+    /// `[admin]`: who may send admin requests to the client ports (crate::admin).
+    pub admin: Arc<crate::admin::AdminPolicy>,
 }
 
 /// The future each shard executor runs: open, listen, report, serve, stop.
 pub(crate) async fn shard_main(setup: ShardSetup) {
-    let ShardSetup { shard, shards, partitions, config, receiver, mailboxes, ready, exit, tls } =
-        setup;
+    let ShardSetup {
+        shard,
+        shards,
+        partitions,
+        config,
+        receiver,
+        mailboxes,
+        ready,
+        exit,
+        tls,
+        admin,
+    } = setup;
     let queue = glommio::executor().create_task_queue(
         Shares::default(),
         Latency::Matters(COMMAND_QUEUE_LATENCY),
@@ -171,7 +183,7 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
     };
     let client = listener.local_addr().unwrap_or(client_addr);
     let shared =
-        Rc::new(ServerShared::new(shard, shards, &config, client, core.clone(), mailboxes));
+        Rc::new(ServerShared::new(shard, shards, &config, client, core.clone(), mailboxes, admin));
     let server = ClientServer::start(listener, shared.clone(), queue);
     let _ = ready.send(Ok(ShardReady { client, peer: core.peer_addr() }));
     tracing::info!(shard, %client, peer = %core.peer_addr(), "shard ready");
