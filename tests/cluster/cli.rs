@@ -141,7 +141,9 @@ fn produce_consume_status_transfer_add_and_remove_work_from_the_cli() {
     ]);
     assert!(!out.status.success());
 
-    // transfer-leader to a follower.
+    // transfer-leader to a follower (admin commands present the cluster's admin token).
+    let token_path = cluster.admin_token_path();
+    let token = token_path.to_str().expect("a UTF-8 temp path");
     let (leader, _) = cluster.wait_leader(&client, PartitionId(0));
     let target = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let out = ringlog(&[
@@ -152,6 +154,8 @@ fn produce_consume_status_transfer_add_and_remove_work_from_the_cli() {
         "0",
         "--to",
         &target.to_string(),
+        "--admin-token-file",
+        token,
     ]);
     assert!(out.status.success(), "transfer-leader failed");
     let (now, _) = cluster.wait_leader(&client, PartitionId(0));
@@ -178,6 +182,8 @@ fn produce_consume_status_transfer_add_and_remove_work_from_the_cli() {
         &entry.peer.to_string(),
         "--client",
         &entry.client.to_string(),
+        "--admin-token-file",
+        token,
     ]);
     assert!(out.status.success(), "add-node failed");
     for p in 0..2 {
@@ -193,7 +199,15 @@ fn produce_consume_status_transfer_add_and_remove_work_from_the_cli() {
     assert_eq!(records.len(), 6);
 
     // remove-node: node 4 leaves both partitions.
-    let out = ringlog(&["remove-node", "--bootstrap", &bootstrap, "--node", "4"]);
+    let out = ringlog(&[
+        "remove-node",
+        "--bootstrap",
+        &bootstrap,
+        "--node",
+        "4",
+        "--admin-token-file",
+        token,
+    ]);
     assert!(out.status.success(), "remove-node failed");
     for p in 0..2 {
         let status = client.status(PartitionId(p)).unwrap();

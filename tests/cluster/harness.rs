@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog::config::{
-    ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode, RaftSection,
-    StorageSection, TlsSection,
+    AdminSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode,
+    RaftSection, StorageSection, TlsSection,
 };
+use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
 use ringlog_net::protocol::{Consistency, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
@@ -57,6 +58,9 @@ pub struct Spec {
     pub tls: BTreeMap<u32, TlsSection>,
     /// `[net]` of every node (the harness's reconnect backoffs unless a test sets its own).
     pub net: NetSection,
+    /// `[admin]` per node id (absent: `token_file` = the cluster's admin token file, see
+    /// [`Cluster::admin_token_path`]).
+    pub admin: BTreeMap<u32, AdminSection>,
 }
 
 impl Spec {
@@ -67,6 +71,7 @@ impl Spec {
             partitions: 2,
             segment_size: 2 * 1024 * 1024,
             tls: BTreeMap::new(),
+            admin: BTreeMap::new(),
             net: NetSection {
                 reconnect_backoff_initial_ms: 10,
                 reconnect_backoff_max_ms: 200,
@@ -235,6 +240,7 @@ impl Cluster {
             stopped: false,
         };
         std::fs::create_dir_all(&node.data_dir).expect("create a data dir");
+        self.write_admin_token();
         self.nodes.insert(id, node);
         self.peers.push(entry.clone());
         entry
@@ -278,6 +284,10 @@ impl Cluster {
                 json: false,
             },
             tls: node.tls.clone(),
+            admin: self.spec.admin.get(&id).cloned().unwrap_or_else(|| AdminSection {
+                token_file: Some(self.admin_token_path()),
+                ..AdminSection::default()
+            }),
         };
         if let Err(problems) = config.validate() {
             panic!("test config of node {id} is invalid: {problems:#?}");
@@ -459,10 +469,46 @@ impl Cluster {
         self.nodes.values().filter(|n| n.is_running() && !n.stopped).map(|n| n.client).collect()
     }
 
-    /// A client bootstrapped from every node (running or not).
+    /// A client bootstrapped from every node (running or not), holding the cluster's admin
+    /// token (so it may transfer leadership and change membership).
     pub fn client(&self) -> Client {
         let bootstrap: Vec<SocketAddr> = self.nodes.values().map(|n| n.client).collect();
+        let admin_token = Some(self.admin_token());
+        Client::new(ClientConfig { admin_token, ..test_client_config(bootstrap) }).expect("client")
+    }
+
+    /// A client bootstrapped from every node without any admin identity.
+    pub fn client_without_admin(&self) -> Client {
+        let bootstrap: Vec<SocketAddr> = self.nodes.values().map(|n| n.client).collect();
         Client::new(test_client_config(bootstrap)).expect("client")
+    }
+
+    /// The file holding the cluster's admin token (mode 0600): every node's
+    /// `admin.token_file` unless the spec says otherwise; the CLI's `--admin-token-file`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+
+    /// The cluster's admin token.
+    pub fn admin_token(&self) -> AdminToken {
+        AdminToken::from_file(&self.admin_token_path()).expect("read the cluster's admin token")
+    }
+
+    /// Writes the cluster's admin token file once: a token unique to this cluster.
+    fn write_admin_token(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.admin_token_path();
+        if path.exists() {
+            return;
+        }
+        let token = format!("ringlog-test-admin-{:016x}\n", self.cluster_id);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("create the admin token file");
+        std::io::Write::write_all(&mut file, token.as_bytes()).expect("write the admin token");
     }
 
     /// Node `id`'s own status of `partition`.

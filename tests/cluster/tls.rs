@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use harness::{tail, test_client_config, Cluster, Spec};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use ringlog::config::{TlsMode, TlsSection};
+use ringlog::config::{AdminSection, TlsMode, TlsSection};
 use ringlog_net::client::{decode_records, Client, ClientConfig, ClientTls};
-use ringlog_net::protocol::{Acks, Consistency};
+use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::tls::{client_config, read_certs, read_key, NODE_SERVER_NAME};
 use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::{MembershipChange, NodeId};
 
 const REJECTED: &str = "peer certificate rejected";
 
@@ -79,8 +80,13 @@ impl Ca {
 
 /// A client trusting `trust` (the nodes' CA) and presenting a certificate of `identity`.
 fn tls_client(cluster: &Cluster, trust: &Ca, identity: &Ca) -> Client {
+    tls_client_named(cluster, trust, identity, "client-1")
+}
+
+/// [`tls_client`] whose certificate carries `DNS:<name>.ringlog`.
+fn tls_client_named(cluster: &Cluster, trust: &Ca, identity: &Ca, name: &str) -> Client {
     let roots = read_certs("tls.ca", &trust.ca_path()).unwrap();
-    let (cert, key) = identity.leaf("client-1");
+    let (cert, key) = identity.leaf(name);
     let identity = Some((read_certs("cert", &cert).unwrap(), read_key("key", &key).unwrap()));
     let tls = ClientTls::new(client_config(roots, identity).unwrap());
     let bootstrap = cluster.nodes.values().map(|n| n.client).collect();
@@ -311,4 +317,73 @@ fn a_node_presenting_another_nodes_certificate_is_refused_and_says_so() {
 fn harness_entry(cluster: &Cluster, id: u32) -> ringlog::config::PeerEntry {
     let node = &cluster.nodes[&id];
     ringlog::config::PeerEntry { id, peer: node.peer, client: node.client }
+}
+
+/// Issue 18 (authorization) over mutual TLS: with `admin.certificate_names` (and no token), a
+/// client certificate of the client CA that does not carry an admin name may produce but is
+/// refused leadership transfers and membership changes (`Unauthorized`, naming the accepted
+/// names; nothing changes); a certificate carrying `DNS:ops-admin.ringlog` may make them, from
+/// the Rust client and from the CLI (`--tls-cert`).
+#[test]
+fn admin_requests_over_tls_need_a_client_certificate_naming_an_admin() {
+    let certs = tempfile::Builder::new()
+        .prefix("tls-admin-certs-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let cluster_ca = Ca::new(certs.path(), "cluster-ca");
+    let client_ca = Ca::new(certs.path(), "client-ca");
+    let mut spec = Spec::new(3).partitions(1);
+    for id in 1..=3 {
+        spec.tls.insert(id, cluster_ca.node_section(&format!("node-{id}"), &client_ca));
+        let names = vec!["ops-admin.ringlog".to_string()];
+        spec.admin.insert(id, AdminSection { certificate_names: names, ..Default::default() });
+    }
+    let cluster = Cluster::start("tls-admin", spec);
+    let producer = tls_client_named(&cluster, &cluster_ca, &client_ca, "producer");
+    let ops = tls_client_named(&cluster, &cluster_ca, &client_ca, "ops-admin");
+    let partition = PartitionId(0);
+    let (leader, term) = cluster.wait_leader(&ops, partition);
+    let target = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+
+    producer.produce(partition, Acks::Quorum, &[b"a producer may produce"]).expect("produce");
+    let refused = producer.transfer_leader(partition, NodeId(target)).expect_err("refused");
+    match refused.reply() {
+        Some(ErrorReply::Unauthorized { reason }) => {
+            assert!(reason.contains("ops-admin.ringlog"), "names what is accepted: {reason}")
+        }
+        _ => panic!("expected Unauthorized, got {refused}"),
+    }
+    let refused = producer
+        .change_membership(partition, MembershipChange::Remove(NodeId(target)), None)
+        .expect_err("refused");
+    assert!(matches!(refused.reply(), Some(ErrorReply::Unauthorized { .. })), "{refused}");
+    std::thread::sleep(Duration::from_secs(1));
+    let status = producer.status(partition).expect("status");
+    assert_eq!((status.node.0, status.term.0), (leader, term), "leadership unchanged");
+    assert_eq!(status.followers.len(), 2, "members unchanged: {status:?}");
+
+    // The CLI with the producer's certificate is refused, and says so.
+    let bootstrap = cluster.nodes[&leader].client.to_string();
+    let ca = cluster_ca.ca_path();
+    let (cert, key) = client_ca.leaf("producer-cli");
+    let to = target.to_string();
+    let transfer = ["transfer-leader", "--bootstrap", &bootstrap, "--partition", "0", "--to", &to];
+    let tls_args = ["--tls-ca", path_str(&ca), "--tls-cert", path_str(&cert), "--tls-key"];
+    let out = ringlog_cli(&[&transfer[..], &tls_args[..], &[path_str(&key)]]);
+    assert!(!out.status.success(), "a producer certificate cannot transfer leadership");
+    assert!(stderr_of(&out).contains("not authorized"), "{}", stderr_of(&out));
+
+    // The admin certificate succeeds: from the CLI, then from the Rust client.
+    let (cert, key) = client_ca.leaf("ops-admin");
+    let tls_args = ["--tls-ca", path_str(&ca), "--tls-cert", path_str(&cert), "--tls-key"];
+    let out = ringlog_cli(&[&transfer[..], &tls_args[..], &[path_str(&key)]]);
+    assert!(out.status.success(), "the admin certificate transfers: {}", stderr_of(&out));
+    let (now, _) = cluster.wait_leader(&ops, partition);
+    assert_eq!(now, target);
+    ops.transfer_leader(partition, NodeId(leader)).expect("transfer back with the admin cert");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.wait_leader(&ops, partition).0 != leader {
+        assert!(Instant::now() < deadline, "node {leader} did not take over again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
