@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::{node, test_client_config, Cluster, Spec, LIVENESS_TIMEOUT};
 use ringlog_net::admin::AdminToken;
-use ringlog_net::client::{Client, ClientConfig, ClientError};
+use ringlog_net::client::{decode_records, Client, ClientConfig, ClientError};
 use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{MembershipChange, NodeId};
@@ -71,7 +71,10 @@ fn admin_requests_without_the_admin_token_are_refused_and_change_nothing() {
     let fetched = anonymous
         .fetch(P, Offset(0), 1 << 20, Duration::ZERO, Consistency::LeaderLinearizable)
         .expect("fetch");
-    assert_eq!(fetched.batches.len(), 1);
+    let records = decode_records(cluster.nodes[&leader].client, &fetched.batches, Offset(0))
+        .expect("decode");
+    assert_eq!(records.len(), 1);
+    assert_eq!(&records[0].value[..], b"no-identity-needed");
     let before = members(&anonymous);
     assert_eq!(before.2, vec![(1, false), (2, false), (3, false)], "{before:?}");
 
