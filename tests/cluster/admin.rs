@@ -71,8 +71,8 @@ fn admin_requests_without_the_admin_token_are_refused_and_change_nothing() {
     let fetched = anonymous
         .fetch(P, Offset(0), 1 << 20, Duration::ZERO, Consistency::LeaderLinearizable)
         .expect("fetch");
-    let records = decode_records(cluster.nodes[&leader].client, &fetched.batches, Offset(0))
-        .expect("decode");
+    let records =
+        decode_records(cluster.nodes[&leader].client, &fetched.batches, Offset(0)).expect("decode");
     assert_eq!(records.len(), 1);
     assert_eq!(&records[0].value[..], b"no-identity-needed");
     let before = members(&anonymous);
