@@ -15,9 +15,12 @@ use common::{cluster_configs, wait_leader, BATCH_SIZE_MAX, WAIT_MAX};
 use rand::{Rng, SeedableRng};
 use ringlog::node::{Acks, Node, NodeHandle, PartitionId, ShutdownMode};
 use ringlog_net::frame::{decode_frame, encode_frame, FrameKind};
-use ringlog_net::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
-use ringlog_net::protocol::{ErrorReply, FetchRequest, ProduceRequest, Request, Response};
+use ringlog_net::limits::{ADMIN_TOKEN_BYTES_MAX, FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
+use ringlog_net::protocol::{
+    AdminCredential, ErrorReply, FetchRequest, ProduceRequest, Request, Response,
+};
 use ringlog_net::{Consistency, Offset, RequestId};
+use ringlog_raft::{MembershipChange, NodeId};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
@@ -281,4 +284,125 @@ fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
         }
     }
     node.shutdown(ShutdownMode::Graceful).unwrap();
+}
+
+/// A node started like [`start`] with its `[admin]` section set to `admin`.
+fn start_with_admin(dir: &std::path::Path, admin: ringlog::config::AdminSection) -> NodeHandle {
+    let mut config = cluster_configs(dir, 1, 2, 4).remove(0);
+    config.admin = admin;
+    let node = Node::start(config).expect("node starts");
+    for p in 0..4 {
+        wait_leader(&[&node], PartitionId(p));
+    }
+    node
+}
+
+fn authenticate(token: &[u8]) -> Request {
+    let credential = AdminCredential { token: Bytes::copy_from_slice(token) };
+    Request::Authenticate { credential }
+}
+
+fn remove_node(partition: u32, node: u32) -> Request {
+    Request::ChangeMembership {
+        partition: PartitionId(partition),
+        change: MembershipChange::Remove(NodeId(node)),
+        peer: None,
+        client: None,
+    }
+}
+
+fn is_unauthorized(response: &Response) -> bool {
+    matches!(response, Response::Error(ErrorReply::Unauthorized { .. }))
+}
+
+/// Issue 18 (authorization), secure by default: a node without `[admin]` refuses every admin
+/// request with `Unauthorized` (saying how to configure one) and goes on serving the
+/// connection; any `Authenticate` is refused and closes its connection; an oversize token is
+/// a malformed body. Transfers to and removals of this very node are what is asked: had they
+/// run, the answers would not be `Unauthorized`.
+#[test]
+fn a_node_without_an_admin_identity_refuses_admin_requests_and_keeps_serving() {
+    let dir = temp();
+    let node = start(dir.path(), 64);
+    let addr = node.client_addr(0).unwrap();
+    let mut stream = connect(addr);
+    let transfer = Request::TransferLeader { partition: PartitionId(1), to: NodeId(1) };
+    let response = request(&mut stream, 1, &transfer);
+    match &response {
+        Response::Error(ErrorReply::Unauthorized { reason }) => {
+            assert!(reason.contains("none configured"), "{reason}");
+            assert!(reason.contains("admin.token_file"), "{reason}");
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert!(is_unauthorized(&request(&mut stream, 2, &remove_node(0, 1))));
+    // The same connection still serves other requests.
+    match request(&mut stream, 3, &Request::GroupStatus { partition: PartitionId(0) }) {
+        Response::GroupStatus(status) => assert_eq!(status.followers.len(), 0),
+        other => panic!("expected a status, got {other:?}"),
+    }
+    // Any token is refused, and the connection closed.
+    let token = b"some-token-of-enough-length";
+    assert_rejected(
+        addr,
+        &authenticate(token).encode(RequestId(4)).to_bytes(),
+        |reply| matches!(reply, ErrorReply::Unauthorized { reason } if reason.contains("no admin token")),
+    );
+    // An oversize token does not decode.
+    let oversize = authenticate(&[b'x'; ADMIN_TOKEN_BYTES_MAX + 1]).encode(RequestId(5));
+    assert_rejected(
+        addr,
+        &oversize.to_bytes(),
+        |reply| matches!(reply, ErrorReply::Malformed { reason } if reason.contains("admin token")),
+    );
+    assert_serving(addr);
+    node.shutdown(ShutdownMode::Immediate).unwrap();
+}
+
+/// With `admin.token_file`, an `Authenticate` carrying the token makes the rest of the
+/// connection an admin's — an admin request pipelined right behind it (here forwarded to the
+/// other shard) is carried out — while other connections stay refused; a wrong token is
+/// refused and closes its connection. `admin.open = true` lets every connection through.
+#[test]
+fn the_admin_token_authorizes_its_connection_and_open_mode_authorizes_every_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp();
+    let token = b"node-server-admin-token-0123456789";
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let admin =
+        ringlog::config::AdminSection { token_file: Some(token_file), ..Default::default() };
+    let node = start_with_admin(&dir.path().join("token"), admin);
+    let addr = node.client_addr(0).unwrap();
+    let mut anonymous = connect(addr);
+    assert!(is_unauthorized(&request(&mut anonymous, 1, &remove_node(1, 1))));
+
+    let mut admin = connect(addr);
+    let mut both = authenticate(token).encode(RequestId(2)).to_bytes().to_vec();
+    // Removing the only voter is refused by the group, not by the admin policy.
+    both.extend_from_slice(&remove_node(1, 1).encode(RequestId(3)).to_bytes());
+    admin.write_all(&both).unwrap();
+    let mut answers = vec![read_response(&mut admin).unwrap(), read_response(&mut admin).unwrap()];
+    answers.sort_by_key(|(id, _)| id.0);
+    assert_eq!(answers[0], (RequestId(2), Response::Authenticated));
+    assert!(!is_unauthorized(&answers[1].1), "authorized: {:?}", answers[1]);
+    let transfer = Request::TransferLeader { partition: PartitionId(2), to: NodeId(1) };
+    assert!(!is_unauthorized(&request(&mut admin, 4, &transfer)));
+    // Other connections are not authorized by it.
+    assert!(is_unauthorized(&request(&mut anonymous, 5, &transfer)));
+    let wrong = authenticate(b"node-server-admin-token-0123456780").encode(RequestId(6));
+    assert_rejected(
+        addr,
+        &wrong.to_bytes(),
+        |reply| matches!(reply, ErrorReply::Unauthorized { reason } if reason.contains("refused")),
+    );
+    node.shutdown(ShutdownMode::Immediate).unwrap();
+
+    let open = ringlog::config::AdminSection { open: true, ..Default::default() };
+    let node = start_with_admin(&dir.path().join("open"), open);
+    let mut stream = connect(node.client_addr(0).unwrap());
+    assert!(!is_unauthorized(&request(&mut stream, 1, &remove_node(1, 1))));
+    assert!(!is_unauthorized(&request(&mut stream, 2, &transfer)));
+    node.shutdown(ShutdownMode::Immediate).unwrap();
 }
