@@ -97,6 +97,7 @@ fn impatient_client(cluster: &Cluster) -> Client {
         metadata_timeout: Duration::from_millis(300),
         retry_time_max: Duration::from_millis(600),
         attempts_max: 20,
+        admin_token: Some(cluster.admin_token()),
         ..test_client_config(bootstrap)
     })
     .expect("client")
