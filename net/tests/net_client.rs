@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringlog_engine::batch::decode_batch;
+use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{
     build_batch, decode_records, shard_address, Client, ClientConfig, ClientError,
 };
@@ -578,4 +579,74 @@ fn membership_change_carries_both_addresses_of_the_added_node() {
         _ => None,
     });
     assert_eq!(sent, Some((Some(peer), Some(client_addr))));
+}
+
+const ADMIN_TOKEN: &[u8] = b"fake-node-admin-token-01234";
+
+/// A node that accepts `ADMIN_TOKEN` and answers transfers; anything else admin-related is
+/// `Unauthorized`.
+fn admin_node(believed: Arc<Mutex<Option<SocketAddr>>>) -> FakeNode {
+    node_with_metadata(1, 1, believed, |_, request| match request {
+        Request::Authenticate { credential } if &credential.token[..] == ADMIN_TOKEN => {
+            Reply::Respond(Response::Authenticated)
+        }
+        Request::Authenticate { .. } => Reply::Respond(Response::Error(ErrorReply::Unauthorized {
+            reason: "the admin token was refused".into(),
+        })),
+        Request::TransferLeader { partition, to } => {
+            Reply::Respond(Response::TransferLeader { partition: *partition, to: *to })
+        }
+        Request::Produce(_) => Reply::Respond(produced(PartitionId(0))),
+        _ => Reply::Close,
+    })
+}
+
+#[test]
+fn the_admin_token_is_presented_before_admin_requests_only() {
+    let believed = Arc::new(Mutex::new(None));
+    let node = admin_node(believed.clone());
+    *believed.lock().unwrap() = Some(node.addrs[0]);
+    let token = AdminToken::new(ADMIN_TOKEN).unwrap();
+    let config = ClientConfig { admin_token: Some(token), ..fast_config(vec![node.addrs[0]]) };
+    let client = Client::new(config).unwrap();
+
+    client.produce(PartitionId(0), Acks::Quorum, &[b"x"]).unwrap();
+    client.transfer_leader(PartitionId(0), NodeId(2)).unwrap();
+
+    let sent: Vec<Request> = node
+        .requests()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| !matches!(r, Request::Metadata { .. }))
+        .collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(matches!(sent[0], Request::Produce(_)), "no token before a produce: {sent:?}");
+    match &sent[1] {
+        Request::Authenticate { credential } => assert_eq!(&credential.token[..], ADMIN_TOKEN),
+        other => panic!("the token comes first: {other:?}"),
+    }
+    assert!(matches!(sent[2], Request::TransferLeader { .. }), "{sent:?}");
+}
+
+#[test]
+fn a_refused_token_is_returned_at_once_and_the_admin_request_is_never_sent() {
+    let believed = Arc::new(Mutex::new(None));
+    let node = admin_node(believed.clone());
+    *believed.lock().unwrap() = Some(node.addrs[0]);
+    let token = AdminToken::new(b"a-wrong-admin-token-xxxxxx").unwrap();
+    let config = ClientConfig { admin_token: Some(token), ..fast_config(vec![node.addrs[0]]) };
+    let client = Client::new(config).unwrap();
+
+    let error = client.transfer_leader(PartitionId(0), NodeId(2)).unwrap_err();
+    assert!(
+        matches!(error.reply(), Some(ErrorReply::Unauthorized { reason }) if reason.contains("refused")),
+        "{error}"
+    );
+    let authenticates =
+        node.requests().iter().filter(|(_, r)| matches!(r, Request::Authenticate { .. })).count();
+    assert_eq!(authenticates, 1, "not retried");
+    assert!(
+        !node.requests().iter().any(|(_, r)| matches!(r, Request::TransferLeader { .. })),
+        "the transfer is not sent after a refused token"
+    );
 }
