@@ -383,7 +383,7 @@ fn the_admin_token_authorizes_its_connection_and_open_mode_authorizes_every_one(
     // Removing the only voter is refused by the group, not by the admin policy.
     both.extend_from_slice(&remove_node(1, 1).encode(RequestId(3)).to_bytes());
     admin.write_all(&both).unwrap();
-    let mut answers = vec![read_response(&mut admin).unwrap(), read_response(&mut admin).unwrap()];
+    let mut answers = [read_response(&mut admin).unwrap(), read_response(&mut admin).unwrap()];
     answers.sort_by_key(|(id, _)| id.0);
     assert_eq!(answers[0], (RequestId(2), Response::Authenticated));
     assert!(!is_unauthorized(&answers[1].1), "authorized: {:?}", answers[1]);
