@@ -125,7 +125,8 @@ fn man_prints_the_top_level_page_naming_the_subcommands() {
     assert_man_page(&page, "ringlog");
     let commands = page.split(".SH SUBCOMMANDS\n").nth(1).expect("a SUBCOMMANDS section");
     for path in command_paths(&[]).iter().filter(|path| path.len() == 1) {
-        assert!(commands.contains(&format!("ringlog\\-{}(1)", path[0])), "no {path:?}:\n{page}");
+        let reference = format!("ringlog\\-{}(1)", path[0].replace('-', "\\-"));
+        assert!(commands.contains(&reference), "no {reference}:\n{page}");
     }
 }
 
