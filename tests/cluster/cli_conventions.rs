@@ -87,7 +87,7 @@ fn client_commands_take_bootstrap_from_ringlog_bootstrap_and_the_flag_wins() {
     assert!(!out.status.success(), "a dead --bootstrap must fail although the variable is live");
     assert!(stderr(&out).contains(&dead), "the error names the flag's address: {}", stderr(&out));
 
-    // Neither: a usage error that names both the flag and the variable.
+    // Neither: a usage error naming the flag.
     let out = ringlog(&["consume", "--partition", "0"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--bootstrap <ADDRS>"), "{}", stderr(&out));
