@@ -330,15 +330,14 @@ fn the_cli_takes_its_tls_files_from_the_environment_and_a_flag_wins() {
     let ca = cluster_ca.ca_path();
     let tls_env =
         [("RINGLOG_TLS_CA", ca.as_path()), ("RINGLOG_TLS_CERT", &cert), ("RINGLOG_TLS_KEY", &key)];
-    let produce: &[&str] =
-        &["produce", "--bootstrap", &bootstrap, "--partition", "0", "--timeout-ms", "2000"];
+    let produce: &[&str] = &["produce", "--bootstrap", &bootstrap, "--partition", "0"];
 
     // Only the variables: the CLI speaks mutual TLS.
     let out = ringlog_cli_env(&[produce, &["--value", "env-tls"]], &tls_env);
     assert!(out.status.success(), "produce with TLS from the environment: {}", stderr_of(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
     // The same command without them is plaintext, and the TLS node refuses it.
-    let out = ringlog_cli(&[produce, &["--value", "plain"]]);
+    let out = ringlog_cli(&[produce, &["--value", "plain", "--timeout-ms", "2000"]]);
     assert!(!out.status.success(), "without the variables the CLI must speak plaintext");
 
     // A flag wins over its variable: a CA variable naming a missing file does not matter
