@@ -173,9 +173,11 @@ impl Default for CommitWatch {
 }
 
 impl CommitWatch {
-    /// The proposal at `index` (above every earlier one) arrived at `at`.
+    /// The proposal at `index` arrived at `at`. Proposals at or above `index` still watched
+    /// were replaced (a truncation this watch was not told of): they are forgotten, which
+    /// keeps the watch ascending.
     pub(crate) fn proposed(&mut self, index: LogIndex, at: Instant) {
-        debug_assert!(self.pending.back().is_none_or(|(last, _)| *last < index));
+        self.forget_from(index);
         if self.pending.len() < COMMIT_WATCH_MAX {
             self.pending.push_back((index, at));
         }
