@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 
 use crate::node::api::HistogramSnapshot;
 use crate::node::{FollowerSnapshot, NodeSnapshot, PartitionSnapshot, ShardSnapshot};
+use ringlog_engine::host::FilesystemSpace;
 use ringlog_raft::Role;
 
 pub use exporter::{
@@ -96,6 +97,7 @@ enum Source {
     /// A counter of the process, in seconds (`process_cpu_seconds_total`).
     ProcessSeconds(fn(&ProcessSnapshot) -> f64),
     ProcessGauge(fn(&ProcessSnapshot) -> u64),
+    DataDirGauge(fn(&FilesystemSpace) -> u64),
 }
 
 impl Series {
@@ -114,7 +116,8 @@ impl Series {
             | Source::PartitionRole
             | Source::PartitionGauge(_)
             | Source::FollowerGauge(_)
-            | Source::ProcessGauge(_) => SeriesKind::Gauge,
+            | Source::ProcessGauge(_)
+            | Source::DataDirGauge(_) => SeriesKind::Gauge,
         }
     }
 
@@ -219,6 +222,18 @@ pub const SERIES: &[Series] = &[
         SHARD_KIND,
         "Malformed frames, refused handshakes and other rejected inputs, by kind.",
         Source::ShardRejected,
+    ),
+    series(
+        "ringlog_data_dir_available_bytes",
+        NODE,
+        "Bytes the node may still write on the data directory's filesystem (statvfs f_bavail).",
+        Source::DataDirGauge(|s| s.available_bytes),
+    ),
+    series(
+        "ringlog_data_dir_size_bytes",
+        NODE,
+        "Size of the data directory's filesystem, in bytes.",
+        Source::DataDirGauge(|s| s.total_bytes),
     ),
     series(
         "ringlog_partition_role",
@@ -711,6 +726,11 @@ fn rows<'a>(snapshot: &'a NodeSnapshot, series: &Series) -> Rows<'a> {
                 rows.push((vec![node], SampleValue::Level(value(process))));
             }
         }
+        Source::DataDirGauge(value) => {
+            if let Some(space) = &snapshot.data_dir_space {
+                rows.push((vec![node], SampleValue::Level(value(space))));
+            }
+        }
     }
     rows
 }
@@ -849,6 +869,10 @@ mod tests {
                 open_fds: 42,
                 max_fds: 20_000,
             }),
+            data_dir_space: Some(FilesystemSpace {
+                total_bytes: 1 << 40,
+                available_bytes: 1 << 30,
+            }),
         }
     }
 
@@ -953,6 +977,10 @@ mod tests {
             "4"
         );
         assert_eq!(value_of(&text, "ringlog_shards{node=\"1\"}"), "2");
+        let available = value_of(&text, "ringlog_data_dir_available_bytes{node=\"1\"}");
+        assert_eq!(available, (1u64 << 30).to_string());
+        let size = value_of(&text, "ringlog_data_dir_size_bytes{node=\"1\"}");
+        assert_eq!(size, (1u64 << 40).to_string());
         assert_eq!(value_of(&text, "ringlog_shard_mailbox_commands{node=\"1\",shard=\"0\"}"), "3");
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
@@ -1107,8 +1135,10 @@ mod tests {
             "6"
         );
         assert_eq!(value_of(&text, &format!("{rtt}_count{{node=\"1\",peer=\"3\"}}")), "2");
-        let peers =
-            samples(&text).into_iter().filter(|(s, _)| s.starts_with(&format!("{rtt}_count"))).count();
+        let peers = samples(&text)
+            .into_iter()
+            .filter(|(s, _)| s.starts_with(&format!("{rtt}_count")))
+            .count();
         assert_eq!(peers, 2, "one row per peer, not per shard");
     }
 

@@ -33,6 +33,23 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Size of the filesystem holding a path and what an unprivileged user may still write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilesystemSpace {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// statvfs of `path`: its filesystem's size and free space (`f_bavail`, what the node's user
+/// may write). An error names the call and the errno.
+pub fn filesystem_space(path: &std::path::Path) -> Result<FilesystemSpace, String> {
+    let stat = rustix::fs::statvfs(path).map_err(|error| format!("statvfs: {error}"))?;
+    Ok(FilesystemSpace {
+        total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+        available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+    })
+}
+
 #[path = "host_device.rs"]
 mod device;
 #[path = "host_fs.rs"]

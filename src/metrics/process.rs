@@ -106,7 +106,8 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max open files            20000                40000                files\n";
         assert_eq!(max_open_files(limits), Some(20000));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(max_open_files(unlimited), Some(u64::MAX));
     }
 

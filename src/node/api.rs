@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use ringlog_engine::host::FilesystemSpace;
 use ringlog_engine::FixedHistogram;
 use ringlog_net::protocol::ErrorReply;
 use ringlog_net::{Offset, PartitionId};
@@ -178,6 +179,8 @@ pub struct NodeSnapshot {
     pub shards: Vec<ShardSnapshot>,
     /// The process' CPU time, memory and descriptors (`None`: /proc could not be read).
     pub process: Option<ProcessSnapshot>,
+    /// The data dir's filesystem (`None`: statvfs failed).
+    pub data_dir_space: Option<FilesystemSpace>,
 }
 
 /// A histogram as the exporter reads it.

@@ -123,9 +123,9 @@ impl PeerRtt {
             .peers
             .entry(peer)
             .or_insert_with(|| (None, FixedHistogram::new(&PEER_RTT_BOUNDS_US)));
-        let fresh = entry.0.is_some_and(|sent| {
-            now.saturating_duration_since(sent) < PEER_RTT_PROBE_STALE_AFTER
-        });
+        let fresh = entry
+            .0
+            .is_some_and(|sent| now.saturating_duration_since(sent) < PEER_RTT_PROBE_STALE_AFTER);
         if !fresh {
             entry.0 = Some(now);
         }

@@ -562,7 +562,10 @@ impl NodeHandle {
     /// Every shard's counters and partitions (shards are asked one after another).
     pub fn snapshot(&self) -> Result<NodeSnapshot, NodeError> {
         let process = crate::metrics::process::read();
-        let mut snapshot = NodeSnapshot { node: self.inner.node, shards: Vec::new(), process };
+        let data_dir_space =
+            ringlog_engine::host::filesystem_space(&self.inner.config.data_dir).ok();
+        let mut snapshot =
+            NodeSnapshot { node: self.inner.node, shards: Vec::new(), process, data_dir_space };
         for shard in 0..self.inner.shards {
             let (reply, answer) = crossbeam_channel::bounded(1);
             self.inner.send_to(shard, Command::Snapshot { reply })?;

@@ -190,6 +190,7 @@ fn alert_rules_parse_and_name_only_exported_metrics() {
         "RinglogFollowerStuck",
         "RinglogHighProduceLatency",
         "RinglogStorageFull",
+        "RinglogDiskNearlyFull",
         "RinglogHighMemory",
     ] {
         assert!(names.contains(wanted), "alerts.yml lacks {wanted}");
@@ -200,6 +201,7 @@ fn alert_rules_parse_and_name_only_exported_metrics() {
         "ringlog_follower_stuck",
         "ringlog_produce_duration_seconds_bucket",
         "process_resident_memory_bytes",
+        "ringlog_data_dir_available_bytes",
     ] {
         assert!(used.contains(wanted), "no alert on {wanted}");
     }

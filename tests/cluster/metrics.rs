@@ -1,9 +1,9 @@
 //! Issue 18, metrics depth, on real processes: a 3-node cluster takes produces at every acks
 //! level and fetches at both consistencies over the wire; each node's `/metrics` must then
 //! show the latency histograms (produce by acks, fetch by consistency, commit, peer round
-//! trip) with observations, the log's end offset and size, and the process' CPU, memory and
-//! descriptors — with plausible values (seconds, not microseconds; counts that match the
-//! buckets).
+//! trip) with observations, the log's end offset and size, the data disk's free space, and
+//! the process' CPU, memory and descriptors — with plausible values (seconds, not
+//! microseconds; counts that match the buckets).
 //!
 //! Everything that becomes true only eventually (commits of acks=none batches, followers'
 //! log ends, heartbeats answered) is polled with a generous deadline.
@@ -90,11 +90,7 @@ fn checked_count(samples: &BTreeMap<String, f64>, name: &str, labels: &str) -> f
 }
 
 /// Sum over the nodes of a histogram's count.
-fn cluster_count(
-    scrapes: &BTreeMap<u32, BTreeMap<String, f64>>,
-    name: &str,
-    labels: &str,
-) -> f64 {
+fn cluster_count(scrapes: &BTreeMap<u32, BTreeMap<String, f64>>, name: &str, labels: &str) -> f64 {
     scrapes
         .iter()
         .map(|(id, samples)| checked_count(samples, name, &format!("node=\"{id}\",{labels}")))
@@ -176,8 +172,7 @@ fn a_loaded_cluster_exposes_latency_histograms_log_offsets_and_process_usage() {
     // by the leader that answered it; the acks=none and acks=leader batches commit too.
     let labels = "partition=\"0\"";
     let scrapes = eventually(&cluster, "every produced batch timed to its commit", |s| {
-        cluster_count(s, "ringlog_commit_duration_seconds", labels)
-            >= (3 * BATCHES_PER_ACKS) as f64
+        cluster_count(s, "ringlog_commit_duration_seconds", labels) >= (3 * BATCHES_PER_ACKS) as f64
     });
     let commits = cluster_count(&scrapes, "ringlog_commit_duration_seconds", labels);
     eprintln!("commit latency observations of partition 0: {commits}");
@@ -231,5 +226,8 @@ fn a_loaded_cluster_exposes_latency_histograms_log_offsets_and_process_usage() {
         assert!(get("process_virtual_memory_bytes") >= get("process_resident_memory_bytes"));
         let (open, max) = (get("process_open_fds"), get("process_max_fds"));
         assert!(open > 3.0 && open <= max, "node {id}: {open} fds open, limit {max}");
+        let (free, size) =
+            (get("ringlog_data_dir_available_bytes"), get("ringlog_data_dir_size_bytes"));
+        assert!(free > 0.0 && free <= size, "node {id}: data disk {free} of {size} bytes free");
     }
 }
