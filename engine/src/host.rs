@@ -411,6 +411,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn filesystem_space_reports_a_size_and_what_is_free_or_why_not() {
+        let space = filesystem_space(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("statvfs");
+        assert!(space.total_bytes > 0, "{space:?}");
+        assert!(space.available_bytes <= space.total_bytes, "{space:?}");
+        let missing = filesystem_space(Path::new("/nonexistent/ringlog-data")).unwrap_err();
+        assert!(missing.starts_with("statvfs: "), "{missing}");
+    }
+
+    #[test]
     fn check_line_has_status_name_found_expected_and_fix() {
         let check = Check::new(names::MEMLOCK, Status::Fail, "64 KiB")
             .expected(">= 3 MiB")
