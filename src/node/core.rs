@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{Latency, Shares, Task, TaskQueueHandle};
-use ringlog_net::peer::ShardLayout;
+use ringlog_net::peer::{PeerMessage, ShardLayout};
 use ringlog_net::transport::{Inbound, PeerListener};
 use ringlog_net::{PartitionId, ShardId};
 use ringlog_raft::NodeId;
@@ -326,6 +326,7 @@ impl ShardCore {
                 ("peer_malformed".into(), listener.malformed),
                 ("peer_queue_full_dropped".into(), self.shared.peers.dropped()),
             ],
+            peer_rtt_us: self.shared.peers.rtt(),
             partitions: self.list().iter().map(|r| r.snapshot()).collect(),
             ..ShardSnapshot::default()
         }
@@ -467,6 +468,9 @@ impl ShardCore {
         while let Some(inbound) = inbox.recv().await {
             if self.closed.get() {
                 return;
+            }
+            if matches!(inbound.message, PeerMessage::HeartbeatResponses(_)) {
+                self.shared.peers.heartbeat_responses_received(inbound.from);
             }
             for (partition, message) in inbound.message.into_raft_messages() {
                 match self.partition(partition) {

@@ -29,6 +29,7 @@
 pub(crate) mod addresses;
 pub mod api;
 mod core;
+pub mod latency;
 pub(crate) mod peers;
 pub(crate) mod replicator;
 pub(crate) mod replicator_codec;
@@ -57,8 +58,8 @@ use ringlog_engine::{FaultInjector, RecordsBuilder};
 use ringlog_net::tls::TlsConfig;
 
 pub use api::{
-    AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeExit, NodeSnapshot,
-    NodeStartError, PartitionSnapshot, ReadOutcome, ShardSnapshot, ShutdownMode,
+    AppendOutcome, FollowerSnapshot, HistogramSnapshot, NodeAddresses, NodeError, NodeExit,
+    NodeSnapshot, NodeStartError, PartitionSnapshot, ReadOutcome, ShardSnapshot, ShutdownMode,
 };
 pub use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 pub use ringlog_net::{Offset, PartitionId};
@@ -560,7 +561,11 @@ impl NodeHandle {
 
     /// Every shard's counters and partitions (shards are asked one after another).
     pub fn snapshot(&self) -> Result<NodeSnapshot, NodeError> {
-        let mut snapshot = NodeSnapshot { node: self.inner.node, shards: Vec::new() };
+        let process = crate::metrics::process::read();
+        let data_dir_space =
+            ringlog_engine::host::filesystem_space(&self.inner.config.data_dir).ok();
+        let mut snapshot =
+            NodeSnapshot { node: self.inner.node, shards: Vec::new(), process, data_dir_space };
         for shard in 0..self.inner.shards {
             let (reply, answer) = crossbeam_channel::bounded(1);
             self.inner.send_to(shard, Command::Snapshot { reply })?;

@@ -95,6 +95,7 @@ use crate::node::api::{
     ReadOutcome, ShutdownMode,
 };
 use crate::node::core::ShardShared;
+use crate::node::latency::CommitWatch;
 use crate::node::replicator_codec::{
     check_client_batch, entry_of_batch, entry_source, EntrySource,
 };
@@ -274,6 +275,8 @@ struct State {
     unreachable: Vec<NodeId>,
     leader: Option<NodeId>,
     counters: Counters,
+    /// Leader: its proposals until they commit (commit latency).
+    commit_watch: CommitWatch,
     /// Leader: per follower, its acknowledged index and since when it has not moved (for
     /// `stuck`); the term of the leadership it was observed in.
     follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
@@ -440,6 +443,7 @@ impl PartitionReplicator {
             unreachable: Vec::new(),
             leader: None,
             counters: Counters::default(),
+            commit_watch: CommitWatch::default(),
             follower_watch: (Term(0), BTreeMap::new()),
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
@@ -638,6 +642,7 @@ impl PartitionReplicator {
                 while st.offsets.back().is_some_and(|(i, _)| *i >= from) {
                     st.offsets.pop_back();
                 }
+                st.commit_watch.forget_from(from);
                 self.queue_log_op(&mut st, LogOp::Truncate(from));
             }
             Action::AppendEntries { entries } => {
@@ -659,6 +664,7 @@ impl PartitionReplicator {
                 self.fail_producers_from(LogIndex(0));
                 let mut st = self.st.borrow_mut();
                 st.offsets.clear();
+                st.commit_watch.forget_all();
                 self.queue_log_op(&mut st, LogOp::Reset { start, prev_term, membership });
             }
             Action::Send { to, message } => {
@@ -689,6 +695,9 @@ impl PartitionReplicator {
                 }
                 if leader.is_some() && leader != st.leader {
                     st.counters.leader_changes += 1;
+                }
+                if role != Role::Leader {
+                    st.commit_watch.forget_all();
                 }
                 st.leader = leader;
                 tracing::info!(partition = %self.partition, ?role, %term, ?leader, "role changed");
@@ -874,6 +883,7 @@ impl PartitionReplicator {
             self.shard.spawn_bulk(async move { me.lookup_commit_offset(through).await });
         }
         self.answer_producers(&mut st, through, Acks::Quorum);
+        st.commit_watch.committed(through, Instant::now());
         drop(st);
         self.commit_notify.notify_all();
     }
@@ -1647,6 +1657,7 @@ impl PartitionReplicator {
     }
 
     async fn append_inner(&self, acks: Acks, batch: Bytes) -> Result<AppendOutcome, NodeError> {
+        let arrived = Instant::now();
         self.usable()?;
         let record_count =
             check_client_batch(&batch, self.batch_size_max).map_err(NodeError::Invalid)?;
@@ -1676,6 +1687,7 @@ impl PartitionReplicator {
             let term = st.replica.term();
             let producer = Producer { term, acks, record_count, base: None, slot: slot.clone() };
             st.producers.insert(index, producer);
+            st.commit_watch.proposed(index, arrived);
             let c = &mut st.counters;
             c.appends += 1;
             c.append_bytes += size as u64;
@@ -2015,6 +2027,9 @@ impl PartitionReplicator {
             damaged: r.is_damaged(),
             commit_offset: st.commit_offset,
             log_start_offset: Offset(self.log.start_offset().0),
+            log_end_offset: Offset(self.log.next_offset().0),
+            log_size_bytes: self.log.size_bytes(),
+            commit_latency_us: st.commit_watch.snapshot(),
             elections_started: c.elections_started,
             leader_changes: c.leader_changes,
             appends: c.appends,
