@@ -1,7 +1,8 @@
 //! Issue 18 (Operable), leader balancing, end to end with real `ringlog serve` processes:
 //! 3 nodes, 6 partitions, some records, then a rolling restart (each node in turn stopped
-//! with SIGTERM — its graceful stop hands its leaderships to followers — and started again,
-//! waiting until it caught up). The rolling restart leaves the last node leading nothing.
+//! with SIGTERM — its graceful stop hands its leaderships to followers — or, node 2, with
+//! SIGKILL, and started again, waiting until it caught up). The rolling restart leaves the
+//! last node leading nothing.
 //!
 //! - With `[balance] enabled = true` (settle 2 s), every node leads its fair share (2 of 6)
 //!   again within [`EVEN_WITHIN`] (60 s) of the last restart, each partition on its preferred
@@ -127,13 +128,18 @@ fn produce_some(client: &Client, round: u32) {
     }
 }
 
-/// Stops each node in turn (SIGTERM: a graceful stop, which hands its leaderships over),
+/// Stops each node in turn — SIGTERM (a graceful stop, which hands its leaderships over),
+/// except node 2, which is SIGKILLed (a crash: its partitions fail over by election) —
 /// waits until its partitions have leaders elsewhere, starts it again and waits until every
 /// partition converged on all three nodes.
 fn rolling_restart(cluster: &mut Cluster, client: &Client) {
     for id in 1..=NODES {
-        cluster.signal(id, "TERM");
-        assert_eq!(cluster.wait_exit(id, STOP_WAIT), Some(0), "node {id}'s graceful stop");
+        if id == 2 {
+            cluster.kill(id);
+        } else {
+            cluster.signal(id, "TERM");
+            assert_eq!(cluster.wait_exit(id, STOP_WAIT), Some(0), "node {id}'s graceful stop");
+        }
         for p in partitions() {
             cluster.wait_leader_excluding(client, p, Some(id));
         }
