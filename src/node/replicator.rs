@@ -976,6 +976,19 @@ impl PartitionReplicator {
                     self.st.borrow_mut().log_running = Some(from);
                     #[cfg(test)]
                     stall::hold(&self.dir).await;
+                    // Every truncation is on record: it removes entries this replica held
+                    // (never committed ones, by the Raft rules), and an operator tracing a
+                    // loss needs to see which and when.
+                    let (last, durable) = (self.log.last_index(), self.log.durable_index());
+                    if from <= last {
+                        tracing::warn!(
+                            partition = %self.partition,
+                            %from,
+                            %last,
+                            %durable,
+                            "truncating the log: entries from `from` through `last` are removed"
+                        );
+                    }
                     // Bound: each refusal for space waits until the log has space again.
                     loop {
                         match self.log.truncate_suffix(from).await {
@@ -992,6 +1005,12 @@ impl PartitionReplicator {
                     self.engine_settled();
                 }
                 LogOp::Reset { start, prev_term, membership } => {
+                    tracing::warn!(
+                        partition = %self.partition,
+                        %start,
+                        last = %self.log.last_index(),
+                        "resetting the log: every entry is removed, the log restarts at `start`"
+                    );
                     self.st.borrow_mut().log_running = Some(LogIndex(0));
                     #[cfg(test)]
                     stall::hold(&self.dir).await;

@@ -121,6 +121,7 @@ fn node_config(
 
 impl TestNode {
     fn start(config: NodeConfig, partitions: Vec<PartitionId>) -> TestNode {
+        init_test_log();
         let id = config.node_id;
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -369,7 +370,6 @@ impl Cluster {
     }
 
     fn start_with(size: usize, spares: usize, partitions: u32, storage_extra: &str) -> Cluster {
-        init_test_log();
         let root = tempfile::tempdir().expect("tempdir");
         let total = size + spares;
         let dirs: Vec<PathBuf> = (1..=total).map(|i| root.path().join(format!("n{i}"))).collect();
