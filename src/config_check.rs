@@ -66,6 +66,9 @@ pub enum ConfigWarning {
     ShardsOverCpus { shards: usize, cpus: usize },
     /// `tls.mode = "plaintext"`: peer and client traffic is not encrypted (chosen explicitly).
     Plaintext,
+    /// `balance.preferred_leaders` names a node that is not in `[[peers]]` (a node added
+    /// later is fine; a typo makes its partitions fall back to the derived preferred leader).
+    PreferredLeaderNotAPeer { id: u32 },
 }
 
 impl fmt::Display for ConfigWarning {
@@ -81,6 +84,11 @@ impl fmt::Display for ConfigWarning {
                 "tls.mode = \"plaintext\": peer and client traffic is not encrypted (write \
                  mode = \"tls\" with tls.ca, tls.cert and tls.key to encrypt it)",
             ),
+            ConfigWarning::PreferredLeaderNotAPeer { id } => write!(
+                f,
+                "balance.preferred_leaders names node {id}, which is not in [[peers]]: while it \
+                 is no voter, its partitions prefer the leader derived from the membership"
+            ),
         }
     }
 }
@@ -94,6 +102,7 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     check_net_relations(config, &mut problems);
     check_peers(config, &mut problems);
     check_log_level(&config.log.level, &mut problems);
+    check_preferred_leaders(config, &mut problems);
     if config.tls.mode.is_none() {
         problems.push(Problem::TlsModeMissing);
     }
@@ -114,7 +123,36 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     if config.tls.mode == Some(TlsMode::Plaintext) {
         warnings.push(ConfigWarning::Plaintext);
     }
+    let mut strangers: Vec<u32> = config
+        .balance
+        .preferred_leaders
+        .iter()
+        .copied()
+        .filter(|id| !config.peers.iter().any(|p| p.id == *id))
+        .collect();
+    strangers.sort_unstable();
+    strangers.dedup();
+    warnings.extend(strangers.into_iter().map(|id| ConfigWarning::PreferredLeaderNotAPeer { id }));
     Ok(warnings)
+}
+
+/// `balance.preferred_leaders`: node ids (never 0), at most one entry per partition.
+fn check_preferred_leaders(config: &NodeConfig, problems: &mut Vec<Problem>) {
+    let preferred = &config.balance.preferred_leaders;
+    if preferred.len() as u64 > config.partitions {
+        let text = format!("at most partitions = {} entries", config.partitions);
+        let value = format!("{} entries", preferred.len());
+        problems.push(bound("balance.preferred_leaders", value, text));
+    }
+    for (i, id) in preferred.iter().enumerate() {
+        if *id == 0 {
+            problems.push(bound(
+                &format!("balance.preferred_leaders[{i}]"),
+                0,
+                "in 1..=4294967295",
+            ));
+        }
+    }
 }
 
 fn bound(key: &str, value: impl fmt::Display, bound: impl Into<String>) -> Problem {

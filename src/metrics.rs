@@ -316,6 +316,13 @@ pub const SERIES: &[Series] = &[
         PartitionCounter(|p| p.leader_changes),
     ),
     series(
+        "ringlog_partition_balancer_transfers",
+        PARTITION,
+        "Leadership transfers the leader balancer started from this node's replica (it led \
+         the partition and handed it to the preferred leader).",
+        PartitionCounter(|p| p.balancer_transfers),
+    ),
+    series(
         "ringlog_appends",
         PARTITION,
         "Produce batches appended (counted by the leader).",
@@ -767,6 +774,7 @@ mod tests {
             append_records: 390,
             fetches: 5,
             fetch_bytes: 5_000,
+            balancer_transfers: 2,
             errors: vec![("not_leader".to_string(), 4)],
             pending_appends: 1,
             log_queued_bytes: 4096,
@@ -966,6 +974,10 @@ mod tests {
         assert_eq!(value_of(&text, &format!("ringlog_partition_log_size_bytes{p0}")), "135168");
         assert_eq!(value_of(&text, &format!("ringlog_partition_elections_total{p0}")), "2");
         assert_eq!(value_of(&text, &format!("ringlog_partition_leader_changes_total{p0}")), "3");
+        assert_eq!(
+            value_of(&text, &format!("ringlog_partition_balancer_transfers_total{p0}")),
+            "2"
+        );
         assert_eq!(value_of(&text, &format!("ringlog_appends_total{p0}")), "39");
         assert_eq!(value_of(&text, &format!("ringlog_append_bytes_total{p0}")), "39000");
         assert_eq!(value_of(&text, &format!("ringlog_append_records_total{p0}")), "390");

@@ -276,6 +276,8 @@ pub struct PartitionSnapshot {
     pub append_records: u64,
     pub fetches: u64,
     pub fetch_bytes: u64,
+    /// Leadership transfers the leader balancer started from this replica.
+    pub balancer_transfers: u64,
     /// Errors answered to appends and fetches, by `ErrorCode` name.
     pub errors: Vec<(String, u64)>,
     /// Producers waiting for their acks.

@@ -28,6 +28,7 @@
 
 pub(crate) mod addresses;
 pub mod api;
+pub(crate) mod balance;
 mod core;
 pub mod latency;
 pub(crate) mod peers;
@@ -244,6 +245,9 @@ impl Node {
         };
         let mut threads = Vec::with_capacity(shards);
         let mut readies = Vec::with_capacity(shards);
+        // One bound on leader-balancing transfers for the whole node (every shard).
+        let balance_limit =
+            Arc::new(balance::TransferLimit::new(config.balance.transfers_per_minute as u32));
         for (shard, receiver) in receivers.into_iter().enumerate() {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let setup = ShardSetup {
@@ -259,6 +263,7 @@ impl Node {
                 ready: ready_tx,
                 exit: exit.clone(),
                 tls: tls.clone(),
+                balance_limit: balance_limit.clone(),
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-node{}-shard{shard}", config.node_id),

@@ -85,14 +85,18 @@ use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{
     Action, Entry, EntryKind, HardState, LogIndex, Membership, MembershipChange, MembershipError,
-    Message, NodeId, ProposeError, ReadCtx, ReadIndexError, Recovered, Replica, Role, Term,
-    TransferError,
+    Message, NodeId, ProgressState, ProposeError, ReadCtx, ReadIndexError, Recovered, Replica,
+    Role, Term, TransferError,
 };
 
 use crate::node::addresses::{shard_addr, MembershipRecord};
 use crate::node::api::{
     AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeStartError, PartitionSnapshot,
     ReadOutcome, ShutdownMode,
+};
+use crate::node::balance::{
+    decide, preferred_leader, BalanceSettings, BalanceWatch, Decision, LeaderView, Stay,
+    TargetSeen, ACTIVE_WITHIN_ELECTIONS,
 };
 use crate::node::core::ShardShared;
 use crate::node::latency::CommitWatch;
@@ -238,6 +242,8 @@ struct Counters {
     append_records: u64,
     fetches: u64,
     fetch_bytes: u64,
+    /// Leadership transfers the leader balancer started from this replica.
+    balancer_transfers: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -348,6 +354,8 @@ pub(crate) struct PartitionReplicator {
     durability_started: Cell<bool>,
     /// When this replica, leading on a full disk, last asked a follower to take over.
     space_handoff_at: Cell<Option<Instant>>,
+    /// The leader balancer's memory of this partition between passes (balance.rs).
+    balance: RefCell<BalanceWatch>,
 }
 
 impl std::fmt::Debug for PartitionReplicator {
@@ -461,6 +469,7 @@ impl PartitionReplicator {
             log_notify: Notify::default(),
             durability_started: Cell::new(false),
             space_handoff_at: Cell::new(None),
+            balance: RefCell::new(BalanceWatch::default()),
         }))
     }
 
@@ -1585,6 +1594,58 @@ impl PartitionReplicator {
         }
     }
 
+    /// One look of the leader balancer at this partition (balance.rs): what the core knows
+    /// now, recorded in the partition's [`BalanceWatch`], and the decision.
+    pub(crate) fn balance_decision(&self, settings: &BalanceSettings, now: Instant) -> Decision {
+        let st = self.st.borrow();
+        if st.failed.is_some() || st.closing || st.corrupt_cut.is_some() {
+            return Decision::Stay(Stay::Unusable);
+        }
+        let r = &st.replica;
+        let leading = r.role() == Role::Leader;
+        let m = r.membership();
+        let preferred = preferred_leader(self.partition, &m.voters, &settings.preferred_leaders);
+        let seen = preferred.filter(|&n| leading && n != r.id()).and_then(|node| {
+            let p = r.progress(node)?;
+            Some(TargetSeen {
+                node,
+                damaged: p.damaged,
+                lag: r.last_index().0.saturating_sub(p.match_index.0),
+                streaming: p.state == ProgressState::Replicate,
+                active: p.recent_active,
+            })
+        });
+        let active_within = self.election_timeout() * ACTIVE_WITHIN_ELECTIONS;
+        let leading_term = leading.then(|| r.term());
+        let (led_for, target) =
+            self.balance.borrow_mut().observe(now, leading_term, seen, active_within);
+        let view = LeaderView {
+            me: r.id(),
+            leading,
+            preferred,
+            ready: r.term_at(r.commit()) == Some(r.term()),
+            // An uncommitted membership entry, or a learner still catching up to be promoted.
+            membership_settled: m.learners.is_empty() && r.membership_at(r.commit()) == m,
+            transfer_in_progress: r.transfer_target().is_some(),
+            led_for,
+            target,
+        };
+        decide(settings, &view)
+    }
+
+    /// Starts a balancing leadership transfer to `to` through the normal Raft transfer.
+    pub(crate) fn balance_transfer(&self, to: NodeId) -> Result<(), NodeError> {
+        let result = self.transfer_leadership(to);
+        if result.is_ok() {
+            self.st.borrow_mut().counters.balancer_transfers += 1;
+        }
+        tracing::info!(
+            partition = %self.partition, %to, ?result,
+            "leader balancer: handing the leadership to the preferred leader"
+        );
+        result
+    }
+
     pub(crate) fn best_follower(&self) -> Option<NodeId> {
         self.most_up_to_date_follower(false)
     }
@@ -2037,6 +2098,7 @@ impl PartitionReplicator {
             append_records: c.append_records,
             fetches: c.fetches,
             fetch_bytes: c.fetch_bytes,
+            balancer_transfers: c.balancer_transfers,
             errors: c.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             pending_appends: st.producers.len() as u64,
             log_queued_bytes: self.log.queued_bytes() as u64,

@@ -26,6 +26,7 @@ use ringlog_raft::{Entry, LogIndex, Message, NodeId, Role, Term};
 use super::{ShardContext, ShardCore};
 use crate::config::NodeConfig;
 use crate::node::api::{NodeError, ShutdownMode};
+use crate::node::balance::TransferLimit;
 use crate::node::replicator::stall::{self, Stall};
 use crate::node::replicator_codec::entry_of_batch;
 
@@ -132,7 +133,10 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
+            let balance_limit =
+                Arc::new(TransferLimit::new(config.balance.transfers_per_minute as u32));
+            let ctx =
+                ShardContext { shard: 0, shards: 1, config, partitions, tls: None, balance_limit };
             let core = match ShardCore::open(ctx).await {
                 Ok(core) => core,
                 Err(e) => {
@@ -1153,7 +1157,10 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
+            let balance_limit =
+                Arc::new(TransferLimit::new(config.balance.transfers_per_minute as u32));
+            let ctx =
+                ShardContext { shard: 0, shards: 1, config, partitions, tls: None, balance_limit };
             match ShardCore::open(ctx).await {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));

@@ -140,18 +140,30 @@ pub(crate) struct ShardSetup {
     pub ready: Sender<Result<ShardReady, NodeStartError>>,
     pub exit: Arc<ExitState>,
     pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
+    pub balance_limit: Arc<super::balance::TransferLimit>,
 }
 
 /// The future each shard executor runs: open, listen, report, serve, stop.
 pub(crate) async fn shard_main(setup: ShardSetup) {
-    let ShardSetup { shard, shards, partitions, config, receiver, mailboxes, ready, exit, tls } =
-        setup;
+    let ShardSetup {
+        shard,
+        shards,
+        partitions,
+        config,
+        receiver,
+        mailboxes,
+        ready,
+        exit,
+        tls,
+        balance_limit,
+    } = setup;
     let queue = glommio::executor().create_task_queue(
         Shares::default(),
         Latency::Matters(COMMAND_QUEUE_LATENCY),
         "ringlog-node-commands",
     );
-    let context = ShardContext { shard, shards, config: config.clone(), partitions, tls };
+    let context =
+        ShardContext { shard, shards, config: config.clone(), partitions, tls, balance_limit };
     let core = match ShardCore::open(context).await {
         Ok(core) => core,
         Err(error) => {

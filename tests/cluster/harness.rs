@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog::config::{
-    ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode, RaftSection,
-    StorageSection, TlsSection,
+    BalanceSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode,
+    RaftSection, StorageSection, TlsSection,
 };
 use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
 use ringlog_net::protocol::{Consistency, GroupStatus};
@@ -57,6 +57,9 @@ pub struct Spec {
     pub tls: BTreeMap<u32, TlsSection>,
     /// `[net]` of every node (the harness's reconnect backoffs unless a test sets its own).
     pub net: NetSection,
+    /// `[balance]` of every node: the leader balancer is off unless a test turns it on
+    /// (tests place leaders themselves and must keep them where they put them).
+    pub balance: BalanceSection,
 }
 
 impl Spec {
@@ -72,6 +75,7 @@ impl Spec {
                 reconnect_backoff_max_ms: 200,
                 ..NetSection::default()
             },
+            balance: BalanceSection { enabled: false, ..BalanceSection::default() },
         }
     }
 
@@ -278,6 +282,7 @@ impl Cluster {
                 json: false,
             },
             tls: node.tls.clone(),
+            balance: self.spec.balance.clone(),
         };
         if let Err(problems) = config.validate() {
             panic!("test config of node {id} is invalid: {problems:#?}");
