@@ -8,9 +8,12 @@
 //! one the node refuses, and the command says so and exits 1.
 //!
 //! Output is line-oriented for scripts: `produce` prints one offset per record, `consume`
-//! prints `offset<TAB>value` (value bytes escaped as in Rust's `escape_ascii`), `status`
-//! prints a table or (`--json`) one JSON document. Any failure prints `ringlog: <reason>` on
-//! stderr and exits 1.
+//! prints each record as `--format` says (src/cli_consume_format.rs: `text`, `raw` or
+//! `json`), `status` prints a table or (`--json`) one JSON document. Any failure prints
+//! `ringlog: <reason>` on stderr and exits 1.
+//!
+//! Every connection option can come from the environment (`RINGLOG_BOOTSTRAP`,
+//! `RINGLOG_TLS_CA`, `RINGLOG_TLS_CERT`, `RINGLOG_TLS_KEY`); a flag on the command line wins.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +34,8 @@ use ringlog_net::tls::{client_config, read_certs, read_key};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{MembershipChange, NodeId, Role};
 
+use crate::cli_consume_format::{write_record, ConsumeFormat};
+
 /// Records per produce request when reading `--stdin`.
 pub const STDIN_BATCH_RECORDS_DEFAULT: usize = 100;
 /// Bytes asked for per fetch by `consume`.
@@ -46,20 +51,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// Client addresses (shard 0) of one or more nodes: host:port,host:port,...
-    #[arg(long, value_name = "ADDRS")]
+    #[arg(long, value_name = "ADDRS", env = "RINGLOG_BOOTSTRAP")]
     pub bootstrap: String,
     /// Per-request timeout in milliseconds (a produce waits at most this for its acks).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
     /// Connect with TLS, verifying the nodes' certificates against this CA (PEM) for the
     /// name `ringlog-node` (the node config's `tls.ca`). Without it the client speaks plaintext.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate chain (PEM) to present: required by nodes with `tls.client_ca`.
-    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) of `--tls-cert`.
-    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_cert"])]
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
 }
 
@@ -76,11 +81,12 @@ pub struct AdminArgs {
 /// The client's TLS settings from `--tls-ca` / `--tls-cert` / `--tls-key` (None: plaintext).
 fn client_tls(args: &ConnectArgs) -> anyhow::Result<Option<ClientTls>> {
     let Some(ca) = &args.tls_ca else { return Ok(None) };
-    let roots = read_certs("--tls-ca", ca)?;
+    let roots = read_certs("--tls-ca (RINGLOG_TLS_CA)", ca)?;
     let identity = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some((read_certs("--tls-cert", cert)?, read_key("--tls-key", key)?))
-        }
+        (Some(cert), Some(key)) => Some((
+            read_certs("--tls-cert (RINGLOG_TLS_CERT)", cert)?,
+            read_key("--tls-key (RINGLOG_TLS_KEY)", key)?,
+        )),
         _ => None,
     };
     Ok(Some(ClientTls::new(client_config(roots, identity)?)))
@@ -162,6 +168,11 @@ pub struct ConsumeArgs {
     /// Linearizable reads: the leader confirms it still leads before answering.
     #[arg(long)]
     pub linearizable: bool,
+    /// text: `offset<TAB>value`, UTF-8 as UTF-8, control characters and non-UTF-8 bytes
+    /// escaped; raw: the value bytes exactly, then a newline; json: one object per line
+    /// (`partition`, `offset`, `timestamp_ms`, `value`, `value_encoding` = utf8 or base64).
+    #[arg(long, value_enum, default_value_t = ConsumeFormat::Text)]
+    pub format: ConsumeFormat,
 }
 
 /// `ringlog status`: per partition and node: role, term, leader, commit, durable, lags.
@@ -252,7 +263,7 @@ fn admin_client(args: &ConnectArgs, admin: &AdminArgs) -> anyhow::Result<Client>
 
 fn client_with(args: &ConnectArgs, admin_token: Option<AdminToken>) -> anyhow::Result<Client> {
     let bootstrap = parse_addresses(&args.bootstrap)
-        .with_context(|| format!("bad --bootstrap `{}`", args.bootstrap))?;
+        .with_context(|| format!("bad --bootstrap (RINGLOG_BOOTSTRAP) `{}`", args.bootstrap))?;
     let timeout = Duration::from_millis(args.timeout_ms);
     Ok(Client::new(ClientConfig {
         tls: client_tls(args)?,
@@ -338,7 +349,7 @@ pub fn run_consume(args: &ConsumeArgs) -> anyhow::Result<ExitCode> {
             if args.count.is_some_and(|count| printed >= count) {
                 break;
             }
-            writeln!(out, "{}\t{}", record.offset.0, record.value.escape_ascii())?;
+            write_record(&mut out, args.format, args.partition, record)?;
             printed += 1;
         }
         out.flush()?;

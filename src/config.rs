@@ -99,6 +99,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
+    pub balance: BalanceSection,
+    #[serde(default)]
     pub admin: AdminSection,
 }
 
@@ -117,6 +119,29 @@ pub struct AdminSection {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub open: bool,
 }
+
+/// `[balance]`: the leader balancer (src/node/balance.rs; docs/config.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceSection {
+    /// The off switch: `false` leaves leadership wherever elections put it.
+    pub enabled: bool,
+    /// Balancing transfers this node starts in any 60 s window, at most.
+    pub transfers_per_minute: u64,
+    /// A leader hands over no sooner than this long after it was elected and after the
+    /// preferred leader was last seen unhealthy.
+    pub settle_ms: u64,
+    /// Partition `p` prefers node `preferred_leaders[p % len]` while that node is a voter;
+    /// empty: the voter at `p % voters` in id order. Must be the same on every node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preferred_leaders: Vec<u32>,
+}
+
+/// Default `balance.transfers_per_minute`.
+pub const BALANCE_TRANSFERS_PER_MINUTE_DEFAULT: u64 = 30;
+/// Default `balance.settle_ms`: long enough that a rolling restart's next step (a stop and a
+/// start, seconds apart) does not bounce leadership back and forth.
+pub const BALANCE_SETTLE_MS_DEFAULT: u64 = 30_000;
 
 /// `[tls]`: TLS for client and peer traffic (see the module docs and docs/config.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +483,16 @@ impl NodeConfig {
         Duration::from_millis(self.raft.tick_interval_ms)
     }
 
+    /// `[balance]` as the leader balancer reads it.
+    pub(crate) fn to_balance_settings(&self) -> crate::node::balance::BalanceSettings {
+        let b = &self.balance;
+        crate::node::balance::BalanceSettings {
+            enabled: b.enabled,
+            settle: Duration::from_millis(b.settle_ms),
+            preferred_leaders: b.preferred_leaders.iter().map(|&id| NodeId(id)).collect(),
+        }
+    }
+
     /// Every partition's log configuration.
     pub fn to_log_config(&self) -> LogConfig {
         let s = &self.storage;
@@ -648,6 +683,17 @@ impl Default for NetSection {
             request_timeout_ms: ms(net_limits::REQUEST_TIMEOUT),
             reconnect_backoff_initial_ms: ms(net_limits::RECONNECT_BACKOFF_INITIAL),
             reconnect_backoff_max_ms: ms(net_limits::RECONNECT_BACKOFF_MAX),
+        }
+    }
+}
+
+impl Default for BalanceSection {
+    fn default() -> Self {
+        BalanceSection {
+            enabled: true,
+            transfers_per_minute: BALANCE_TRANSFERS_PER_MINUTE_DEFAULT,
+            settle_ms: BALANCE_SETTLE_MS_DEFAULT,
+            preferred_leaders: Vec::new(),
         }
     }
 }
@@ -1079,6 +1125,57 @@ json = true
                     .to_string(),
                 "listen.metrics = 127.0.0.1:7102 is also used by listen.client".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn balance_section_is_validated_with_clear_errors_and_maps_onto_the_settings() {
+        let config = load(MINIMAL).unwrap().config;
+        let settings = config.to_balance_settings();
+        assert!(settings.enabled, "the balancer is on by default");
+        assert_eq!(settings.settle, Duration::from_millis(BALANCE_SETTLE_MS_DEFAULT));
+        assert!(settings.preferred_leaders.is_empty());
+
+        let off = load(&with("[balance]\nenabled = false\nsettle_ms = 0\n")).unwrap().config;
+        assert!(!off.to_balance_settings().enabled);
+        assert_eq!(off.to_balance_settings().settle, Duration::ZERO);
+
+        let bad = with(
+            "[balance]\ntransfers_per_minute = 0\nsettle_ms = 600001\n\
+             preferred_leaders = [1, 0]\n",
+        );
+        assert_eq!(
+            problems(&bad),
+            vec![
+                "balance.transfers_per_minute = 0: must be in 1..=600".to_string(),
+                "balance.settle_ms = 600001: must be in 0..=600000".to_string(),
+                "balance.preferred_leaders[1] = 0: must be in 1..=4294967295".to_string(),
+            ]
+        );
+        let too_many = with("partitions_placeholder").replace(
+            "partitions_placeholder",
+            "[balance]\npreferred_leaders = [1, 2, 3, 1, 2, 3, 1, 2, 3]\n",
+        );
+        assert_eq!(
+            problems(&too_many),
+            vec!["balance.preferred_leaders = 9 entries: must be at most partitions = 8 entries"
+                .to_string()]
+        );
+        let unknown = load(&with("[balance]\nturbo = true\n")).unwrap_err().to_string();
+        assert!(unknown.contains("turbo"), "{unknown}");
+
+        let stranger = load(&with("[balance]\npreferred_leaders = [3, 7]\n")).unwrap();
+        assert_eq!(
+            stranger.warnings,
+            vec![
+                ConfigWarning::Plaintext,
+                ConfigWarning::AdminNone,
+                ConfigWarning::PreferredLeaderNotAPeer { id: 7 }
+            ]
+        );
+        assert_eq!(
+            stranger.config.to_balance_settings().preferred_leaders,
+            vec![NodeId(3), NodeId(7)]
         );
     }
 }

@@ -74,6 +74,9 @@ pub enum ConfigWarning {
     /// No admin identity configured: every leadership transfer and membership change sent to
     /// the client ports is refused.
     AdminNone,
+    /// `balance.preferred_leaders` names a node that is not in `[[peers]]` (a node added
+    /// later is fine; a typo makes its partitions fall back to the derived preferred leader).
+    PreferredLeaderNotAPeer { id: u32 },
 }
 
 impl fmt::Display for ConfigWarning {
@@ -98,6 +101,11 @@ impl fmt::Display for ConfigWarning {
                  sent to this node are refused (set admin.token_file or \
                  admin.certificate_names in [admin])",
             ),
+            ConfigWarning::PreferredLeaderNotAPeer { id } => write!(
+                f,
+                "balance.preferred_leaders names node {id}, which is not in [[peers]]: while it \
+                 is no voter, its partitions prefer the leader derived from the membership"
+            ),
         }
     }
 }
@@ -111,6 +119,7 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     check_net_relations(config, &mut problems);
     check_peers(config, &mut problems);
     check_log_level(&config.log.level, &mut problems);
+    check_preferred_leaders(config, &mut problems);
     if config.tls.mode.is_none() {
         problems.push(Problem::TlsModeMissing);
     }
@@ -137,7 +146,36 @@ pub fn validate(config: &NodeConfig) -> Result<Vec<ConfigWarning>, Vec<Problem>>
     } else if admin.token_file.is_none() && admin.certificate_names.is_empty() {
         warnings.push(ConfigWarning::AdminNone);
     }
+    let mut strangers: Vec<u32> = config
+        .balance
+        .preferred_leaders
+        .iter()
+        .copied()
+        .filter(|id| !config.peers.iter().any(|p| p.id == *id))
+        .collect();
+    strangers.sort_unstable();
+    strangers.dedup();
+    warnings.extend(strangers.into_iter().map(|id| ConfigWarning::PreferredLeaderNotAPeer { id }));
     Ok(warnings)
+}
+
+/// `balance.preferred_leaders`: node ids (never 0), at most one entry per partition.
+fn check_preferred_leaders(config: &NodeConfig, problems: &mut Vec<Problem>) {
+    let preferred = &config.balance.preferred_leaders;
+    if preferred.len() as u64 > config.partitions {
+        let text = format!("at most partitions = {} entries", config.partitions);
+        let value = format!("{} entries", preferred.len());
+        problems.push(bound("balance.preferred_leaders", value, text));
+    }
+    for (i, id) in preferred.iter().enumerate() {
+        if *id == 0 {
+            problems.push(bound(
+                &format!("balance.preferred_leaders[{i}]"),
+                0,
+                "in 1..=4294967295",
+            ));
+        }
+    }
 }
 
 fn bound(key: &str, value: impl fmt::Display, bound: impl Into<String>) -> Problem {

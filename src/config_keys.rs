@@ -31,6 +31,8 @@ pub const COUNT_LIMIT_MAX: u64 = 1 << 24;
 pub const MILLIS_MAX: u64 = 600_000;
 /// Largest TOML integer.
 pub const TOML_INT_MAX: u64 = i64::MAX as u64;
+/// Largest `balance.transfers_per_minute` accepted (ten a second).
+pub const BALANCE_TRANSFERS_PER_MINUTE_MAX: u64 = 600;
 /// 4 KiB: the IO block every storage size is a multiple of.
 pub const BLOCK: u64 = BLOCK_SIZE as u64;
 
@@ -590,6 +592,46 @@ pub static KEYS: &[KeySpec] = &[
     )
     .note("`false`")
     .relation("not with admin.token_file or admin.certificate_names"),
+    key(
+        "balance.enabled",
+        BOOL,
+        "The leader balancer: a node that leads a partition whose preferred leader is another \
+         healthy voter, caught up (within 64 entries), hands the leadership over through the \
+         normal Raft leadership transfer, once both have settled (`balance.settle_ms`) and \
+         never during a membership change. `false` is the off switch: leadership stays where \
+         elections put it.",
+    ),
+    num(
+        "balance.transfers_per_minute",
+        COUNT,
+        (1, BALANCE_TRANSFERS_PER_MINUTE_MAX),
+        |c| Some(c.balance.transfers_per_minute),
+        "Balancing transfers this node starts in any 60 s window, at most (over all its \
+         shards). Each transfer pauses the partition's writes until the new leader is elected \
+         (at most an election timeout).",
+    ),
+    num(
+        "balance.settle_ms",
+        MILLIS,
+        (0, MILLIS_MAX),
+        |c| Some(c.balance.settle_ms),
+        "A leader hands over no sooner than this long after its election, and only to a \
+         preferred leader that has been continuously healthy for as long (so a rolling \
+         restart's next step does not bounce leadership back and forth).",
+    ),
+    key(
+        "balance.preferred_leaders",
+        "array of node ids",
+        "Overrides the preferred leaders: partition `p` prefers node \
+         `preferred_leaders[p % len]` while that node is a voter (otherwise the derived \
+         choice). Unset: the voter at index `p % voters` of the partition's voters in id \
+         order, which spreads partitions evenly. Must be the same on every node (nodes that \
+         disagree would move leaders back and forth, at most `transfers_per_minute` times).",
+    )
+    .note("empty: derived from the membership")
+    .relation(
+        "ids in 1..=4294967295; at most `partitions` entries; an id not in [[peers]] is a warning",
+    ),
 ];
 
 /// The default of a `FromCode` key as it would be written in TOML.
@@ -618,6 +660,7 @@ fn defaults_document() -> toml::Table {
     put("raft", toml::Value::try_from(crate::config::RaftSection::default()));
     put("net", toml::Value::try_from(crate::config::NetSection::default()));
     put("log", toml::Value::try_from(crate::config::LogSection::default()));
+    put("balance", toml::Value::try_from(crate::config::BalanceSection::default()));
     table
 }
 
@@ -737,6 +780,8 @@ client_ca = "clients.pem"
 token_file = "admin.token"
 certificate_names = ["ops-admin"]
 open = true
+[balance]
+preferred_leaders = [1]
 "#;
         toml::from_str(text).unwrap()
     }
@@ -786,6 +831,7 @@ open = true
         config.storage = crate::config::StorageSection::default();
         config.raft = crate::config::RaftSection::default();
         config.net = crate::config::NetSection::default();
+        config.balance = crate::config::BalanceSection::default();
         for spec in KEYS {
             let (Some(get), Some((min, max))) = (spec.value, spec.range) else { continue };
             if let Some(value) = get(&config) {

@@ -6,13 +6,15 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use ringlog_bench::cli::BenchArgs;
 use ringlog_bench::workdir::StopFlag;
 
 mod clear_damage;
 mod cli_client;
+mod cli_consume_format;
+mod cli_generate;
 mod config_cli;
 mod doctor;
 mod inspect;
@@ -41,7 +43,7 @@ enum Command {
     Config(config_cli::ConfigArgs),
     /// Append records to a partition; prints one offset per record.
     Produce(cli_client::ProduceArgs),
-    /// Print a partition's committed records (`offset<TAB>value`).
+    /// Print a partition's committed records (`--format text`: `offset<TAB>value`).
     Consume(cli_client::ConsumeArgs),
     /// Per partition and node: role, term, leader, commit, durable, lag per follower.
     Status(cli_client::StatusArgs),
@@ -54,6 +56,10 @@ enum Command {
     /// On a stopped node: let a damaged replica vote again (the way out when a majority of a
     /// group is damaged at once; may lose acknowledged records: see its --help).
     ClearDamage(clear_damage::ClearDamageArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions(cli_generate::CompletionsArgs),
+    /// Print the roff man page of `ringlog`, or write one page per subcommand to a directory.
+    Man(cli_generate::ManArgs),
 }
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::AddNode(args) => cli_client::run_add_node(&args),
         Command::RemoveNode(args) => cli_client::run_remove_node(&args),
         Command::ClearDamage(args) => clear_damage::run(&args),
+        Command::Completions(args) => cli_generate::run_completions(Cli::command(), &args),
+        Command::Man(args) => cli_generate::run_man(Cli::command(), &args),
     };
     match result {
         Ok(code) => code,

@@ -20,13 +20,18 @@
 
 mod exporter;
 mod health;
+pub mod process;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use std::collections::BTreeMap;
+
+use crate::node::api::HistogramSnapshot;
 use crate::node::{FollowerSnapshot, NodeSnapshot, PartitionSnapshot, ShardSnapshot};
+use ringlog_engine::host::FilesystemSpace;
 use ringlog_raft::Role;
 
 pub use exporter::{
@@ -34,6 +39,7 @@ pub use exporter::{
     REQUEST_BYTES_MAX,
 };
 pub use health::{readiness, NodeSlot, NodeState, READY_REASONS_MAX};
+pub use process::ProcessSnapshot;
 
 /// The `Content-Type` of a `/metrics` answer (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -66,6 +72,9 @@ type Buckets<'a> = &'a [(u64, u64)];
 /// Reads a partition's histogram: its buckets and the sum of the observed values.
 type HistogramOf = fn(&PartitionSnapshot) -> (Buckets<'_>, u64);
 
+/// Reads a shard's histograms of one node-wide series, by the value of its one label.
+type ShardHistogramsOf = fn(&ShardSnapshot) -> &[(&'static str, HistogramSnapshot)];
+
 /// Where a series' samples come from in a [`NodeSnapshot`].
 #[derive(Clone, Copy, Debug)]
 enum Source {
@@ -80,21 +89,35 @@ enum Source {
     /// Cumulative buckets and sum, and the factor bounds and sum are divided by.
     PartitionHistogram(HistogramOf, f64),
     FollowerGauge(fn(&FollowerSnapshot) -> u64),
+    /// Histograms kept per shard by one label's value, summed over the shards; and the
+    /// factor bounds and sum are divided by.
+    NodeHistogram(ShardHistogramsOf, f64),
+    /// Round trips to each peer, summed over the shards (labels node, peer).
+    PeerRtt,
+    /// A counter of the process, in seconds (`process_cpu_seconds_total`).
+    ProcessSeconds(fn(&ProcessSnapshot) -> f64),
+    ProcessGauge(fn(&ProcessSnapshot) -> u64),
+    DataDirGauge(fn(&FilesystemSpace) -> u64),
 }
 
 impl Series {
     pub fn kind(&self) -> SeriesKind {
         match self.source {
-            Source::ShardRejected | Source::PartitionCounter(_) | Source::PartitionErrors => {
-                SeriesKind::Counter
+            Source::ShardRejected
+            | Source::PartitionCounter(_)
+            | Source::PartitionErrors
+            | Source::ProcessSeconds(_) => SeriesKind::Counter,
+            Source::PartitionHistogram(..) | Source::NodeHistogram(..) | Source::PeerRtt => {
+                SeriesKind::Histogram
             }
-            Source::PartitionHistogram(..) => SeriesKind::Histogram,
             Source::BuildInfo
             | Source::ShardCount
             | Source::ShardGauge(_)
             | Source::PartitionRole
             | Source::PartitionGauge(_)
-            | Source::FollowerGauge(_) => SeriesKind::Gauge,
+            | Source::FollowerGauge(_)
+            | Source::ProcessGauge(_)
+            | Source::DataDirGauge(_) => SeriesKind::Gauge,
         }
     }
 
@@ -123,6 +146,9 @@ const PARTITION: &[&str] = &["node", "partition"];
 const PARTITION_ROLE: &[&str] = &["node", "partition", "role"];
 const PARTITION_KIND: &[&str] = &["node", "partition", "kind"];
 const FOLLOWER: &[&str] = &["node", "partition", "follower"];
+const NODE_ACKS: &[&str] = &["node", "acks"];
+const NODE_CONSISTENCY: &[&str] = &["node", "consistency"];
+const NODE_PEER: &[&str] = &["node", "peer"];
 
 /// Microseconds per second: the fdatasync histogram is kept in µs, exposed in seconds.
 const MICROS_PER_SECOND: f64 = 1_000_000.0;
@@ -144,7 +170,11 @@ fn batch_sizes(p: &PartitionSnapshot) -> (Buckets<'_>, u64) {
     (&p.batch_size_buckets, p.batch_size_sum)
 }
 
-use Source::{FollowerGauge, PartitionCounter, PartitionGauge, ShardGauge};
+fn commit_latency(p: &PartitionSnapshot) -> (Buckets<'_>, u64) {
+    (&p.commit_latency_us.buckets, p.commit_latency_us.sum)
+}
+
+use Source::{FollowerGauge, PartitionCounter, PartitionGauge, ProcessGauge, ShardGauge};
 
 // `ringlog_follower_stuck`'s help and docs/metrics.md name the bound.
 const _: () = assert!(crate::node::replicator::FOLLOWER_STUCK_AFTER_ELECTIONS == 10);
@@ -192,6 +222,18 @@ pub const SERIES: &[Series] = &[
         SHARD_KIND,
         "Malformed frames, refused handshakes and other rejected inputs, by kind.",
         Source::ShardRejected,
+    ),
+    series(
+        "ringlog_data_dir_available_bytes",
+        NODE,
+        "Bytes the node may still write on the data directory's filesystem (statvfs f_bavail).",
+        Source::DataDirGauge(|s| s.available_bytes),
+    ),
+    series(
+        "ringlog_data_dir_size_bytes",
+        NODE,
+        "Size of the data directory's filesystem, in bytes.",
+        Source::DataDirGauge(|s| s.total_bytes),
     ),
     series(
         "ringlog_partition_role",
@@ -249,6 +291,19 @@ pub const SERIES: &[Series] = &[
         PartitionGauge(|p| p.log_start_offset.0),
     ),
     series(
+        "ringlog_partition_log_end_offset",
+        PARTITION,
+        "Offset the next record appended to the log here gets (the end of the log).",
+        PartitionGauge(|p| p.log_end_offset.0),
+    ),
+    series(
+        "ringlog_partition_log_size_bytes",
+        PARTITION,
+        "Bytes written into the partition's log segments, headers and padding included (what \
+         retention_bytes_max limits).",
+        PartitionGauge(|p| p.log_size_bytes),
+    ),
+    series(
         "ringlog_partition_elections",
         PARTITION,
         "Elections this node started for the partition.",
@@ -259,6 +314,13 @@ pub const SERIES: &[Series] = &[
         PARTITION,
         "Leader changes this node saw for the partition.",
         PartitionCounter(|p| p.leader_changes),
+    ),
+    series(
+        "ringlog_partition_balancer_transfers",
+        PARTITION,
+        "Leadership transfers the leader balancer started from this node's replica (it led \
+         the partition and handed it to the preferred leader).",
+        PartitionCounter(|p| p.balancer_transfers),
     ),
     series(
         "ringlog_appends",
@@ -339,6 +401,34 @@ pub const SERIES: &[Series] = &[
         Source::PartitionHistogram(batch_sizes, 1.0),
     ),
     series(
+        "ringlog_produce_duration_seconds",
+        NODE_ACKS,
+        "Latency of produce requests, by acks level: from the request read off its \
+         connection to its answer queued for writing (every answer, errors included).",
+        Source::NodeHistogram(|s| &s.produce_latency_us, MICROS_PER_SECOND),
+    ),
+    series(
+        "ringlog_fetch_duration_seconds",
+        NODE_CONSISTENCY,
+        "Latency of fetch requests, by consistency, measured like produce latency (a long \
+         poll's wait included).",
+        Source::NodeHistogram(|s| &s.fetch_latency_us, MICROS_PER_SECOND),
+    ),
+    series(
+        "ringlog_commit_duration_seconds",
+        PARTITION,
+        "Latency from a produce reaching the leader's replicator to the commit index passing \
+         its entry, every acks level (leader only).",
+        Source::PartitionHistogram(commit_latency, MICROS_PER_SECOND),
+    ),
+    series(
+        "ringlog_peer_rtt_seconds",
+        NODE_PEER,
+        "Round trip to a peer on the replication link: a heartbeat frame sent to the next \
+         heartbeat-response frame from it (measured while leading a partition).",
+        Source::PeerRtt,
+    ),
+    series(
         "ringlog_follower_durable_index",
         FOLLOWER,
         "Highest Raft index the follower reported durable (leader only).",
@@ -382,6 +472,36 @@ pub const SERIES: &[Series] = &[
          timeouts (leader only).",
         FollowerGauge(|f| u64::from(f.stuck)),
     ),
+    series(
+        "process_cpu_seconds",
+        NODE,
+        "User and system CPU time spent by the process, in seconds.",
+        Source::ProcessSeconds(|p| p.cpu_seconds),
+    ),
+    series(
+        "process_resident_memory_bytes",
+        NODE,
+        "Resident memory size of the process, in bytes.",
+        ProcessGauge(|p| p.resident_memory_bytes),
+    ),
+    series(
+        "process_virtual_memory_bytes",
+        NODE,
+        "Virtual memory size of the process, in bytes.",
+        ProcessGauge(|p| p.virtual_memory_bytes),
+    ),
+    series(
+        "process_open_fds",
+        NODE,
+        "Open file descriptors of the process.",
+        ProcessGauge(|p| p.open_fds),
+    ),
+    series(
+        "process_max_fds",
+        NODE,
+        "The process' limit of open file descriptors (soft RLIMIT_NOFILE).",
+        ProcessGauge(|p| p.max_fds),
+    ),
 ];
 
 /// Every role, in the order `ringlog_partition_role` lists them, with its label value.
@@ -417,10 +537,13 @@ struct SnapshotCollector {
 /// The samples of one family: label values (matching the series' label names) and a value.
 type Rows<'a> = Vec<(Vec<String>, SampleValue<'a>)>;
 
-/// One sample's value, borrowing histogram buckets from the snapshot.
-#[derive(Clone, Copy, Debug)]
+/// One sample's value, borrowing histogram buckets from the snapshot (or owning them when
+/// they were summed over shards).
+#[derive(Clone, Debug)]
 enum SampleValue<'a> {
     Count(u64),
+    /// A counter of seconds (`process_cpu_seconds_total`).
+    Seconds(f64),
     Level(u64),
     /// Cumulative `(upper bound, count)` buckets (`u64::MAX` = +Inf), their sum, and the
     /// factor bounds and sum are divided by.
@@ -429,6 +552,8 @@ enum SampleValue<'a> {
         sum: u64,
         scale: f64,
     },
+    /// A histogram summed over shards, and the factor its bounds and sum are divided by.
+    Merged(HistogramSnapshot, f64),
 }
 
 impl Collector for SnapshotCollector {
@@ -454,16 +579,26 @@ fn encode_family(
         let labels: Vec<(&str, &str)> =
             series.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
         let mut sample = metric.encode_family(&labels)?;
-        match *value {
+        let (buckets, sum, scale) = match value {
             SampleValue::Count(count) => {
-                sample.encode_counter::<NoLabelSet, u64, u64>(&count, None)?
+                sample.encode_counter::<NoLabelSet, u64, u64>(count, None)?;
+                continue;
             }
-            SampleValue::Level(level) => sample.encode_gauge(&level)?,
-            SampleValue::Histogram { buckets, sum, scale } => {
-                let (buckets, count) = histogram_buckets(buckets, scale);
-                sample.encode_histogram::<NoLabelSet>(sum as f64 / scale, count, &buckets, None)?
+            SampleValue::Seconds(seconds) => {
+                sample.encode_counter::<NoLabelSet, f64, u64>(seconds, None)?;
+                continue;
             }
-        }
+            SampleValue::Level(level) => {
+                sample.encode_gauge(level)?;
+                continue;
+            }
+            SampleValue::Histogram { buckets, sum, scale } => (*buckets, *sum, *scale),
+            SampleValue::Merged(histogram, scale) => {
+                (histogram.buckets.as_slice(), histogram.sum, *scale)
+            }
+        };
+        let (buckets, count) = histogram_buckets(buckets, scale);
+        sample.encode_histogram::<NoLabelSet>(sum as f64 / scale, count, &buckets, None)?;
     }
     Ok(())
 }
@@ -562,6 +697,47 @@ fn rows<'a>(snapshot: &'a NodeSnapshot, series: &Series) -> Rows<'a> {
                 }
             }
         }
+        Source::NodeHistogram(value, scale) => {
+            // By label value, in the order the first shard lists them.
+            let mut merged: Vec<(&str, HistogramSnapshot)> = Vec::new();
+            for shard in &snapshot.shards {
+                for (label, histogram) in value(shard) {
+                    match merged.iter_mut().find(|(l, _)| l == label) {
+                        Some((_, sum)) => sum.merge(histogram),
+                        None => merged.push((label, histogram.clone())),
+                    }
+                }
+            }
+            rows.extend(merged.into_iter().map(|(label, h)| {
+                (vec![node.clone(), label.to_string()], SampleValue::Merged(h, scale))
+            }));
+        }
+        Source::PeerRtt => {
+            let mut merged: BTreeMap<u32, HistogramSnapshot> = BTreeMap::new();
+            for shard in &snapshot.shards {
+                for (peer, histogram) in &shard.peer_rtt_us {
+                    merged.entry(peer.0).or_default().merge(histogram);
+                }
+            }
+            rows.extend(merged.into_iter().map(|(peer, h)| {
+                (vec![node.clone(), peer.to_string()], SampleValue::Merged(h, MICROS_PER_SECOND))
+            }));
+        }
+        Source::ProcessSeconds(value) => {
+            if let Some(process) = &snapshot.process {
+                rows.push((vec![node], SampleValue::Seconds(value(process))));
+            }
+        }
+        Source::ProcessGauge(value) => {
+            if let Some(process) = &snapshot.process {
+                rows.push((vec![node], SampleValue::Level(value(process))));
+            }
+        }
+        Source::DataDirGauge(value) => {
+            if let Some(space) = &snapshot.data_dir_space {
+                rows.push((vec![node], SampleValue::Level(value(space))));
+            }
+        }
     }
     rows
 }
@@ -585,6 +761,12 @@ mod tests {
             damaged: false,
             commit_offset: Offset(400),
             log_start_offset: Offset(0),
+            log_end_offset: Offset(420),
+            log_size_bytes: 135_168,
+            commit_latency_us: HistogramSnapshot {
+                buckets: vec![(1_000, 3), (10_000, 38), (u64::MAX, 39)],
+                sum: 195_000,
+            },
             elections_started: 2,
             leader_changes: 3,
             appends: 39,
@@ -592,6 +774,7 @@ mod tests {
             append_records: 390,
             fetches: 5,
             fetch_bytes: 5_000,
+            balancer_transfers: 2,
             errors: vec![("not_leader".to_string(), 4)],
             pending_appends: 1,
             log_queued_bytes: 4096,
@@ -635,6 +818,16 @@ mod tests {
         }
     }
 
+    /// A latency histogram over bounds 1 ms, 10 ms, +Inf (µs).
+    fn latency(below_1ms: u64, below_10ms: u64, above: u64, sum: u64) -> HistogramSnapshot {
+        let buckets = vec![
+            (1_000, below_1ms),
+            (10_000, below_1ms + below_10ms),
+            (u64::MAX, below_1ms + below_10ms + above),
+        ];
+        HistogramSnapshot { buckets, sum }
+    }
+
     fn snapshot() -> NodeSnapshot {
         NodeSnapshot {
             node: NodeId(1),
@@ -646,14 +839,48 @@ mod tests {
                     peer_queue_frames: 5,
                     peer_queue_bytes: 600,
                     rejected_inputs: vec![("bad \"frame\"\n".to_string(), 1)],
+                    produce_latency_us: vec![
+                        ("none", latency(0, 0, 0, 0)),
+                        ("leader", latency(1, 0, 0, 500)),
+                        ("quorum", latency(2, 3, 1, 40_000)),
+                    ],
+                    fetch_latency_us: vec![
+                        ("linearizable", latency(0, 1, 0, 2_000)),
+                        ("replica", latency(4, 0, 0, 1_000)),
+                    ],
+                    peer_rtt_us: vec![(NodeId(2), latency(5, 0, 0, 1_500))],
                     partitions: vec![leader_partition(0), follower_partition(2)],
                 },
                 ShardSnapshot {
                     shard: 1,
+                    produce_latency_us: vec![
+                        ("none", latency(0, 0, 0, 0)),
+                        ("leader", latency(0, 0, 0, 0)),
+                        ("quorum", latency(1, 1, 0, 6_000)),
+                    ],
+                    fetch_latency_us: vec![
+                        ("linearizable", latency(0, 0, 0, 0)),
+                        ("replica", latency(0, 0, 0, 0)),
+                    ],
+                    peer_rtt_us: vec![
+                        (NodeId(2), latency(1, 1, 0, 3_000)),
+                        (NodeId(3), latency(0, 0, 2, 60_000)),
+                    ],
                     partitions: vec![follower_partition(1)],
                     ..Default::default()
                 },
             ],
+            process: Some(ProcessSnapshot {
+                cpu_seconds: 12.5,
+                resident_memory_bytes: 50 << 20,
+                virtual_memory_bytes: 900 << 20,
+                open_fds: 42,
+                max_fds: 20_000,
+            }),
+            data_dir_space: Some(FilesystemSpace {
+                total_bytes: 1 << 40,
+                available_bytes: 1 << 30,
+            }),
         }
     }
 
@@ -698,7 +925,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), SERIES.len());
         for series in SERIES {
-            assert!(series.name.starts_with("ringlog_"), "{}", series.name);
+            assert!(
+                series.name.starts_with("ringlog_") || series.name.starts_with("process_"),
+                "{}",
+                series.name
+            );
             assert!(!series.name.ends_with("_total"), "{}: the encoder adds _total", series.name);
             assert_eq!(series.labels.first(), Some(&"node"), "{}", series.name);
         }
@@ -739,8 +970,14 @@ mod tests {
         assert_eq!(value_of(&text, &format!("ringlog_partition_durable_index{p0}")), "41");
         assert_eq!(value_of(&text, &format!("ringlog_partition_last_index{p0}")), "42");
         assert_eq!(value_of(&text, &format!("ringlog_partition_commit_offset{p0}")), "400");
+        assert_eq!(value_of(&text, &format!("ringlog_partition_log_end_offset{p0}")), "420");
+        assert_eq!(value_of(&text, &format!("ringlog_partition_log_size_bytes{p0}")), "135168");
         assert_eq!(value_of(&text, &format!("ringlog_partition_elections_total{p0}")), "2");
         assert_eq!(value_of(&text, &format!("ringlog_partition_leader_changes_total{p0}")), "3");
+        assert_eq!(
+            value_of(&text, &format!("ringlog_partition_balancer_transfers_total{p0}")),
+            "2"
+        );
         assert_eq!(value_of(&text, &format!("ringlog_appends_total{p0}")), "39");
         assert_eq!(value_of(&text, &format!("ringlog_append_bytes_total{p0}")), "39000");
         assert_eq!(value_of(&text, &format!("ringlog_append_records_total{p0}")), "390");
@@ -752,6 +989,10 @@ mod tests {
             "4"
         );
         assert_eq!(value_of(&text, "ringlog_shards{node=\"1\"}"), "2");
+        let available = value_of(&text, "ringlog_data_dir_available_bytes{node=\"1\"}");
+        assert_eq!(available, (1u64 << 30).to_string());
+        let size = value_of(&text, "ringlog_data_dir_size_bytes{node=\"1\"}");
+        assert_eq!(size, (1u64 << 40).to_string());
         assert_eq!(value_of(&text, "ringlog_shard_mailbox_commands{node=\"1\",shard=\"0\"}"), "3");
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
@@ -883,6 +1124,70 @@ mod tests {
     }
 
     #[test]
+    fn produce_fetch_and_peer_histograms_are_summed_over_shards_by_label() {
+        let text = render(&snapshot());
+        let produce = "ringlog_produce_duration_seconds";
+        let quorum = "node=\"1\",acks=\"quorum\"";
+        assert_eq!(value_of(&text, &format!("{produce}_bucket{{{quorum},le=\"0.001\"}}")), "3");
+        assert_eq!(value_of(&text, &format!("{produce}_bucket{{{quorum},le=\"0.01\"}}")), "7");
+        assert_eq!(value_of(&text, &format!("{produce}_bucket{{{quorum},le=\"+Inf\"}}")), "8");
+        assert_eq!(value_of(&text, &format!("{produce}_count{{{quorum}}}")), "8");
+        assert_eq!(value_of(&text, &format!("{produce}_sum{{{quorum}}}")), "0.046");
+        assert_eq!(value_of(&text, &format!("{produce}_count{{node=\"1\",acks=\"leader\"}}")), "1");
+        assert_eq!(value_of(&text, &format!("{produce}_count{{node=\"1\",acks=\"none\"}}")), "0");
+        let fetch = "ringlog_fetch_duration_seconds";
+        let replica = "node=\"1\",consistency=\"replica\"";
+        assert_eq!(value_of(&text, &format!("{fetch}_count{{{replica}}}")), "4");
+        assert_eq!(value_of(&text, &format!("{fetch}_sum{{{replica}}}")), "0.001");
+        let rtt = "ringlog_peer_rtt_seconds";
+        assert_eq!(value_of(&text, &format!("{rtt}_count{{node=\"1\",peer=\"2\"}}")), "7");
+        assert_eq!(value_of(&text, &format!("{rtt}_sum{{node=\"1\",peer=\"2\"}}")), "0.0045");
+        assert_eq!(
+            value_of(&text, &format!("{rtt}_bucket{{node=\"1\",peer=\"2\",le=\"0.001\"}}")),
+            "6"
+        );
+        assert_eq!(value_of(&text, &format!("{rtt}_count{{node=\"1\",peer=\"3\"}}")), "2");
+        let peers = samples(&text)
+            .into_iter()
+            .filter(|(s, _)| s.starts_with(&format!("{rtt}_count")))
+            .count();
+        assert_eq!(peers, 2, "one row per peer, not per shard");
+    }
+
+    #[test]
+    fn commit_latency_is_a_partition_histogram_in_seconds() {
+        let text = render(&snapshot());
+        let base = "ringlog_commit_duration_seconds";
+        let p0 = "node=\"1\",partition=\"0\"";
+        assert_eq!(value_of(&text, &format!("{base}_bucket{{{p0},le=\"0.001\"}}")), "3");
+        assert_eq!(value_of(&text, &format!("{base}_bucket{{{p0},le=\"0.01\"}}")), "38");
+        assert_eq!(value_of(&text, &format!("{base}_count{{{p0}}}")), "39");
+        assert_eq!(value_of(&text, &format!("{base}_sum{{{p0}}}")), "0.195");
+    }
+
+    #[test]
+    fn process_series_carry_the_standard_names_and_are_left_out_without_proc() {
+        let text = render(&snapshot());
+        let node = "{node=\"1\"}";
+        assert_eq!(value_of(&text, &format!("process_cpu_seconds_total{node}")), "12.5");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"), "{text}");
+        assert_eq!(
+            value_of(&text, &format!("process_resident_memory_bytes{node}")),
+            (50u64 << 20).to_string()
+        );
+        assert_eq!(
+            value_of(&text, &format!("process_virtual_memory_bytes{node}")),
+            (900u64 << 20).to_string()
+        );
+        assert_eq!(value_of(&text, &format!("process_open_fds{node}")), "42");
+        assert_eq!(value_of(&text, &format!("process_max_fds{node}")), "20000");
+        let mut without = snapshot();
+        without.process = None;
+        let text = render(&without);
+        assert!(samples(&text).iter().all(|(s, _)| !s.starts_with("process_")), "{text}");
+    }
+
+    #[test]
     fn docs_metrics_md_documents_exactly_the_declared_series() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
         let docs = std::fs::read_to_string(path).expect("docs/metrics.md");
@@ -893,7 +1198,10 @@ mod tests {
                 series.exposed_name()
             );
         }
-        let documented = docs.lines().filter(|line| line.starts_with("| `ringlog_")).count();
+        let documented = docs
+            .lines()
+            .filter(|line| line.starts_with("| `ringlog_") || line.starts_with("| `process_"))
+            .count();
         assert_eq!(documented, SERIES.len(), "docs/metrics.md lists series that do not exist");
     }
 }

@@ -13,7 +13,7 @@ use common::{cluster_configs, retry, wait_leader};
 use ringlog::node::{Acks, Node, NodeStartError, PartitionId, ShutdownMode};
 
 /// Node start/stop cycles (1 shard, 2 partitions, one quorum append each).
-const NODE_CYCLES: usize = 60;
+const NODE_CYCLES: usize = 200;
 /// Cycles run before the baseline is taken (lazily built process-wide state).
 const WARM_UP_CYCLES: usize = 10;
 /// How much the RSS floor may rise over the measured cycles (allocator noise).

@@ -33,6 +33,23 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Size of the filesystem holding a path and what an unprivileged user may still write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilesystemSpace {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// statvfs of `path`: its filesystem's size and free space (`f_bavail`, what the node's user
+/// may write). An error names the call and the errno.
+pub fn filesystem_space(path: &std::path::Path) -> Result<FilesystemSpace, String> {
+    let stat = rustix::fs::statvfs(path).map_err(|error| format!("statvfs: {error}"))?;
+    Ok(FilesystemSpace {
+        total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+        available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+    })
+}
+
 #[path = "host_device.rs"]
 mod device;
 #[path = "host_fs.rs"]
@@ -392,6 +409,15 @@ fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystem_space_reports_a_size_and_what_is_free_or_why_not() {
+        let space = filesystem_space(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("statvfs");
+        assert!(space.total_bytes > 0, "{space:?}");
+        assert!(space.available_bytes <= space.total_bytes, "{space:?}");
+        let missing = filesystem_space(Path::new("/nonexistent/ringlog-data")).unwrap_err();
+        assert!(missing.starts_with("statvfs: "), "{missing}");
+    }
 
     #[test]
     fn check_line_has_status_name_found_expected_and_fix() {

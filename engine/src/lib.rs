@@ -15,6 +15,7 @@
 //!     term_at(index) start_index() start_offset() control_batches() membership_indices()
 //!     stats() -> FlushStats { flushes, fdatasyncs, .., fdatasync_latency_us, batch_size_bytes }
 //!     (FixedHistogram: cumulative_buckets() -> Vec<(upper, count)>, sum())  queued_bytes() failure()
+//!     size_bytes() (bytes written into the segments: what retention by bytes limits)
 //! log.fetch(offset, max_bytes, ReadBound::{Durable|Appended|Through(index)}) -> Vec<Bytes>   async
 //! log.read_entries(from, through, max_bytes) -> Vec<Bytes>                          async
 //! log.truncate_suffix(from) / log.reset(next_index, next_offset, prev_term)         async

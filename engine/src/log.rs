@@ -706,6 +706,12 @@ impl Log {
     pub fn fault_injector(&self) -> Arc<FaultInjector> {
         self.inner.faults.clone()
     }
+    /// Bytes written into the log's segments, segment headers and padding included (what
+    /// `retention_bytes_max` limits; the preallocated rest of the active segment is not
+    /// counted).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().segments.iter().map(Segment::used_bytes).sum()
+    }
     /// Number of segments (sealed and active).
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()

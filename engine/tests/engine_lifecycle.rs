@@ -19,7 +19,7 @@ use ringlog_engine::{Log, LogConfig};
 /// Engine start/shutdown cycles (each starts 2 shard executors over 2 partitions).
 const ENGINE_CYCLES: usize = 200;
 /// `Log` open/close cycles on one executor.
-const LOG_CYCLES: usize = 600;
+const LOG_CYCLES: usize = 2_000;
 /// Cycles run before the baseline is taken (lazily built process-wide state: allocator
 /// arenas, glommio's per-device caches).
 const WARM_UP_CYCLES: usize = 50;

@@ -232,6 +232,9 @@ impl ClientError {
 pub struct FetchedRecord {
     pub offset: Offset,
     pub value: Bytes,
+    /// The batch's `first_timestamp_ms` (docs/format.md#batch): the producer's clock, in ms
+    /// since the Unix epoch, when it built the batch; every record of a batch shares it.
+    pub timestamp_ms: i64,
 }
 
 /// What a routed call does after a reply that is not its answer.
@@ -868,10 +871,12 @@ pub fn decode_records(
             continue;
         }
         let base = view.header().base_offset().0;
+        let timestamp_ms = view.header().first_timestamp_ms.get();
         for (i, value) in view.records().enumerate() {
             let offset = Offset(base + i as u64);
             if offset >= from {
-                out.push(FetchedRecord { offset, value: batch.slice_ref(value) });
+                let value = batch.slice_ref(value);
+                out.push(FetchedRecord { offset, value, timestamp_ms });
             }
         }
     }

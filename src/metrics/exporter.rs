@@ -284,7 +284,7 @@ mod tests {
     }
 
     fn node_snapshot() -> NodeSnapshot {
-        NodeSnapshot { node: NodeId(4), shards: Vec::new() }
+        NodeSnapshot { node: NodeId(4), ..NodeSnapshot::default() }
     }
 
     fn running() -> NodeState {
@@ -414,7 +414,8 @@ mod tests {
                 ..PartitionSnapshot::default()
             };
             let shard = ShardSnapshot { partitions: vec![partition], ..ShardSnapshot::default() };
-            let snapshot = NodeSnapshot { node: NodeId(1), shards: vec![shard] };
+            let snapshot =
+                NodeSnapshot { node: NodeId(1), shards: vec![shard], ..NodeSnapshot::default() };
             NodeState::Running { snapshot, partitions: 1 }
         })
         .unwrap();

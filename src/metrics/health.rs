@@ -124,7 +124,8 @@ mod tests {
 
     fn running(partitions: Vec<PartitionSnapshot>, expected: u32) -> NodeState {
         let shard = ShardSnapshot { partitions, ..ShardSnapshot::default() };
-        let snapshot = NodeSnapshot { node: NodeId(1), shards: vec![shard] };
+        let snapshot =
+            NodeSnapshot { node: NodeId(1), shards: vec![shard], ..NodeSnapshot::default() };
         NodeState::Running { snapshot, partitions: expected }
     }
 

@@ -9,9 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use ringlog_engine::host::FilesystemSpace;
+use ringlog_engine::FixedHistogram;
 use ringlog_net::protocol::ErrorReply;
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{LogIndex, NodeId, Role, Term};
+
+use crate::metrics::ProcessSnapshot;
 
 /// A produce that met its `acks`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +177,49 @@ pub enum NodeStartError {
 pub struct NodeSnapshot {
     pub node: NodeId,
     pub shards: Vec<ShardSnapshot>,
+    /// The process' CPU time, memory and descriptors (`None`: /proc could not be read).
+    pub process: Option<ProcessSnapshot>,
+    /// The data dir's filesystem (`None`: statvfs failed).
+    pub data_dir_space: Option<FilesystemSpace>,
+}
+
+/// A histogram as the exporter reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Cumulative `(upper bound, observations <= bound)`, the last bound `u64::MAX` meaning
+    /// +Inf; empty when nothing was ever recorded here.
+    pub buckets: Vec<(u64, u64)>,
+    /// Sum of the observed values.
+    pub sum: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn of(histogram: &FixedHistogram) -> HistogramSnapshot {
+        HistogramSnapshot { buckets: histogram.cumulative_buckets(), sum: histogram.sum() }
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.buckets.last().map_or(0, |(_, count)| *count)
+    }
+
+    /// Adds `other`'s observations (shards and nodes of one series share their bounds; an
+    /// empty side takes the other's).
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        if other.buckets.is_empty() {
+            return;
+        }
+        if self.buckets.is_empty() {
+            self.buckets = other.buckets.clone();
+        } else {
+            assert_eq!(self.buckets.len(), other.buckets.len(), "merging different bounds");
+            for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+                assert_eq!(mine.0, theirs.0, "merging histograms with different bounds");
+                mine.1 += theirs.1;
+            }
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
 }
 
 /// One shard's counters and its partitions.
@@ -188,6 +235,13 @@ pub struct ShardSnapshot {
     pub peer_queue_bytes: u64,
     /// Malformed frames, refused handshakes and other rejected inputs, by kind.
     pub rejected_inputs: Vec<(String, u64)>,
+    /// Produce requests the shard's client server answered, by acks label (`none`,
+    /// `leader`, `quorum`): µs from the request decoded to its answer queued.
+    pub produce_latency_us: Vec<(&'static str, HistogramSnapshot)>,
+    /// Fetch requests answered, by consistency label (`linearizable`, `replica`), the same way.
+    pub fetch_latency_us: Vec<(&'static str, HistogramSnapshot)>,
+    /// Heartbeat round trips to each peer on the shard's links, µs.
+    pub peer_rtt_us: Vec<(NodeId, HistogramSnapshot)>,
     pub partitions: Vec<PartitionSnapshot>,
 }
 
@@ -207,6 +261,14 @@ pub struct PartitionSnapshot {
     /// First offset not yet committed.
     pub commit_offset: Offset,
     pub log_start_offset: Offset,
+    /// The offset the next record appended here gets (the end of the log).
+    pub log_end_offset: Offset,
+    /// Bytes written into the log's segments, headers and padding included (what
+    /// `retention_bytes_max` limits).
+    pub log_size_bytes: u64,
+    /// Leader: µs from a produce reaching the replicator to the commit index passing its
+    /// entry (every acks level).
+    pub commit_latency_us: HistogramSnapshot,
     pub elections_started: u64,
     pub leader_changes: u64,
     pub appends: u64,
@@ -214,6 +276,8 @@ pub struct PartitionSnapshot {
     pub append_records: u64,
     pub fetches: u64,
     pub fetch_bytes: u64,
+    /// Leadership transfers the leader balancer started from this replica.
+    pub balancer_transfers: u64,
     /// Errors answered to appends and fetches, by `ErrorCode` name.
     pub errors: Vec<(String, u64)>,
     /// Producers waiting for their acks.

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{Latency, Shares, Task, TaskQueueHandle};
-use ringlog_net::peer::ShardLayout;
+use ringlog_net::peer::{PeerMessage, ShardLayout};
 use ringlog_net::transport::{Inbound, PeerListener};
 use ringlog_net::{PartitionId, ShardId};
 use ringlog_raft::NodeId;
@@ -53,6 +53,7 @@ use ringlog_raft::NodeId;
 use crate::config::NodeConfig;
 use crate::node::addresses::{shard_addr, AddressBook};
 use crate::node::api::{NodeError, NodeStartError, ShardSnapshot, ShutdownMode};
+use crate::node::balance::{BalanceSettings, Decision, TransferLimit, BALANCE_INTERVAL};
 use crate::node::peers::Peers;
 use crate::node::replicator_codec::EngineBatchCheck;
 use ringlog_engine::notify::Notify;
@@ -90,6 +91,9 @@ pub(crate) struct ShardContext {
     /// `[tls]`, built once per node: every shard shares it, so a reloaded certificate
     /// (`NodeHandle::tls`, SIGHUP) reaches every listener and link. `None`: plaintext.
     pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
+    /// The node-wide bound on leader-balancing transfers (`balance.transfers_per_minute`),
+    /// shared by every shard of the node.
+    pub balance_limit: Arc<TransferLimit>,
 }
 
 /// What every replicator of the shard shares.
@@ -147,6 +151,8 @@ pub(crate) struct ShardCore {
     closed: Cell<bool>,
     /// `[tls]`, built once at open: the peer transport's and the client server's.
     tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
+    /// A graceful hand-off began: the leader balancer moves nothing any more.
+    handing_off: Cell<bool>,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -259,6 +265,7 @@ impl ShardCore {
             cut_short: Cell::new(false),
             closed: Cell::new(false),
             tls: tls.clone(),
+            handing_off: Cell::new(false),
         });
         for r in core.list() {
             r.start();
@@ -288,6 +295,18 @@ impl ShardCore {
             tasks.push(
                 glommio::spawn_local_into(async move { me.run_scrub(scrub_rate).await }, bulk)
                     .expect("queue"),
+            );
+        }
+        let balance = config.to_balance_settings();
+        if balance.enabled {
+            let me = core.clone();
+            let limit = ctx.balance_limit.clone();
+            tasks.push(
+                glommio::spawn_local_into(
+                    async move { me.run_balance(balance, limit).await },
+                    bulk,
+                )
+                .expect("queue"),
             );
         }
         *core.tasks.borrow_mut() = tasks;
@@ -326,6 +345,7 @@ impl ShardCore {
                 ("peer_malformed".into(), listener.malformed),
                 ("peer_queue_full_dropped".into(), self.shared.peers.dropped()),
             ],
+            peer_rtt_us: self.shared.peers.rtt(),
             partitions: self.list().iter().map(|r| r.snapshot()).collect(),
             ..ShardSnapshot::default()
         }
@@ -347,6 +367,7 @@ impl ShardCore {
         if let Some(listener) = self.listener.borrow().as_ref() {
             listener.stop_accepting();
         }
+        self.handing_off.set(true);
         if mode == ShutdownMode::Immediate {
             self.cut_short.set(true);
             return;
@@ -468,6 +489,9 @@ impl ShardCore {
             if self.closed.get() {
                 return;
             }
+            if matches!(inbound.message, PeerMessage::HeartbeatResponses(_)) {
+                self.shared.peers.heartbeat_responses_received(inbound.from);
+            }
             for (partition, message) in inbound.message.into_raft_messages() {
                 match self.partition(partition) {
                     Some(r) => r.handle_message(inbound.from, message),
@@ -489,6 +513,31 @@ impl ShardCore {
             }
             for r in self.list() {
                 r.scrub_pass(bytes_per_sec).await;
+            }
+        }
+    }
+
+    /// The leader balancer (balance.rs): every `BALANCE_INTERVAL`, each led partition whose
+    /// preferred leader is ready gets a normal Raft leadership transfer, within the node's
+    /// `TransferLimit`. Nothing moves once a stop began.
+    async fn run_balance(self: Rc<Self>, settings: BalanceSettings, limit: Arc<TransferLimit>) {
+        loop {
+            within(BALANCE_INTERVAL, std::future::pending::<()>()).await;
+            if self.closed.get() {
+                return;
+            }
+            if self.handing_off.get() {
+                continue;
+            }
+            let now = Instant::now();
+            for r in self.list() {
+                let Decision::Transfer(to) = r.balance_decision(&settings, now) else { continue };
+                if !limit.try_take(now) {
+                    tracing::debug!(partition = %r.partition_id(), %to, "leader balancer: transfers_per_minute reached");
+                    continue;
+                }
+                // Refusals (the leadership just moved, a transfer began) are logged there.
+                let _ = r.balance_transfer(to);
             }
         }
     }

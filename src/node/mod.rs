@@ -28,7 +28,9 @@
 
 pub(crate) mod addresses;
 pub mod api;
+pub(crate) mod balance;
 mod core;
+pub mod latency;
 pub(crate) mod peers;
 pub(crate) mod replicator;
 pub(crate) mod replicator_codec;
@@ -57,8 +59,8 @@ use ringlog_engine::{FaultInjector, RecordsBuilder};
 use ringlog_net::tls::TlsConfig;
 
 pub use api::{
-    AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeExit, NodeSnapshot,
-    NodeStartError, PartitionSnapshot, ReadOutcome, ShardSnapshot, ShutdownMode,
+    AppendOutcome, FollowerSnapshot, HistogramSnapshot, NodeAddresses, NodeError, NodeExit,
+    NodeSnapshot, NodeStartError, PartitionSnapshot, ReadOutcome, ShardSnapshot, ShutdownMode,
 };
 pub use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 pub use ringlog_net::{Offset, PartitionId};
@@ -247,6 +249,9 @@ impl Node {
         };
         let mut threads = Vec::with_capacity(shards);
         let mut readies = Vec::with_capacity(shards);
+        // One bound on leader-balancing transfers for the whole node (every shard).
+        let balance_limit =
+            Arc::new(balance::TransferLimit::new(config.balance.transfers_per_minute as u32));
         for (shard, receiver) in receivers.into_iter().enumerate() {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let setup = ShardSetup {
@@ -263,6 +268,7 @@ impl Node {
                 exit: exit.clone(),
                 tls: tls.clone(),
                 admin: admin.clone(),
+                balance_limit: balance_limit.clone(),
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-node{}-shard{shard}", config.node_id),
@@ -565,7 +571,11 @@ impl NodeHandle {
 
     /// Every shard's counters and partitions (shards are asked one after another).
     pub fn snapshot(&self) -> Result<NodeSnapshot, NodeError> {
-        let mut snapshot = NodeSnapshot { node: self.inner.node, shards: Vec::new() };
+        let process = crate::metrics::process::read();
+        let data_dir_space =
+            ringlog_engine::host::filesystem_space(&self.inner.config.data_dir).ok();
+        let mut snapshot =
+            NodeSnapshot { node: self.inner.node, shards: Vec::new(), process, data_dir_space };
         for shard in 0..self.inner.shards {
             let (reply, answer) = crossbeam_channel::bounded(1);
             self.inner.send_to(shard, Command::Snapshot { reply })?;

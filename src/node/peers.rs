@@ -15,6 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use ringlog_net::peer::{PartitionHeartbeat, PartitionHeartbeatResponse, PeerMessage};
 use ringlog_net::transport::{LinkStatus, PeerConfig, PeerLink};
@@ -22,7 +23,8 @@ use ringlog_net::PartitionId;
 use ringlog_raft::{Message, NodeId};
 
 use crate::node::addresses::{shard_addr, AddressBook};
-use crate::node::api::NodeAddresses;
+use crate::node::api::{HistogramSnapshot, NodeAddresses};
+use crate::node::latency::PeerRtt;
 
 /// Why a message was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub(crate) struct Peers {
     book: RefCell<AddressBook>,
     links: RefCell<BTreeMap<NodeId, Link>>,
     dropped: Cell<u64>,
+    /// Heartbeat round trips per peer (`ringlog_peer_rtt_seconds`).
+    rtt: RefCell<PeerRtt>,
 }
 
 impl Peers {
@@ -60,6 +64,7 @@ impl Peers {
             book: RefCell::new(book),
             links: RefCell::new(BTreeMap::new()),
             dropped: Cell::new(0),
+            rtt: RefCell::new(PeerRtt::default()),
         }
     }
 
@@ -110,7 +115,12 @@ impl Peers {
         };
         let result = match message {
             Message::Heartbeat { term, commit, ctx } => {
-                link.link.send_heartbeat(PartitionHeartbeat { partition, term, commit, ctx })
+                let sent =
+                    link.link.send_heartbeat(PartitionHeartbeat { partition, term, commit, ctx });
+                if sent.is_ok() {
+                    self.rtt.borrow_mut().heartbeat_sent(to, Instant::now());
+                }
+                sent
             }
             Message::HeartbeatResponse { term, ctx } => link
                 .link
@@ -131,6 +141,7 @@ impl Peers {
             let down = !matches!(link.link.status(), LinkStatus::Connected);
             if disconnects != link.disconnects_seen || down {
                 link.disconnects_seen = disconnects;
+                self.rtt.borrow_mut().forget_probe(*node);
                 out.push(*node);
             }
         }
@@ -148,6 +159,16 @@ impl Peers {
             let (frames, bytes) = l.link.queued();
             (f + frames as u64, b + bytes as u64)
         })
+    }
+
+    /// A frame of heartbeat responses arrived from `from`: ends its round-trip probe.
+    pub(crate) fn heartbeat_responses_received(&self, from: NodeId) {
+        self.rtt.borrow_mut().responses_received(from, Instant::now());
+    }
+
+    /// Heartbeat round trips per peer, µs.
+    pub(crate) fn rtt(&self) -> Vec<(NodeId, HistogramSnapshot)> {
+        self.rtt.borrow().snapshot()
     }
 
     /// Messages dropped because a link's queue was full.

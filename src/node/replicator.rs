@@ -85,8 +85,8 @@ use ringlog_net::protocol::{Acks, Consistency, FollowerStatus, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
 use ringlog_raft::{
     Action, Entry, EntryKind, HardState, LogIndex, Membership, MembershipChange, MembershipError,
-    Message, NodeId, ProposeError, ReadCtx, ReadIndexError, Recovered, Replica, Role, Term,
-    TransferError,
+    Message, NodeId, ProgressState, ProposeError, ReadCtx, ReadIndexError, Recovered, Replica,
+    Role, Term, TransferError,
 };
 
 use crate::node::addresses::{shard_addr, MembershipRecord};
@@ -94,7 +94,12 @@ use crate::node::api::{
     AppendOutcome, FollowerSnapshot, NodeAddresses, NodeError, NodeStartError, PartitionSnapshot,
     ReadOutcome, ShutdownMode,
 };
+use crate::node::balance::{
+    decide, preferred_leader, BalanceSettings, BalanceWatch, Decision, LeaderView, Stay,
+    TargetSeen, ACTIVE_WITHIN_ELECTIONS,
+};
 use crate::node::core::ShardShared;
+use crate::node::latency::CommitWatch;
 use crate::node::replicator_codec::{
     check_client_batch, entry_of_batch, entry_source, EntrySource,
 };
@@ -237,6 +242,8 @@ struct Counters {
     append_records: u64,
     fetches: u64,
     fetch_bytes: u64,
+    /// Leadership transfers the leader balancer started from this replica.
+    balancer_transfers: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -274,6 +281,8 @@ struct State {
     unreachable: Vec<NodeId>,
     leader: Option<NodeId>,
     counters: Counters,
+    /// Leader: its proposals until they commit (commit latency).
+    commit_watch: CommitWatch,
     /// Leader: per follower, its acknowledged index and since when it has not moved (for
     /// `stuck`); the term of the leadership it was observed in.
     follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
@@ -345,6 +354,8 @@ pub(crate) struct PartitionReplicator {
     durability_started: Cell<bool>,
     /// When this replica, leading on a full disk, last asked a follower to take over.
     space_handoff_at: Cell<Option<Instant>>,
+    /// The leader balancer's memory of this partition between passes (balance.rs).
+    balance: RefCell<BalanceWatch>,
 }
 
 impl std::fmt::Debug for PartitionReplicator {
@@ -440,6 +451,7 @@ impl PartitionReplicator {
             unreachable: Vec::new(),
             leader: None,
             counters: Counters::default(),
+            commit_watch: CommitWatch::default(),
             follower_watch: (Term(0), BTreeMap::new()),
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
@@ -457,6 +469,7 @@ impl PartitionReplicator {
             log_notify: Notify::default(),
             durability_started: Cell::new(false),
             space_handoff_at: Cell::new(None),
+            balance: RefCell::new(BalanceWatch::default()),
         }))
     }
 
@@ -638,6 +651,7 @@ impl PartitionReplicator {
                 while st.offsets.back().is_some_and(|(i, _)| *i >= from) {
                     st.offsets.pop_back();
                 }
+                st.commit_watch.forget_from(from);
                 self.queue_log_op(&mut st, LogOp::Truncate(from));
             }
             Action::AppendEntries { entries } => {
@@ -659,6 +673,7 @@ impl PartitionReplicator {
                 self.fail_producers_from(LogIndex(0));
                 let mut st = self.st.borrow_mut();
                 st.offsets.clear();
+                st.commit_watch.forget_all();
                 self.queue_log_op(&mut st, LogOp::Reset { start, prev_term, membership });
             }
             Action::Send { to, message } => {
@@ -689,6 +704,9 @@ impl PartitionReplicator {
                 }
                 if leader.is_some() && leader != st.leader {
                     st.counters.leader_changes += 1;
+                }
+                if role != Role::Leader {
+                    st.commit_watch.forget_all();
                 }
                 st.leader = leader;
                 tracing::info!(partition = %self.partition, ?role, %term, ?leader, "role changed");
@@ -874,6 +892,7 @@ impl PartitionReplicator {
             self.shard.spawn_bulk(async move { me.lookup_commit_offset(through).await });
         }
         self.answer_producers(&mut st, through, Acks::Quorum);
+        st.commit_watch.committed(through, Instant::now());
         drop(st);
         self.commit_notify.notify_all();
     }
@@ -967,6 +986,19 @@ impl PartitionReplicator {
                     self.st.borrow_mut().log_running = Some(from);
                     #[cfg(test)]
                     stall::hold(&self.dir).await;
+                    // Every truncation is on record: it removes entries this replica held
+                    // (never committed ones, by the Raft rules), and an operator tracing a
+                    // loss needs to see which and when.
+                    let (last, durable) = (self.log.last_index(), self.log.durable_index());
+                    if from <= last {
+                        tracing::warn!(
+                            partition = %self.partition,
+                            %from,
+                            %last,
+                            %durable,
+                            "truncating the log: entries from `from` through `last` are removed"
+                        );
+                    }
                     // Bound: each refusal for space waits until the log has space again.
                     loop {
                         match self.log.truncate_suffix(from).await {
@@ -983,6 +1015,12 @@ impl PartitionReplicator {
                     self.engine_settled();
                 }
                 LogOp::Reset { start, prev_term, membership } => {
+                    tracing::warn!(
+                        partition = %self.partition,
+                        %start,
+                        last = %self.log.last_index(),
+                        "resetting the log: every entry is removed, the log restarts at `start`"
+                    );
                     self.st.borrow_mut().log_running = Some(LogIndex(0));
                     #[cfg(test)]
                     stall::hold(&self.dir).await;
@@ -1556,6 +1594,58 @@ impl PartitionReplicator {
         }
     }
 
+    /// One look of the leader balancer at this partition (balance.rs): what the core knows
+    /// now, recorded in the partition's [`BalanceWatch`], and the decision.
+    pub(crate) fn balance_decision(&self, settings: &BalanceSettings, now: Instant) -> Decision {
+        let st = self.st.borrow();
+        if st.failed.is_some() || st.closing || st.corrupt_cut.is_some() {
+            return Decision::Stay(Stay::Unusable);
+        }
+        let r = &st.replica;
+        let leading = r.role() == Role::Leader;
+        let m = r.membership();
+        let preferred = preferred_leader(self.partition, &m.voters, &settings.preferred_leaders);
+        let seen = preferred.filter(|&n| leading && n != r.id()).and_then(|node| {
+            let p = r.progress(node)?;
+            Some(TargetSeen {
+                node,
+                damaged: p.damaged,
+                lag: r.last_index().0.saturating_sub(p.match_index.0),
+                streaming: p.state == ProgressState::Replicate,
+                active: p.recent_active,
+            })
+        });
+        let active_within = self.election_timeout() * ACTIVE_WITHIN_ELECTIONS;
+        let leading_term = leading.then(|| r.term());
+        let (led_for, target) =
+            self.balance.borrow_mut().observe(now, leading_term, seen, active_within);
+        let view = LeaderView {
+            me: r.id(),
+            leading,
+            preferred,
+            ready: r.term_at(r.commit()) == Some(r.term()),
+            // An uncommitted membership entry, or a learner still catching up to be promoted.
+            membership_settled: m.learners.is_empty() && r.membership_at(r.commit()) == m,
+            transfer_in_progress: r.transfer_target().is_some(),
+            led_for,
+            target,
+        };
+        decide(settings, &view)
+    }
+
+    /// Starts a balancing leadership transfer to `to` through the normal Raft transfer.
+    pub(crate) fn balance_transfer(&self, to: NodeId) -> Result<(), NodeError> {
+        let result = self.transfer_leadership(to);
+        if result.is_ok() {
+            self.st.borrow_mut().counters.balancer_transfers += 1;
+        }
+        tracing::info!(
+            partition = %self.partition, %to, ?result,
+            "leader balancer: handing the leadership to the preferred leader"
+        );
+        result
+    }
+
     pub(crate) fn best_follower(&self) -> Option<NodeId> {
         self.most_up_to_date_follower(false)
     }
@@ -1628,6 +1718,7 @@ impl PartitionReplicator {
     }
 
     async fn append_inner(&self, acks: Acks, batch: Bytes) -> Result<AppendOutcome, NodeError> {
+        let arrived = Instant::now();
         self.usable()?;
         let record_count =
             check_client_batch(&batch, self.batch_size_max).map_err(NodeError::Invalid)?;
@@ -1657,6 +1748,7 @@ impl PartitionReplicator {
             let term = st.replica.term();
             let producer = Producer { term, acks, record_count, base: None, slot: slot.clone() };
             st.producers.insert(index, producer);
+            st.commit_watch.proposed(index, arrived);
             let c = &mut st.counters;
             c.appends += 1;
             c.append_bytes += size as u64;
@@ -1996,6 +2088,9 @@ impl PartitionReplicator {
             damaged: r.is_damaged(),
             commit_offset: st.commit_offset,
             log_start_offset: Offset(self.log.start_offset().0),
+            log_end_offset: Offset(self.log.next_offset().0),
+            log_size_bytes: self.log.size_bytes(),
+            commit_latency_us: st.commit_watch.snapshot(),
             elections_started: c.elections_started,
             leader_changes: c.leader_changes,
             appends: c.appends,
@@ -2003,6 +2098,7 @@ impl PartitionReplicator {
             append_records: c.append_records,
             fetches: c.fetches,
             fetch_bytes: c.fetch_bytes,
+            balancer_transfers: c.balancer_transfers,
             errors: c.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             pending_appends: st.producers.len() as u64,
             log_queued_bytes: self.log.queued_bytes() as u64,

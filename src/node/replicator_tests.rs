@@ -26,6 +26,7 @@ use ringlog_raft::{Entry, LogIndex, Message, NodeId, Role, Term};
 use super::{ShardContext, ShardCore};
 use crate::config::NodeConfig;
 use crate::node::api::{NodeError, ShutdownMode};
+use crate::node::balance::TransferLimit;
 use crate::node::replicator::stall::{self, Stall};
 use crate::node::replicator_codec::entry_of_batch;
 
@@ -120,6 +121,7 @@ fn node_config(
 
 impl TestNode {
     fn start(config: NodeConfig, partitions: Vec<PartitionId>) -> TestNode {
+        init_test_log();
         let id = config.node_id;
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -131,7 +133,10 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
+            let balance_limit =
+                Arc::new(TransferLimit::new(config.balance.transfers_per_minute as u32));
+            let ctx =
+                ShardContext { shard: 0, shards: 1, config, partitions, tls: None, balance_limit };
             let core = match ShardCore::open(ctx).await {
                 Ok(core) => core,
                 Err(e) => {
@@ -365,7 +370,6 @@ impl Cluster {
     }
 
     fn start_with(size: usize, spares: usize, partitions: u32, storage_extra: &str) -> Cluster {
-        init_test_log();
         let root = tempfile::tempdir().expect("tempdir");
         let total = size + spares;
         let dirs: Vec<PathBuf> = (1..=total).map(|i| root.path().join(format!("n{i}"))).collect();
@@ -1153,7 +1157,10 @@ impl TestNode {
         };
         let config = Arc::new(config);
         let thread = spawn_executor(spec, move || async move {
-            let ctx = ShardContext { shard: 0, shards: 1, config, partitions, tls: None };
+            let balance_limit =
+                Arc::new(TransferLimit::new(config.balance.transfers_per_minute as u32));
+            let ctx =
+                ShardContext { shard: 0, shards: 1, config, partitions, tls: None, balance_limit };
             match ShardCore::open(ctx).await {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));

@@ -89,6 +89,7 @@ use ringlog_raft::NodeId;
 
 use super::api::{NodeAddresses, NodeError, ShardSnapshot, ShutdownMode};
 use super::core::{PartitionReplicator, ShardCore};
+use super::latency::{RequestLatency, Timed};
 use super::shard_main::{spawn, Command, BACKPRESSURE_RETRY_MS};
 use super::{Mailboxes, NUDGE_AFTER, READ_WAIT_MAX, REPLY_WAIT_MAX, WATCHDOG_INTERVAL};
 use crate::admin::{AdminIdentity, AdminPolicy};
@@ -195,6 +196,8 @@ pub(crate) struct ServerShared {
     refusing: Cell<usize>,
     rejected: RefCell<BTreeMap<&'static str, u64>>,
     reject_log: RejectLog,
+    /// Produce and fetch latencies of the requests this shard's connections read.
+    latency: RefCell<RequestLatency>,
     /// `[tls]`: the client TLS configuration (`None`: plaintext).
     tls: Option<Arc<TlsConfig>>,
     /// `[admin]`: who may send admin requests.
@@ -243,6 +246,7 @@ impl ServerShared {
             memory: MemoryTrim::default(),
             refusing: Cell::new(0),
             rejected: RefCell::new(BTreeMap::new()),
+            latency: RefCell::new(RequestLatency::default()),
             reject_log: RejectLog {
                 window_start: Cell::new(Instant::now()),
                 logged: Cell::new(0),
@@ -259,6 +263,9 @@ impl ServerShared {
         for (kind, count) in self.rejected.borrow().iter() {
             snapshot.rejected_inputs.push((kind.to_string(), *count));
         }
+        let latency = self.latency.borrow();
+        snapshot.produce_latency_us = latency.produce();
+        snapshot.fetch_latency_us = latency.fetch();
         snapshot
     }
 
@@ -748,6 +755,7 @@ impl Connection {
         request: Request,
         out: &Rc<LocalSender<Outgoing>>,
     ) -> bool {
+        let (arrived, timed) = (Instant::now(), timed(&request));
         let permit = futures_lite::future::or(
             async { self.inflight.clone().acquire_static_permit(1).await.ok() },
             async {
@@ -762,6 +770,7 @@ impl Connection {
             let response = handle(&shared, request, Forwarding::Allowed).await;
             // A closed queue means the connection is gone: the response has nowhere to go.
             let _ = out.send(Outgoing::Frame(response.encode(request_id))).await;
+            shared.latency.borrow_mut().record(timed, arrived);
             drop(permit);
         });
         true
@@ -899,6 +908,15 @@ fn stopping_reply(shared: &ServerShared, request: &Request) -> ErrorReply {
             ErrorReply::NotLeader { partition, leader: Some(leader), address }
         }
         _ => ErrorReply::NotLeader { partition, leader: None, address: None },
+    }
+}
+
+/// Which latency histogram a request's answer is timed in.
+fn timed(request: &Request) -> Timed {
+    match request {
+        Request::Produce(produce) => Timed::Produce(produce.acks),
+        Request::Fetch(fetch) => Timed::Fetch(fetch.consistency),
+        _ => Timed::Untimed,
     }
 }
 

@@ -142,6 +142,7 @@ pub(crate) struct ShardSetup {
     pub tls: Option<Arc<ringlog_net::tls::TlsConfig>>,
     /// `[admin]`: who may send admin requests to the client ports (crate::admin).
     pub admin: Arc<crate::admin::AdminPolicy>,
+    pub balance_limit: Arc<super::balance::TransferLimit>,
 }
 
 /// The future each shard executor runs: open, listen, report, serve, stop.
@@ -157,13 +158,15 @@ pub(crate) async fn shard_main(setup: ShardSetup) {
         exit,
         tls,
         admin,
+        balance_limit,
     } = setup;
     let queue = glommio::executor().create_task_queue(
         Shares::default(),
         Latency::Matters(COMMAND_QUEUE_LATENCY),
         "ringlog-node-commands",
     );
-    let context = ShardContext { shard, shards, config: config.clone(), partitions, tls };
+    let context =
+        ShardContext { shard, shards, config: config.clone(), partitions, tls, balance_limit };
     let core = match ShardCore::open(context).await {
         Ok(core) => core,
         Err(error) => {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlog::config::{
-    AdminSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry, PinningMode,
-    RaftSection, StorageSection, TlsSection,
+    AdminSection, BalanceSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry,
+    PinningMode, RaftSection, StorageSection, TlsSection,
 };
 use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
@@ -61,6 +61,9 @@ pub struct Spec {
     /// `[admin]` per node id (absent: `token_file` = the cluster's admin token file, see
     /// [`Cluster::admin_token_path`]).
     pub admin: BTreeMap<u32, AdminSection>,
+    /// `[balance]` of every node: the leader balancer is off unless a test turns it on
+    /// (tests place leaders themselves and must keep them where they put them).
+    pub balance: BalanceSection,
 }
 
 impl Spec {
@@ -77,6 +80,7 @@ impl Spec {
                 reconnect_backoff_max_ms: 200,
                 ..NetSection::default()
             },
+            balance: BalanceSection { enabled: false, ..BalanceSection::default() },
         }
     }
 
@@ -288,6 +292,7 @@ impl Cluster {
                 token_file: Some(self.admin_token_path()),
                 ..AdminSection::default()
             }),
+            balance: self.spec.balance.clone(),
         };
         if let Err(problems) = config.validate() {
             panic!("test config of node {id} is invalid: {problems:#?}");

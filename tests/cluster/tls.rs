@@ -94,10 +94,20 @@ fn tls_client_named(cluster: &Cluster, trust: &Ca, identity: &Ca, name: &str) ->
     Client::new(config).unwrap()
 }
 
-/// Runs the `ringlog` binary with the concatenated argument lists.
+/// Runs the `ringlog` binary with the concatenated argument lists (and none of the
+/// `RINGLOG_*` client variables of this process).
 fn ringlog_cli(parts: &[&[&str]]) -> std::process::Output {
+    ringlog_cli_env(parts, &[])
+}
+
+/// [`ringlog_cli`] with these environment variables set.
+fn ringlog_cli_env(parts: &[&[&str]], env: &[(&str, &Path)]) -> std::process::Output {
     let args: Vec<&str> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    std::process::Command::new(env!("CARGO_BIN_EXE_ringlog")).args(&args).output().expect("run")
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"));
+    for variable in ["RINGLOG_BOOTSTRAP", "RINGLOG_TLS_CA", "RINGLOG_TLS_CERT", "RINGLOG_TLS_KEY"] {
+        command.env_remove(variable);
+    }
+    command.args(&args).envs(env.iter().copied()).output().expect("run")
 }
 
 fn stderr_of(output: &std::process::Output) -> String {
@@ -312,6 +322,64 @@ fn a_node_presenting_another_nodes_certificate_is_refused_and_says_so() {
     cluster.wait_leader_excluding(&client, PartitionId(0), Some(3));
     let ack = client.produce(PartitionId(0), Acks::Quorum, &[b"two"]).expect("produce");
     assert_eq!(ack.base_offset, Offset(1));
+}
+
+// Issue #18 (CLI conventions): the TLS client flags come from RINGLOG_TLS_CA, RINGLOG_TLS_CERT
+// and RINGLOG_TLS_KEY when absent, and a flag wins over its variable.
+#[test]
+fn the_cli_takes_its_tls_files_from_the_environment_and_a_flag_wins() {
+    let TlsCluster { certs, cluster_ca, client_ca, cluster, client } =
+        TlsCluster::start("tls-env", 1);
+    cluster.wait_leader(&client, PartitionId(0));
+    let bootstrap = cluster.nodes[&1].client.to_string();
+    let (cert, key) = client_ca.leaf("client-env");
+    let ca = cluster_ca.ca_path();
+    let tls_env =
+        [("RINGLOG_TLS_CA", ca.as_path()), ("RINGLOG_TLS_CERT", &cert), ("RINGLOG_TLS_KEY", &key)];
+    let produce: &[&str] = &["produce", "--bootstrap", &bootstrap, "--partition", "0"];
+
+    // Only the variables: the CLI speaks mutual TLS.
+    let out = ringlog_cli_env(&[produce, &["--value", "env-tls"]], &tls_env);
+    assert!(out.status.success(), "produce with TLS from the environment: {}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+    // The same command without them is plaintext, and the TLS node refuses it.
+    let out = ringlog_cli(&[produce, &["--value", "plain", "--timeout-ms", "2000"]]);
+    assert!(!out.status.success(), "without the variables the CLI must speak plaintext");
+
+    // A flag wins over its variable: a CA variable naming a missing file does not matter
+    // beside --tls-ca, and a --tls-key naming a missing file fails although the variable is
+    // good, naming the flag's file.
+    let missing = certs.path().join("missing.pem");
+    let wrong_ca = [
+        ("RINGLOG_TLS_CA", missing.as_path()),
+        ("RINGLOG_TLS_CERT", &cert),
+        ("RINGLOG_TLS_KEY", &key),
+    ];
+    let out =
+        ringlog_cli_env(&[produce, &["--value", "flag-ca", "--tls-ca", path_str(&ca)]], &wrong_ca);
+    assert!(out.status.success(), "--tls-ca must win over RINGLOG_TLS_CA: {}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    let out = ringlog_cli_env(
+        &[produce, &["--value", "flag-key", "--tls-key", path_str(&missing)]],
+        &tls_env,
+    );
+    assert!(
+        !out.status.success(),
+        "a missing --tls-key must fail although RINGLOG_TLS_KEY is good"
+    );
+    assert!(
+        stderr_of(&out).contains(path_str(&missing)),
+        "names the flag's file: {}",
+        stderr_of(&out)
+    );
+
+    // The records came back over TLS configured from the environment.
+    let out = ringlog_cli_env(
+        &[&["consume", "--bootstrap", &bootstrap, "--partition", "0", "--linearizable"]],
+        &tls_env,
+    );
+    assert!(out.status.success(), "consume with TLS from the environment: {}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\tenv-tls\n1\tflag-ca\n");
 }
 
 fn harness_entry(cluster: &Cluster, id: u32) -> ringlog::config::PeerEntry {
