@@ -74,7 +74,7 @@ pub struct AdminArgs {
     /// File holding the admin token (the nodes' `admin.token_file`): sent before each
     /// leadership or membership request. Must not be readable by others (chmod 600). Not
     /// needed with a `--tls-cert` that names an admin (`admin.certificate_names`).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "RINGLOG_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 }
 

@@ -24,8 +24,13 @@ use ringlog_raft::{MembershipChange, NodeId};
 
 const P: PartitionId = PartitionId(0);
 
+/// Runs the CLI with `args` only: no admin token from the environment.
 fn ringlog(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringlog")).args(args).output().expect("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(args)
+        .env_remove("RINGLOG_ADMIN_TOKEN_FILE")
+        .output()
+        .expect("run");
     eprintln!(
         "$ ringlog {}\n{}{}-> {}",
         args.join(" "),
@@ -158,21 +163,17 @@ fn admin_requests_without_the_admin_token_are_refused_and_change_nothing() {
         assert!(Instant::now() < deadline, "node {removed} still a member: {now:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // And the CLI with --admin-token-file (the remaining pair hands leadership over).
+    // And the CLI with the token file from RINGLOG_ADMIN_TOKEN_FILE (the remaining pair hands
+    // leadership over; cli.rs passes --admin-token-file).
     let token = cluster.admin_token_path();
     let other = *cluster.nodes.keys().find(|id| **id != target && **id != removed).unwrap();
     let bootstrap_text = cluster.nodes[&target].client.to_string();
     let to = other.to_string();
-    let out = ringlog(&[
-        "transfer-leader",
-        "--bootstrap",
-        &bootstrap_text,
-        "--partition",
-        "0",
-        "--to",
-        &to,
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "transfer-leader with the token");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["transfer-leader", "--bootstrap", &bootstrap_text, "--partition", "0", "--to", &to])
+        .env("RINGLOG_ADMIN_TOKEN_FILE", &token)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "transfer-leader with RINGLOG_ADMIN_TOKEN_FILE: {stderr}");
 }
