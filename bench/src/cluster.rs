@@ -417,6 +417,10 @@ fn node_toml(
     toml.push_str(&format!("\n[log]\nlevel = {:?}\njson = false\n", options.log_level));
     // A benchmark cluster on loopback: unencrypted on purpose (tls.mode is required).
     toml.push_str("\n[tls]\nmode = \"plaintext\"\n");
+    // Leadership stays where the elections put it: a balancer hand-off in the middle of a
+    // measured window (`balance.settle_ms` after a failover scenario's restart, say) would be
+    // measured as a failover of its own.
+    toml.push_str("\n[balance]\nenabled = false\n");
     toml
 }
 
