@@ -26,9 +26,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use ringlog::config::NodeConfig;
 use ringlog_engine::runtime::{spawn_executor, ExecutorSpec};
 use ringlog_engine::{HardStateError, HardStateStore, Log, LogIndex, Term};
+use ringlog_node::config::NodeConfig;
 
 /// Name of the damaged mark in a partition directory (docs/format.md).
 const DAMAGED_FILE: &str = "DAMAGED";

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use ringlog::config::NodeConfig;
-use ringlog::config_keys::reference_markdown;
+use ringlog_node::config::NodeConfig;
+use ringlog_node::config_keys::reference_markdown;
 
 /// Arguments of `ringlog config`.
 #[derive(Debug, Clone, Args)]

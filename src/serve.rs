@@ -51,10 +51,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use ringlog::config::{ConfigWarning, LogSection, NodeConfig};
-use ringlog::metrics::NodeSlot;
-use ringlog::node::{Node, NodeError, NodeExit, NodeHandle, ShutdownMode, StartOptions};
 use ringlog_net::tls::CertificateReload;
+use ringlog_node::config::{ConfigWarning, LogSection, NodeConfig};
+use ringlog_node::metrics::NodeSlot;
+use ringlog_node::node::{Node, NodeError, NodeExit, NodeHandle, ShutdownMode, StartOptions};
 
 /// Exit status after a clean stop.
 pub const EXIT_CLEAN: u8 = 0;
@@ -124,7 +124,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     // Bound before the node starts: `/health` answers during recovery, `/ready` says why
     // the node is not ready yet.
     let slot = NodeSlot::new();
-    let metrics = match ringlog::metrics::spawn_exporter_for(metrics_addr, slot.clone()) {
+    let metrics = match ringlog_node::metrics::spawn_exporter_for(metrics_addr, slot.clone()) {
         Ok(metrics) => metrics,
         Err(error) => {
             return start_failed(&format!("cannot listen on {metrics_addr} for metrics: {error}"))

@@ -1,4 +1,4 @@
-//! The node's Rust API (`ringlog::node::NodeHandle`) with real nodes in this process: one
+//! The node's Rust API (`ringlog_node::node::NodeHandle`) with real nodes in this process: one
 //! node, and three nodes replicating to each other over loopback.
 
 #[path = "node_common.rs"]
@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{cluster_configs, read_records, retry, wait_leader, BATCH_SIZE_MAX, WAIT_MAX};
-use ringlog::node::{
+use ringlog_node::node::{
     Acks, Consistency, Node, NodeError, NodeExit, NodeHandle, NodeStartError, Offset, PartitionId,
     Role, ShutdownMode,
 };

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ringlog::config::NodeConfig;
-use ringlog::node::{NodeError, NodeHandle, PartitionId, ReadOutcome, Role};
+use ringlog_node::config::NodeConfig;
+use ringlog_node::node::{NodeError, NodeHandle, PartitionId, ReadOutcome, Role};
 
 /// IO memory per ring and executor in tests (glommio's floor is 64 KiB).
 pub const IO_MEMORY: u64 = 64 * 1024;
@@ -143,11 +143,11 @@ pub fn read_records(
     p: PartitionId,
     from: u64,
     count: usize,
-    consistency: ringlog::node::Consistency,
+    consistency: ringlog_node::node::Consistency,
 ) -> Vec<(u64, Vec<u8>)> {
     let deadline = Instant::now() + WAIT_MAX;
     let mut seen = Vec::new();
-    let mut offset = ringlog::node::Offset(from);
+    let mut offset = ringlog_node::node::Offset(from);
     while seen.len() < count {
         assert!(Instant::now() < deadline, "only {} of {count} records of {p}", seen.len());
         let read = match node.read(p, offset, 1 << 20, consistency, Duration::from_millis(200)) {

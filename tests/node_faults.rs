@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cluster_configs, read_records, retry, wait_leader, WAIT_MAX};
-use ringlog::config::NodeConfig;
-use ringlog::node::{
+use ringlog_engine::FaultInjector;
+use ringlog_node::config::NodeConfig;
+use ringlog_node::node::{
     Acks, Consistency, Node, NodeError, NodeExit, NodeHandle, Offset, PartitionId, ShutdownMode,
     StartOptions, StorageFaults,
 };
-use ringlog_engine::FaultInjector;
 
 /// Appends acknowledged before the disk fails (two records each).
 const APPENDS_BEFORE: usize = 12;

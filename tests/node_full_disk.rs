@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cluster_configs, read_records, retry, wait_leader, WAIT_MAX};
-use ringlog::node::{
+use ringlog_engine::FaultInjector;
+use ringlog_node::node::{
     Acks, Consistency, Node, NodeError, NodeHandle, PartitionId, Role, ShutdownMode, StartOptions,
     StorageFaults,
 };
-use ringlog_engine::FaultInjector;
 
 /// Bytes of one record: with two per batch, ~34 batches fill a 4 MiB test segment, so a
 /// roll comes quickly.
@@ -103,7 +103,13 @@ fn a_follower_whose_disk_fills_keeps_serving_acks_nothing_undurable_and_catches_
     );
     // It still serves reads of what it holds.
     let read = nodes[follower]
-        .read(p, ringlog::node::Offset(0), 1 << 20, Consistency::ReplicaCommitted, Duration::ZERO)
+        .read(
+            p,
+            ringlog_node::node::Offset(0),
+            1 << 20,
+            Consistency::ReplicaCommitted,
+            Duration::ZERO,
+        )
         .expect("reads on a full disk");
     assert!(!read.batches.is_empty());
     // Space comes back: the follower catches up by itself.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{cluster_configs, retry, wait_leader};
-use ringlog::node::{Acks, Node, NodeStartError, PartitionId, ShutdownMode};
+use ringlog_node::node::{Acks, Node, NodeStartError, PartitionId, ShutdownMode};
 
 /// Node start/stop cycles (1 shard, 2 partitions, one quorum append each).
 const NODE_CYCLES: usize = 200;

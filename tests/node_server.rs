@@ -13,13 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{cluster_configs, wait_leader, BATCH_SIZE_MAX, WAIT_MAX};
 use rand::{Rng, SeedableRng};
-use ringlog::node::{Acks, Node, NodeHandle, PartitionId, ShutdownMode};
 use ringlog_net::frame::{decode_frame, encode_frame, FrameKind};
 use ringlog_net::limits::{ADMIN_TOKEN_BYTES_MAX, FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use ringlog_net::protocol::{
     AdminCredential, ErrorReply, FetchRequest, ProduceRequest, Request, Response,
 };
 use ringlog_net::{Consistency, Offset, RequestId};
+use ringlog_node::node::{Acks, Node, NodeHandle, PartitionId, ShutdownMode};
 use ringlog_raft::{MembershipChange, NodeId};
 
 fn temp() -> tempfile::TempDir {
@@ -287,7 +287,10 @@ fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
 }
 
 /// A node started like [`start`] with its `[admin]` section set to `admin`.
-fn start_with_admin(dir: &std::path::Path, admin: ringlog::config::AdminSection) -> NodeHandle {
+fn start_with_admin(
+    dir: &std::path::Path,
+    admin: ringlog_node::config::AdminSection,
+) -> NodeHandle {
     let mut config = cluster_configs(dir, 1, 2, 4).remove(0);
     config.admin = admin;
     let node = Node::start(config).expect("node starts");
@@ -372,7 +375,7 @@ fn the_admin_token_authorizes_its_connection_and_open_mode_authorizes_every_one(
     std::fs::write(&token_file, token).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let admin =
-        ringlog::config::AdminSection { token_file: Some(token_file), ..Default::default() };
+        ringlog_node::config::AdminSection { token_file: Some(token_file), ..Default::default() };
     let node = start_with_admin(&dir.path().join("token"), admin);
     let addr = node.client_addr(0).unwrap();
     let mut anonymous = connect(addr);
@@ -399,7 +402,7 @@ fn the_admin_token_authorizes_its_connection_and_open_mode_authorizes_every_one(
     );
     node.shutdown(ShutdownMode::Immediate).unwrap();
 
-    let open = ringlog::config::AdminSection { open: true, ..Default::default() };
+    let open = ringlog_node::config::AdminSection { open: true, ..Default::default() };
     let node = start_with_admin(&dir.path().join("open"), open);
     let mut stream = connect(node.client_addr(0).unwrap());
     assert!(!is_unauthorized(&request(&mut stream, 1, &remove_node(1, 1))));

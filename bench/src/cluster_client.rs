@@ -213,7 +213,7 @@ pub fn read_partition(
         // Control batches carry no records but still move the offset forward.
         if let Some(last) = response.batches.last() {
             if let Ok(header) = ringlog_engine::batch::peek_header(last, usize::MAX) {
-                next = next.max(Offset(header.next_offset().0));
+                next = next.max(header.next_offset());
             }
         }
         progress.next = next;

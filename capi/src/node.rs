@@ -1,4 +1,4 @@
-//! The replicated node: `ringlog_node_*`, over `ringlog::node::{Node, NodeHandle}`.
+//! The replicated node: `ringlog_node_*`, over `ringlog_node::node::{Node, NodeHandle}`.
 //!
 //! `ringlog_node_start` loads and validates a node TOML file (the same file `ringlog serve`
 //! reads), then `Node::start` probes the host (kernel, io_uring, memlock, O_DIRECT on the

@@ -33,7 +33,8 @@
 //! [`LogConfig`] and [`limits`]. Formats: `docs/format.md`; design: `ARCHITECTURE.md#engine`.
 
 mod append_arena;
-pub mod batch;
+/// The batch format lives in the `ringlog-format` leaf crate; re-exported at its old path.
+pub use ringlog_format::batch;
 pub mod error;
 mod flush_ring;
 mod group_commit;

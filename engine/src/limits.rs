@@ -36,8 +36,8 @@ pub const IO_CHUNK_BYTES: usize = 1 << 20;
 pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
 /// Most term-change points and control batches one index file may list.
 pub const INDEX_POINTS_MAX: usize = 1 << 20;
-/// Most records one batch may carry.
-pub const RECORD_COUNT_MAX: u32 = 1 << 24;
+/// Most records one batch may carry (a property of the batch format, ringlog-format).
+pub use ringlog_format::batch::RECORD_COUNT_MAX;
 /// Default flushes (write + fdatasync) in flight at once per log. Measured (tuning.md, "Flush
 /// pipeline"): 2 raises the engine's fdatasyncs/s by ~40% over 1 with 256 or 1,024 appenders
 /// of 1 KiB; 4 adds nothing over 2 and doubles recovery's torn reach.

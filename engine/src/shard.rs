@@ -63,9 +63,9 @@ pub const IO_MEMORY_DEFAULT_BYTES: usize = 1 << 20;
 /// Largest fetch answered in one call.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
 
-/// A partition of the engine: one log, owned by shard `id % shards`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PartitionId(pub u32);
+/// A partition of the engine: one log, owned by shard `id % shards` (defined in
+/// `ringlog-format`, shared with the wire protocol).
+pub use ringlog_format::ids::PartitionId;
 
 /// When an append is answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -716,11 +716,5 @@ impl fmt::Debug for EngineHandle {
             .field("partitions", &self.inner.config.partitions)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
-    }
-}
-
-impl fmt::Display for PartitionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "p{}", self.0)
     }
 }

@@ -65,7 +65,7 @@ async fn all_values(log: &Log) -> Vec<Vec<u8>> {
         assert!(!batches.is_empty());
         for b in &batches {
             let header = ringlog_engine::batch::peek_header(b, 1 << 20).unwrap();
-            offset = Offset(header.next_offset().0);
+            offset = header.next_offset();
         }
         out.extend(values(&batches));
     }

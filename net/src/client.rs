@@ -73,7 +73,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use ringlog_engine::batch::{decode_batch, encode_batch, BatchError, BatchStamp, RecordsBuilder};
+use ringlog_format::batch::{decode_batch, encode_batch, BatchError, BatchStamp, RecordsBuilder};
 use ringlog_raft::{LogIndex, MembershipChange, NodeId, Term};
 use rustls::pki_types::ServerName;
 use thiserror::Error;
@@ -845,7 +845,7 @@ pub fn build_batch(records: &[&[u8]]) -> Result<Bytes, ClientError> {
     let stamp = BatchStamp {
         term: Term(0),
         index: LogIndex(0),
-        base_offset: ringlog_engine::types::Offset(0),
+        base_offset: Offset(0),
         record_count: records.count,
         flags: 0,
         first_timestamp_ms: now_ms,
@@ -887,8 +887,8 @@ pub fn decode_records(
 /// none or the last one is not a valid batch.
 pub fn next_offset(batches: &[Bytes]) -> Option<Offset> {
     let last = batches.last()?;
-    let header = ringlog_engine::batch::peek_header(last, BATCH_SIZE_MAX).ok()?;
-    Some(Offset(header.next_offset().0))
+    let header = ringlog_format::batch::peek_header(last, BATCH_SIZE_MAX).ok()?;
+    Some(header.next_offset())
 }
 
 /// Parses `host:port,host:port,...` (names are resolved; each may give several addresses).

@@ -16,9 +16,11 @@
 //! `fuzz/run.sh frame_decoder 60` (also `peer_message`, `client_message`). On stable the same
 //! fuzz bodies run as seeded tests: `cargo test -p ringlog-net --test net_codec`.
 //!
-//! Architecture invariants: the codec depends on `ringlog-raft` (pure) but not on
-//! `ringlog-engine` (batch checksums are verified through [`peer::BatchCheck`]); only the
-//! `client` module uses the engine (to build and verify batches: contract decision 3); only
+//! Architecture invariants: the codec depends on `ringlog-raft` and `ringlog-format` (both
+//! pure) and never on `ringlog-engine` (batch checksums are verified through
+//! [`peer::BatchCheck`]); the `client` module builds and verifies batches with
+//! `ringlog-format`'s codec (contract decision 3), so with `--no-default-features --features
+//! client` nothing here needs glommio or io_uring; only
 //! `transport` and `client` perform socket IO (`tls` and `admin` read their PEM and token files); no decoder allocates before bounding what it allocates, and none
 //! panics on any input (fuzzed: see `fuzz/` and [`fuzzing`]).
 

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ringlog_engine::batch::decode_batch;
+use ringlog_format::batch::decode_batch;
 use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{
     build_batch, decode_records, shard_address, Client, ClientConfig, ClientError,

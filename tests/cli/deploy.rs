@@ -94,7 +94,7 @@ fn unit_file_runs_serve_on_the_installed_config_with_limits_and_a_graceful_stop(
     assert_eq!(one(&service, "NotifyAccess"), "main");
     let start_secs: u64 = one(&service, "TimeoutStartSec").parse().expect("TimeoutStartSec in s");
     assert!(
-        start_secs >= ringlog::node::START_WAIT_MAX.as_secs(),
+        start_secs >= ringlog_node::node::START_WAIT_MAX.as_secs(),
         "TimeoutStartSec={start_secs}: shorter than a node waits for its shards to recover"
     );
     assert_eq!(one(&service, "ExecReload"), "/bin/kill -HUP $MAINPID");

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringlog::config::NodeConfig;
-use ringlog::metrics::{spawn_exporter, SERIES};
-use ringlog::node::{
+use ringlog_node::config::NodeConfig;
+use ringlog_node::metrics::{spawn_exporter, SERIES};
+use ringlog_node::node::{
     Acks, Consistency, Node, NodeError, NodeHandle, Offset, PartitionId, ShutdownMode,
 };
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ringlog::metrics::{SeriesKind, SERIES};
+use ringlog_node::metrics::{SeriesKind, SERIES};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn deploy_file(name: &str) -> String {

@@ -20,10 +20,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use harness::{Cluster, Spec};
-use ringlog::config::BalanceSection;
 use ringlog_net::client::Client;
 use ringlog_net::protocol::Acks;
 use ringlog_net::PartitionId;
+use ringlog_node::config::BalanceSection;
 use ringlog_raft::Role;
 
 const NODES: u32 = 3;

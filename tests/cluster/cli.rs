@@ -166,7 +166,7 @@ fn produce_consume_status_transfer_add_and_remove_work_from_the_cli() {
     let mut peers: Vec<_> = cluster
         .nodes
         .values()
-        .map(|n| ringlog::config::PeerEntry { id: n.id, peer: n.peer, client: n.client })
+        .map(|n| ringlog_node::config::PeerEntry { id: n.id, peer: n.peer, client: n.client })
         .collect();
     peers.sort_by_key(|p| p.id);
     cluster.write_config(4, &peers);

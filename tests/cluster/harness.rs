@@ -2,7 +2,7 @@
 //!
 //! [`Cluster::start`] picks free port ranges (shard `s` of a node listens on its client and
 //! peer ports + `s`, so each node reserves `shards` consecutive ports of each), writes one
-//! node TOML per node (built from `ringlog::config::NodeConfig` and validated with the same
+//! node TOML per node (built from `ringlog_node::config::NodeConfig` and validated with the same
 //! code `serve` uses), spawns `ringlog serve --config <file>` from [`ringlog_bin`] (cargo's
 //! `CARGO_BIN_EXE_ringlog` in tests), and waits for each node's ready line on stdout. Logs
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
@@ -28,14 +28,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringlog::config::{
-    AdminSection, BalanceSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry,
-    PinningMode, RaftSection, StorageSection, TlsSection,
-};
 use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, FetchedRecord};
 use ringlog_net::protocol::{Consistency, GroupStatus};
 use ringlog_net::{Offset, PartitionId};
+use ringlog_node::config::{
+    AdminSection, BalanceSection, ListenSection, LogSection, NetSection, NodeConfig, PeerEntry,
+    PinningMode, RaftSection, StorageSection, TlsSection,
+};
 use ringlog_raft::{NodeId, Role};
 
 /// How long a node has to print its ready line.
@@ -282,7 +282,7 @@ impl Cluster {
             },
             net: self.spec.net.clone(),
             // `RINGLOG_TEST_LOG`: the nodes' log filter (`log.level`), e.g.
-            // `info,ringlog::node::replicator=debug` to see why a catch-up stalls.
+            // `info,ringlog_node::node::replicator=debug` to see why a catch-up stalls.
             log: LogSection {
                 level: std::env::var("RINGLOG_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
                 json: false,

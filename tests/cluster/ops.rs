@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use harness::{Cluster, Spec, LIVENESS_TIMEOUT};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use ringlog::config::{TlsMode, TlsSection};
 use ringlog_net::tls::{client_config, node_server_name, read_certs, NODE_SERVER_NAME};
+use ringlog_node::config::{TlsMode, TlsSection};
 use rustls::pki_types::CertificateDer;
 
 /// Generous bound for what a node does after a signal (the machine is shared, tests run at

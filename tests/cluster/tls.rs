@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use harness::{tail, test_client_config, Cluster, Spec};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use ringlog::config::{AdminSection, TlsMode, TlsSection};
 use ringlog_net::client::{decode_records, Client, ClientConfig, ClientTls};
 use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::tls::{client_config, read_certs, read_key, NODE_SERVER_NAME};
 use ringlog_net::{Offset, PartitionId};
+use ringlog_node::config::{AdminSection, TlsMode, TlsSection};
 use ringlog_raft::{MembershipChange, NodeId};
 
 const REJECTED: &str = "peer certificate rejected";
@@ -382,9 +382,9 @@ fn the_cli_takes_its_tls_files_from_the_environment_and_a_flag_wins() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\tenv-tls\n1\tflag-ca\n");
 }
 
-fn harness_entry(cluster: &Cluster, id: u32) -> ringlog::config::PeerEntry {
+fn harness_entry(cluster: &Cluster, id: u32) -> ringlog_node::config::PeerEntry {
     let node = &cluster.nodes[&id];
-    ringlog::config::PeerEntry { id, peer: node.peer, client: node.client }
+    ringlog_node::config::PeerEntry { id, peer: node.peer, client: node.client }
 }
 
 /// Issue 18 (authorization) over mutual TLS: with `admin.certificate_names` (and no token), a

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringlog::config::PeerEntry;
 use ringlog_net::client::{Client, ClientConfig};
 use ringlog_net::protocol::GroupStatus;
 use ringlog_net::PartitionId;
+use ringlog_node::config::PeerEntry;
 use ringlog_raft::Role;
 
 use crate::harness::{Cluster, Spec};

@@ -1189,7 +1189,7 @@ mod tests {
 
     #[test]
     fn docs_metrics_md_documents_exactly_the_declared_series() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
         let docs = std::fs::read_to_string(path).expect("docs/metrics.md");
         for series in SERIES {
             assert!(

@@ -424,7 +424,7 @@ impl PartitionReplicator {
             %partition, damaged, unproven, term = %replica.term(), last = %replica.last_index(),
             start = %replica.log_start(), "partition recovered"
         );
-        let commit_offset = Offset(log.start_offset().0);
+        let commit_offset = log.start_offset();
         let state = State {
             replica,
             failed: None,
@@ -802,7 +802,7 @@ impl PartitionReplicator {
             let mut st = self.st.borrow_mut();
             st.offsets.push_back((entry.index, next));
             st.settle_commit_offset();
-            let base = Offset(appended.base_offset.0);
+            let base = appended.base_offset;
             if let Some(p) = st.producers.get_mut(&entry.index) {
                 if p.term == entry.term {
                     p.base = Some(base);
@@ -920,7 +920,7 @@ impl PartitionReplicator {
         if header.index() != through {
             return;
         }
-        let next = Offset(header.next_offset().0);
+        let next = header.next_offset();
         let mut st = self.st.borrow_mut();
         let current = st.engine_settled_through(through) == Some(through)
             && st.replica.term_at(through) == Some(header.term());
@@ -1137,7 +1137,7 @@ impl PartitionReplicator {
         {
             let mut st = self.st.borrow_mut();
             st.pending_reset = None;
-            st.commit_offset = st.commit_offset.max(Offset(offset.0));
+            st.commit_offset = st.commit_offset.max(offset);
             st.replica.handle_durable(start.prev(), prev_term);
         }
         self.engine_settled();
@@ -1896,17 +1896,16 @@ impl PartitionReplicator {
         max_bytes: u32,
         commit: LogIndex,
     ) -> Result<ReadOutcome, NodeError> {
-        let engine_offset = ringlog_engine::Offset(offset.0);
         let bound = ReadBound::Through(commit);
-        let fetched = self.log.fetch(engine_offset, max_bytes as usize, bound).await;
+        let fetched = self.log.fetch(offset, max_bytes as usize, bound).await;
         let batches = match fetched {
             Ok(batches) => batches,
             Err(FetchError::OffsetOutOfRange { start, next, .. }) => {
                 return Err(NodeError::OffsetOutOfRange {
                     partition: self.partition,
                     requested: offset,
-                    log_start: Offset(start.0),
-                    log_end: Offset(next.0),
+                    log_start: start,
+                    log_end: next,
                 })
             }
             Err(FetchError::Corruption(corruption)) => {
@@ -1926,14 +1925,14 @@ impl PartitionReplicator {
         let next_offset = batches
             .last()
             .and_then(|b| peek_header(b, self.batch_size_max).ok())
-            .map_or(offset, |h| Offset(h.next_offset().0));
+            .map_or(offset, |h| h.next_offset());
         let st = self.st.borrow();
         Ok(ReadOutcome {
             partition: self.partition,
             batches,
             next_offset,
             commit: st.commit_offset,
-            log_start: Offset(self.log.start_offset().0),
+            log_start: self.log.start_offset(),
         })
     }
 
@@ -2087,8 +2086,8 @@ impl PartitionReplicator {
             last_index: r.last_index(),
             damaged: r.is_damaged(),
             commit_offset: st.commit_offset,
-            log_start_offset: Offset(self.log.start_offset().0),
-            log_end_offset: Offset(self.log.next_offset().0),
+            log_start_offset: self.log.start_offset(),
+            log_end_offset: self.log.next_offset(),
             log_size_bytes: self.log.size_bytes(),
             commit_latency_us: st.commit_watch.snapshot(),
             elections_started: c.elections_started,

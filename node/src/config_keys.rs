@@ -843,7 +843,7 @@ preferred_leaders = [1]
 
     #[test]
     fn docs_config_md_matches_the_generated_reference() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == reference_markdown(),

@@ -17,8 +17,7 @@ use thiserror::Error;
 use zerocopy::little_endian::{I64, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::limits::RECORD_COUNT_MAX;
-use crate::types::{LogIndex, Offset, Term};
+use crate::ids::{LogIndex, Offset, Term};
 
 /// Magic of a batch header: "RLGB".
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"RLGB");
@@ -32,6 +31,8 @@ pub const BATCH_HEADER_SIZE: usize = 72;
 pub const PADDING_HEADER_SIZE: usize = 16;
 /// Size of a record's length prefix.
 pub const RECORD_PREFIX_SIZE: usize = 4;
+/// Most records one batch may carry.
+pub const RECORD_COUNT_MAX: u32 = 1 << 24;
 
 /// A Raft no-op control batch (a new leader's first entry). `record_count == 0`.
 pub const CONTROL_NOOP: u16 = 1 << 0;
@@ -261,7 +262,7 @@ pub fn peek_header(bytes: &[u8], batch_size_max: usize) -> Result<&BatchHeader, 
 ///
 /// # Panics
 /// If `batch` is shorter than a header (a caller bug).
-pub(crate) fn header_of(batch: &[u8]) -> &BatchHeader {
+pub fn header_of(batch: &[u8]) -> &BatchHeader {
     BatchHeader::ref_from_bytes(&batch[..BATCH_HEADER_SIZE]).expect("header-sized, unaligned type")
 }
 

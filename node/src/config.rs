@@ -732,8 +732,9 @@ client = "127.0.0.1:7103"
 mode = "plaintext"
 "#;
 
+    /// The repository root (this crate lives in `node/`).
     fn base() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
     }
 
     /// A scratch directory on the repository's disk (`target/`, created if a custom
