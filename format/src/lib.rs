@@ -10,6 +10,28 @@
 //! Architecture invariant: no IO, no runtime, no platform-specific code; this crate builds on
 //! any OS so that a client can build, check and decode batches without glommio or io_uring.
 //! Its only ringlog dependency is `ringlog-raft` (pure, for the Raft ids).
+//!
+//! ```
+//! use ringlog_format::batch::{decode_batch, encode_batch, BatchStamp, RecordsBuilder};
+//! use ringlog_format::{LogIndex, Offset, Term};
+//!
+//! let mut builder = RecordsBuilder::new(1 << 20);
+//! builder.push(b"hello").unwrap();
+//! let records = builder.finish();
+//! let stamp = BatchStamp {
+//!     term: Term(0),
+//!     index: LogIndex(0),
+//!     base_offset: Offset(0),
+//!     record_count: records.count,
+//!     flags: 0,
+//!     first_timestamp_ms: 0,
+//!     max_timestamp_ms: 0,
+//!     prev_crc: 0,
+//! };
+//! let batch = encode_batch(&stamp, &records.bytes);
+//! let view = decode_batch(&batch, 1 << 20).unwrap();
+//! assert_eq!(view.records().next(), Some(&b"hello"[..]));
+//! ```
 
 #![forbid(unsafe_code)]
 

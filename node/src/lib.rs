@@ -6,7 +6,7 @@
 //! `ringlog-net`'s client, or `ringlog-engine` for a single-node log).
 //!
 //! Architecture invariant: no CLI or bench dependencies (clap, tracing-subscriber,
-//! ringlog-bench and its plotters and indicatif); `tests/src/crate_deps.rs` checks it.
+//! ringlog-bench and its plotters and indicatif); `tests/tests/crate_deps.rs` checks it.
 
 pub mod admin;
 pub mod config;
