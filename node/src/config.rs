@@ -120,7 +120,7 @@ pub struct AdminSection {
     pub open: bool,
 }
 
-/// `[balance]`: the leader balancer (src/node/balance.rs; docs/config.md).
+/// `[balance]`: the leader balancer (node/src/node/balance.rs; docs/config.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalanceSection {

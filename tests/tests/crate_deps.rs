@@ -142,8 +142,8 @@ fn the_format_crate_packages_only_its_sources_manifest_readme_and_license() {
     let unexpected: Vec<&String> = files
         .iter()
         .filter(|f| {
-            !PACKAGE_METADATA_FILES.contains(&f.as_str())
-                && !(f.starts_with("src/") && f.ends_with(".rs"))
+            let source = f.starts_with("src/") && f.ends_with(".rs");
+            !source && !PACKAGE_METADATA_FILES.contains(&f.as_str())
         })
         .collect();
     assert!(unexpected.is_empty(), "ringlog-format would package {unexpected:?}");
