@@ -49,6 +49,7 @@ impl PrivateNetwork {
         }
     }
 
+    #[allow(unsafe_code)]
     fn try_enter() -> Result<PrivateNetwork, String> {
         let iptables = ["iptables", "iptables-legacy", "iptables-nft"]
             .into_iter()

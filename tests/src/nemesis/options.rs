@@ -29,10 +29,15 @@ pub enum EventKind {
     FlipHardState,
     /// Fill a follower's disk (its data dir is a small loop-mounted ext4) for 3–8 s.
     FillDisk,
+    /// Cut a node (the leader of a partition or a follower) off from the other two for
+    /// 1–4 s: every packet between them dropped by iptables inside the run's own network
+    /// namespace (tests/cluster/netcut.rs), then healed. Unlike `pause`, the cut node keeps
+    /// running, serving its clients and appending as a leader until it notices.
+    Partition,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::KillLeader,
         EventKind::KillFollower,
         EventKind::Pause,
@@ -44,6 +49,7 @@ impl EventKind {
         EventKind::FlipSealed,
         EventKind::FlipHardState,
         EventKind::FillDisk,
+        EventKind::Partition,
     ];
 
     /// The process faults (no disk touched): today's code survives them with no anomaly.
@@ -68,6 +74,7 @@ impl EventKind {
             EventKind::FlipSealed => "flip-sealed",
             EventKind::FlipHardState => "flip-hard-state",
             EventKind::FillDisk => "fill-disk",
+            EventKind::Partition => "partition",
         }
     }
 
@@ -196,8 +203,9 @@ ringlog-nemesis [--seed N] [--duration-secs N] [--events LIST] [--partitions N] 
                 [--rate RECORDS_PER_SEC] [--segment-mib N] [--disk-mib N] [--keep-dir]
 LIST (default crash): comma-separated event names or presets: crash (kill-leader,
 kill-follower, pause, kill-two, graceful-restart), disk (wipe, wipe-crash, flip-tail,
-flip-sealed, flip-hard-state, fill-disk), all; a name prefixed with '-' removes it
-(all,-fill-disk).";
+flip-sealed, flip-hard-state, fill-disk), partition (a node cut off by iptables in a
+network namespace of the run's own; needs root and iptables), all; a name prefixed with '-'
+removes it (all,-fill-disk).";
 
 fn parse_events(list: &str) -> Result<BTreeSet<EventKind>, String> {
     let mut out = BTreeSet::new();
