@@ -7,7 +7,9 @@
 //!   never commit (acks=leader); the other two elect a new leader that commits other records
 //!   at those offsets; the cut heals, L truncates its uncommitted tail and takes the new
 //!   leader's entries. Every record any reader got from L must be the committed one at its
-//!   offset: none of L's never-committed records may ever be served.
+//!   offset: none of L's never-committed records may ever be served. Produces with
+//!   acks=quorum sent to L during the cut must never be acknowledged, and none of their
+//!   records may be in the final log.
 
 #[path = "harness.rs"]
 mod harness;
@@ -73,6 +75,19 @@ fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_t
     for &other in &others {
         network.cut(leader, other).expect("cut the leader off");
     }
+    // acks=quorum produces to the cut-off leader, in flight while it appends the rest: L can
+    // never have them on a majority, so none may be acknowledged.
+    let quorum_producers: Vec<_> = (0..4)
+        .map(|i| {
+            let client = cluster.client();
+            std::thread::spawn(move || {
+                let value = format!("quorum-during-cut-{i}");
+                let outcome =
+                    client.node(leader_addr).produce(P, Acks::Quorum, &[value.as_bytes()]);
+                (value, outcome)
+            })
+        })
+        .collect();
     let view = client.node(leader_addr);
     let mut stale = BTreeMap::new();
     for i in 0..STALE {
@@ -113,6 +128,19 @@ fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_t
         network.heal(leader, other).expect("heal the cut");
     }
     cluster.wait_converged(&client, P);
+    // Joined after the heal: a produce pending on L is answered once its fate is known.
+    let quorum_outcomes: Vec<_> = quorum_producers
+        .into_iter()
+        .map(|producer| producer.join().expect("quorum producer thread"))
+        .collect();
+    eprintln!("acks=quorum produces to the cut-off leader: {quorum_outcomes:?}");
+    for (value, outcome) in &quorum_outcomes {
+        assert!(
+            outcome.is_err(),
+            "node {leader}, cut off from every other node, acknowledged {value} with \
+             acks=quorum: {outcome:?}"
+        );
+    }
     // Every reader reads on to the end of the new leader's records, then stops.
     let deadline = Instant::now() + LIVENESS_TIMEOUT;
     loop {
@@ -136,6 +164,12 @@ fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_t
         .collect();
     for (offset, value) in &fresh {
         assert_eq!(committed.get(offset), Some(&value.clone().into_bytes()), "offset {offset}");
+    }
+    for (value, _) in &quorum_outcomes {
+        assert!(
+            !committed.values().any(|v| v == value.as_bytes()),
+            "{value}, sent to the cut-off leader only, is in the committed log"
+        );
     }
     let seen = seen.lock().unwrap();
     let mut served_stale = Vec::new();
