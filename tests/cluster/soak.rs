@@ -36,12 +36,12 @@ fn soak(events: &[EventKind]) {
     assert!(!report.events.is_empty(), "{}", report.summary());
 }
 
-/// The process faults plus network cuts (a leader or follower cut off by iptables in the
-/// soak's own network namespace, tests/cluster/netcut.rs).
+/// The process faults plus network cuts (a leader or follower cut off, or one link cut, by
+/// iptables in the soak's own network namespace, tests/cluster/netcut.rs).
 #[test]
 fn nemesis_soak_of_kills_pauses_restarts_and_network_cuts_loses_no_acknowledged_record() {
     let mut events = EventKind::CRASH.to_vec();
-    events.push(EventKind::Partition);
+    events.extend(EventKind::NET);
     soak(&events);
 }
 

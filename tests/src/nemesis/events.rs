@@ -189,6 +189,21 @@ fn execute(
             cut.and(healed)?;
             Ok(format!("cut node {id} ({role} of {partition}) off the others for {hold:?}"))
         }
+        EventKind::CutLink => {
+            let a = ids[rng.gen_range(0..ids.len())];
+            let others: Vec<u32> = ids.iter().copied().filter(|i| *i != a).collect();
+            let b = others[rng.gen_range(0..others.len())];
+            let hold = millis(rng, 1000..4000);
+            rig.impair(a);
+            rig.impair(b);
+            let cut = rig.cut(a, b);
+            if cut.is_ok() {
+                rig.hold(hold, report);
+            }
+            let healed = rig.heal(a, b);
+            cut.and(healed)?;
+            Ok(format!("cut the link between nodes {a} and {b} for {hold:?}"))
+        }
         EventKind::FillDisk => {
             let follower = follower_of(rig, partition, rng)?;
             let disk = rig.disks.get(&follower).ok_or("no loop disk")?;

@@ -34,10 +34,14 @@ pub enum EventKind {
     /// namespace (tests/cluster/netcut.rs), then healed. Unlike `pause`, the cut node keeps
     /// running, serving its clients and appending as a leader until it notices.
     Partition,
+    /// Cut one link only (two nodes that can no longer reach each other, both still reaching
+    /// the third) for 1–4 s, then heal: a partial partition, where a node that hears no
+    /// leader must not disrupt the one the others follow.
+    CutLink,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::KillLeader,
         EventKind::KillFollower,
         EventKind::Pause,
@@ -50,6 +54,7 @@ impl EventKind {
         EventKind::FlipHardState,
         EventKind::FillDisk,
         EventKind::Partition,
+        EventKind::CutLink,
     ];
 
     /// The process faults (no disk touched): today's code survives them with no anomaly.
@@ -60,6 +65,14 @@ impl EventKind {
         EventKind::KillTwo,
         EventKind::GracefulRestart,
     ];
+
+    /// The network faults (links cut inside the run's own network namespace).
+    pub const NET: [EventKind; 2] = [EventKind::Partition, EventKind::CutLink];
+
+    /// Whether the event cuts links (the run then lives in a network namespace of its own).
+    pub fn is_net_event(self) -> bool {
+        EventKind::NET.contains(&self)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -75,6 +88,7 @@ impl EventKind {
             EventKind::FlipHardState => "flip-hard-state",
             EventKind::FillDisk => "fill-disk",
             EventKind::Partition => "partition",
+            EventKind::CutLink => "cut-link",
         }
     }
 
@@ -203,9 +217,9 @@ ringlog-nemesis [--seed N] [--duration-secs N] [--events LIST] [--partitions N] 
                 [--rate RECORDS_PER_SEC] [--segment-mib N] [--disk-mib N] [--keep-dir]
 LIST (default crash): comma-separated event names or presets: crash (kill-leader,
 kill-follower, pause, kill-two, graceful-restart), disk (wipe, wipe-crash, flip-tail,
-flip-sealed, flip-hard-state, fill-disk), partition (a node cut off by iptables in a
-network namespace of the run's own; needs root and iptables), all; a name prefixed with '-'
-removes it (all,-fill-disk).";
+flip-sealed, flip-hard-state, fill-disk), net (partition: a node cut off by iptables in a
+network namespace of the run's own, cut-link: one link cut; both need root and iptables),
+all; a name prefixed with '-' removes it (all,-fill-disk).";
 
 fn parse_events(list: &str) -> Result<BTreeSet<EventKind>, String> {
     let mut out = BTreeSet::new();
@@ -216,6 +230,7 @@ fn parse_events(list: &str) -> Result<BTreeSet<EventKind>, String> {
         };
         let kinds: Vec<EventKind> = match name {
             "crash" => EventKind::CRASH.to_vec(),
+            "net" => EventKind::NET.to_vec(),
             "all" => EventKind::ALL.to_vec(),
             "disk" => EventKind::ALL.into_iter().filter(|k| k.is_disk_event()).collect(),
             _ => vec![EventKind::parse(name).ok_or_else(|| format!("unknown event {name}"))?],

@@ -49,11 +49,11 @@ impl Rig {
     /// a note), and starts them.
     pub fn start(options: &mut Options, report: &mut Report) -> Rig {
         // Before anything binds or connects: the nodes, writers and checks all live in it.
-        let network = if options.events.contains(&EventKind::Partition) {
-            let network = PrivateNetwork::enter("nemesis partition events");
+        let network = if options.events.iter().any(|k| k.is_net_event()) {
+            let network = PrivateNetwork::enter("nemesis network events");
             if network.is_none() {
-                report.notes.push("partition skipped: links cannot be cut here".to_string());
-                options.events.remove(&EventKind::Partition);
+                report.notes.push("partition, cut-link skipped: links cannot be cut".to_string());
+                options.events.retain(|k| !k.is_net_event());
             }
             network
         } else {
