@@ -601,8 +601,10 @@ enum ringlog_status ringlog_client_produce(struct ringlog_client *client,
  * `consistency` is `RINGLOG_READ_LINEARIZABLE` (the leader confirms it still leads) or
  * `RINGLOG_READ_REPLICA_COMMITTED`; the call is routed to the leader either way. When
  * nothing is committed at `offset` yet, waits up to `wait_ms` (capped at
- * `RINGLOG_READ_WAIT_MS_MAX`), then returns `RINGLOG_OK` with `*out_len = 0`. At most
- * `min(cap, RINGLOG_CLIENT_FETCH_BYTES_MAX)` bytes of batches are asked for.
+ * `RINGLOG_READ_WAIT_MS_MAX`), then returns `RINGLOG_OK` with `*out_len = 0`. The node is
+ * asked for `RINGLOG_CLIENT_FETCH_BYTES_MAX` bytes of batches whatever `cap` is (so that a
+ * whole batch of records always comes back, past any Raft control batch); what does not fit
+ * `buf` is dropped and fetched again from `*out_next_offset`.
  *
  * Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes the first record needs; `buf`
  * NULL and `cap` 0 asks), `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_UNKNOWN_PARTITION`,

@@ -307,8 +307,10 @@ pub unsafe extern "C" fn ringlog_client_produce(
 /// `consistency` is `RINGLOG_READ_LINEARIZABLE` (the leader confirms it still leads) or
 /// `RINGLOG_READ_REPLICA_COMMITTED`; the call is routed to the leader either way. When
 /// nothing is committed at `offset` yet, waits up to `wait_ms` (capped at
-/// `RINGLOG_READ_WAIT_MS_MAX`), then returns `RINGLOG_OK` with `*out_len = 0`. At most
-/// `min(cap, RINGLOG_CLIENT_FETCH_BYTES_MAX)` bytes of batches are asked for.
+/// `RINGLOG_READ_WAIT_MS_MAX`), then returns `RINGLOG_OK` with `*out_len = 0`. The node is
+/// asked for `RINGLOG_CLIENT_FETCH_BYTES_MAX` bytes of batches whatever `cap` is (so that a
+/// whole batch of records always comes back, past any Raft control batch); what does not fit
+/// `buf` is dropped and fetched again from `*out_next_offset`.
 ///
 /// Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes the first record needs; `buf`
 /// NULL and `cap` 0 asks), `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_UNKNOWN_PARTITION`,
@@ -357,9 +359,11 @@ pub unsafe extern "C" fn ringlog_client_fetch(
             };
             // SAFETY: forwarded caller contract on `buf`/`cap`.
             let buf = unsafe { buffer_from_c(buf, cap)? };
-            // A node returns at least one whole batch when any is committed, so a buffer too
-            // small for the first record still learns the size it needs.
-            let max_bytes = cap.clamp(1, FETCH_BYTES_MAX) as u32;
+            // At least one whole batch of records past any control batches (a Raft no-op
+            // holds no record and may come first), so that the first record is always looked
+            // at: a too-small buffer then learns the size it needs, and a small one still
+            // makes progress.
+            let max_bytes = cap.max(BATCH_SIZE_MAX).min(FETCH_BYTES_MAX) as u32;
             let wait = Duration::from_millis(u64::from(wait_ms.min(RINGLOG_READ_WAIT_MS_MAX)));
             let reply = entry
                 .client

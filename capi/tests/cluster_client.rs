@@ -136,8 +136,8 @@ fn cluster_configs(root: &Path) -> (Vec<PathBuf>, Vec<String>) {
                 "node_id = {id}\ncluster_id = 17\ndata_dir = \"{}\"\nshards = 1\n\
                  io_memory = 524288\npartitions = {PARTITIONS}\npinning = \"never\"\n\n\
                  [listen]\nmetrics = \"127.0.0.1:{}\"\n\n{peers}\
-                 [storage]\nsegment_size = 4194304\nflush_bytes_max = 524288\n\
-                 queued_bytes_max = 2097152\nbatch_size_max = 1048576\n\
+                 [storage]\nsegment_size = 4194304\nflush_bytes_max = 1048576\n\
+                 queued_bytes_max = 4194304\nbatch_size_max = 1048576\n\
                  tail_cache_bytes_max = 1048576\n\n[tls]\nmode = \"plaintext\"\n",
                 data.display(),
                 ports[(id - 1) * 3 + 2],
@@ -187,7 +187,12 @@ fn start_node(bin: &Path, config: &Path, id: usize) -> NodeProcess {
         let exited = node.child.try_wait().expect("try_wait");
         if exited.is_some() || Instant::now() > deadline {
             let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-            panic!("node {id} not ready ({exited:?}) after {READY_TIMEOUT:?}; log:\n{log}");
+            match exited {
+                Some(status) => {
+                    panic!("node {id} exited with {status} before it was ready:\n{log}")
+                }
+                None => panic!("node {id} not ready after {READY_TIMEOUT:?}; log:\n{log}"),
+            }
         }
     }
 }
