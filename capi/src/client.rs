@@ -65,6 +65,8 @@ pub const RINGLOG_CLIENT_FETCH_BYTES_MAX: u32 = 8 * 1024 * 1024;
 // Literals for cbindgen's `#define`s, kept equal to the wire's limits.
 const _: () = assert!(RINGLOG_CLIENT_BATCH_BYTES_MAX as usize == BATCH_SIZE_MAX);
 const _: () = assert!(RINGLOG_CLIENT_FETCH_BYTES_MAX as usize == FETCH_BYTES_MAX);
+// A fetch of `RINGLOG_CLIENT_FETCH_BYTES_MAX` always holds a whole batch of records.
+const _: () = assert!(FETCH_BYTES_MAX >= BATCH_SIZE_MAX);
 
 /// How `ringlog_client_connect` connects, times out, retries and secures its connections.
 /// Fill it with `ringlog_client_options_init` (it sets `size` and the defaults), then change
@@ -363,7 +365,7 @@ pub unsafe extern "C" fn ringlog_client_fetch(
             // holds no record and may come first), so that the first record is always looked
             // at: a too-small buffer then learns the size it needs, and a small one still
             // makes progress.
-            let max_bytes = cap.max(BATCH_SIZE_MAX).min(FETCH_BYTES_MAX) as u32;
+            let max_bytes = RINGLOG_CLIENT_FETCH_BYTES_MAX;
             let wait = Duration::from_millis(u64::from(wait_ms.min(RINGLOG_READ_WAIT_MS_MAX)));
             let reply = entry
                 .client
