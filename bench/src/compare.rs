@@ -149,8 +149,11 @@ pub fn text(comparison: &RunComparison) -> String {
         }
     }
     for (side, rows) in [("A", &comparison.only_in_a), ("B", &comparison.only_in_b)] {
+        if !rows.is_empty() {
+            out.push('\n');
+        }
         for row in rows {
-            let _ = writeln!(out, "\nonly in {side}: {row}");
+            let _ = writeln!(out, "only in {side}: {row}");
         }
     }
     out
