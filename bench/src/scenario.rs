@@ -674,7 +674,11 @@ fn workload(result: &ScenarioResult, options: &SuiteOptions) -> serde_json::Valu
         }),
         _ => serde_json::json!({
             "record_size_bytes": cluster.record_size_bytes,
-            "records_per_batch": cluster.records_per_batch,
+            "records_per_batch": if result.name == ScenarioName::ManyProducers {
+                1
+            } else {
+                cluster.records_per_batch
+            },
             "producers": if result.name == ScenarioName::ManyProducers {
                 cluster.many_producers
             } else {
