@@ -74,13 +74,14 @@ pub fn results_json(argument: &Path) -> anyhow::Result<PathBuf> {
         return Ok(argument.to_path_buf());
     }
     if argument.is_dir() {
-        let direct = argument.join(RESULTS_JSON);
-        if direct.is_file() {
-            return Ok(direct);
-        }
+        // A results folder first: one of the flat layout also holds an old results.json.
         let latest = argument.join(LATEST).join(RESULTS_JSON);
         if latest.is_file() {
             return Ok(latest);
+        }
+        let direct = argument.join(RESULTS_JSON);
+        if direct.is_file() {
+            return Ok(direct);
         }
         bail!("{} holds no {RESULTS_JSON} (not a run folder)", argument.display());
     }
@@ -122,6 +123,20 @@ mod tests {
         std::fs::write(second.join(RESULTS_JSON), "{}").unwrap();
         assert_eq!(results_json(results.path()).unwrap(), latest.join(RESULTS_JSON));
         assert_eq!(results_json(&first).unwrap(), first.join(RESULTS_JSON));
+    }
+
+    #[test]
+    fn a_results_folder_of_the_flat_layout_keeps_its_files_and_resolves_to_latest() {
+        let results = tempfile::tempdir().unwrap();
+        std::fs::write(results.path().join(RESULTS_JSON), "old").unwrap();
+        std::fs::write(results.path().join("report.md"), "old").unwrap();
+        let run = create(results.path(), 0, None).unwrap();
+        std::fs::write(run.join(RESULTS_JSON), "{}").unwrap();
+        point_latest(results.path(), &run).unwrap();
+        assert_eq!(std::fs::read_to_string(results.path().join(RESULTS_JSON)).unwrap(), "old");
+        assert_eq!(std::fs::read_to_string(results.path().join("report.md")).unwrap(), "old");
+        let resolved = results_json(results.path()).unwrap();
+        assert_eq!(resolved, results.path().join(LATEST).join(RESULTS_JSON));
     }
 
     #[test]
