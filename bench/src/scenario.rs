@@ -203,11 +203,7 @@ impl RoundFigures {
     pub fn of(measure: &RunMeasure) -> RoundFigures {
         let latency = (measure.latency.count > 0).then_some(measure.latency);
         RoundFigures {
-            records_per_sec: if measure.records > 0 {
-                measure.records_per_sec()
-            } else {
-                measure.operations_per_sec()
-            },
+            records_per_sec: measure.records_per_sec(),
             mb_per_sec: measure.mb_per_sec(),
             cpu_us_per_record: (!measure.cpu.is_zero()).then(|| measure.cpu_us_per_record()),
             p50_us: latency.map(|l| l.p50_us),
