@@ -575,8 +575,8 @@ enum ringlog_status ringlog_client_connect(const char *bootstrap,
  *
  * Errors: `RINGLOG_ERR_INDETERMINATE` (the request reached a leader but its outcome is
  * unknown: the records may be appended, and may commit later; retrying may duplicate them),
- * `RINGLOG_ERR_UNAVAILABLE` (nothing was taken: no node answered or retries were used up),
- * `RINGLOG_ERR_NOT_LEADER` (no leader known after every retry), `RINGLOG_ERR_EMPTY_APPEND`,
+ * `RINGLOG_ERR_UNAVAILABLE` (nothing was taken: no node answered, no leader was known, or
+ * retries were used up), `RINGLOG_ERR_EMPTY_APPEND`,
  * `RINGLOG_ERR_OVERSIZE` (over `RINGLOG_CLIENT_BATCH_BYTES_MAX` or the node's batch limit),
  * `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_STORAGE_FULL` (not taken; retry later),
  * `RINGLOG_ERR_REJECTED`, `RINGLOG_ERR_PROTOCOL`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks),
@@ -608,7 +608,7 @@ enum ringlog_status ringlog_client_produce(struct ringlog_client *client,
  *
  * Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes the first record needs; `buf`
  * NULL and `cap` 0 asks), `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_UNKNOWN_PARTITION`,
- * `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_NOT_LEADER`, `RINGLOG_ERR_TIMEOUT`,
+ * `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_TIMEOUT`,
  * `RINGLOG_ERR_CORRUPTION` (a fetched batch failed its checksum), `RINGLOG_ERR_PROTOCOL`,
  * `RINGLOG_ERR_INVALID_ARGUMENT`, `RINGLOG_ERR_NULL_POINTER`, the handle errors.
  *

@@ -253,8 +253,8 @@ pub unsafe extern "C" fn ringlog_client_connect(
 ///
 /// Errors: `RINGLOG_ERR_INDETERMINATE` (the request reached a leader but its outcome is
 /// unknown: the records may be appended, and may commit later; retrying may duplicate them),
-/// `RINGLOG_ERR_UNAVAILABLE` (nothing was taken: no node answered or retries were used up),
-/// `RINGLOG_ERR_NOT_LEADER` (no leader known after every retry), `RINGLOG_ERR_EMPTY_APPEND`,
+/// `RINGLOG_ERR_UNAVAILABLE` (nothing was taken: no node answered, no leader was known, or
+/// retries were used up), `RINGLOG_ERR_EMPTY_APPEND`,
 /// `RINGLOG_ERR_OVERSIZE` (over `RINGLOG_CLIENT_BATCH_BYTES_MAX` or the node's batch limit),
 /// `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_STORAGE_FULL` (not taken; retry later),
 /// `RINGLOG_ERR_REJECTED`, `RINGLOG_ERR_PROTOCOL`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks),
@@ -316,7 +316,7 @@ pub unsafe extern "C" fn ringlog_client_produce(
 ///
 /// Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes the first record needs; `buf`
 /// NULL and `cap` 0 asks), `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_UNKNOWN_PARTITION`,
-/// `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_NOT_LEADER`, `RINGLOG_ERR_TIMEOUT`,
+/// `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_TIMEOUT`,
 /// `RINGLOG_ERR_CORRUPTION` (a fetched batch failed its checksum), `RINGLOG_ERR_PROTOCOL`,
 /// `RINGLOG_ERR_INVALID_ARGUMENT`, `RINGLOG_ERR_NULL_POINTER`, the handle errors.
 ///
@@ -612,13 +612,15 @@ fn client_error(error: ClientError) -> Error {
         ClientError::NoBootstrap | ClientError::Resolve { .. } => RINGLOG_ERR_INVALID_ARGUMENT,
         ClientError::Connect { .. }
         | ClientError::Io { .. }
-        | ClientError::RetriesExhausted { .. } => RINGLOG_ERR_UNAVAILABLE,
+        | ClientError::RetriesExhausted { .. }
+        // No leader known after every retry: none elected in time, or no node answered the
+        // metadata request (the message says which).
+        | ClientError::NoLeader { .. } => RINGLOG_ERR_UNAVAILABLE,
         ClientError::Indeterminate { .. } => RINGLOG_ERR_INDETERMINATE,
         ClientError::Frame { .. }
         | ClientError::Protocol { .. }
         | ClientError::UnexpectedResponse { .. }
         | ClientError::RequestIdMismatch { .. } => RINGLOG_ERR_PROTOCOL,
-        ClientError::NoLeader { .. } => RINGLOG_ERR_NOT_LEADER,
         ClientError::UnknownPartition { .. } => RINGLOG_ERR_UNKNOWN_PARTITION,
         ClientError::EmptyBatch => RINGLOG_ERR_EMPTY_APPEND,
         ClientError::Batch(_) => RINGLOG_ERR_OVERSIZE,
@@ -673,7 +675,7 @@ mod tests {
                     elapsed: Duration::from_secs(1),
                     last: "x".into(),
                 },
-                RINGLOG_ERR_NOT_LEADER,
+                RINGLOG_ERR_UNAVAILABLE,
             ),
             (
                 ClientError::UnknownPartition { partition: PartitionId(9), partitions: 2 },
@@ -699,5 +701,136 @@ mod tests {
             assert_eq!(mapped.status, status, "{text}");
             assert_eq!(mapped.message, text);
         }
+    }
+
+    /// A live TCP port with nothing listening (bound, then closed).
+    fn refused_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        address
+    }
+
+    #[test]
+    fn calls_to_an_unreachable_cluster_are_unavailable_and_misuse_is_a_status() {
+        let mut options = ringlog_client_options::default();
+        // SAFETY: a valid, writable options struct of its own size.
+        let status =
+            unsafe { ringlog_client_options_init(&mut options, std::mem::size_of_val(&options)) };
+        assert_eq!(status, RINGLOG_OK);
+        options.connect_timeout_ms = 200;
+        options.metadata_timeout_ms = 200;
+        options.retry_time_max_ms = 300;
+        options.attempts_max = 3;
+        let bootstrap = std::ffi::CString::new(refused_address()).unwrap();
+        let mut client = std::ptr::null_mut();
+        // SAFETY: valid C string, options and out pointer.
+        let status = unsafe { ringlog_client_connect(bootstrap.as_ptr(), &options, &mut client) };
+        assert_eq!(status, RINGLOG_OK);
+        assert!(!client.is_null());
+
+        let value = *b"v";
+        let record = ringlog_record { data: value.as_ptr(), len: 1 };
+        let mut base = u64::MAX;
+        // SAFETY: valid handle, record and out pointer.
+        let status = unsafe {
+            ringlog_client_produce(
+                client,
+                0,
+                RINGLOG_ACKS_QUORUM,
+                &record,
+                1,
+                &mut base,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(status, RINGLOG_ERR_UNAVAILABLE);
+        assert_eq!(base, u64::MAX, "nothing written on failure");
+        let (mut buf, mut len, mut next) = ([0u8; 64], 0usize, 0u64);
+        // SAFETY: valid handle, buffer and out pointers.
+        let status = unsafe {
+            ringlog_client_fetch(
+                client,
+                0,
+                0,
+                RINGLOG_READ_LINEARIZABLE,
+                0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut len,
+                &mut next,
+            )
+        };
+        assert_eq!(status, RINGLOG_ERR_UNAVAILABLE);
+        let mut count = 7usize;
+        // SAFETY: valid handle; `cap` 0 asks.
+        let status = unsafe {
+            ringlog_client_metadata(
+                client,
+                std::ptr::null_mut(),
+                PARTITION_INFO_V1_SIZE,
+                0,
+                &mut count,
+            )
+        };
+        assert_eq!(status, RINGLOG_ERR_UNAVAILABLE);
+        assert_eq!(count, 0);
+        // SAFETY: the handle from connect; then a dead one (checked, never dereferenced).
+        unsafe {
+            assert_eq!(ringlog_client_close(client), RINGLOG_OK);
+            assert_eq!(ringlog_client_close(client), RINGLOG_ERR_BAD_HANDLE);
+        }
+    }
+
+    #[test]
+    fn connect_refuses_bad_bootstraps_options_and_tls_settings() {
+        let connect = |bootstrap: &[u8], options: Option<&ringlog_client_options>| {
+            let bootstrap = std::ffi::CString::new(bootstrap).unwrap();
+            let mut client = std::ptr::dangling_mut();
+            let options = options.map_or(std::ptr::null(), |o| o as *const _);
+            // SAFETY: valid C string, options (or NULL) and out pointer.
+            let status =
+                unsafe { ringlog_client_connect(bootstrap.as_ptr(), options, &mut client) };
+            assert!(client.is_null(), "out_client is NULL on failure");
+            status
+        };
+        let long = vec![b'x'; RINGLOG_CLIENT_BOOTSTRAP_BYTES_MAX as usize + 1];
+        assert_eq!(connect(&long, None), RINGLOG_ERR_INVALID_ARGUMENT);
+        assert_eq!(connect(b" , ", None), RINGLOG_ERR_INVALID_ARGUMENT);
+        let mut options = ringlog_client_options::default();
+        options.attempts_max = RINGLOG_CLIENT_ATTEMPTS_MAX + 1;
+        assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
+        let mut options = ringlog_client_options::default();
+        options.retry_time_max_ms = RINGLOG_CLIENT_TIMEOUT_MS_MAX + 1;
+        assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let path = std::ffi::CString::new(not_pem.to_str().unwrap()).unwrap();
+        let mut options = ringlog_client_options::default();
+        options.tls_ca_file = path.as_ptr();
+        assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_CONFIG);
+        options.tls_key_file = path.as_ptr();
+        assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
+        // A newer, larger struct is accepted with its unknown tail zero, refused otherwise.
+        #[repr(C)]
+        struct Newer {
+            options: ringlog_client_options,
+            extra: u64,
+        }
+        let mut newer = Newer { options: ringlog_client_options::default(), extra: 0 };
+        newer.options.size = std::mem::size_of::<Newer>() as u32;
+        let mut client = std::ptr::null_mut();
+        // SAFETY: `size` readable bytes at the pointer (the whole `Newer`).
+        let status =
+            unsafe { ringlog_client_connect(c"127.0.0.1:1".as_ptr(), &newer.options, &mut client) };
+        assert_eq!(status, RINGLOG_OK);
+        // SAFETY: the handle from connect.
+        assert_eq!(unsafe { ringlog_client_close(client) }, RINGLOG_OK);
+        newer.extra = 1;
+        // SAFETY: as above.
+        let status =
+            unsafe { ringlog_client_connect(c"127.0.0.1:1".as_ptr(), &newer.options, &mut client) };
+        assert_eq!(status, RINGLOG_ERR_BAD_STRUCT_SIZE);
     }
 }
