@@ -797,18 +797,22 @@ mod tests {
         let long = vec![b'x'; RINGLOG_CLIENT_BOOTSTRAP_BYTES_MAX as usize + 1];
         assert_eq!(connect(&long, None), RINGLOG_ERR_INVALID_ARGUMENT);
         assert_eq!(connect(b" , ", None), RINGLOG_ERR_INVALID_ARGUMENT);
-        let mut options = ringlog_client_options::default();
-        options.attempts_max = RINGLOG_CLIENT_ATTEMPTS_MAX + 1;
+        let options = ringlog_client_options {
+            attempts_max: RINGLOG_CLIENT_ATTEMPTS_MAX + 1,
+            ..Default::default()
+        };
         assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
-        let mut options = ringlog_client_options::default();
-        options.retry_time_max_ms = RINGLOG_CLIENT_TIMEOUT_MS_MAX + 1;
+        let options = ringlog_client_options {
+            retry_time_max_ms: RINGLOG_CLIENT_TIMEOUT_MS_MAX + 1,
+            ..Default::default()
+        };
         assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "not a certificate").unwrap();
         let path = std::ffi::CString::new(not_pem.to_str().unwrap()).unwrap();
-        let mut options = ringlog_client_options::default();
-        options.tls_ca_file = path.as_ptr();
+        let mut options =
+            ringlog_client_options { tls_ca_file: path.as_ptr(), ..Default::default() };
         assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_CONFIG);
         options.tls_key_file = path.as_ptr();
         assert_eq!(connect(b"127.0.0.1:1", Some(&options)), RINGLOG_ERR_INVALID_ARGUMENT);
