@@ -11,10 +11,13 @@
 //! <prefix>/lib/pkgconfig/ringlog.pc             prefix, -lringlog, Libs.private, Cflags
 //! ```
 //!
-//! Usage (the libraries are the ones cargo built beside this program, same profile):
+//! Usage (the libraries are the ones `cargo build -p ringlog-capi` put beside this program;
+//! `cargo run` would not: it builds the library only as this program's dependency, without
+//! copying `libringlog.so`/`.a` up to the profile directory):
 //!
 //! ```sh
-//! cargo run --release -p ringlog-capi --bin ringlog-capi-install -- --prefix /usr/local
+//! cargo build --release -p ringlog-capi      # the libraries and the installer, side by side
+//! target/release/ringlog-capi-install --prefix /usr/local
 //! ```
 //!
 //! Options: `--prefix DIR` (required; created if missing), `--lib-dir DIR` (where
@@ -111,8 +114,8 @@ fn install(options: &Options) -> Result<Vec<PathBuf>, String> {
     let shared = lib_dir.join("libringlog.so");
     if !shared.is_file() {
         return Err(format!(
-            "{} not found: build the library first (`cargo build [--release] -p ringlog-capi`) \
-             or pass --lib-dir",
+            "{} not found: build the library and this installer together (`cargo build [--release] \
+             -p ringlog-capi`, then run target/<profile>/ringlog-capi-install) or pass --lib-dir",
             shared.display()
         ));
     }
