@@ -25,9 +25,69 @@
 #include <stdint.h>
 
 /**
- * Most handles of one kind (logs, nodes) open at once.
+ * The header's version as text, "major.minor.patch"; compare it with ringlog_version(),
+ * the version of the library actually loaded.
+ */
+#define RINGLOG_VERSION_STRING "0.1.0"
+
+/**
+ * Most handles of one kind (logs, nodes, clients) open at once.
  */
 #define RINGLOG_HANDLES_MAX 4096
+
+/**
+ * Major version of the header (and of the ABI: `libringlog.so.<major>`). Kept equal to the
+ * crate version by a compile-time check below (cbindgen needs literals for `#define`s).
+ */
+#define RINGLOG_VERSION_MAJOR 0
+
+/**
+ * Minor version of the header.
+ */
+#define RINGLOG_VERSION_MINOR 1
+
+/**
+ * Patch version of the header.
+ */
+#define RINGLOG_VERSION_PATCH 0
+
+/**
+ * The header's version as one number, `major * 1000000 + minor * 1000 + patch`; compare it
+ * with `ringlog_version_number()`, the version of the library actually loaded.
+ */
+#define RINGLOG_VERSION_NUMBER 1000
+
+/**
+ * Longest bootstrap string `ringlog_client_connect` reads (bytes, NUL excluded).
+ */
+#define RINGLOG_CLIENT_BOOTSTRAP_BYTES_MAX 4096
+
+/**
+ * Largest value of every `*_ms` field of `ringlog_client_options` (one hour).
+ */
+#define RINGLOG_CLIENT_TIMEOUT_MS_MAX 3600000
+
+/**
+ * Largest `attempts_max` of `ringlog_client_options`.
+ */
+#define RINGLOG_CLIENT_ATTEMPTS_MAX 10000
+
+/**
+ * Size of `ringlog_partition_info.leader_address` (a NUL-terminated "ip:port"; the longest,
+ * an IPv6 address with scope and port, takes 54 bytes).
+ */
+#define RINGLOG_ADDRESS_BYTES 64
+
+/**
+ * Largest record batch one `ringlog_client_produce` sends (header and length prefixes
+ * included): the wire protocol's limit (8 MiB).
+ */
+#define RINGLOG_CLIENT_BATCH_BYTES_MAX ((8 * 1024) * 1024)
+
+/**
+ * Largest `max_bytes` a fetch asks a node for: the wire protocol's limit (8 MiB).
+ */
+#define RINGLOG_CLIENT_FETCH_BYTES_MAX ((8 * 1024) * 1024)
 
 /**
  * `level` of a log callback: something failed (a panic was caught).
@@ -224,7 +284,28 @@ typedef enum ringlog_status {
    * survive the fork; it may open its own.
    */
   RINGLOG_ERR_FORKED = 28,
+  /**
+   * A produce through `ringlog_client_*` may or may not have been appended: the request
+   * reached a leader, then the connection failed or the leader answered that the acks
+   * were not reached in time. The records may commit later; retrying may duplicate them.
+   */
+  RINGLOG_ERR_INDETERMINATE = 29,
+  /**
+   * No node of the cluster could be reached, or every retry was used up (connection
+   * refused or reset, no leader elected in time). Nothing was applied; retry later.
+   */
+  RINGLOG_ERR_UNAVAILABLE = 30,
+  /**
+   * A node answered something this client cannot accept (a malformed frame, an
+   * unexpected reply, another cluster, a protocol version it does not speak).
+   */
+  RINGLOG_ERR_PROTOCOL = 31,
 } ringlog_status;
+
+/**
+ * Opaque handle of a cluster client. Never dereference it: it is an id, not an address.
+ */
+typedef struct ringlog_client ringlog_client;
 
 /**
  * Opaque handle of an open local log. Never dereference it: it is an id, not an address.
@@ -235,6 +316,90 @@ typedef struct ringlog_log ringlog_log;
  * Opaque handle of a running node. Never dereference it: it is an id, not an address.
  */
 typedef struct ringlog_node ringlog_node;
+
+/**
+ * How `ringlog_client_connect` connects, times out, retries and secures its connections.
+ * Fill it with `ringlog_client_options_init` (it sets `size` and the defaults), then change
+ * what you need. The strings are read during `ringlog_client_connect` only.
+ */
+typedef struct ringlog_client_options {
+  /**
+   * `sizeof(ringlog_client_options)`.
+   */
+  uint32_t size;
+  /**
+   * Bound on establishing one connection (default 2000).
+   */
+  uint32_t connect_timeout_ms;
+  /**
+   * Bound on one request's write and on waiting for its reply; a produce waits at most
+   * this for its acks, a fetch this plus its `wait_ms` (default 10000).
+   */
+  uint32_t request_timeout_ms;
+  /**
+   * Bound on waiting for a metadata reply (default 2000).
+   */
+  uint32_t metadata_timeout_ms;
+  /**
+   * Bound on the total time one call spends retrying (default 15000).
+   */
+  uint32_t retry_time_max_ms;
+  /**
+   * Attempts of one call, the first included (default 40).
+   */
+  uint32_t attempts_max;
+  /**
+   * TLS: the CA (PEM file) the nodes' certificates must chain to. NULL: plaintext.
+   */
+  const char *tls_ca_file;
+  /**
+   * TLS: the client certificate chain (PEM) to present, for nodes that require one
+   * (`tls.client_ca`). Needs `tls_key_file` and `tls_ca_file`. NULL: none.
+   */
+  const char *tls_cert_file;
+  /**
+   * TLS: the private key (PEM) of `tls_cert_file`.
+   */
+  const char *tls_key_file;
+  /**
+   * TLS: the name the nodes' certificates are verified for. NULL: "ringlog-node" (the name
+   * every node certificate carries).
+   */
+  const char *tls_server_name;
+} ringlog_client_options;
+
+/**
+ * One record to append: `len` bytes at `data` (`data` may be NULL when `len` is 0).
+ */
+typedef struct ringlog_record {
+  const uint8_t *data;
+  size_t len;
+} ringlog_record;
+
+/**
+ * One partition of the cluster as `ringlog_client_metadata` reports it.
+ */
+typedef struct ringlog_partition_info {
+  uint32_t partition;
+  /**
+   * The shard of each node that owns the partition (`partition % shards`).
+   */
+  uint32_t shard;
+  /**
+   * The leader's node id; 0 when no leader is known (an election is in progress).
+   */
+  uint32_t leader_id;
+  uint32_t _reserved;
+  /**
+   * The leader's Raft term (0 when no leader is known).
+   */
+  uint64_t term;
+  /**
+   * The leader's client address for this partition, "ip:port", NUL-terminated; "" when no
+   * leader is known.
+   */
+  char leader_address[RINGLOG_ADDRESS_BYTES];
+} ringlog_partition_info;
 
 /**
  * Options of `ringlog_log_open`. Fill with `ringlog_log_options_init(&o, sizeof o)`, then
@@ -283,14 +448,6 @@ typedef struct ringlog_log_options {
    */
   uint64_t queued_bytes_max;
 } ringlog_log_options;
-
-/**
- * One record to append: `len` bytes at `data` (`data` may be NULL when `len` is 0).
- */
-typedef struct ringlog_record {
-  const uint8_t *data;
-  size_t len;
-} ringlog_record;
 
 /**
  * Completion of `ringlog_log_append_async`: `status` is `RINGLOG_OK` when the batch is
@@ -361,9 +518,145 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version, "major.minor.patch" (static, NUL-terminated, never NULL).
+ * The version of the library loaded at run time, "major.minor.patch" (static,
+ * NUL-terminated, never NULL). Compare with the header's `RINGLOG_VERSION_STRING`.
  */
 const char *ringlog_version(void);
+
+/**
+ * The version of the library loaded at run time as `major * 1000000 + minor * 1000 +
+ * patch`. A program checks it against the header it was compiled with, e.g. refusing a
+ * library of another major version: `ringlog_version_number() / 1000000 ==
+ * RINGLOG_VERSION_MAJOR` (the shared library's SONAME, `libringlog.so.<major>`, already
+ * keeps another major from being loaded by the dynamic linker).
+ */
+uint32_t ringlog_version_number(void);
+
+/**
+ * Fills `*options` with the defaults and `options->size = size`. Pass
+ * `sizeof(ringlog_client_options)`.
+ *
+ * Errors: `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_BAD_STRUCT_SIZE`.
+ *
+ * # Safety
+ * `options` must point to `size` writable bytes.
+ */
+enum ringlog_status ringlog_client_options_init(struct ringlog_client_options *options,
+                                                size_t size);
+
+/**
+ * Creates a client of the cluster reachable at `bootstrap` (`"host:port,host:port,..."`:
+ * shard-0 client addresses of one or more nodes; names are resolved now) with `options`
+ * (NULL: the defaults) and stores its handle in `*out_client`. Nothing is contacted yet: the
+ * first call reads the cluster's metadata (so a cluster still starting is fine); TLS files
+ * are read and checked now.
+ *
+ * SIGPIPE: as `ringlog_node_start`, set to `SIG_IGN` if it is at its default disposition
+ * (a write to a connection a node closed would otherwise kill the process).
+ *
+ * Errors: `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_INVALID_ARGUMENT` (empty, unresolvable
+ * or over-long bootstrap, an option out of range, a TLS certificate without its key),
+ * `RINGLOG_ERR_BAD_STRUCT_SIZE`, `RINGLOG_ERR_CONFIG` (a TLS file unreadable or not valid
+ * PEM), `RINGLOG_ERR_TOO_MANY_HANDLES`. On error `*out_client` is set to NULL.
+ *
+ * # Safety
+ * `bootstrap` must be NUL-terminated; `options` NULL or pointing to `options->size`
+ * readable bytes whose strings are NULL or NUL-terminated; `out_client` writable.
+ */
+enum ringlog_status ringlog_client_connect(const char *bootstrap,
+                                           const struct ringlog_client_options *options,
+                                           struct ringlog_client **out_client);
+
+/**
+ * Appends `count` records to `partition` as one batch at the partition's leader and blocks
+ * until `acks` (`RINGLOG_ACKS_*`) is met. `*out_base_offset` and `*out_commit_offset` (both
+ * optional) receive the batch's first offset (record `i` has `base + i`) and the group's
+ * commit offset when the leader answered.
+ *
+ * Errors: `RINGLOG_ERR_INDETERMINATE` (the request reached a leader but its outcome is
+ * unknown: the records may be appended, and may commit later; retrying may duplicate them),
+ * `RINGLOG_ERR_UNAVAILABLE` (nothing was taken: no node answered, no leader was known, or
+ * retries were used up), `RINGLOG_ERR_EMPTY_APPEND`,
+ * `RINGLOG_ERR_OVERSIZE` (over `RINGLOG_CLIENT_BATCH_BYTES_MAX` or the node's batch limit),
+ * `RINGLOG_ERR_UNKNOWN_PARTITION`, `RINGLOG_ERR_STORAGE_FULL` (not taken; retry later),
+ * `RINGLOG_ERR_REJECTED`, `RINGLOG_ERR_PROTOCOL`, `RINGLOG_ERR_INVALID_ARGUMENT` (bad acks),
+ * `RINGLOG_ERR_NULL_POINTER` (records), the handle errors.
+ *
+ * # Safety
+ * `records` must point to `count` records, each `data` to `len` readable bytes; the out
+ * pointers NULL or writable.
+ */
+enum ringlog_status ringlog_client_produce(struct ringlog_client *client,
+                                           uint32_t partition,
+                                           uint32_t acks,
+                                           const struct ringlog_record *records,
+                                           size_t count,
+                                           uint64_t *out_base_offset,
+                                           uint64_t *out_commit_offset);
+
+/**
+ * Fetches committed records of `partition` from `offset` into `buf`, in the read-buffer
+ * format of `ringlog_log_read` (`[uint32_t LE length][bytes]` per record, whole records
+ * only; record `i` has offset `offset + i`; `*out_next_offset` is where to fetch next).
+ * `consistency` is `RINGLOG_READ_LINEARIZABLE` (the leader confirms it still leads) or
+ * `RINGLOG_READ_REPLICA_COMMITTED`; the call is routed to the leader either way. When
+ * nothing is committed at `offset` yet, waits up to `wait_ms` (capped at
+ * `RINGLOG_READ_WAIT_MS_MAX`), then returns `RINGLOG_OK` with `*out_len = 0`. The node is
+ * asked for `RINGLOG_CLIENT_FETCH_BYTES_MAX` bytes of batches whatever `cap` is (so that a
+ * whole batch of records always comes back, past any Raft control batch); what does not fit
+ * `buf` is dropped and fetched again from `*out_next_offset`.
+ *
+ * Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL` (`*out_len` = bytes the first record needs; `buf`
+ * NULL and `cap` 0 asks), `RINGLOG_ERR_OFFSET_OUT_OF_RANGE`, `RINGLOG_ERR_UNKNOWN_PARTITION`,
+ * `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_TIMEOUT`,
+ * `RINGLOG_ERR_CORRUPTION` (a fetched batch failed its checksum), `RINGLOG_ERR_PROTOCOL`,
+ * `RINGLOG_ERR_INVALID_ARGUMENT`, `RINGLOG_ERR_NULL_POINTER`, the handle errors.
+ *
+ * # Safety
+ * `buf` must point to `cap` writable bytes (unless `cap` is 0); `out_len` and
+ * `out_next_offset` writable.
+ */
+enum ringlog_status ringlog_client_fetch(struct ringlog_client *client,
+                                         uint32_t partition,
+                                         uint64_t offset,
+                                         uint32_t consistency,
+                                         uint32_t wait_ms,
+                                         void *buf,
+                                         size_t cap,
+                                         size_t *out_len,
+                                         uint64_t *out_next_offset);
+
+/**
+ * Reads the cluster's metadata (fresh, from a node that answers) into `infos`: one
+ * `ringlog_partition_info` per partition, in partition order. `info_size` is
+ * `sizeof(ringlog_partition_info)` (the array's stride); `cap` is how many the array holds.
+ * `*out_count` receives the number of partitions; when `cap` is smaller, nothing is written
+ * and the call answers `RINGLOG_ERR_BUFFER_TOO_SMALL` (`infos` NULL and `cap` 0 asks).
+ *
+ * Errors: `RINGLOG_ERR_BUFFER_TOO_SMALL`, `RINGLOG_ERR_BAD_STRUCT_SIZE`,
+ * `RINGLOG_ERR_UNAVAILABLE`, `RINGLOG_ERR_PROTOCOL`, `RINGLOG_ERR_NULL_POINTER`,
+ * `RINGLOG_ERR_INVALID_ARGUMENT` (`cap * info_size` overflows), the handle errors.
+ *
+ * # Safety
+ * `infos` must point to `cap * info_size` writable bytes (unless `cap` is 0); `out_count`
+ * writable.
+ */
+enum ringlog_status ringlog_client_metadata(struct ringlog_client *client,
+                                            struct ringlog_partition_info *infos,
+                                            size_t info_size,
+                                            size_t cap,
+                                            size_t *out_count);
+
+/**
+ * Closes the client: its connections are closed (once calls still running on other threads
+ * return) and the handle is dead. A second close is `RINGLOG_ERR_BAD_HANDLE`.
+ *
+ * Errors: `RINGLOG_ERR_NULL_POINTER`, `RINGLOG_ERR_BAD_HANDLE`, `RINGLOG_ERR_FORKED`.
+ *
+ * # Safety
+ * None beyond passing a handle value (any value is checked, never dereferenced).
+ */
+enum ringlog_status ringlog_client_close(struct ringlog_client *client);
 
 /**
  * Fills `*options` with the defaults and sets `options->size = size`. Pass

@@ -20,6 +20,7 @@
 //! Unsafe code lives only at the boundary (raw pointers from C); each block says why it is
 //! sound in a `// SAFETY:` comment.
 
+pub mod client;
 mod guard;
 mod handles;
 pub mod log;
@@ -29,18 +30,61 @@ pub mod records;
 mod sized;
 pub mod status;
 
+pub use client::*;
 pub use log::*;
 pub use log_callback::*;
 pub use node::*;
 pub use records::*;
 pub use status::*;
 
-/// Most handles of one kind (logs, nodes) open at once.
+/// Most handles of one kind (logs, nodes, clients) open at once.
 pub const RINGLOG_HANDLES_MAX: u32 = 4096;
 
 const _: () = assert!(RINGLOG_HANDLES_MAX as usize == handles::HANDLES_MAX);
 
-/// The library version, "major.minor.patch" (static, NUL-terminated, never NULL).
+/// Major version of the header (and of the ABI: `libringlog.so.<major>`). Kept equal to the
+/// crate version by a compile-time check below (cbindgen needs literals for `#define`s).
+pub const RINGLOG_VERSION_MAJOR: u32 = 0;
+/// Minor version of the header.
+pub const RINGLOG_VERSION_MINOR: u32 = 1;
+/// Patch version of the header.
+pub const RINGLOG_VERSION_PATCH: u32 = 0;
+/// The header's version as one number, `major * 1000000 + minor * 1000 + patch`; compare it
+/// with `ringlog_version_number()`, the version of the library actually loaded.
+pub const RINGLOG_VERSION_NUMBER: u32 = 1000;
+
+/// Parses a decimal version component at compile time.
+const fn parse_component(text: &str) -> u32 {
+    let bytes = text.as_bytes();
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit(), "a version component is decimal");
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+}
+
+// The header's version constants follow the crate version: a version bump fails the build
+// here until they are updated (and `tests/header.rs` until the header is regenerated).
+// `RINGLOG_VERSION_STRING` is written by cbindgen.toml (cbindgen has no string constants);
+// `tests/header.rs` checks it against the crate version.
+const _: () = {
+    assert!(RINGLOG_VERSION_MAJOR == parse_component(env!("CARGO_PKG_VERSION_MAJOR")));
+    assert!(RINGLOG_VERSION_MINOR == parse_component(env!("CARGO_PKG_VERSION_MINOR")));
+    assert!(RINGLOG_VERSION_PATCH == parse_component(env!("CARGO_PKG_VERSION_PATCH")));
+    assert!(
+        RINGLOG_VERSION_NUMBER
+            == RINGLOG_VERSION_MAJOR * 1_000_000
+                + RINGLOG_VERSION_MINOR * 1_000
+                + RINGLOG_VERSION_PATCH
+    );
+    assert!(RINGLOG_VERSION_MINOR < 1_000 && RINGLOG_VERSION_PATCH < 1_000);
+};
+
+/// The version of the library loaded at run time, "major.minor.patch" (static,
+/// NUL-terminated, never NULL). Compare with the header's `RINGLOG_VERSION_STRING`.
 #[no_mangle]
 pub extern "C" fn ringlog_version() -> *const std::ffi::c_char {
     const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
@@ -50,6 +94,16 @@ pub extern "C" fn ringlog_version() -> *const std::ffi::c_char {
         Err(_) => c"unknown",
     };
     VERSION.as_ptr()
+}
+
+/// The version of the library loaded at run time as `major * 1000000 + minor * 1000 +
+/// patch`. A program checks it against the header it was compiled with, e.g. refusing a
+/// library of another major version: `ringlog_version_number() / 1000000 ==
+/// RINGLOG_VERSION_MAJOR` (the shared library's SONAME, `libringlog.so.<major>`, already
+/// keeps another major from being loaded by the dynamic linker).
+#[no_mangle]
+pub extern "C" fn ringlog_version_number() -> u32 {
+    RINGLOG_VERSION_NUMBER
 }
 
 #[cfg(test)]

@@ -419,7 +419,7 @@ fn node_error(error: NodeError) -> Error {
 
 /// Sets SIGPIPE to `SIG_IGN` if it is at its default disposition (which kills the process on
 /// a write to a closed socket); leaves any host-installed disposition alone.
-fn ignore_sigpipe() -> Result<(), Error> {
+pub(crate) fn ignore_sigpipe() -> Result<(), Error> {
     // SAFETY: `sigaction` structs are plain C data for which all-zero is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: querying (NULL new action) into a valid, writable struct.

@@ -87,6 +87,16 @@ pub enum ringlog_status {
     /// child cannot use (nor close) its parent's logs and nodes — their threads did not
     /// survive the fork; it may open its own.
     RINGLOG_ERR_FORKED = 28,
+    /// A produce through `ringlog_client_*` may or may not have been appended: the request
+    /// reached a leader, then the connection failed or the leader answered that the acks
+    /// were not reached in time. The records may commit later; retrying may duplicate them.
+    RINGLOG_ERR_INDETERMINATE = 29,
+    /// No node of the cluster could be reached, or every retry was used up (connection
+    /// refused or reset, no leader elected in time). Nothing was applied; retry later.
+    RINGLOG_ERR_UNAVAILABLE = 30,
+    /// A node answered something this client cannot accept (a malformed frame, an
+    /// unexpected reply, another cluster, a protocol version it does not speak).
+    RINGLOG_ERR_PROTOCOL = 31,
 }
 
 use ringlog_status::*;
@@ -125,6 +135,9 @@ pub extern "C" fn ringlog_status_str(status: c_int) -> *const c_char {
         26 => c"internal error",
         27 => c"disk full: not taken now; appends resume once space is freed",
         28 => c"handle opened by the parent of this forked process; unusable here",
+        29 => c"outcome unknown: the produce may have been appended (do not blindly retry)",
+        30 => c"cluster unavailable: no node answered, or retries were used up",
+        31 => c"protocol error: a node's answer could not be understood",
         _ => c"unknown status",
     };
     text.as_ptr()
@@ -193,13 +206,13 @@ mod tests {
     #[test]
     fn every_status_has_its_own_description() {
         let mut seen = std::collections::HashSet::new();
-        for code in 0..=RINGLOG_ERR_FORKED as c_int {
+        for code in 0..=RINGLOG_ERR_PROTOCOL as c_int {
             // SAFETY: ringlog_status_str returns a static NUL-terminated string.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_ne!(text.to_str().unwrap(), "unknown status", "code {code}");
             assert!(seen.insert(text.to_owned()), "code {code} shares its text");
         }
-        for code in [-1, RINGLOG_ERR_FORKED as c_int + 1, c_int::MAX] {
+        for code in [-1, RINGLOG_ERR_PROTOCOL as c_int + 1, c_int::MAX] {
             // SAFETY: as above.
             let text = unsafe { CStr::from_ptr(ringlog_status_str(code)) };
             assert_eq!(text.to_str().unwrap(), "unknown status");

@@ -17,6 +17,11 @@ fn the_checked_in_header_matches_the_sources() {
     let mut generated = Vec::new();
     bindings.write(&mut generated);
     let generated = String::from_utf8(generated).expect("the header is UTF-8");
+    let version = format!("#define RINGLOG_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        generated.contains(&version),
+        "cbindgen.toml's RINGLOG_VERSION_STRING is not the crate version: set `{version}`"
+    );
     let path = crate_dir.join("include/ringlog.h");
     if std::env::var_os("RINGLOG_BLESS").is_some() {
         std::fs::write(&path, &generated).expect("write include/ringlog.h");

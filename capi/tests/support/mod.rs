@@ -83,7 +83,10 @@ pub fn compile(cc: &str, sources: &[&str], out: &Path, build: Build) {
         Build::Shared => {
             let dir = library_file("libringlog.so").parent().unwrap().to_path_buf();
             command.arg("-L").arg(&dir).arg("-lringlog");
-            command.arg(format!("-Wl,-rpath,{}", dir.display()));
+            // The library's SONAME is `libringlog.so.0` (build.rs): the program asks the
+            // dynamic linker for that name, which cargo's output directory does not hold.
+            let runtime = soname_dir(out);
+            command.arg(format!("-Wl,-rpath,{}", runtime.display()));
         }
         Build::Sanitized => {
             command.args([
@@ -104,6 +107,23 @@ pub fn compile(cc: &str, sources: &[&str], out: &Path, build: Build) {
     );
 }
 
+/// The SONAME the shared library is built with (capi/build.rs).
+pub const SONAME: &str = "libringlog.so.0";
+
+/// A directory beside `program` holding `libringlog.so.0` → this run's `libringlog.so`, for
+/// the program's rpath (as an installed prefix's `lib/` would).
+fn soname_dir(program: &Path) -> PathBuf {
+    let dir = program.with_file_name(format!(
+        "{}.lib",
+        program.file_name().expect("a program file name").to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir).expect("create the program's library dir");
+    let link = dir.join(SONAME);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(library_file("libringlog.so"), &link).expect("link the SONAME");
+    dir
+}
+
 /// Longest a C program may run before it is killed and the test fails (a hang). Generous:
 /// the 200 node start/stop cycles take about a minute alone and far longer on a loaded host.
 pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(600);
@@ -114,7 +134,8 @@ pub fn run(program: &Path, args: &[&Path], build: Build, env: &[(&str, &str)]) -
     let mut command = Command::new(program);
     // cargo test puts `<target>/<profile>` on LD_LIBRARY_PATH, which wins over the rpath
     // and may hold a stale libringlog.so from an earlier `cargo build`.
-    command.args(args).envs(env.iter().copied()).env_remove("LD_LIBRARY_PATH");
+    // (A test that needs it, e.g. for an installed prefix, passes it in `env`.)
+    command.args(args).env_remove("LD_LIBRARY_PATH").envs(env.iter().copied());
     if build == Build::Sanitized {
         // Leak checking is on: the library must not leak what a closed handle owned.
         if !env.iter().any(|(name, _)| *name == "ASAN_OPTIONS") {
