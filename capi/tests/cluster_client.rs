@@ -112,8 +112,60 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Three node configs on free loopback ports; returns them and the client addresses.
-fn cluster_configs(root: &Path) -> (Vec<PathBuf>, Vec<String>) {
+/// Certificates of a mutual-TLS cluster: one CA signs the nodes' and the client's.
+struct TlsFiles {
+    ca: PathBuf,
+    /// Per node id 1..=3: (cert, key).
+    nodes: Vec<(PathBuf, PathBuf)>,
+    client: (PathBuf, PathBuf),
+}
+
+impl TlsFiles {
+    fn create(dir: &Path) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "capi-test-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        // Every node certificate names `ringlog-node` (the client's default server name) and
+        // `node-N.ringlog` (node N's identity to its peers; README.md#tls).
+        let leaf = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let sans = vec!["ringlog-node".to_string(), format!("{name}.ringlog")];
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            let (cert_path, key_path) =
+                (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            (cert_path, key_path)
+        };
+        let nodes = (1..=3).map(|id| leaf(&format!("node-{id}"))).collect();
+        let client = leaf("client-1");
+        TlsFiles { ca, nodes, client }
+    }
+
+    /// Node `id`'s `[tls]` section: TLS on both listeners, client certificates required.
+    fn section(&self, id: usize) -> String {
+        let (cert, key) = &self.nodes[id - 1];
+        format!(
+            "[tls]\nmode = \"tls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            self.ca.display(),
+            cert.display(),
+            key.display(),
+            self.ca.display()
+        )
+    }
+}
+
+/// Three node configs on free loopback ports (plaintext, or mutual TLS with `tls`); returns
+/// them and the client addresses.
+fn cluster_configs(root: &Path, tls: Option<&TlsFiles>) -> (Vec<PathBuf>, Vec<String>) {
     let listeners: Vec<std::net::TcpListener> =
         (0..9).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
@@ -138,9 +190,10 @@ fn cluster_configs(root: &Path) -> (Vec<PathBuf>, Vec<String>) {
                  [listen]\nmetrics = \"127.0.0.1:{}\"\n\n{peers}\
                  [storage]\nsegment_size = 4194304\nflush_bytes_max = 1048576\n\
                  queued_bytes_max = 4194304\nbatch_size_max = 1048576\n\
-                 tail_cache_bytes_max = 1048576\n\n[tls]\nmode = \"plaintext\"\n",
+                 tail_cache_bytes_max = 1048576\n\n{}",
                 data.display(),
                 ports[(id - 1) * 3 + 2],
+                tls.map_or("[tls]\nmode = \"plaintext\"\n".to_string(), |t| t.section(id)),
             );
             let path = root.join(format!("node-{id}.toml"));
             std::fs::write(&path, text).unwrap();
@@ -250,7 +303,7 @@ fn a_sanitized_c_program_built_with_pkg_config_produces_to_and_consumes_from_thr
 
     // 3. A 3-node cluster of real processes.
     let bin = ringlog_bin();
-    let (configs, clients) = cluster_configs(dir.path());
+    let (configs, clients) = cluster_configs(dir.path(), None);
     let nodes: Vec<NodeProcess> =
         configs.iter().enumerate().map(|(i, config)| start_node(&bin, config, i + 1)).collect();
     let bootstrap = clients.join(",");
@@ -285,5 +338,38 @@ fn a_sanitized_c_program_built_with_pkg_config_produces_to_and_consumes_from_thr
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("offset") && stdout.contains(": third"), "{stdout}");
     assert!(stdout.contains("cluster_client: ok"), "{stdout}");
+    drop(nodes);
+
+    // 4. The same program over mutual TLS: a cluster that requires client certificates, the
+    // client given the CA, its certificate and key through `ringlog_client_options`.
+    let tls_root = dir.path().join("tls-cluster");
+    std::fs::create_dir_all(&tls_root).unwrap();
+    let tls = TlsFiles::create(&tls_root.join("certs"));
+    let (configs, clients) = cluster_configs(&tls_root, Some(&tls));
+    let nodes: Vec<NodeProcess> =
+        configs.iter().enumerate().map(|(i, config)| start_node(&bin, config, i + 1)).collect();
+    let bootstrap = clients.join(",");
+    let args = [
+        Path::new(&bootstrap),
+        Path::new(&partitions),
+        tls.ca.as_path(),
+        tls.client.0.as_path(),
+        tls.client.1.as_path(),
+    ];
+    let output = run(&program, &args, Build::Sanitized, &[("LD_LIBRARY_PATH", &lib_path)]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("client_test: over TLS"), "{stdout}");
+    assert!(stdout.contains("client_test: PASS"), "{stdout}");
+    // Without the CA (plaintext) the same cluster refuses the client: no leader is ever
+    // learned (the example connects lazily and fails on its first call).
+    let output = Command::new(&example)
+        .arg(&bootstrap)
+        .env("LD_LIBRARY_PATH", &lib_path)
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .expect("run the example");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a plaintext client was served by a TLS cluster: {stderr}");
+    eprintln!("a plaintext client of the TLS cluster: {}", stderr.trim());
     drop(nodes);
 }

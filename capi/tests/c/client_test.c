@@ -238,8 +238,8 @@ static void fetch_and_compare(ringlog_client *client, uint32_t partition, uint32
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s BOOTSTRAP PARTITIONS\n", argv[0]);
+    if (argc != 3 && argc != 6) {
+        fprintf(stderr, "usage: %s BOOTSTRAP PARTITIONS [TLS_CA TLS_CERT TLS_KEY]\n", argv[0]);
         return 2;
     }
     const char *bootstrap = argv[1];
@@ -260,6 +260,13 @@ int main(int argc, char **argv) {
     options.metadata_timeout_ms = 5000;
     options.retry_time_max_ms = 120000;
     options.attempts_max = 2000;
+    if (argc == 6) {
+        /* Mutual TLS: the nodes' CA, and a client certificate the nodes require. */
+        options.tls_ca_file = argv[3];
+        options.tls_cert_file = argv[4];
+        options.tls_key_file = argv[5];
+        printf("client_test: over TLS\n");
+    }
     ringlog_client *client = NULL;
     EXPECT_OK(ringlog_client_connect(bootstrap, &options, &client));
     CHECK(client != NULL);
