@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run a node until SIGTERM/SIGINT (prints `ringlog: ready ...` once serving).
     Serve(serve::ServeArgs),
-    /// Run the benchmark suite (no arguments: every scenario, results in ./results).
+    /// Run the benchmark suite (no arguments: every scenario, results in ./results/<time>/),
+    /// or compare two runs (`bench compare A B`).
     Bench(Box<BenchArgs>),
     /// Check this host (kernel, io_uring, memlock, O_DIRECT on the data dir, ...); exit 1 on
     /// any FAIL.
@@ -93,6 +94,10 @@ fn main() -> ExitCode {
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(command) = &args.command {
+        ringlog_bench::cli::run_command(command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let stop = StopFlag::on_signals()?;
     let report = ringlog_bench::cli::run(args, &stop)?;
     if report.interrupted {

@@ -3,28 +3,36 @@
 //! With no arguments it starts a local 3-node cluster (`ringlog serve` children of this very
 //! binary) in a temporary directory under the current directory (the repository when started
 //! by `cargo run`), runs every scenario for about a minute in total, prints the table, writes
-//! `results/results.json`, `results/report.md` and SVG plots, stops the cluster and removes
-//! the temporary directory — also when Ctrl-C interrupts it.
+//! `results.json`, `report.md`, SVG plots and the latency histograms into a new run folder
+//! `results/<UTC timestamp>[-<label>]/` (`results/latest` points at it), stops the cluster and
+//! removes the temporary directory — also when Ctrl-C interrupts it. `ringlog bench compare
+//! A B` compares two run folders; `ringlog bench merge` merges saved histograms.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use ringlog_net::protocol::Acks;
 
 use crate::cluster::ClusterOptions;
 use crate::cluster_scenarios::{ClusterScenarioOptions, StallInjection};
 use crate::engine_append::EngineAppendOptions;
 use crate::load::LoadModel;
+use crate::measure::LatencyRecorder;
 use crate::report;
+use crate::run_folder;
 use crate::scenario::{self, ClusterSetup, ScenarioName, SuiteOptions, SuiteReport};
 use crate::workdir::{StopFlag, WorkDir};
 
 /// Options of `ringlog bench`.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Instead of a run: compare two runs, or merge saved histograms.
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Scenarios to run (default: all, in their fixed order).
     #[arg(value_enum)]
     pub scenarios: Vec<ScenarioName>,
@@ -95,6 +103,17 @@ pub struct BenchArgs {
     /// cluster and are refused.
     #[arg(long, value_delimiter = ',')]
     pub bootstrap: Vec<String>,
+    /// With --bootstrap: connect with TLS, verifying the nodes' certificates against this CA
+    /// (PEM) for the name `ringlog-node`, as the other client commands do (the local cluster
+    /// the bench starts is plaintext and ignores it).
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present: required by nodes with `tls.client_ca`.
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "PEM", env = "RINGLOG_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
     /// The `ringlog` binary started as `ringlog serve` (default: this executable).
     #[arg(long)]
     pub ringlog_bin: Option<PathBuf>,
@@ -176,9 +195,55 @@ pub struct BenchArgs {
     /// Directory in which the temporary work directory is created (must be disk-backed).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Folder receiving results.json, report.md and the SVG plots.
+    /// Folder receiving the run folders (`<UTC timestamp>[-<label>]/`: results.json,
+    /// report.md, the SVG plots, histograms/) and the `latest` symlink to the newest.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// Appended to this run's folder name (letters, digits, `.`, `_`, `-`).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// `ringlog bench compare` and `ringlog bench merge`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Per row present in both runs: each metric, the difference in %, and the noise the
+    /// row showed between its rounds in each run (exit 0; 1 on unreadable input).
+    Compare(CompareArgs),
+    /// Merge saved latency histograms (`histograms/*.hdr` of run folders) into one, print its
+    /// percentiles and optionally write it.
+    Merge(MergeArgs),
+}
+
+/// Options of `ringlog bench compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The baseline run: a run folder, `results/latest`, a results folder (its `latest`) or a
+    /// results.json.
+    pub a: PathBuf,
+    /// The run compared with it (same forms).
+    pub b: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
+    pub format: CompareFormat,
+}
+
+/// `--format` of `ringlog bench compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareFormat {
+    Text,
+    Json,
+}
+
+/// Options of `ringlog bench merge`.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// Histogram files (HdrHistogram V2 serialization, values in nanoseconds).
+    #[arg(required = true)]
+    pub histograms: Vec<PathBuf>,
+    /// Write the merged histogram here (V2 serialization).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `--acks` values.
@@ -325,12 +390,29 @@ impl BenchArgs {
                 .with_context(|| format!("--bootstrap {joined}"))?;
             Some(addrs)
         };
+        let bootstrap_tls = match (&bootstrap, &self.tls_ca) {
+            (None, _) | (_, None) => None,
+            (Some(_), Some(ca)) => {
+                use ringlog_net::tls::{client_config, read_certs, read_key};
+                let roots = read_certs("--tls-ca (RINGLOG_TLS_CA)", ca)?;
+                let identity = match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some((
+                        read_certs("--tls-cert (RINGLOG_TLS_CERT)", cert)?,
+                        read_key("--tls-key (RINGLOG_TLS_KEY)", key)?,
+                    )),
+                    _ => None,
+                };
+                Some(ringlog_net::client::ClientTls::new(client_config(roots, identity)?))
+            }
+        };
         let binary = match &self.ringlog_bin {
             Some(path) => path.clone(),
             None => std::env::current_exe().context("locating the ringlog binary")?,
         };
         Ok(ClusterSetup {
             bootstrap,
+            bootstrap_tls,
+            tls_ca: self.tls_ca.clone(),
             binary,
             local: ClusterOptions {
                 nodes: self.nodes,
@@ -376,6 +458,10 @@ fn default_io_memory_bytes() -> usize {
 /// Runs `ringlog bench`: returns the report (already printed and written).
 pub fn run(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<SuiteReport> {
     let options = args.suite_options()?;
+    if let Some(label) = &args.label {
+        // Refuse a bad label before measuring anything.
+        crate::run_folder::check_label(label)?;
+    }
     let work = WorkDir::create(&args.dir)?;
     eprintln!(
         "ringlog bench: work dir {} ({} on {})",
@@ -386,11 +472,60 @@ pub fn run(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<SuiteReport> {
     let report = scenario::run_suite(&options, &work, stop, &mut |line| eprintln!("  {line}"));
     // Every cluster is stopped inside run_suite; the work dir goes now, on error too.
     drop(work);
-    let report = report?;
+    let mut report = report?;
     print!("{}", report::terminal_table(&report));
-    let written = report::write_results(&report, &args.results)?;
+    let run_dir =
+        run_folder::create(&args.results, report.started_unix_secs, args.label.as_deref())?;
+    let written = report::write_results(&mut report, &run_dir)?;
     for path in written {
         eprintln!("wrote {}", path.display());
     }
+    run_folder::point_latest(&args.results, &run_dir)?;
+    eprintln!("{} -> {}", args.results.join(run_folder::LATEST).display(), run_dir.display());
     Ok(report)
+}
+
+/// Runs `ringlog bench compare` or `ringlog bench merge`, printing to stdout.
+pub fn run_command(command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Compare(args) => {
+            let comparison = crate::compare::compare(&args.a, &args.b)?;
+            match args.format {
+                CompareFormat::Text => print!("{}", crate::compare::text(&comparison)),
+                CompareFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&comparison).context("encoding the comparison")?
+                ),
+            }
+        }
+        BenchCommand::Merge(args) => {
+            let mut merged = LatencyRecorder::new();
+            for path in &args.histograms {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let recorder = LatencyRecorder::from_v2_bytes(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                merged.merge(&recorder);
+            }
+            let s = merged.summary();
+            println!(
+                "histograms {}: count {}, mean {:.1} µs, p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, \
+                 p99.9 {:.1} µs, max {:.1} µs",
+                args.histograms.len(),
+                s.count,
+                s.mean_us,
+                s.p50_us,
+                s.p90_us,
+                s.p99_us,
+                s.p999_us,
+                s.max_us
+            );
+            if let Some(out) = &args.out {
+                std::fs::write(out, merged.to_v2_bytes()?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
+    }
+    Ok(())
 }

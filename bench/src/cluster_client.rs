@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use ringlog_net::client::{Client, ClientConfig, ClientError};
+use ringlog_net::client::{Client, ClientConfig, ClientError, ClientTls};
 use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::{Offset, PartitionId};
 
@@ -33,11 +33,20 @@ pub const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// Most bytes one fetch asks for.
 pub const FETCH_BYTES: u32 = 1 << 20;
 
+/// Where the benchmark's clients connect: shard-0 client addresses, and the TLS settings
+/// (`None`: plaintext) of `--tls-ca` / `--tls-cert` / `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addrs: Vec<SocketAddr>,
+    pub tls: Option<ClientTls>,
+}
+
 /// Client settings for benchmark connections: short metadata timeouts so that a dead leader
 /// is routed around quickly, long request timeouts so that a slow disk is measured, not
 /// failed.
-pub fn client_config(bootstrap: &[SocketAddr]) -> ClientConfig {
-    let mut config = ClientConfig::new(bootstrap.to_vec());
+pub fn client_config(bootstrap: &Endpoint) -> ClientConfig {
+    let mut config = ClientConfig::new(bootstrap.addrs.clone());
+    config.tls = bootstrap.tls.clone();
     config.connect_timeout = Duration::from_millis(500);
     config.metadata_timeout = Duration::from_millis(500);
     config.request_timeout = Duration::from_secs(10);
@@ -62,7 +71,7 @@ pub struct ClusterProducer {
 impl ClusterProducer {
     /// A producer of `record_size`-byte records (at least [`STAMP_BYTES`]).
     pub fn connect(
-        bootstrap: &[SocketAddr],
+        bootstrap: &Endpoint,
         partition: PartitionId,
         acks: Acks,
         record_size: usize,
@@ -243,11 +252,7 @@ pub fn leader_of(client: &Client, partition: PartitionId, wait: Duration) -> any
 }
 
 /// Waits until every partition of the cluster has a leader that answers a produce.
-pub fn wait_writable(
-    bootstrap: &[SocketAddr],
-    partitions: u32,
-    wait: Duration,
-) -> anyhow::Result<()> {
+pub fn wait_writable(bootstrap: &Endpoint, partitions: u32, wait: Duration) -> anyhow::Result<()> {
     let client = Client::new(client_config(bootstrap)).context("creating a client")?;
     let deadline = Instant::now() + wait;
     for partition in 0..partitions {
@@ -277,7 +282,7 @@ pub fn wait_writable(
 /// (the backlog of an acks=none or acks=leader run drained), up to `wait`; returns how long
 /// it took, or `None` when it did not drain in time.
 pub fn wait_drained(
-    bootstrap: &[SocketAddr],
+    bootstrap: &Endpoint,
     partitions: u32,
     wait: Duration,
     stop: &StopFlag,

@@ -13,7 +13,6 @@
 //! again before the next scenario starts.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use serde::Serialize;
 use crate::cluster::LocalCluster;
 use crate::cluster_client::{
     client_config, leader_of, read_partition, scrape_counters, unix_nanos, wait_drained,
-    wait_writable, ClusterProducer, NodeCounters,
+    wait_writable, ClusterProducer, Endpoint, NodeCounters,
 };
 use crate::load::LoadModel;
 use crate::measure::{process_cpu_time, LatencyRecorder, RunMeasure, Timeline};
@@ -42,7 +41,7 @@ pub const WRITABLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum ClusterTarget {
     Local(LocalCluster),
-    Remote(Vec<SocketAddr>),
+    Remote(Endpoint),
 }
 
 /// Options of the cluster scenarios.
@@ -139,10 +138,10 @@ pub struct FailoverReport {
 
 impl ClusterTarget {
     /// Shard-0 client addresses of the nodes.
-    pub fn bootstrap(&self) -> Vec<SocketAddr> {
+    pub fn bootstrap(&self) -> Endpoint {
         match self {
-            ClusterTarget::Local(cluster) => cluster.bootstrap(),
-            ClusterTarget::Remote(addrs) => addrs.clone(),
+            ClusterTarget::Local(cluster) => Endpoint { addrs: cluster.bootstrap(), tls: None },
+            ClusterTarget::Remote(endpoint) => endpoint.clone(),
         }
     }
 
@@ -297,7 +296,7 @@ fn producer_run(
 }
 
 fn factory<'a>(
-    bootstrap: &'a [SocketAddr],
+    bootstrap: &'a Endpoint,
     options: &'a ClusterScenarioOptions,
     acks: Acks,
     records_per_batch: usize,
@@ -651,7 +650,7 @@ impl TailOutcome {
 }
 
 fn tail_reader(
-    bootstrap: &[SocketAddr],
+    bootstrap: &Endpoint,
     partition: PartitionId,
     start: Offset,
     done: &AtomicBool,
@@ -679,7 +678,7 @@ fn tail_reader(
 }
 
 fn catch_up_reader(
-    bootstrap: &[SocketAddr],
+    bootstrap: &Endpoint,
     partition: PartitionId,
     deadline: Instant,
     stop: &StopFlag,

@@ -7,9 +7,11 @@
 //! many-producers) over [`cluster_client`] (producers and readers on the Rust client) →
 //! [`producers`] (producer threads) and [`load`] (closed loop, open-loop schedule) →
 //! [`measure`] (HdrHistogram latency, timelines, throughput, CPU) → [`report`] (terminal
-//! table, `results.json`, `report.md`) and [`plots`] (SVG). [`workdir`] owns the temporary
-//! directory and the Ctrl-C stop flag; [`progress`] the progress bars; [`machine`] describes
-//! the host a run was measured on.
+//! table, `results.json`, `report.md`, histograms) and [`plots`] (SVG), written into a run
+//! folder ([`run_folder`]: timestamped, `results/latest`). [`compare`] is `ringlog bench
+//! compare`. [`workdir`] owns the temporary directory and the Ctrl-C stop flag; [`progress`]
+//! the progress bars; [`machine`] describes the host a run was measured on and
+//! [`provenance`] the build that ran.
 //!
 //! Architecture invariant: only `raw_disk` (io_uring submission and aligned buffers) and
 //! `cluster` (one `pre_exec` setting PR_SET_PDEATHSIG on node children) contain `unsafe`;
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cluster_client;
 pub mod cluster_scenarios;
+pub mod compare;
 pub mod engine_append;
 pub mod load;
 pub mod machine;
@@ -30,7 +33,9 @@ pub mod measure;
 pub mod plots;
 pub mod producers;
 pub mod progress;
+pub mod provenance;
 pub mod raw_disk;
 pub mod report;
+pub mod run_folder;
 pub mod scenario;
 pub mod workdir;

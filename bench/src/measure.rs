@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -97,6 +98,34 @@ impl LatencyRecorder {
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.histogram.is_empty()
+    }
+
+    /// Largest sample recorded (nanoseconds; 0 when empty).
+    pub fn max_nanos(&self) -> u64 {
+        self.histogram.max()
+    }
+
+    /// The histogram in HdrHistogram's V2 serialization (values in nanoseconds), readable by
+    /// every HdrHistogram implementation (Java, C, Go, Python, Rust).
+    pub fn to_v2_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&self.histogram, &mut bytes)
+            .map_err(|e| anyhow::anyhow!("serializing a latency histogram: {e:?}"))?;
+        Ok(bytes)
+    }
+
+    /// A recorder holding a V2-serialized histogram (as [`Self::to_v2_bytes`] writes, or any
+    /// HdrHistogram V2 or V2+DEFLATE with values in nanoseconds up to `LATENCY_MAX`).
+    pub fn from_v2_bytes(bytes: &[u8]) -> anyhow::Result<LatencyRecorder> {
+        let histogram: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| anyhow::anyhow!("not an HdrHistogram V2 serialization: {e:?}"))?;
+        let mut recorder = LatencyRecorder::new();
+        recorder.histogram.add(&histogram).map_err(|e| {
+            anyhow::anyhow!("histogram values beyond {LATENCY_MAX:?} in nanoseconds: {e:?}")
+        })?;
+        Ok(recorder)
     }
 
     /// Percentiles in microseconds.
@@ -444,6 +473,29 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.len(), 3);
         assert!(a.summary().max_us >= 59_000_000.0);
+    }
+
+    #[test]
+    fn saved_histograms_deserialize_and_merge_into_the_sum_of_their_counts() {
+        let mut a = LatencyRecorder::new();
+        let mut b = LatencyRecorder::new();
+        for micros in 1..=1000u64 {
+            a.record(Duration::from_micros(micros));
+        }
+        for millis in 1..=10u64 {
+            b.record(Duration::from_millis(millis * 7));
+        }
+        let a_bytes = a.to_v2_bytes().unwrap();
+        let b_bytes = b.to_v2_bytes().unwrap();
+        let mut merged = LatencyRecorder::from_v2_bytes(&a_bytes).unwrap();
+        assert_eq!(merged.len(), 1000);
+        assert_eq!(merged.max_nanos(), a.max_nanos());
+        merged.merge(&LatencyRecorder::from_v2_bytes(&b_bytes).unwrap());
+        assert_eq!(merged.len(), a.len() + b.len());
+        assert_eq!(merged.max_nanos(), a.max_nanos().max(b.max_nanos()));
+        assert!(merged.max_nanos() >= 69_000_000, "{}", merged.max_nanos());
+        let error = LatencyRecorder::from_v2_bytes(b"not a histogram").unwrap_err();
+        assert!(error.to_string().contains("HdrHistogram"), "{error}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Report: the terminal table, and `results.json` + `report.md` in the results folder.
+//! Report: the terminal table, and `results.json` + `report.md` in the run folder.
 //!
-//! The JSON holds every parameter and the machine description, so a run can be compared with
-//! another one later; the Markdown is the same table plus the conditions, ready to paste into
-//! bench/README.md; the SVG plots (plots.rs) go beside them.
+//! The JSON holds every parameter, the build and the machine description, and each row's
+//! per-round figures, so a run can be compared with another one later (`compare.rs`); the
+//! Markdown is the same table plus the conditions, ready to paste into bench/README.md; the
+//! SVG plots (plots.rs) and each row's latency histogram (`histograms/*.hdr`, HdrHistogram V2
+//! serialization) go beside them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,10 +16,14 @@ use crate::scenario::{ScenarioResult, SuiteReport};
 /// File names inside the results folder.
 pub const RESULTS_JSON: &str = "results.json";
 pub const REPORT_MD: &str = "report.md";
+/// Sub-folder of the run folder holding the rows' latency histograms.
+pub const HISTOGRAMS_DIR: &str = "histograms";
 
-/// Writes `results.json` and `report.md` into `dir` (created if needed); returns their paths.
-pub fn write_results(report: &SuiteReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Writes `results.json`, `report.md`, the plots and the rows' histograms into `dir`
+/// (created if needed); returns their paths. Sets each row's `histogram_file`.
+pub fn write_results(report: &mut SuiteReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = write_histograms(report, dir)?;
     let json_path = dir.join(RESULTS_JSON);
     let json = serde_json::to_string_pretty(report).context("encoding results")?;
     std::fs::write(&json_path, json + "\n")
@@ -25,9 +31,42 @@ pub fn write_results(report: &SuiteReport, dir: &Path) -> anyhow::Result<Vec<Pat
     let md_path = dir.join(REPORT_MD);
     std::fs::write(&md_path, markdown(report))
         .with_context(|| format!("writing {}", md_path.display()))?;
-    let mut written = vec![json_path, md_path];
+    written.extend([json_path, md_path]);
     written.extend(crate::plots::write_plots(report, dir)?);
     Ok(written)
+}
+
+/// Writes each row's histogram as `histograms/NN-<label>.hdr`.
+fn write_histograms(report: &mut SuiteReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (index, result) in report.scenarios.iter_mut().enumerate() {
+        if result.measure.recorder.is_empty() {
+            continue;
+        }
+        let folder = dir.join(HISTOGRAMS_DIR);
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+        let file = format!("{HISTOGRAMS_DIR}/{index:02}-{}.hdr", file_slug(&result.label));
+        let path = dir.join(&file);
+        std::fs::write(&path, result.measure.recorder.to_v2_bytes()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        result.histogram_file = Some(file);
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `label` as a file name: lower-case letters, digits and single dashes.
+fn file_slug(label: &str) -> String {
+    let mut slug = String::new();
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.trim_matches('-').to_string()
 }
 
 const COLUMNS: usize = 14;
@@ -186,11 +225,18 @@ fn cluster_lines(report: &SuiteReport) -> String {
 /// The results as Markdown: conditions, table, comparisons, notes.
 pub fn markdown(report: &SuiteReport) -> String {
     let m = &report.machine;
+    let b = &report.build;
     let mut out = String::from("# ringlog benchmark report\n\n");
     let _ = writeln!(
         out,
-        "- machine: {} × {}, kernel {}, memlock {}\n- filesystem: {} on {} (mounted at {})\n\
-         - load average (1 min) at start: {}\n- started: unix {}{}\n",
+        "- ringlog {} (commit {}), {} build (opt-level {})\n\
+         - machine: {} × {}, kernel {}, memlock {}\n- filesystem: {} on {} (mounted at {}), \
+         device model: {}\n- load average (1 min) at start: {}\n- command: `{}`\n\
+         - started: {} (unix {}){}\n",
+        b.version,
+        b.commit,
+        b.profile,
+        b.opt_level,
         m.cpus,
         m.cpu_model,
         m.kernel,
@@ -198,7 +244,10 @@ pub fn markdown(report: &SuiteReport) -> String {
         m.filesystem,
         m.device,
         m.mount_point,
+        m.device_model,
         m.load_average_1m,
+        report.command_line.join(" "),
+        report.started_utc,
         report.started_unix_secs,
         if report.options.quick { " (--quick: figures are not meaningful)" } else { "" },
     );
@@ -258,4 +307,16 @@ pub fn markdown(report: &SuiteReport) -> String {
         out.push_str("**interrupted** by Ctrl-C: the figures cover a shortened run.\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_file_names_are_slugs_of_the_labels() {
+        assert_eq!(file_slug("replicated acks=quorum"), "replicated-acks-quorum");
+        assert_eq!(file_slug("sweep 50% (1200/s)"), "sweep-50-1200-s");
+        assert_eq!(file_slug("raw-disk @engine"), "raw-disk-engine");
+    }
 }

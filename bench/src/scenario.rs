@@ -22,6 +22,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::cluster_client::Endpoint;
 use crate::cluster_scenarios::{
     self, ClusterRow, ClusterScenarioOptions, ClusterTarget, FailoverReport, SweepReport,
 };
@@ -29,6 +30,7 @@ use crate::engine_append::{self, EngineAppendOptions};
 use crate::machine::Machine;
 use crate::measure::RunMeasure;
 use crate::progress::ScenarioProgress;
+use crate::provenance::Build;
 use crate::raw_disk::{self, RawDiskRun, RawDiskSession};
 use crate::workdir::{StopFlag, WorkDir};
 
@@ -106,6 +108,11 @@ impl ScenarioName {
 pub struct ClusterSetup {
     /// Existing cluster (shard-0 client addresses); `None`: start one here.
     pub bootstrap: Option<Vec<SocketAddr>>,
+    /// TLS settings for the `--bootstrap` cluster's clients (`None`: plaintext).
+    #[serde(skip)]
+    pub bootstrap_tls: Option<ringlog_net::client::ClientTls>,
+    /// The `--tls-ca` the settings came from (recorded in the results).
+    pub tls_ca: Option<PathBuf>,
     /// The `ringlog` binary started as `ringlog serve`.
     pub binary: PathBuf,
     pub local: ClusterOptions,
@@ -165,6 +172,56 @@ pub struct ScenarioResult {
     /// (percentile, latency µs) for the percentile plot.
     pub percentile_curve: Vec<(f64, f64)>,
     pub notes: Vec<String>,
+    /// The row's name across runs: the label without what a run measured (a sweep row's
+    /// offered rate is a fraction of that run's maximum: `sweep 50%`).
+    pub key: String,
+    /// The options that shape the row's workload: `ringlog bench compare` matches rows on
+    /// key + workload.
+    pub workload: serde_json::Value,
+    /// The row's figures per round, whose spread is the row's noise: the rounds of the
+    /// in-process scenarios, or for cluster rows the intervals of their timeline.
+    pub rounds: Vec<RoundFigures>,
+    /// The latency histogram's file in the run folder (HdrHistogram V2 serialization), set
+    /// when the results are written.
+    pub histogram_file: Option<String>,
+}
+
+/// One round's (or one timeline interval's) figures of a row; `None` where a round does not
+/// measure it (timeline intervals keep p99 and max only).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoundFigures {
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub cpu_us_per_record: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p999_us: Option<f64>,
+}
+
+impl RoundFigures {
+    /// The figures of one measured round.
+    pub fn of(measure: &RunMeasure) -> RoundFigures {
+        let latency = (measure.latency.count > 0).then_some(measure.latency);
+        RoundFigures {
+            records_per_sec: measure.records_per_sec(),
+            mb_per_sec: measure.mb_per_sec(),
+            cpu_us_per_record: (!measure.cpu.is_zero()).then(|| measure.cpu_us_per_record()),
+            p50_us: latency.map(|l| l.p50_us),
+            p99_us: latency.map(|l| l.p99_us),
+            p999_us: latency.map(|l| l.p999_us),
+        }
+    }
+
+    fn of_timeline(point: &crate::measure::TimelinePoint) -> RoundFigures {
+        RoundFigures {
+            records_per_sec: point.records_per_sec,
+            mb_per_sec: point.mb_per_sec,
+            cpu_us_per_record: None,
+            p50_us: None,
+            p99_us: (point.p99_us > 0.0).then_some(point.p99_us),
+            p999_us: None,
+        }
+    }
 }
 
 /// A scenario compared with the raw-disk baseline of the same run.
@@ -193,7 +250,15 @@ pub struct Comparison {
 /// Everything one suite run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct SuiteReport {
+    /// Version of this file's layout ([`RESULTS_FORMAT_VERSION`]).
+    pub format_version: u32,
     pub started_unix_secs: u64,
+    /// The start as an ISO 8601 UTC timestamp.
+    pub started_utc: String,
+    /// The ringlog build that ran (version, commit, profile).
+    pub build: Build,
+    /// The bench's own command line (argv).
+    pub command_line: Vec<String>,
     pub machine: Machine,
     pub options: SuiteOptions,
     pub scenarios: Vec<ScenarioResult>,
@@ -204,6 +269,11 @@ pub struct SuiteReport {
     pub interrupted: bool,
 }
 
+/// Version of the `results.json` layout: 2 added `format_version`, `build`, `command_line`,
+/// `started_utc`, the machine's `device_model`, and per row `workload`, `rounds` and
+/// `histogram_file`.
+pub const RESULTS_FORMAT_VERSION: u32 = 2;
+
 /// An in-process scenario run in rounds against raw-disk.
 struct Paired {
     name: ScenarioName,
@@ -212,6 +282,8 @@ struct Paired {
     raw_total: Option<RunMeasure>,
     raw_write_sizes: Vec<usize>,
     round_ratios: Vec<f64>,
+    rounds: Vec<RoundFigures>,
+    raw_rounds: Vec<RoundFigures>,
     /// How each engine round reached its measured window (steady state, spares).
     windows: Vec<engine_append::WindowReport>,
 }
@@ -255,9 +327,20 @@ pub fn run_suite(
         }
         results.push(result);
     }
+    for result in &mut results {
+        result.key = match result.label.split_once(" (") {
+            Some((key, _)) if result.name == ScenarioName::Sweep => key.to_string(),
+            _ => result.label.clone(),
+        };
+        result.workload = workload(result, options);
+    }
     let mut report = SuiteReport {
+        format_version: RESULTS_FORMAT_VERSION,
         started_unix_secs,
-        machine: Machine::describe(&work.mount),
+        started_utc: crate::provenance::utc_timestamp(started_unix_secs),
+        build: Build::current(),
+        command_line: std::env::args().collect(),
+        machine: Machine::describe(&work.mount, work.path()),
         options: options.clone(),
         scenarios: results,
         comparisons,
@@ -290,6 +373,8 @@ fn run_rounds(
                 raw_total: None,
                 raw_write_sizes: Vec::new(),
                 round_ratios: Vec::new(),
+                rounds: Vec::new(),
+                raw_rounds: Vec::new(),
                 windows: Vec::new(),
             });
         }
@@ -308,7 +393,7 @@ fn run_rounds(
         + if run_raw { round_duration * paired.len().max(1) as u32 } else { Duration::ZERO };
     let label = paired.iter().map(|p| p.name.as_str()).chain(run_raw.then_some("raw-disk"));
     let _bar = ScenarioProgress::start(&label.collect::<Vec<_>>().join(" + "), per_round * rounds);
-    let mut raw_alone: Option<(RunMeasure, Vec<usize>)> = None;
+    let mut raw_alone: Option<(RunMeasure, Vec<usize>, Vec<RoundFigures>)> = None;
     for round in 0..rounds {
         if stop.is_raised() {
             break;
@@ -320,9 +405,11 @@ fn run_rounds(
                 progress(&format!("round {}/{rounds}: raw-disk at {size} B per write", round + 1));
                 let measure = session
                     .measure(&raw_run(options, size, round_duration), &|| stop.is_raised())?;
-                let entry = raw_alone.get_or_insert_with(|| (RunMeasure::default(), Vec::new()));
+                let entry = raw_alone
+                    .get_or_insert_with(|| (RunMeasure::default(), Vec::new(), Vec::new()));
                 entry.0.merge(&measure);
                 entry.1.push(size);
+                entry.2.push(RoundFigures::of(&measure));
             }
             continue;
         }
@@ -359,6 +446,7 @@ fn run_rounds(
                 .filter(|bytes| *bytes > 0)
                 .unwrap_or(options.raw_write_size_bytes);
             let scenario_bytes_per_sec = measure.bytes_per_sec();
+            pair.rounds.push(RoundFigures::of(&measure));
             merge_into(&mut pair.total, measure);
             let Some(session) = raw_session.as_mut() else { continue };
             if stop.is_raised() {
@@ -375,6 +463,7 @@ fn run_rounds(
                 pair.round_ratios.push(scenario_bytes_per_sec / measure.bytes_per_sec());
             }
             pair.raw_write_sizes.push(write_size);
+            pair.raw_rounds.push(RoundFigures::of(&measure));
             merge_into(&mut pair.raw_total, measure);
         }
     }
@@ -387,12 +476,14 @@ fn run_rounds(
             ScenarioName::Engine => engine_append::describe(&options.engine, &pair.windows)?,
             _ => engine_append::describe_handle(&options.engine, &pair.windows)?,
         };
-        let result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
+        let mut result = ScenarioResult::new(pair.name, description, parameters, measure, notes);
+        result.rounds = pair.rounds;
         let raw = match pair.raw_total {
             Some(raw) => {
                 let mut raw =
                     raw_result(options, raw, &pair.raw_write_sizes, pair.name, single_issuer);
                 raw.label = format!("raw-disk @{}", pair.name.as_str());
+                raw.rounds = pair.raw_rounds;
                 raw
             }
             None => {
@@ -403,12 +494,10 @@ fn run_rounds(
         };
         out.push((result, raw, pair.round_ratios));
     }
-    if let Some((measure, sizes)) = raw_alone {
-        out.push((
-            raw_result(options, measure, &sizes, ScenarioName::RawDisk, single_issuer),
-            ScenarioResult::placeholder(),
-            Vec::new(),
-        ));
+    if let Some((measure, sizes, rounds)) = raw_alone {
+        let mut raw = raw_result(options, measure, &sizes, ScenarioName::RawDisk, single_issuer);
+        raw.rounds = rounds;
+        out.push((raw, ScenarioResult::placeholder(), Vec::new()));
     }
     Ok(out)
 }
@@ -543,7 +632,10 @@ fn start_target(
 ) -> anyhow::Result<ClusterTarget> {
     let setup = &options.cluster_setup;
     let target = match &setup.bootstrap {
-        Some(addrs) if dir_name == "cluster" => ClusterTarget::Remote(addrs.clone()),
+        Some(addrs) if dir_name == "cluster" => ClusterTarget::Remote(Endpoint {
+            addrs: addrs.clone(),
+            tls: setup.bootstrap_tls.clone(),
+        }),
         _ => {
             let dir = work.scenario_dir(dir_name)?;
             progress(&format!(
@@ -560,6 +652,43 @@ fn start_target(
     };
     cluster_scenarios::ready(&target, local.partitions).context("waiting for leaders")?;
     Ok(target)
+}
+
+/// The options that shape a row's workload: its identity across runs, beside its label.
+fn workload(result: &ScenarioResult, options: &SuiteOptions) -> serde_json::Value {
+    let engine = &options.engine;
+    let cluster = &options.cluster;
+    match result.name {
+        ScenarioName::Engine | ScenarioName::EngineHandle => serde_json::json!({
+            "record_size_bytes": engine.record_size_bytes,
+            "records_per_append": engine.records_per_append,
+            "appenders": engine.appenders,
+            "flushes_in_flight_max": engine.flushes_in_flight_max,
+        }),
+        ScenarioName::RawDisk => serde_json::json!({
+            "queue_depth": engine.flushes_in_flight_max.clamp(1, raw_disk::QUEUE_DEPTH_MAX),
+        }),
+        _ => serde_json::json!({
+            "record_size_bytes": cluster.record_size_bytes,
+            "records_per_batch": if result.name == ScenarioName::ManyProducers {
+                1
+            } else {
+                cluster.records_per_batch
+            },
+            "producers": if result.name == ScenarioName::ManyProducers {
+                cluster.many_producers
+            } else {
+                cluster.producers
+            },
+            "partitions": cluster.partitions,
+            "load": serde_json::to_value(cluster.load).unwrap_or_default(),
+            "linger_ms": cluster.linger.as_secs_f64() * 1e3,
+            "nodes": match &options.cluster_setup.bootstrap {
+                Some(addrs) => serde_json::json!(format!("--bootstrap ({} addresses)", addrs.len())),
+                None => serde_json::json!(options.cluster_setup.local.nodes),
+            },
+        }),
+    }
 }
 
 fn cluster_result(name: ScenarioName, row: ClusterRow) -> ScenarioResult {
@@ -672,6 +801,11 @@ impl ScenarioResult {
         notes: Vec<String>,
     ) -> ScenarioResult {
         let percentile_curve = measure.recorder.percentile_curve(CURVE_POINTS_MAX);
+        let rounds = if measure.timeline.is_empty() {
+            vec![RoundFigures::of(&measure)]
+        } else {
+            measure.timeline.iter().map(RoundFigures::of_timeline).collect()
+        };
         ScenarioResult {
             name,
             label: name.as_str().to_string(),
@@ -690,6 +824,10 @@ impl ScenarioResult {
             percentile_curve,
             measure,
             notes,
+            key: String::new(),
+            workload: serde_json::Value::Null,
+            rounds,
+            histogram_file: None,
         }
     }
 

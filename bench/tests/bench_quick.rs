@@ -48,14 +48,20 @@ fn every_scenario_runs_once_with_quick_and_leaves_only_the_results() {
     assert_eq!(report.comparisons.len(), 2);
     assert!(report.comparisons.iter().all(|c| c.record_bytes_ratio > 0.0));
 
+    // The run wrote its own folder, and `latest` points at it.
+    let run = results.join("latest");
+    assert!(std::fs::symlink_metadata(&run).unwrap().file_type().is_symlink());
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["scenarios"].as_array().unwrap().len(), 4);
-    let markdown = std::fs::read_to_string(results.join("report.md")).unwrap();
+    for row in json["scenarios"].as_array().unwrap() {
+        let file = row["histogram_file"].as_str().unwrap_or_else(|| panic!("{row:#}"));
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    let markdown = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(markdown.contains("| engine |"), "{markdown}");
     assert!(markdown.contains("![latency.svg](latency.svg)"), "{markdown}");
-    let svg = std::fs::read_to_string(results.join("latency.svg")).unwrap();
+    let svg = std::fs::read_to_string(run.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("engine-handle"), "{svg:.200}");
 
     // The temporary work directory is gone: only the results folder remains.

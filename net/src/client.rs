@@ -543,7 +543,7 @@ impl Client {
         if let Some(addr) = self.routes.lock().expect("routes lock").leaders.get(&partition) {
             return Ok(Some(*addr));
         }
-        let metadata = self.refresh_metadata()?;
+        let metadata = self.refresh_metadata_for(Some(partition))?;
         let entry = find_partition(&metadata, partition)?;
         Ok(entry.address)
     }
@@ -559,26 +559,38 @@ impl Client {
         }
     }
 
-    /// Asks the bootstrap nodes in turn (starting after the last one used) for the metadata
-    /// of every partition; the first answer replaces the routes.
-    fn refresh_metadata(&self) -> Result<MetadataResponse, ClientError> {
+    /// Asks the bootstrap nodes in turn (starting with the last one that answered) for the
+    /// metadata of every partition; the first answer replaces the routes. With `wanted`, an
+    /// answer that names no leader of that partition is passed over for the next node's: a
+    /// node cut off from the others knows no leader (or still names itself until it steps
+    /// down) while the majority has elected one, and a client that kept asking only it would
+    /// find no leader for as long as the cut lasts. When no node names one, the first answer
+    /// is used and the next refresh starts with the node after it.
+    fn refresh_metadata_for(
+        &self,
+        wanted: Option<PartitionId>,
+    ) -> Result<MetadataResponse, ClientError> {
         let count = self.config.bootstrap.len();
         let start = self.routes.lock().expect("routes lock").next_bootstrap;
         let request = Request::Metadata { partitions: Vec::new() };
         let mut last = None;
+        let mut leaderless: Option<(usize, MetadataResponse)> = None;
         for i in 0..count {
-            let addr = self.config.bootstrap[(start + i) % count];
+            let at = (start + i) % count;
+            let addr = self.config.bootstrap[at];
             match self.exchange(addr, &request, self.config.metadata_timeout) {
                 Ok(Response::Metadata(metadata)) => {
-                    let mut routes = self.routes.lock().expect("routes lock");
-                    routes.next_bootstrap = (start + i) % count;
-                    routes.leaders = metadata
-                        .partitions
-                        .iter()
-                        .filter_map(|p| p.address.map(|a| (p.partition, a)))
-                        .collect();
-                    routes.metadata = Some(metadata.clone());
-                    return Ok(metadata);
+                    let names_leader = wanted.is_none_or(|partition| {
+                        metadata
+                            .partitions
+                            .iter()
+                            .any(|p| p.partition == partition && p.address.is_some())
+                    });
+                    if names_leader {
+                        self.install_routes(at, &metadata);
+                        return Ok(metadata);
+                    }
+                    leaderless.get_or_insert((at, metadata));
                 }
                 Ok(Response::Error(reply)) => last = Some(ClientError::Server { addr, reply }),
                 Ok(other) => {
@@ -592,9 +604,30 @@ impl Client {
                 Err(failure) => last = Some(failure.into_error(addr, false)),
             }
         }
+        if let Some((at, metadata)) = leaderless {
+            self.install_routes(at, &metadata);
+            self.routes.lock().expect("routes lock").next_bootstrap = (at + 1) % count;
+            return Ok(metadata);
+        }
         // Next time, start with the node after the one that failed first.
         self.routes.lock().expect("routes lock").next_bootstrap = (start + 1) % count;
         Err(last.unwrap_or(ClientError::NoBootstrap))
+    }
+
+    /// The metadata of every partition from the first bootstrap node that answers.
+    fn refresh_metadata(&self) -> Result<MetadataResponse, ClientError> {
+        self.refresh_metadata_for(None)
+    }
+
+    fn install_routes(&self, bootstrap_index: usize, metadata: &MetadataResponse) {
+        let mut routes = self.routes.lock().expect("routes lock");
+        routes.next_bootstrap = bootstrap_index;
+        routes.leaders = metadata
+            .partitions
+            .iter()
+            .filter_map(|p| p.address.map(|a| (p.partition, a)))
+            .collect();
+        routes.metadata = Some(metadata.clone());
     }
 
     fn sleep_backoff(&self, backoff: &mut Duration) {

@@ -274,6 +274,36 @@ fn not_leader_without_a_hint_rereads_the_metadata() {
     assert_eq!(metadata_calls, 2, "one at warm-up, one after the hintless NotLeader");
 }
 
+/// A node cut off from the others knows no leader while the majority has elected one: a
+/// client whose first bootstrap node is that node must ask the next one rather than wait for
+/// the cut to heal (found by the nemesis's `partition` event: a partition had no
+/// acknowledgement for 6.6 s while its new leader was serving).
+#[test]
+fn metadata_naming_no_leader_is_passed_over_for_another_nodes() {
+    let leader = FakeNode::start(1, |_, request| match request {
+        Request::Produce(p) => Reply::Respond(produced(p.partition)),
+        _ => Reply::Close,
+    });
+    let cut_off = node_with_metadata(1, 1, Arc::new(Mutex::new(None)), |_, _| Reply::Close);
+    let majority =
+        node_with_metadata(1, 1, Arc::new(Mutex::new(Some(leader.addrs[0]))), |_, _| Reply::Close);
+    let config = ClientConfig {
+        retry_time_max: Duration::from_secs(2),
+        ..fast_config(vec![cut_off.addrs[0], majority.addrs[0]])
+    };
+    let client = Client::new(config).unwrap();
+
+    let response = client.produce(PartitionId(0), Acks::Quorum, &[b"a"]).unwrap();
+
+    assert_eq!(response.base_offset, Offset(10));
+    assert_eq!(leader.produces(), 1);
+    let asked = |node: &FakeNode| {
+        node.requests().iter().filter(|(_, r)| matches!(r, Request::Metadata { .. })).count()
+    };
+    assert_eq!(asked(&cut_off), 1, "the cut-off node was asked once");
+    assert_eq!(asked(&majority), 1, "then the next node, which names the leader");
+}
+
 #[test]
 fn backpressure_is_retried_at_the_same_node_after_the_hinted_delay() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -1,7 +1,9 @@
 //! `ringlog bench` end to end with the real binary (`CARGO_BIN_EXE_ringlog`): the
 //! no-argument suite in its `--quick` form (a local 3-node cluster of `ringlog serve`
-//! children, every scenario, the report files, nothing left behind), the open loop counting
-//! a leader paused with SIGSTOP, and Ctrl-C in the middle of a run.
+//! children, every scenario, the report files, nothing left behind), then a second, one-row
+//! run beside it compared with it by `ringlog bench compare` (run folders, `results/latest`,
+//! build and machine metadata, saved histograms merged by `ringlog bench merge`), the open
+//! loop counting a leader paused with SIGSTOP, and Ctrl-C in the middle of a run.
 //!
 //! Figures are not checked against expectations (the machine is shared); what is checked is
 //! that each scenario did what it claims: the stall shows in p99.9, retention moved the log
@@ -11,6 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use ringlog_bench::measure::LatencyRecorder;
 
 /// Generous bound on one `--quick` run (a cluster start takes a few seconds, the scenarios
 /// about 20 s together on an idle machine).
@@ -81,8 +85,18 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The results.json of the newest run under `results` (`results/latest`).
 fn results_json(results: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap()).unwrap()
+    run_json(&results.join("latest"))
+}
+
+fn run_json(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap()
+}
+
+/// The run folders under `results` (every entry but `latest`).
+fn run_folders(results: &Path) -> Vec<String> {
+    entries(results).into_iter().filter(|e| e != "latest").collect()
 }
 
 fn row<'a>(json: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
@@ -106,10 +120,15 @@ fn the_no_argument_bench_runs_every_scenario_on_a_local_cluster_and_leaves_nothi
     assert!(output.status.success(), "{}", describe(&output));
 
     let results = base.path().join("results");
+    let first_runs = run_folders(&results);
+    assert_eq!(first_runs.len(), 1, "one run folder: {first_runs:?}");
+    let first = results.join(&first_runs[0]);
+    assert_eq!(std::fs::read_link(results.join("latest")).unwrap(), Path::new(&first_runs[0]));
     for file in ["results.json", "report.md", "latency.svg", "timeline.svg", "sweep.svg"] {
-        assert!(results.join(file).is_file(), "{file} missing\n{}", describe(&output));
+        assert!(first.join(file).is_file(), "{file} missing\n{}", describe(&output));
     }
     let json = results_json(&results);
+    check_metadata(&json, &first);
     let scenarios: Vec<&str> =
         json["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     for name in [
@@ -147,6 +166,141 @@ fn the_no_argument_bench_runs_every_scenario_on_a_local_cluster_and_leaves_nothi
     // Only the results folder remains, and no node process.
     assert_eq!(entries(base.path()), ["results"]);
     assert_eq!(processes_under(base.path()), Vec::<String>::new());
+
+    // A second run, one small row, into its own folder; `latest` moves to it.
+    let mut command = ringlog();
+    command.current_dir(base.path()).args([
+        "bench",
+        "--quick",
+        "replicated",
+        "--acks",
+        "quorum",
+        "--label",
+        "second",
+    ]);
+    let output = run(command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let runs = run_folders(&results);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let second_name = runs.iter().find(|r| r.ends_with("-second")).expect("the labelled run");
+    let second = results.join(second_name);
+    assert_eq!(std::fs::read_link(results.join("latest")).unwrap(), Path::new(second_name));
+    assert!(first.join("results.json").is_file(), "the first run was left alone");
+    let second_json = run_json(&second);
+    check_metadata(&second_json, &second);
+
+    // compare: the shared row with numbers and noise, every other row of A listed as such.
+    let mut command = ringlog();
+    command.args(["bench", "compare"]).arg(&first).arg(results.join("latest"));
+    let output = run(command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    println!("{text}");
+    let shared_row = text
+        .split("\n\n")
+        .find(|block| block.starts_with("replicated acks=quorum (rounds: A "))
+        .unwrap_or_else(|| panic!("no compared replicated acks=quorum row:\n{text}"));
+    let records_line = shared_row
+        .lines()
+        .find(|l| l.trim_start().starts_with("records/s"))
+        .unwrap_or_else(|| panic!("no records/s line:\n{shared_row}"));
+    let numbers = records_line.split_whitespace().skip(1).take(5).collect::<Vec<_>>();
+    assert!(numbers[0].parse::<f64>().unwrap() > 0.0, "{records_line}");
+    assert!(numbers[1].parse::<f64>().unwrap() > 0.0, "{records_line}");
+    assert!(numbers[2].ends_with('%') && numbers[3].starts_with('±'), "{records_line}");
+    assert!(records_line.contains("noise"), "{records_line}");
+    for row in json["scenarios"].as_array().unwrap() {
+        let key = row["key"].as_str().unwrap();
+        if key != "replicated acks=quorum" {
+            assert!(text.contains(&format!("only in A: {key} ")), "{key} not listed:\n{text}");
+        }
+    }
+    let mut command = ringlog();
+    command.args(["bench", "compare", "--format", "json"]).arg(&first).arg(&second);
+    let output = run(command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let comparison: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = comparison["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{comparison:#}");
+    let records = &rows[0]["metrics"][0];
+    assert_eq!(records["metric"], "records/s");
+    assert!(records["difference_percent"].as_f64().is_some(), "{records}");
+    assert!(records["noise_a_percent"].as_f64().is_some(), "{records}");
+    assert!(records["noise_b_percent"].as_f64().is_some(), "{records}");
+    assert!(rows[0]["rounds_b"].as_u64().unwrap() >= 2, "{comparison:#}");
+
+    // A missing run is a clear error, not a panic.
+    let mut command = ringlog();
+    command.args(["bench", "compare"]).arg(&first).arg(results.join("no-such-run"));
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no such run folder"));
+
+    // The saved histograms of the shared row merge: counts add up, the max is the larger.
+    let histogram = |json: &serde_json::Value, run: &Path| {
+        let row = row(json, "replicated acks=quorum");
+        let file = run.join(row["histogram_file"].as_str().unwrap());
+        let recorder = LatencyRecorder::from_v2_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(recorder.len(), row["measure"]["latency"]["count"].as_u64().unwrap());
+        (file, recorder)
+    };
+    let (a_file, a) = histogram(&json, &first);
+    let (b_file, b) = histogram(&second_json, &second);
+    let merged_file = base.path().join("merged.hdr");
+    let mut command = ringlog();
+    command.args(["bench", "merge"]).arg(&a_file).arg(&b_file).arg("--out").arg(&merged_file);
+    let output = run(command);
+    assert!(output.status.success(), "{}", describe(&output));
+    let merged = LatencyRecorder::from_v2_bytes(&std::fs::read(&merged_file).unwrap()).unwrap();
+    assert_eq!(merged.len(), a.len() + b.len());
+    assert_eq!(merged.max_nanos(), a.max_nanos().max(b.max_nanos()));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains(&format!("count {}", a.len() + b.len())), "{printed}");
+}
+
+/// The provenance a run folder must carry: build, machine, command line, start time, and a
+/// saved histogram for every row that measured latency.
+fn check_metadata(json: &serde_json::Value, run: &Path) {
+    assert_eq!(json["format_version"], 2, "{:#}", json["format_version"]);
+    let build = &json["build"];
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    let commit = build["commit"].as_str().unwrap();
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        commit == "unknown" || (hash.len() == 40 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "commit {commit}"
+    );
+    assert!(["debug", "release"].contains(&build["profile"].as_str().unwrap()), "{build}");
+    assert!(!build["opt_level"].as_str().unwrap().is_empty(), "{build}");
+    let machine = &json["machine"];
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(machine["kernel"].as_str().unwrap(), kernel.trim());
+    assert!(machine["cpus"].as_u64().unwrap() >= 1);
+    for field in ["cpu_model", "device_model"] {
+        assert!(!machine[field].as_str().unwrap().is_empty(), "{field}: {machine}");
+    }
+    let command_line: Vec<&str> =
+        json["command_line"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(
+        command_line.contains(&"bench") && command_line.contains(&"--quick"),
+        "{command_line:?}"
+    );
+    let started = json["started_utc"].as_str().unwrap();
+    assert!(started.len() == 20 && started.ends_with('Z'), "{started}");
+    let folder = run.file_name().unwrap().to_string_lossy().to_string();
+    assert!(folder.starts_with(&started.replace(['-', ':'], "")), "{folder} vs {started}");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for needle in [commit, machine["device_model"].as_str().unwrap(), kernel.trim(), started] {
+        assert!(report.contains(needle), "report.md lacks {needle}:\n{report}");
+    }
+    for row in json["scenarios"].as_array().unwrap() {
+        if row["measure"]["latency"]["count"].as_u64().unwrap() == 0 {
+            continue;
+        }
+        let file = row["histogram_file"].as_str().unwrap_or_else(|| panic!("{row:#}"));
+        assert!(run.join(file).is_file(), "{file}");
+        assert!(!row["rounds"].as_array().unwrap().is_empty(), "{row:#}");
+    }
 }
 
 #[test]

@@ -145,6 +145,9 @@ pub struct Cluster {
     /// Every node entry ever configured (the `[[peers]]` of nodes started later).
     peers: Vec<PeerEntry>,
     keep_dir: bool,
+    /// When set, node `id` runs with group id `base + id` (its uid stays): network-cut
+    /// tests tell nodes' connections apart by their owner (tests/cluster/netcut.rs).
+    pub node_gid_base: Option<u32>,
 }
 
 impl Cluster {
@@ -172,6 +175,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             peers: Vec::new(),
             keep_dir: false,
+            node_gid_base: None,
         };
         for id in 1..=spec.nodes {
             cluster.configure_node(id);
@@ -308,6 +312,7 @@ impl Cluster {
 
     /// Spawns node `id` with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn spawn_with_env(&mut self, id: u32, env: &[(&str, &std::ffi::OsStr)]) {
+        let gid = self.node_gid_base.map(|base| base + id);
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
@@ -315,16 +320,19 @@ impl Cluster {
             .append(true)
             .open(&node.log_path)
             .expect("open a node log");
-        let child = Command::new(ringlog_bin())
+        let mut command = Command::new(ringlog_bin());
+        command
             .arg("serve")
             .arg("--config")
             .arg(&node.config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("spawn ringlog serve");
+            .envs(env.iter().copied());
+        if let Some(gid) = gid {
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
+        }
+        let child = command.spawn().expect("spawn ringlog serve");
         node.child = Some(child);
         node.stopped = false;
     }

@@ -12,6 +12,8 @@
 mod harness;
 #[path = "../src/nemesis/mod.rs"]
 mod nemesis;
+#[path = "netcut.rs"]
+mod netcut;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -34,9 +36,13 @@ fn soak(events: &[EventKind]) {
     assert!(!report.events.is_empty(), "{}", report.summary());
 }
 
+/// The process faults plus network cuts (a leader or follower cut off, or one link cut, by
+/// iptables in the soak's own network namespace, tests/cluster/netcut.rs).
 #[test]
-fn nemesis_soak_of_kills_pauses_and_restarts_loses_no_acknowledged_record() {
-    soak(&EventKind::CRASH);
+fn nemesis_soak_of_kills_pauses_restarts_and_network_cuts_loses_no_acknowledged_record() {
+    let mut events = EventKind::CRASH.to_vec();
+    events.extend(EventKind::NET);
+    soak(&events);
 }
 
 /// Seed 1796615237721695761 once left a wiped follower damaged for over 60 s under the

@@ -455,3 +455,41 @@ fn admin_requests_over_tls_need_a_client_certificate_naming_an_admin() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 17: `ringlog bench --bootstrap` drives an existing TLS cluster with the client TLS
+/// options of the other client commands (`--tls-ca`, `--tls-cert`, `--tls-key`).
+#[test]
+fn the_bench_produces_to_a_mutual_tls_cluster_given_with_bootstrap() {
+    let TlsCluster { certs: _certs, cluster_ca, client_ca, cluster, client } =
+        TlsCluster::start("tls-bench", 1);
+    cluster.wait_leader(&client, PartitionId(0));
+    let work = tempfile::Builder::new()
+        .prefix("tls-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let bootstrap: Vec<String> = cluster.nodes.values().map(|n| n.client.to_string()).collect();
+    let bootstrap = bootstrap.join(",");
+    let (cert, key) = client_ca.leaf("client-bench");
+    let ca = cluster_ca.ca_path();
+    let results = work.path().join("results");
+    let output = ringlog_cli(&[
+        &["bench", "replicated", "--quick", "--acks", "quorum", "--partitions", "1"],
+        &["--producers", "2", "--cluster-duration-secs", "0.5", "--cluster-warmup-secs", "0.2"],
+        &["--bootstrap", &bootstrap, "--dir", path_str(work.path())],
+        &["--results", path_str(&results)],
+        &["--tls-ca", path_str(&ca), "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)],
+    ]);
+    assert!(output.status.success(), "bench over TLS: {}", stderr_of(&output));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("latest").join("results.json")).unwrap(),
+    )
+    .unwrap();
+    let row = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["label"] == "replicated acks=quorum")
+        .unwrap_or_else(|| panic!("no replicated row: {json:#}"));
+    assert!(row["measure"]["records"].as_u64().unwrap() > 0, "{row:#}");
+    assert_eq!(json["options"]["cluster_setup"]["tls_ca"].as_str(), Some(path_str(&ca)));
+}

@@ -9,12 +9,15 @@
 //! The `ringlog` binary is taken from `RINGLOG_BIN`, else beside this executable. Ctrl-C (or
 //! SIGTERM) ends the fault phase early; the final check and the cleanup still run.
 
-#![forbid(unsafe_code)]
+// The one unsafe call: unshare(2) in netcut.rs (the `partition` event's network namespace).
+#![deny(unsafe_code)]
 
 #[path = "../../cluster/harness.rs"]
 mod harness;
 #[path = "../nemesis/mod.rs"]
 mod nemesis;
+#[path = "../../cluster/netcut.rs"]
+mod netcut;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

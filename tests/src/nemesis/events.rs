@@ -172,6 +172,38 @@ fn execute(
         EventKind::FlipTail | EventKind::FlipSealed | EventKind::FlipHardState => {
             flip_event(rig, kind, partition, rng, report)
         }
+        EventKind::Partition => {
+            let (id, role) = if rng.gen_bool(0.5) {
+                (rig.leader_of(partition).ok_or("no leader found")?, "leader")
+            } else {
+                (follower_of(rig, partition, rng)?, "follower")
+            };
+            let others: Vec<u32> = ids.iter().copied().filter(|i| *i != id).collect();
+            let hold = millis(rng, 1000..4000);
+            rig.impair(id);
+            let cut = others.iter().try_for_each(|&other| rig.cut(id, other));
+            if cut.is_ok() {
+                rig.hold(hold, report);
+            }
+            let healed = others.iter().try_for_each(|&other| rig.heal(id, other));
+            cut.and(healed)?;
+            Ok(format!("cut node {id} ({role} of {partition}) off the others for {hold:?}"))
+        }
+        EventKind::CutLink => {
+            let a = ids[rng.gen_range(0..ids.len())];
+            let others: Vec<u32> = ids.iter().copied().filter(|i| *i != a).collect();
+            let b = others[rng.gen_range(0..others.len())];
+            let hold = millis(rng, 1000..4000);
+            rig.impair(a);
+            rig.impair(b);
+            let cut = rig.cut(a, b);
+            if cut.is_ok() {
+                rig.hold(hold, report);
+            }
+            let healed = rig.heal(a, b);
+            cut.and(healed)?;
+            Ok(format!("cut the link between nodes {a} and {b} for {hold:?}"))
+        }
         EventKind::FillDisk => {
             let follower = follower_of(rig, partition, rng)?;
             let disk = rig.disks.get(&follower).ok_or("no loop disk")?;

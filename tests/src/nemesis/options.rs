@@ -29,10 +29,19 @@ pub enum EventKind {
     FlipHardState,
     /// Fill a follower's disk (its data dir is a small loop-mounted ext4) for 3–8 s.
     FillDisk,
+    /// Cut a node (the leader of a partition or a follower) off from the other two for
+    /// 1–4 s: every packet between them dropped by iptables inside the run's own network
+    /// namespace (tests/cluster/netcut.rs), then healed. Unlike `pause`, the cut node keeps
+    /// running, serving its clients and appending as a leader until it notices.
+    Partition,
+    /// Cut one link only (two nodes that can no longer reach each other, both still reaching
+    /// the third) for 1–4 s, then heal: a partial partition, where a node that hears no
+    /// leader must not disrupt the one the others follow.
+    CutLink,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::KillLeader,
         EventKind::KillFollower,
         EventKind::Pause,
@@ -44,6 +53,8 @@ impl EventKind {
         EventKind::FlipSealed,
         EventKind::FlipHardState,
         EventKind::FillDisk,
+        EventKind::Partition,
+        EventKind::CutLink,
     ];
 
     /// The process faults (no disk touched): today's code survives them with no anomaly.
@@ -54,6 +65,14 @@ impl EventKind {
         EventKind::KillTwo,
         EventKind::GracefulRestart,
     ];
+
+    /// The network faults (links cut inside the run's own network namespace).
+    pub const NET: [EventKind; 2] = [EventKind::Partition, EventKind::CutLink];
+
+    /// Whether the event cuts links (the run then lives in a network namespace of its own).
+    pub fn is_net_event(self) -> bool {
+        EventKind::NET.contains(&self)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +87,8 @@ impl EventKind {
             EventKind::FlipSealed => "flip-sealed",
             EventKind::FlipHardState => "flip-hard-state",
             EventKind::FillDisk => "fill-disk",
+            EventKind::Partition => "partition",
+            EventKind::CutLink => "cut-link",
         }
     }
 
@@ -196,8 +217,9 @@ ringlog-nemesis [--seed N] [--duration-secs N] [--events LIST] [--partitions N] 
                 [--rate RECORDS_PER_SEC] [--segment-mib N] [--disk-mib N] [--keep-dir]
 LIST (default crash): comma-separated event names or presets: crash (kill-leader,
 kill-follower, pause, kill-two, graceful-restart), disk (wipe, wipe-crash, flip-tail,
-flip-sealed, flip-hard-state, fill-disk), all; a name prefixed with '-' removes it
-(all,-fill-disk).";
+flip-sealed, flip-hard-state, fill-disk), net (partition: a node cut off by iptables in a
+network namespace of the run's own, cut-link: one link cut; both need root and iptables),
+all; a name prefixed with '-' removes it (all,-fill-disk).";
 
 fn parse_events(list: &str) -> Result<BTreeSet<EventKind>, String> {
     let mut out = BTreeSet::new();
@@ -208,6 +230,7 @@ fn parse_events(list: &str) -> Result<BTreeSet<EventKind>, String> {
         };
         let kinds: Vec<EventKind> = match name {
             "crash" => EventKind::CRASH.to_vec(),
+            "net" => EventKind::NET.to_vec(),
             "all" => EventKind::ALL.to_vec(),
             "disk" => EventKind::ALL.into_iter().filter(|k| k.is_disk_event()).collect(),
             _ => vec![EventKind::parse(name).ok_or_else(|| format!("unknown event {name}"))?],

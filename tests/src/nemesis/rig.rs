@@ -16,6 +16,7 @@ use ringlog_net::PartitionId;
 use ringlog_raft::Role;
 
 use crate::harness::{Cluster, Spec};
+use crate::netcut::{PrivateNetwork, GID_BASE};
 
 use super::disk::{self, LoopDisk};
 use super::options::{EventKind, Options};
@@ -39,15 +40,32 @@ pub struct Rig {
     next_restart: BTreeMap<u32, Instant>,
     /// What the nemesis is doing (for unexpected-exit reports).
     pub context: String,
+    /// The run's own network namespace, where `partition` cuts links (only with that event).
+    network: Option<PrivateNetwork>,
 }
 
 impl Rig {
     /// Configures 3 nodes, mounts their disks if `fill-disk` is on (else drops the event with
     /// a note), and starts them.
     pub fn start(options: &mut Options, report: &mut Report) -> Rig {
+        // Before anything binds or connects: the nodes, writers and checks all live in it.
+        let network = if options.events.iter().any(|k| k.is_net_event()) {
+            let network = PrivateNetwork::enter("nemesis network events");
+            if network.is_none() {
+                report.notes.push("partition, cut-link skipped: links cannot be cut".to_string());
+                options.events.retain(|k| !k.is_net_event());
+            }
+            network
+        } else {
+            None
+        };
         let mut spec = Spec::new(3).shards(1).partitions(options.partitions);
         spec.segment_size = options.segment_size;
-        let cluster = Cluster::configure("nemesis", spec);
+        let mut cluster = Cluster::configure("nemesis", spec);
+        if let Some(network) = &network {
+            cluster.node_gid_base = Some(GID_BASE);
+            network.mark_peer_links(&cluster).expect("mark the nodes' links");
+        }
         let client = Client::new(status_client_config(&cluster)).expect("status client");
         let mut rig = Rig {
             cluster,
@@ -58,6 +76,7 @@ impl Rig {
             desired: BTreeSet::new(),
             next_restart: BTreeMap::new(),
             context: "start".to_string(),
+            network,
         };
         if options.events.contains(&EventKind::FillDisk) {
             if let Err(why) = rig.mount_disks(options.disk_size_mib()) {
@@ -99,6 +118,16 @@ impl Rig {
         }
         eprintln!("nemesis: data dirs on loop-mounted ext4 of {size_mib} MiB each");
         Ok(())
+    }
+
+    /// Cuts the links between nodes `a` and `b` (the `partition` event).
+    pub fn cut(&self, a: u32, b: u32) -> Result<(), String> {
+        self.network.as_ref().ok_or("no network namespace of the run's own")?.cut(a, b)
+    }
+
+    /// Heals a cut made by [`Rig::cut`].
+    pub fn heal(&self, a: u32, b: u32) -> Result<(), String> {
+        self.network.as_ref().ok_or("no network namespace of the run's own")?.heal(a, b)
     }
 
     pub fn ids(&self) -> Vec<u32> {
