@@ -1256,15 +1256,22 @@ mod tests {
                 )
                 .unwrap();
                 addr_tx.send(listener.local_addr()).unwrap();
-                let start = Instant::now();
                 let mut received = Vec::new();
-                // Once the sender is done (its link dropped), keep serving until the listener
-                // has seen every accepted connection close: on a busy machine the close of a
-                // refused connection reaches it a while after the sender gave up.
-                let mut stopping = false;
-                while start.elapsed() < DEADLINE {
-                    stopping = stopping || stop_rx.try_recv().is_ok();
-                    if stopping && listener.stats().open == 0 {
+                // Serve until the sender is done (its link dropped; the sender has its own
+                // deadline), then until the listener has seen every accepted connection close:
+                // on a busy machine the close of a refused connection reaches it a while after
+                // the sender gave up. Closing has its own deadline, counted from the stop, so
+                // a sender slowed down by the load does not use it up.
+                let serve_until = Instant::now() + 2 * DEADLINE;
+                let mut close_until = None;
+                loop {
+                    if close_until.is_none() && stop_rx.try_recv().is_ok() {
+                        close_until = Some(Instant::now() + DEADLINE);
+                    }
+                    let deadline = close_until.unwrap_or(serve_until);
+                    if (close_until.is_some() && listener.stats().open == 0)
+                        || Instant::now() >= deadline
+                    {
                         break;
                     }
                     let next = futures_lite::future::or(async { rx.recv().await }, async {
@@ -1297,7 +1304,8 @@ mod tests {
             })
             .unwrap();
         let (link_stats, status) = sender.join().unwrap();
-        stop_tx.send(()).unwrap();
+        // The receiver may have given up already (then its stats show it): no unwrap here.
+        let _ = stop_tx.send(());
         let (received, listener_stats) = receiver.join().unwrap();
         (received, listener_stats, link_stats, status)
     }
@@ -1332,7 +1340,11 @@ mod tests {
         // connection stayed open. The acceptor's own refusal of a foreign certificate is
         // `an_acceptor_refuses_a_connector_whose_certificate_it_cannot_chain`.
         assert_eq!(listener.messages, 0, "{listener:?}");
-        assert_eq!(listener.open, 0, "{listener:?}");
+        // `open` counts accepted connections whose task has not ended yet: a refused one is
+        // open from its accept until the acceptor reads the alert or the close (at most the
+        // handshake timeout), which on a busy machine can come after the connector gave up.
+        // So the guarantee is that it drops to 0, which `exchange` waits for (bounded).
+        assert_eq!(listener.open, 0, "every accepted connection closed: {listener:?}");
         let LinkStatus::Disconnected { error } = status else { panic!("{status:?}") };
         assert!(error.contains("certificate") || error.contains("UnknownIssuer"), "{error}");
     }

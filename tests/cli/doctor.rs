@@ -108,16 +108,56 @@ fn reachable_by_everyone(path: &Path) -> bool {
     })
 }
 
-/// A scratch directory everyone can reach, on a disk (not tmpfs, where O_DIRECT fails):
-/// under /var/tmp, mode 0777.
-fn everyone_scratch_dir() -> Option<tempfile::TempDir> {
-    let base = Path::new("/var/tmp");
-    if !reachable_by_everyone(base) {
-        return None;
+/// Scratch bases tried, in order, for a run as another user.
+const EVERYONE_SCRATCH_BASES: [&str; 2] = ["/var/tmp", "/tmp"];
+
+/// A scratch directory everyone can reach, on a filesystem where O_DIRECT reaches a device
+/// (not tmpfs or ramfs: doctor's `o_direct` check fails there): under the first base of
+/// [`EVERYONE_SCRATCH_BASES`] that every user can reach and that is on such a filesystem,
+/// mode 0777, removed when dropped. `Err` says why each base was unfit.
+fn everyone_scratch_dir() -> Result<tempfile::TempDir, String> {
+    let mut unfit = Vec::new();
+    for base in EVERYONE_SCRATCH_BASES.map(Path::new) {
+        if !reachable_by_everyone(base) {
+            unfit.push(format!("{}: not reachable by every user", base.display()));
+            continue;
+        }
+        match filesystem_type(base) {
+            Ok(kind) if kind == "tmpfs" || kind == "ramfs" => {
+                unfit.push(format!("{}: on {kind}", base.display()));
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                unfit.push(format!("{}: filesystem type unknown ({error})", base.display()));
+                continue;
+            }
+        }
+        let made = tempfile::Builder::new().prefix("ringlog-doctor-").tempdir_in(base);
+        let dir = match made {
+            Ok(dir) => dir,
+            Err(error) => {
+                unfit.push(format!("{}: {error}", base.display()));
+                continue;
+            }
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        return Ok(dir);
     }
-    let dir = tempfile::Builder::new().prefix("ringlog-doctor-").tempdir_in(base).ok()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).ok()?;
-    Some(dir)
+    Err(unfit.join("; "))
+}
+
+/// The filesystem type of `path` as `stat -f` names it (`ext2/ext3` for ext4, `tmpfs`, ...).
+fn filesystem_type(path: &Path) -> Result<String, String> {
+    let output = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("stat: {e}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 fn has_program(name: &str) -> bool {
@@ -241,12 +281,15 @@ fn doctor_as_an_unprivileged_user_fails_a_memlock_limit_below_the_shards_need() 
     let (scratch, binary) = if !is_root {
         (disk_data_dir(), ringlog_binary().to_path_buf())
     } else {
-        let Some(scratch) = everyone_scratch_dir() else {
-            eprintln!(
-                "skipped: no scratch directory on a disk that an unprivileged user can reach \
-                 (/var/tmp)"
-            );
-            return;
+        let scratch = match everyone_scratch_dir() {
+            Ok(scratch) => scratch,
+            Err(why) => {
+                eprintln!(
+                    "skipped: no scratch directory on a disk that an unprivileged user can \
+                     reach ({why})"
+                );
+                return;
+            }
         };
         let binary = scratch.path().join("ringlog");
         std::fs::copy(ringlog_binary(), &binary).unwrap();

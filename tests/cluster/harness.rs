@@ -723,6 +723,9 @@ pub fn test_client_config(bootstrap: Vec<SocketAddr>) -> ClientConfig {
     }
 }
 
+/// How long one read of a replica is asked again after failures before a test fails.
+pub const REPLICA_READ_BOUND: Duration = Duration::from_secs(60);
+
 /// Every committed batch of `partition` at `node` (ReplicaCommitted), up to its commit point.
 pub fn read_all_batches_at(
     client: &Client,
@@ -736,9 +739,21 @@ pub fn read_all_batches_at(
     loop {
         rounds += 1;
         assert!(rounds < 100_000, "reading {partition} from {node} does not end");
-        let response = view
-            .fetch(partition, offset, FETCH_BYTES, Duration::ZERO, Consistency::ReplicaCommitted)
-            .unwrap_or_else(|e| panic!("fetch {partition}@{offset:?} from {node}: {e}"));
+        // A read is safe to ask again: on a busy machine one may time out or meet a reset.
+        let deadline = Instant::now() + REPLICA_READ_BOUND;
+        let response = loop {
+            let consistency = Consistency::ReplicaCommitted;
+            match view.fetch(partition, offset, FETCH_BYTES, Duration::ZERO, consistency) {
+                Ok(response) => break response,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("fetch {partition}@{offset:?} from {node}: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!(
+                    "fetch {partition}@{offset:?} from {node}: {e} (failing for {REPLICA_READ_BOUND:?})"
+                ),
+            }
+        };
         if response.batches.is_empty() {
             break;
         }
