@@ -311,8 +311,11 @@ impl Want {
     }
 }
 
-/// Longest `close` waits for detached IO tasks to let go of the log (and its lock).
-const CLOSE_RELEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest `close` waits for detached IO tasks to let go of the log (and its lock). An
+/// fdatasync in flight on a busy disk can take seconds (2 s was once too short in CI while
+/// another test ran mkfs on a loop device: the reopen right after `close` found the
+/// directory still locked); the wait ends as soon as the last task lets go.
+const CLOSE_RELEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Log {
     /// Opens (creating if needed) the log in `dir`: locks it, recovers it, and starts its
