@@ -19,20 +19,20 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::checker::{CheckResult, Checker, Violation};
-use super::client::{Pending, SimClient};
-use super::disk::{DiskOp, RecoveredImage, SimDisk, SyncOutcome, Tear};
-use super::faults::{Fault, FaultScheduler, FaultView};
-use super::network::{NetworkWeather, SimNetwork};
-use super::trace::{describe_action, describe_message, Trace};
-use super::{Mutation, RunSummary, SimOptions};
-use crate::action::Action;
-use crate::config::{Config, Recovered};
-use crate::errors::ProposeError;
-use crate::message::{EntryKind, Membership, MembershipChange, Message};
-use crate::quorum::quorum_size;
-use crate::replica::Replica;
-use crate::types::{LogIndex, NodeId, Role, Term};
+use crate::checker::{CheckResult, Checker, Violation};
+use crate::client::{Pending, SimClient};
+use crate::disk::{DiskOp, RecoveredImage, SimDisk, SyncOutcome, Tear};
+use crate::faults::{Fault, FaultScheduler, FaultView};
+use crate::network::{NetworkWeather, SimNetwork};
+use crate::trace::{describe_action, describe_message, Trace};
+use crate::{Mutation, RunSummary, SimOptions};
+use ringlog_raft::config::{Config, Recovered};
+use ringlog_raft::errors::ProposeError;
+use ringlog_raft::message::{EntryKind, Membership, MembershipChange, Message};
+use ringlog_raft::quorum::quorum_size;
+use ringlog_raft::replica::Replica;
+use ringlog_raft::types::{LogIndex, NodeId, Role, Term};
+use ringlog_raft::Action;
 
 /// Entries a read returns (the last ones through the index it is served at).
 const READ_ENTRIES_MAX: u64 = 8;

@@ -8,7 +8,7 @@
 //!
 //! A failing seed is printed with the one-line command that replays it with a trace.
 
-use ringlog_raft::sim::{
+use ringlog_sim::{
     install_quiet_panic_hook, replay_command, run_seed, run_seeds, FaultConfig, RangeReport,
     SimOptions, Trace,
 };
@@ -98,10 +98,7 @@ fn calm_cluster_acknowledges_most_proposals_and_elects_one_leader() {
 #[test]
 fn replay_command_names_the_seed_size_and_steps() {
     let cmd = replay_command(&SimOptions::new(1234, 5));
-    assert_eq!(
-        cmd,
-        "cargo run -p ringlog-raft --bin ringlog-sim -- --seed 1234 --nodes 5 --steps 5000 --trace"
-    );
+    assert_eq!(cmd, "cargo run -p ringlog-sim -- --seed 1234 --nodes 5 --steps 5000 --trace");
 }
 
 /// Regression seeds: the soak run (`--seeds 0..100000 --nodes both`) found them failing on an
@@ -132,7 +129,7 @@ fn seeds_the_soak_run_found_failing_pass() {
     let mut failures = String::new();
     for (seed, nodes) in SOAK_FAILURES {
         let opts = SimOptions { steps: STEPS, ..SimOptions::new(seed, nodes) };
-        if let Err(failure) = ringlog_raft::sim::run_seed_catching(opts, Trace::off()) {
+        if let Err(failure) = ringlog_sim::run_seed_catching(opts, Trace::off()) {
             failures += &format!("seed {seed}: {failure}\n  replay: {}\n", replay_command(&opts));
         }
     }

@@ -15,8 +15,8 @@
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::network::NetworkWeather;
-use crate::types::NodeId;
+use crate::network::NetworkWeather;
+use ringlog_raft::types::NodeId;
 
 /// Which fault kinds a run injects, and how often.
 #[derive(Clone, Copy, Debug, PartialEq)]

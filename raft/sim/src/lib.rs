@@ -1,4 +1,4 @@
-//! Deterministic simulator: whole clusters of the real [`Replica`](crate::replica::Replica)
+//! Deterministic simulator: whole clusters of the real [`Replica`](ringlog_raft::replica::Replica)
 //! over a simulated network and simulated disks, all from one `u64` seed.
 //!
 //! - [`network`]: drop, delay, duplication, reordering, symmetric and one-way partitions;
@@ -207,7 +207,7 @@ pub fn run_seed_catching(opts: SimOptions, trace: Trace) -> Result<RunSummary, S
 /// The one-line command that replays `opts` with a readable trace.
 pub fn replay_command(opts: &SimOptions) -> String {
     let mut cmd = format!(
-        "cargo run -p ringlog-raft --bin ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
+        "cargo run -p ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
         opts.seed, opts.nodes, opts.steps
     );
     if let Some(name) = opts.mutation.name() {

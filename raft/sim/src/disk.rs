@@ -44,9 +44,9 @@ use std::collections::VecDeque;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::Mutation;
-use crate::message::{Entry, EntryKind, Membership};
-use crate::types::{HardState, LogIndex, NodeId, Term};
+use crate::Mutation;
+use ringlog_raft::message::{Entry, EntryKind, Membership};
+use ringlog_raft::types::{HardState, LogIndex, NodeId, Term};
 
 /// Records at the end of the durable log that half of the record flips strike.
 pub const FLIP_TAIL_RECORDS: usize = 2;

@@ -16,8 +16,8 @@ use std::collections::BinaryHeap;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::message::Message;
-use crate::types::NodeId;
+use ringlog_raft::message::Message;
+use ringlog_raft::types::NodeId;
 
 /// Bound on messages in flight in the whole simulated network.
 pub const IN_FLIGHT_MAX: usize = 100_000;
@@ -190,11 +190,11 @@ impl SimNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Term;
     use rand::SeedableRng;
+    use ringlog_raft::types::Term;
 
     fn heartbeat() -> Message {
-        Message::Heartbeat { term: Term(1), commit: crate::types::LogIndex(0), ctx: 0 }
+        Message::Heartbeat { term: Term(1), commit: ringlog_raft::types::LogIndex(0), ctx: 0 }
     }
 
     #[test]
