@@ -1,7 +1,11 @@
 //! Deterministic simulator: whole clusters of the real [`Replica`](ringlog_raft::replica::Replica)
 //! over a simulated network and simulated disks, all from one `u64` seed.
 //!
-//! - [`network`]: drop, delay, duplication, reordering, symmetric and one-way partitions;
+//! - [`wire`]: net's production peer codec on the simulated wire (frames encoded at send,
+//!   decoded at arrival, with a round-trip check);
+//! - [`network`]: carries the frames: drop, delay, duplication, reordering, corruption (a
+//!   flipped byte, caught by the frame checksums: the frame is lost), symmetric and one-way
+//!   partitions;
 //! - [`disk`]: written and durable images, slow and failed fsyncs, lost and torn unsynced
 //!   writes, bit flips at rest, wiped disks, and the recovery that rebuilds `Recovered`;
 //! - [`faults`]: which fault strikes when;
@@ -23,6 +27,7 @@ pub mod disk;
 pub mod faults;
 pub mod network;
 pub mod trace;
+pub mod wire;
 pub mod world;
 
 use std::cell::RefCell;
@@ -225,6 +230,8 @@ pub struct RangeReport {
     pub committed: u64,
     pub crashes: u64,
     pub faults: u64,
+    /// Frames corrupted on the simulated wire (and lost to the frame checksums).
+    pub corrupted_frames: u64,
     pub liveness_steps_max: u64,
     /// Failing seeds with their failure, ascending by seed.
     pub failures: Vec<(u64, SeedFailure)>,
@@ -262,6 +269,7 @@ pub fn run_seeds(
                         r.committed += s.checker.committed_len;
                         r.crashes += s.crashes;
                         r.faults += s.faults;
+                        r.corrupted_frames += s.network.corrupted;
                         r.liveness_steps_max = r.liveness_steps_max.max(s.liveness_steps);
                     }
                     Err(f) => r.failures.push((seed, f)),

@@ -30,13 +30,14 @@ fn run_size(nodes: usize) -> RangeReport {
     let report = run_seeds(0..SEEDS_PER_SIZE, threads(), FAILURES_MAX, &options, &|_| {});
     eprintln!(
         "{nodes} nodes: {} seeds, {} steps, {} acked, {} committed, {} crashes, {} faults, \
-         slowest liveness {} steps",
+         {} corrupted frames, slowest liveness {} steps",
         report.seeds_run,
         report.steps_run,
         report.acked,
         report.committed,
         report.crashes,
         report.faults,
+        report.corrupted_frames,
         report.liveness_steps_max
     );
     let mut failures = String::new();
@@ -54,6 +55,7 @@ fn three_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert_eq!(report.seeds_run, SEEDS_PER_SIZE);
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
+    assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
 }
 
 #[test]
@@ -62,6 +64,7 @@ fn five_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert_eq!(report.seeds_run, SEEDS_PER_SIZE);
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
+    assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
 }
 
 #[test]

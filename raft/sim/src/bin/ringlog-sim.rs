@@ -176,13 +176,14 @@ fn run_range(args: &Args) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "done: {} seeds, {} steps, {} acked, {} committed entries, {} crashes, {} faults, \
-         slowest liveness {} steps, {:.1}s",
+         {} corrupted frames, slowest liveness {} steps, {:.1}s",
         report.seeds_run,
         report.steps_run,
         report.acked,
         report.committed,
         report.crashes,
         report.faults,
+        report.corrupted_frames,
         report.liveness_steps_max,
         secs
     );
