@@ -30,11 +30,11 @@ pub mod trace;
 pub mod wire;
 pub mod world;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 pub use checker::{CheckerStats, Violation};
 pub use client::ClientStats;
@@ -177,22 +177,37 @@ pub fn run_seed(opts: SimOptions, trace: Trace) -> Result<RunSummary, Violation>
 thread_local! {
     /// Where the last panic on this thread happened (recorded by the quiet panic hook).
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// This thread is inside [`run_seed_catching`]: its panics are a seed's failure.
+    static IN_SEED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Replaces the process's panic hook by one that prints nothing and only records where the
-/// panic happened, so that bulk runs report each failing seed in one line (with the location)
-/// instead of a backtrace per seed. For binaries and test processes that run seeds in bulk.
+/// Replaces the process's panic hook by one that, for a panic inside [`run_seed_catching`],
+/// prints nothing and only records where the panic happened, so that bulk runs report each
+/// failing seed in one line (with the location) instead of a backtrace per seed. Any other
+/// panic (a test's failed assertion listing the failing seeds and their replay commands)
+/// goes to the hook that was installed before, so its message is printed. For binaries and
+/// test processes that run seeds in bulk; installs once per process.
 pub fn install_quiet_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
-        PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
-    }));
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_SEED.with(Cell::get) {
+                return previous(info);
+            }
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+        }));
+    });
 }
 
 /// Runs one seed, turning a panic into a failure.
 pub fn run_seed_catching(opts: SimOptions, trace: Trace) -> Result<RunSummary, SeedFailure> {
     PANIC_LOCATION.with(|p| p.borrow_mut().take());
-    match catch_unwind(AssertUnwindSafe(|| run_seed(opts, trace))) {
+    IN_SEED.with(|s| s.set(true));
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_seed(opts, trace)));
+    IN_SEED.with(|s| s.set(false));
+    match outcome {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(v)) => Err(SeedFailure::Violation(v)),
         Err(payload) => {
