@@ -1,7 +1,7 @@
 //! The simulated wire speaks net's production peer codec: every message a simulated node sends
 //! is encoded with `PeerMessage::encode` into the bytes of one frame, the simulated network
-//! carries those bytes, and the receiver decodes them with net's `FrameDecoder` and
-//! `PeerMessage::decode`. A codec bug is therefore a simulator failure.
+//! carries those bytes, and the receiver decodes them with net's frame decoder (`decode_frame`)
+//! and `PeerMessage::decode`. A codec bug is therefore a simulator failure.
 //!
 //! Mapping onto `PeerMessage`, as the node's peer links do (node/src/node/peers.rs): a
 //! `Heartbeat` travels as a coalesced `PeerMessage::Heartbeats` frame of one partition, a
@@ -29,7 +29,7 @@
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use ringlog_net::frame::{FrameDecoder, FrameError};
+use ringlog_net::frame::{decode_frame, FrameError};
 use ringlog_net::limits::FRAME_BODY_SIZE_MAX;
 use ringlog_net::{
     FrameChecksumOnly, PartitionHeartbeat, PartitionHeartbeatResponse, PartitionId, PeerMessage,
@@ -112,21 +112,32 @@ impl fmt::Display for WireError {
 }
 
 /// Decodes the frame bytes a simulated node received into the one message they carry.
+///
+/// The frame goes through net's `decode_frame` (the same header validation and body checksum
+/// as the transport's streaming `FrameDecoder`, without its receive buffer: the simulated
+/// network delivers whole frames, so the body stays a zero-copy slice of the bytes sent).
 pub fn decode(frame: Bytes) -> Result<Message, WireError> {
     let len = frame.len();
-    let mut buf = BytesMut::from(frame);
-    let mut decoder = FrameDecoder::new(FRAME_BODY_SIZE_MAX);
-    let frame = decoder.decode(&mut buf).map_err(WireError::Frame)?;
-    let frame = frame.ok_or(WireError::Truncated { len })?;
-    if !buf.is_empty() {
-        return Err(WireError::Trailing { extra: buf.len() });
+    let (frame, used) = decode_frame(&frame, FRAME_BODY_SIZE_MAX).map_err(|e| match e {
+        FrameError::Truncated { buffered, .. } => WireError::Truncated { len: buffered },
+        e => WireError::Frame(e),
+    })?;
+    if used != len {
+        return Err(WireError::Trailing { extra: len - used });
     }
     let peer = PeerMessage::decode(&frame, &FrameChecksumOnly).map_err(WireError::Peer)?;
-    let mut messages = peer.into_raft_messages();
-    if messages.len() != 1 {
-        return Err(WireError::Shape(format!("{} messages in one frame", messages.len())));
-    }
-    let (partition, message) = messages.pop().expect("one message");
+    let (partition, message) = match peer {
+        PeerMessage::Raft { partition, message } => (partition, message),
+        PeerMessage::Heartbeats(list) if list.len() == 1 => list[0].into_message(),
+        PeerMessage::HeartbeatResponses(list) if list.len() == 1 => list[0].into_message(),
+        PeerMessage::Heartbeats(list) => {
+            return Err(WireError::Shape(format!("{} heartbeats in one frame", list.len())))
+        }
+        PeerMessage::HeartbeatResponses(list) => {
+            let what = format!("{} heartbeat responses in one frame", list.len());
+            return Err(WireError::Shape(what));
+        }
+    };
     if partition != SIM_PARTITION {
         return Err(WireError::Shape(format!("message of partition {partition:?}")));
     }
