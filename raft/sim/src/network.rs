@@ -90,6 +90,7 @@ pub struct SimNetwork {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkStats {
     pub sent: u64,
+    /// Frames handed to their receiver, corrupted ones included (its frame checks lose them).
     pub delivered: u64,
     pub dropped: u64,
     pub duplicated: u64,
