@@ -24,7 +24,8 @@
 //!
 //! Modules: [`replica`] (the state machine), [`log`] (the local log as term runs),
 //! [`progress`] (per-follower replication state), [`quorum`], [`config`] (`Config`, limits,
-//! `Recovered`), [`errors`], and [`sim`], the deterministic simulator.
+//! `Recovered`) and [`errors`]. The deterministic simulator that drives whole clusters of
+//! replicas is the crate `ringlog-sim` (raft/sim/).
 //!
 //! Architecture invariant: this crate depends on neither `ringlog-engine` nor `ringlog-net`.
 
@@ -38,7 +39,6 @@ pub mod message;
 pub mod progress;
 pub mod quorum;
 pub mod replica;
-pub mod sim;
 pub mod types;
 
 pub use action::Action;

@@ -3,7 +3,8 @@
 //!
 //! - `ringlog-node` (the node library) pulls in no CLI or bench crate;
 //! - `ringlog-net` with only its `client` feature, and `ringlog-format`, pull in no io_uring
-//!   runtime (so the client builds on any OS);
+//!   runtime (so the client builds on any OS); nor does the simulator `ringlog-sim`, which
+//!   takes net's codec only;
 //! - the crates meant to be used alone package only their sources, manifest, README and the
 //!   Apache-2.0 LICENSE (the root LICENSE, copied).
 //!
@@ -102,6 +103,15 @@ fn the_client_builds_without_glommio_or_io_uring() {
     let tree = normal_dependencies("ringlog-net", &args);
     assert_present("ringlog-net (client)", &tree, &["ringlog-net", "ringlog-format", "rustls"]);
     assert_absent("ringlog-net (client)", &tree, NOT_IN_CLIENT);
+}
+
+/// The simulator (issue 14) runs net's production peer codec, never its transport: it takes
+/// `ringlog-net` without default features, so no glommio or io_uring and no engine or node.
+#[test]
+fn the_simulator_takes_the_peer_codec_without_glommio_or_io_uring() {
+    let tree = normal_dependencies("ringlog-sim", &[]);
+    assert_present("ringlog-sim", &tree, &["ringlog-sim", "ringlog-raft", "ringlog-net"]);
+    assert_absent("ringlog-sim", &tree, NOT_IN_CLIENT);
 }
 
 #[test]

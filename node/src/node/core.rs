@@ -25,7 +25,7 @@
 //! on its own peer port + `s`; the handshake carries cluster id, shard, the shard/partition
 //! layout (refused if different) and whether the shard is pristine (no Raft history).
 //!
-//! Wiped-disk rule (matches raft/src/sim: bootstrap membership + damaged): a partition whose
+//! Wiped-disk rule (matches ringlog-sim: bootstrap membership + damaged): a partition whose
 //! data dir is empty at start is damaged and may neither vote nor count toward a quorum,
 //! until either a leader repairs it (a wiped member: `Action::Repaired`) or every other
 //! configured voter reported a pristine shard in a handshake (a brand-new cluster: nobody

@@ -1,7 +1,7 @@
 //! A tiny deterministic driver for scripted scenarios: replicas over an in-memory FIFO network
 //! and in-memory logs. Messages are delivered only when a test says so (`run`, `deliver_one`),
 //! durability is reported automatically (`auto_sync`) or by hand (`sync`, `sync_through`), and
-//! links can be cut. The fault-injecting simulator is `ringlog_raft::sim`; this driver exists
+//! links can be cut. The fault-injecting simulator is the crate `ringlog-sim`; this driver exists
 //! so that each scenario states exactly which messages move and when.
 
 #![allow(dead_code)]

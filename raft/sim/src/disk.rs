@@ -39,14 +39,15 @@
 //! the written image went through (a prefix of the operation history), apart from torn
 //! writes and flips.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::Mutation;
-use crate::message::{Entry, EntryKind, Membership};
-use crate::types::{HardState, LogIndex, NodeId, Term};
+use crate::Mutation;
+use ringlog_raft::message::{Entry, EntryKind, Membership};
+use ringlog_raft::types::{HardState, LogIndex, NodeId, Term};
 
 /// Records at the end of the durable log that half of the record flips strike.
 pub const FLIP_TAIL_RECORDS: usize = 2;
@@ -173,6 +174,10 @@ pub struct SimDisk {
     op_seq_next: u64,
     syncs: VecDeque<PendingSync>,
     pub stats: DiskStats,
+    /// `damaged_on_recovery` of the durable image as last computed; forgotten by every
+    /// `&mut self` method (only they change the image). The fault scheduler asks for every
+    /// stopped node at every step, and recomputing it checksums the whole durable log.
+    recovery_damage: Cell<Option<bool>>,
 }
 
 impl Default for SimDisk {
@@ -192,11 +197,13 @@ impl SimDisk {
             op_seq_next: 0,
             syncs: VecDeque::new(),
             stats: DiskStats::default(),
+            recovery_damage: Cell::new(None),
         }
     }
 
     /// Writes `op` (not durable until a sync requested after it completes).
     pub fn write(&mut self, op: DiskOp) -> Result<(), DiskOpError> {
+        self.recovery_damage.set(None);
         if self.unsynced.len() >= UNSYNCED_OPS_MAX {
             return Err(DiskOpError(format!("more than {UNSYNCED_OPS_MAX} unsynced writes")));
         }
@@ -210,6 +217,7 @@ impl SimDisk {
     /// Requests an fdatasync of everything written so far, completing at `due_step` (or after
     /// the previous sync, whichever is later); `fails` makes it fail.
     pub fn request_sync(&mut self, due_step: u64, fails: bool) {
+        self.recovery_damage.set(None);
         let due_step = self.syncs.back().map_or(due_step, |s| s.due_step.max(due_step));
         self.syncs.push_back(PendingSync { ops_through: self.op_seq_next, due_step, fails });
         self.stats.syncs += 1;
@@ -222,6 +230,7 @@ impl SimDisk {
 
     /// Completes the next sync if it is due at `now`.
     pub fn poll_sync(&mut self, now: u64) -> Option<SyncOutcome> {
+        self.recovery_damage.set(None);
         let sync = *self.syncs.front()?;
         if sync.due_step > now {
             return None;
@@ -242,6 +251,7 @@ impl SimDisk {
     /// Power loss / kill -9: the written image is lost. A random prefix of the unsynced
     /// operations reached the disk anyway; the last of them may be torn as `tear` allows.
     pub fn crash(&mut self, rng: &mut SmallRng, tear: Tear) {
+        self.recovery_damage.set(None);
         let survivors = rng.gen_range(0..=self.unsynced.len());
         self.stats.lost_unsynced_ops += (self.unsynced.len() - survivors) as u64;
         for i in 0..survivors {
@@ -267,6 +277,7 @@ impl SimDisk {
     /// acknowledged data a torn-write rule is tempted to drop), three slot flips in four the
     /// newest slot. Returns what was hit.
     pub fn flip_bit_at_rest(&mut self, rng: &mut SmallRng) -> Option<String> {
+        self.recovery_damage.set(None);
         assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
         let record_choices = self.durable.records.len();
         let slot_choices = self.durable.slots.iter().filter(|s| s.is_some()).count();
@@ -311,6 +322,9 @@ impl SimDisk {
 
     /// Whether recovery would report damage now (for a stopped node).
     pub fn damaged_on_recovery(&self) -> bool {
+        if let Some(damage) = self.recovery_damage.get() {
+            return damage;
+        }
         let image = &self.durable;
         let slot_bad = image
             .slots
@@ -318,11 +332,14 @@ impl SimDisk {
             .flatten()
             .any(|s| s.checksum != hard_state_checksum(s.seq, &s.state));
         let bad = image.records.iter().any(|r| r.checksum != entry_checksum(&r.entry));
-        image.damaged_mark || image.wiped || slot_bad || bad
+        let damage = image.damaged_mark || image.wiped || slot_bad || bad;
+        self.recovery_damage.set(Some(damage));
+        damage
     }
 
     /// Everything on the disk is lost (a replaced or reformatted drive).
     pub fn wipe(&mut self) {
+        self.recovery_damage.set(None);
         *self = SimDisk { stats: self.stats, ..SimDisk::new() };
         self.durable.wiped = true;
         self.written.wiped = true;
@@ -334,6 +351,7 @@ impl SimDisk {
     /// rewritten, damaged mark set), durably before the node runs, as the engine's recovery
     /// does. `mutation` may plant a known recovery bug (the mutation check).
     pub fn recover(&mut self, mutation: Mutation) -> RecoveredImage {
+        self.recovery_damage.set(None);
         assert!(self.unsynced.is_empty() && self.syncs.is_empty(), "recover a stopped disk");
         let image = &mut self.durable;
         let wiped = image.wiped;
@@ -690,6 +708,26 @@ mod tests {
             assert_eq!(recovered.entries, vec![entry(1, 1)]);
         }
         assert!(last_hit, "flips strike the last durable record too");
+    }
+
+    /// `damaged_on_recovery` is remembered between changes of the disk: a flip, a wipe or a
+    /// recovery after it was asked must still be seen.
+    #[test]
+    fn damage_on_recovery_follows_flips_wipes_and_recovery() {
+        let mut rng = SmallRng::seed_from_u64(10);
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::Append((1..=4).map(|i| entry(i, 1)).collect())).unwrap();
+        disk.request_sync(0, false);
+        disk.poll_sync(0);
+        assert!(!disk.damaged_on_recovery());
+        assert!(!disk.damaged_on_recovery(), "asked twice, same answer");
+        let hit = disk.flip_bit_at_rest(&mut rng).expect("a record or a slot to flip");
+        assert!(disk.damaged_on_recovery(), "the flip of {hit} is damage");
+        assert!(disk.recover(Mutation::None).damaged);
+        // Recovery made the damaged mark durable: still damage until a repair is durable.
+        assert!(disk.damaged_on_recovery());
+        disk.wipe();
+        assert!(disk.damaged_on_recovery(), "a wiped disk recovers damaged");
     }
 
     #[test]

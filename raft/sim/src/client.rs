@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::types::{LogIndex, NodeId, ReadCtx, Term};
+use ringlog_raft::types::{LogIndex, NodeId, ReadCtx, Term};
 
 /// Bound on proposals awaiting their ack.
 pub const PENDING_MAX: usize = 10_000;

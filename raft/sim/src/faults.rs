@@ -15,8 +15,8 @@
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::network::NetworkWeather;
-use crate::types::NodeId;
+use crate::network::NetworkWeather;
+use ringlog_raft::types::NodeId;
 
 /// Which fault kinds a run injects, and how often.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,6 +45,10 @@ pub struct FaultConfig {
     pub drops: bool,
     /// Message duplication.
     pub duplicates: bool,
+    /// Frames corrupted on the wire (one byte flipped; the receiver's frame checksums must
+    /// catch it and the frame is lost). Strikes in stormy weather with drops: a third of
+    /// the drop probability.
+    pub corruption: bool,
     /// Long and uneven delays (reordering); short delays and reordering are always on.
     pub delays: bool,
     /// The client asks the leader to transfer leadership.
@@ -75,6 +79,7 @@ impl FaultConfig {
             one_way_partitions: true,
             drops: true,
             duplicates: true,
+            corruption: true,
             delays: true,
             leadership_transfers: true,
             retention: true,
@@ -98,6 +103,7 @@ impl FaultConfig {
             one_way_partitions: false,
             drops: false,
             duplicates: false,
+            corruption: false,
             delays: false,
             leadership_transfers: false,
             retention: false,
@@ -397,6 +403,10 @@ impl FaultScheduler {
         }
         if c.drops && self.rng.gen_bool(0.6) {
             w.drop_probability = self.rng.gen_range(0.01..0.3);
+            // No draw of its own: the fault schedules stay what they were before corruption.
+            if c.corruption {
+                w.corrupt_probability = w.drop_probability / 3.0;
+            }
         }
         if c.duplicates && self.rng.gen_bool(0.5) {
             w.duplicate_probability = self.rng.gen_range(0.01..0.2);

@@ -1,7 +1,11 @@
-//! Deterministic simulator: whole clusters of the real [`Replica`](crate::replica::Replica)
+//! Deterministic simulator: whole clusters of the real [`Replica`](ringlog_raft::replica::Replica)
 //! over a simulated network and simulated disks, all from one `u64` seed.
 //!
-//! - [`network`]: drop, delay, duplication, reordering, symmetric and one-way partitions;
+//! - [`wire`]: net's production peer codec on the simulated wire (frames encoded at send,
+//!   decoded at arrival, with a round-trip check);
+//! - [`network`]: carries the frames: drop, delay, duplication, reordering, corruption (a
+//!   flipped byte, caught by the frame checksums: the frame is lost), symmetric and one-way
+//!   partitions;
 //! - [`disk`]: written and durable images, slow and failed fsyncs, lost and torn unsynced
 //!   writes, bit flips at rest, wiped disks, and the recovery that rebuilds `Recovered`;
 //! - [`faults`]: which fault strikes when;
@@ -23,13 +27,14 @@ pub mod disk;
 pub mod faults;
 pub mod network;
 pub mod trace;
+pub mod wire;
 pub mod world;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 pub use checker::{CheckerStats, Violation};
 pub use client::ClientStats;
@@ -172,22 +177,37 @@ pub fn run_seed(opts: SimOptions, trace: Trace) -> Result<RunSummary, Violation>
 thread_local! {
     /// Where the last panic on this thread happened (recorded by the quiet panic hook).
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// This thread is inside [`run_seed_catching`]: its panics are a seed's failure.
+    static IN_SEED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Replaces the process's panic hook by one that prints nothing and only records where the
-/// panic happened, so that bulk runs report each failing seed in one line (with the location)
-/// instead of a backtrace per seed. For binaries and test processes that run seeds in bulk.
+/// Replaces the process's panic hook by one that, for a panic inside [`run_seed_catching`],
+/// prints nothing and only records where the panic happened, so that bulk runs report each
+/// failing seed in one line (with the location) instead of a backtrace per seed. Any other
+/// panic (a test's failed assertion listing the failing seeds and their replay commands)
+/// goes to the hook that was installed before, so its message is printed. For binaries and
+/// test processes that run seeds in bulk; installs once per process.
 pub fn install_quiet_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
-        PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
-    }));
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_SEED.with(Cell::get) {
+                return previous(info);
+            }
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+        }));
+    });
 }
 
 /// Runs one seed, turning a panic into a failure.
 pub fn run_seed_catching(opts: SimOptions, trace: Trace) -> Result<RunSummary, SeedFailure> {
     PANIC_LOCATION.with(|p| p.borrow_mut().take());
-    match catch_unwind(AssertUnwindSafe(|| run_seed(opts, trace))) {
+    IN_SEED.with(|s| s.set(true));
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_seed(opts, trace)));
+    IN_SEED.with(|s| s.set(false));
+    match outcome {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(v)) => Err(SeedFailure::Violation(v)),
         Err(payload) => {
@@ -207,7 +227,7 @@ pub fn run_seed_catching(opts: SimOptions, trace: Trace) -> Result<RunSummary, S
 /// The one-line command that replays `opts` with a readable trace.
 pub fn replay_command(opts: &SimOptions) -> String {
     let mut cmd = format!(
-        "cargo run -p ringlog-raft --bin ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
+        "cargo run -p ringlog-sim -- --seed {} --nodes {} --steps {} --trace",
         opts.seed, opts.nodes, opts.steps
     );
     if let Some(name) = opts.mutation.name() {
@@ -225,6 +245,8 @@ pub struct RangeReport {
     pub committed: u64,
     pub crashes: u64,
     pub faults: u64,
+    /// Frames corrupted on the simulated wire (and lost to the frame checksums).
+    pub corrupted_frames: u64,
     pub liveness_steps_max: u64,
     /// Failing seeds with their failure, ascending by seed.
     pub failures: Vec<(u64, SeedFailure)>,
@@ -262,6 +284,7 @@ pub fn run_seeds(
                         r.committed += s.checker.committed_len;
                         r.crashes += s.crashes;
                         r.faults += s.faults;
+                        r.corrupted_frames += s.network.corrupted;
                         r.liveness_steps_max = r.liveness_steps_max.max(s.liveness_steps);
                     }
                     Err(f) => r.failures.push((seed, f)),

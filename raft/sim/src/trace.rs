@@ -3,9 +3,9 @@
 //! Lines are built only when a sink is installed, so tracing costs nothing in bulk runs.
 //! Format: `s<step> n<node> <event>`; `n0` is the simulator itself (faults, phases).
 
-use crate::action::Action;
-use crate::message::{AppendResult, Message};
-use crate::types::NodeId;
+use ringlog_raft::message::{AppendResult, Message};
+use ringlog_raft::types::NodeId;
+use ringlog_raft::Action;
 
 /// Where trace lines go.
 pub type TraceSink = Box<dyn FnMut(&str) + Send>;

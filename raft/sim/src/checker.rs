@@ -21,8 +21,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::message::{Entry, EntryKind};
-use crate::types::{LogIndex, NodeId, Term};
+use ringlog_raft::message::{Entry, EntryKind};
+use ringlog_raft::types::{LogIndex, NodeId, Term};
 
 /// A broken safety or liveness property, with the step where it was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ringlog_raft::sim::{
+use ringlog_sim::{
     install_quiet_panic_hook, replay_command, run_seed_catching, run_seeds, FaultConfig, Mutation,
     RangeReport, SimOptions, Trace,
 };
@@ -51,7 +51,7 @@ fn parse_args() -> Result<Args, String> {
         seeds: 0..0,
         single: false,
         nodes: Nodes::Both,
-        steps: ringlog_raft::sim::STEPS_DEFAULT,
+        steps: ringlog_sim::STEPS_DEFAULT,
         trace: false,
         threads: 2,
         failures_max: FAILURES_MAX_DEFAULT,
@@ -176,13 +176,14 @@ fn run_range(args: &Args) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "done: {} seeds, {} steps, {} acked, {} committed entries, {} crashes, {} faults, \
-         slowest liveness {} steps, {:.1}s",
+         {} corrupted frames, slowest liveness {} steps, {:.1}s",
         report.seeds_run,
         report.steps_run,
         report.acked,
         report.committed,
         report.crashes,
         report.faults,
+        report.corrupted_frames,
         report.liveness_steps_max,
         secs
     );

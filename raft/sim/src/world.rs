@@ -19,20 +19,21 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::checker::{CheckResult, Checker, Violation};
-use super::client::{Pending, SimClient};
-use super::disk::{DiskOp, RecoveredImage, SimDisk, SyncOutcome, Tear};
-use super::faults::{Fault, FaultScheduler, FaultView};
-use super::network::{NetworkWeather, SimNetwork};
-use super::trace::{describe_action, describe_message, Trace};
-use super::{Mutation, RunSummary, SimOptions};
-use crate::action::Action;
-use crate::config::{Config, Recovered};
-use crate::errors::ProposeError;
-use crate::message::{EntryKind, Membership, MembershipChange, Message};
-use crate::quorum::quorum_size;
-use crate::replica::Replica;
-use crate::types::{LogIndex, NodeId, Role, Term};
+use crate::checker::{CheckResult, Checker, Violation};
+use crate::client::{Pending, SimClient};
+use crate::disk::{DiskOp, RecoveredImage, SimDisk, SyncOutcome, Tear};
+use crate::faults::{Fault, FaultScheduler, FaultView};
+use crate::network::{InFlight, NetworkWeather, SimNetwork};
+use crate::trace::{describe_action, describe_message, Trace};
+use crate::wire::{self, WireEncoder, WireError};
+use crate::{Mutation, RunSummary, SimOptions};
+use ringlog_raft::config::{Config, Recovered};
+use ringlog_raft::errors::ProposeError;
+use ringlog_raft::message::{EntryKind, Membership, MembershipChange, Message};
+use ringlog_raft::quorum::quorum_size;
+use ringlog_raft::replica::Replica;
+use ringlog_raft::types::{LogIndex, NodeId, Role, Term};
+use ringlog_raft::Action;
 
 /// Entries a read returns (the last ones through the index it is served at).
 const READ_ENTRIES_MAX: u64 = 8;
@@ -76,6 +77,8 @@ pub struct Simulation {
     nodes: Vec<SimNode>,
     bootstrap: Membership,
     net: SimNetwork,
+    /// Every message sent goes through net's production peer codec (`crate::wire`).
+    encoder: WireEncoder,
     checker: Checker,
     client: SimClient,
     faults: FaultScheduler,
@@ -106,9 +109,11 @@ impl Simulation {
         assert!(opts.nodes >= 1, "a cluster has at least one node");
         let mut master = SmallRng::seed_from_u64(opts.seed);
         let mut fork = || SmallRng::seed_from_u64(master.gen());
-        let net = SimNetwork::new(opts.nodes, fork());
+        let net_rng = fork();
         let faults = FaultScheduler::new(opts.faults, fork());
         let (disk_rng, client_rng, config_rng) = (fork(), fork(), fork());
+        // Forked last, so that the streams above are what they were before corruption.
+        let net = SimNetwork::new(opts.nodes, net_rng, fork());
         let ids: Vec<NodeId> = (1..=opts.nodes as u32).map(NodeId).collect();
         let bootstrap = Membership { voters: ids.clone(), learners: Vec::new() };
         let nodes = ids
@@ -138,6 +143,7 @@ impl Simulation {
             nodes,
             bootstrap,
             net,
+            encoder: WireEncoder::new(),
             checker: Checker::new(),
             faults,
             disk_rng,
@@ -219,13 +225,17 @@ impl Simulation {
         }
         while let Some(flight) = self.net.next_due(self.now) {
             let i = self.slot(flight.to);
-            let Some(replica) = self.nodes[i].replica.as_mut() else {
+            if self.nodes[i].replica.is_none() {
+                continue;
+            }
+            let Some(message) = self.receive(&flight)? else {
                 continue;
             };
             self.trace.line(self.now, flight.to, || {
-                format!("<- {} {}", flight.from, describe_message(&flight.message))
+                format!("<- {} {}", flight.from, describe_message(&message))
             });
-            replica.handle_message(flight.from, flight.message);
+            let replica = self.nodes[i].replica.as_mut().expect("checked above");
+            replica.handle_message(flight.from, message);
             self.drain(i)?;
         }
         for i in 0..self.nodes.len() {
@@ -241,6 +251,49 @@ impl Simulation {
             }
         }
         self.client_step()
+    }
+
+    // ---- the wire ----------------------------------------------------------------------
+
+    /// Sends `message` as the bytes of its production frame.
+    fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
+        let (frame, sent) = self.encoder.encode(message);
+        self.net.send(self.now, from, to, frame, sent);
+    }
+
+    /// Decodes a frame that arrived. `Ok(None)`: a frame corrupted on the wire that the frame
+    /// checks refused, lost as the transport loses it (it closes the connection). A frame
+    /// that does not decode, or decodes into anything but what was sent, is a violation.
+    fn receive(&mut self, flight: &InFlight) -> Result<Option<Message>, Violation> {
+        let decoded = wire::decode(flight.frame.clone());
+        let what = match decoded {
+            Err(WireError::Frame(e)) if flight.corrupted => {
+                self.trace.line(self.now, flight.to, || {
+                    format!("<- {} lost: frame corrupted on the wire ({e})", flight.from)
+                });
+                return Ok(None);
+            }
+            Ok(message) if flight.corrupted => format!(
+                "a frame from {} with a byte flipped on the wire passed the frame checks \
+                 (decoded {message:?}, sent {:?})",
+                flight.from, flight.sent
+            ),
+            Err(e) if flight.corrupted => format!(
+                "a frame from {} with a byte flipped on the wire passed the frame checks \
+                 and then failed: {e} (sent {:?})",
+                flight.from, flight.sent
+            ),
+            Err(e) => format!(
+                "peer codec: a frame from {} does not decode: {e} (sent {:?})",
+                flight.from, flight.sent
+            ),
+            Ok(message) if message != flight.sent => format!(
+                "peer codec round trip: {} sent {:?}, {} decoded {message:?}",
+                flight.from, flight.sent, flight.to
+            ),
+            Ok(message) => return Ok(Some(message)),
+        };
+        Err(Violation { step: self.now, what })
     }
 
     // ---- faults ------------------------------------------------------------------------
@@ -758,7 +811,7 @@ impl Simulation {
                 if matches!(message, Message::VoteResponse { granted: true, .. }) {
                     self.voted.push((i, to));
                 }
-                self.net.send(now, id, to, message);
+                self.send(id, to, message);
             }
             Action::SendEntries { to, term, prev_index, prev_term, commit, from, through } => {
                 let entries = if from > through {
@@ -775,7 +828,7 @@ impl Simulation {
                     })?
                 };
                 let message = Message::Append { term, prev_index, prev_term, commit, entries };
-                self.net.send(now, id, to, message);
+                self.send(id, to, message);
             }
             Action::CommitAdvanced { through } => self.on_commit(i, through)?,
             Action::ReadReady { ctx, index } => {

@@ -2,7 +2,7 @@
 //! the checker report a violation within the CI seed budget (the seeds `tests/sim.rs` runs).
 //! The mutations live in the simulated driver and disk (`sim::Mutation`), never in the core.
 
-use ringlog_raft::sim::{
+use ringlog_sim::{
     install_quiet_panic_hook, replay_command, run_seeds, Mutation, SeedFailure, SimOptions,
 };
 

@@ -8,7 +8,7 @@
 //!
 //! A failing seed is printed with the one-line command that replays it with a trace.
 
-use ringlog_raft::sim::{
+use ringlog_sim::{
     install_quiet_panic_hook, replay_command, run_seed, run_seeds, FaultConfig, RangeReport,
     SimOptions, Trace,
 };
@@ -30,13 +30,14 @@ fn run_size(nodes: usize) -> RangeReport {
     let report = run_seeds(0..SEEDS_PER_SIZE, threads(), FAILURES_MAX, &options, &|_| {});
     eprintln!(
         "{nodes} nodes: {} seeds, {} steps, {} acked, {} committed, {} crashes, {} faults, \
-         slowest liveness {} steps",
+         {} corrupted frames, slowest liveness {} steps",
         report.seeds_run,
         report.steps_run,
         report.acked,
         report.committed,
         report.crashes,
         report.faults,
+        report.corrupted_frames,
         report.liveness_steps_max
     );
     let mut failures = String::new();
@@ -54,6 +55,7 @@ fn three_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert_eq!(report.seeds_run, SEEDS_PER_SIZE);
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
+    assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
 }
 
 #[test]
@@ -62,6 +64,7 @@ fn five_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert_eq!(report.seeds_run, SEEDS_PER_SIZE);
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
+    assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
 }
 
 #[test]
@@ -98,10 +101,7 @@ fn calm_cluster_acknowledges_most_proposals_and_elects_one_leader() {
 #[test]
 fn replay_command_names_the_seed_size_and_steps() {
     let cmd = replay_command(&SimOptions::new(1234, 5));
-    assert_eq!(
-        cmd,
-        "cargo run -p ringlog-raft --bin ringlog-sim -- --seed 1234 --nodes 5 --steps 5000 --trace"
-    );
+    assert_eq!(cmd, "cargo run -p ringlog-sim -- --seed 1234 --nodes 5 --steps 5000 --trace");
 }
 
 /// Regression seeds: the soak run (`--seeds 0..100000 --nodes both`) found them failing on an
@@ -132,7 +132,7 @@ fn seeds_the_soak_run_found_failing_pass() {
     let mut failures = String::new();
     for (seed, nodes) in SOAK_FAILURES {
         let opts = SimOptions { steps: STEPS, ..SimOptions::new(seed, nodes) };
-        if let Err(failure) = ringlog_raft::sim::run_seed_catching(opts, Trace::off()) {
+        if let Err(failure) = ringlog_sim::run_seed_catching(opts, Trace::off()) {
             failures += &format!("seed {seed}: {failure}\n  replay: {}\n", replay_command(&opts));
         }
     }
