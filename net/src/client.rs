@@ -36,6 +36,22 @@
 //! exactly once. `transfer_leader` and `change_membership` follow the same rule. Reads
 //! (`fetch`, `metadata`, `status`) change nothing and are retried on any transport error.
 //!
+//! # Fetching: progress over control batches
+//!
+//! A partition's log also holds control batches (a Raft no-op at each new leader's term,
+//! membership changes): they hold no records and take no offset of their own (a control batch
+//! appended when the log ends at offset `n` has base offset `n` and zero records, so the
+//! offset after it is `n` again). The node never answers a fetch with control batches alone:
+//! a reply holds the first batch with records at or after the offset whatever `max_bytes` is
+//! (whole, even when larger), control batches only before a batch with records, and its last
+//! batch holds records (docs/format.md#fetch). So [`next_offset`] of a non-empty reply is
+//! always past the fetch offset and past every record returned — a loop that fetches from it
+//! (with any `max_bytes`, 1 included) reads each committed record exactly once and never
+//! asks for the same offset forever — and an empty reply means no record is committed at
+//! or after the offset yet (also when a leader change left only control batches there): a
+//! consume loop stops or long-polls there. [`decode_records`] skips control batches and
+//! records below the fetch offset (a batch holding the offset may start before it).
+//!
 //! # Limits
 //!
 //! Every response is read through the frame decoder with `frame_body_size_max`: a header

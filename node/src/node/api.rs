@@ -33,10 +33,12 @@ pub struct AppendOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadOutcome {
     pub partition: PartitionId,
-    /// Whole record batches in the on-disk format, checksum verified, in offset order.
+    /// Whole record batches in the on-disk format, checksum verified, in offset order. Never
+    /// control batches alone: when any are returned, the last batch holds records (see
+    /// docs/format.md#fetch); empty when no record is committed at or after the offset.
     pub batches: Vec<Bytes>,
-    /// The offset to read next (the first offset after the last returned batch, or the
-    /// requested offset when nothing was returned).
+    /// The offset to read next (the first offset after the last returned batch, so past
+    /// every returned record, or the requested offset when nothing was returned).
     pub next_offset: Offset,
     /// First offset not yet committed.
     pub commit: Offset,

@@ -1862,7 +1862,11 @@ impl PartitionReplicator {
             };
             if let Some(through) = readable.filter(|&through| through >= floor) {
                 let out = self.fetch_committed(offset, max_bytes, through).await?;
-                if self.has_news(&out, through) || Instant::now() >= deadline {
+                // Records, or nothing: the log never answers control batches alone
+                // (`Log::fetch`), so a reader at the end of the log right after a leader
+                // change waits for data instead of getting the new leader's no-op back at
+                // once, again and again.
+                if !out.batches.is_empty() || Instant::now() >= deadline {
                     return Ok(out);
                 }
             } else if Instant::now() >= deadline {
@@ -1871,23 +1875,6 @@ impl PartitionReplicator {
             let left = deadline.saturating_duration_since(Instant::now());
             within(left, self.commit_notify.wait(epoch)).await;
         }
-    }
-
-    /// Whether a fetch found something for a long-polling reader: records, or control
-    /// batches followed by more committed entries. Control batches take an index but no
-    /// offset, so a reader at the end of the log right after a leader change would otherwise
-    /// get the new leader's no-op back at once, again and again, with `next_offset`
-    /// unchanged: that is no news, and the read waits for a commit instead.
-    fn has_news(&self, out: &ReadOutcome, commit: LogIndex) -> bool {
-        let Some(last) = out.batches.last() else { return false };
-        let only_control = out
-            .batches
-            .iter()
-            .all(|b| peek_header(b, self.batch_size_max).is_ok_and(|h| h.record_count() == 0));
-        if !only_control {
-            return true;
-        }
-        peek_header(last, self.batch_size_max).map_or(true, |h| h.index() < commit)
     }
 
     async fn fetch_committed(
