@@ -28,8 +28,10 @@
 //! is safe.
 //!
 //! It never retries a produce after the request may have reached a leader: a lost or reset
-//! connection after the write, a read timeout, or the replies `Timeout` ("the acks were not
-//! reached in time; the batch may still commit"), `ShuttingDown`, `StorageFailed` or
+//! connection after the write, a read timeout, or the replies `Timeout` ("outcome unknown": the
+//! acks were not reached in time, or the leader lost its leadership while the produce was
+//! pending — a leader that steps down answers so at once instead of holding the produce until
+//! its fate is known), `ShuttingDown`, `StorageFailed` or
 //! `Internal`. Those return [`ClientError::Indeterminate`] (or the server error): the batch
 //! may have been appended, and may commit later. A caller that retries such a produce itself
 //! may append the records twice; only acknowledged produces are known to be present, each

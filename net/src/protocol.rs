@@ -247,7 +247,9 @@ pub enum ErrorReply {
     UnsupportedVersion {
         version: u8,
     },
-    /// The requested acks were not reached in time; the batch may still commit later.
+    /// Outcome unknown: the requested acks were not reached in time, or the leader lost its
+    /// leadership (stepped down, or learnt of a newer term) before they were. The batch may
+    /// or may not commit; never retried by the client (`ClientError::Indeterminate`).
     Timeout,
     ShuttingDown,
     /// The partition's log latched an IO failure (fatal for that log).

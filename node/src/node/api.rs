@@ -99,7 +99,9 @@ pub enum NodeError {
     Oversize { len: u64, max: u64 },
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the requested acks were not reached in time; the batch may still commit")]
+    /// Outcome unknown: the acks were not reached in time, or the leader lost its leadership
+    /// before they were (answered at once when it steps down). The batch may or may not commit.
+    #[error("the requested acks were not reached in time or the leader lost its leadership; the batch may or may not commit")]
     Timeout,
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -17,7 +17,8 @@
 //!   reads the raw batches (`Log::read_entries`) and queues one `Append` frame; fresh entries
 //!   on the latency queue, catch-up (entries already committed) on the catch-up queue.
 //! - `CommitAdvanced` -> producers with acks=quorum answered, long-poll readers woken.
-//! - `ReadReady` / `ReadFailed` -> linearizable readers; `RoleChanged` -> counters;
+//! - `ReadReady` / `ReadFailed` -> linearizable readers; `RoleChanged` -> counters, and on
+//!   losing leadership every pending producer answered `Timeout` at once (outcome unknown);
 //!   `MembershipChanged` -> links; `LearnerCaughtUp` -> promotion; `Repaired` -> the durable
 //!   damaged mark removed.
 //!
@@ -707,6 +708,20 @@ impl PartitionReplicator {
                 }
                 if role != Role::Leader {
                     st.commit_watch.forget_all();
+                    // Every produce still pending here was proposed while this replica led
+                    // (a leader never truncates, so they are all still in its log). Its batch
+                    // may be on a follower that becomes leader and commits it, or be dropped:
+                    // the outcome is unknown, so it is answered `Timeout` at once (never
+                    // `NotLeader`, which promises it will not commit: a client would retry it
+                    // and append it twice). Waiting for its fate instead held the client until
+                    // the partition healed or its request timed out.
+                    let pending = std::mem::take(&mut st.producers);
+                    if !pending.is_empty() {
+                        tracing::info!(partition = %self.partition, pending = pending.len(), %term, "leadership lost: pending produces answered Timeout (outcome unknown)");
+                    }
+                    for (_, p) in pending {
+                        p.slot.fill(Err(NodeError::Timeout));
+                    }
                 }
                 st.leader = leader;
                 tracing::info!(partition = %self.partition, ?role, %term, ?leader, "role changed");
@@ -934,12 +949,15 @@ impl PartitionReplicator {
         self.commit_notify.notify_all();
     }
 
+    /// Answers the producers at or above `from` (their entries are being cut from this log).
+    /// Only a follower truncates, and a leader that steps down answers its producers then, so
+    /// none is expected here; any that is gets `Timeout`: its batch may live on in another
+    /// replica's log and still commit there, so `NotLeader` (it will not commit) could be false.
     fn fail_producers_from(&self, from: LogIndex) {
         let mut st = self.st.borrow_mut();
-        let error = self.not_leader_in(&st);
         let gone = st.producers.split_off(&from);
         for (_, p) in gone {
-            p.slot.fill(Err(error.clone()));
+            p.slot.fill(Err(NodeError::Timeout));
         }
     }
 
