@@ -287,6 +287,11 @@ struct State {
     /// Leader: per follower, its acknowledged index and since when it has not moved (for
     /// `stuck`); the term of the leadership it was observed in.
     follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
+    /// The leadership term in which this replica last sent `TimeoutNow` (a leadership
+    /// transfer it hands off), and its last index then: the core takes no proposal during a
+    /// transfer and sends it only once the target holds its whole log, so every produce of
+    /// that term up to that index is on the target.
+    handed_off: Option<(Term, LogIndex)>,
 }
 
 impl State {
@@ -454,6 +459,7 @@ impl PartitionReplicator {
             counters: Counters::default(),
             commit_watch: CommitWatch::default(),
             follower_watch: (Term(0), BTreeMap::new()),
+            handed_off: None,
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
             partition,
@@ -678,6 +684,10 @@ impl PartitionReplicator {
                 self.queue_log_op(&mut st, LogOp::Reset { start, prev_term, membership });
             }
             Action::Send { to, message } => {
+                if let Message::TimeoutNow { term } = message {
+                    let mut st = self.st.borrow_mut();
+                    st.handed_off = Some((term, st.replica.last_index()));
+                }
                 if self.shard.peers.send(to, self.partition, message).is_err() {
                     self.st.borrow_mut().unreachable.push(to);
                 }
@@ -708,20 +718,7 @@ impl PartitionReplicator {
                 }
                 if role != Role::Leader {
                     st.commit_watch.forget_all();
-                    // Every produce still pending here was proposed while this replica led
-                    // (a leader never truncates, so they are all still in its log). Its batch
-                    // may be on a follower that becomes leader and commits it, or be dropped:
-                    // the outcome is unknown, so it is answered `Timeout` at once (never
-                    // `NotLeader`, which promises it will not commit: a client would retry it
-                    // and append it twice). Waiting for its fate instead held the client until
-                    // the partition healed or its request timed out.
-                    let pending = std::mem::take(&mut st.producers);
-                    if !pending.is_empty() {
-                        tracing::info!(partition = %self.partition, pending = pending.len(), %term, "leadership lost: pending produces answered Timeout (outcome unknown)");
-                    }
-                    for (_, p) in pending {
-                        p.slot.fill(Err(NodeError::Timeout));
-                    }
+                    self.answer_deposed_producers(&mut st, term);
                 }
                 st.leader = leader;
                 tracing::info!(partition = %self.partition, ?role, %term, ?leader, "role changed");
@@ -947,6 +944,32 @@ impl PartitionReplicator {
         }
         drop(st);
         self.commit_notify.notify_all();
+    }
+
+    /// On losing leadership (now in `term`): every produce still pending was proposed while
+    /// this replica led (a leader never truncates, so all are still in its log). Its batch
+    /// may be on a follower that becomes leader and commits it, or be dropped, and a leader
+    /// cut off from the others (CheckQuorum) learns which only once the partition heals: the
+    /// outcome is unknown, so it is answered `Timeout` at once — never `NotLeader`, which
+    /// promises it will not commit (a client would retry it and append it twice), and never
+    /// held until its fate is known. Except after a hand-off (`handed_off`): the target holds
+    /// those entries and is taking over, so they wait for their true outcome (committed under
+    /// it, within a round trip) as a graceful stop promises.
+    fn answer_deposed_producers(&self, st: &mut State, term: Term) {
+        let handed_off = st.handed_off.take();
+        let on_target = |index: &LogIndex, p: &Producer| {
+            handed_off.is_some_and(|(t, last)| p.term == t && *index <= last)
+        };
+        let pending = std::mem::take(&mut st.producers);
+        let (kept, unknown): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            pending.into_iter().partition(|(index, p)| on_target(index, p));
+        st.producers = kept;
+        if !unknown.is_empty() {
+            tracing::info!(partition = %self.partition, pending = unknown.len(), %term, "leadership lost: pending produces answered Timeout (outcome unknown)");
+        }
+        for (_, p) in unknown {
+            p.slot.fill(Err(NodeError::Timeout));
+        }
     }
 
     /// Answers the producers at or above `from` (their entries are being cut from this log).
