@@ -360,7 +360,8 @@ pub fn run_consume(args: &ConsumeArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         if args.follow && !progressed {
-            // Nothing new (the long poll returned early, e.g. only a control batch).
+            // Nothing new (the long poll ended without records; a reply is never control
+            // batches alone, so a non-empty one always moves the offset).
             std::thread::sleep(POLL_INTERVAL);
         }
     }

@@ -30,6 +30,10 @@ pub const BATCH_SIZE_MAX_DEFAULT: usize = 1 << 20;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 64 << 10;
 /// Default bytes of recent batches kept in memory for readers at the head.
 pub const TAIL_CACHE_BYTES_MAX_DEFAULT: usize = 8 << 20;
+/// Most bytes of control batches (Raft no-ops, membership changes) a fetch by offset returns in
+/// front of its first data batch, whatever its `max_bytes` (`Log::fetch`): enough for ~900
+/// no-ops in a row; beyond it the rest up to the data batch are left out of that reply.
+pub const FETCH_CONTROL_PREFIX_BYTES_MAX: usize = 64 << 10;
 /// Chunk used by the preallocator's zero-fill writes and by recovery's scanner reads.
 pub const IO_CHUNK_BYTES: usize = 1 << 20;
 /// Most entries of one sparse index file (bounds the allocation when loading one).

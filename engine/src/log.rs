@@ -35,7 +35,10 @@ use crate::error::{
 };
 use crate::group_commit::{spawn_flusher, FlushStats, IoGate, Pending};
 use crate::io::{DataDir, FaultInjector};
-use crate::limits::{block_ceil, LogConfig, BLOCK_SIZE, IO_CHUNK_BYTES, RECORD_COUNT_MAX};
+use crate::limits::{
+    block_ceil, LogConfig, BLOCK_SIZE, FETCH_CONTROL_PREFIX_BYTES_MAX, IO_CHUNK_BYTES,
+    RECORD_COUNT_MAX,
+};
 use crate::lock::DirLock;
 use crate::notify::{Durable, DurableSlot, Notify};
 use crate::recovery::{open_segment_file, persist_index, recover, sealed_index, RecoveryReport};
@@ -308,6 +311,97 @@ impl Want {
                 header.next_offset() <= offset && !(count == 0 && header.base_offset() == offset)
             }
         }
+    }
+}
+
+/// What a read keeps of the batches it walks, in log order.
+///
+/// - A fetch by offset (`Log::fetch`, what clients read; docs/format.md#fetch) must make
+///   progress: control batches (Raft no-ops, membership: no records, no offsets of their own)
+///   never stand in for data, and `max_bytes` never leaves a reader stuck in front of them.
+///   It keeps the control batches in front of the first data batch at or after the offset
+///   while they total at most `FETCH_CONTROL_PREFIX_BYTES_MAX` (whatever `max_bytes`; past
+///   it, it skips the rest of them), always keeps that first data batch (whole, even past
+///   `max_bytes`), then keeps batches while the total fits in `max_bytes`, and drops the
+///   control batches after its last data batch. So a reply holds a data batch whenever one is
+///   readable at or after the offset, its last batch is a data batch (its end is the next
+///   offset to fetch, past everything returned), and a log that ends in control batches
+///   reads as empty there, not as the same control batches again and again. Size: at most
+///   `max(max_bytes, FETCH_CONTROL_PREFIX_BYTES_MAX + one data batch)`.
+/// - A read by index (`Log::read_entries`, what a leader sends) keeps every batch: at least
+///   one, then while the total fits.
+#[derive(Debug)]
+struct Gather {
+    by_offset: bool,
+    max_bytes: usize,
+    total: usize,
+    out: Vec<Bytes>,
+    /// `out.len()` right after the last data batch kept (`None`: none kept yet).
+    data_through: Option<usize>,
+    /// A control batch before the first data batch did not fit in
+    /// `FETCH_CONTROL_PREFIX_BYTES_MAX`: skip the rest of them.
+    skipping_controls: bool,
+}
+
+/// Whether a read keeps the batch it is offered, skips it, or is complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    Skip,
+    Stop,
+}
+
+impl Gather {
+    fn new(want: Want, max_bytes: usize) -> Gather {
+        Gather {
+            by_offset: matches!(want, Want::Offset(_)),
+            max_bytes,
+            total: 0,
+            out: Vec::new(),
+            data_through: None,
+            skipping_controls: false,
+        }
+    }
+
+    /// The verdict on the next batch (`len` bytes, `record_count` records); the caller
+    /// `keep`s it when told to.
+    fn offer(&mut self, record_count: u32, len: usize) -> Verdict {
+        let fits = self.total.saturating_add(len) <= self.max_bytes;
+        if !self.by_offset {
+            return if self.out.is_empty() || fits { Verdict::Keep } else { Verdict::Stop };
+        }
+        match (self.data_through.is_some(), record_count == 0) {
+            (true, _) => match fits {
+                true => Verdict::Keep,
+                false => Verdict::Stop,
+            },
+            // The first data batch: whole, even past `max_bytes`.
+            (false, false) => Verdict::Keep,
+            (false, true) => {
+                let prefix_fits = self.total + len <= FETCH_CONTROL_PREFIX_BYTES_MAX;
+                if prefix_fits && !self.skipping_controls {
+                    Verdict::Keep
+                } else {
+                    self.skipping_controls = true;
+                    Verdict::Skip
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, record_count: u32, bytes: Bytes) {
+        self.total += bytes.len();
+        self.out.push(bytes);
+        if record_count > 0 {
+            self.data_through = Some(self.out.len());
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if self.by_offset {
+            self.out.truncate(self.data_through.unwrap_or(0));
+        }
+        self.out
     }
 }
 
@@ -720,9 +814,12 @@ impl Log {
         self.inner.state.borrow().segments.len()
     }
 
-    /// Whole raw batches from the one holding `offset` on (or a control batch at `offset`),
-    /// up to `max_bytes` (at least one batch if any is readable) and `bound`. Every batch is
-    /// checksum-verified; a corrupt one is an error, never returned.
+    /// Whole raw batches from the one holding `offset` on (control batches at `offset`
+    /// first), up to `bound` and `max_bytes`: at least the first data batch at or after
+    /// `offset` if one is readable (whole, even past `max_bytes`, with the control batches in
+    /// front of it up to `FETCH_CONTROL_PREFIX_BYTES_MAX`); never ending in a control batch
+    /// (see `Gather`). Empty when only control batches are readable there. Every batch is checksum-verified; a corrupt
+    /// one is an error, never returned.
     pub async fn fetch(
         &self,
         offset: Offset,
@@ -780,8 +877,7 @@ impl Log {
         limit: LogIndex,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>, FetchError> {
-        let mut out: Vec<Bytes> = Vec::new();
-        let mut total = 0usize;
+        let mut gather = Gather::new(want, max_bytes);
         let rounds = self.inner.state.borrow().segments.len() + 2;
         for _ in 0..rounds {
             // The tail cache, if it holds the start.
@@ -800,21 +896,24 @@ impl Log {
                             Want::Offset(offset) => Box::new(st.cache.starting_at_offset(offset)),
                         };
                         for batch in batches {
-                            if batch.index > limit
-                                || (!out.is_empty() && total + batch.bytes.len() > max_bytes)
-                            {
+                            if batch.index > limit {
                                 break;
                             }
-                            total += batch.bytes.len();
-                            out.push(batch.bytes.clone());
+                            match gather.offer(batch.record_count, batch.bytes.len()) {
+                                Verdict::Keep => {
+                                    gather.keep(batch.record_count, batch.bytes.clone());
+                                }
+                                Verdict::Skip => {}
+                                Verdict::Stop => break,
+                            }
                         }
-                        return Ok(out);
+                        return Ok(gather.finish());
                     }
                 }
             }
             // Otherwise the segment holding it.
             let Some((file, name, position, data_end, seg_next)) = self.locate(want) else {
-                return Ok(out);
+                return Ok(gather.finish());
             };
             // Clamped before rounding: any `max_bytes` (up to usize::MAX) is accepted.
             let wanted = (max_bytes as u64).min(IO_CHUNK_BYTES as u64);
@@ -831,18 +930,23 @@ impl Log {
                 match reader.next_item(position, batch_size_max).await.map_err(io)? {
                     Item::Batch { header, len } => {
                         if !want.skips(&header) {
-                            if header.index() > limit
-                                || (!out.is_empty() && total + len > max_bytes)
-                            {
-                                return Ok(out);
+                            if header.index() > limit {
+                                return Ok(gather.finish());
                             }
-                            let bytes = reader.bytes(position, len).await.map_err(io)?;
-                            // Checked by next_item; decode again so what we return is what
-                            // was verified.
-                            decode_batch(bytes, batch_size_max)
-                                .map_err(|e| corrupt(position, CorruptionKind::ReadBack(e)))?;
-                            total += len;
-                            out.push(Bytes::copy_from_slice(bytes));
+                            let records = header.record_count();
+                            match gather.offer(records, len) {
+                                Verdict::Keep => {
+                                    let bytes = reader.bytes(position, len).await.map_err(io)?;
+                                    // Checked by next_item; decode again so what we return is
+                                    // what was verified.
+                                    decode_batch(bytes, batch_size_max).map_err(|e| {
+                                        corrupt(position, CorruptionKind::ReadBack(e))
+                                    })?;
+                                    gather.keep(records, Bytes::copy_from_slice(bytes));
+                                }
+                                Verdict::Skip => {}
+                                Verdict::Stop => return Ok(gather.finish()),
+                            }
                             want = Want::Index(header.index().next());
                         }
                         position += len as u64;
@@ -866,14 +970,14 @@ impl Log {
                 }
             }
             if seg_next > limit {
-                return Ok(out);
+                return Ok(gather.finish());
             }
             // The rest starts at the next segment (or the tail cache).
             if matches!(want, Want::Offset(_)) {
                 want = Want::Index(seg_next);
             }
         }
-        Ok(out)
+        Ok(gather.finish())
     }
 
     /// The segment and start position for `want` (durable bytes only).

@@ -6,10 +6,12 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use common::{request, run, small_config, tempdir, values};
+use ringlog_engine::batch::BATCH_HEADER_SIZE;
+use ringlog_engine::limits::FETCH_CONTROL_PREFIX_BYTES_MAX;
 use ringlog_engine::{
     decode_batch, AppendError, AppendRequest, FetchError, HardState, HardStateStore, Log,
     LogConfig, LogError, LogIndex, NodeId, Offset, OpenError, ReadBound, Term, TruncateError,
-    CONTROL_MEMBERSHIP,
+    CONTROL_MEMBERSHIP, CONTROL_NOOP,
 };
 
 #[test]
@@ -551,6 +553,110 @@ fn control_batches_take_an_index_but_no_offset() {
         assert_eq!(log.membership_indices(), vec![LogIndex(2)]);
         log.close().await.unwrap();
     });
+}
+
+/// Reads the whole log from offset 0 with `max_bytes`, fetch after fetch from the end of the
+/// last one, in a bounded loop: every reply must move the offset (its last batch holds
+/// records) and the log's end reads as empty. Returns the values and the replies' sizes.
+async fn consume_all(log: &Log, max_bytes: usize) -> (Vec<Vec<u8>>, Vec<usize>) {
+    let (mut offset, mut got, mut replies) = (Offset(0), Vec::new(), Vec::new());
+    for _ in 0..64 {
+        let batches = log.fetch(offset, max_bytes, ReadBound::Durable).await.unwrap();
+        let Some(last) = batches.last() else { return (got, replies) };
+        let last = decode_batch(last, 1 << 20).unwrap();
+        assert!(
+            last.header().record_count() > 0,
+            "a fetch at {offset:?} with max_bytes {max_bytes} ends in a control batch"
+        );
+        let next = last.header().next_offset();
+        assert!(next > offset, "a fetch at {offset:?} with max_bytes {max_bytes} made no progress");
+        for batch in &batches {
+            let view = decode_batch(batch, 1 << 20).unwrap();
+            let base = view.header().base_offset().0;
+            for (i, value) in view.records().enumerate() {
+                if base + i as u64 >= offset.0 {
+                    got.push(value.to_vec());
+                }
+            }
+        }
+        replies.push(batches.len());
+        offset = next;
+    }
+    panic!("reading the log with max_bytes {max_bytes} did not end in 64 fetches");
+}
+
+#[test]
+fn fetches_with_any_max_bytes_step_over_control_batches_and_end_empty_at_trailing_ones() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let noop = || AppendRequest::control(Term(1), CONTROL_NOOP, Bytes::new(), 0);
+        let membership =
+            AppendRequest::control(Term(1), CONTROL_MEMBERSHIP, Bytes::from_static(b"1,2,3"), 0);
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        for (i, request) in [
+            noop(),
+            request(1, 2, 10, 1),
+            noop(),
+            noop(),
+            request(1, 2, 10, 2),
+            membership,
+            request(1, 1, 10, 3),
+            noop(),
+            noop(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            log.append(request).unwrap_or_else(|e| panic!("append {i}: {e}"));
+        }
+        log.sync().await.unwrap();
+        // From the tail cache, then (reopened: the cache starts empty) from the segment.
+        check_fetches_over_control_batches(&log, false).await;
+        log.close().await.unwrap();
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        check_fetches_over_control_batches(&log, true).await;
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn control_batches_in_front_of_a_data_batch_are_returned_up_to_their_limit() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        let noops = 2 * FETCH_CONTROL_PREFIX_BYTES_MAX / BATCH_HEADER_SIZE;
+        for _ in 0..noops {
+            log.append(AppendRequest::control(Term(1), CONTROL_NOOP, Bytes::new(), 0)).unwrap();
+        }
+        log.append(request(1, 1, 10, 7)).unwrap();
+        log.sync().await.unwrap();
+        let batches = log.fetch(Offset(0), 1, ReadBound::Durable).await.unwrap();
+        let bytes: usize = batches[..batches.len() - 1].iter().map(Bytes::len).sum();
+        assert!(batches.len() > 1, "no-ops come with the data batch");
+        assert!(bytes <= FETCH_CONTROL_PREFIX_BYTES_MAX, "{bytes} bytes of control batches");
+        assert_eq!(values(&batches), vec![vec![7u8; 10]], "the data batch last");
+        log.close().await.unwrap();
+    });
+}
+
+/// The log of `fetches_with_any_max_bytes_step_over_control_batches_...`: offsets 0-1 (after a
+/// no-op), two no-ops, offsets 2-3, a membership batch, offset 4, two no-ops.
+async fn check_fetches_over_control_batches(log: &Log, reopened: bool) {
+    let expected: Vec<Vec<u8>> = [1u8, 1, 2, 2, 3].iter().map(|&f| vec![f; 10]).collect();
+    for max_bytes in [0, 1, 64, 100, 1 << 20] {
+        let (got, replies) = consume_all(log, max_bytes).await;
+        assert_eq!(got, expected, "max_bytes {max_bytes}, reopened {reopened}");
+        eprintln!("max_bytes {max_bytes}, reopened {reopened}: replies {replies:?}");
+    }
+    // Control batches that fit come with the data batch after them.
+    let all = log.fetch(Offset(0), 1 << 20, ReadBound::Durable).await.unwrap();
+    assert_eq!(all.len(), 7, "every batch but the trailing no-ops, reopened {reopened}");
+    let one = log.fetch(Offset(2), 1, ReadBound::Durable).await.unwrap();
+    assert_eq!(one.len(), 3, "the two no-ops in front of offset 2's data batch, then it");
+    assert_eq!(values(&one), vec![vec![2u8; 10]; 2]);
+    assert!(log.fetch(Offset(5), 1 << 20, ReadBound::Durable).await.unwrap().is_empty());
 }
 
 #[test]

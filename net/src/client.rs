@@ -28,13 +28,31 @@
 //! is safe.
 //!
 //! It never retries a produce after the request may have reached a leader: a lost or reset
-//! connection after the write, a read timeout, or the replies `Timeout` ("the acks were not
-//! reached in time; the batch may still commit"), `ShuttingDown`, `StorageFailed` or
+//! connection after the write, a read timeout, or the replies `Timeout` ("outcome unknown": the
+//! acks were not reached in time, or the leader lost its leadership while the produce was
+//! pending — a leader that steps down answers so at once instead of holding the produce until
+//! its fate is known), `ShuttingDown`, `StorageFailed` or
 //! `Internal`. Those return [`ClientError::Indeterminate`] (or the server error): the batch
 //! may have been appended, and may commit later. A caller that retries such a produce itself
 //! may append the records twice; only acknowledged produces are known to be present, each
 //! exactly once. `transfer_leader` and `change_membership` follow the same rule. Reads
 //! (`fetch`, `metadata`, `status`) change nothing and are retried on any transport error.
+//!
+//! # Fetching: progress over control batches
+//!
+//! A partition's log also holds control batches (a Raft no-op at each new leader's term,
+//! membership changes): they hold no records and take no offset of their own (a control batch
+//! appended when the log ends at offset `n` has base offset `n` and zero records, so the
+//! offset after it is `n` again). The node never answers a fetch with control batches alone:
+//! a reply holds the first batch with records at or after the offset whatever `max_bytes` is
+//! (whole, even when larger), control batches only before a batch with records, and its last
+//! batch holds records (docs/format.md#fetch). So [`next_offset`] of a non-empty reply is
+//! always past the fetch offset and past every record returned — a loop that fetches from it
+//! (with any `max_bytes`, 1 included) reads each committed record exactly once and never
+//! asks for the same offset forever — and an empty reply means no record is committed at
+//! or after the offset yet (also when a leader change left only control batches there): a
+//! consume loop stops or long-polls there. [`decode_records`] skips control batches and
+//! records below the fetch offset (a batch holding the offset may start before it).
 //!
 //! # Limits
 //!

@@ -54,8 +54,9 @@ pub struct ProduceRequest {
 pub struct FetchRequest {
     pub partition: PartitionId,
     pub offset: Offset,
-    /// Stop adding batches once this many bytes are gathered (at least one batch is returned
-    /// if any is available). Capped by `FETCH_BYTES_MAX` on decode.
+    /// Stop adding batches once this many bytes are gathered; the first batch holding records
+    /// at or after `offset` is returned whatever this is, and a reply never ends in a control
+    /// batch (docs/format.md#fetch). Capped by `FETCH_BYTES_MAX` on decode.
     pub max_bytes: u32,
     /// Long poll: if nothing is committed at `offset`, wait up to this long for it.
     pub wait_ms: u32,
@@ -128,7 +129,9 @@ pub struct FetchResponse {
     pub log_start: Offset,
     /// First offset not yet committed.
     pub commit: Offset,
-    /// Whole record batches in the on-disk format, in offset order; zero-copy slices.
+    /// Whole record batches in the on-disk format, in log order; zero-copy slices. Empty, or
+    /// ending in a batch that holds records: [`crate::client::next_offset`] of a non-empty
+    /// reply is past the fetch offset (docs/format.md#fetch).
     pub batches: Vec<Bytes>,
 }
 
@@ -244,7 +247,9 @@ pub enum ErrorReply {
     UnsupportedVersion {
         version: u8,
     },
-    /// The requested acks were not reached in time; the batch may still commit later.
+    /// Outcome unknown: the requested acks were not reached in time, or the leader lost its
+    /// leadership (stepped down, or learnt of a newer term) before they were. The batch may
+    /// or may not commit; never retried by the client (`ClientError::Indeterminate`).
     Timeout,
     ShuttingDown,
     /// The partition's log latched an IO failure (fatal for that log).

@@ -54,6 +54,8 @@ pub struct Spec {
     pub shards: u16,
     pub partitions: u32,
     pub segment_size: u64,
+    /// `storage.batch_size_max` of every node (`flush_bytes_max` follows it above 512 KiB).
+    pub batch_size_max: u64,
     /// `[tls]` per node id (absent: `mode = "plaintext"`, written explicitly).
     pub tls: BTreeMap<u32, TlsSection>,
     /// `[net]` of every node (the harness's reconnect backoffs unless a test sets its own).
@@ -73,6 +75,7 @@ impl Spec {
             shards: 1,
             partitions: 2,
             segment_size: 2 * 1024 * 1024,
+            batch_size_max: 256 * 1024,
             tls: BTreeMap::new(),
             admin: BTreeMap::new(),
             net: NetSection {
@@ -97,6 +100,13 @@ impl Spec {
 
     pub fn partitions(mut self, partitions: u32) -> Spec {
         self.partitions = partitions;
+        self
+    }
+
+    /// Larger batches (segments grow to hold four flushes of them).
+    pub fn batch_size_max(mut self, bytes: u64) -> Spec {
+        self.batch_size_max = bytes;
+        self.segment_size = self.segment_size.max(4 * bytes);
         self
     }
 }
@@ -271,9 +281,9 @@ impl Cluster {
             peers: peers.to_vec(),
             storage: StorageSection {
                 segment_size: self.spec.segment_size,
-                flush_bytes_max: 512 * 1024,
+                flush_bytes_max: self.spec.batch_size_max.max(512 * 1024),
                 queued_bytes_max: 8 * 1024 * 1024,
-                batch_size_max: 256 * 1024,
+                batch_size_max: self.spec.batch_size_max,
                 tail_cache_bytes_max: 2 * 1024 * 1024,
                 index_interval_bytes: 64 * 1024,
                 ..StorageSection::default()

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use harness::{Cluster, Spec, FETCH_BYTES, LIVENESS_TIMEOUT};
 use netcut::{PrivateNetwork, GID_BASE};
-use ringlog_net::client::{decode_records, next_offset, Client};
-use ringlog_net::protocol::{Acks, Consistency};
+use ringlog_net::client::{decode_records, next_offset, Client, ClientConfig, ClientError};
+use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::{Offset, PartitionId};
+use ringlog_raft::Role;
 
 const P: PartitionId = PartitionId(0);
 /// Long-poll readers on the leader that gets cut off.
@@ -128,7 +129,7 @@ fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_t
         network.heal(leader, other).expect("heal the cut");
     }
     cluster.wait_converged(&client, P);
-    // Joined after the heal: a produce pending on L is answered once its fate is known.
+    // Joined after the heal (each was answered when L stepped down: outcome unknown).
     let quorum_outcomes: Vec<_> = quorum_producers
         .into_iter()
         .map(|producer| producer.join().expect("quorum producer thread"))
@@ -219,5 +220,130 @@ fn read_until_stopped(
         if let Some(next) = next_offset(&response.batches) {
             offset = offset.max(next);
         }
+    }
+}
+
+/// acks=quorum produces sent to the leader right after it is cut off.
+const PENDING_PRODUCES: usize = 4;
+/// Election timeout of the test cluster (`election_ticks` = 10 of `TICK_MS`, randomized up to
+/// twice that).
+const ELECTION_TIMEOUT_MS: u64 = 2 * 10 * harness::TICK_MS;
+/// How long after the cut-off leader steps down its pending produces may wait for their
+/// answer (ten election timeouts): generous for a loaded machine, and far below
+/// `PRODUCE_REQUEST_TIMEOUT` and the cut's length (a produce held until the heal, or until
+/// its request timed out, fails).
+const STEP_DOWN_ANSWER_BOUND: Duration = Duration::from_millis(10 * ELECTION_TIMEOUT_MS);
+/// The producers' request timeout: long, so a transport timeout cannot pass for the answer.
+const PRODUCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate_when_it_steps_down() {
+    let test = "a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate";
+    let Some(network) = PrivateNetwork::enter(test) else { return };
+    let mut cluster = Cluster::configure("partition-pending", Spec::new(3).partitions(1));
+    cluster.node_gid_base = Some(GID_BASE);
+    network.mark_peer_links(&cluster).expect("mark the peer links");
+    cluster.launch();
+    let client = cluster.client();
+    let (leader, _) = cluster.wait_leader(&client, P);
+    let others: Vec<u32> = cluster.nodes.keys().copied().filter(|&id| id != leader).collect();
+    for i in 0..8 {
+        let value = format!("before-{i}");
+        client.produce(P, Acks::Quorum, &[value.as_bytes()]).expect("produce before the cut");
+    }
+    cluster.wait_converged(&client, P);
+    let leader_addr = cluster.nodes[&leader].client;
+
+    // Producers wait at a barrier so that their produces leave right after the cut, while
+    // the leader still leads (CheckQuorum needs at least an election timeout to notice).
+    let start = Arc::new(std::sync::Barrier::new(PENDING_PRODUCES + 1));
+    let (answers_tx, answers) = std::sync::mpsc::channel();
+    for i in 0..PENDING_PRODUCES {
+        let bootstrap = cluster.nodes.values().map(|n| n.client).collect();
+        let config = ClientConfig {
+            request_timeout: PRODUCE_REQUEST_TIMEOUT,
+            ..harness::test_client_config(bootstrap)
+        };
+        let producer = Client::new(config).expect("producer client");
+        let (start, answers_tx) = (start.clone(), answers_tx.clone());
+        std::thread::spawn(move || {
+            let value = format!("pending-on-the-cut-off-leader-{i}");
+            start.wait();
+            let outcome = producer.node(leader_addr).produce(P, Acks::Quorum, &[value.as_bytes()]);
+            let _ = answers_tx.send((value, outcome, Instant::now()));
+        });
+    }
+    drop(answers_tx);
+    for &other in &others {
+        network.cut(leader, other).expect("cut the leader off");
+    }
+    let cut_at = Instant::now();
+    start.wait();
+
+    // The cut-off leader steps down (CheckQuorum).
+    let view = client.node(leader_addr);
+    let stepped_down_at = loop {
+        match view.status(P) {
+            Ok(status) if status.role != Role::Leader => break Instant::now(),
+            Ok(_) | Err(_) => {}
+        }
+        assert!(
+            cut_at.elapsed() < LIVENESS_TIMEOUT,
+            "node {leader}, cut off from every other node, still leads after {LIVENESS_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("node {leader} stepped down {:?} after the cut", stepped_down_at - cut_at);
+
+    // Every pending produce is answered soon after, while the cut still holds.
+    let deadline = stepped_down_at + STEP_DOWN_ANSWER_BOUND;
+    let mut outcomes = Vec::new();
+    while outcomes.len() < PENDING_PRODUCES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match answers.recv_timeout(left) {
+            Ok(answer) => outcomes.push(answer),
+            Err(_) => panic!(
+                "{} of {PENDING_PRODUCES} acks=quorum produces pending on node {leader} were not \
+                 answered within {STEP_DOWN_ANSWER_BOUND:?} of its stepping down (answered: \
+                 {outcomes:?}); a deposed leader must answer them at once, outcome unknown",
+                PENDING_PRODUCES - outcomes.len()
+            ),
+        }
+    }
+    for (value, outcome, at) in &outcomes {
+        eprintln!("{value}: {outcome:?}, {:?} after the cut", *at - cut_at);
+    }
+    let mut indeterminate = 0;
+    for (value, outcome, at) in &outcomes {
+        match outcome {
+            // The leader's own answer "outcome unknown" (not a transport timeout): a produce
+            // to one node returns the reply as is (a routed one maps it to `Indeterminate`).
+            Err(ClientError::Server { reply: ErrorReply::Timeout, .. }) => indeterminate += 1,
+            // Arrived after the step-down: refused before anything was taken (true).
+            Err(ClientError::Server { reply: ErrorReply::NotLeader { .. }, .. }) => {}
+            other => panic!(
+                "{value}, pending on node {leader} cut off from every other node, got {other:?} \
+                 {:?} after the cut: only \"outcome unknown\" (or a refusal) is true",
+                *at - cut_at
+            ),
+        }
+    }
+    assert!(
+        indeterminate > 0,
+        "no produce was pending on node {leader} when it stepped down (all refused): the test \
+         did not exercise the pending case"
+    );
+
+    for &other in &others {
+        network.heal(leader, other).expect("heal the cut");
+    }
+    let committed = cluster.assert_replicas_identical(&client, P);
+    for (value, _, _) in &outcomes {
+        let copies = committed.iter().filter(|r| r.value.as_ref() == value.as_bytes()).count();
+        assert!(copies <= 1, "{value} is in the committed log {copies} times");
+        eprintln!(
+            "{value}: {copies} cop{} in the committed log",
+            if copies == 1 { "y" } else { "ies" }
+        );
     }
 }

@@ -33,10 +33,12 @@ pub struct AppendOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadOutcome {
     pub partition: PartitionId,
-    /// Whole record batches in the on-disk format, checksum verified, in offset order.
+    /// Whole record batches in the on-disk format, checksum verified, in offset order. Never
+    /// control batches alone: when any are returned, the last batch holds records (see
+    /// docs/format.md#fetch); empty when no record is committed at or after the offset.
     pub batches: Vec<Bytes>,
-    /// The offset to read next (the first offset after the last returned batch, or the
-    /// requested offset when nothing was returned).
+    /// The offset to read next (the first offset after the last returned batch, so past
+    /// every returned record, or the requested offset when nothing was returned).
     pub next_offset: Offset,
     /// First offset not yet committed.
     pub commit: Offset,
@@ -97,7 +99,9 @@ pub enum NodeError {
     Oversize { len: u64, max: u64 },
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the requested acks were not reached in time; the batch may still commit")]
+    /// Outcome unknown: the acks were not reached in time, or the leader lost its leadership
+    /// before they were (answered at once when it steps down). The batch may or may not commit.
+    #[error("the requested acks were not reached in time or the leader lost its leadership; the batch may or may not commit")]
     Timeout,
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -17,7 +17,8 @@
 //!   reads the raw batches (`Log::read_entries`) and queues one `Append` frame; fresh entries
 //!   on the latency queue, catch-up (entries already committed) on the catch-up queue.
 //! - `CommitAdvanced` -> producers with acks=quorum answered, long-poll readers woken.
-//! - `ReadReady` / `ReadFailed` -> linearizable readers; `RoleChanged` -> counters;
+//! - `ReadReady` / `ReadFailed` -> linearizable readers; `RoleChanged` -> counters, and on
+//!   losing leadership every pending producer answered `Timeout` at once (outcome unknown);
 //!   `MembershipChanged` -> links; `LearnerCaughtUp` -> promotion; `Repaired` -> the durable
 //!   damaged mark removed.
 //!
@@ -286,6 +287,11 @@ struct State {
     /// Leader: per follower, its acknowledged index and since when it has not moved (for
     /// `stuck`); the term of the leadership it was observed in.
     follower_watch: (Term, BTreeMap<NodeId, (LogIndex, Instant)>),
+    /// The leadership term in which this replica last sent `TimeoutNow` (a leadership
+    /// transfer it hands off), and its last index then: the core takes no proposal during a
+    /// transfer and sends it only once the target holds its whole log, so every produce of
+    /// that term up to that index is on the target.
+    handed_off: Option<(Term, LogIndex)>,
 }
 
 impl State {
@@ -453,6 +459,7 @@ impl PartitionReplicator {
             counters: Counters::default(),
             commit_watch: CommitWatch::default(),
             follower_watch: (Term(0), BTreeMap::new()),
+            handed_off: None,
         };
         Ok(Rc::new_cyclic(|me| PartitionReplicator {
             partition,
@@ -677,6 +684,10 @@ impl PartitionReplicator {
                 self.queue_log_op(&mut st, LogOp::Reset { start, prev_term, membership });
             }
             Action::Send { to, message } => {
+                if let Message::TimeoutNow { term } = message {
+                    let mut st = self.st.borrow_mut();
+                    st.handed_off = Some((term, st.replica.last_index()));
+                }
                 if self.shard.peers.send(to, self.partition, message).is_err() {
                     self.st.borrow_mut().unreachable.push(to);
                 }
@@ -707,6 +718,7 @@ impl PartitionReplicator {
                 }
                 if role != Role::Leader {
                     st.commit_watch.forget_all();
+                    self.answer_deposed_producers(&mut st, term);
                 }
                 st.leader = leader;
                 tracing::info!(partition = %self.partition, ?role, %term, ?leader, "role changed");
@@ -934,12 +946,41 @@ impl PartitionReplicator {
         self.commit_notify.notify_all();
     }
 
+    /// On losing leadership (now in `term`): every produce still pending was proposed while
+    /// this replica led (a leader never truncates, so all are still in its log). Its batch
+    /// may be on a follower that becomes leader and commits it, or be dropped, and a leader
+    /// cut off from the others (CheckQuorum) learns which only once the partition heals: the
+    /// outcome is unknown, so it is answered `Timeout` at once — never `NotLeader`, which
+    /// promises it will not commit (a client would retry it and append it twice), and never
+    /// held until its fate is known. Except after a hand-off (`handed_off`): the target holds
+    /// those entries and is taking over, so they wait for their true outcome (committed under
+    /// it, within a round trip) as a graceful stop promises.
+    fn answer_deposed_producers(&self, st: &mut State, term: Term) {
+        let handed_off = st.handed_off.take();
+        let on_target = |index: &LogIndex, p: &Producer| {
+            handed_off.is_some_and(|(t, last)| p.term == t && *index <= last)
+        };
+        let pending = std::mem::take(&mut st.producers);
+        let (kept, unknown): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            pending.into_iter().partition(|(index, p)| on_target(index, p));
+        st.producers = kept;
+        if !unknown.is_empty() {
+            tracing::info!(partition = %self.partition, pending = unknown.len(), %term, "leadership lost: pending produces answered Timeout (outcome unknown)");
+        }
+        for (_, p) in unknown {
+            p.slot.fill(Err(NodeError::Timeout));
+        }
+    }
+
+    /// Answers the producers at or above `from` (their entries are being cut from this log).
+    /// Only a follower truncates, and a leader that steps down answers its producers then, so
+    /// none is expected here; any that is gets `Timeout`: its batch may live on in another
+    /// replica's log and still commit there, so `NotLeader` (it will not commit) could be false.
     fn fail_producers_from(&self, from: LogIndex) {
         let mut st = self.st.borrow_mut();
-        let error = self.not_leader_in(&st);
         let gone = st.producers.split_off(&from);
         for (_, p) in gone {
-            p.slot.fill(Err(error.clone()));
+            p.slot.fill(Err(NodeError::Timeout));
         }
     }
 
@@ -1862,7 +1903,11 @@ impl PartitionReplicator {
             };
             if let Some(through) = readable.filter(|&through| through >= floor) {
                 let out = self.fetch_committed(offset, max_bytes, through).await?;
-                if self.has_news(&out, through) || Instant::now() >= deadline {
+                // Records, or nothing: the log never answers control batches alone
+                // (`Log::fetch`), so a reader at the end of the log right after a leader
+                // change waits for data instead of getting the new leader's no-op back at
+                // once, again and again.
+                if !out.batches.is_empty() || Instant::now() >= deadline {
                     return Ok(out);
                 }
             } else if Instant::now() >= deadline {
@@ -1871,23 +1916,6 @@ impl PartitionReplicator {
             let left = deadline.saturating_duration_since(Instant::now());
             within(left, self.commit_notify.wait(epoch)).await;
         }
-    }
-
-    /// Whether a fetch found something for a long-polling reader: records, or control
-    /// batches followed by more committed entries. Control batches take an index but no
-    /// offset, so a reader at the end of the log right after a leader change would otherwise
-    /// get the new leader's no-op back at once, again and again, with `next_offset`
-    /// unchanged: that is no news, and the read waits for a commit instead.
-    fn has_news(&self, out: &ReadOutcome, commit: LogIndex) -> bool {
-        let Some(last) = out.batches.last() else { return false };
-        let only_control = out
-            .batches
-            .iter()
-            .all(|b| peek_header(b, self.batch_size_max).is_ok_and(|h| h.record_count() == 0));
-        if !only_control {
-            return true;
-        }
-        peek_header(last, self.batch_size_max).map_or(true, |h| h.index() < commit)
     }
 
     async fn fetch_committed(
