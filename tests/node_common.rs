@@ -108,13 +108,19 @@ pub fn wait_leader(nodes: &[&NodeHandle], p: PartitionId) -> usize {
     }
 }
 
-/// Retries `op` while it fails with a transient error (no leader yet, backpressure).
+/// Retries `op` while it fails with a transient error (no leader yet, backpressure, or a
+/// leader that stepped down with the produce pending: `Timeout`, outcome unknown — a retry
+/// may append the record twice, which these tests allow).
 pub fn retry<T>(mut op: impl FnMut() -> Result<T, NodeError>) -> T {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         match op() {
             Ok(value) => return value,
-            Err(error @ (NodeError::NotLeader { .. } | NodeError::Backpressure { .. })) => {
+            Err(
+                error @ (NodeError::NotLeader { .. }
+                | NodeError::Backpressure { .. }
+                | NodeError::Timeout),
+            ) => {
                 assert!(Instant::now() < deadline, "still failing after {WAIT_MAX:?}: {error}");
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Longest wait for the ready line, and then for the process to end after the panic.
 const WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long after shard 0 is ready the injected panic fires.
+const PANIC_AFTER_MS: &str = "5000";
 /// `serve`'s exit status after a panic (src/serve.rs `EXIT_PANIC`).
 const EXIT_PANIC: i32 = 3;
 
@@ -42,7 +44,9 @@ fn a_panic_in_a_shard_thread_ends_the_serve_process_and_frees_its_ports() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
         .args(["serve", "--config"])
         .arg(&config)
-        .env("RINGLOG_FAULT_PANIC_SHARD_AFTER_MS", "500")
+        // Late enough that the node printed its ready line first even on a loaded machine
+        // (at 500 ms a start under a CPU hog panicked before it was ready).
+        .env("RINGLOG_FAULT_PANIC_SHARD_AFTER_MS", PANIC_AFTER_MS)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1918,6 +1918,43 @@ impl PartitionReplicator {
         }
     }
 
+    /// The read path's second line of defence: `batches` (a committed read, in index order)
+    /// cut before the first batch that is not the core's entry at its index. Raft's log
+    /// matching makes (index, term) name one entry, so a batch whose term is not the core's
+    /// there is an entry an earlier leader wrote that this replica's log no longer holds;
+    /// serving it would hand a reader a record that was never committed. The settled check
+    /// (`engine_settled_through`) keeps pending engine state out of reads; should the engine
+    /// still return such a batch, it is logged and counted (`ringlog_errors_total`, kind
+    /// `stale_batch_refused`), never served, and the reader gets the entries before it.
+    fn core_entries_only(&self, mut batches: Vec<Bytes>) -> Vec<Bytes> {
+        let held = {
+            let st = self.st.borrow();
+            let replica = &st.replica;
+            core_held_prefix(&batches, self.batch_size_max, replica.log_start(), |index| {
+                replica.term_at(index)
+            })
+        };
+        if held < batches.len() {
+            let header = peek_header(&batches[held], self.batch_size_max).ok();
+            tracing::error!(
+                partition = %self.partition,
+                index = ?header.map(|h| h.index()),
+                term = ?header.map(|h| h.term()),
+                core_term = ?header.and_then(|h| self.st.borrow().replica.term_at(h.index())),
+                "a committed read found a batch the core does not hold at its index; refused"
+            );
+            *self
+                .st
+                .borrow_mut()
+                .counters
+                .errors
+                .entry("stale_batch_refused".into())
+                .or_default() += 1;
+            batches.truncate(held);
+        }
+        batches
+    }
+
     async fn fetch_committed(
         &self,
         offset: Offset,
@@ -1950,6 +1987,7 @@ impl PartitionReplicator {
                 return Err(NodeError::Internal(format!("fetch: {e}")));
             }
         };
+        let batches = self.core_entries_only(batches);
         let next_offset = batches
             .last()
             .and_then(|b| peek_header(b, self.batch_size_max).ok())
@@ -2333,4 +2371,25 @@ fn seed_for(node: NodeId, partition: PartitionId) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (u64::from(node.0) << 40) ^ (u64::from(partition.0) << 20) ^ nanos
+}
+
+/// How many of `batches` (raw batches in index order) are the core's entries: the length of
+/// the prefix before the first batch that does not decode, or whose index is at or above
+/// `log_start` with a term other than `term_at(index)`. Batches below the core's log start
+/// are committed (the start only moves past committed entries) and are kept.
+pub(crate) fn core_held_prefix(
+    batches: &[Bytes],
+    batch_size_max: usize,
+    log_start: LogIndex,
+    term_at: impl Fn(LogIndex) -> Option<Term>,
+) -> usize {
+    batches
+        .iter()
+        .position(|batch| match peek_header(batch, batch_size_max) {
+            Ok(header) => {
+                header.index() >= log_start && term_at(header.index()) != Some(header.term())
+            }
+            Err(_) => true,
+        })
+        .unwrap_or(batches.len())
 }

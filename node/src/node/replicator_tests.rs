@@ -434,7 +434,13 @@ impl Cluster {
                         acked.push(value);
                         break;
                     }
-                    Err(NodeError::NotLeader { .. } | NodeError::Backpressure { .. }) => {
+                    // Timeout: the leader stepped down with it pending (outcome unknown);
+                    // a retry may append it twice, which these tests allow.
+                    Err(
+                        NodeError::NotLeader { .. }
+                        | NodeError::Backpressure { .. }
+                        | NodeError::Timeout,
+                    ) => {
                         assert!(Instant::now() < deadline, "append {k} never accepted");
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -1356,7 +1362,13 @@ impl Cluster {
                 let leader = leader_of(&self.nodes, p);
                 match self.node(leader).append(p, Acks::Quorum, vec![value.clone()]) {
                     Ok(_) => break acked.push(value),
-                    Err(NodeError::NotLeader { .. } | NodeError::Backpressure { .. }) => {
+                    // Timeout: the leader stepped down with it pending (outcome unknown);
+                    // a retry may append it twice, which these tests allow.
+                    Err(
+                        NodeError::NotLeader { .. }
+                        | NodeError::Backpressure { .. }
+                        | NodeError::Timeout,
+                    ) => {
                         assert!(Instant::now() < deadline, "append {k} never accepted");
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -1477,4 +1489,49 @@ fn the_scrub_finds_rot_in_a_sealed_segment_nobody_reads_and_the_leader_repairs_i
     wait_until("the follower is repaired", || !cluster.node(victim).is_damaged(P0));
     cluster.wait_identical(P0);
     wait_reads_all(&cluster, victim, &[acked, more].concat());
+}
+
+/// The read path's term check (`core_held_prefix`): a committed read never serves a batch
+/// whose term is not the core's at its index (a stale entry an earlier leader wrote).
+#[test]
+fn a_committed_read_is_cut_before_a_batch_the_core_does_not_hold() {
+    use crate::node::replicator::core_held_prefix;
+    let batch = |index: u64, term: u64| {
+        let mut builder = RecordsBuilder::new(1 << 20);
+        builder.push(format!("r{index}").as_bytes()).expect("record fits");
+        let built = builder.finish();
+        let stamp = BatchStamp {
+            term: Term(term),
+            index: LogIndex(index),
+            base_offset: ringlog_engine::Offset(index),
+            record_count: built.count,
+            flags: 0,
+            first_timestamp_ms: 1,
+            max_timestamp_ms: 1,
+            prev_crc: 0,
+        };
+        encode_batch(&stamp, &built.bytes)
+    };
+    // The core's log: indices 5..=9, term 1 through 6, term 2 from 7 on.
+    let term_at = |index: LogIndex| match index.0 {
+        5..=6 => Some(Term(1)),
+        7..=9 => Some(Term(2)),
+        _ => None,
+    };
+    let max = 1 << 20;
+    let start = LogIndex(5);
+    let good = [batch(5, 1), batch(6, 1), batch(7, 2), batch(8, 2)];
+    assert_eq!(core_held_prefix(&good, max, start, term_at), 4);
+    // Index 7 holds term 1 on the engine (the deposed leader's entry), term 2 in the core.
+    let stale = [batch(5, 1), batch(6, 1), batch(7, 1), batch(8, 1)];
+    assert_eq!(core_held_prefix(&stale, max, start, term_at), 2);
+    // A batch past the core's last index is not served either.
+    assert_eq!(core_held_prefix(&[batch(9, 2), batch(10, 2)], max, start, term_at), 1);
+    // Below the core's log start: committed, kept.
+    assert_eq!(core_held_prefix(&[batch(3, 1), batch(4, 1), batch(5, 1)], max, start, term_at), 3);
+    // Bytes that do not decode are not served.
+    assert_eq!(
+        core_held_prefix(&[batch(5, 1), Bytes::from_static(b"junk")], max, start, term_at),
+        1
+    );
 }
