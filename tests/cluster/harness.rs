@@ -64,6 +64,8 @@ pub struct Spec {
     /// `[balance]` of every node: the leader balancer is off unless a test turns it on
     /// (tests place leaders themselves and must keep them where they put them).
     pub balance: BalanceSection,
+    /// `pinning` of every node: `never` unless a test sets it (the machine is shared).
+    pub pinning: PinningMode,
 }
 
 impl Spec {
@@ -81,6 +83,7 @@ impl Spec {
                 ..NetSection::default()
             },
             balance: BalanceSection { enabled: false, ..BalanceSection::default() },
+            pinning: PinningMode::Never,
         }
     }
 
@@ -97,6 +100,11 @@ impl Spec {
 
     pub fn partitions(mut self, partitions: u32) -> Spec {
         self.partitions = partitions;
+        self
+    }
+
+    pub fn pinning(mut self, pinning: PinningMode) -> Spec {
+        self.pinning = pinning;
         self
     }
 }
@@ -264,7 +272,7 @@ impl Cluster {
             shards: Some(u64::from(self.spec.shards)),
             io_memory: 1024 * 1024,
             partitions: u64::from(self.spec.partitions),
-            pinning: PinningMode::Never,
+            pinning: self.spec.pinning,
             spin: false,
             command_queue_max: 1024,
             listen: ListenSection { client: None, peer: None, metrics: node.metrics },
