@@ -45,6 +45,7 @@ pub mod limits;
 mod lock;
 mod log;
 pub mod notify;
+pub mod placement;
 pub mod recovery;
 pub mod runtime;
 pub mod runtime_mailbox;

@@ -242,23 +242,15 @@ pub fn has_cap_ipc_lock() -> bool {
 /// Where the executor threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pinning {
-    /// Pin shard `i` to CPU `i` when the host has more CPUs than shards (one left for the
-    /// kernel's IO completion work and foreign threads, see design.md §11), else unpinned.
+    /// Pin each shard to a CPU of its own that no other ringlog process of the host has
+    /// claimed, only when one allowed CPU stays free besides (for the kernel's IO completion
+    /// work and foreign threads, see design.md §11), else unpinned (`placement.rs`).
     #[default]
     Auto,
-    /// Always pin shard `i` to CPU `i % cpus`.
+    /// Always pin shard `i` to the `i % n`-th of the `n` CPUs the process may run on.
     Always,
     /// Never pin.
     Never,
-}
-
-/// The CPU shard `shard` is pinned to, if any, for `shards` shards on `cpus` CPUs.
-pub fn shard_cpu(pinning: Pinning, shard: usize, shards: usize, cpus: usize) -> Option<usize> {
-    match pinning {
-        Pinning::Never => None,
-        Pinning::Always => Some(shard % cpus.max(1)),
-        Pinning::Auto => (cpus > shards).then_some(shard),
-    }
 }
 
 /// Number of CPUs this process may run on.
@@ -434,13 +426,5 @@ mod tests {
             "Max locked memory         unlimited            unlimited            bytes\n";
         assert_eq!(parse_memlock_soft_limit(unlimited).unwrap(), None);
         assert!(parse_memlock_soft_limit("Max open files 1024 1024 files\n").is_err());
-    }
-
-    #[test]
-    fn auto_pinning_leaves_a_cpu_free() {
-        assert_eq!(shard_cpu(Pinning::Auto, 0, 2, 2), None);
-        assert_eq!(shard_cpu(Pinning::Auto, 1, 2, 4), Some(1));
-        assert_eq!(shard_cpu(Pinning::Always, 3, 4, 2), Some(1));
-        assert_eq!(shard_cpu(Pinning::Never, 0, 1, 8), None);
     }
 }

@@ -41,9 +41,10 @@ use crate::error::{AppendError, FetchError, LogError, OpenError};
 use crate::io::FaultInjector;
 use crate::limits::{ConfigError, LogConfig};
 use crate::log::Log;
+use crate::placement::{self, Placement};
 use crate::runtime::{
-    self, available_cpus, reserve_host_memlock, ExecutorSpec, ExecutorStart, MemlockError,
-    MemlockOutcome, MemlockReservation, Pinning,
+    self, reserve_host_memlock, ExecutorSpec, ExecutorStart, MemlockError, MemlockOutcome,
+    MemlockReservation, Pinning,
 };
 use crate::runtime_mailbox::{mailbox, MailboxSender, SendFailure, StallWatch};
 pub use crate::shard_partition::{Fetched, PartitionStats};
@@ -258,6 +259,8 @@ struct Inner {
     memlock: MemlockOutcome,
     /// The executors' locked memory, released once shutdown joined them.
     memlock_reserved: Mutex<Option<MemlockReservation>>,
+    /// The shards' CPUs and this process's claims on them, released with the memory.
+    placement: Mutex<Option<Placement>>,
 }
 
 impl Engine {
@@ -276,7 +279,8 @@ impl Engine {
         }
         crate::io::create_dir_all_durable(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-        let cpus = available_cpus();
+        let placement = placement::place_shards(config.pinning, config.shards);
+        tracing::info!(placement = placement.summary(), "engine shards placed");
         let mut senders = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         let mut readies = Vec::with_capacity(config.shards);
@@ -295,7 +299,7 @@ impl Engine {
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-shard-{shard}"),
-                cpu: runtime::shard_cpu(config.pinning, shard, config.shards, cpus),
+                cpu: placement.cpu(shard),
                 io_memory_bytes: config.io_memory_bytes,
                 spin: config.spin,
             };
@@ -334,6 +338,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             memlock,
             memlock_reserved: Mutex::new(Some(memlock_reserved)),
+            placement: Mutex::new(Some(placement)),
         });
         start_watchdog(&inner);
         Ok(EngineHandle { inner })
@@ -694,6 +699,10 @@ impl Inner {
         // The executors ended: their rings and registered memory are gone.
         match self.memlock_reserved.lock() {
             Ok(mut reserved) => drop(reserved.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
+        match self.placement.lock() {
+            Ok(mut placement) => drop(placement.take()),
             Err(poisoned) => drop(poisoned.into_inner().take()),
         }
         first_error.map_or(Ok(()), Err)

@@ -191,10 +191,11 @@ pub const PLAINTEXT_WARNING: &str =
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinningMode {
-    /// Pin shard `i` to CPU `i` when the host has more CPUs than shards.
+    /// Give each shard an allowed CPU no other ringlog process of the host claimed, when one
+    /// allowed CPU stays free besides (`ringlog_engine::placement`).
     #[default]
     Auto,
-    /// Always pin shard `i` to CPU `i % cpus`.
+    /// Always pin shard `i` to the `i % n`-th of the `n` allowed CPUs.
     Always,
     /// Never pin.
     Never,

@@ -185,9 +185,10 @@ pub static KEYS: &[KeySpec] = &[
     key(
         "pinning",
         "string: `auto`, `always`, `never`",
-        "CPU placement of the shards: `auto` pins shard `i` to CPU `i` when there are more \
-         CPUs than shards (one left for the kernel's IO completions), `always` pins to \
-         `i % cpus`, `never` leaves placement to the kernel.",
+        "CPU placement of the shards: `auto` gives each shard an allowed CPU that no other \
+         ringlog process of the host has claimed, only when one allowed CPU stays free \
+         besides (else unpinned; claims: tuning.md), `always` pins shard `i` to the \
+         `i % n`-th allowed CPU, `never` leaves placement to the kernel.",
     ),
     key(
         "spin",

@@ -66,6 +66,8 @@ pub struct Spec {
     /// `[balance]` of every node: the leader balancer is off unless a test turns it on
     /// (tests place leaders themselves and must keep them where they put them).
     pub balance: BalanceSection,
+    /// `pinning` of every node: `never` unless a test sets it (the machine is shared).
+    pub pinning: PinningMode,
 }
 
 impl Spec {
@@ -84,6 +86,7 @@ impl Spec {
                 ..NetSection::default()
             },
             balance: BalanceSection { enabled: false, ..BalanceSection::default() },
+            pinning: PinningMode::Never,
         }
     }
 
@@ -107,6 +110,11 @@ impl Spec {
     pub fn batch_size_max(mut self, bytes: u64) -> Spec {
         self.batch_size_max = bytes;
         self.segment_size = self.segment_size.max(4 * bytes);
+        self
+    }
+
+    pub fn pinning(mut self, pinning: PinningMode) -> Spec {
+        self.pinning = pinning;
         self
     }
 }
@@ -274,7 +282,7 @@ impl Cluster {
             shards: Some(u64::from(self.spec.shards)),
             io_memory: 1024 * 1024,
             partitions: u64::from(self.spec.partitions),
-            pinning: PinningMode::Never,
+            pinning: self.spec.pinning,
             spin: false,
             command_queue_max: 1024,
             listen: ListenSection { client: None, peer: None, metrics: node.metrics },

@@ -11,6 +11,7 @@
 #[path = "harness.rs"]
 mod harness;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use harness::{Cluster, Spec, LIVENESS_TIMEOUT};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use ringlog_net::tls::{client_config, node_server_name, read_certs, NODE_SERVER_NAME};
-use ringlog_node::config::{TlsMode, TlsSection};
+use ringlog_node::config::{PinningMode, TlsMode, TlsSection};
 use rustls::pki_types::CertificateDer;
 
 /// Generous bound for what a node does after a signal (the machine is shared, tests run at
@@ -256,4 +257,118 @@ fn sighup_reloads_the_tls_certificate_for_new_connections_and_refuses_a_bad_one(
     assert_eq!(presented_leaf(client, &ca_path), second, "still serving the second");
     assert!(cluster.poll_exit(1).is_none(), "the node exited after SIGHUP");
     assert_eq!(get(cluster.nodes[&1].metrics, "/health").0, 200);
+}
+
+// --------------------------------------------------------------------------------------
+// `pinning = "auto"`: local nodes never share a CPU (issue 15, "Pinning").
+// --------------------------------------------------------------------------------------
+
+/// The CPUs each running thread of process `pid` whose name starts with `prefix` is bound to,
+/// as (thread name, `Cpus_allowed_list`).
+fn thread_affinities(pid: u32, prefix: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the node's threads");
+    for task in tasks.filter_map(Result::ok) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) {
+            out.push((comm, list.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The CPUs this test process may run on (its own `Cpus_allowed_list`, expanded).
+fn own_allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// Node `id`'s shard CPU: `Some(cpu)` when its shard thread is bound to one CPU, `None`
+/// when it runs unpinned (bound to every allowed CPU). Threads the executor starts (glommio's
+/// blocking pool) inherit its name and may inherit its binding: every thread of that name
+/// bound to one CPU must be bound to the same one.
+fn shard_cpu_of(cluster: &Cluster, id: u32, allowed: &[usize]) -> Option<usize> {
+    let pid = cluster.nodes[&id].pid().expect("node running");
+    // Thread names are cut to 15 bytes: "ringlog-node1-s(hard0)".
+    let prefix = format!("ringlog-node{id}-s");
+    let threads = thread_affinities(pid, &prefix);
+    assert!(!threads.is_empty(), "node {id} has a shard thread");
+    let mut pinned: Vec<usize> = threads
+        .iter()
+        .filter_map(|(_, list)| list.parse::<usize>().ok())
+        .filter(|_| allowed.len() > 1)
+        .collect();
+    pinned.sort_unstable();
+    pinned.dedup();
+    assert!(pinned.len() <= 1, "node {id}'s shard threads are bound to several CPUs: {threads:?}");
+    pinned.first().copied()
+}
+
+/// Three local nodes with `pinning = "auto"` (one shard each), started one after another:
+/// each claims a CPU of its own while one allowed CPU stays free, the rest run unpinned —
+/// no CPU is ever pinned by two nodes (before, all three pinned shard 0 to CPU 0). A node
+/// killed with -9 gives its CPU back: restarted, it claims it again.
+#[test]
+fn auto_pinning_never_puts_two_local_nodes_on_one_cpu() {
+    let allowed = own_allowed_cpus();
+    let mut cluster = Cluster::configure("pinning", Spec::new(3).pinning(PinningMode::Auto));
+    let claims = cluster.dir.join("cpu-claims");
+    let env = [("RINGLOG_CPU_CLAIMS_DIR", claims.as_os_str())];
+    let ids: Vec<u32> = cluster.nodes.keys().copied().collect();
+    for &id in &ids {
+        cluster.spawn_with_env(id, &env);
+        cluster.wait_ready(id);
+    }
+    let placed: BTreeMap<u32, Option<usize>> =
+        ids.iter().map(|&id| (id, shard_cpu_of(&cluster, id, &allowed))).collect();
+    eprintln!("allowed CPUs {allowed:?}; node -> pinned CPU: {placed:?}");
+    let mut seen: BTreeMap<usize, u32> = BTreeMap::new();
+    for (&id, cpu) in &placed {
+        if let Some(cpu) = cpu {
+            assert!(allowed.contains(cpu), "node {id} pinned to CPU {cpu} outside {allowed:?}");
+            if let Some(other) = seen.insert(*cpu, id) {
+                panic!("nodes {other} and {id} are both pinned to CPU {cpu}: {placed:?}");
+            }
+        }
+    }
+    // Started one at a time in a claims directory of their own: the first min(3, n - 1)
+    // nodes each pinned, from the highest CPU down, and one allowed CPU free of all.
+    let pinnable = allowed.len().saturating_sub(1).min(ids.len());
+    let expected: BTreeMap<u32, Option<usize>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, (i < pinnable).then(|| allowed[allowed.len() - 1 - i])))
+        .collect();
+    assert_eq!(placed, expected, "allowed CPUs {allowed:?}");
+    let log = std::fs::read_to_string(&cluster.nodes[&ids[0]].log_path).unwrap_or_default();
+    assert!(log.contains("shards placed"), "node {} logs its placement", ids[0]);
+
+    // kill -9 releases the claim with the process.
+    let first = ids[0];
+    cluster.kill(first);
+    cluster.spawn_with_env(first, &env);
+    cluster.wait_ready(first);
+    assert_eq!(
+        shard_cpu_of(&cluster, first, &allowed),
+        expected[&first],
+        "node {first} claims its CPU again after kill -9"
+    );
 }

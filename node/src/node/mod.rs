@@ -51,6 +51,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ringlog_engine::batch::{encode_batch, BatchStamp, BATCH_HEADER_SIZE};
 use ringlog_engine::host::{check_host, HostCheckError, HostRequirements};
+use ringlog_engine::placement::{place_shards, Placement};
 use ringlog_engine::runtime::{
     self, reserve_host_memlock, ExecutorSpec, MemlockOutcome, MemlockReservation, Pinning,
 };
@@ -145,6 +146,9 @@ struct Inner {
     /// The executors' locked memory (RLIMIT_MEMLOCK), released once every shard thread
     /// ended; kept when one was left behind (it still holds its rings).
     memlock_reserved: Mutex<Option<MemlockReservation>>,
+    /// The shards' CPUs and this process's claims on them (`pinning = "auto"`), released
+    /// with the memory.
+    placement: Mutex<Option<Placement>>,
     /// The TLS configuration every shard shares (`None`: plaintext).
     tls: Option<Arc<TlsConfig>>,
 }
@@ -241,12 +245,13 @@ impl Node {
         }
         let mailboxes = Arc::new(Mailboxes { senders });
         let exit = Arc::new(ExitState::default());
-        let cpus = runtime::available_cpus();
         let pinning = match config.pinning {
             PinningMode::Auto => Pinning::Auto,
             PinningMode::Always => Pinning::Always,
             PinningMode::Never => Pinning::Never,
         };
+        let placement = place_shards(pinning, shards);
+        tracing::info!(placement = placement.summary(), "shards placed");
         let mut threads = Vec::with_capacity(shards);
         let mut readies = Vec::with_capacity(shards);
         // One bound on leader-balancing transfers for the whole node (every shard).
@@ -272,7 +277,7 @@ impl Node {
             };
             let spec = ExecutorSpec {
                 name: format!("ringlog-node{}-shard{shard}", config.node_id),
-                cpu: runtime::shard_cpu(pinning, shard, shards, cpus),
+                cpu: placement.cpu(shard),
                 io_memory_bytes: config.io_memory as usize,
                 spin: config.spin,
             };
@@ -303,6 +308,7 @@ impl Node {
             shutdown_done: Mutex::new(false),
             exit,
             memlock_reserved: Mutex::new(Some(memlock_reserved)),
+            placement: Mutex::new(Some(placement)),
             tls,
         });
         start_watchdog(&inner);
@@ -818,6 +824,7 @@ impl Inner {
         }
         if !left_behind {
             drop(lock(&self.memlock_reserved).take());
+            drop(lock(&self.placement).take());
         }
         first_error.map_or(Ok(()), Err)
     }
