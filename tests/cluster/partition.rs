@@ -38,25 +38,48 @@ const FRESH: usize = 48;
 /// Long-poll wait of one fetch.
 const POLL: Duration = Duration::from_millis(500);
 
-/// What the readers got: (offset, value) in the order each reader saw them.
-type Seen = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+/// A 3-node, 1-partition cluster in a private network whose peer links can be cut, with
+/// `before` records committed on every node.
+struct Setup {
+    network: PrivateNetwork,
+    cluster: Cluster,
+    client: Client,
+    leader: u32,
+    /// The nodes other than the leader.
+    others: Vec<u32>,
+    /// The end of the committed log once every node holds it.
+    converged: Offset,
+}
 
-#[test]
-fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_the_cut_heals() {
-    let test = "a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records";
-    let Some(network) = PrivateNetwork::enter(test) else { return };
-    let mut cluster = Cluster::configure("partition-readers", Spec::new(3).partitions(1));
+/// Builds a [`Setup`] for `test` (`None`: no private network here, the test is skipped).
+fn set_up(test: &str, name: &str, before: usize) -> Option<Setup> {
+    let network = PrivateNetwork::enter(test)?;
+    let mut cluster = Cluster::configure(name, Spec::new(3).partitions(1));
     cluster.node_gid_base = Some(GID_BASE);
     network.mark_peer_links(&cluster).expect("mark the peer links");
     cluster.launch();
     let client = cluster.client();
     let (leader, _) = cluster.wait_leader(&client, P);
     let others: Vec<u32> = cluster.nodes.keys().copied().filter(|&id| id != leader).collect();
-    for i in 0..16 {
+    for i in 0..before {
         let value = format!("before-{i}");
         client.produce(P, Acks::Quorum, &[value.as_bytes()]).expect("produce before the cut");
     }
-    let start = cluster.wait_converged(&client, P);
+    let converged = cluster.wait_converged(&client, P);
+    Some(Setup { network, cluster, client, leader, others, converged })
+}
+
+/// What the readers got: (offset, value) in the order each reader saw them.
+type Seen = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+#[test]
+fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_the_cut_heals() {
+    let test = "a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records";
+    let Some(Setup { network, mut cluster, client, leader, others, converged: start }) =
+        set_up(test, "partition-readers", 16)
+    else {
+        return;
+    };
     eprintln!("leader {leader}, committed log ends at {start:?}");
 
     // Readers long-poll on the leader at the end of its committed log.
@@ -239,19 +262,11 @@ const PRODUCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate_when_it_steps_down() {
     let test = "a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate";
-    let Some(network) = PrivateNetwork::enter(test) else { return };
-    let mut cluster = Cluster::configure("partition-pending", Spec::new(3).partitions(1));
-    cluster.node_gid_base = Some(GID_BASE);
-    network.mark_peer_links(&cluster).expect("mark the peer links");
-    cluster.launch();
-    let client = cluster.client();
-    let (leader, _) = cluster.wait_leader(&client, P);
-    let others: Vec<u32> = cluster.nodes.keys().copied().filter(|&id| id != leader).collect();
-    for i in 0..8 {
-        let value = format!("before-{i}");
-        client.produce(P, Acks::Quorum, &[value.as_bytes()]).expect("produce before the cut");
-    }
-    cluster.wait_converged(&client, P);
+    let Some(Setup { network, mut cluster, client, leader, others, .. }) =
+        set_up(test, "partition-pending", 8)
+    else {
+        return;
+    };
     let leader_addr = cluster.nodes[&leader].client;
 
     // Producers wait at a barrier so that their produces leave right after the cut, while

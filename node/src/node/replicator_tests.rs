@@ -300,15 +300,20 @@ async fn command_loop(core: Rc<ShardCore>, rx: Receiver<Command>) {
 }
 
 fn client_batch(records: &[Vec<u8>]) -> Bytes {
+    stamped_batch(Term(0), LogIndex(0), records)
+}
+
+/// A batch of `records` stamped with `term` and `index` (base offset = index).
+fn stamped_batch(term: Term, index: LogIndex, records: &[Vec<u8>]) -> Bytes {
     let mut builder = RecordsBuilder::new(1 << 20);
     for r in records {
         builder.push(r).expect("record fits");
     }
     let built = builder.finish();
     let stamp = BatchStamp {
-        term: Term(0),
-        index: LogIndex(0),
-        base_offset: ringlog_engine::Offset(0),
+        term,
+        index,
+        base_offset: ringlog_engine::Offset(index.0),
         record_count: built.count,
         flags: 0,
         first_timestamp_ms: 1,
@@ -1497,20 +1502,7 @@ fn the_scrub_finds_rot_in_a_sealed_segment_nobody_reads_and_the_leader_repairs_i
 fn a_committed_read_is_cut_before_a_batch_the_core_does_not_hold() {
     use crate::node::replicator::core_held_prefix;
     let batch = |index: u64, term: u64| {
-        let mut builder = RecordsBuilder::new(1 << 20);
-        builder.push(format!("r{index}").as_bytes()).expect("record fits");
-        let built = builder.finish();
-        let stamp = BatchStamp {
-            term: Term(term),
-            index: LogIndex(index),
-            base_offset: ringlog_engine::Offset(index),
-            record_count: built.count,
-            flags: 0,
-            first_timestamp_ms: 1,
-            max_timestamp_ms: 1,
-            prev_crc: 0,
-        };
-        encode_batch(&stamp, &built.bytes)
+        stamped_batch(Term(term), LogIndex(index), &[format!("r{index}").into_bytes()])
     };
     // The core's log: indices 5..=9, term 1 through 6, term 2 from 7 on.
     let term_at = |index: LogIndex| match index.0 {
