@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use ringlog_net::client::{parse_addresses, Client, ClientConfig, ClientError, ClientTls};
 use ringlog_net::limits::{BATCH_SIZE_MAX, FETCH_BYTES_MAX};
-use ringlog_net::protocol::{Acks, Consistency, ErrorReply, MetadataResponse};
+use ringlog_net::protocol::{Acks, ErrorReply, MetadataResponse};
 use ringlog_net::tls::{client_config, read_certs, read_key, TlsError};
 use ringlog_net::{Offset, PartitionId};
 use rustls::pki_types::ServerName;
@@ -34,9 +34,11 @@ use crate::handles::Registry;
 use crate::log::path_from_c;
 use crate::node::{
     ignore_sigpipe, RINGLOG_ACKS_LEADER, RINGLOG_ACKS_NONE, RINGLOG_ACKS_QUORUM,
-    RINGLOG_READ_LINEARIZABLE, RINGLOG_READ_REPLICA_COMMITTED, RINGLOG_READ_WAIT_MS_MAX,
+    RINGLOG_READ_WAIT_MS_MAX,
 };
-use crate::records::{buffer_from_c, deliver_read, ringlog_record, slices_from_c};
+use crate::records::{
+    begin_read, buffer_from_c, consistency_from_c, deliver_read, ringlog_record, slices_from_c,
+};
 use crate::sized::{read_sized, write_sized};
 use crate::status::{ringlog_status, ringlog_status::*, Error};
 
@@ -336,29 +338,12 @@ pub unsafe extern "C" fn ringlog_client_fetch(
     out_next_offset: *mut u64,
 ) -> ringlog_status {
     ffi(|| {
-        if out_len.is_null() {
-            return Err(Error::null("out_len"));
-        }
-        if out_next_offset.is_null() {
-            return Err(Error::null("out_next_offset"));
-        }
-        // SAFETY: both non-NULL and writable per the caller's contract.
-        unsafe {
-            out_len.write(0);
-            out_next_offset.write(offset);
-        }
+        // SAFETY: the out-parameters are NULL or writable per the caller's contract.
+        unsafe { begin_read(out_len, out_next_offset, offset)? };
         refuse_in_callback("ringlog_client_fetch")?;
         let entry = CLIENTS.get(client.addr())?;
         with_handle(&entry.poison, || {
-            let consistency = match consistency {
-                RINGLOG_READ_LINEARIZABLE => Consistency::LeaderLinearizable,
-                RINGLOG_READ_REPLICA_COMMITTED => Consistency::ReplicaCommitted,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "consistency {other} is not RINGLOG_READ_*"
-                    )))
-                }
-            };
+            let consistency = consistency_from_c(consistency)?;
             // SAFETY: forwarded caller contract on `buf`/`cap`.
             let buf = unsafe { buffer_from_c(buf, cap)? };
             // At least one whole batch of records past any control batches (a Raft no-op
@@ -656,6 +641,7 @@ fn reply_status(reply: &ErrorReply) -> ringlog_status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::RINGLOG_READ_LINEARIZABLE;
 
     #[test]
     fn every_client_error_maps_to_its_typed_status() {

@@ -35,7 +35,7 @@ use ringlog_engine::{AppendError, FetchError, LogConfig, LogError, Offset, OpenE
 
 use crate::guard::{ffi, refuse_in_callback, run_callback, with_handle, Poison};
 use crate::handles::Registry;
-use crate::records::{buffer_from_c, deliver_read, records_from_c, ringlog_record};
+use crate::records::{begin_read, buffer_from_c, deliver_read, records_from_c, ringlog_record};
 use crate::status::{ringlog_status, ringlog_status::*, Error};
 
 /// Opaque handle of an open local log. Never dereference it: it is an id, not an address.
@@ -335,17 +335,8 @@ pub unsafe extern "C" fn ringlog_log_read(
     out_next_offset: *mut u64,
 ) -> ringlog_status {
     ffi(|| {
-        if out_len.is_null() {
-            return Err(Error::null("out_len"));
-        }
-        if out_next_offset.is_null() {
-            return Err(Error::null("out_next_offset"));
-        }
-        // SAFETY: both non-NULL and writable per the caller's contract.
-        unsafe {
-            out_len.write(0);
-            out_next_offset.write(offset);
-        }
+        // SAFETY: the out-parameters are NULL or writable per the caller's contract.
+        unsafe { begin_read(out_len, out_next_offset, offset)? };
         refuse_in_callback("ringlog_log_read")?;
         let entry = LOGS.get(log.addr())?;
         with_handle(&entry.poison, || {

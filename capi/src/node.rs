@@ -16,14 +16,16 @@ use std::time::Duration;
 
 use ::ringlog_node::config::{ConfigError, NodeConfig};
 use ::ringlog_node::node::{
-    Acks, Consistency, Node, NodeError, NodeHandle, NodeId, NodeStartError, Offset, PartitionId,
-    Role, ShutdownMode,
+    Acks, Node, NodeError, NodeHandle, NodeId, NodeStartError, Offset, PartitionId, Role,
+    ShutdownMode,
 };
 
 use crate::guard::{ffi, refuse_in_callback, with_handle, Poison};
 use crate::handles::Registry;
 use crate::log::path_from_c;
-use crate::records::{buffer_from_c, deliver_read, ringlog_record, slices_from_c};
+use crate::records::{
+    begin_read, buffer_from_c, consistency_from_c, deliver_read, ringlog_record, slices_from_c,
+};
 use crate::sized::write_sized;
 use crate::status::{ringlog_status, ringlog_status::*, Error};
 
@@ -224,29 +226,12 @@ pub unsafe extern "C" fn ringlog_node_read(
     out_next_offset: *mut u64,
 ) -> ringlog_status {
     ffi(|| {
-        if out_len.is_null() {
-            return Err(Error::null("out_len"));
-        }
-        if out_next_offset.is_null() {
-            return Err(Error::null("out_next_offset"));
-        }
-        // SAFETY: both non-NULL and writable per the caller's contract.
-        unsafe {
-            out_len.write(0);
-            out_next_offset.write(offset);
-        }
+        // SAFETY: the out-parameters are NULL or writable per the caller's contract.
+        unsafe { begin_read(out_len, out_next_offset, offset)? };
         refuse_in_callback("ringlog_node_read")?;
         let entry = NODES.get(node.addr())?;
         with_handle(&entry.poison, || {
-            let consistency = match consistency {
-                RINGLOG_READ_LINEARIZABLE => Consistency::LeaderLinearizable,
-                RINGLOG_READ_REPLICA_COMMITTED => Consistency::ReplicaCommitted,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "consistency {other} is not RINGLOG_READ_*"
-                    )))
-                }
-            };
+            let consistency = consistency_from_c(consistency)?;
             // SAFETY: forwarded caller contract on `buf`/`cap`.
             let buf = unsafe { buffer_from_c(buf, cap)? };
             // At least one whole batch, so that the first record is always looked at (a

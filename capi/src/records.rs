@@ -27,7 +27,9 @@ use bytes::Bytes;
 use ringlog_engine::batch::{BATCH_HEADER_SIZE, RECORD_PREFIX_SIZE};
 use ringlog_engine::limits::RECORD_COUNT_MAX;
 use ringlog_engine::{decode_batch, Records, RecordsBuilder};
+use ringlog_net::protocol::Consistency;
 
+use crate::node::{RINGLOG_READ_LINEARIZABLE, RINGLOG_READ_REPLICA_COMMITTED};
 use crate::status::{ringlog_status::*, Error};
 
 /// Bytes of the length prefix of each record in a read buffer.
@@ -179,6 +181,41 @@ pub(crate) fn copy_records(
         }
     }
     Ok(Copied { len, next_offset: next })
+}
+
+/// The prologue every read entry point (`ringlog_log_read`, `ringlog_node_read`,
+/// `ringlog_client_fetch`) runs before anything else: both out-parameters must be non-NULL,
+/// and they are set to "nothing read, read again from `offset`" so that a failing call
+/// leaves them defined.
+///
+/// # Safety
+/// `out_len` and `out_next_offset` must each be NULL or writable.
+pub(crate) unsafe fn begin_read(
+    out_len: *mut usize,
+    out_next_offset: *mut u64,
+    offset: u64,
+) -> Result<(), Error> {
+    if out_len.is_null() {
+        return Err(Error::null("out_len"));
+    }
+    if out_next_offset.is_null() {
+        return Err(Error::null("out_next_offset"));
+    }
+    // SAFETY: both non-NULL and writable per the caller's contract.
+    unsafe {
+        out_len.write(0);
+        out_next_offset.write(offset);
+    }
+    Ok(())
+}
+
+/// A read's `consistency` argument (`RINGLOG_READ_*`) as the protocol's [`Consistency`].
+pub(crate) fn consistency_from_c(consistency: u32) -> Result<Consistency, Error> {
+    match consistency {
+        RINGLOG_READ_LINEARIZABLE => Ok(Consistency::LeaderLinearizable),
+        RINGLOG_READ_REPLICA_COMMITTED => Ok(Consistency::ReplicaCommitted),
+        other => Err(Error::invalid(format!("consistency {other} is not RINGLOG_READ_*"))),
+    }
 }
 
 /// Copies the records from `offset` on out of `batches` into `buf` ([`copy_records`]) and

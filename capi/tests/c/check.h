@@ -10,7 +10,8 @@
 #define CHECK(cond)                                                                    \
     do {                                                                               \
         if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__,    \
+                    __LINE__, #cond, ringlog_last_error_message());                    \
             exit(1);                                                                   \
         }                                                                              \
     } while (0)

@@ -21,28 +21,8 @@
 
 #include <ringlog.h>
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__,    \
-                    __LINE__, #cond, ringlog_last_error_message());                    \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
-
-#define EXPECT_STATUS(expected, call)                                                  \
-    do {                                                                               \
-        ringlog_status got_ = (call);                                                  \
-        if (got_ != (expected)) {                                                      \
-            fprintf(stderr, "%s:%d: %s\n  returned %d (%s), expected %d (%s)\n  last error: %s\n", \
-                    __FILE__, __LINE__, #call, (int)got_, ringlog_status_str((int)got_), \
-                    (int)(expected), ringlog_status_str((int)(expected)),               \
-                    ringlog_last_error_message());                                     \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
-
-#define EXPECT_OK(call) EXPECT_STATUS(RINGLOG_OK, call)
+/* CHECK, EXPECT_STATUS, EXPECT_OK: the helpers every C test shares. */
+#include "check.h"
 
 /* Batches produced per partition, records per batch at most. */
 #define BATCHES 12
