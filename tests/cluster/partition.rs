@@ -75,7 +75,7 @@ type Seen = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 #[test]
 fn a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_the_cut_heals() {
     let test = "a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records";
-    let Some(Setup { network, mut cluster, client, leader, others, converged: start }) =
+    let Some(Setup { network, cluster, client, leader, others, converged: start }) =
         set_up(test, "partition-readers", 16)
     else {
         return;
@@ -262,7 +262,7 @@ const PRODUCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate_when_it_steps_down() {
     let test = "a_cut_off_leader_answers_its_pending_quorum_produces_indeterminate";
-    let Some(Setup { network, mut cluster, client, leader, others, .. }) =
+    let Some(Setup { network, cluster, client, leader, others, .. }) =
         set_up(test, "partition-pending", 8)
     else {
         return;
