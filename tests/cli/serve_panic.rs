@@ -18,12 +18,27 @@ const PANIC_AFTER_MS: &str = "5000";
 /// `serve`'s exit status after a panic (src/serve.rs `EXIT_PANIC`).
 const EXIT_PANIC: i32 = 3;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port `p` such that `p` and `p + 1` were both free (shard `i` listens on the configured
+/// port + `i`; with two shards a lone free port is not enough: its neighbour may be an
+/// ephemeral port in use, and the node then fails to start).
+fn free_port_pair(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port == u16::MAX || taken.iter().any(|&t| t.abs_diff(port) <= 1) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports on 127.0.0.1");
 }
 
 fn write_config(dir: &Path) -> (std::path::PathBuf, u16) {
-    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let client = free_port_pair(&[]);
+    let peer = free_port_pair(&[client]);
+    let metrics = free_port_pair(&[client, peer]);
     let text = format!(
         "node_id = 1\ncluster_id = 42\ndata_dir = \"{}\"\nshards = 2\nio_memory = 1048576\n\
          partitions = 2\n[listen]\nmetrics = \"127.0.0.1:{metrics}\"\n\
@@ -54,7 +69,13 @@ fn a_panic_in_a_shard_thread_ends_the_serve_process_and_frees_its_ports() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut ready = String::new();
     stdout.read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("ringlog: ready"), "no ready line: {ready:?}");
+    if !ready.starts_with("ringlog: ready") {
+        let _ = child.kill();
+        let status = child.wait();
+        let mut stderr = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+        panic!("no ready line: {ready:?}; the node ended with {status:?}; stderr:\n{stderr}");
+    }
     let deadline = Instant::now() + WAIT_MAX;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
