@@ -316,9 +316,14 @@ impl Drop for LocalCluster {
 /// Cluster starts tried before giving up on port conflicts (`LocalCluster::start`).
 const START_ATTEMPTS: u32 = 3;
 
-/// Whether a cluster start failed because a node found another listener on its port.
+/// Whether a cluster start failed because a node found its port taken: another listener
+/// on it (the node's own check), or the bind itself refused with EADDRINUSE (a socket
+/// without SO_REUSEPORT holds it; seen on a loaded machine for a peer port found free a
+/// moment before).
 fn is_port_conflict(error: &anyhow::Error) -> bool {
-    format!("{error:#}").contains("another socket already listens on port")
+    let text = format!("{error:#}");
+    text.contains("another socket already listens on port")
+        || (text.contains("cannot listen on") && text.contains("Address already in use"))
 }
 
 /// Checks a ready line names the node we started: `ringlog: ready node=<id> client=...`.
@@ -443,6 +448,12 @@ mod tests {
         assert!(is_port_conflict(&conflict));
         assert!(is_port_conflict(&conflict.context("starting the local cluster")));
         assert!(!is_port_conflict(&anyhow::anyhow!("node 2 printed no ready line within 30s")));
+        let refused = anyhow::anyhow!(
+            "node 1 exited (exit status: 1) before it was ready; its log ends with:\nringlog: \
+             cannot listen on 127.0.0.1:25306: io: Address already in use (os error 98)"
+        );
+        assert!(is_port_conflict(&refused));
+        assert!(!is_port_conflict(&anyhow::anyhow!("cannot open the data dir: Permission denied")));
     }
 
     fn options() -> ClusterOptions {
