@@ -15,7 +15,18 @@
 //!   the driver never retries;
 //! - **bit flip at rest** in any durable record (the last one included) or hard-state slot of
 //!   a stopped node;
-//! - **wipe**: everything is gone.
+//! - **wipe**: everything is gone;
+//! - **full disk** (ENOSPC) for a span of steps ([`SimDisk::fill_until`]): the engine's rule
+//!   (ARCHITECTURE.md, "A full disk"), which the disk states and the driver follows:
+//!   appends, resets and a truncation of the whole log (a reset in the engine) need space
+//!   ([`SimDisk::needs_space`]) and are refused, held by the driver's log worker in order
+//!   and written once space is back; a partial truncation, retention (deleting files) and
+//!   clearing the damaged mark need none; **hard-state writes are never refused** (the
+//!   engine's `hard_state` file is created with both slots and then only overwritten in
+//!   place: votes need no space); a failed write or fdatasync is the failed-sync fault, not
+//!   this one. A disk that was wiped cannot open while full (the engine's `Log::open` of a
+//!   new log answers `OpenError::StorageFull`, [`SimDisk::opens_when_full`]); one whose files
+//!   exist opens. The full span outlives a crash (it is the disk's, not the process's).
 //!
 //! Recovery ([`SimDisk::recover`]) reads the durable image only and checks every checksum,
 //! following THE RECOVERY RULE, one table for the engine and the simulator:
@@ -162,6 +173,8 @@ pub struct DiskStats {
     pub syncs: u64,
     pub torn_writes: u64,
     pub lost_unsynced_ops: u64,
+    /// Full-disk spans begun ([`SimDisk::fill_until`]).
+    pub full_events: u64,
 }
 
 /// The simulated disk of one node.
@@ -178,6 +191,8 @@ pub struct SimDisk {
     /// `&mut self` method (only they change the image). The fault scheduler asks for every
     /// stopped node at every step, and recomputing it checksums the whole durable log.
     recovery_damage: Cell<Option<bool>>,
+    /// The disk is full before this step (ENOSPC): `fill_until`.
+    full_until: u64,
 }
 
 impl Default for SimDisk {
@@ -198,7 +213,40 @@ impl SimDisk {
             syncs: VecDeque::new(),
             stats: DiskStats::default(),
             recovery_damage: Cell::new(None),
+            full_until: 0,
         }
+    }
+
+    /// The disk is full (every allocating write answers ENOSPC) until step `until` (0: space
+    /// is back now). Counted as a full-disk event when it begins a span.
+    pub fn fill_until(&mut self, until: u64, now: u64) {
+        if until > now && !self.full_at(now) {
+            self.stats.full_events += 1;
+        }
+        self.full_until = until;
+    }
+
+    /// Whether the disk is full at step `now`.
+    pub fn full_at(&self, now: u64) -> bool {
+        now < self.full_until
+    }
+
+    /// Whether `op` allocates space, so that a full disk refuses it (module doc): an append,
+    /// a log reset, a truncation of the whole written log (the engine makes that a reset into
+    /// a new first segment). Hard state, a partial truncation, retention and the damaged
+    /// mark's removal need none.
+    pub fn needs_space(&self, op: &DiskOp) -> bool {
+        match op {
+            DiskOp::Append(_) | DiskOp::Reset { .. } => true,
+            DiskOp::Truncate { from } => *from <= self.written.log_start,
+            DiskOp::HardState(_) | DiskOp::AdvanceStart { .. } | DiskOp::ClearDamaged => false,
+        }
+    }
+
+    /// Whether the node can open this disk while it is full: not after a wipe (the engine
+    /// creates a new log, which a full disk refuses), yes when its files exist.
+    pub fn opens_when_full(&self) -> bool {
+        !self.durable.wiped
     }
 
     /// Writes `op` (not durable until a sync requested after it completes).
@@ -340,7 +388,7 @@ impl SimDisk {
     /// Everything on the disk is lost (a replaced or reformatted drive).
     pub fn wipe(&mut self) {
         self.recovery_damage.set(None);
-        *self = SimDisk { stats: self.stats, ..SimDisk::new() };
+        *self = SimDisk { stats: self.stats, full_until: self.full_until, ..SimDisk::new() };
         self.durable.wiped = true;
         self.written.wiped = true;
     }
@@ -891,6 +939,37 @@ mod tests {
         disk.request_sync(3, true);
         assert_eq!(disk.poll_sync(3), Some(SyncOutcome::Failed));
         assert_eq!(disk.durable_last().0, LogIndex(0));
+    }
+
+    #[test]
+    fn a_full_disk_refuses_what_allocates_never_hard_state_and_stays_full_across_a_crash() {
+        let mut rng = SmallRng::seed_from_u64(12);
+        let mut disk = SimDisk::new();
+        disk.write(DiskOp::Append((1..=3).map(|i| entry(i, 1)).collect())).unwrap();
+        disk.fill_until(50, 10);
+        disk.fill_until(60, 20);
+        assert_eq!(disk.stats.full_events, 1, "one span, extended");
+        assert!(disk.full_at(59) && !disk.full_at(60));
+        assert!(disk.needs_space(&DiskOp::Append(vec![entry(4, 1)])));
+        let members = Membership { voters: vec![NodeId(1)], learners: vec![] };
+        let reset = DiskOp::Reset { start: LogIndex(9), prev_term: Term(1), membership: members };
+        assert!(disk.needs_space(&reset));
+        // A truncation of the whole log is a reset in the engine; a partial one is not.
+        assert!(disk.needs_space(&DiskOp::Truncate { from: LogIndex(1) }));
+        assert!(!disk.needs_space(&DiskOp::Truncate { from: LogIndex(2) }));
+        // Votes need no space: the hard-state file is overwritten in place.
+        assert!(!disk.needs_space(&DiskOp::HardState(HardState::default())));
+        assert!(!disk.needs_space(&DiskOp::AdvanceStart { start: LogIndex(2) }));
+        assert!(!disk.needs_space(&DiskOp::ClearDamaged));
+        disk.crash(&mut rng, Tear::None);
+        assert!(disk.full_at(30), "the disk stays full after the process died");
+        assert!(disk.opens_when_full(), "a log whose files exist opens on a full disk");
+        disk.wipe();
+        assert!(disk.full_at(30), "a wipe frees nothing the span did not");
+        assert!(!disk.opens_when_full(), "a wiped disk needs a new log: refused while full");
+        disk.recover(Mutation::None);
+        disk.fill_until(0, 30);
+        assert!(!disk.full_at(30), "space is back");
     }
 
     #[test]

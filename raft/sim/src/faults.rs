@@ -8,7 +8,10 @@
 //! only injected while fewer than a minority of replicas are impaired, since the simultaneous
 //! loss of a majority's disks is not covered; past that budget a crash loses whole unsynced
 //! writes. Besides the faults drawn per step, `crash_after_vote` may crash a node right after
-//! its vote left (the world asks it for every granted vote).
+//! its vote left (the world asks it for every granted vote). A full disk (ENOSPC for a span of
+//! steps, on any node) is drawn from a stream of its own (`DISK_FULL_PROBABILITY` per step),
+//! so that the other faults' schedules stay what they were before it existed; it is not
+//! damage (nothing is lost, the node votes and serves) and takes no part in the damage budget.
 //!
 //! Invariants: every choice comes from the scheduler's own RNG (seeded from the run's seed).
 
@@ -17,6 +20,11 @@ use rand::Rng;
 
 use crate::network::NetworkWeather;
 use ringlog_raft::types::NodeId;
+
+/// Probability per step that one node's disk fills (`FaultConfig::disk_full`).
+pub const DISK_FULL_PROBABILITY: f64 = 0.0015;
+/// Steps a disk stays full: uniform in this range (1 to 15 election timeouts).
+pub const DISK_FULL_STEPS: std::ops::RangeInclusive<u64> = 20..=300;
 
 /// Which fault kinds a run injects, and how often.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,6 +69,9 @@ pub struct FaultConfig {
     /// The operator removes a voter, adds it back as a learner, and the driver promotes it
     /// once the leader reports it caught up (single-server changes).
     pub membership_changes: bool,
+    /// A node's disk is full for a span of steps (ENOSPC: appends held or refused, never
+    /// fatal), sometimes restarted by its supervisor meanwhile; then space is back.
+    pub disk_full: bool,
 }
 
 impl FaultConfig {
@@ -85,6 +96,7 @@ impl FaultConfig {
             retention: true,
             unreachable_reports: true,
             membership_changes: true,
+            disk_full: true,
         }
     }
 
@@ -109,6 +121,7 @@ impl FaultConfig {
             retention: false,
             unreachable_reports: false,
             membership_changes: false,
+            disk_full: false,
         }
     }
 }
@@ -184,6 +197,14 @@ pub enum Fault {
         node: NodeId,
         peer: NodeId,
     },
+    /// `node`'s disk is full for `steps` steps (running or stopped); with `bounce_after`, the
+    /// node (if running) is killed and restarted by its supervisor that many steps in, while
+    /// the disk is still full (a restart on a full disk: what it held for space is lost).
+    DiskFull {
+        node: NodeId,
+        steps: u64,
+        bounce_after: Option<u64>,
+    },
     /// Remove a random voter if all nodes are voters (and the damage budget allows), else add
     /// the missing node back as a learner.
     ChangeMembership {
@@ -225,11 +246,13 @@ enum Kind {
 pub struct FaultScheduler {
     config: FaultConfig,
     rng: SmallRng,
+    /// The full-disk draws (a stream of their own: module doc).
+    space_rng: SmallRng,
 }
 
 impl FaultScheduler {
-    pub fn new(config: FaultConfig, rng: SmallRng) -> FaultScheduler {
-        FaultScheduler { config, rng }
+    pub fn new(config: FaultConfig, rng: SmallRng, space_rng: SmallRng) -> FaultScheduler {
+        FaultScheduler { config, rng, space_rng }
     }
 
     /// The faults of this step (restarts first).
@@ -247,6 +270,14 @@ impl FaultScheduler {
             if let Some(fault) = self.pick(&view) {
                 out.push(fault);
             }
+        }
+        let n = view.up.len();
+        if self.config.disk_full && n > 0 && self.space_rng.gen_bool(DISK_FULL_PROBABILITY) {
+            let node = NodeId(self.space_rng.gen_range(1..=n as u32));
+            let steps = self.space_rng.gen_range(DISK_FULL_STEPS);
+            let bounce_after =
+                self.space_rng.gen_bool(0.25).then(|| self.space_rng.gen_range(1..steps));
+            out.push(Fault::DiskFull { node, steps, bounce_after });
         }
         out
     }

@@ -7,7 +7,8 @@
 //!   flipped byte, caught by the frame checksums: the frame is lost), symmetric and one-way
 //!   partitions;
 //! - [`disk`]: written and durable images, slow and failed fsyncs, lost and torn unsynced
-//!   writes, bit flips at rest, wiped disks, and the recovery that rebuilds `Recovered`;
+//!   writes, bit flips at rest, wiped disks, full disks, and the recovery that rebuilds
+//!   `Recovered`;
 //! - [`faults`]: which fault strikes when;
 //! - [`client`]: proposals and what was acknowledged, ReadIndex reads;
 //! - [`checker`]: the safety properties, checked as every fact appears;
@@ -69,16 +70,21 @@ pub enum Mutation {
     TornTailTakenAsClean,
     /// Recovery with one bad hard-state slot loads the other one, undamaged (issue #13 item 2).
     SingleSlotRollback,
+    /// An append a full disk refused (held by the log worker until space is back) is
+    /// reported durable at once: the replica acks entries it holds only in memory, which a
+    /// restart on the full disk loses (issue #13 item 10).
+    FullDiskRefusalAsDurable,
 }
 
 impl Mutation {
     /// Every planted bug, with its command-line name.
-    pub const ALL: [(Mutation, &'static str); 5] = [
+    pub const ALL: [(Mutation, &'static str); 6] = [
         (Mutation::AckBeforeDurable, "ack-before-durable"),
         (Mutation::ForgetVoteOnRestart, "forget-vote-on-restart"),
         (Mutation::RepairFromLowerTerm, "repair-from-lower-term"),
         (Mutation::TornTailTakenAsClean, "torn-tail-as-clean"),
         (Mutation::SingleSlotRollback, "single-slot-rollback"),
+        (Mutation::FullDiskRefusalAsDurable, "full-disk-refusal-as-durable"),
     ];
 
     /// The mutation called `name` on the command line.
@@ -149,6 +155,10 @@ pub struct RunSummary {
     pub crashes: u64,
     pub restarts: u64,
     pub faults: u64,
+    /// Full-disk spans begun (`Fault::DiskFull`; also counted in `faults`).
+    pub disk_full_events: u64,
+    /// Log writes a full disk refused and the driver held until space was back.
+    pub held_for_space: u64,
 }
 
 /// Why a seed failed.
@@ -247,6 +257,10 @@ pub struct RangeReport {
     pub faults: u64,
     /// Frames corrupted on the simulated wire (and lost to the frame checksums).
     pub corrupted_frames: u64,
+    /// Full-disk spans begun.
+    pub disk_full_events: u64,
+    /// Log writes held for space.
+    pub held_for_space: u64,
     pub liveness_steps_max: u64,
     /// Failing seeds with their failure, ascending by seed.
     pub failures: Vec<(u64, SeedFailure)>,
@@ -285,6 +299,8 @@ pub fn run_seeds(
                         r.crashes += s.crashes;
                         r.faults += s.faults;
                         r.corrupted_frames += s.network.corrupted;
+                        r.disk_full_events += s.disk_full_events;
+                        r.held_for_space += s.held_for_space;
                         r.liveness_steps_max = r.liveness_steps_max.max(s.liveness_steps);
                     }
                     Err(f) => r.failures.push((seed, f)),

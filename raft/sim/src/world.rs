@@ -10,10 +10,23 @@
 //!
 //! A run has a faulty phase of `steps` steps, then a quiet phase: the network heals, stopped
 //! nodes restart and no fault is injected. Within `liveness_steps_max` of that, a proposal
-//! made in the quiet phase must be acknowledged (liveness).
+//! made in the quiet phase must be acknowledged (liveness). The quiet phase also gives every
+//! full disk its space back, so that check shows the group commits again once it is.
+//!
+//! A full disk (`Fault::DiskFull`, the node's rule: ARCHITECTURE.md "A full disk", node
+//! `replicator.rs`): a leader answers proposals and membership changes "storage full" before
+//! the core holds them and hands the leadership to its most up-to-date undamaged follower (at
+//! most once per election timeout); the log writes the core already asked for that need space
+//! (`SimDisk::needs_space`) wait in order in the node's log worker (`SimNode::held`, with
+//! everything behind them) and are written once space is back, hard state going on meanwhile;
+//! nothing held is reported durable, so a follower acks only what it holds; sends, commits and
+//! reads wait for what is held (a send that would read held entries is not sent: Raft resends
+//! it; commit advances only over the written log; reads return only what is settled).
 //!
 //! Invariants: all randomness comes from the run's seed (separate streams for network,
 //! disks, faults, client and replica configs); nothing iterates a hash map.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -40,6 +53,8 @@ const READ_ENTRIES_MAX: u64 = 8;
 /// `Fault::StaleLeader`: how long the wipe of the next voter for the transfer's target stays
 /// armed (a few election timeouts of the simulated config).
 const STALE_LEADER_ARM_STEPS: u64 = 100;
+/// Bound on log writes one node holds for space (the core's windows bound them far below).
+const HELD_OPS_MAX: usize = 100_000;
 
 /// Per-node driver state (what the replicator of that node knows).
 #[derive(Debug)]
@@ -68,6 +83,16 @@ struct SimNode {
     /// against the committed log (retention may remove acknowledged records: see
     /// `check_acked_durable`).
     compacted_checked_through: LogIndex,
+    /// Log writes a full disk refused, in order, with every log write behind them (the
+    /// node's log worker waiting for `Log::wait_space`); lost at a crash (never written).
+    held: VecDeque<DiskOp>,
+    /// The core's commit as last reported; `commit` follows it over the written log only
+    /// (it waits while writes are held).
+    commit_reported: LogIndex,
+    /// When this node, leading on a full disk, last handed the leadership off.
+    space_handoff_at: Option<u64>,
+    /// `Fault::DiskFull` with a supervisor restart: the step it happens.
+    full_bounce_at: Option<u64>,
 }
 
 /// The simulation of one seed.
@@ -96,6 +121,9 @@ pub struct Simulation {
     crashes: u64,
     restarts: u64,
     faults_injected: u64,
+    held_for_space: u64,
+    /// The replicas' election timeout in steps (the hand-off for space waits that long).
+    election_steps: u64,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -110,10 +138,12 @@ impl Simulation {
         let mut master = SmallRng::seed_from_u64(opts.seed);
         let mut fork = || SmallRng::seed_from_u64(master.gen());
         let net_rng = fork();
-        let faults = FaultScheduler::new(opts.faults, fork());
+        let faults_rng = fork();
         let (disk_rng, client_rng, config_rng) = (fork(), fork(), fork());
         // Forked last, so that the streams above are what they were before corruption.
         let net = SimNetwork::new(opts.nodes, net_rng, fork());
+        // Forked after it: the full-disk draws leave every older stream as it was.
+        let faults = FaultScheduler::new(opts.faults, faults_rng, fork());
         let ids: Vec<NodeId> = (1..=opts.nodes as u32).map(NodeId).collect();
         let bootstrap = Membership { voters: ids.clone(), learners: Vec::new() };
         let nodes = ids
@@ -134,6 +164,10 @@ impl Simulation {
                 promotions: Vec::new(),
                 fake_term_answers: Vec::new(),
                 compacted_checked_through: LogIndex(0),
+                held: VecDeque::new(),
+                commit_reported: LogIndex(0),
+                space_handoff_at: None,
+                full_bounce_at: None,
             })
             .collect();
         Simulation {
@@ -156,6 +190,9 @@ impl Simulation {
             crashes: 0,
             restarts: 0,
             faults_injected: 0,
+            held_for_space: 0,
+            election_steps: u64::from(Config::new(NodeId(1), 0).election_ticks)
+                * opts.steps_per_tick,
         }
     }
 
@@ -198,6 +235,8 @@ impl Simulation {
             crashes: self.crashes,
             restarts: self.restarts,
             faults: self.faults_injected,
+            disk_full_events: self.nodes.iter().map(|n| n.disk.stats.full_events).sum(),
+            held_for_space: self.held_for_space,
         })
     }
 
@@ -216,12 +255,16 @@ impl Simulation {
         self.now += 1;
         if self.quiet_since.is_none() {
             self.inject_faults()?;
+            self.bounce_full_nodes()?;
         } else {
             // A node can still stop in the quiet phase (an fsync failure injected before it
             // completes): it comes back at once.
             for i in 0..self.nodes.len() {
                 self.start_node(i)?;
             }
+        }
+        for i in 0..self.nodes.len() {
+            self.release_held(i)?;
         }
         while let Some(flight) = self.net.next_due(self.now) {
             let i = self.slot(flight.to);
@@ -448,6 +491,11 @@ impl Simulation {
             Fault::Heal => self.net.heal(),
             Fault::Weather(weather) => self.net.set_weather(weather),
             Fault::Retention { node } => self.retention(self.slot(node))?,
+            Fault::DiskFull { node, steps, bounce_after } => {
+                let i = self.slot(node);
+                self.nodes[i].disk.fill_until(now + steps, now);
+                self.nodes[i].full_bounce_at = bounce_after.map(|after| now + after);
+            }
             Fault::ChangeMembership { victim } => self.change_membership(victim)?,
             Fault::Unreachable { node, peer } => {
                 let i = self.slot(node);
@@ -496,6 +544,12 @@ impl Simulation {
         let Some(i) = self.leader_slot() else {
             return Ok(());
         };
+        if self.nodes[i].disk.full_at(self.now) {
+            // The node answers a membership change "storage full" before proposing it.
+            let id = self.nodes[i].id;
+            self.trace.line(self.now, id, || "membership change refused: disk full".into());
+            return Ok(());
+        }
         let membership = self.nodes[i].membership.clone();
         let missing = self
             .nodes
@@ -594,6 +648,10 @@ impl Simulation {
         node.fail_next_fsync = false;
         node.slow_fsyncs_until = 0;
         node.early_reports.clear();
+        // What the log worker held for space was never written: gone with the process.
+        node.disk.stats.lost_unsynced_ops += node.held.len() as u64;
+        node.held.clear();
+        node.space_handoff_at = None;
         let id = node.id;
         self.trace.line(self.now, id, || format!("CRASH (tear: {tear:?})"));
     }
@@ -606,6 +664,9 @@ impl Simulation {
         for i in 0..self.nodes.len() {
             self.nodes[i].fail_next_fsync = false;
             self.nodes[i].slow_fsyncs_until = 0;
+            // Space is back (what was held is written at the next step).
+            self.nodes[i].disk.fill_until(0, self.now);
+            self.nodes[i].full_bounce_at = None;
             if self.nodes[i].replica.is_none() {
                 self.start_node(i)?;
             }
@@ -622,6 +683,14 @@ impl Simulation {
         if node.replica.is_some() {
             return Ok(());
         }
+        if node.disk.full_at(now) && !node.disk.opens_when_full() {
+            // A wiped disk needs new files, which a full disk refuses: the start fails, and
+            // the supervisor tries again (the restart draws of the faulty phase, or the quiet
+            // phase once space is back).
+            let id = node.id;
+            self.trace.line(now, id, || "start refused: a new log on a full disk".into());
+            return Ok(());
+        }
         let image = node.disk.recover(self.opts.mutation);
         let recovered = self.recovered_from(i, &image)?;
         let node = &mut self.nodes[i];
@@ -631,6 +700,7 @@ impl Simulation {
         node.term = recovered.hard_state.term;
         node.role = Role::Follower;
         node.commit = LogIndex(image.log_start.0 - 1).max(recovered.commit);
+        node.commit_reported = node.commit;
         self.restarts += u64::from(node.incarnation > 1);
         let membership = recovered
             .membership_entries
@@ -724,11 +794,17 @@ impl Simulation {
                 return Ok(());
             }
             let id = self.nodes[i].id;
+            let full = self.nodes[i].disk.full_at(self.now);
             let Some(replica) = self.nodes[i].replica.as_mut() else {
                 return Ok(());
             };
             for learner in promotions {
                 let change = MembershipChange::Promote(learner);
+                if full {
+                    // The node answers "storage full" before proposing (the operator retries).
+                    self.trace.line(self.now, id, || format!("{change:?} refused: disk full"));
+                    continue;
+                }
                 let result = replica.propose_membership(change);
                 self.trace
                     .line(self.now, id, || format!("propose_membership {change:?}: {result:?}"));
@@ -775,30 +851,14 @@ impl Simulation {
                 self.write(i, DiskOp::HardState(state))?;
                 self.request_sync(i, false);
             }
-            Action::TruncateLog { from } => {
-                self.checker.on_truncate(now, id, from, self.nodes[i].commit)?;
-                self.write(i, DiskOp::Truncate { from })?;
-            }
+            Action::TruncateLog { from } => self.log_op(i, DiskOp::Truncate { from })?,
             Action::AppendEntries { entries } => {
-                let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
-                    return Ok(());
-                };
-                let (_, mut prev_term) = self.nodes[i].disk.written_last();
-                for entry in &entries {
-                    self.checker.on_append(now, id, entry, prev_term)?;
-                    prev_term = entry.term;
-                }
-                self.write(i, DiskOp::Append(entries))?;
-                self.request_sync(i, true);
-                if self.opts.mutation == Mutation::AckBeforeDurable {
-                    // MUTATION: report durability before the fsync even started.
-                    self.nodes[i].early_reports.push(last);
+                if !entries.is_empty() {
+                    self.log_op(i, DiskOp::Append(entries))?;
                 }
             }
             Action::ResetLog { start, prev_term, membership } => {
-                self.checker.on_reset(now, id, start, prev_term)?;
-                self.write(i, DiskOp::Reset { start, prev_term, membership })?;
-                self.request_sync(i, false);
+                self.log_op(i, DiskOp::Reset { start, prev_term, membership })?;
             }
             Action::Send { to, message: Message::TermQuery { term } }
                 if self.opts.mutation == Mutation::RepairFromLowerTerm =>
@@ -812,6 +872,16 @@ impl Simulation {
                     self.voted.push((i, to));
                 }
                 self.send(id, to, message);
+            }
+            Action::SendEntries { to, from, through, .. }
+                if from <= through && through > self.settled_through(i) =>
+            {
+                // The node's sender waits until the entries are settled in the log (they are
+                // held for space, or behind a held truncation or reset); the wait outlasts
+                // this step, so the send is dropped here and Raft sends again.
+                self.trace.line(now, id, || {
+                    format!("send {from}..={through} to {to} waits: log writes held for space")
+                });
             }
             Action::SendEntries { to, term, prev_index, prev_term, commit, from, through } => {
                 let entries = if from > through {
@@ -835,8 +905,14 @@ impl Simulation {
                 self.client
                     .on_read_ready(id, ctx, index)
                     .map_err(|what| Violation { step: now, what })?;
-                // Serve it: the bytes returned must be the committed ones.
-                self.serve_read(i, index)?;
+                // Serve it: the bytes returned must be the committed ones. While log writes
+                // are held for space, only what is settled (the commit over the written log).
+                let through = if self.nodes[i].held.is_empty() {
+                    index
+                } else {
+                    index.min(self.nodes[i].commit)
+                };
+                self.serve_read(i, through)?;
             }
             Action::ReadFailed { ctx } => self.client.on_read_failed(ctx),
             Action::RoleChanged { role, term, leader } => {
@@ -867,16 +943,179 @@ impl Simulation {
         Ok(())
     }
 
-    fn on_commit(&mut self, i: usize, through: LogIndex) -> CheckResult {
+    /// A log write the core asked for: carried out now, or held for space (with everything
+    /// behind it) while the disk is full, as the node's log worker waits for
+    /// `Log::wait_space`.
+    fn log_op(&mut self, i: usize, op: DiskOp) -> CheckResult {
         let now = self.now;
-        let node = &self.nodes[i];
+        let node = &mut self.nodes[i];
+        if node.held.is_empty() && !(node.disk.full_at(now) && node.disk.needs_space(&op)) {
+            return self.write_log_op(i, op);
+        }
         let id = node.id;
-        if through < node.commit {
+        if node.held.len() >= HELD_OPS_MAX {
             return Err(Violation {
                 step: now,
-                what: format!("{id}: commit went back from {} to {through}", node.commit),
+                what: format!("{id}: more than {HELD_OPS_MAX} log writes held for space"),
             });
         }
+        if let DiskOp::Append(entries) = &op {
+            if self.opts.mutation == Mutation::FullDiskRefusalAsDurable {
+                // MUTATION: the refusal is taken for a completed append and reported durable.
+                let last = entries.last().expect("not empty");
+                node.early_reports.push((last.index, last.term));
+            }
+        }
+        self.trace.line(now, id, || "log write held: disk full".into());
+        node.held.push_back(op);
+        self.held_for_space += 1;
+        Ok(())
+    }
+
+    /// Writes a log write of the core to node `i`'s disk (checked as it lands).
+    fn write_log_op(&mut self, i: usize, op: DiskOp) -> CheckResult {
+        let now = self.now;
+        let id = self.nodes[i].id;
+        match op {
+            DiskOp::Truncate { from } => {
+                self.checker.on_truncate(now, id, from, self.nodes[i].commit)?;
+                self.write(i, DiskOp::Truncate { from })?;
+            }
+            DiskOp::Append(entries) => {
+                let last = entries.last().map(|e| (e.index, e.term)).expect("not empty");
+                let (_, mut prev_term) = self.nodes[i].disk.written_last();
+                for entry in &entries {
+                    self.checker.on_append(now, id, entry, prev_term)?;
+                    prev_term = entry.term;
+                }
+                self.write(i, DiskOp::Append(entries))?;
+                self.request_sync(i, true);
+                if self.opts.mutation == Mutation::AckBeforeDurable {
+                    // MUTATION: report durability before the fsync even started.
+                    self.nodes[i].early_reports.push(last);
+                }
+            }
+            DiskOp::Reset { start, prev_term, membership } => {
+                self.checker.on_reset(now, id, start, prev_term)?;
+                self.write(i, DiskOp::Reset { start, prev_term, membership })?;
+                self.request_sync(i, false);
+            }
+            op @ (DiskOp::HardState(_) | DiskOp::AdvanceStart { .. } | DiskOp::ClearDamaged) => {
+                self.write(i, op)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Space is back on node `i`'s disk: the held log writes go out in order; once none is
+    /// left, the commit catches up with what the core reported.
+    fn release_held(&mut self, i: usize) -> CheckResult {
+        if self.nodes[i].held.is_empty() || self.nodes[i].replica.is_none() {
+            return Ok(());
+        }
+        while let Some(op) = self.nodes[i].held.front() {
+            if self.nodes[i].disk.full_at(self.now) && self.nodes[i].disk.needs_space(op) {
+                return Ok(());
+            }
+            let op = self.nodes[i].held.pop_front().expect("front exists");
+            self.write_log_op(i, op)?;
+        }
+        let id = self.nodes[i].id;
+        self.trace.line(self.now, id, || "space back: held log writes written".into());
+        let reported = self.nodes[i].commit_reported;
+        if reported > self.nodes[i].commit {
+            self.on_commit(i, reported)?;
+        }
+        self.drain(i)
+    }
+
+    /// Last index node `i` can send from its log: everything written, up to the first held
+    /// write (entries a held append brings, or a held truncation or reset removes, are not
+    /// settled).
+    fn settled_through(&self, i: usize) -> LogIndex {
+        let node = &self.nodes[i];
+        let mut settled = node.disk.written_last().0;
+        for op in &node.held {
+            let first_unsettled = match op {
+                DiskOp::Append(entries) => entries.first().map_or(settled.next(), |e| e.index),
+                DiskOp::Truncate { from } => *from,
+                DiskOp::Reset { .. } => LogIndex(0),
+                DiskOp::HardState(_) | DiskOp::AdvanceStart { .. } | DiskOp::ClearDamaged => {
+                    continue
+                }
+            };
+            settled = settled.min(LogIndex(first_unsettled.0.saturating_sub(1)));
+        }
+        settled
+    }
+
+    /// Node `i` leads on a full disk: it hands the leadership to its most up-to-date
+    /// undamaged follower, at most once per election timeout (`hand_off_for_space`).
+    fn hand_off_for_space(&mut self, i: usize) -> CheckResult {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        if node.space_handoff_at.is_some_and(|at| now - at < self.election_steps) {
+            return Ok(());
+        }
+        node.space_handoff_at = Some(now);
+        let replica = node.replica.as_mut().expect("a leader runs");
+        let me = replica.id();
+        let target = replica
+            .membership()
+            .voters
+            .iter()
+            .filter(|&&n| n != me)
+            .filter_map(|&n| replica.progress(n).map(|p| (p, n)))
+            .filter(|(p, _)| !p.damaged)
+            .map(|(p, n)| (p.match_index, n))
+            .max()
+            .map(|(_, n)| n);
+        let Some(to) = target else {
+            return Ok(());
+        };
+        let result = replica.transfer_leadership(to);
+        self.trace.line(now, me, || format!("disk full: hand-off to {to}: {result:?}"));
+        self.drain(i)
+    }
+
+    /// `Fault::DiskFull` with a supervisor restart: the node is killed and restarted on its
+    /// full disk (it opens: its files exist; what it held for space is lost).
+    fn bounce_full_nodes(&mut self) -> CheckResult {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].full_bounce_at != Some(self.now) {
+                continue;
+            }
+            self.nodes[i].full_bounce_at = None;
+            if self.nodes[i].replica.is_some() {
+                let id = self.nodes[i].id;
+                self.trace.line(self.now, id, || "restart on a full disk".into());
+                self.crash(i, Tear::None);
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_commit(&mut self, i: usize, through: LogIndex) -> CheckResult {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        if through < node.commit || through < node.commit_reported {
+            return Err(Violation {
+                step: now,
+                what: format!(
+                    "{id}: commit went back from {} to {through}",
+                    node.commit.max(node.commit_reported)
+                ),
+            });
+        }
+        node.commit_reported = through;
+        if !node.held.is_empty() {
+            // The commit waits for the held writes (the node computes commit offsets from
+            // the log): it is applied once they are written.
+            return Ok(());
+        }
+        let node = &self.nodes[i];
         let (last, _) = node.disk.written_last();
         if through > last {
             return Err(Violation {
@@ -996,6 +1235,13 @@ impl Simulation {
         let payload = self.client.next_payload();
         let node = &mut self.nodes[i];
         let id = node.id;
+        if node.role == Role::Leader && node.disk.full_at(self.now) {
+            // The node answers `StorageFull` before the core holds the entry, and hands the
+            // leadership to an up-to-date follower.
+            self.trace.line(self.now, id, || format!("propose {payload:?}: storage full"));
+            self.client.on_refused(Some(id));
+            return self.hand_off_for_space(i);
+        }
         let result = node.replica.as_mut().expect("up").propose(payload.clone());
         self.trace.line(self.now, id, || format!("propose {payload:?}: {result:?}"));
         match result {

@@ -2,9 +2,9 @@
 //! half on 3-node clusters and half on 5-node clusters, each checked after every step for
 //! election safety, log matching, committed-prefix agreement and stability, acknowledged
 //! proposals committed exactly once, linearizable ReadIndex, reads returning the committed
-//! bytes, and liveness once faults stop; at the end, every acknowledged (index, payload) on
-//! the durable logs of a majority of the final voters. One seed in four runs without
-//! CheckQuorum and PreVote.
+//! bytes, and liveness once faults stop (every full disk then has its space back); at the end,
+//! every acknowledged (index, payload) on the durable logs of a majority of the final voters.
+//! One seed in four runs without CheckQuorum and PreVote.
 //!
 //! A failing seed is printed with the one-line command that replays it with a trace.
 
@@ -30,7 +30,8 @@ fn run_size(nodes: usize) -> RangeReport {
     let report = run_seeds(0..SEEDS_PER_SIZE, threads(), FAILURES_MAX, &options, &|_| {});
     eprintln!(
         "{nodes} nodes: {} seeds, {} steps, {} acked, {} committed, {} crashes, {} faults, \
-         {} corrupted frames, slowest liveness {} steps",
+         {} corrupted frames, {} full disks ({} log writes held for space), slowest liveness \
+         {} steps",
         report.seeds_run,
         report.steps_run,
         report.acked,
@@ -38,6 +39,8 @@ fn run_size(nodes: usize) -> RangeReport {
         report.crashes,
         report.faults,
         report.corrupted_frames,
+        report.disk_full_events,
+        report.held_for_space,
         report.liveness_steps_max
     );
     let mut failures = String::new();
@@ -56,6 +59,8 @@ fn three_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
     assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
+    assert!(report.disk_full_events > SEEDS_PER_SIZE, "too few full disks");
+    assert!(report.held_for_space > SEEDS_PER_SIZE, "too few log writes held for space");
 }
 
 #[test]
@@ -65,6 +70,8 @@ fn five_node_clusters_stay_safe_and_live_under_every_fault_for_1000_seeds() {
     assert!(report.acked > SEEDS_PER_SIZE * 10, "the client got too few acks to mean anything");
     assert!(report.crashes > SEEDS_PER_SIZE, "too few crashes to mean anything");
     assert!(report.corrupted_frames > SEEDS_PER_SIZE, "too few corrupted frames");
+    assert!(report.disk_full_events > SEEDS_PER_SIZE, "too few full disks");
+    assert!(report.held_for_space > SEEDS_PER_SIZE, "too few log writes held for space");
 }
 
 #[test]

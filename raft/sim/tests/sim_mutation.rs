@@ -95,3 +95,12 @@ fn mutation_single_hard_state_slot_rollback_is_caught_within_the_ci_seed_budget(
     );
     assert!(what.is_some(), "a rolled-back vote must let two leaders win one term");
 }
+
+/// Issue #13 item 10: a full disk is not fatal, but a refusal for space is not a write. A
+/// replica that reports an append its full disk refused as durable acks entries it holds only
+/// in memory; a restart on the full disk (or a crash before space is back) loses them.
+#[test]
+fn mutation_full_disk_refusal_taken_as_durable_is_caught_within_the_ci_seed_budget() {
+    let what = first_failure(Mutation::FullDiskRefusalAsDurable, loses_committed_entries, true);
+    assert!(what.is_some(), "acking an append the full disk refused must lose an acked entry");
+}

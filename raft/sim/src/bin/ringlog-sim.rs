@@ -176,7 +176,7 @@ fn run_range(args: &Args) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "done: {} seeds, {} steps, {} acked, {} committed entries, {} crashes, {} faults, \
-         {} corrupted frames, slowest liveness {} steps, {:.1}s",
+         {} corrupted frames, {} full disks ({} writes held), slowest liveness {} steps, {:.1}s",
         report.seeds_run,
         report.steps_run,
         report.acked,
@@ -184,6 +184,8 @@ fn run_range(args: &Args) -> ExitCode {
         report.crashes,
         report.faults,
         report.corrupted_frames,
+        report.disk_full_events,
+        report.held_for_space,
         report.liveness_steps_max,
         secs
     );
