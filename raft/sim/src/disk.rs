@@ -363,6 +363,31 @@ impl SimDisk {
         Some(hit)
     }
 
+    /// Flips a bit of the durable record at `index` (a stopped node's rot at rest, placed).
+    /// Returns whether the log holds that record.
+    pub fn flip_record_at_rest(&mut self, index: LogIndex) -> bool {
+        self.recovery_damage.set(None);
+        assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
+        let Some(pos) = index.0.checked_sub(self.durable.log_start.0) else { return false };
+        let Some(record) = self.durable.records.get_mut(pos as usize) else { return false };
+        record.checksum ^= 1 << 5;
+        self.written = self.durable.clone();
+        true
+    }
+
+    /// Flips a bit of the newest hard-state slot (`newest`) or of the other one. Returns
+    /// whether that slot was written.
+    pub fn flip_slot_at_rest(&mut self, newest: bool) -> bool {
+        self.recovery_damage.set(None);
+        assert!(self.unsynced.is_empty(), "bit flips at rest hit stopped nodes only");
+        let seq = self.durable.hard_state_seq;
+        let pick = if newest { seq % 2 } else { (seq + 1) % 2 };
+        let Some(slot) = self.durable.slots[pick as usize].as_mut() else { return false };
+        slot.checksum ^= 1 << 5;
+        self.written = self.durable.clone();
+        true
+    }
+
     /// Whether the durable image carries the damaged mark (a repair not yet durable).
     pub fn damaged_mark_durable(&self) -> bool {
         self.durable.damaged_mark

@@ -12,6 +12,8 @@
 //! - [`faults`]: which fault strikes when;
 //! - [`client`]: proposals and what was acknowledged, ReadIndex reads;
 //! - [`checker`]: the safety properties, checked as every fact appears;
+//! - [`recovery_table`]: docs/format.md's "Recovery outcomes" table, parsed for the tests that
+//!   hold the simulator's disk and the engine to it;
 //! - [`world`]: the per-node drivers (carrying out actions exactly as the replicator does)
 //!   and the step loop, with a quiet phase at the end that checks liveness.
 //!
@@ -27,6 +29,7 @@ pub mod client;
 pub mod disk;
 pub mod faults;
 pub mod network;
+pub mod recovery_table;
 pub mod trace;
 pub mod wire;
 pub mod world;
