@@ -2183,6 +2183,12 @@ impl PartitionReplicator {
         self.st.borrow().replica.is_damaged()
     }
 
+    /// The core's (term, vote) now.
+    #[cfg(test)]
+    pub(crate) fn raft_hard_state(&self) -> HardState {
+        self.st.borrow().replica.hard_state()
+    }
+
     #[cfg(test)]
     pub(crate) fn commit(&self) -> LogIndex {
         self.st.borrow().replica.commit()

@@ -1527,3 +1527,274 @@ fn a_committed_read_is_cut_before_a_batch_the_core_does_not_hold() {
         1
     );
 }
+
+// ----- docs/format.md "Recovery outcomes": the engine and the node's damage rule, real files -----
+//
+// The simulator's test of the same rows is raft/sim/tests/recovery_table.rs; both parse the
+// table with `ringlog_sim::recovery_table` and key their cases on the rows' first cells.
+
+use ringlog_sim::recovery_table::{self, LogFacts};
+
+const ROW_CLEAN_END: &str = "a clean end";
+const ROW_BYTES_AFTER_TAIL: &str = "non-zero bytes after the last valid batch of the tail";
+const ROW_INVALID_THEN_VALID: &str = "an invalid batch followed by valid data";
+const ROW_BAD_SLOT: &str = "a hard-state file with any bad slot, even if the other is valid";
+const ROW_EMPTY_DIR: &str = "an empty or half-created partition directory";
+const ROW_DAMAGED_MARK: &str = "the persistent damaged mark";
+const ROW_CASES: [&str; 6] = [
+    ROW_CLEAN_END,
+    ROW_BYTES_AFTER_TAIL,
+    ROW_INVALID_THEN_VALID,
+    ROW_BAD_SLOT,
+    ROW_EMPTY_DIR,
+    ROW_DAMAGED_MARK,
+];
+
+impl TestNode {
+    /// (damaged, log's last index, log's last term, core's (term, vote)) of partition `p`.
+    fn recovered(&self, p: PartitionId) -> (bool, u64, u64, (u64, Option<u32>)) {
+        self.call(move |core| async move {
+            let r = core.partition(p).expect("partition");
+            let hs = r.raft_hard_state();
+            (
+                r.is_damaged(),
+                r.log().last_index().0,
+                r.log().last_term().0,
+                (hs.term.0, hs.vote.map(|v| v.0)),
+            )
+        })
+    }
+}
+
+/// The newest valid slot of a hard-state file as (term, vote) (`None`: none is valid).
+fn newest_valid_slot(path: &std::path::Path) -> Option<(u64, Option<u32>)> {
+    use ringlog_engine::hard_state::decode_slot;
+    let bytes = std::fs::read(path).ok()?;
+    (0..2)
+        .filter_map(|i| decode_slot(bytes.get(i * 4096..(i + 1) * 4096)?).ok().flatten())
+        .max_by_key(|(generation, _)| *generation)
+        .map(|(_, s)| (s.term.0, s.vote.map(|v| v.0)))
+}
+
+/// Index of the slot (0 or 1) with the highest generation, and whether the other is valid.
+fn newest_slot_position(path: &std::path::Path) -> (usize, bool) {
+    use ringlog_engine::hard_state::decode_slot;
+    let bytes = std::fs::read(path).expect("hard state");
+    let slots: Vec<_> = (0..2).map(|i| decode_slot(&bytes[i * 4096..(i + 1) * 4096])).collect();
+    let generation = |i: usize| slots[i].as_ref().ok().and_then(|s| s.map(|(g, _)| g));
+    let newest = if generation(1) > generation(0) { 1 } else { 0 };
+    (newest, generation(1 - newest).is_some())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// One case of a row: a name, the fault made in the partition dir of a copy of the stopped
+/// replica's data dir, and what the case knows of the log it damaged.
+struct RowCase {
+    name: &'static str,
+    fault: Box<dyn Fn(&std::path::Path)>,
+    /// The first entry the fault makes invalid (`None`: none).
+    first_bad: Option<u64>,
+    /// The log is gone (written last = nothing).
+    wiped: bool,
+    /// The first start after the fault fails midway (an injected fdatasync failure), as a
+    /// crash during it would.
+    first_start_fails: bool,
+}
+
+/// (position, length, index) of every batch of the tail segment.
+fn tail_batches(data_dir: &std::path::Path) -> Vec<(u64, u64, u64)> {
+    let segment = tail_segment(data_dir);
+    let bytes = std::fs::read(&segment).expect("segment");
+    batch_positions(&segment)
+        .into_iter()
+        .map(|(at, len)| {
+            let header = ringlog_engine::batch::peek_header(&bytes[at as usize..], 1 << 20)
+                .expect("a batch header");
+            (at, len, header.index.get())
+        })
+        .collect()
+}
+
+fn row_cases(key: &str, data_dir: &std::path::Path, last: u64) -> Vec<RowCase> {
+    let batches = tail_batches(data_dir);
+    let case = |name, fault: Box<dyn Fn(&std::path::Path)>, first_bad| RowCase {
+        name,
+        fault,
+        first_bad,
+        wiped: false,
+        first_start_fails: false,
+    };
+    let wipe = |dir: &std::path::Path| {
+        std::fs::remove_dir_all(dir).expect("wipe");
+        std::fs::create_dir(dir).expect("empty partition dir");
+    };
+    match key {
+        ROW_CLEAN_END => {
+            vec![case("kill -9, nothing after the last flush", Box::new(|_| {}), None)]
+        }
+        ROW_BYTES_AFTER_TAIL => {
+            let &(at, len, _) = batches.last().expect("a batch");
+            // Garbage from the block after the last flush (a torn write of the next one).
+            let garbage_at = (at + len).div_ceil(4096) * 4096;
+            let garbage = Box::new(move |dir: &std::path::Path| {
+                use std::os::unix::fs::FileExt;
+                let segment = tail_segment(dir.parent().expect("data dir"));
+                let file = std::fs::OpenOptions::new().write(true).open(segment).expect("open");
+                file.write_all_at(&[0xa5; 64], garbage_at).expect("write garbage");
+                file.sync_all().expect("sync");
+            });
+            let &(flip_at, flip_len, flip_index) = batches.last().expect("a batch");
+            let flip = Box::new(move |dir: &std::path::Path| {
+                flip_byte(&tail_segment(dir.parent().expect("data dir")), flip_at + flip_len - 2)
+            });
+            vec![
+                case("non-zero bytes after the last batch", garbage, Some(last + 1)),
+                case("a flip in the last batch", flip, Some(flip_index)),
+            ]
+        }
+        ROW_INVALID_THEN_VALID => {
+            let &(at, len, index) = &batches[batches.len() / 2];
+            assert!(index < last, "valid batches follow the flipped one");
+            let flip = Box::new(move |dir: &std::path::Path| {
+                flip_byte(&tail_segment(dir.parent().expect("data dir")), at + len - 2)
+            });
+            vec![case("a flip in a middle batch", flip, Some(index))]
+        }
+        ROW_BAD_SLOT => {
+            let flip_slot = |newest: bool| -> Box<dyn Fn(&std::path::Path)> {
+                Box::new(move |dir: &std::path::Path| {
+                    let path = dir.join("hard_state");
+                    let (position, _) = newest_slot_position(&path);
+                    let slot = if newest { position } else { 1 - position };
+                    flip_byte(&path, slot as u64 * 4096 + 24);
+                })
+            };
+            vec![
+                case("a flip in the newest slot", flip_slot(true), None),
+                case("a flip in the older slot", flip_slot(false), None),
+            ]
+        }
+        ROW_EMPTY_DIR => {
+            let wiped = |name, first_start_fails| RowCase {
+                name,
+                fault: Box::new(wipe),
+                first_bad: None,
+                wiped: true,
+                first_start_fails,
+            };
+            let only_mark = Box::new(move |dir: &std::path::Path| {
+                wipe(dir);
+                crate::node::replicator_meta::mark_damaged(dir).expect("mark");
+            });
+            vec![
+                wiped("a wiped partition dir", false),
+                RowCase { wiped: true, ..case("a crash right after the mark", only_mark, None) },
+                wiped("a first start after a wipe that failed midway", true),
+            ]
+        }
+        ROW_DAMAGED_MARK => vec![case(
+            "the mark left by an earlier recovery",
+            Box::new(|dir| crate::node::replicator_meta::mark_damaged(dir).expect("mark")),
+            None,
+        )],
+        other => panic!("no case for `{other}`"),
+    }
+}
+
+#[test]
+fn every_recovery_outcome_row_holds_for_real_files() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/format.md");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let rows = recovery_table::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    recovery_table::check_cases(&rows, &ROW_CASES).unwrap_or_else(|e| panic!("{e}"));
+
+    // A replica's log and hard state, made by a real cluster; then every node stops.
+    let mut cluster = Cluster::start(3, 1);
+    cluster.append_acked(P0, "row", 24);
+    cluster.wait_identical(P0);
+    let leader = leader_of(&cluster.nodes, P0);
+    let victim = (leader + 1) % 3;
+    let (_, last, _) = cluster.node(victim).log_state(P0);
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let source = cluster.dirs[victim].clone();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for row in &rows {
+        for case in row_cases(&row.key, &source, last.0) {
+            // A copy of the stopped replica's files, the row's fault made in it, then the
+            // replica restarts alone (its peers are down: nothing repairs it meanwhile).
+            checked += 1;
+            let data_dir = root.path().join(format!("case{checked}"));
+            copy_dir(&source, &data_dir);
+            let partition_dir = data_dir.join("0");
+            (case.fault)(&partition_dir);
+            let newest_valid = newest_valid_slot(&partition_dir.join("hard_state"));
+            let config = || {
+                node_config(
+                    victim as u32 + 1,
+                    &cluster.ports,
+                    cluster.members,
+                    &data_dir,
+                    cluster.partitions,
+                    &cluster.storage_extra,
+                )
+            };
+            if case.first_start_fails {
+                let mut faults = crate::node::StorageFaults::default();
+                faults.add(P0).fail_syncs(1);
+                crate::node::replicator::install_storage_faults(&data_dir, Some(faults));
+                let failed = TestNode::try_start(config(), vec![P0]);
+                crate::node::replicator::install_storage_faults(&data_dir, None);
+                assert!(failed.is_err(), "{}: the first start must fail", case.name);
+                assert!(
+                    std::fs::read_dir(&partition_dir).expect("dir").next().is_some(),
+                    "{}: the failed start left files behind",
+                    case.name
+                );
+            }
+            let node = TestNode::start(config(), vec![P0]);
+            let (damaged, got_last, last_term, hard_state) = node.recovered(P0);
+            node.stop(ShutdownMode::Immediate);
+            let facts = LogFacts {
+                written_last: if case.wiped { 0 } else { last.0 },
+                first_bad: case.first_bad,
+                start_prev: 0,
+            };
+            let expected_last = row
+                .log
+                .expected_last(facts)
+                .unwrap_or_else(|e| panic!("row `{}`, case {}: {e}", row.key, case.name));
+            let expected_hs =
+                row.hard_state.expected(if case.wiped { None } else { newest_valid }, last_term);
+            if got_last != expected_last || damaged != row.damaged || hard_state != expected_hs {
+                failures.push(format!(
+                    "row `{}`, case {}: log last {got_last} (row: {:?} -> {expected_last}), \
+                     damaged {damaged} (row: {}), hard state {hard_state:?} (row: {:?} -> \
+                     {expected_hs:?})",
+                    row.key, case.name, row.log, row.damaged, row.hard_state
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the engine and node disagree with the table:\n{}",
+        failures.join("\n")
+    );
+    assert!(checked > rows.len());
+}
