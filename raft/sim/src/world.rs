@@ -24,7 +24,7 @@
 //! it; commit advances only over the written log; reads return only what is settled).
 //!
 //! Invariants: all randomness comes from the run's seed (separate streams for network,
-//! disks, faults, client and replica configs); nothing iterates a hash map.
+//! disks, faults, full disks, client and replica configs); nothing iterates a hash map.
 
 use std::collections::VecDeque;
 
