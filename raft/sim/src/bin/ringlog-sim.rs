@@ -43,7 +43,7 @@ fn usage() -> &'static str {
     "usage: ringlog-sim (--seed N | --seeds A..B) [--nodes 3|5|both] [--steps N] [--trace] \
      [--threads N] [--failures-max N] [--faults all|none] \
      [--mutation <name>] (ack-before-durable, forget-vote-on-restart, repair-from-lower-term,
-     torn-tail-as-clean, single-slot-rollback)"
+     torn-tail-as-clean, single-slot-rollback, full-disk-refusal-as-durable)"
 }
 
 fn parse_args() -> Result<Args, String> {
