@@ -135,6 +135,12 @@ pub struct BenchArgs {
     /// Producers of the many-producers scenario (default 200, or 32 with --quick).
     #[arg(long)]
     pub many_producers: Option<usize>,
+    /// Produces each producer of the replicated scenario keeps in flight on its connection
+    /// (closed loop only): 1 is the blocking client, one produce at a time; 2..=64 a
+    /// pipelined connection (`ringlog_net::client::Pipeline`), latency still from each
+    /// produce's send to its acknowledgement.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// Records per produce batch (the most, in an open loop).
     #[arg(long, default_value_t = 16)]
     pub records_per_batch: usize,
@@ -328,6 +334,13 @@ impl BenchArgs {
             (LoadArg::Open, Some(rate)) => LoadModel::Open { rate_records_per_sec: rate },
             (LoadArg::Open, None) => bail!("--load open needs --rate <records/s>"),
         };
+        let pipeline_max = ringlog_net::limits::PIPELINE_REQUESTS_MAX;
+        if self.pipeline == 0 || self.pipeline > pipeline_max {
+            bail!("--pipeline must be in 1..={pipeline_max}");
+        }
+        if self.pipeline > 1 && load != LoadModel::Closed {
+            bail!("--pipeline applies to --load closed");
+        }
         let acks = if self.acks.is_empty() {
             vec![Acks::Quorum, Acks::Leader, Acks::None]
         } else {
@@ -362,6 +375,7 @@ impl BenchArgs {
             producers: self.producers,
             many_producers: self.many_producers.unwrap_or(if self.quick { 32 } else { 200 }),
             records_per_batch: self.records_per_batch,
+            pipeline: self.pipeline,
             linger: Duration::from_secs_f64(self.linger_ms.max(0.0) / 1e3),
             record_size_bytes: self.record_size,
             partitions: self.partitions,

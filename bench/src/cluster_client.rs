@@ -1,5 +1,6 @@
 //! The bench's side of the cluster: producers and readers over the Rust client
-//! (`ringlog_net::client::Client`), leader lookup, and the nodes' counters.
+//! (`ringlog_net::client::Client`; with `--pipeline N`, a producer keeps N batches in flight
+//! on a `ringlog_net::client::Pipeline`), leader lookup, and the nodes' counters.
 //!
 //! A record's value starts with the wall-clock time it was sent (unix nanoseconds, little
 //! endian) so that a reader computes produce-to-consume latency from the value alone; the
@@ -10,11 +11,14 @@
 //! failure (the node may have appended the batch) is retried too, so records may be
 //! duplicated in a benchmark log — the bench never checks exactly-once, the cluster tests do.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use ringlog_net::client::{Client, ClientConfig, ClientError, ClientTls};
+use ringlog_net::client::{
+    build_batch, Client, ClientConfig, ClientError, ClientTls, Completion, Pipeline,
+};
 use ringlog_net::protocol::{Acks, Consistency, ErrorReply};
 use ringlog_net::{Offset, PartitionId};
 
@@ -66,6 +70,9 @@ pub struct ClusterProducer {
     values: Vec<Vec<u8>>,
     /// Ends retries when the run is interrupted (the nodes may be gone).
     stop: StopFlag,
+    /// With `--pipeline`: the pipelined connection and its batches in flight (record count,
+    /// completion), oldest first; at most the pipeline's window.
+    pipeline: Option<(Pipeline, VecDeque<(usize, Completion)>)>,
 }
 
 impl ClusterProducer {
@@ -89,21 +96,46 @@ impl ClusterProducer {
             acks,
             values: vec![value; records_per_batch_max],
             stop: stop.clone(),
+            pipeline: None,
         })
+    }
+
+    /// This producer with a pipelined connection keeping up to `depth` batches in flight
+    /// ([`Producer::start`] / [`Producer::finish_oldest`]); `send` stays one at a time.
+    pub fn pipelined(mut self, depth: usize) -> anyhow::Result<ClusterProducer> {
+        let pipeline = self
+            .client
+            .pipeline_with_window(self.partition, self.acks, depth)
+            .context("opening a pipelined connection")?;
+        self.pipeline = Some((pipeline, VecDeque::with_capacity(depth)));
+        Ok(self)
     }
 }
 
+/// `values`, each stamped with the current time.
+fn stamped(values: &mut [Vec<u8>]) -> Vec<&[u8]> {
+    let stamp = unix_nanos().to_le_bytes();
+    for value in values.iter_mut() {
+        value[..STAMP_BYTES].copy_from_slice(&stamp);
+    }
+    values.iter().map(Vec::as_slice).collect()
+}
+
 impl Producer for ClusterProducer {
+    fn start(&mut self, records: usize) -> anyhow::Result<()> {
+        self.start_pipelined(records)
+    }
+
+    fn finish_oldest(&mut self) -> anyhow::Result<u64> {
+        self.finish_pipelined()
+    }
+
     fn send(&mut self, records: usize) -> anyhow::Result<u64> {
         let count = records.min(self.values.len());
         let started = Instant::now();
         let mut failures = 0;
         loop {
-            let stamp = unix_nanos().to_le_bytes();
-            for value in &mut self.values[..count] {
-                value[..STAMP_BYTES].copy_from_slice(&stamp);
-            }
-            let refs: Vec<&[u8]> = self.values[..count].iter().map(Vec::as_slice).collect();
+            let refs = stamped(&mut self.values[..count]);
             match self.client.produce(self.partition, self.acks, &refs) {
                 Ok(_) => return Ok(failures),
                 Err(error)
@@ -123,6 +155,30 @@ impl Producer for ClusterProducer {
                     })
                 }
             }
+        }
+    }
+}
+
+impl ClusterProducer {
+    fn start_pipelined(&mut self, records: usize) -> anyhow::Result<()> {
+        let count = records.min(self.values.len());
+        let batch = build_batch(&stamped(&mut self.values[..count])).context("building a batch")?;
+        let (pipeline, in_flight) = self.pipeline.as_mut().context("not pipelined")?;
+        let completion = pipeline.send_batch(batch).context("pipelined produce")?;
+        in_flight.push_back((count, completion));
+        Ok(())
+    }
+
+    /// A failed pipelined batch is sent again through the blocking client (with its
+    /// retries), as a fresh batch: like `send`, the bench may duplicate records.
+    fn finish_pipelined(&mut self) -> anyhow::Result<u64> {
+        let (_, in_flight) = self.pipeline.as_mut().context("not pipelined")?;
+        let (count, completion) = in_flight.pop_front().context("no batch in flight")?;
+        match completion.wait() {
+            Ok(_) => Ok(0),
+            Err(error) if retryable(&error) && !self.stop.is_raised() => Ok(1 + self.send(count)?),
+            Err(error) => Err(error)
+                .with_context(|| format!("pipelined produce to partition {}", self.partition.0)),
         }
     }
 }

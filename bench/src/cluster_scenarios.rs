@@ -50,6 +50,8 @@ pub struct ClusterScenarioOptions {
     pub producers: usize,
     pub many_producers: usize,
     pub records_per_batch: usize,
+    /// Produces each producer of `replicated` keeps in flight (1: the blocking client).
+    pub pipeline: usize,
     #[serde(serialize_with = "serialize_secs")]
     pub linger: Duration,
     pub record_size_bytes: usize,
@@ -292,6 +294,7 @@ fn producer_run(
         timeline_interval: options.timeline_interval,
         drain_max: Duration::from_secs(5),
         keep_completions: false,
+        pipeline_depth: 1,
     }
 }
 
@@ -300,6 +303,7 @@ fn factory<'a>(
     options: &'a ClusterScenarioOptions,
     acks: Acks,
     records_per_batch: usize,
+    depth: usize,
     stop: &'a StopFlag,
 ) -> impl Fn(usize) -> anyhow::Result<Box<dyn Producer>> + Sync + 'a {
     move |index| {
@@ -312,6 +316,8 @@ fn factory<'a>(
             records_per_batch,
             stop,
         )?;
+        // `replicated` with --pipeline: the same producer over a pipelined connection.
+        let producer = if depth > 1 { producer.pipelined(depth)? } else { producer };
         Ok(Box::new(producer) as Box<dyn Producer>)
     }
 }
@@ -325,8 +331,18 @@ pub fn acks_name(acks: Acks) -> &'static str {
     }
 }
 
-fn model_note(model: LoadModel, producers: usize, options: &ClusterScenarioOptions) -> String {
+fn model_note(
+    model: LoadModel,
+    producers: usize,
+    depth: usize,
+    options: &ClusterScenarioOptions,
+) -> String {
     match model {
+        LoadModel::Closed if depth > 1 => format!(
+            "closed loop: {producers} producers (one pipelined connection each), {depth} \
+             batches of {} × {} B outstanding each; latency from send to acknowledgement",
+            options.records_per_batch, options.record_size_bytes
+        ),
         LoadModel::Closed => format!(
             "closed loop: {producers} producers (one connection each), one batch of {} × {} B \
              outstanding each; latency from send to acknowledgement",
@@ -365,9 +381,12 @@ pub fn replicated(
             &format!("replicated acks={}", acks_name(acks)),
             options.warmup + options.duration,
         );
-        let run = producer_run(options, options.load, options.producers);
-        let make = factory(&bootstrap, options, acks, options.records_per_batch, stop);
-        let mut notes = vec![model_note(options.load, options.producers, options)];
+        let mut run = producer_run(options, options.load, options.producers);
+        run.pipeline_depth = options.pipeline;
+        let make =
+            factory(&bootstrap, options, acks, options.records_per_batch, options.pipeline, stop);
+        let mut notes =
+            vec![model_note(options.load, options.producers, options.pipeline, options)];
         let stall = if i == 0 { options.stall } else { None };
         let (measure, latency) = match (stall, target.local()) {
             (Some(stall), Some(cluster)) => {
@@ -454,7 +473,7 @@ pub fn sweep(
             options.producers,
         );
         run.duration = options.sweep_point_duration;
-        let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
+        let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, 1, stop);
         let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
         let drained = drain(target, options, stop)?;
         points.push(SweepPoint {
@@ -470,7 +489,7 @@ pub fn sweep(
             label,
             description: "open-loop point of the offered-load sweep (acks=quorum)".to_string(),
             parameters: serde_json::json!({ "fraction_of_max": fraction, "run": run }),
-            notes: vec![model_note(run.model, options.producers, options), drained],
+            notes: vec![model_note(run.model, options.producers, 1, options), drained],
             measure,
             latency,
         });
@@ -520,7 +539,7 @@ pub fn fetch(
         crate::progress::ScenarioProgress::start("fetch tail", options.warmup + options.duration);
     let done = AtomicBool::new(false);
     let run = producer_run(options, LoadModel::Closed, options.producers);
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, 1, stop);
     let (produce, tail) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let readers: Vec<_> = starts
             .iter()
@@ -731,7 +750,7 @@ pub fn failover(
         crate::progress::ScenarioProgress::start("failover", options.warmup + options.duration);
     let mut run = producer_run(options, LoadModel::Closed, options.producers);
     run.keep_completions = true;
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, 1, stop);
     let kill_after = options.duration / 3;
     let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
     let window_from: Mutex<Option<Instant>> = Mutex::new(None);
@@ -786,7 +805,7 @@ pub fn failover(
             .to_string(),
         parameters: serde_json::json!({ "run": run, "killed_node": victim, "partitions_led": led }),
         notes: vec![
-            model_note(LoadModel::Closed, options.producers, options),
+            model_note(LoadModel::Closed, options.producers, 1, options),
             format!(
                 "node {victim} (leader of partitions {led:?}) killed {killed_at_secs:.2} s into \
                  the window; longest time without an acknowledged produce on those partitions: \
@@ -828,7 +847,7 @@ pub fn many_producers(
     let mut small = options.clone();
     small.records_per_batch = 1;
     let run = producer_run(&small, LoadModel::Closed, options.many_producers);
-    let make = factory(&bootstrap, &small, Acks::Quorum, 1, stop);
+    let make = factory(&bootstrap, &small, Acks::Quorum, 1, 1, stop);
     let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
     let drained = drain(target, options, stop)?;
     Ok(ClusterRow {
@@ -838,7 +857,7 @@ pub fn many_producers(
             options.many_producers
         ),
         parameters: serde_json::json!({ "run": run }),
-        notes: vec![model_note(LoadModel::Closed, options.many_producers, &small), drained],
+        notes: vec![model_note(LoadModel::Closed, options.many_producers, 1, &small), drained],
         measure,
         latency,
     })
@@ -856,7 +875,7 @@ pub fn retention(
     let _bar =
         crate::progress::ScenarioProgress::start("retention", options.warmup + options.duration);
     let run = producer_run(options, LoadModel::Closed, options.producers);
-    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, stop);
+    let make = factory(&bootstrap, options, Acks::Quorum, options.records_per_batch, 1, stop);
     let (measure, latency, _) = measure_run(target, &run, &make, None, stop)?;
     let client = Client::new(client_config(&bootstrap))?;
     let mut starts = Vec::new();

@@ -1,4 +1,5 @@
-//! Client: a blocking, std::net client of a ringlog cluster, usable from any thread.
+//! Client: a blocking, std::net client of a ringlog cluster, usable from any thread, with a
+//! pipelined producer whose completions are also futures ("Pipelining" below).
 //!
 //! [`Client::connect`] learns the cluster from a list of bootstrap addresses (any node's
 //! shard-0 client address); a `Metadata` call maps partition → owning shard → the leader's
@@ -37,6 +38,57 @@
 //! may append the records twice; only acknowledged produces are known to be present, each
 //! exactly once. `transfer_leader` and `change_membership` follow the same rule. Reads
 //! (`fetch`, `metadata`, `status`) change nothing and are retried on any transport error.
+//!
+//! # Pipelining
+//!
+//! [`Client::produce`] keeps one request in flight per connection. [`Client::pipeline`]
+//! returns a [`Pipeline`]: one partition, one acks level, one connection at a time (to the
+//! partition's leader), with up to `window` produces in flight on it (default
+//! [`PIPELINE_WINDOW_DEFAULT`]; at most [`crate::limits::PIPELINE_REQUESTS_MAX`], the
+//! node's own per-connection limit). [`Pipeline::send`] writes the produce at once and
+//! returns a [`Completion`]; it blocks only while the window is full ([`Pipeline::try_send`]
+//! returns [`ClientError::WindowFull`] instead). A completion is waited for with
+//! [`Completion::wait`] or awaited as a [`std::future::Future`] on any executor (no glommio,
+//! no runtime: a driver thread per pipeline reads the replies and wakes the waker);
+//! [`Pipeline::flush`] waits for everything in flight. The outcome is what
+//! [`Client::produce`] would return in the same situation.
+//!
+//! The node answers a connection's requests as they complete, each reply carrying its
+//! request id; the driver matches replies by id and hands the outcomes out strictly in send
+//! order (a completion is ready only when every earlier one of its pipeline is). Ordering
+//! and guarantees:
+//! - The node appends a connection's produces in the order they arrive (each request's task
+//!   proposes its batch before its first wait, and the tasks start in arrival order), so the
+//!   acknowledged produces of one pipeline have increasing offsets in send order — also
+//!   across reconnects, since nothing is sent on a new connection before every produce of the
+//!   old one has an outcome.
+//! - A connection that breaks, answers nothing within the request timeout, or answers
+//!   nonsense completes each of its produces in flight [`ClientError::Indeterminate`]; none is
+//!   resent. `Timeout`, `ShuttingDown`, `StorageFailed` and `Internal` replies are
+//!   `Indeterminate` too, as for `produce`.
+//! - `NotLeader` and `Backpressure` refusals (nothing was taken) halt the pipeline: nothing
+//!   more is written until every produce on the wire has an outcome. Then the refused
+//!   produces *after* the last produce with any other outcome are resent, in their order, to
+//!   the hinted leader (or the leader the metadata names, or after the backpressure delay);
+//!   such a resend cannot land before a later produce, because none after it was taken. A
+//!   refused produce followed by one that was acknowledged or may have been appended is not
+//!   resent: it completes with the refusal ([`ClientError::Server`]), and the caller knows it
+//!   is not in the log (sending it again puts it after the later ones). The retries are
+//!   bounded like `produce`'s ([`ClientConfig::attempts_max`],
+//!   [`ClientConfig::retry_time_max`], counted from the first connect or refusal since the
+//!   last acknowledgement or the last moment nothing was in flight).
+//! - Produces queued while the pipeline is halted or reconnecting are unsent until then
+//!   (certainly not appended); if connecting fails within the bounds they complete
+//!   [`ClientError::NoLeader`] or [`ClientError::RetriesExhausted`].
+//! - A pipeline goes on after a failed produce: a later produce may be acknowledged while an
+//!   earlier one failed. A caller that needs "all or a prefix" stops at the first error.
+//! - Dropping the pipeline waits for the replies of the produces already written; produces
+//!   not yet written complete with [`ClientError::PipelineClosed`] (not appended).
+//!
+//! Bounds: `window` produces (their batches are kept for a resend until they complete), one
+//! reply frame (`frame_body_size_max`) plus one read chunk of input, and no other queue.
+//! An idle pipeline keeps its connection; before writing on one that has been idle, the
+//! client checks that the node has not closed it (as the pool does).
 //!
 //! # Fetching: progress over control batches
 //!
@@ -81,7 +133,8 @@
 //! returned at once). Other requests never send the token.
 //!
 //! Invariants: a connection is returned to the pool only after a complete, matching
-//! exchange; any error drops it. Requests on one connection are strictly one at a time.
+//! exchange; any error drops it. Requests on a pooled connection are strictly one at a time
+//! (a pipeline's connection is its own, never pooled).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -105,6 +158,10 @@ use crate::protocol::{
     MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse, Request, Response,
 };
 use crate::wire::ProtocolError;
+
+mod pipeline;
+
+pub use pipeline::{Completion, Pipeline, PIPELINE_WINDOW_DEFAULT};
 
 /// Default bound on connecting to one address.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -233,6 +290,14 @@ pub enum ClientError {
     Batch(BatchError),
     #[error("corrupt batch in a fetch response from {addr}: {source}")]
     CorruptBatch { addr: SocketAddr, source: BatchError },
+    #[error("a pipeline window of {window} is outside 1..={max}")]
+    PipelineWindow { window: usize, max: usize },
+    /// [`Pipeline::try_send`] with `window` produces already in flight (nothing was sent).
+    #[error("the pipeline's window of {window} produces is full")]
+    WindowFull { window: usize },
+    /// The [`Pipeline`] closed before this produce was sent: it was not appended.
+    #[error("the pipeline closed before the produce was sent (it was not appended)")]
+    PipelineClosed,
 }
 
 impl ClientError {
@@ -272,7 +337,7 @@ enum Safety {
     Mutating,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Routes {
     /// The last metadata read.
     metadata: Option<MetadataResponse>,
@@ -1005,7 +1070,7 @@ fn unexpected(addr: SocketAddr, expected: &'static str, response: Response) -> C
 }
 
 /// Writes a frame's chunks; small frames are gathered into one write (TCP_NODELAY is on).
-fn write_frame(stream: &mut Conn, chunks: &[Bytes]) -> io::Result<()> {
+fn write_frame(stream: &mut impl Write, chunks: &[Bytes]) -> io::Result<()> {
     const GATHER_MAX: usize = 64 * 1024;
     let total: usize = chunks.iter().map(Bytes::len).sum();
     if total <= GATHER_MAX {

@@ -112,6 +112,10 @@ pub const RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
 /// Largest reconnect delay of a peer link (before jitter, which only shortens it).
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Client requests in flight on one connection: the node reads no further request past it
+/// (TCP pushes back), and a client pipeline's window is at most this.
+pub const PIPELINE_REQUESTS_MAX: usize = 64;
+
 /// Bytes read from a socket at once when the decoder does not ask for more.
 pub const READ_CHUNK_SIZE: usize = 64 * 1024;
 

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use ringlog_format::batch::decode_batch;
 use ringlog_net::admin::AdminToken;
 use ringlog_net::client::{
-    build_batch, decode_records, shard_address, Client, ClientConfig, ClientError,
+    build_batch, decode_records, shard_address, Client, ClientConfig, ClientError, Completion,
 };
 use ringlog_net::frame::{encode_header, FrameDecoder, FrameKind};
 use ringlog_net::limits::FRAME_BODY_SIZE_MAX;
@@ -679,4 +679,153 @@ fn a_refused_token_is_returned_at_once_and_the_admin_request_is_never_sent() {
         !node.requests().iter().any(|(_, r)| matches!(r, Request::TransferLeader { .. })),
         "the transfer is not sent after a refused token"
     );
+}
+
+// ---- the pipelined producer (`Client::pipeline`) ----
+
+/// `completion`'s outcome, failing the test if it takes longer than a generous bound (a lost
+/// completion would otherwise hang the test).
+fn wait_within(completion: Completion) -> Result<ProduceResponse, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !completion.is_done() {
+        assert!(Instant::now() < deadline, "a pipelined produce never completed");
+        thread::sleep(Duration::from_millis(1));
+    }
+    completion.wait()
+}
+
+/// The values of every produce `node` received, in arrival order.
+fn produced_values(node: &FakeNode) -> Vec<Vec<u8>> {
+    node.requests()
+        .into_iter()
+        .filter_map(|(_, request)| match request {
+            Request::Produce(p) => Some(p.batch),
+            _ => None,
+        })
+        .flat_map(|batch| {
+            let records = decode_records(node.addrs[0], &[batch], Offset(0)).unwrap();
+            records.into_iter().map(|r| r.value.to_vec()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A leader that gives each produce the next offsets, in arrival order.
+fn counting_leader() -> FakeNode {
+    let next = Arc::new(AtomicUsize::new(0));
+    FakeNode::start(1, move |_, request| match request {
+        Request::Produce(p) => {
+            let count = decode_records(
+                "127.0.0.1:1".parse().unwrap(),
+                std::slice::from_ref(&p.batch),
+                Offset(0),
+            )
+            .unwrap()
+            .len();
+            let base = next.fetch_add(count, Ordering::SeqCst) as u64;
+            Reply::Respond(Response::Produce(ProduceResponse {
+                partition: p.partition,
+                base_offset: Offset(base),
+                last_offset: Offset(base + count as u64 - 1),
+                commit: Offset(base + count as u64),
+            }))
+        }
+        _ => Reply::Close,
+    })
+}
+
+#[test]
+fn a_pipeline_resends_produces_refused_not_leader_to_the_hinted_leader_in_send_order() {
+    let leader = counting_leader();
+    let leader_addr = leader.addrs[0];
+    let follower = FakeNode::start(1, move |_, request| match request {
+        Request::Produce(p) => Reply::Respond(Response::Error(ErrorReply::NotLeader {
+            partition: p.partition,
+            leader: Some(NodeId(2)),
+            address: Some(leader_addr),
+        })),
+        _ => Reply::Close,
+    });
+    let believed = Arc::new(Mutex::new(Some(follower.addrs[0])));
+    let bootstrap = node_with_metadata(1, 1, believed, |_, _| Reply::Close);
+    let client = Client::new(fast_config(vec![bootstrap.addrs[0]])).unwrap();
+    let pipeline = client.pipeline(PartitionId(0), Acks::Quorum).unwrap();
+
+    let values: Vec<Vec<u8>> = (0..8).map(|i| format!("value-{i}").into_bytes()).collect();
+    let completions: Vec<_> = values.iter().map(|v| pipeline.send(&[v]).unwrap()).collect();
+    let offsets: Vec<u64> =
+        completions.into_iter().map(|c| wait_within(c).unwrap().base_offset.0).collect();
+
+    assert_eq!(offsets, (0..8).collect::<Vec<u64>>(), "acknowledged in send order");
+    assert!(follower.produces() >= 1, "the first produce went to the believed leader");
+    assert_eq!(produced_values(&leader), values, "each resent once, in send order");
+}
+
+#[test]
+fn a_pipeline_surfaces_a_refusal_followed_by_an_acknowledged_produce_instead_of_resending_it() {
+    let leader = counting_leader();
+    let leader_addr = leader.addrs[0];
+    let seen = Arc::new(AtomicUsize::new(0));
+    // The first produce is refused (late: the second is on the wire by then), the second
+    // taken: resending the first would put it after the second.
+    let node = FakeNode::start(1, move |_, request| match request {
+        Request::Produce(p) if seen.fetch_add(1, Ordering::SeqCst) == 0 => {
+            thread::sleep(Duration::from_millis(300));
+            Reply::Respond(Response::Error(ErrorReply::NotLeader {
+                partition: p.partition,
+                leader: Some(NodeId(2)),
+                address: Some(leader_addr),
+            }))
+        }
+        Request::Produce(p) => Reply::Respond(produced(p.partition)),
+        _ => Reply::Close,
+    });
+    let believed = Arc::new(Mutex::new(Some(node.addrs[0])));
+    let bootstrap = node_with_metadata(1, 1, believed, |_, _| Reply::Close);
+    let client = Client::new(fast_config(vec![bootstrap.addrs[0]])).unwrap();
+    let pipeline = client.pipeline(PartitionId(0), Acks::Quorum).unwrap();
+
+    let first = pipeline.send(&[b"first"]).unwrap();
+    let second = pipeline.send(&[b"second"]).unwrap();
+
+    let refused = wait_within(first);
+    assert!(
+        matches!(
+            refused.as_ref().err().and_then(ClientError::reply),
+            Some(ErrorReply::NotLeader { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(wait_within(second).unwrap().base_offset, Offset(10));
+    pipeline.flush();
+    assert_eq!(leader.produces(), 0, "the refused produce is not resent");
+}
+
+#[test]
+fn a_pipeline_completes_a_produce_whose_connection_drops_indeterminate_and_sends_on() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let node = FakeNode::start(1, move |_, request| match request {
+        Request::Produce(_) if seen.fetch_add(1, Ordering::SeqCst) == 0 => Reply::Close,
+        Request::Produce(p) => Reply::Respond(produced(p.partition)),
+        _ => Reply::Close,
+    });
+    let believed = Arc::new(Mutex::new(Some(node.addrs[0])));
+    let bootstrap = node_with_metadata(1, 1, believed, |_, _| Reply::Close);
+    let client = Client::new(fast_config(vec![bootstrap.addrs[0]])).unwrap();
+    let pipeline = client.pipeline(PartitionId(0), Acks::Quorum).unwrap();
+
+    let lost = wait_within(pipeline.send(&[b"lost"]).unwrap());
+    assert!(matches!(lost, Err(ClientError::Indeterminate { .. })), "{lost:?}");
+    // The next produce goes out on a new connection; the lost one was never resent.
+    assert_eq!(wait_within(pipeline.send(&[b"next"]).unwrap()).unwrap().base_offset, Offset(10));
+    assert_eq!(node.produces(), 2);
+    assert!(node.accepts.load(Ordering::Relaxed) >= 2, "a new connection");
+}
+
+#[test]
+fn a_pipeline_refuses_windows_outside_one_to_the_nodes_limit() {
+    let client = Client::new(fast_config(vec!["127.0.0.1:1".parse().unwrap()])).unwrap();
+    for window in [0, ringlog_net::limits::PIPELINE_REQUESTS_MAX + 1] {
+        let refused = client.pipeline_with_window(PartitionId(0), Acks::Quorum, window);
+        assert!(matches!(refused, Err(ClientError::PipelineWindow { .. })), "{window}");
+    }
 }

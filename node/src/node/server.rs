@@ -96,8 +96,9 @@ use crate::admin::{AdminIdentity, AdminPolicy};
 use crate::config::NodeConfig;
 use crate::memory::{MemoryTrim, TRIM_INTERVAL};
 
-/// Requests in flight on one connection; past it the reader waits (TCP backpressure).
-pub const PIPELINE_REQUESTS_MAX: usize = 64;
+/// Requests in flight on one connection; past it the reader waits (TCP backpressure). The
+/// client's pipeline window is bounded by the same constant.
+pub const PIPELINE_REQUESTS_MAX: usize = ringlog_net::limits::PIPELINE_REQUESTS_MAX;
 /// Longest a graceful stop waits for in-flight requests before closing connections.
 pub const GRACEFUL_DRAIN_MAX: Duration = Duration::from_secs(5);
 /// After an error reply: bytes read and discarded, and for how long, before closing.
