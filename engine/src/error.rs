@@ -50,6 +50,8 @@ pub enum CorruptionKind {
 pub enum OpenError {
     #[error("invalid log configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The directory's `LOCK` stayed held for `LOCK_CONTENDED_WAIT_MAX` (2 s): another open
+    /// log, in this process or another, has the directory.
     #[error("data dir {path:?} is locked by another open log (LOCK held)")]
     Locked { path: PathBuf },
     #[error("data dir {path:?} does not support O_DIRECT ({source}); use a disk-backed filesystem such as ext4 or xfs, not tmpfs")]

@@ -73,6 +73,7 @@ pub use group_commit::{
 pub use hard_state::{HardState, HardStateStore};
 pub use io::FaultInjector;
 pub use limits::{ConfigError, LogConfig, RecoveryMode};
+pub use lock::LOCK_CONTENDED_WAIT_MAX;
 pub use log::{AppendRequest, Appended, Log, ReadBound, RetentionReport};
 pub use notify::Durable;
 pub use recovery::RecoveryReport;

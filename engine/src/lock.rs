@@ -1,5 +1,14 @@
 //! Data dir lock: an exclusive `flock` on `LOCK`, held for as long as the log is open, so that
 //! two logs (in this process or another) never open the same directory.
+//!
+//! A `flock` belongs to the open file description, and a child process forked by this one
+//! shares every descriptor until its `exec` closes the close-on-exec ones. A log closed while
+//! another thread of the process is between `fork` and `exec` (running `Command`, a C
+//! embedder's `system()`...) is therefore still locked for that moment, and a reopen right
+//! after `close` met `Locked` (seen under a CPU hog, where that moment stretches). So `Log::open`
+//! retries a refused lock for up to [`LOCK_CONTENDED_WAIT_MAX`] before it answers `Locked`
+//! ([`DirLock::acquire_waiting`]): a transient holder lets go; a log really open elsewhere
+//! keeps it and is reported after that wait.
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +30,27 @@ pub(crate) struct DirLock {
     _file: File,
 }
 
+/// Longest `Log::open` waits for a refused directory lock to be let go (see the module docs).
+pub const LOCK_CONTENDED_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between two attempts at a refused lock.
+const LOCK_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl DirLock {
+    /// [`DirLock::acquire`], retried while refused for up to [`LOCK_CONTENDED_WAIT_MAX`]
+    /// (without blocking the executor).
+    pub(crate) async fn acquire_waiting(dir: &Path) -> Result<DirLock, OpenError> {
+        let deadline = std::time::Instant::now() + LOCK_CONTENDED_WAIT_MAX;
+        loop {
+            match DirLock::acquire(dir) {
+                Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    glommio::timer::sleep(LOCK_RETRY_INTERVAL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt: the lock, or `Locked` at once if another open file description holds it.
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, OpenError> {
         let path = dir.join(LOCK_FILE);
         let existed = path.exists();

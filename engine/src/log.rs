@@ -460,7 +460,7 @@ impl Log {
                 .await
                 .map_err(|source| OpenError::Io { path: parent.to_path_buf(), source })?;
         }
-        let lock = DirLock::acquire(&path)?;
+        let lock = DirLock::acquire_waiting(&path).await?;
         probe_direct_io(&path).await?;
         let data_dir = DataDir::open(&path)
             .await

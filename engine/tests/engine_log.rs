@@ -209,6 +209,38 @@ fn a_second_open_of_the_same_dir_is_refused() {
     });
 }
 
+/// A `flock` belongs to the open file description, which a forked child shares until it
+/// execs or exits: a log closed while another thread of the process is between `fork` and
+/// `exec` (`Command` in another test: CI saw `Locked` on a reopen right after `close`) is still
+/// locked for that moment. `Log::open` waits such a holder out (up to
+/// `LOCK_CONTENDED_WAIT_MAX`) instead of refusing at once.
+#[test]
+fn a_reopen_right_after_close_waits_out_a_forked_child_that_still_shares_the_lock() {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, small_config()).await.unwrap();
+        // SAFETY: the child calls only async-signal-safe functions (nanosleep, _exit).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+            // SAFETY: in the forked child: nanosleep and _exit are async-signal-safe.
+            unsafe {
+                libc::nanosleep(&pause, std::ptr::null_mut());
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork failed");
+        log.close().await.unwrap();
+        let reopened = Log::open(&path, small_config()).await;
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        let (log, _) = reopened.expect("reopened once the forked child let go of the lock");
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_data_dir_on_tmpfs_is_refused_with_a_clear_error() {
     if !std::path::Path::new("/dev/shm").exists() {

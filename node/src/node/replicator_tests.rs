@@ -875,6 +875,83 @@ fn a_long_poll_reader_waits_for_a_held_truncation_when_the_commit_passes_it() {
     });
 }
 
+/// Issue #13 item 1, the multi-process schedule replayed on one node (cluster_partition's
+/// `a_deposed_leaders_long_poll_readers_never_get_its_uncommitted_records_after_the_cut_heals`):
+/// node 1 leads term 1, its readers long-poll at the end of its committed log, it appends
+/// entries of its own that no follower acknowledges (acks=leader, durable here only), then
+/// leader 3 of term 2 overrides them with its own entries and a commit past them, in one
+/// input. No reader may ever get one of node 1's own never-committed records: every read
+/// returns a prefix of leader 3's records. Unlike the follower-era test above, the entries
+/// cut are the leader's own (stamped by its engine from its producers' batches) and no
+/// stall holds the truncation: the log worker runs it at its own pace.
+#[test]
+fn a_deposed_leaders_own_uncommitted_entries_are_never_served_once_the_next_leader_overrides_them()
+{
+    let s = Scripted::start();
+    let term = grant_election(&s, 2);
+    wait_until("node 1 leads", || s.status().role == Role::Leader);
+    let keep_leading = || s.deliver(2, Message::HeartbeatResponse { term, ctx: 0 });
+    for value in ["a1", "a2"] {
+        keep_leading();
+        let records = vec![value.as_bytes().to_vec()];
+        s.node.append(P0, Acks::Leader, records).expect("append a shared record");
+    }
+    // Node 2 holds node 1's noop and both records: they commit.
+    let shared_last = s.status().last_index;
+    let accepted = ringlog_raft::AppendResult::Accepted { durable: shared_last, damaged: false };
+    s.deliver(2, Message::AppendResponse { term, result: accepted });
+    wait_until("the shared entries commit", || s.status().commit == shared_last);
+    // Readers wait at the end of the committed log (offset 2: a1 and a2).
+    let readers: Vec<_> = (0..4).map(|_| s.long_poll(2, Duration::from_secs(20))).collect();
+    let old: Vec<String> = (0..16).map(|i| format!("never-committed-{i}")).collect();
+    for value in &old {
+        keep_leading();
+        let records = vec![value.as_bytes().to_vec()];
+        s.node.append(P0, Acks::Leader, records).expect("append an uncommitted record");
+    }
+    // Leader 3's log: node 1's committed entries (their bytes as node 1 stamped them), then
+    // records of the next term, more of them than node 1's uncommitted ones.
+    let new: Vec<String> = (0..24).map(|i| format!("committed-{i}")).collect();
+    let (dir, config, max) =
+        (s.root.path().join("leader3"), s.log_config.clone(), s.batch_size_max);
+    let new_values = new.clone();
+    let next_term = Term(term.0 + 1);
+    let branch3 = s.node.call(move |core| async move {
+        let node1 = core.partition(P0).expect("p0");
+        let shared = node1.log().read_entries(LogIndex(1), shared_last, 1 << 20).await;
+        let shared = shared.expect("read node 1's committed entries");
+        let (three, _) = Log::open(dir, config).await.expect("open");
+        let mut entries = Vec::new();
+        for batch in shared {
+            three.append_stamped(batch.clone()).expect("append stamped");
+            entries.push(entry_of_batch(batch, max).expect("entry"));
+        }
+        for value in &new_values {
+            let appended = three.append(data_request(next_term, value)).expect("append");
+            entries.push(entry_of_batch(appended.batch, max).expect("entry"));
+        }
+        three.close().await.expect("close");
+        entries
+    });
+    let last = branch3.last().expect("entries").index;
+    let after = &branch3[shared_last.0 as usize..];
+    s.deliver(3, append_message(next_term.0, (shared_last.0, term.0), last.0, after));
+    let committed: Vec<Vec<u8>> = ["a1", "a2"]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .chain(new.iter().map(|v| v.as_bytes().to_vec()))
+        .collect();
+    for reader in readers {
+        let got = reader.recv_timeout(WAIT_MAX).expect("reader answered").expect("read");
+        let text: Vec<_> = got.iter().map(|r| String::from_utf8_lossy(r)).collect();
+        assert!(
+            !got.is_empty() && committed[2..].starts_with(&got),
+            "a deposed leader's reader got {text:?}"
+        );
+    }
+    wait_until("node 1 serves leader 3's log", || s.read_from(0).is_ok_and(|all| all == committed));
+}
+
 /// Issue #13 (commit offset): a commit that arrives while the appends it covers wait
 /// behind a truncation is settled when they land, not left at the old offset.
 #[test]
