@@ -181,6 +181,15 @@ fn produced(partition: PartitionId) -> Response {
     })
 }
 
+/// `NotLeader` for `partition`, naming node 2 at `leader` as the leader when given.
+fn not_leader(partition: PartitionId, leader: Option<SocketAddr>) -> Response {
+    Response::Error(ErrorReply::NotLeader {
+        partition,
+        leader: leader.map(|_| NodeId(2)),
+        address: leader,
+    })
+}
+
 fn fast_config(bootstrap: Vec<SocketAddr>) -> ClientConfig {
     ClientConfig {
         request_timeout: Duration::from_secs(5),
@@ -219,11 +228,7 @@ fn produce_follows_the_not_leader_hint_to_the_leader() {
     let leader_addr = leader.addrs[0];
     let believed = Arc::new(Mutex::new(None));
     let follower = FakeNode::start(1, move |_, request| match request {
-        Request::Produce(p) => Reply::Respond(Response::Error(ErrorReply::NotLeader {
-            partition: p.partition,
-            leader: Some(NodeId(2)),
-            address: Some(leader_addr),
-        })),
+        Request::Produce(p) => Reply::Respond(not_leader(p.partition, Some(leader_addr))),
         _ => Reply::Close,
     });
     *believed.lock().unwrap() = Some(follower.addrs[0]);
@@ -249,11 +254,7 @@ fn not_leader_without_a_hint_rereads_the_metadata() {
     });
     let believed = Arc::new(Mutex::new(None));
     let follower = FakeNode::start(1, |_, request| match request {
-        Request::Produce(p) => Reply::Respond(Response::Error(ErrorReply::NotLeader {
-            partition: p.partition,
-            leader: None,
-            address: None,
-        })),
+        Request::Produce(p) => Reply::Respond(not_leader(p.partition, None)),
         _ => Reply::Close,
     });
     *believed.lock().unwrap() = Some(follower.addrs[0]);
@@ -334,11 +335,7 @@ fn backpressure_is_retried_at_the_same_node_after_the_hinted_delay() {
 fn retries_are_bounded_when_no_node_ever_leads() {
     let believed = Arc::new(Mutex::new(None));
     let node = node_with_metadata(1, 1, believed.clone(), |_, request| match request {
-        Request::Produce(p) => Reply::Respond(Response::Error(ErrorReply::NotLeader {
-            partition: p.partition,
-            leader: None,
-            address: None,
-        })),
+        Request::Produce(p) => Reply::Respond(not_leader(p.partition, None)),
         _ => Reply::Close,
     });
     *believed.lock().unwrap() = Some(node.addrs[0]);
@@ -738,11 +735,7 @@ fn a_pipeline_resends_produces_refused_not_leader_to_the_hinted_leader_in_send_o
     let leader = counting_leader();
     let leader_addr = leader.addrs[0];
     let follower = FakeNode::start(1, move |_, request| match request {
-        Request::Produce(p) => Reply::Respond(Response::Error(ErrorReply::NotLeader {
-            partition: p.partition,
-            leader: Some(NodeId(2)),
-            address: Some(leader_addr),
-        })),
+        Request::Produce(p) => Reply::Respond(not_leader(p.partition, Some(leader_addr))),
         _ => Reply::Close,
     });
     let believed = Arc::new(Mutex::new(Some(follower.addrs[0])));

@@ -7,6 +7,7 @@
 //! `CARGO_BIN_EXE_ringlog` in tests), and waits for each node's ready line on stdout. Logs
 //! (stderr) go to `<dir>/node-<id>.log`. Every child is SIGKILLed and reaped on drop; when the
 //! test panicked, the tail of every node's log is printed and the directory is kept.
+//! `RINGLOG_TEST_KEEP_DIRS=1` keeps every directory (and prints the log tails) also on success.
 //!
 //! Storage-fault helpers (end of file, issue #13) find batches and hard-state slots in a
 //! stopped node's files by their documented layout (docs/format.md) and damage them: flip a
@@ -688,7 +689,10 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        if panicking || self.keep_dir {
+        // `RINGLOG_TEST_KEEP_DIRS=1`: keep every cluster's directory and node logs (to grep a
+        // loop of passing runs for a warning).
+        let keep_all = std::env::var_os("RINGLOG_TEST_KEEP_DIRS").is_some_and(|v| v == "1");
+        if panicking || self.keep_dir || keep_all {
             for node in self.nodes.values() {
                 eprintln!(
                     "---- node {} log ({}), last lines:\n{}",
