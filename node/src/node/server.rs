@@ -750,6 +750,17 @@ impl Connection {
 
     /// Runs one request as its own task once a pipeline slot is free. False if the
     /// connection is being torn down.
+    ///
+    /// Order: replies go out as requests complete (matched by request id), but a
+    /// connection's requests start in arrival order (this reader dispatches them one by one
+    /// and glommio runs a queue's spawned tasks first in, first out), and a produce on the
+    /// shard that owns its partition proposes its batch before its first wait
+    /// (`handle_owned` → `PartitionReplicator::append`: nothing awaited before `propose`).
+    /// So the produces of one connection to the owning shard are appended in the order they
+    /// arrived — what the pipelined client (`ringlog_net::client::Pipeline`) relies on and
+    /// `cluster_pipeline` checks. Keep `append` free of waits before its proposal. (A request
+    /// forwarded from another shard crosses a mailbox first; the client sends to the owning
+    /// shard's address, so its produces are not forwarded.)
     async fn dispatch(
         &self,
         request_id: RequestId,
