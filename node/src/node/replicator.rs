@@ -31,6 +31,11 @@
 //! truncation at or below it is queued or running (`log_ops`, `log_running`), and every
 //! index is pending while a reset is queued, running or deferred (`pending_reset`); see
 //! `State::engine_pending_from`. Rules:
+//! - "commit" here is the commit this driver has carried out (`State::commit_acted`, moved
+//!   by `CommitAdvanced`), never the core's `commit()`: the core holds every action of an
+//!   input until that input's new term or vote is durable, while its commit and log move at
+//!   once — a reader woken during that hard-state write saw the new commit with the
+//!   overriding truncation not queued yet, and read never-committed batches;
 //! - a read (`read_loop`) returns only batches through `min(commit, first pending - 1)` and
 //!   otherwise waits (a long poll) until the log worker has applied the pending state (it
 //!   wakes readers when it has); a linearizable read waits until its ReadIndex is settled;
@@ -188,6 +193,10 @@ pub(crate) mod stall {
 
     static STALLS: Mutex<BTreeMap<PathBuf, Arc<Stall>>> = Mutex::new(BTreeMap::new());
 
+    /// Appended to a partition dir, the key of the stall that holds hard-state writes (the
+    /// dir alone holds the log worker's truncations and resets).
+    pub(crate) const HARD_STATE: &str = "hard-state-stall";
+
     /// Arms a stall for the partition dir `dir` (held until `release`).
     pub(crate) fn arm(dir: &Path) -> Arc<Stall> {
         let stall = Arc::new(Stall { armed: AtomicBool::new(true), held: AtomicU32::new(0) });
@@ -251,6 +260,14 @@ struct Counters {
 #[derive(Debug)]
 struct State {
     replica: Replica,
+    /// The commit index of the last `CommitAdvanced` this driver carried out. The core's own
+    /// `commit()` runs ahead of it while the actions of an input wait for that input's hard
+    /// state (`Replica::send_action` holds every action — the truncation of entries the new
+    /// leader overrides included — until the new term is durable): reading the engine up to
+    /// the core's commit then returned the overridden, never-committed batches, because the
+    /// truncation was not queued yet. Everything that reads the engine "up to the commit"
+    /// uses this index; it only ever passes entries whose truncations and appends are queued.
+    commit_acted: LogIndex,
     failed: Option<String>,
     closing: bool,
     /// A checksum failure was found at run time: the replica is being restarted damaged with
@@ -330,7 +347,7 @@ impl State {
     /// Moves the commit offset to the offset after the highest appended entry at or below
     /// the commit index (entries appended after their commit arrived settle it here).
     fn settle_commit_offset(&mut self) {
-        let commit = self.replica.commit();
+        let commit = self.commit_acted;
         let mut found = None;
         while self.offsets.front().is_some_and(|(i, _)| *i <= commit) {
             found = self.offsets.pop_front();
@@ -432,6 +449,7 @@ impl PartitionReplicator {
         );
         let commit_offset = log.start_offset();
         let state = State {
+            commit_acted: replica.commit(),
             replica,
             failed: None,
             closing: false,
@@ -589,7 +607,10 @@ impl PartitionReplicator {
             let config = self.shard.config.to_raft_config(self.seed ^ 0x5eed);
             let bootstrap = Recovered::bootstrap(self.shard.config.bootstrap_membership());
             match Replica::new(config, bootstrap) {
-                Ok(replica) => st.replica = replica,
+                Ok(replica) => {
+                    st.commit_acted = replica.commit();
+                    st.replica = replica;
+                }
                 Err(e) => {
                     tracing::error!(%e, "cannot restart the replica undamaged");
                     return;
@@ -653,6 +674,7 @@ impl PartitionReplicator {
                 }
             }
             Action::TruncateLog { from } => {
+                tracing::debug!(partition = %self.partition, %from, "truncation queued");
                 self.fail_producers_from(from);
                 let mut st = self.st.borrow_mut();
                 while st.offsets.back().is_some_and(|(i, _)| *i >= from) {
@@ -696,7 +718,10 @@ impl PartitionReplicator {
                 let job = SendJob { to, term, prev_index, prev_term, commit, from, through };
                 self.queue_send(job);
             }
-            Action::CommitAdvanced { through } => self.on_commit(through),
+            Action::CommitAdvanced { through } => {
+                tracing::debug!(partition = %self.partition, %through, "commit advanced");
+                self.on_commit(through)
+            }
             Action::ReadReady { ctx, index } => {
                 if let Some(slot) = self.st.borrow_mut().reads.remove(&ctx.0) {
                     slot.fill(Ok(index));
@@ -885,6 +910,7 @@ impl PartitionReplicator {
 
     fn on_commit(&self, through: LogIndex) {
         let mut st = self.st.borrow_mut();
+        st.commit_acted = st.commit_acted.max(through);
         let mut found = None;
         while st.offsets.front().is_some_and(|(i, _)| *i <= through) {
             found = st.offsets.pop_front();
@@ -998,6 +1024,8 @@ impl PartitionReplicator {
                     }
                 }
             };
+            #[cfg(test)]
+            stall::hold(&self.dir.join(stall::HARD_STATE)).await;
             if let Err(e) = self.hard_state.store(wanted.term, wanted.vote).await {
                 self.st.borrow_mut().hs_busy = false;
                 return self.fail(format!("hard state: {e}"));
@@ -1406,7 +1434,7 @@ impl PartitionReplicator {
                 if st.failed.is_some() || st.closing || st.corrupt_cut.is_some() {
                     return;
                 }
-                match st.engine_settled_through(st.replica.commit()) {
+                match st.engine_settled_through(st.commit_acted) {
                     Some(through) => through,
                     None => return,
                 }
@@ -1533,6 +1561,7 @@ impl PartitionReplicator {
         };
         {
             let mut st = self.st.borrow_mut();
+            st.commit_acted = replica.commit();
             st.replica = replica;
             st.offsets.clear();
             st.pending_reset = None;
@@ -1899,9 +1928,10 @@ impl PartitionReplicator {
             // the core already made): the engine may still hold the old batches there.
             let readable = {
                 let st = self.st.borrow();
-                st.engine_settled_through(st.replica.commit())
+                st.engine_settled_through(st.commit_acted)
             };
             if let Some(through) = readable.filter(|&through| through >= floor) {
+                tracing::debug!(partition = %self.partition, %offset, %through, "committed read");
                 let out = self.fetch_committed(offset, max_bytes, through).await?;
                 // Records, or nothing: the log never answers control batches alone
                 // (`Log::fetch`), so a reader at the end of the log right after a leader
@@ -1926,7 +1956,7 @@ impl PartitionReplicator {
     /// (`engine_settled_through`) keeps pending engine state out of reads; should the engine
     /// still return such a batch, it is logged and counted (`ringlog_errors_total`, kind
     /// `stale_batch_refused`), never served, and the reader gets the entries before it.
-    fn core_entries_only(&self, mut batches: Vec<Bytes>) -> Vec<Bytes> {
+    fn core_entries_only(&self, mut batches: Vec<Bytes>, through: LogIndex) -> Vec<Bytes> {
         let held = {
             let st = self.st.borrow();
             let replica = &st.replica;
@@ -1936,13 +1966,22 @@ impl PartitionReplicator {
         };
         if held < batches.len() {
             let header = peek_header(&batches[held], self.batch_size_max).ok();
+            let st = self.st.borrow();
             tracing::error!(
                 partition = %self.partition,
                 index = ?header.map(|h| h.index()),
                 term = ?header.map(|h| h.term()),
-                core_term = ?header.and_then(|h| self.st.borrow().replica.term_at(h.index())),
+                core_term = ?header.and_then(|h| st.replica.term_at(h.index())),
+                %through,
+                commit = %st.replica.commit(),
+                commit_acted = %st.commit_acted,
+                pending_from = ?st.engine_pending_from(),
+                log_ops = st.log_ops.len(),
+                role = ?st.replica.role(),
+                term_now = %st.replica.term(),
                 "a committed read found a batch the core does not hold at its index; refused"
             );
+            drop(st);
             *self
                 .st
                 .borrow_mut()
@@ -1987,7 +2026,7 @@ impl PartitionReplicator {
                 return Err(NodeError::Internal(format!("fetch: {e}")));
             }
         };
-        let batches = self.core_entries_only(batches);
+        let batches = self.core_entries_only(batches, commit);
         let next_offset = batches
             .last()
             .and_then(|b| peek_header(b, self.batch_size_max).ok())
